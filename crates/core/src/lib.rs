@@ -1,0 +1,24 @@
+//! Domain types and the Think-while-Edit loop, free of IO.
+//!
+//! The loop ([`run_loop`]) is a pure async function over the [`Editor`] and
+//! [`Thinker`] traits and a [`TurnObserver`] that persists each step; the
+//! thinker protocol (prompt building and output parsing) lives in [`prompt`]
+//! and [`parse`], and image geometry helpers in [`imaging`].
+
+pub mod critique;
+pub mod imaging;
+pub mod options;
+pub mod parse;
+pub mod prompt;
+pub mod run;
+pub mod traits;
+
+pub use critique::{Critique, CritiqueRecord};
+pub use imaging::{Image, ImageError, ImageFormat};
+pub use options::{JobOptions, OptionsError, Selection, StopThresholds};
+pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
+pub use prompt::{PromptTemplate, TemplateError};
+pub use run::{run_loop, select_turn, LoopConfig, LoopError, LoopOutcome, TurnRecord};
+pub use traits::{
+    CritiqueRequest, EditRequest, Editor, EditorError, Thinker, ThinkerError, TurnObserver,
+};

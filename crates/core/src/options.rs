@@ -1,0 +1,140 @@
+//! Per-job loop options (DESIGN.md §2, §8) with their defaults and limits.
+
+use serde::{Deserialize, Serialize};
+
+/// Smallest allowed `max_turns`.
+pub const MIN_TURNS: u32 = 1;
+/// Largest allowed `max_turns`.
+pub const MAX_TURNS: u32 = 10;
+
+/// How the result turn is chosen once the loop ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
+pub enum Selection {
+    /// Critique every turn and return the one with the highest overall score.
+    #[default]
+    Best,
+    /// The paper's rule: the satisfied turn, else the last one.
+    Last,
+}
+
+/// Scores at or above which the thinker's critique counts as satisfied.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StopThresholds {
+    /// Minimum semantic score (0..=10).
+    pub semantic: f64,
+    /// Minimum quality score (0..=10).
+    pub quality: f64,
+}
+
+impl Default for StopThresholds {
+    fn default() -> Self {
+        Self {
+            semantic: 8.0,
+            quality: 8.0,
+        }
+    }
+}
+
+/// Options a client may set per job; every field has a server default.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct JobOptions {
+    /// Editor calls at most, 1..=10.
+    pub max_turns: u32,
+    /// Stop thresholds.
+    pub stop: StopThresholds,
+    /// Result selection rule.
+    pub selection: Selection,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            max_turns: 5,
+            stop: StopThresholds::default(),
+            selection: Selection::Best,
+        }
+    }
+}
+
+/// An option outside its allowed range: which field, and the rule it broke.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct OptionsError {
+    /// Dotted path of the offending field, e.g. `options.stop.semantic`.
+    pub field: String,
+    /// The rule, in words.
+    pub rule: String,
+}
+
+impl JobOptions {
+    /// Checks every field against its range.
+    pub fn validate(&self) -> Result<(), OptionsError> {
+        if !(MIN_TURNS..=MAX_TURNS).contains(&self.max_turns) {
+            return Err(OptionsError {
+                field: "options.max_turns".into(),
+                rule: format!("must be between {MIN_TURNS} and {MAX_TURNS}"),
+            });
+        }
+        for (name, value) in [
+            ("semantic", self.stop.semantic),
+            ("quality", self.stop.quality),
+        ] {
+            if !value.is_finite() || !(0.0..=10.0).contains(&value) {
+                return Err(OptionsError {
+                    field: format!("options.stop.{name}"),
+                    rule: "must be a number between 0 and 10".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let o = JobOptions::default();
+        assert_eq!(o.max_turns, 5);
+        assert_eq!(o.stop.semantic, 8.0);
+        assert_eq!(o.stop.quality, 8.0);
+        assert_eq!(o.selection, Selection::Best);
+        assert!(o.validate().is_ok());
+    }
+
+    #[test]
+    fn ranges_are_enforced_with_field_names() {
+        let cases = [
+            (json(r#"{"max_turns":0}"#), Some("options.max_turns")),
+            (json(r#"{"max_turns":11}"#), Some("options.max_turns")),
+            (json(r#"{"max_turns":10}"#), None),
+            (json(r#"{"max_turns":1}"#), None),
+            (json(r#"{"stop":{"semantic":10.5}}"#), Some("options.stop.semantic")),
+            (json(r#"{"stop":{"quality":-1}}"#), Some("options.stop.quality")),
+            (json(r#"{"stop":{"quality":0}}"#), None),
+        ];
+        for (options, field) in cases {
+            let got = options.validate().err().map(|e| e.field);
+            assert_eq!(got.as_deref(), field, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_selection_are_rejected() {
+        assert!(serde_json::from_str::<JobOptions>(r#"{"turns":3}"#).is_err());
+        assert!(serde_json::from_str::<JobOptions>(r#"{"selection":"first"}"#).is_err());
+        let o: JobOptions = serde_json::from_str(r#"{"selection":"last"}"#).unwrap();
+        assert_eq!(o.selection, Selection::Last);
+        assert_eq!(o.max_turns, 5);
+    }
+
+    fn json(s: &str) -> JobOptions {
+        serde_json::from_str(s).unwrap()
+    }
+}

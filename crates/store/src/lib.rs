@@ -1,0 +1,153 @@
+//! Persistence for jobs, turns and events, the job queue, and blob storage.
+//!
+//! One [`Store`] API with two backends: Postgres (production, many replicas)
+//! and SQLite (embedded default, one process). Both pass the same
+//! conformance suite (`tests/conformance.rs`). Image bytes live in a
+//! [`BlobStore`]; rows hold keys only.
+
+mod blobs;
+mod model;
+mod postgres;
+mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+pub use blobs::{BlobError, BlobStore};
+pub use model::*;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The caller's lease is gone (expired and rescued, or released): it
+    /// must stop working on the job and write nothing more.
+    #[error("lease lost for job {0}")]
+    LeaseLost(Uuid),
+    /// No such job.
+    #[error("job {0} not found")]
+    NotFound(Uuid),
+    /// The operation does not apply in the job's current state.
+    #[error("job {id} is {status}")]
+    Conflict {
+        /// The job.
+        id: Uuid,
+        /// Its current status.
+        status: JobStatus,
+    },
+    /// A database URL we cannot use.
+    #[error("unsupported database_url: {0}")]
+    BadUrl(String),
+    /// Stored data that does not decode (a bug or a manual edit).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Result alias for the store.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The job store and queue. All writes about a claimed job take its
+/// [`Lease`] and are fenced on `(id, attempt, owner)`: a stale worker gets
+/// [`StoreError::LeaseLost`] and changes nothing. Every state change writes
+/// its `job_events` row in the same transaction and then wakes subscribers.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+    /// Readiness: the database answers and every migration is applied.
+    async fn ready(&self) -> StoreResult<bool>;
+
+    /// Inserts a queued job and its `job.queued` event.
+    async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow>;
+    /// One job.
+    async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
+    /// Newest first (by id, which is a UUIDv7), optionally filtered by
+    /// status, starting after `cursor` (exclusive).
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        cursor: Option<Uuid>,
+    ) -> StoreResult<Vec<JobRow>>;
+    /// A job's turns in order.
+    async fn list_turns(&self, job_id: Uuid) -> StoreResult<Vec<TurnRow>>;
+    /// Cancels a queued job at once (status canceled, `job.canceled` event),
+    /// or flags a running one (its worker sees the flag at its next
+    /// heartbeat). `Conflict` when the job is finished; `NotFound`.
+    async fn request_cancel(&self, id: Uuid) -> StoreResult<JobRow>;
+
+    /// Claims up to `limit` queued jobs whose `run_at` is due, highest
+    /// priority first, then oldest `run_at`, then id: status running,
+    /// `attempt + 1`, lease owner `owner` until now + `lease`, `started_at`
+    /// set if unset, `job.started` event.
+    async fn claim(&self, owner: &str, limit: u32, lease: Duration)
+        -> StoreResult<Vec<ClaimedJob>>;
+    /// Extends the lease to now + `lease`; returns whether cancel was requested.
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> StoreResult<bool>;
+    /// Records a new turn (critique empty) and its `turn.edited` event.
+    async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()>;
+    /// Sets a turn's critique and writes its `turn.critiqued` event.
+    async fn record_critique(
+        &self,
+        lease: &Lease,
+        index: u32,
+        critique: &serde_json::Value,
+        thinker_ms: u64,
+        raw_output: &str,
+        parse_error: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Marks the job succeeded with `result_turn` (`job.succeeded` event).
+    async fn complete(&self, lease: &Lease, result_turn: u32) -> StoreResult<()>;
+    /// Marks the job failed for good (`job.failed` event).
+    async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()>;
+    /// A transient failure: back to queued with `run_at = now + delay` and
+    /// the error kept for inspection, or failed (`job.failed`) when
+    /// `attempt >= max_attempts`. Returns the job's new status.
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        code: &str,
+        message: &str,
+        delay: Duration,
+    ) -> StoreResult<JobStatus>;
+    /// Marks a running job canceled (`job.canceled` event).
+    async fn mark_canceled(&self, lease: &Lease) -> StoreResult<()>;
+    /// Graceful shutdown: back to queued, due now, the attempt not counted.
+    async fn release(&self, lease: &Lease) -> StoreResult<()>;
+    /// Requeues running jobs whose lease expired (or fails them, with code
+    /// `lease_expired` and a `job.failed` event, when attempts are spent).
+    /// Returns how many jobs it touched.
+    async fn rescue_expired(&self) -> StoreResult<u64>;
+
+    /// A job's events with id greater than `after`, in id order.
+    async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>>;
+    /// Live notices of new events (all jobs). On Postgres this is fed by a
+    /// LISTEN connection; a [`Notice::Resync`] means notices may have been
+    /// missed and subscribers should re-read from the table.
+    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+}
+
+/// Opens the store for `database_url` (`postgres://…` or `sqlite://…`),
+/// creating the SQLite file and its folder when missing.
+pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
+    if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(database_url).await?))
+    } else if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(database_url).await?))
+    } else {
+        Err(StoreError::BadUrl(format!(
+            "{database_url}: expected postgres://… or sqlite://…"
+        )))
+    }
+}

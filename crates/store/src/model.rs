@@ -1,0 +1,238 @@
+//! Row types shared by both backends.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A job's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting to be claimed (maybe not yet due).
+    Queued,
+    /// Claimed by a worker holding a lease.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished without one.
+    Failed,
+    /// Canceled by the client.
+    Canceled,
+}
+
+impl JobStatus {
+    /// The database spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+        }
+    }
+
+    /// Parses the database spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "succeeded" => Self::Succeeded,
+            "failed" => Self::Failed,
+            "canceled" => Self::Canceled,
+            _ => return None,
+        })
+    }
+
+    /// Succeeded, failed or canceled.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Canceled)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Event types (contract, DESIGN.md §7).
+pub mod event_type {
+    /// Job inserted.
+    pub const JOB_QUEUED: &str = "job.queued";
+    /// Job claimed by a worker.
+    pub const JOB_STARTED: &str = "job.started";
+    /// A turn's image exists.
+    pub const TURN_EDITED: &str = "turn.edited";
+    /// A turn's critique exists.
+    pub const TURN_CRITIQUED: &str = "turn.critiqued";
+    /// Job finished with a result.
+    pub const JOB_SUCCEEDED: &str = "job.succeeded";
+    /// Job failed for good.
+    pub const JOB_FAILED: &str = "job.failed";
+    /// Job canceled.
+    pub const JOB_CANCELED: &str = "job.canceled";
+}
+
+/// A job to insert.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// UUIDv7 chosen by the caller.
+    pub id: Uuid,
+    /// The user's instruction.
+    pub instruction: String,
+    /// Configured editor name.
+    pub editor: String,
+    /// `JobOptions` as JSON.
+    pub options: serde_json::Value,
+    /// Client metadata, stored as given.
+    pub metadata: serde_json::Value,
+    /// Blob key of the source image.
+    pub source_key: String,
+    /// MIME type of the source image.
+    pub source_mime: String,
+    /// Attempts before the job fails for good.
+    pub max_attempts: u32,
+    /// Higher is claimed first.
+    pub priority: i32,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    /// Id (UUIDv7).
+    pub id: Uuid,
+    /// Status.
+    pub status: JobStatus,
+    /// The user's instruction.
+    pub instruction: String,
+    /// Editor name.
+    pub editor: String,
+    /// Options JSON.
+    pub options: serde_json::Value,
+    /// Client metadata.
+    pub metadata: serde_json::Value,
+    /// Source blob key.
+    pub source_key: String,
+    /// Source MIME type.
+    pub source_mime: String,
+    /// Claims so far.
+    pub attempt: u32,
+    /// Claim limit.
+    pub max_attempts: u32,
+    /// Priority.
+    pub priority: i32,
+    /// Not claimable before this time.
+    pub run_at: DateTime<Utc>,
+    /// Current lease owner, while running.
+    pub lease_owner: Option<String>,
+    /// Current lease expiry, while running.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// A cancel was requested while running.
+    pub cancel_requested: bool,
+    /// Selected turn, once succeeded.
+    pub result_turn: Option<u32>,
+    /// Stable error code (failed jobs; also the last transient error of a requeued job).
+    pub error_code: Option<String>,
+    /// Error message.
+    pub error_message: Option<String>,
+    /// Inserted at.
+    pub created_at: DateTime<Utc>,
+    /// First claimed at.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Reached a terminal status at.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A worker's hold on a claimed job; every write is fenced on all three fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The job.
+    pub job_id: Uuid,
+    /// The attempt number this claim made.
+    pub attempt: u32,
+    /// The worker's owner id.
+    pub owner: String,
+}
+
+/// A job handed to a worker.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    /// The job as claimed (status running).
+    pub job: JobRow,
+    /// The lease to present on every write.
+    pub lease: Lease,
+}
+
+/// A turn to record.
+#[derive(Debug, Clone)]
+pub struct NewTurn {
+    /// Turn number, from 1.
+    pub index: u32,
+    /// Instruction sent to the editor.
+    pub instruction: String,
+    /// Blob key of the turn's image.
+    pub image_key: String,
+    /// Its MIME type.
+    pub image_mime: String,
+    /// Editor wall time.
+    pub editor_ms: u64,
+}
+
+/// A stored turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnRow {
+    /// The job.
+    pub job_id: Uuid,
+    /// Turn number, from 1.
+    pub index: u32,
+    /// Instruction sent to the editor.
+    pub instruction: String,
+    /// Blob key of the image.
+    pub image_key: String,
+    /// Its MIME type.
+    pub image_mime: String,
+    /// Editor wall time.
+    pub editor_ms: u64,
+    /// The critique JSON (a serialized `CritiqueRecord`), once made.
+    pub critique: Option<serde_json::Value>,
+    /// Thinker wall time.
+    pub thinker_ms: Option<u64>,
+    /// Raw thinker output.
+    pub raw_output: Option<String>,
+    /// Why the thinker output did not parse.
+    pub parse_error: Option<String>,
+    /// Recorded at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventRow {
+    /// Global, increasing id.
+    pub id: i64,
+    /// The job.
+    pub job_id: Uuid,
+    /// Type, one of [`event_type`].
+    pub kind: String,
+    /// Payload.
+    pub data: serde_json::Value,
+    /// Written at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A live notice from [`crate::Store::subscribe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// A new event row exists.
+    Event {
+        /// The job.
+        job_id: Uuid,
+        /// The event row id.
+        event_id: i64,
+        /// Its type.
+        kind: String,
+    },
+    /// Notices may have been missed: re-read from the table.
+    Resync,
+}
