@@ -1,0 +1,110 @@
+//! The HTTP API (DESIGN.md §8): axum routers, request intake, problem
+//! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
+
+pub mod error;
+mod events;
+pub mod intake;
+mod jobs;
+mod system;
+pub mod views;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use editthinker_store::{BlobStore, Store};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+pub use error::{ApiError, Problem};
+pub use intake::Limits;
+pub use views::EditorView;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// Jobs, turns, events.
+    pub store: Arc<dyn Store>,
+    /// Image bytes.
+    pub blobs: Arc<BlobStore>,
+    /// Configured editors (for validation and `GET /v1/editors`).
+    pub editors: Arc<Vec<EditorView>>,
+    /// Whether a thinker is configured; without one, jobs are refused.
+    pub thinker_configured: bool,
+    /// Input limits.
+    pub limits: Limits,
+    /// Attempts a job gets before it fails for good.
+    pub max_attempts: u32,
+}
+
+/// The OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "EditThinker Service",
+        description = "Think-while-Edit jobs: an editor edits, a vision-language thinker critiques and refines the instruction, repeat until good. Every turn streams over SSE."
+    ),
+    paths(
+        jobs::create_job,
+        jobs::list_jobs,
+        jobs::get_job,
+        jobs::cancel_job,
+        jobs::source_image,
+        jobs::turn_image,
+        jobs::result_image,
+        events::job_events,
+        system::list_editors,
+        system::healthz,
+        system::readyz,
+    ),
+    components(schemas(
+        views::Job,
+        views::JobSummary,
+        views::JobList,
+        views::Turn,
+        views::CritiqueView,
+        views::JobResult,
+        views::JobErrorView,
+        views::EditorView,
+        views::EditorList,
+        intake::CreateJobRequest,
+        intake::ImageInput,
+        system::Readiness,
+        error::Problem,
+        editthinker_core::JobOptions,
+        editthinker_core::StopThresholds,
+        editthinker_core::Selection,
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON (what `openapi/openapi.json` holds).
+pub fn openapi_json() -> String {
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serializes")
+}
+
+/// The whole router.
+pub fn router(state: AppState) -> Router {
+    // Room for a base64-encoded image at the byte limit plus the other fields.
+    let body_limit = state.limits.max_image_bytes / 3 * 4 + 1024 * 1024;
+    Router::new()
+        .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .route("/v1/jobs/{id}", get(jobs::get_job))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
+        .route("/v1/jobs/{id}/events", get(events::job_events))
+        .route("/v1/jobs/{id}/source", get(jobs::source_image))
+        .route("/v1/jobs/{id}/turns/{n}/image", get(jobs::turn_image))
+        .route("/v1/jobs/{id}/result", get(jobs::result_image))
+        .route("/v1/editors", get(system::list_editors))
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/openapi.json", get(system::openapi))
+        .route("/docs", get(system::docs))
+        .fallback(system::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

@@ -1,0 +1,6 @@
+//! The `editthinker` binary's wiring: configuration, telemetry and roles.
+//! Business logic lives in the other crates.
+
+pub mod config;
+pub mod roles;
+pub mod telemetry;

@@ -304,6 +304,15 @@ mod tests {
         bytes.extend(13u32.to_be_bytes());
         bytes.extend(&ihdr);
         bytes.extend(crc32(&ihdr).to_be_bytes());
+        // A few bytes of (empty) zlib data and the end chunk: a tiny file.
+        for (kind, data) in [(&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0, 0, 0, 0, 1][..]), (b"IEND", &[])] {
+            let mut chunk = kind.to_vec();
+            chunk.extend(data);
+            bytes.extend((data.len() as u32).to_be_bytes());
+            bytes.extend(&chunk);
+            bytes.extend(crc32(&chunk).to_be_bytes());
+        }
+        assert!(bytes.len() < 100);
         let err = Image::probe(Bytes::from(bytes), 40_000_000).unwrap_err();
         assert!(matches!(err, ImageError::TooManyPixels { pixels: 10_000_000_000, .. }), "{err:?}");
     }

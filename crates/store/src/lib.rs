@@ -7,6 +7,7 @@
 
 mod blobs;
 mod model;
+mod payload;
 mod postgres;
 mod sqlite;
 
@@ -19,7 +20,7 @@ use uuid::Uuid;
 
 pub use blobs::{BlobError, BlobStore};
 pub use model::*;
-pub use postgres::PgStore;
+pub use postgres::{PgStore, CHANNEL as PG_NOTIFY_CHANNEL};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store layer.
@@ -150,4 +151,13 @@ pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
             "{database_url}: expected postgres://… or sqlite://…"
         )))
     }
+}
+
+/// Whether every up migration of `migrator` is among `applied` (versions
+/// recorded as successful in `_sqlx_migrations`).
+fn all_applied(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> bool {
+    migrator
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .all(|m| applied.contains(&m.version))
 }

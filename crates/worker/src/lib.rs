@@ -1,0 +1,155 @@
+//! The worker role: claims jobs, runs the Think-while-Edit loop with
+//! store-backed persistence, heartbeats its leases, and shuts down gracefully.
+
+mod job;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use editthinker_core::{Editor, LoopConfig, Thinker};
+use editthinker_store::{BlobStore, Notice, Store};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+pub use job::error_code;
+
+/// Worker settings (`[worker]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Jobs in flight at once.
+    pub concurrency: usize,
+    /// Lease length; a worker silent for this long loses its jobs.
+    pub lease: Duration,
+    /// How often leases are extended (and cancel flags read).
+    pub heartbeat: Duration,
+    /// Longest wait between claim attempts when no notification arrives.
+    pub poll_interval: Duration,
+    /// On shutdown, how long a job may take to finish its turn in progress.
+    pub shutdown_grace: Duration,
+    /// First retry delay after a transient failure; doubles per attempt.
+    pub retry_base: Duration,
+    /// Loop settings.
+    pub loop_config: LoopConfig,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+            retry_base: Duration::from_secs(5),
+            loop_config: LoopConfig::default(),
+        }
+    }
+}
+
+/// Everything a worker needs to run jobs.
+#[derive(Clone)]
+pub struct Worker {
+    store: Arc<dyn Store>,
+    blobs: Arc<BlobStore>,
+    editors: Arc<BTreeMap<String, Arc<dyn Editor>>>,
+    thinker: Arc<dyn Thinker>,
+    settings: WorkerSettings,
+    owner: String,
+}
+
+impl Worker {
+    /// A worker with a fresh, unique owner id (host name, pid and a random suffix).
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Arc<BlobStore>,
+        editors: BTreeMap<String, Arc<dyn Editor>>,
+        thinker: Arc<dyn Thinker>,
+        settings: WorkerSettings,
+    ) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        let owner = format!(
+            "{host}:{}:{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Self {
+            store,
+            blobs,
+            editors: Arc::new(editors),
+            thinker,
+            settings,
+            owner,
+        }
+    }
+
+    /// This worker's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Claims and runs jobs until `shutdown` fires, then stops claiming,
+    /// lets jobs finish the step in progress (up to the grace period),
+    /// releases their leases and returns.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut notices = self.store.subscribe();
+        let mut jobs = JoinSet::new();
+        let concurrency = self.settings.concurrency.max(1);
+        info!(owner = %self.owner, concurrency, "worker started");
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.store.rescue_expired().await {
+                warn!(error = %e, "rescuing expired leases failed");
+            }
+            let free = concurrency.saturating_sub(jobs.len());
+            if free > 0 {
+                match self
+                    .store
+                    .claim(&self.owner, free as u32, self.settings.lease)
+                    .await
+                {
+                    Ok(claimed) => {
+                        for claimed in claimed {
+                            let span = tracing::info_span!(
+                                "job",
+                                job_id = %claimed.job.id,
+                                attempt = claimed.lease.attempt
+                            );
+                            let runner = job::JobRunner {
+                                worker: self.clone(),
+                                shutdown: shutdown.clone(),
+                            };
+                            jobs.spawn(runner.run(claimed).instrument(span));
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "claiming jobs failed"),
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
+                _ = wait_for_queued(&mut notices) => {}
+                _ = tokio::time::sleep(self.settings.poll_interval) => {}
+            }
+        }
+        info!(in_flight = jobs.len(), "worker stopping: no new claims");
+        while jobs.join_next().await.is_some() {}
+        info!("worker stopped");
+    }
+}
+
+/// Resolves when a notice says a job was queued (or notices were lost).
+async fn wait_for_queued(notices: &mut tokio::sync::broadcast::Receiver<Notice>) {
+    loop {
+        match notices.recv().await {
+            Ok(Notice::Event { kind, .. }) if kind == editthinker_store::event_type::JOB_QUEUED => {
+                return
+            }
+            Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => return,
+            Ok(_) => {}
+            // The store is gone; fall back to polling.
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}

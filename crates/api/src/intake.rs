@@ -1,0 +1,519 @@
+//! Turning a create-job request (JSON or multipart) into a validated job:
+//! the image (inline or fetched), the instruction, the editor and options.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use axum::extract::multipart::{Field, Multipart};
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use editthinker_core::{Image, ImageError, JobOptions};
+use futures::StreamExt;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Limits on what clients may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest image, in bytes.
+    pub max_image_bytes: usize,
+    /// Largest image, in pixels (checked from the header, before decoding).
+    pub max_pixels: u64,
+    /// Longest instruction, in characters.
+    pub max_instruction_chars: usize,
+    /// Allow image URLs on loopback, private, link-local or metadata addresses.
+    pub allow_private_image_urls: bool,
+    /// Total time allowed to fetch an image URL.
+    pub image_fetch_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_image_bytes: 20 * 1024 * 1024,
+            max_pixels: 40_000_000,
+            max_instruction_chars: 4000,
+            allow_private_image_urls: false,
+            image_fetch_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `POST /v1/jobs` as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobRequest {
+    /// The source image: exactly one of `base64` or `url`.
+    pub image: ImageInput,
+    /// What to change, 1 to 4,000 characters.
+    pub instruction: String,
+    /// A configured editor name; the default editor when absent.
+    pub editor: Option<String>,
+    /// Loop options; server defaults for what is absent.
+    #[schema(value_type = Option<Object>)]
+    pub options: Option<JobOptions>,
+    /// Any JSON object, stored and returned as given.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Where the source image comes from.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInput {
+    /// Base64 (standard alphabet) of the image bytes; a `data:` URL prefix is accepted.
+    pub base64: Option<String>,
+    /// An `http`/`https` URL the server fetches.
+    pub url: Option<String>,
+}
+
+/// A create request whose fields are validated, the image still raw.
+#[derive(Debug)]
+pub struct ParsedCreate {
+    /// Image bytes (not yet validated as an image).
+    pub image: Bytes,
+    /// The instruction, trimmed.
+    pub instruction: String,
+    /// Editor name as sent.
+    pub editor: Option<String>,
+    /// Options as sent.
+    pub options: JobOptions,
+    /// Metadata as sent.
+    pub metadata: serde_json::Value,
+}
+
+/// Parses a JSON create body, fetching the image when given by URL.
+pub async fn parse_json(body: &[u8], limits: &Limits) -> Result<ParsedCreate, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let request: CreateJobRequest =
+        serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    let image = match (request.image.base64, request.image.url) {
+        (Some(b64), None) => decode_base64(&b64, limits)?,
+        (None, Some(url)) => fetch_image(&url, limits).await?,
+        _ => {
+            return Err(ApiError::invalid(
+                "image",
+                "give exactly one of image.base64 or image.url",
+            ))
+        }
+    };
+    finish(
+        image,
+        request.instruction,
+        request.editor,
+        request.options,
+        request.metadata,
+        limits,
+    )
+}
+
+/// Parses a multipart create body: an `image` file part plus `instruction`,
+/// `editor`, `options` (JSON text) and `metadata` (JSON text) fields.
+pub async fn parse_multipart(
+    mut multipart: Multipart,
+    limits: &Limits,
+) -> Result<ParsedCreate, ApiError> {
+    let (mut image, mut instruction, mut editor, mut options, mut metadata) =
+        (None, None, None, None, None);
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        let name = field.name().unwrap_or_default().to_string();
+        match name.as_str() {
+            "image" => image = Some(read_limited_field(field, limits.max_image_bytes).await?),
+            "instruction" => instruction = Some(text_field(field).await?),
+            "editor" => editor = Some(text_field(field).await?),
+            "options" => {
+                let text = text_field(field).await?;
+                let mut de = serde_json::Deserializer::from_str(&text);
+                let parsed: JobOptions = serde_path_to_error::deserialize(&mut de)
+                    .map_err(|e| prefixed(json_error(e), "options"))?;
+                options = Some(parsed);
+            }
+            "metadata" => {
+                let text = text_field(field).await?;
+                let parsed: serde_json::Value = serde_json::from_str(&text)
+                    .map_err(|e| ApiError::invalid("metadata", format!("must be JSON: {e}")))?;
+                metadata = Some(parsed);
+            }
+            "" => return Err(ApiError::invalid("multipart", "every part needs a name")),
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "unknown form field (expected image, instruction, editor, options, metadata)",
+                ))
+            }
+        }
+    }
+    let image = image.ok_or_else(|| ApiError::invalid("image", "an image file part is required"))?;
+    let instruction =
+        instruction.ok_or_else(|| ApiError::invalid("instruction", "is required"))?;
+    finish(image, instruction, editor, options, metadata, limits)
+}
+
+fn finish(
+    image: Bytes,
+    instruction: String,
+    editor: Option<String>,
+    options: Option<JobOptions>,
+    metadata: Option<serde_json::Value>,
+    limits: &Limits,
+) -> Result<ParsedCreate, ApiError> {
+    let instruction = instruction.trim().to_string();
+    if instruction.is_empty() {
+        return Err(ApiError::invalid("instruction", "must not be empty"));
+    }
+    let chars = instruction.chars().count();
+    if chars > limits.max_instruction_chars {
+        return Err(ApiError::invalid(
+            "instruction",
+            format!(
+                "must be at most {} characters (got {chars})",
+                limits.max_instruction_chars
+            ),
+        ));
+    }
+    let options = options.unwrap_or_default();
+    options
+        .validate()
+        .map_err(|e| ApiError::invalid(e.field, e.rule))?;
+    let metadata = metadata.unwrap_or_else(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        return Err(ApiError::invalid("metadata", "must be a JSON object"));
+    }
+    Ok(ParsedCreate {
+        image,
+        instruction,
+        editor,
+        options,
+        metadata,
+    })
+}
+
+/// Validates image bytes: size, format, declared pixels (before decoding),
+/// then a full decode. Runs the decode off the async threads.
+pub async fn validate_image(bytes: Bytes, limits: &Limits) -> Result<Image, ApiError> {
+    if bytes.len() > limits.max_image_bytes {
+        return Err(too_large(bytes.len(), limits.max_image_bytes));
+    }
+    let max_pixels = limits.max_pixels;
+    let probed = Image::probe(bytes, max_pixels).map_err(image_error)?;
+    let checked = probed.clone();
+    tokio::task::spawn_blocking(move || checked.decode().map(|_| ()))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(image_error)?;
+    Ok(probed)
+}
+
+fn image_error(e: ImageError) -> ApiError {
+    let code = match e {
+        ImageError::UnknownFormat => "image_unsupported",
+        ImageError::Undecodable(_) | ImageError::Empty => "image_undecodable",
+        ImageError::TooManyPixels { .. } => "image_too_many_pixels",
+    };
+    ApiError::Invalid {
+        code,
+        field: "image".into(),
+        rule: e.to_string(),
+    }
+}
+
+fn too_large(got: usize, limit: usize) -> ApiError {
+    ApiError::TooLarge {
+        field: "image".into(),
+        detail: format!("the image is over the limit of {limit} bytes (got at least {got})"),
+    }
+}
+
+fn decode_base64(text: &str, limits: &Limits) -> Result<Bytes, ApiError> {
+    let payload = match text.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(',')
+            .filter(|(meta, _)| meta.ends_with(";base64"))
+            .map(|(_, data)| data)
+            .ok_or_else(|| {
+                ApiError::invalid("image.base64", "a data: URL must be base64-encoded")
+            })?,
+        None => text,
+    };
+    // Refuse before decoding: base64 is 4 characters per 3 bytes.
+    let approx = payload.len() / 4 * 3;
+    if approx > limits.max_image_bytes + 3 {
+        return Err(too_large(approx, limits.max_image_bytes));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .map_err(|e| ApiError::invalid("image.base64", format!("is not valid base64: {e}")))?;
+    Ok(Bytes::from(bytes))
+}
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    let message = inner.to_string();
+    match inner.classify() {
+        serde_json::error::Category::Data => {
+            // Name the unknown field itself, not just its parent.
+            let field = match message.strip_prefix("unknown field `") {
+                Some(rest) => {
+                    let name = rest.split('`').next().unwrap_or_default();
+                    if path == "." {
+                        name.to_string()
+                    } else {
+                        format!("{path}.{name}")
+                    }
+                }
+                None if path == "." => "body".to_string(),
+                None => path,
+            };
+            ApiError::invalid(field, strip_position(&message))
+        }
+        _ => ApiError::Malformed {
+            field: None,
+            detail: format!("the body is not valid JSON: {message}"),
+        },
+    }
+}
+
+/// serde_json appends " at line L column C", which means nothing to clients
+/// that did not write the JSON by hand; keep the rule.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+fn prefixed(error: ApiError, prefix: &str) -> ApiError {
+    match error {
+        ApiError::Invalid { code, field, rule } => ApiError::Invalid {
+            code,
+            field: if field == "body" {
+                prefix.to_string()
+            } else {
+                format!("{prefix}.{field}")
+            },
+            rule,
+        },
+        ApiError::Malformed { detail, .. } => {
+            ApiError::invalid(prefix, format!("must be a JSON object: {detail}"))
+        }
+        other => other,
+    }
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::TooLarge {
+            field: "body".into(),
+            detail: e.body_text(),
+        };
+    }
+    ApiError::Malformed {
+        field: Some("multipart".into()),
+        detail: format!("malformed multipart body: {}", e.body_text()),
+    }
+}
+
+async fn read_limited_field(mut field: Field<'_>, limit: usize) -> Result<Bytes, ApiError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large(buf.len() + chunk.len(), limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+async fn text_field(field: Field<'_>) -> Result<String, ApiError> {
+    let name = field.name().unwrap_or_default().to_string();
+    field
+        .text()
+        .await
+        .map_err(|e| ApiError::invalid(name, format!("must be UTF-8 text: {}", e.body_text())))
+}
+
+/// Fetches an image URL with the upload limits, a timeout, at most five
+/// redirects, and (unless allowed) no private, loopback, link-local or
+/// metadata targets — checked on every hop, against the address we connect to.
+pub async fn fetch_image(url: &str, limits: &Limits) -> Result<Bytes, ApiError> {
+    const FIELD: &str = "image.url";
+    let mut url = url::Url::parse(url)
+        .map_err(|e| ApiError::invalid(FIELD, format!("is not a valid URL: {e}")))?;
+    let deadline = tokio::time::Instant::now() + limits.image_fetch_timeout;
+    for _hop in 0..=5 {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ApiError::invalid(FIELD, "must be an http or https URL"));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| ApiError::invalid(FIELD, "has no host"))?
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let lookup_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addrs: Vec<SocketAddr> = tokio::time::timeout_at(
+            deadline,
+            tokio::net::lookup_host((lookup_host.as_str(), port)),
+        )
+        .await
+        .map_err(|_| ApiError::invalid(FIELD, "timed out resolving the host"))?
+        .map_err(|e| ApiError::invalid(FIELD, format!("could not resolve {host}: {e}")))?
+        .collect();
+        if addrs.is_empty() {
+            return Err(ApiError::invalid(FIELD, format!("{host} has no addresses")));
+        }
+        if !limits.allow_private_image_urls {
+            if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
+                return Err(ApiError::Invalid {
+                    code: "image_url_forbidden",
+                    field: FIELD.into(),
+                    rule: format!(
+                        "{host} resolves to {}, a loopback, private, link-local or metadata address, which image URLs may not target",
+                        bad.ip()
+                    ),
+                });
+            }
+        }
+        // Pin the checked addresses so the connection cannot be re-resolved elsewhere.
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve_to_addrs(&lookup_host, &addrs)
+            .build()
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let response = tokio::time::timeout_at(deadline, client.get(url.clone()).send())
+            .await
+            .map_err(|_| ApiError::invalid(FIELD, "timed out fetching the image"))?
+            .map_err(|e| ApiError::invalid(FIELD, format!("could not fetch the image: {e}")))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| ApiError::invalid(FIELD, "redirect without a Location"))?;
+            url = url
+                .join(location)
+                .map_err(|e| ApiError::invalid(FIELD, format!("bad redirect target: {e}")))?;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(ApiError::invalid(
+                FIELD,
+                format!("fetching the image answered HTTP {}", status.as_u16()),
+            ));
+        }
+        if let Some(len) = response.content_length() {
+            if len > limits.max_image_bytes as u64 {
+                return Err(too_large(len as usize, limits.max_image_bytes));
+            }
+        }
+        let mut buf = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        loop {
+            let next = tokio::time::timeout_at(deadline, stream.next())
+                .await
+                .map_err(|_| ApiError::invalid(FIELD, "timed out fetching the image"))?;
+            let Some(chunk) = next else { break };
+            let chunk = chunk
+                .map_err(|e| ApiError::invalid(FIELD, format!("could not fetch the image: {e}")))?;
+            if buf.len() + chunk.len() > limits.max_image_bytes {
+                return Err(too_large(buf.len() + chunk.len(), limits.max_image_bytes));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        return Ok(buf.freeze());
+    }
+    Err(ApiError::invalid(FIELD, "too many redirects (at most 5)"))
+}
+
+/// Addresses image URLs may not reach unless explicitly allowed.
+pub fn is_forbidden(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_forbidden_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_forbidden_v4(v4);
+            }
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local (incl. cloud metadata fd00:ec2::254)
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || v6 == Ipv6Addr::from([0x64, 0xff9b, 0, 0, 0, 0, 0, 0]) // NAT64 prefix base
+        }
+    }
+}
+
+fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, ..] = ip.octets();
+    ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local() // includes 169.254.169.254, the cloud metadata address
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_addresses() {
+        for bad in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fe80::1",
+            "fd00:ec2::254",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_forbidden(bad.parse().unwrap()), "{bad}");
+        }
+        for good in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
+            assert!(!is_forbidden(good.parse().unwrap()), "{good}");
+        }
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let limits = Limits::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let field = |body: &str| match rt.block_on(parse_json(body.as_bytes(), &limits)) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        };
+        assert_eq!(
+            field(r#"{"image":{"base64":"aGk="},"instruction":"x","colour":1}"#),
+            "colour"
+        );
+        assert_eq!(
+            field(r#"{"image":{"base64":"aGk="},"instruction":"x","options":{"turns":1}}"#),
+            "options.turns"
+        );
+        assert_eq!(
+            field(r#"{"image":{"base64":"aGk="},"instruction":"x","options":{"max_turns":"a"}}"#),
+            "options.max_turns"
+        );
+        assert_eq!(field(r#"{"image":{"base64":"aGk="},"instruction":"  "}"#), "instruction");
+        assert_eq!(field(r#"{"image":{},"instruction":"x"}"#), "image");
+        assert_eq!(field(r#"{"image":{"base64":"!!"},"instruction":"x"}"#), "image.base64");
+        assert!(matches!(
+            rt.block_on(parse_json(b"{not json", &limits)),
+            Err(ApiError::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,303 @@
+//! Job handlers: create, read, list, cancel, and image bytes.
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bytes::Bytes;
+use editthinker_store::{BlobError, BlobStore, JobStatus, NewJob};
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::error::{wrong_status, ApiError, Problem};
+use crate::intake::{self, ParsedCreate};
+use crate::views::{Job, JobList, JobSummary};
+use crate::AppState;
+
+/// Creates a job from JSON or multipart.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body(content(
+        (intake::CreateJobRequest = "application/json"),
+        (intake::CreateJobRequest = "multipart/form-data"),
+    ), description = "JSON, or multipart with an `image` file part and `instruction`, `editor`, `options` (JSON text), `metadata` (JSON text) fields."),
+    responses(
+        (status = 202, description = "Queued; `Location` names the job", body = Job),
+        (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Image over the byte limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither JSON nor multipart", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No thinker or editor configured", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_job(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let parsed = if content_type.starts_with("application/json") {
+        let body = Bytes::from_request(request, &state)
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text()))?;
+        intake::parse_json(&body, &state.limits).await?
+    } else if content_type.starts_with("multipart/form-data") {
+        let multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| body_error(e.status(), e.body_text()))?;
+        intake::parse_multipart(multipart, &state.limits).await?
+    } else {
+        return Err(ApiError::UnsupportedMediaType(content_type));
+    };
+    let job = insert(&state, parsed).await?;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
+}
+
+fn body_error(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge {
+            field: "body".into(),
+            detail: text,
+        }
+    } else {
+        ApiError::Malformed {
+            field: None,
+            detail: text,
+        }
+    }
+}
+
+async fn insert(state: &AppState, parsed: ParsedCreate) -> Result<Job, ApiError> {
+    let editor = resolve_editor(state, parsed.editor.as_deref())?;
+    if !state.thinker_configured {
+        return Err(ApiError::NotConfigured(
+            "no thinker is configured: set [thinker] (kind, base_url, model) in the configuration or EDITTHINKER_THINKER__* variables".into(),
+        ));
+    }
+    let image = intake::validate_image(parsed.image, &state.limits).await?;
+    let id = Uuid::now_v7();
+    let source_key = BlobStore::source_key(id, image.format.extension());
+    state
+        .blobs
+        .put(&source_key, image.bytes.clone())
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let row = state
+        .store
+        .insert_job(NewJob {
+            id,
+            instruction: parsed.instruction,
+            editor,
+            options: serde_json::to_value(parsed.options).expect("options serialize"),
+            metadata: parsed.metadata,
+            source_key,
+            source_mime: image.format.mime().to_string(),
+            max_attempts: state.max_attempts,
+            priority: 0,
+        })
+        .await?;
+    tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
+    Ok(Job::from_rows(&row, &[]))
+}
+
+fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
+    if state.editors.is_empty() {
+        return Err(ApiError::NotConfigured(
+            "no editor is configured: add an [editors.<name>] section (kind, url) to the configuration".into(),
+        ));
+    }
+    match requested {
+        Some(name) => state
+            .editors
+            .iter()
+            .find(|e| e.name == name)
+            .map(|e| e.name.clone())
+            .ok_or_else(|| ApiError::Invalid {
+                code: "unknown_editor",
+                field: "editor".into(),
+                rule: format!(
+                    "no editor named {name:?}; configured editors: {}",
+                    state
+                        .editors
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        None => state
+            .editors
+            .iter()
+            .find(|e| e.default)
+            .or(state.editors.first())
+            .map(|e| e.name.clone())
+            .ok_or_else(|| ApiError::invalid("editor", "is required: no default editor")),
+    }
+}
+
+/// Query of `GET /v1/jobs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only jobs with this status.
+    status: Option<String>,
+    /// Page size, 1..=100 (default 20).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+/// Lists jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(ListQuery),
+    responses((status = 200, body = JobList),
+        (status = 422, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<JobList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            JobStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(
+                    "status",
+                    "must be one of queued, running, succeeded, failed, canceled",
+                )
+            })
+        })
+        .transpose()?;
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit", "must be between 1 and 100"));
+    }
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "must be a job id"))
+        })
+        .transpose()?;
+    let rows = state.store.list_jobs(status, limit + 1, cursor).await?;
+    let more = rows.len() > limit as usize;
+    let jobs: Vec<JobSummary> = rows
+        .iter()
+        .take(limit as usize)
+        .map(JobSummary::from_row)
+        .collect();
+    let next_cursor = if more { jobs.last().map(|j| j.id) } else { None };
+    Ok(Json(JobList { jobs, next_cursor }))
+}
+
+/// Parses a job id path segment.
+pub(crate) fn job_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("job {raw} not found")))
+}
+
+async fn load(state: &AppState, raw: &str) -> Result<editthinker_store::JobRow, ApiError> {
+    let id = job_id(raw)?;
+    state
+        .store
+        .get_job(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
+}
+
+/// A job with its turns.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = Job),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+    let row = load(&state, &id).await?;
+    let turns = state.store.list_turns(row.id).await?;
+    Ok(Json(Job::from_rows(&row, &turns)))
+}
+
+/// Cancels a queued or running job.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Canceled (queued job) or cancel requested (running job)", body = Job),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json")))]
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let id = job_id(&id)?;
+    let row = state.store.request_cancel(id).await?;
+    let turns = state.store.list_turns(id).await?;
+    Ok((StatusCode::ACCEPTED, Json(Job::from_rows(&row, &turns))))
+}
+
+/// The source image bytes.
+#[utoipa::path(get, path = "/v1/jobs/{id}/source", tag = "images",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "Image bytes", content_type = "image/*"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn source_image(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let row = load(&state, &id).await?;
+    blob_response(&state, &row.source_key, &row.source_mime).await
+}
+
+/// One turn's image bytes (turns count from 1).
+#[utoipa::path(get, path = "/v1/jobs/{id}/turns/{n}/image", tag = "images",
+    params(("id" = Uuid, Path, description = "Job id"), ("n" = u32, Path, description = "Turn number, from 1")),
+    responses((status = 200, description = "PNG bytes", content_type = "image/png"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn turn_image(
+    State(state): State<AppState>,
+    Path((id, n)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let row = load(&state, &id).await?;
+    let n: u32 = n
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("job {} has no turn {n}", row.id)))?;
+    let turns = state.store.list_turns(row.id).await?;
+    let turn = turns
+        .iter()
+        .find(|t| t.index == n)
+        .ok_or_else(|| ApiError::NotFound(format!("job {} has no turn {n}", row.id)))?;
+    blob_response(&state, &turn.image_key, &turn.image_mime).await
+}
+
+/// The selected result's image bytes.
+#[utoipa::path(get, path = "/v1/jobs/{id}/result", tag = "images",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, description = "PNG bytes", content_type = "image/png"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job has not succeeded", body = Problem, content_type = "application/problem+json")))]
+pub async fn result_image(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let row = load(&state, &id).await?;
+    let (JobStatus::Succeeded, Some(n)) = (row.status, row.result_turn) else {
+        return Err(wrong_status(row.id, row.status, "the result exists once it succeeded"));
+    };
+    let turns = state.store.list_turns(row.id).await?;
+    let turn = turns
+        .iter()
+        .find(|t| t.index == n)
+        .ok_or_else(|| ApiError::Internal(format!("job {} result turn {n} missing", row.id)))?;
+    blob_response(&state, &turn.image_key, &turn.image_mime).await
+}
+
+async fn blob_response(state: &AppState, key: &str, mime: &str) -> Result<Response, ApiError> {
+    let bytes = state.blobs.get(key).await.map_err(|e| match e {
+        BlobError::NotFound(_) => ApiError::NotFound(format!("image {key} is missing")),
+        other => ApiError::Internal(other.to_string()),
+    })?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        mime.parse().unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
+    );
+    // Stored images never change once written.
+    headers.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("private, max-age=31536000, immutable"),
+    );
+    Ok((headers, Body::from(bytes)).into_response())
+}

@@ -1,0 +1,111 @@
+//! Editors, health, readiness and API documentation.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::views::EditorList;
+use crate::AppState;
+
+/// Readiness report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// Whether this process can serve: database reachable, migrations applied.
+    pub ready: bool,
+    /// `ok`, or what is wrong with the database.
+    pub database: String,
+    /// `configured`, or what to configure.
+    pub thinker: String,
+    /// Configured editor names, or what to configure.
+    pub editors: String,
+}
+
+/// Configured editors.
+#[utoipa::path(get, path = "/v1/editors", tag = "editors",
+    responses((status = 200, body = EditorList)))]
+pub async fn list_editors(State(state): State<AppState>) -> Json<EditorList> {
+    Json(EditorList {
+        editors: state.editors.as_ref().clone(),
+    })
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers and migrations are applied. The body
+/// also says whether a thinker and editors are configured.
+#[utoipa::path(get, path = "/readyz", tag = "system", responses(
+    (status = 200, body = Readiness), (status = 503, body = Readiness)))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let database = match state.store.ready().await {
+        Ok(true) => "ok".to_string(),
+        Ok(false) => "migrations not applied: run `editthinker migrate`".to_string(),
+        Err(e) => format!("unreachable: {e}"),
+    };
+    let ready = database == "ok";
+    let report = Readiness {
+        ready,
+        database,
+        thinker: if state.thinker_configured {
+            "configured".into()
+        } else {
+            "not configured: set [thinker] in the configuration".into()
+        },
+        editors: if state.editors.is_empty() {
+            "none configured: add an [editors.<name>] section".into()
+        } else {
+            state
+                .editors
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+/// The OpenAPI document.
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
+        .into_response()
+}
+
+/// An interactive viewer for the OpenAPI document (loaded by the browser).
+pub async fn docs() -> Html<&'static str> {
+    Html(
+        r#"<!doctype html>
+<html>
+  <head>
+    <title>EditThinker Service API</title>
+    <meta charset="utf-8" />
+    <meta name="viewport" content="width=device-width, initial-scale=1" />
+  </head>
+  <body>
+    <script id="api-reference" data-url="/openapi.json"></script>
+    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+  </body>
+</html>
+"#,
+    )
+}
+
+/// Unknown paths answer a problem too.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}

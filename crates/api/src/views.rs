@@ -1,0 +1,263 @@
+//! Response bodies (DESIGN.md §8) and their conversion from stored rows.
+
+use chrono::{DateTime, Utc};
+use editthinker_core::{CritiqueRecord, JobOptions};
+use editthinker_store::{JobRow, JobStatus, TurnRow};
+use serde::Serialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// A job with its turns.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Job {
+    /// Job id (UUIDv7).
+    pub id: Uuid,
+    /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
+    #[schema(value_type = String, example = "running")]
+    pub status: JobStatus,
+    /// The user's instruction.
+    pub instruction: String,
+    /// The editor's configured name.
+    pub editor: String,
+    /// Loop options in force.
+    #[schema(value_type = Object)]
+    pub options: serde_json::Value,
+    /// Turns so far, in order.
+    pub turns: Vec<Turn>,
+    /// The selected turn, once succeeded.
+    pub result: Option<JobResult>,
+    /// Why the job failed (or, while queued again, its last transient error).
+    pub error: Option<JobErrorView>,
+    /// Claims so far.
+    pub attempt: u32,
+    /// Client metadata, as given.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// When the job was created.
+    pub created_at: DateTime<Utc>,
+    /// When a worker first claimed it.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached a terminal status.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// One job in a listing (turns omitted).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobSummary {
+    /// Job id.
+    pub id: Uuid,
+    /// Status.
+    #[schema(value_type = String)]
+    pub status: JobStatus,
+    /// The user's instruction.
+    pub instruction: String,
+    /// Editor name.
+    pub editor: String,
+    /// The selected turn, once succeeded.
+    pub result: Option<JobResult>,
+    /// Failure, if any.
+    pub error: Option<JobErrorView>,
+    /// Claims so far.
+    pub attempt: u32,
+    /// Client metadata.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Value,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Finished at.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A page of jobs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobList {
+    /// Newest first.
+    pub jobs: Vec<JobSummary>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// One turn.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Turn {
+    /// Turn number, from 1.
+    pub index: u32,
+    /// The instruction the editor received.
+    pub instruction: String,
+    /// Where to fetch the image.
+    pub image_url: String,
+    /// Editor wall time in milliseconds.
+    pub editor_ms: u64,
+    /// The thinker's critique, once made.
+    pub critique: Option<CritiqueView>,
+}
+
+/// The thinker's verdict on a turn.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CritiqueView {
+    /// Instruction-following score 0–10 (null for expert thinkers or parse failures).
+    pub semantic: Option<f64>,
+    /// Visual quality score 0–10.
+    pub quality: Option<f64>,
+    /// `sqrt(semantic * quality)`.
+    pub overall: Option<f64>,
+    /// The thinker's reasoning.
+    pub reasoning: Option<String>,
+    /// The instruction it proposed next.
+    pub refined_instruction: Option<String>,
+    /// Whether this critique ended the loop.
+    pub satisfied: bool,
+    /// Thinker wall time in milliseconds.
+    pub thinker_ms: u64,
+    /// Why the answer could not be used, if it could not.
+    pub error: Option<String>,
+}
+
+/// The selected result.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobResult {
+    /// Selected turn number.
+    pub turn: u32,
+    /// Where to fetch the image.
+    pub image_url: String,
+}
+
+/// A job's error.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobErrorView {
+    /// Stable code.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+/// A configured editor.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EditorView {
+    /// Name clients pass as `editor`.
+    pub name: String,
+    /// Backend kind (`http`, `openai`, ...).
+    pub kind: String,
+    /// Provider model, when known.
+    pub model: Option<String>,
+    /// Used when a job names no editor.
+    pub default: bool,
+}
+
+/// `GET /v1/editors`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EditorList {
+    /// Configured editors.
+    pub editors: Vec<EditorView>,
+}
+
+/// Path of a turn's image.
+pub fn turn_image_url(job: Uuid, turn: u32) -> String {
+    format!("/v1/jobs/{job}/turns/{turn}/image")
+}
+
+/// Path of a job's result image.
+pub fn result_url(job: Uuid) -> String {
+    format!("/v1/jobs/{job}/result")
+}
+
+fn result_of(row: &JobRow) -> Option<JobResult> {
+    row.result_turn.map(|turn| JobResult {
+        turn,
+        image_url: result_url(row.id),
+    })
+}
+
+fn error_of(row: &JobRow) -> Option<JobErrorView> {
+    row.error_code.as_ref().map(|code| JobErrorView {
+        code: code.clone(),
+        message: row.error_message.clone().unwrap_or_default(),
+    })
+}
+
+impl Turn {
+    /// The view of a stored turn.
+    pub fn from_row(row: &TurnRow) -> Self {
+        let critique = row.critique.as_ref().map(|json| {
+            match serde_json::from_value::<CritiqueRecord>(json.clone()) {
+                Ok(record) => CritiqueView::from_record(&record),
+                Err(e) => CritiqueView {
+                    semantic: None,
+                    quality: None,
+                    overall: None,
+                    reasoning: None,
+                    refined_instruction: None,
+                    satisfied: false,
+                    thinker_ms: row.thinker_ms.unwrap_or(0),
+                    error: Some(format!("stored critique unreadable: {e}")),
+                },
+            }
+        });
+        Self {
+            index: row.index,
+            instruction: row.instruction.clone(),
+            image_url: turn_image_url(row.job_id, row.index),
+            editor_ms: row.editor_ms,
+            critique,
+        }
+    }
+}
+
+impl CritiqueView {
+    /// The view of a critique record.
+    pub fn from_record(record: &CritiqueRecord) -> Self {
+        let parsed = record.critique.as_ref();
+        Self {
+            semantic: parsed.and_then(|c| c.semantic),
+            quality: parsed.and_then(|c| c.quality),
+            overall: record.overall(),
+            reasoning: parsed.map(|c| c.reasoning.clone()),
+            refined_instruction: parsed.map(|c| c.refined_instruction.clone()),
+            satisfied: record.satisfied,
+            thinker_ms: record.thinker_ms,
+            error: record.error.clone(),
+        }
+    }
+}
+
+impl Job {
+    /// The view of a stored job and its turns.
+    pub fn from_rows(row: &JobRow, turns: &[TurnRow]) -> Self {
+        Self {
+            id: row.id,
+            status: row.status,
+            instruction: row.instruction.clone(),
+            editor: row.editor.clone(),
+            options: row.options.clone(),
+            turns: turns.iter().map(Turn::from_row).collect(),
+            result: result_of(row),
+            error: error_of(row),
+            attempt: row.attempt,
+            metadata: row.metadata.clone(),
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+impl JobSummary {
+    /// The listing view of a stored job.
+    pub fn from_row(row: &JobRow) -> Self {
+        Self {
+            id: row.id,
+            status: row.status,
+            instruction: row.instruction.clone(),
+            editor: row.editor.clone(),
+            result: result_of(row),
+            error: error_of(row),
+            attempt: row.attempt,
+            metadata: row.metadata.clone(),
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        }
+    }
+}
+
+/// Options as clients send them; kept for the OpenAPI document.
+pub type OptionsInput = JobOptions;

@@ -1,0 +1,158 @@
+//! The binary's roles: serve (API + worker), api, worker, migrate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use editthinker_api::{AppState, EditorView};
+use editthinker_core::{Editor, Thinker};
+use editthinker_editors::EditorRegistry;
+use editthinker_store::{BlobStore, Store};
+use editthinker_worker::Worker;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+
+/// What the configuration builds, shared by the roles.
+struct Parts {
+    store: Arc<dyn Store>,
+    blobs: Arc<BlobStore>,
+    editors: EditorRegistry,
+    thinker: Option<Arc<dyn Thinker>>,
+}
+
+async fn build(config: &Config) -> anyhow::Result<Parts> {
+    let editors = EditorRegistry::from_config(&config.editors).context("editors")?;
+    let thinker = match &config.thinker {
+        Some(cfg) => Some(editthinker_thinker::build_thinker(cfg).context("thinker")?),
+        None => None,
+    };
+    let blobs = Arc::new(BlobStore::from_url(&config.blob_url).context("blob_url")?);
+    let store = editthinker_store::connect(&config.database_url)
+        .await
+        .context("database_url")?;
+    if editors.is_empty() {
+        warn!("no editor is configured: jobs are refused until an [editors.<name>] section is added");
+    }
+    if thinker.is_none() {
+        warn!("no thinker is configured: jobs are refused until a [thinker] section is added");
+    }
+    Ok(Parts {
+        store,
+        blobs,
+        editors,
+        thinker,
+    })
+}
+
+/// Cancels the token on SIGTERM or Ctrl-C.
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("interrupt received: shutting down"),
+        }
+        trigger.cancel();
+    });
+    token
+}
+
+async fn run_api(config: &Config, parts: &Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let state = AppState {
+        store: parts.store.clone(),
+        blobs: parts.blobs.clone(),
+        editors: Arc::new(
+            parts
+                .editors
+                .infos()
+                .into_iter()
+                .map(|i| EditorView {
+                    name: i.name,
+                    kind: i.kind,
+                    model: i.model,
+                    default: i.default,
+                })
+                .collect(),
+        ),
+        thinker_configured: parts.thinker.is_some(),
+        limits: config.limits(),
+        max_attempts: config.worker.max_attempts,
+    };
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen: binding {addr}"))?;
+    // Tests and supervisors read the bound address (port 0 picks a free one).
+    info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(listener, editthinker_api::router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP")
+}
+
+fn make_worker(config: &Config, parts: &Parts) -> Option<Worker> {
+    let thinker = parts.thinker.clone()?;
+    let editors: BTreeMap<String, Arc<dyn Editor>> = parts
+        .editors
+        .names()
+        .into_iter()
+        .filter_map(|name| parts.editors.get(name).map(|e| (name.to_string(), e)))
+        .collect();
+    Some(Worker::new(
+        parts.store.clone(),
+        parts.blobs.clone(),
+        editors,
+        thinker,
+        config.worker_settings(),
+    ))
+}
+
+/// `serve`: migrations, then API and worker in one process.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let parts = build(&config).await?;
+    parts.store.migrate().await.context("applying migrations")?;
+    let shutdown = shutdown_token();
+    let worker = make_worker(&config, &parts).map(|w| tokio::spawn(w.run(shutdown.clone())));
+    if worker.is_none() {
+        warn!("worker disabled: no thinker configured");
+    }
+    let served = run_api(&config, &parts, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(worker) = worker {
+        worker.await.context("worker task")?;
+    }
+    served
+}
+
+/// `api`: the HTTP API alone.
+pub async fn api(config: Config) -> anyhow::Result<()> {
+    let parts = build(&config).await?;
+    run_api(&config, &parts, shutdown_token()).await
+}
+
+/// `worker`: the worker alone.
+pub async fn worker(config: Config) -> anyhow::Result<()> {
+    let parts = build(&config).await?;
+    let worker = make_worker(&config, &parts)
+        .context("thinker: a worker needs a [thinker] section")?;
+    if parts.editors.is_empty() {
+        anyhow::bail!("editors: a worker needs at least one [editors.<name>] section");
+    }
+    worker.run(shutdown_token()).await;
+    Ok(())
+}
+
+/// `migrate`: apply migrations and exit.
+pub async fn migrate(config: Config) -> anyhow::Result<()> {
+    let store = editthinker_store::connect(&config.database_url)
+        .await
+        .context("database_url")?;
+    store.migrate().await.context("applying migrations")?;
+    info!("migrations applied");
+    Ok(())
+}

@@ -1,0 +1,464 @@
+//! What every HTTP editor client shares (BACKENDS.md, "Common rules"): one
+//! reqwest client with connect and total timeouts, retries with exponential
+//! backoff and jitter on connection errors, timeouts, 408, 429 and 5xx
+//! (honouring `Retry-After`), the classification of final answers into the
+//! worker's error classes, and a per-editor limit on calls in flight.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use editthinker_core::EditorError;
+use rand::Rng;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use crate::config::{EditorConfigError, EditorKind, EditorProfile};
+
+/// Answers larger than this are refused rather than buffered.
+pub const MAX_BODY_BYTES: usize = 256 << 20;
+/// How much of a server's body goes into an error message.
+pub const BODY_EXCERPT_CHARS: usize = 500;
+/// A `Retry-After` longer than this ends the in-call retries: the job is
+/// better requeued by the worker than holding a slot that long.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// Upper bound of one backoff delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How often and how patiently one call is retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Delay before the first retry (before jitter); doubles per retry.
+    pub base: Duration,
+    /// Cap of one delay.
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `retry` (from 1): exponential, capped,
+    /// with jitter in [50 %, 100 %] so clients that failed together do not
+    /// come back together.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
+            .min(self.max_delay);
+        exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+}
+
+/// What the request builder of an attempt may depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    /// Attempt number, from 1.
+    pub number: u32,
+    /// Earlier attempts of this call that got no HTTP answer at all
+    /// (connection error, timeout): clients with several URLs move on by this.
+    pub connection_failures: u32,
+}
+
+/// A successful (2xx) answer, fully read.
+#[derive(Debug, Clone)]
+pub struct HttpReply {
+    /// The status (2xx).
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// The shared HTTP machinery of one editor profile.
+#[derive(Debug, Clone)]
+pub struct HttpCaller {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    limiter: Arc<Semaphore>,
+    editor: String,
+    kind: EditorKind,
+}
+
+impl HttpCaller {
+    /// Builds the client, retry policy and in-flight limit from the common
+    /// settings of `profile`, validating them.
+    pub fn from_profile(name: &str, profile: &EditorProfile) -> Result<Self, EditorConfigError> {
+        let seconds = |field: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(EditorConfigError::invalid(
+                    name,
+                    field,
+                    format!("must be a positive number of seconds, got {v}"),
+                ))
+            }
+        };
+        let timeout = seconds("timeout_seconds", profile.timeout_seconds)?;
+        let connect_timeout = seconds("connect_timeout_seconds", profile.connect_timeout_seconds)?;
+        if profile.max_in_flight == 0 || profile.max_in_flight > Semaphore::MAX_PERMITS {
+            return Err(EditorConfigError::invalid(
+                name,
+                "max_in_flight",
+                "must be at least 1",
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(timeout)
+            .user_agent(concat!("editthinker/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| EditorConfigError::invalid(name, "kind", format!("HTTP client: {e}")))?;
+        Ok(Self {
+            client,
+            retry: RetryPolicy {
+                max_retries: profile.max_retries,
+                base: Duration::from_millis(profile.retry_base_ms),
+                max_delay: MAX_BACKOFF,
+            },
+            limiter: Arc::new(Semaphore::new(profile.max_in_flight)),
+            editor: name.to_owned(),
+            kind: profile.kind,
+        })
+    }
+
+    /// The underlying client (for building requests).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry
+    }
+
+    /// Waits for a slot under the editor's `max_in_flight`; hold the permit
+    /// for the whole edit (all requests, retries and polls of it).
+    pub async fn acquire(&self) -> OwnedSemaphorePermit {
+        Arc::clone(&self.limiter)
+            .acquire_owned()
+            .await
+            .expect("the limiter semaphore is never closed")
+    }
+
+    /// Sends the request `build` makes for each attempt until a 2xx answer,
+    /// retrying what may pass (connection errors, timeouts, 408, 429, 5xx)
+    /// with backoff, and classifies the final failure.
+    pub async fn send<F>(&self, mut build: F) -> Result<HttpReply, EditorError>
+    where
+        F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
+    {
+        let mut attempt = Attempt {
+            number: 1,
+            connection_failures: 0,
+        };
+        loop {
+            let request = build(&attempt)?
+                .build()
+                .map_err(|e| EditorError::Invalid(format!("could not build the request: {e}")))?;
+            let span = tracing::info_span!(
+                "editor.request",
+                editor = %self.editor,
+                kind = %self.kind,
+                url = %request.url(),
+                attempt = attempt.number,
+            );
+            let outcome = self.attempt(request).instrument(span.clone()).await;
+            let retries_left = attempt.number <= self.retry.max_retries;
+            let (error, wait) = match outcome {
+                Outcome::Done(reply) => return Ok(reply),
+                Outcome::Fail(error) => return Err(error),
+                Outcome::NoAnswer(message) => {
+                    attempt.connection_failures += 1;
+                    (EditorError::Transient(message), None)
+                }
+                Outcome::Retryable { error, retry_after } => (error, retry_after),
+            };
+            if !retries_left {
+                return Err(error);
+            }
+            let delay = match wait {
+                Some(d) if d > MAX_RETRY_AFTER => {
+                    span.in_scope(|| {
+                        tracing::warn!(retry_after = ?d, %error, "server asks for a long pause; giving up")
+                    });
+                    return Err(error);
+                }
+                Some(d) => d,
+                None => self.retry.backoff(attempt.number),
+            };
+            span.in_scope(|| tracing::warn!(%error, ?delay, "editor request failed; retrying"));
+            tokio::time::sleep(delay).await;
+            attempt.number += 1;
+        }
+    }
+
+    async fn attempt(&self, request: reqwest::Request) -> Outcome {
+        let response = match self.client.execute(request).await {
+            Ok(r) => r,
+            Err(e) if e.is_builder() => {
+                return Outcome::Fail(EditorError::Invalid(format!("bad request: {e}")))
+            }
+            Err(e) => return Outcome::NoAnswer(describe_transport_error(&e)),
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = match read_body(response).await {
+            Ok(b) => b,
+            Err(BodyError::TooLarge) => {
+                return Outcome::Fail(EditorError::Invalid(format!(
+                    "the answer is larger than {MAX_BODY_BYTES} bytes"
+                )))
+            }
+            // The answer started but broke off (reset, total timeout): as
+            // passing as a connection error.
+            Err(BodyError::Transport(e)) => return Outcome::NoAnswer(describe_transport_error(&e)),
+        };
+        if status.is_success() {
+            tracing::debug!(%status, bytes = body.len(), "editor answered");
+            return Outcome::Done(HttpReply {
+                status,
+                headers,
+                body,
+            });
+        }
+        let error = classify_failure(status, &body);
+        if is_retryable(status) {
+            Outcome::Retryable {
+                error,
+                retry_after: retry_after(&headers),
+            }
+        } else {
+            tracing::warn!(%status, %error, "editor refused the request");
+            Outcome::Fail(error)
+        }
+    }
+}
+
+enum Outcome {
+    Done(HttpReply),
+    Fail(EditorError),
+    NoAnswer(String),
+    Retryable {
+        error: EditorError,
+        retry_after: Option<Duration>,
+    },
+}
+
+enum BodyError {
+    TooLarge,
+    Transport(reqwest::Error),
+}
+
+async fn read_body(mut response: reqwest::Response) -> Result<Bytes, BodyError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+    {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+fn describe_transport_error(e: &reqwest::Error) -> String {
+    // reqwest's Display hides the cause ("error sending request"); the
+    // source chain says what happened (connection refused, timed out, ...).
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    if e.is_timeout() {
+        message.push_str(" (timed out)");
+    }
+    message
+}
+
+/// Whether a failed status may pass on a later attempt.
+pub fn is_retryable(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// The `Retry-After` delay, seconds form (the HTTP-date form is ignored and
+/// falls back to our own backoff).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The error class of a final non-2xx answer: 451 or a moderation/safety
+/// code → `Refused`; 401/403 → `Auth`; 408/429/5xx → `Transient`; any other
+/// 4xx → `Invalid`. The message carries the status and the server's body,
+/// truncated.
+pub fn classify_failure(status: StatusCode, body: &[u8]) -> EditorError {
+    let message = format!("HTTP {status}: {}", body_excerpt(body));
+    if status == StatusCode::UNAVAILABLE_FOR_LEGAL_REASONS {
+        EditorError::Refused(message)
+    } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+        EditorError::Auth(message)
+    } else if is_retryable(status) {
+        EditorError::Transient(message)
+    } else if is_refusal(body) {
+        EditorError::Refused(message)
+    } else {
+        EditorError::Invalid(message)
+    }
+}
+
+/// The body as text, cut to [`BODY_EXCERPT_CHARS`] characters.
+pub fn body_excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return "(empty body)".to_owned();
+    }
+    match text.char_indices().nth(BODY_EXCERPT_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// Whether a JSON error body says the provider refused on moderation or
+/// safety grounds. Only code-like fields are read (`code`, `type`,
+/// `error_type`, …, or an `error` string without spaces), never free-text
+/// messages, so "safety_tolerance must be ≤ 6" stays a plain bad request.
+pub fn is_refusal(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| value_is_refusal(&v, 0))
+}
+
+fn value_is_refusal(value: &Value, depth: u32) -> bool {
+    const CODE_KEYS: [&str; 6] = [
+        "code",
+        "type",
+        "error_type",
+        "error_code",
+        "reason",
+        "status",
+    ];
+    let Value::Object(map) = value else {
+        return false;
+    };
+    if CODE_KEYS
+        .iter()
+        .filter_map(|k| map.get(*k).and_then(Value::as_str))
+        .any(says_refused)
+    {
+        return true;
+    }
+    ["error", "detail"].iter().any(|k| match map.get(*k) {
+        Some(Value::String(s)) => !s.trim().contains(char::is_whitespace) && says_refused(s),
+        Some(v @ Value::Object(_)) if depth < 3 => value_is_refusal(v, depth + 1),
+        _ => false,
+    })
+}
+
+fn says_refused(code: &str) -> bool {
+    let code = code.to_ascii_lowercase();
+    [
+        "moderat",
+        "safety",
+        "refus",
+        "content_policy",
+        "content_filter",
+    ]
+    .iter()
+    .any(|m| code.contains(m))
+}
+
+/// Reads the API key from the variable named by `api_key_env`, if any.
+pub fn read_api_key(
+    name: &str,
+    profile: &EditorProfile,
+) -> Result<Option<String>, EditorConfigError> {
+    let Some(var) = &profile.api_key_env else {
+        return Ok(None);
+    };
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => Ok(Some(v.trim().to_owned())),
+        _ => Err(EditorConfigError::MissingApiKey {
+            name: name.to_owned(),
+            var: var.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let c = |s: u16, b: &str| classify_failure(StatusCode::from_u16(s).unwrap(), b.as_bytes());
+        assert!(matches!(c(401, ""), EditorError::Auth(_)));
+        assert!(matches!(c(403, ""), EditorError::Auth(_)));
+        assert!(matches!(c(400, "nope"), EditorError::Invalid(m) if m.contains("nope")));
+        assert!(matches!(c(404, ""), EditorError::Invalid(_)));
+        assert!(matches!(c(422, ""), EditorError::Invalid(_)));
+        assert!(matches!(c(451, ""), EditorError::Refused(_)));
+        assert!(matches!(c(429, ""), EditorError::Transient(_)));
+        assert!(matches!(c(503, ""), EditorError::Transient(_)));
+        let openai = r#"{"error":{"message":"Your request was rejected","type":"image_generation_user_error","code":"moderation_blocked"}}"#;
+        assert!(matches!(c(400, openai), EditorError::Refused(_)));
+        assert!(matches!(
+            c(400, r#"{"error":"safety_check_failed"}"#),
+            EditorError::Refused(_)
+        ));
+        assert!(matches!(
+            c(
+                400,
+                r#"{"error":"safety_tolerance must be between 0 and 6"}"#
+            ),
+            EditorError::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn excerpt_is_truncated_on_a_char_boundary() {
+        let long = "é".repeat(2 * BODY_EXCERPT_CHARS);
+        let e = body_excerpt(long.as_bytes());
+        assert_eq!(e.chars().count(), BODY_EXCERPT_CHARS + 1);
+        assert_eq!(body_excerpt(b"  "), "(empty body)");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            max_retries: 10,
+            base: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+        };
+        for retry in 1..=10 {
+            let d = p.backoff(retry);
+            let full = Duration::from_millis(100 * 2u64.pow(retry - 1)).min(Duration::from_secs(1));
+            assert!(d >= full / 2 && d <= full, "{retry}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! The configured editors, by name, with the default one.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use editthinker_core::Editor;
+use serde::Serialize;
+
+use crate::config::{EditorConfigError, EditorKind, EditorProfile};
+use crate::http_editor::HttpEditor;
+
+/// What `GET /v1/editors` shows about one editor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct EditorInfo {
+    /// The name clients pick it by (`[editors.<name>]`).
+    pub name: String,
+    /// The provider protocol, e.g. `http`.
+    pub kind: String,
+    /// The model behind it, when configured.
+    pub model: Option<String>,
+    /// Whether jobs that name no editor use it.
+    pub default: bool,
+}
+
+struct Entry {
+    info: EditorInfo,
+    editor: Arc<dyn Editor>,
+}
+
+/// The editors a process can use. An empty registry is valid: the service
+/// starts and reports that no editor is configured.
+#[derive(Default)]
+pub struct EditorRegistry {
+    entries: BTreeMap<String, Entry>,
+    default: Option<String>,
+}
+
+impl EditorRegistry {
+    /// Builds every configured editor, validating the whole configuration
+    /// first: the default, each kind's availability, URLs, keys and limits.
+    pub fn from_config(
+        profiles: &BTreeMap<String, EditorProfile>,
+    ) -> Result<Self, EditorConfigError> {
+        let default = default_name(profiles)?;
+        let mut registry = Self::default();
+        for (name, profile) in profiles {
+            let editor: Arc<dyn Editor> = match profile.kind {
+                EditorKind::Http => Arc::new(HttpEditor::from_profile(name, profile)?),
+                kind => {
+                    return Err(EditorConfigError::KindUnavailable {
+                        name: name.clone(),
+                        kind,
+                    })
+                }
+            };
+            let info = EditorInfo {
+                name: name.clone(),
+                kind: profile.kind.to_string(),
+                model: profile.model.clone(),
+                default: default.as_deref() == Some(name.as_str()),
+            };
+            registry.insert(info, editor);
+        }
+        Ok(registry)
+    }
+
+    /// Adds (or replaces) an editor; `info.default` makes it the default in
+    /// place of any earlier one. For wiring editors built elsewhere, e.g.
+    /// test doubles in other crates.
+    pub fn insert(&mut self, info: EditorInfo, editor: Arc<dyn Editor>) {
+        if info.default {
+            if let Some(old) = self.default.take() {
+                if let Some(entry) = self.entries.get_mut(&old) {
+                    entry.info.default = false;
+                }
+            }
+            self.default = Some(info.name.clone());
+        } else if self.default.as_deref() == Some(info.name.as_str()) {
+            self.default = None;
+        }
+        self.entries
+            .insert(info.name.clone(), Entry { info, editor });
+    }
+
+    /// The editor called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Editor>> {
+        self.entries.get(name).map(|e| Arc::clone(&e.editor))
+    }
+
+    /// The default editor's name (none only when the registry is empty).
+    pub fn default_name(&self) -> Option<&str> {
+        self.default.as_deref()
+    }
+
+    /// The configured names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    /// Name, kind, model and default flag of every editor, sorted by name.
+    pub fn infos(&self) -> Vec<EditorInfo> {
+        self.entries.values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Number of editors.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no editor is configured.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl fmt::Debug for EditorRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EditorRegistry")
+            .field("editors", &self.infos())
+            .field("default", &self.default)
+            .finish()
+    }
+}
+
+/// The one profile marked default; a lone profile is the default unmarked.
+fn default_name(
+    profiles: &BTreeMap<String, EditorProfile>,
+) -> Result<Option<String>, EditorConfigError> {
+    let marked: Vec<String> = profiles
+        .iter()
+        .filter(|(_, p)| p.default)
+        .map(|(n, _)| n.clone())
+        .collect();
+    match (marked.len(), profiles.len()) {
+        (0, 0) => Ok(None),
+        (0, 1) => Ok(profiles.keys().next().cloned()),
+        (0, _) => Err(EditorConfigError::NoDefault),
+        (1, _) => Ok(marked.into_iter().next()),
+        _ => Err(EditorConfigError::SeveralDefaults(marked)),
+    }
+}

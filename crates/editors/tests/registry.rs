@@ -1,0 +1,266 @@
+//! Parsing `[editors.<name>]` tables and validating them into a registry.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use editthinker_core::EditRequest;
+use editthinker_editors::{
+    EditorConfigError, EditorInfo, EditorKind, EditorProfile, EditorRegistry,
+};
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Config {
+    #[serde(default)]
+    editors: BTreeMap<String, EditorProfile>,
+}
+
+/// Parses like the service does (figment over TOML); errors as text.
+fn parse(toml: &str) -> Result<BTreeMap<String, EditorProfile>, String> {
+    Figment::from(Toml::string(toml))
+        .extract::<Config>()
+        .map(|c| c.editors)
+        .map_err(|e| e.to_string())
+}
+
+fn registry(toml: &str) -> Result<EditorRegistry, EditorConfigError> {
+    EditorRegistry::from_config(&parse(toml).unwrap())
+}
+
+fn error(toml: &str) -> String {
+    registry(toml).unwrap_err().to_string()
+}
+
+#[test]
+fn a_full_profile_parses_and_omitted_settings_get_defaults() {
+    let editors = parse(
+        r#"
+        [editors.kontext]
+        kind = "http"
+        urls = ["http://10.0.0.1:8005", "http://10.0.0.2:8005"]
+        model = "FLUX.1-Kontext-dev"
+        default = true
+        timeout_seconds = 120
+        params = { num_inference_steps = 28, guidance_scale = 2.5, seed = 42 }
+
+        [editors.qwen]
+        kind = "http"
+        url = "https://qwen.internal"
+        "#,
+    )
+    .unwrap();
+    let k = &editors["kontext"];
+    assert_eq!(k.kind, EditorKind::Http);
+    assert_eq!(k.urls.as_ref().unwrap().len(), 2);
+    assert_eq!(k.timeout_seconds, 120.0);
+    assert_eq!(k.params["num_inference_steps"], 28);
+    assert_eq!(k.params["guidance_scale"], 2.5);
+    let q = &editors["qwen"];
+    assert_eq!(q, &{
+        let mut p = EditorProfile::new(EditorKind::Http);
+        p.url = Some("https://qwen.internal".into());
+        p
+    });
+    assert_eq!(
+        (q.timeout_seconds, q.connect_timeout_seconds, q.max_retries),
+        (300.0, 10.0, 3)
+    );
+    assert_eq!(
+        (q.retry_base_ms, q.max_in_flight, q.multiple_of),
+        (500, 4, 16)
+    );
+}
+
+#[test]
+fn unknown_fields_and_kinds_are_rejected_when_parsing() {
+    let err = parse("[editors.a]\nkind = \"http\"\nurl = \"http://h\"\nstep = 3\n").unwrap_err();
+    assert!(err.contains("step"), "{err}");
+    let err = parse("[editors.a]\nkind = \"dalle\"\n").unwrap_err();
+    assert!(err.contains("dalle"), "{err}");
+}
+
+#[test]
+fn the_registry_lists_editors_and_the_default() {
+    let r = registry(
+        r#"
+        [editors.kontext]
+        kind = "http"
+        url = "http://127.0.0.1:8005"
+        model = "FLUX.1-Kontext-dev"
+        default = true
+
+        [editors.qwen]
+        kind = "http"
+        url = "http://127.0.0.1:8006"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(r.default_name(), Some("kontext"));
+    assert_eq!(r.names(), ["kontext", "qwen"]);
+    assert!(r.get("qwen").is_some() && r.get("nope").is_none());
+    assert_eq!(
+        r.infos(),
+        [
+            EditorInfo {
+                name: "kontext".into(),
+                kind: "http".into(),
+                model: Some("FLUX.1-Kontext-dev".into()),
+                default: true,
+            },
+            EditorInfo {
+                name: "qwen".into(),
+                kind: "http".into(),
+                model: None,
+                default: false,
+            },
+        ]
+    );
+    let json = serde_json::to_value(&r.infos()[0]).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"name": "kontext", "kind": "http", "model": "FLUX.1-Kontext-dev", "default": true})
+    );
+}
+
+#[tokio::test]
+async fn editors_from_the_registry_call_their_server() {
+    let server = support::FakeEditor::ok().await;
+    let r = registry(&format!(
+        "[editors.only]\nkind = \"http\"\nurl = \"{}\"\n",
+        server.url
+    ))
+    .unwrap();
+    assert_eq!(
+        r.default_name(),
+        Some("only"),
+        "a lone editor is the default"
+    );
+    assert!(r.infos()[0].default);
+    let src = support::source(40, 40);
+    let out = r
+        .get("only")
+        .unwrap()
+        .edit(EditRequest {
+            source: &src,
+            instruction: "x",
+            turn: 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!((out.width, out.height), (32, 32));
+}
+
+#[test]
+fn an_empty_registry_is_valid() {
+    let r = registry("").unwrap();
+    assert!(r.is_empty());
+    assert_eq!(r.default_name(), None);
+    assert!(r.infos().is_empty());
+}
+
+#[test]
+fn two_defaults_are_an_error() {
+    let err = error(
+        r#"
+        [editors.a]
+        kind = "http"
+        url = "http://h"
+        default = true
+        [editors.b]
+        kind = "http"
+        url = "http://h"
+        default = true
+        "#,
+    );
+    assert!(err.contains("several default editors (a, b)"), "{err}");
+}
+
+#[test]
+fn several_editors_and_no_default_is_an_error() {
+    let err = error(
+        r#"
+        [editors.a]
+        kind = "http"
+        url = "http://h"
+        [editors.b]
+        kind = "http"
+        url = "http://h"
+        "#,
+    );
+    assert_eq!(
+        err,
+        "no default editor: mark one [editors.<name>] with default = true"
+    );
+}
+
+#[test]
+fn bad_urls_name_their_key() {
+    for (urls, key) in [
+        ("url = \"not a url\"", "editors.kontext.url: "),
+        ("url = \"ftp://h/x\"", "editors.kontext.url: "),
+        ("url = \"http://\"", "editors.kontext.url: "),
+        (
+            "urls = [\"http://ok\", \"file:///x\"]",
+            "editors.kontext.urls[1]: ",
+        ),
+        ("urls = []", "editors.kontext.urls: "),
+        ("", "editors.kontext.url: missing"),
+        (
+            "url = \"http://a\"\nurls = [\"http://b\"]",
+            "editors.kontext.url: ",
+        ),
+    ] {
+        let err = error(&format!("[editors.kontext]\nkind = \"http\"\n{urls}\n"));
+        assert!(err.starts_with(key), "{urls}: {err}");
+    }
+}
+
+#[test]
+fn a_missing_or_empty_api_key_variable_is_an_error() {
+    std::env::remove_var("EDITORS_TEST_UNSET_KEY");
+    let err = error(
+        "[editors.k]\nkind = \"http\"\nurl = \"http://h\"\napi_key_env = \"EDITORS_TEST_UNSET_KEY\"\n",
+    );
+    assert_eq!(
+        err,
+        "editors.k.api_key_env: environment variable EDITORS_TEST_UNSET_KEY is not set or empty"
+    );
+    std::env::set_var("EDITORS_TEST_EMPTY_KEY", " ");
+    let err = error(
+        "[editors.k]\nkind = \"http\"\nurl = \"http://h\"\napi_key_env = \"EDITORS_TEST_EMPTY_KEY\"\n",
+    );
+    assert!(err.contains("EDITORS_TEST_EMPTY_KEY"), "{err}");
+}
+
+#[test]
+fn kinds_without_a_client_yet_are_an_error() {
+    for kind in ["openai", "bfl", "fal", "replicate", "gemini", "dashscope"] {
+        let err = error(&format!("[editors.e]\nkind = \"{kind}\"\n"));
+        assert_eq!(
+            err,
+            format!("editors.e.kind: editor kind {kind} is not available in this build yet")
+        );
+    }
+}
+
+#[test]
+fn limits_are_validated() {
+    for (setting, key) in [
+        ("max_in_flight = 0", "editors.e.max_in_flight"),
+        ("multiple_of = 0", "editors.e.multiple_of"),
+        ("timeout_seconds = 0", "editors.e.timeout_seconds"),
+        (
+            "connect_timeout_seconds = -1",
+            "editors.e.connect_timeout_seconds",
+        ),
+        ("params = { prompt = \"x\" }", "editors.e.params"),
+    ] {
+        let err = error(&format!(
+            "[editors.e]\nkind = \"http\"\nurl = \"http://h\"\n{setting}\n"
+        ));
+        assert!(err.starts_with(key), "{setting}: {err}");
+    }
+}

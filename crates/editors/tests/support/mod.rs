@@ -1,0 +1,198 @@
+//! A fake self-hosted `/edit` server on loopback that records what it
+//! receives and answers from a script.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use editthinker_core::Image;
+use image::{DynamicImage, Rgb, RgbImage};
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: Method,
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub json: serde_json::Value,
+    /// The `image` field decoded: (format is PNG, width, height), or why not.
+    pub image: Result<(bool, u32, u32), String>,
+    pub at: Instant,
+}
+
+/// How the server answers one request.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// 200 with `{"edited_image": <red PNG of the received size>}`.
+    Edited,
+    /// Like `Edited`, as a `data:image/png;base64,` URL.
+    EditedDataUrl,
+    /// Any status, optional `Retry-After`, a body.
+    Status(u16, Option<&'static str>, String),
+    /// 200 with this body.
+    Body(String),
+    /// Sleeps this long, then answers like `Edited`.
+    Slow(Duration),
+}
+
+struct Shared {
+    script: Mutex<VecDeque<Reply>>,
+    otherwise: Reply,
+    received: Mutex<Vec<Received>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// A running fake server; stops when dropped.
+pub struct FakeEditor {
+    /// Base URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeEditor {
+    /// Answers `script` in order, then `otherwise` forever.
+    pub async fn start(script: Vec<Reply>, otherwise: Reply) -> Self {
+        let shared = Arc::new(Shared {
+            script: Mutex::new(script.into()),
+            otherwise,
+            received: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, shared, task }
+    }
+
+    /// Always answers with an edited image.
+    pub async fn ok() -> Self {
+        Self::start(vec![], Reply::Edited).await
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.shared.received.lock().unwrap().clone()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FakeEditor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let image = decode_image_field(&json);
+    let size = image.as_ref().map(|&(_, w, h)| (w, h)).unwrap_or((8, 8));
+    shared.received.lock().unwrap().push(Received {
+        method,
+        path: uri.path().to_owned(),
+        authorization: header("authorization"),
+        content_type: header("content-type"),
+        json,
+        image,
+        at: Instant::now(),
+    });
+    let reply = shared
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| shared.otherwise.clone());
+    let response = match reply {
+        Reply::Edited => edited(size, false),
+        Reply::EditedDataUrl => edited(size, true),
+        Reply::Slow(d) => {
+            tokio::time::sleep(d).await;
+            edited(size, false)
+        }
+        Reply::Status(code, retry_after, body) => {
+            let mut r = (StatusCode::from_u16(code).unwrap(), body).into_response();
+            if let Some(v) = retry_after {
+                r.headers_mut().insert("retry-after", v.parse().unwrap());
+            }
+            r
+        }
+        Reply::Body(body) => body.into_response(),
+    };
+    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+    response
+}
+
+fn decode_image_field(json: &serde_json::Value) -> Result<(bool, u32, u32), String> {
+    let b64 = json
+        .get("image")
+        .and_then(|v| v.as_str())
+        .ok_or("no image string")?;
+    let bytes = STANDARD.decode(b64).map_err(|e| e.to_string())?;
+    let is_png = bytes.starts_with(b"\x89PNG\r\n\x1a\n");
+    let img = Image::validate(bytes.into(), 1 << 30).map_err(|e| e.to_string())?;
+    Ok((is_png, img.width, img.height))
+}
+
+fn edited((w, h): (u32, u32), data_url: bool) -> Response {
+    let png = red_png(w, h);
+    let b64 = STANDARD.encode(&png.bytes);
+    let value = if data_url {
+        format!("data:image/png;base64,{b64}")
+    } else {
+        b64
+    };
+    axum::Json(serde_json::json!({ "edited_image": value })).into_response()
+}
+
+/// A solid red PNG.
+pub fn red_png(w: u32, h: u32) -> Image {
+    Image::from_pixels(&DynamicImage::ImageRgb8(RgbImage::from_pixel(
+        w,
+        h,
+        Rgb([255, 0, 0]),
+    )))
+}
+
+/// A source image with a gradient, `w`×`h`.
+pub fn source(w: u32, h: u32) -> Image {
+    Image::from_pixels(&DynamicImage::ImageRgb8(RgbImage::from_fn(w, h, |x, y| {
+        Rgb([(x % 256) as u8, (y % 256) as u8, 128])
+    })))
+}
+
+/// A loopback URL where nothing listens.
+pub fn dead_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}

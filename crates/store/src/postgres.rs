@@ -1,0 +1,710 @@
+//! The Postgres backend: production, shared by many API and worker replicas.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{PgConnection, Row};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::model::event_type;
+use crate::{
+    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, Store,
+    StoreError, StoreResult, TurnRow,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The NOTIFY channel carrying `<job_id>,<event_id>,<type>` payloads.
+pub const CHANNEL: &str = "editthinker_events";
+
+/// Capacity of the in-process notice broadcast; slower subscribers lag and
+/// must re-read from the table.
+const NOTICE_CAPACITY: usize = 1024;
+
+/// Pause before reconnecting a failed LISTEN connection.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// Fences a write on the caller's lease and locks the row, so that a job's
+/// events are written (and committed) in id order.
+const FENCE: &str = "SELECT attempt, max_attempts, cancel_requested FROM jobs \
+     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running' FOR UPDATE";
+
+/// The [`Store`] on Postgres. Cheap to clone; clones share the pool and
+/// the one LISTEN connection.
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    notices: broadcast::Sender<Notice>,
+    _listener: Arc<ListenerTask>,
+}
+
+/// Stops the LISTEN task when the last store clone goes away.
+struct ListenerTask(JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PgStore {
+    /// Connects a pool and the LISTEN connection that feeds
+    /// [`Store::subscribe`]. LISTEN is in place when this returns, so no
+    /// event committed afterwards is missed.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        let listener = connect_listener(url).await?;
+        let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
+        let task = tokio::spawn(listen_loop(url.to_owned(), listener, notices.clone()));
+        Ok(Self {
+            pool,
+            notices,
+            _listener: Arc::new(ListenerTask(task)),
+        })
+    }
+
+    /// The connection pool (for tests and tools).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+async fn connect_listener(url: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Forwards notifications to the broadcast. Any lost connection means
+/// notices may have been missed, so subscribers get a `Resync` once LISTEN
+/// is back in place.
+async fn listen_loop(url: String, first: PgListener, notices: broadcast::Sender<Notice>) {
+    let mut listener = Some(first);
+    loop {
+        let Some(current) = listener.as_mut() else {
+            match connect_listener(&url).await {
+                Ok(l) => {
+                    listener = Some(l);
+                    let _ = notices.send(Notice::Resync);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN reconnect failed");
+                    tokio::time::sleep(RECONNECT_DELAY).await;
+                }
+            }
+            continue;
+        };
+        match current.try_recv().await {
+            Ok(Some(n)) => match payload::parse_notify_payload(n.payload()) {
+                Some(notice) => {
+                    let _ = notices.send(notice);
+                }
+                None => tracing::warn!(payload = n.payload(), "unexpected NOTIFY payload"),
+            },
+            // The listener already reconnected and re-issued LISTEN.
+            Ok(None) => {
+                tracing::warn!("LISTEN connection lost; reconnected");
+                let _ = notices.send(Notice::Resync);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "LISTEN connection failed");
+                listener = None;
+                tokio::time::sleep(RECONNECT_DELAY).await;
+            }
+        }
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn to_u32(v: i32, what: &str) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{what} = {v}")))
+}
+
+fn to_u64(v: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{what} = {v}")))
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
+    let status: String = row.try_get("status")?;
+    Ok(JobRow {
+        id: row.try_get("id")?,
+        status: JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        instruction: row.try_get("instruction")?,
+        editor: row.try_get("editor")?,
+        options: row.try_get("options")?,
+        metadata: row.try_get("metadata")?,
+        source_key: row.try_get("source_key")?,
+        source_mime: row.try_get("source_mime")?,
+        attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+        max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+        priority: row.try_get("priority")?,
+        run_at: row.try_get("run_at")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: row.try_get("lease_expires_at")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        result_turn: row
+            .try_get::<Option<i32>, _>("result_turn")?
+            .map(|v| to_u32(v, "result_turn"))
+            .transpose()?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn turn_from_row(row: &PgRow) -> StoreResult<TurnRow> {
+    Ok(TurnRow {
+        job_id: row.try_get("job_id")?,
+        index: to_u32(row.try_get("idx")?, "idx")?,
+        instruction: row.try_get("instruction")?,
+        image_key: row.try_get("image_key")?,
+        image_mime: row.try_get("image_mime")?,
+        editor_ms: to_u64(row.try_get("editor_ms")?, "editor_ms")?,
+        critique: row.try_get("critique")?,
+        thinker_ms: row
+            .try_get::<Option<i64>, _>("thinker_ms")?
+            .map(|v| to_u64(v, "thinker_ms"))
+            .transpose()?,
+        raw_output: row.try_get("raw_output")?,
+        parse_error: row.try_get("parse_error")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn event_from_row(row: &PgRow) -> StoreResult<EventRow> {
+    Ok(EventRow {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        kind: row.try_get("type")?,
+        data: row.try_get("data")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Writes an event row and queues its NOTIFY, which Postgres delivers at commit.
+async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO job_events (job_id, type, data, created_at) \
+         VALUES ($1, $2, $3, now()) RETURNING id",
+    )
+    .bind(job_id)
+    .bind(kind)
+    .bind(data)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload::notify_payload(job_id, id, kind))
+        .execute(&mut *conn)
+        .await?;
+    Ok(id)
+}
+
+/// What the fence read about the leased job.
+struct Fenced {
+    attempt: u32,
+    max_attempts: u32,
+    cancel_requested: bool,
+}
+
+async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<Fenced> {
+    let row = sqlx::query(FENCE)
+        .bind(lease.job_id)
+        .bind(lease_attempt(lease)?)
+        .bind(&lease.owner)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or(StoreError::LeaseLost(lease.job_id))?;
+    Ok(Fenced {
+        attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+        max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+    })
+}
+
+fn lease_attempt(lease: &Lease) -> StoreResult<i32> {
+    // An attempt beyond i32 cannot exist in the table, so the lease is stale.
+    i32::try_from(lease.attempt).map_err(|_| StoreError::LeaseLost(lease.job_id))
+}
+
+/// Ends a running job: terminal status, finished, lease cleared, event.
+async fn finish(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    status: JobStatus,
+    error: Option<(&str, &str)>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = $2, finished_at = now(), lease_owner = NULL, \
+         lease_expires_at = NULL, error_code = coalesce($3, error_code), \
+         error_message = coalesce($4, error_message) WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(status.as_str())
+    .bind(error.map(|e| e.0))
+    .bind(error.map(|e| e.1))
+    .execute(&mut *conn)
+    .await?;
+    let (kind, data) = match (status, error) {
+        (JobStatus::Failed, Some((code, message))) => {
+            (event_type::JOB_FAILED, payload::failed(code, message))
+        }
+        (JobStatus::Canceled, _) => (event_type::JOB_CANCELED, payload::canceled()),
+        _ => return Err(corrupt(format!("finish({status}) without its payload"))),
+    };
+    emit(conn, job_id, kind, data).await?;
+    Ok(())
+}
+
+/// Back to queued, due after `delay`, lease cleared.
+async fn requeue(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    delay: Duration,
+    error: (&str, &str),
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE jobs SET status = 'queued', run_at = now() + make_interval(secs => $2), \
+         lease_owner = NULL, lease_expires_at = NULL, error_code = $3, error_message = $4 \
+         WHERE id = $1",
+    )
+    .bind(job_id)
+    .bind(secs(delay))
+    .bind(error.0)
+    .bind(error.1)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ready(&self) -> StoreResult<bool> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
+        if !exists {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(crate::all_applied(&MIGRATOR, &applied))
+    }
+
+    async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
+             source_mime, attempt, max_attempts, priority, run_at, created_at) \
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, now(), now()) RETURNING *",
+        )
+        .bind(job.id)
+        .bind(&job.instruction)
+        .bind(&job.editor)
+        .bind(&job.options)
+        .bind(&job.metadata)
+        .bind(&job.source_key)
+        .bind(&job.source_mime)
+        .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+        .bind(job.priority)
+        .fetch_one(&mut *tx)
+        .await?;
+        let job = job_from_row(&row)?;
+        emit(&mut tx, job.id, event_type::JOB_QUEUED, payload::queued()).await?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        cursor: Option<Uuid>,
+    ) -> StoreResult<Vec<JobRow>> {
+        sqlx::query(
+            "SELECT * FROM jobs WHERE ($1::text IS NULL OR status = $1) \
+             AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(status.map(JobStatus::as_str))
+        .bind(cursor)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect()
+    }
+
+    async fn list_turns(&self, job_id: Uuid) -> StoreResult<Vec<TurnRow>> {
+        sqlx::query("SELECT * FROM turns WHERE job_id = $1 ORDER BY idx")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(turn_from_row)
+            .collect()
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> StoreResult<JobRow> {
+        let mut tx = self.pool.begin().await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let status =
+            JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
+        match status {
+            JobStatus::Queued => {
+                sqlx::query(
+                    "UPDATE jobs SET status = 'canceled', finished_at = now() WHERE id = $1",
+                )
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                emit(&mut tx, id, event_type::JOB_CANCELED, payload::canceled()).await?;
+            }
+            JobStatus::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = true WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            status => return Err(StoreError::Conflict { id, status }),
+        }
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let job = job_from_row(&row)?;
+        tx.commit().await?;
+        Ok(job)
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        // MATERIALIZED keeps the locking subquery from being inlined and
+        // re-evaluated; SKIP LOCKED lets concurrent claimers pass each other.
+        let rows = sqlx::query(
+            "WITH picked AS MATERIALIZED ( \
+                 SELECT id FROM jobs WHERE status = 'queued' AND run_at <= now() \
+                 ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED \
+             ), claimed AS ( \
+                 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
+                     lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
+                     heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
+                 FROM picked WHERE j.id = picked.id RETURNING j.* \
+             ) SELECT * FROM claimed ORDER BY priority DESC, run_at, id",
+        )
+        .bind(i64::from(limit))
+        .bind(owner)
+        .bind(secs(lease))
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let job = job_from_row(row)?;
+            emit(
+                &mut tx,
+                job.id,
+                event_type::JOB_STARTED,
+                payload::started(job.attempt),
+            )
+            .await?;
+            claimed.push(ClaimedJob {
+                lease: Lease {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    owner: owner.to_owned(),
+                },
+                job,
+            });
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> StoreResult<bool> {
+        sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4), \
+             heartbeat_at = now() \
+             WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(lease.job_id)
+        .bind(lease_attempt(lease)?)
+        .bind(&lease.owner)
+        .bind(secs(extend))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or(StoreError::LeaseLost(lease.job_id))
+    }
+
+    async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        // A turn recorded again (a retried step) replaces the old one and
+        // its critique.
+        sqlx::query(
+            "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
+             created_at) VALUES ($1, $2, $3, $4, $5, $6, now()) \
+             ON CONFLICT (job_id, idx) DO UPDATE SET instruction = EXCLUDED.instruction, \
+             image_key = EXCLUDED.image_key, image_mime = EXCLUDED.image_mime, \
+             editor_ms = EXCLUDED.editor_ms, critique = NULL, thinker_ms = NULL, \
+             raw_output = NULL, parse_error = NULL, created_at = EXCLUDED.created_at",
+        )
+        .bind(lease.job_id)
+        .bind(i32::try_from(turn.index).map_err(|_| corrupt("turn index overflow"))?)
+        .bind(&turn.instruction)
+        .bind(&turn.image_key)
+        .bind(&turn.image_mime)
+        .bind(i64::try_from(turn.editor_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        emit(
+            &mut tx,
+            lease.job_id,
+            event_type::TURN_EDITED,
+            payload::edited(turn.index, &turn.instruction, turn.editor_ms),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_critique(
+        &self,
+        lease: &Lease,
+        index: u32,
+        critique: &Value,
+        thinker_ms: u64,
+        raw_output: &str,
+        parse_error: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        let updated = sqlx::query(
+            "UPDATE turns SET critique = $3, thinker_ms = $4, raw_output = $5, parse_error = $6 \
+             WHERE job_id = $1 AND idx = $2",
+        )
+        .bind(lease.job_id)
+        .bind(i32::try_from(index).map_err(|_| corrupt("turn index overflow"))?)
+        .bind(critique)
+        .bind(i64::try_from(thinker_ms).unwrap_or(i64::MAX))
+        .bind(raw_output)
+        .bind(parse_error)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(corrupt(format!(
+                "critique for unrecorded turn {index} of job {}",
+                lease.job_id
+            )));
+        }
+        emit(
+            &mut tx,
+            lease.job_id,
+            event_type::TURN_CRITIQUED,
+            payload::critiqued(index, critique, thinker_ms),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn complete(&self, lease: &Lease, result_turn: u32) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        // A success clears the last transient error a retry left behind.
+        sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', result_turn = $2, finished_at = now(), \
+             lease_owner = NULL, lease_expires_at = NULL, error_code = NULL, \
+             error_message = NULL WHERE id = $1",
+        )
+        .bind(lease.job_id)
+        .bind(i32::try_from(result_turn).map_err(|_| corrupt("result turn overflow"))?)
+        .execute(&mut *tx)
+        .await?;
+        emit(
+            &mut tx,
+            lease.job_id,
+            event_type::JOB_SUCCEEDED,
+            payload::succeeded(result_turn),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        finish(
+            &mut tx,
+            lease.job_id,
+            JobStatus::Failed,
+            Some((code, message)),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        code: &str,
+        message: &str,
+        delay: Duration,
+    ) -> StoreResult<JobStatus> {
+        let mut tx = self.pool.begin().await?;
+        let f = fence(&mut tx, lease).await?;
+        let status = if f.cancel_requested {
+            // Requeueing would only run it again to be canceled.
+            finish(&mut tx, lease.job_id, JobStatus::Canceled, None).await?;
+            JobStatus::Canceled
+        } else if f.attempt >= f.max_attempts {
+            finish(
+                &mut tx,
+                lease.job_id,
+                JobStatus::Failed,
+                Some((code, message)),
+            )
+            .await?;
+            JobStatus::Failed
+        } else {
+            requeue(&mut tx, lease.job_id, delay, (code, message)).await?;
+            JobStatus::Queued
+        };
+        tx.commit().await?;
+        Ok(status)
+    }
+
+    async fn mark_canceled(&self, lease: &Lease) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        finish(&mut tx, lease.job_id, JobStatus::Canceled, None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let f = fence(&mut tx, lease).await?;
+        if f.cancel_requested {
+            finish(&mut tx, lease.job_id, JobStatus::Canceled, None).await?;
+        } else {
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_at = now(), lease_owner = NULL, \
+                 lease_expires_at = NULL, attempt = attempt - 1 WHERE id = $1",
+            )
+            .bind(lease.job_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn rescue_expired(&self) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        // SKIP LOCKED: a row locked right now belongs to a worker that is
+        // writing, i.e. alive; the next rescue pass looks again.
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM jobs \
+             WHERE status = 'running' AND lease_expires_at <= now() \
+             ORDER BY lease_expires_at FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in &rows {
+            let id: Uuid = row.try_get("id")?;
+            let attempt: i32 = row.try_get("attempt")?;
+            let max_attempts: i32 = row.try_get("max_attempts")?;
+            let cancel_requested: bool = row.try_get("cancel_requested")?;
+            if cancel_requested {
+                finish(&mut tx, id, JobStatus::Canceled, None).await?;
+            } else if attempt >= max_attempts {
+                let message = format!("lease expired; {attempt} of {max_attempts} attempts spent");
+                finish(
+                    &mut tx,
+                    id,
+                    JobStatus::Failed,
+                    Some((payload::LEASE_EXPIRED, &message)),
+                )
+                .await?;
+            } else {
+                requeue(
+                    &mut tx,
+                    id,
+                    Duration::ZERO,
+                    (payload::LEASE_EXPIRED, "lease expired; requeued"),
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>> {
+        sqlx::query("SELECT * FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id")
+            .bind(job_id)
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}

@@ -1,0 +1,725 @@
+//! The SQLite backend: the embedded default, one process.
+//!
+//! Every write runs in a `BEGIN IMMEDIATE` transaction: it takes the write
+//! lock up front, so two writers queue on `busy_timeout` instead of failing
+//! when a read lock cannot be upgraded. Notices go out after the commit.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::model::event_type;
+use crate::{
+    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, Store,
+    StoreError, StoreResult, TurnRow,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// Capacity of the in-process notice broadcast.
+const NOTICE_CAPACITY: usize = 1024;
+
+/// Fences a write on the caller's lease.
+const FENCE: &str = "SELECT attempt, max_attempts, cancel_requested FROM jobs \
+     WHERE id = ?1 AND attempt = ?2 AND lease_owner = ?3 AND status = 'running'";
+
+/// The [`Store`] on SQLite. Cheap to clone; clones share the pool and the
+/// notice broadcast.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    notices: broadcast::Sender<Notice>,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder when missing) the database
+    /// at `url` (`sqlite://path`, `sqlite:path` or `sqlite::memory:`).
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if !in_memory {
+            if let Some(dir) = options.get_filename().parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::BadUrl(format!("{url}: cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+        }
+        let pool = if in_memory {
+            // An in-memory database lives as long as its last connection.
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(8)
+                .connect_with(options)
+                .await?
+        };
+        let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
+        Ok(Self { pool, notices })
+    }
+
+    /// The connection pool (for tests and tools).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    async fn write(&self) -> StoreResult<WriteTx> {
+        Ok(WriteTx {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            notices: Vec::new(),
+            now: now_us(),
+        })
+    }
+
+    async fn commit(&self, w: WriteTx) -> StoreResult<()> {
+        w.tx.commit().await?;
+        for notice in w.notices {
+            // No subscribers is fine.
+            let _ = self.notices.send(notice);
+        }
+        Ok(())
+    }
+}
+
+/// A write transaction, the notices to send once it commits, and the one
+/// "now" all its timestamps use. Dropping it rolls back.
+struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    notices: Vec<Notice>,
+    now: i64,
+}
+
+impl WriteTx {
+    fn conn(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
+
+    async fn emit(&mut self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
+        let now = self.now;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO job_events (job_id, type, data, created_at) \
+             VALUES (?1, ?2, ?3, ?4) RETURNING id",
+        )
+        .bind(job_id.to_string())
+        .bind(kind)
+        .bind(data.to_string())
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        self.notices.push(Notice::Event {
+            job_id,
+            event_id: id,
+            kind: kind.to_owned(),
+        });
+        Ok(id)
+    }
+
+    async fn fence(&mut self, lease: &Lease) -> StoreResult<Fenced> {
+        let row = sqlx::query(FENCE)
+            .bind(lease.job_id.to_string())
+            .bind(i64::from(lease.attempt))
+            .bind(&lease.owner)
+            .fetch_optional(self.conn())
+            .await?
+            .ok_or(StoreError::LeaseLost(lease.job_id))?;
+        Ok(Fenced {
+            attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+            max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+            cancel_requested: row.try_get("cancel_requested")?,
+        })
+    }
+
+    /// Ends a running job: terminal status, finished, lease cleared, event.
+    async fn finish(
+        &mut self,
+        job_id: Uuid,
+        status: JobStatus,
+        error: Option<(&str, &str)>,
+    ) -> StoreResult<()> {
+        let now = self.now;
+        sqlx::query(
+            "UPDATE jobs SET status = ?2, finished_at = ?3, lease_owner = NULL, \
+             lease_expires_at = NULL, error_code = coalesce(?4, error_code), \
+             error_message = coalesce(?5, error_message) WHERE id = ?1",
+        )
+        .bind(job_id.to_string())
+        .bind(status.as_str())
+        .bind(now)
+        .bind(error.map(|e| e.0))
+        .bind(error.map(|e| e.1))
+        .execute(self.conn())
+        .await?;
+        let (kind, data) = match (status, error) {
+            (JobStatus::Failed, Some((code, message))) => {
+                (event_type::JOB_FAILED, payload::failed(code, message))
+            }
+            (JobStatus::Canceled, _) => (event_type::JOB_CANCELED, payload::canceled()),
+            _ => return Err(corrupt(format!("finish({status}) without its payload"))),
+        };
+        self.emit(job_id, kind, data).await?;
+        Ok(())
+    }
+
+    /// Back to queued, due after `delay`, lease cleared.
+    async fn requeue(
+        &mut self,
+        job_id: Uuid,
+        delay: Duration,
+        error: (&str, &str),
+    ) -> StoreResult<()> {
+        let run_at = self.now.saturating_add(micros(delay));
+        sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, \
+             lease_expires_at = NULL, error_code = ?3, error_message = ?4 WHERE id = ?1",
+        )
+        .bind(job_id.to_string())
+        .bind(run_at)
+        .bind(error.0)
+        .bind(error.1)
+        .execute(self.conn())
+        .await?;
+        Ok(())
+    }
+
+    async fn job(&mut self, id: Uuid) -> StoreResult<JobRow> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_one(self.conn())
+            .await?;
+        job_from_row(&row)
+    }
+}
+
+/// What the fence read about the leased job.
+struct Fenced {
+    attempt: u32,
+    max_attempts: u32,
+    cancel_requested: bool,
+}
+
+fn now_us() -> i64 {
+    Utc::now().timestamp_micros()
+}
+
+fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn to_u32(v: i64, what: &str) -> StoreResult<u32> {
+    u32::try_from(v).map_err(|_| corrupt(format!("{what} = {v}")))
+}
+
+fn to_u64(v: i64, what: &str) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{what} = {v}")))
+}
+
+fn time(v: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(format!("timestamp {v}")))
+}
+
+fn opt_time(row: &SqliteRow, col: &str) -> StoreResult<Option<DateTime<Utc>>> {
+    row.try_get::<Option<i64>, _>(col)?.map(time).transpose()
+}
+
+fn uuid(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
+    let s: String = row.try_get(col)?;
+    Uuid::parse_str(&s).map_err(|_| corrupt(format!("{col} {s}")))
+}
+
+fn json(s: &str) -> StoreResult<Value> {
+    serde_json::from_str(s).map_err(|e| corrupt(format!("JSON {e}")))
+}
+
+fn opt_json(row: &SqliteRow, col: &str) -> StoreResult<Option<Value>> {
+    row.try_get::<Option<String>, _>(col)?
+        .as_deref()
+        .map(json)
+        .transpose()
+}
+
+fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
+    let status: String = row.try_get("status")?;
+    Ok(JobRow {
+        id: uuid(row, "id")?,
+        status: JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        instruction: row.try_get("instruction")?,
+        editor: row.try_get("editor")?,
+        options: json(row.try_get("options")?)?,
+        metadata: json(row.try_get("metadata")?)?,
+        source_key: row.try_get("source_key")?,
+        source_mime: row.try_get("source_mime")?,
+        attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+        max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+        priority: row.try_get("priority")?,
+        run_at: time(row.try_get("run_at")?)?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_expires_at: opt_time(row, "lease_expires_at")?,
+        cancel_requested: row.try_get("cancel_requested")?,
+        result_turn: row
+            .try_get::<Option<i64>, _>("result_turn")?
+            .map(|v| to_u32(v, "result_turn"))
+            .transpose()?,
+        error_code: row.try_get("error_code")?,
+        error_message: row.try_get("error_message")?,
+        created_at: time(row.try_get("created_at")?)?,
+        started_at: opt_time(row, "started_at")?,
+        finished_at: opt_time(row, "finished_at")?,
+    })
+}
+
+fn turn_from_row(row: &SqliteRow) -> StoreResult<TurnRow> {
+    Ok(TurnRow {
+        job_id: uuid(row, "job_id")?,
+        index: to_u32(row.try_get("idx")?, "idx")?,
+        instruction: row.try_get("instruction")?,
+        image_key: row.try_get("image_key")?,
+        image_mime: row.try_get("image_mime")?,
+        editor_ms: to_u64(row.try_get("editor_ms")?, "editor_ms")?,
+        critique: opt_json(row, "critique")?,
+        thinker_ms: row
+            .try_get::<Option<i64>, _>("thinker_ms")?
+            .map(|v| to_u64(v, "thinker_ms"))
+            .transpose()?,
+        raw_output: row.try_get("raw_output")?,
+        parse_error: row.try_get("parse_error")?,
+        created_at: time(row.try_get("created_at")?)?,
+    })
+}
+
+fn event_from_row(row: &SqliteRow) -> StoreResult<EventRow> {
+    Ok(EventRow {
+        id: row.try_get("id")?,
+        job_id: uuid(row, "job_id")?,
+        kind: row.try_get("type")?,
+        data: json(row.try_get("data")?)?,
+        created_at: time(row.try_get("created_at")?)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ready(&self) -> StoreResult<bool> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        let exists: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        if exists == 0 {
+            return Ok(false);
+        }
+        let applied: Vec<i64> =
+            sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(crate::all_applied(&MIGRATOR, &applied))
+    }
+
+    async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let row = sqlx::query(
+            "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
+             source_mime, attempt, max_attempts, priority, run_at, created_at) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?10) RETURNING *",
+        )
+        .bind(job.id.to_string())
+        .bind(&job.instruction)
+        .bind(&job.editor)
+        .bind(job.options.to_string())
+        .bind(job.metadata.to_string())
+        .bind(&job.source_key)
+        .bind(&job.source_mime)
+        .bind(i64::from(job.max_attempts))
+        .bind(job.priority)
+        .bind(now)
+        .fetch_one(w.conn())
+        .await?;
+        let job = job_from_row(&row)?;
+        w.emit(job.id, event_type::JOB_QUEUED, payload::queued())
+            .await?;
+        self.commit(w).await?;
+        Ok(job)
+    }
+
+    async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
+    async fn list_jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: u32,
+        cursor: Option<Uuid>,
+    ) -> StoreResult<Vec<JobRow>> {
+        sqlx::query(
+            "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(status.map(JobStatus::as_str))
+        .bind(cursor.map(|c| c.to_string()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(job_from_row)
+        .collect()
+    }
+
+    async fn list_turns(&self, job_id: Uuid) -> StoreResult<Vec<TurnRow>> {
+        sqlx::query("SELECT * FROM turns WHERE job_id = ?1 ORDER BY idx")
+            .bind(job_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(turn_from_row)
+            .collect()
+    }
+
+    async fn request_cancel(&self, id: Uuid) -> StoreResult<JobRow> {
+        let mut w = self.write().await?;
+        let status: String = sqlx::query_scalar("SELECT status FROM jobs WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(w.conn())
+            .await?
+            .ok_or(StoreError::NotFound(id))?;
+        let status =
+            JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
+        match status {
+            JobStatus::Queued => {
+                let now = w.now;
+                sqlx::query("UPDATE jobs SET status = 'canceled', finished_at = ?2 WHERE id = ?1")
+                    .bind(id.to_string())
+                    .bind(now)
+                    .execute(w.conn())
+                    .await?;
+                w.emit(id, event_type::JOB_CANCELED, payload::canceled())
+                    .await?;
+            }
+            JobStatus::Running => {
+                sqlx::query("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")
+                    .bind(id.to_string())
+                    .execute(w.conn())
+                    .await?;
+            }
+            status => return Err(StoreError::Conflict { id, status }),
+        }
+        let job = w.job(id).await?;
+        self.commit(w).await?;
+        Ok(job)
+    }
+
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+    ) -> StoreResult<Vec<ClaimedJob>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut w = self.write().await?;
+        let now = w.now;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?1 \
+             ORDER BY priority DESC, run_at, id LIMIT ?2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(w.conn())
+        .await?;
+        let mut claimed = Vec::with_capacity(ids.len());
+        for id in ids {
+            let row = sqlx::query(
+                "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_owner = ?2, \
+                 lease_expires_at = ?3, heartbeat_at = ?4, \
+                 started_at = coalesce(started_at, ?4) WHERE id = ?1 RETURNING *",
+            )
+            .bind(&id)
+            .bind(owner)
+            .bind(now.saturating_add(micros(lease)))
+            .bind(now)
+            .fetch_one(w.conn())
+            .await?;
+            let job = job_from_row(&row)?;
+            w.emit(
+                job.id,
+                event_type::JOB_STARTED,
+                payload::started(job.attempt),
+            )
+            .await?;
+            claimed.push(ClaimedJob {
+                lease: Lease {
+                    job_id: job.id,
+                    attempt: job.attempt,
+                    owner: owner.to_owned(),
+                },
+                job,
+            });
+        }
+        self.commit(w).await?;
+        Ok(claimed)
+    }
+
+    async fn heartbeat(&self, lease: &Lease, extend: Duration) -> StoreResult<bool> {
+        let now = now_us();
+        let flag: Option<bool> = sqlx::query_scalar(
+            "UPDATE jobs SET lease_expires_at = ?4, heartbeat_at = ?5 \
+             WHERE id = ?1 AND attempt = ?2 AND lease_owner = ?3 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(lease.attempt))
+        .bind(&lease.owner)
+        .bind(now.saturating_add(micros(extend)))
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        flag.ok_or(StoreError::LeaseLost(lease.job_id))
+    }
+
+    async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        let now = w.now;
+        // A turn recorded again (a retried step) replaces the old one and
+        // its critique.
+        sqlx::query(
+            "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
+             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             ON CONFLICT (job_id, idx) DO UPDATE SET instruction = excluded.instruction, \
+             image_key = excluded.image_key, image_mime = excluded.image_mime, \
+             editor_ms = excluded.editor_ms, critique = NULL, thinker_ms = NULL, \
+             raw_output = NULL, parse_error = NULL, created_at = excluded.created_at",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(turn.index))
+        .bind(&turn.instruction)
+        .bind(&turn.image_key)
+        .bind(&turn.image_mime)
+        .bind(i64::try_from(turn.editor_ms).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        w.emit(
+            lease.job_id,
+            event_type::TURN_EDITED,
+            payload::edited(turn.index, &turn.instruction, turn.editor_ms),
+        )
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn record_critique(
+        &self,
+        lease: &Lease,
+        index: u32,
+        critique: &Value,
+        thinker_ms: u64,
+        raw_output: &str,
+        parse_error: Option<&str>,
+    ) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        let updated = sqlx::query(
+            "UPDATE turns SET critique = ?3, thinker_ms = ?4, raw_output = ?5, parse_error = ?6 \
+             WHERE job_id = ?1 AND idx = ?2",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(index))
+        .bind(critique.to_string())
+        .bind(i64::try_from(thinker_ms).unwrap_or(i64::MAX))
+        .bind(raw_output)
+        .bind(parse_error)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(corrupt(format!(
+                "critique for unrecorded turn {index} of job {}",
+                lease.job_id
+            )));
+        }
+        w.emit(
+            lease.job_id,
+            event_type::TURN_CRITIQUED,
+            payload::critiqued(index, critique, thinker_ms),
+        )
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn complete(&self, lease: &Lease, result_turn: u32) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        let now = w.now;
+        // A success clears the last transient error a retry left behind.
+        sqlx::query(
+            "UPDATE jobs SET status = 'succeeded', result_turn = ?2, finished_at = ?3, \
+             lease_owner = NULL, lease_expires_at = NULL, error_code = NULL, \
+             error_message = NULL WHERE id = ?1",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(result_turn))
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        w.emit(
+            lease.job_id,
+            event_type::JOB_SUCCEEDED,
+            payload::succeeded(result_turn),
+        )
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        w.finish(lease.job_id, JobStatus::Failed, Some((code, message)))
+            .await?;
+        self.commit(w).await
+    }
+
+    async fn retry_later(
+        &self,
+        lease: &Lease,
+        code: &str,
+        message: &str,
+        delay: Duration,
+    ) -> StoreResult<JobStatus> {
+        let mut w = self.write().await?;
+        let f = w.fence(lease).await?;
+        let status = if f.cancel_requested {
+            // Requeueing would only run it again to be canceled.
+            w.finish(lease.job_id, JobStatus::Canceled, None).await?;
+            JobStatus::Canceled
+        } else if f.attempt >= f.max_attempts {
+            w.finish(lease.job_id, JobStatus::Failed, Some((code, message)))
+                .await?;
+            JobStatus::Failed
+        } else {
+            w.requeue(lease.job_id, delay, (code, message)).await?;
+            JobStatus::Queued
+        };
+        self.commit(w).await?;
+        Ok(status)
+    }
+
+    async fn mark_canceled(&self, lease: &Lease) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        w.finish(lease.job_id, JobStatus::Canceled, None).await?;
+        self.commit(w).await
+    }
+
+    async fn release(&self, lease: &Lease) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let f = w.fence(lease).await?;
+        if f.cancel_requested {
+            w.finish(lease.job_id, JobStatus::Canceled, None).await?;
+        } else {
+            let now = w.now;
+            sqlx::query(
+                "UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, \
+                 lease_expires_at = NULL, attempt = attempt - 1 WHERE id = ?1",
+            )
+            .bind(lease.job_id.to_string())
+            .bind(now)
+            .execute(w.conn())
+            .await?;
+        }
+        self.commit(w).await
+    }
+
+    async fn rescue_expired(&self) -> StoreResult<u64> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let rows = sqlx::query(
+            "SELECT id, attempt, max_attempts, cancel_requested FROM jobs \
+             WHERE status = 'running' AND lease_expires_at <= ?1 ORDER BY lease_expires_at",
+        )
+        .bind(now)
+        .fetch_all(w.conn())
+        .await?;
+        for row in &rows {
+            let id = uuid(row, "id")?;
+            let attempt: i64 = row.try_get("attempt")?;
+            let max_attempts: i64 = row.try_get("max_attempts")?;
+            let cancel_requested: bool = row.try_get("cancel_requested")?;
+            if cancel_requested {
+                w.finish(id, JobStatus::Canceled, None).await?;
+            } else if attempt >= max_attempts {
+                let message = format!("lease expired; {attempt} of {max_attempts} attempts spent");
+                w.finish(
+                    id,
+                    JobStatus::Failed,
+                    Some((payload::LEASE_EXPIRED, &message)),
+                )
+                .await?;
+            } else {
+                w.requeue(
+                    id,
+                    Duration::ZERO,
+                    (payload::LEASE_EXPIRED, "lease expired; requeued"),
+                )
+                .await?;
+            }
+        }
+        self.commit(w).await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>> {
+        sqlx::query("SELECT * FROM job_events WHERE job_id = ?1 AND id > ?2 ORDER BY id")
+            .bind(job_id.to_string())
+            .bind(after)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(event_from_row)
+            .collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
+    }
+}

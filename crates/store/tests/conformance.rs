@@ -1,0 +1,1013 @@
+//! The store conformance suite: every test runs against both backends.
+//!
+//! Postgres: `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/test`)
+//! names a server on which each test creates, and afterwards drops, its own
+//! database. An unreachable server fails the tests; they never skip.
+//! SQLite: a file in a temporary folder per test.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use editthinker_store::{
+    event_type, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, Store, StoreError,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+mod harness {
+    use std::sync::Arc;
+
+    use editthinker_store::{PgStore, SqliteStore, Store};
+    use sqlx::{Connection, Executor, PgConnection};
+
+    const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+    /// A fresh Postgres database holding a migrated store.
+    pub struct PgDb {
+        pub store: Arc<PgStore>,
+        admin_url: String,
+        name: String,
+    }
+
+    fn admin_url() -> String {
+        std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+    }
+
+    async fn admin(url: &str) -> PgConnection {
+        PgConnection::connect(url).await.unwrap_or_else(|e| {
+            panic!(
+                "Postgres at {url} is unreachable ({e}). The conformance suite needs a \
+                 server: start one or set DATABASE_URL."
+            )
+        })
+    }
+
+    pub async fn pg() -> PgDb {
+        let admin_url = admin_url();
+        let name = format!("et_{}", uuid::Uuid::now_v7().simple());
+        let mut conn = admin(&admin_url).await;
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name} failed: {e}"));
+        conn.close().await.ok();
+        let mut url = url::Url::parse(&admin_url).expect("DATABASE_URL is a URL");
+        url.set_path(&name);
+        let store = PgStore::connect(url.as_str())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {name} failed: {e}"));
+        store.migrate().await.expect("migrations apply");
+        PgDb {
+            store: Arc::new(store),
+            admin_url,
+            name,
+        }
+    }
+
+    impl PgDb {
+        /// Drops the database (after a passing test; a failed one keeps it
+        /// for inspection).
+        pub async fn cleanup(self) {
+            let Self {
+                store,
+                admin_url,
+                name,
+            } = self;
+            store.pool().close().await;
+            drop(store);
+            let mut conn = admin(&admin_url).await;
+            conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await
+                .unwrap_or_else(|e| panic!("DROP DATABASE {name} failed: {e}"));
+        }
+    }
+
+    /// A migrated SQLite store in a temporary folder (kept alive by the
+    /// returned guard).
+    pub async fn sqlite() -> (Arc<SqliteStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A missing subfolder: connect creates it.
+        let path = dir.path().join("sub/store.db");
+        let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("sqlite connect");
+        store.migrate().await.expect("migrations apply");
+        assert!(path.is_file());
+        (Arc::new(store), dir)
+    }
+}
+
+/// Instantiates each suite function for both backends.
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = crate::harness::pg().await;
+                    crate::$name(db.store.clone()).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let (store, _dir) = crate::harness::sqlite().await;
+                    crate::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    ready_after_migrate,
+    insert_get_list,
+    claim_order,
+    claim_sets_lease_and_writes_started,
+    heartbeat_extends_and_reports_cancel,
+    fencing_rejects_stale_leases,
+    turns_round_trip,
+    complete_fail_cancel,
+    retry_later_requeues_then_fails,
+    retry_later_with_cancel_requested_cancels,
+    rescue_expired_requeues_then_fails,
+    release_requeues_without_counting,
+    request_cancel_in_every_state,
+    events_after_is_strict_and_ordered,
+    subscribe_sees_insert,
+);
+
+// ---- helpers ----------------------------------------------------------------
+
+const LEASE: Duration = Duration::from_secs(60);
+
+fn new_job(priority: i32, max_attempts: u32) -> NewJob {
+    let id = Uuid::now_v7();
+    NewJob {
+        id,
+        instruction: "make the sky purple".into(),
+        editor: "kontext".into(),
+        options: json!({"max_turns": 3}),
+        metadata: json!({"client": "test", "n": [1, 2]}),
+        source_key: format!("jobs/{id}/source.png"),
+        source_mime: "image/png".into(),
+        max_attempts,
+        priority,
+    }
+}
+
+async fn insert(store: &Arc<dyn Store>, priority: i32, max_attempts: u32) -> JobRow {
+    store
+        .insert_job(new_job(priority, max_attempts))
+        .await
+        .expect("insert_job")
+}
+
+async fn job(store: &Arc<dyn Store>, id: Uuid) -> JobRow {
+    store
+        .get_job(id)
+        .await
+        .expect("get_job")
+        .expect("job exists")
+}
+
+async fn events(store: &Arc<dyn Store>, id: Uuid) -> Vec<EventRow> {
+    store.events_after(id, 0).await.expect("events_after")
+}
+
+fn kinds(events: &[EventRow]) -> Vec<&str> {
+    events.iter().map(|e| e.kind.as_str()).collect()
+}
+
+/// Claims exactly one job and checks it is `expected`.
+async fn claim_one(store: &Arc<dyn Store>, owner: &str, lease: Duration, expected: Uuid) -> Lease {
+    let mut claimed = store.claim(owner, 1, lease).await.expect("claim");
+    assert_eq!(claimed.len(), 1, "one job claimed");
+    let c = claimed.pop().unwrap();
+    assert_eq!(c.job.id, expected);
+    c.lease
+}
+
+fn assert_lease_lost<T: std::fmt::Debug>(r: Result<T, StoreError>, id: Uuid) {
+    match r {
+        Err(StoreError::LeaseLost(got)) => assert_eq!(got, id),
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+}
+
+fn assert_finished_without_lease(job: &JobRow) {
+    assert!(job.finished_at.is_some(), "finished_at set");
+    assert_eq!(job.lease_owner, None, "lease cleared");
+    assert_eq!(job.lease_expires_at, None, "lease cleared");
+}
+
+// ---- the suite ----------------------------------------------------------------
+
+async fn ready_after_migrate(store: Arc<dyn Store>) {
+    assert!(store.ready().await.unwrap());
+    // Migrating again is a no-op.
+    store.migrate().await.unwrap();
+    assert!(store.ready().await.unwrap());
+}
+
+async fn insert_get_list(store: Arc<dyn Store>) {
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let new = new_job(i, 3);
+        let row = store.insert_job(new.clone()).await.unwrap();
+        assert_eq!(row.id, new.id);
+        assert_eq!(row.status, JobStatus::Queued);
+        assert_eq!(row.instruction, new.instruction);
+        assert_eq!(row.editor, new.editor);
+        assert_eq!(row.options, new.options);
+        assert_eq!(row.metadata, new.metadata);
+        assert_eq!(row.source_key, new.source_key);
+        assert_eq!(row.source_mime, new.source_mime);
+        assert_eq!(row.attempt, 0);
+        assert_eq!(row.max_attempts, 3);
+        assert_eq!(row.priority, i);
+        assert!(row.run_at >= before && row.created_at >= before);
+        assert_eq!(row.lease_owner, None);
+        assert!(!row.cancel_requested);
+        assert_eq!(row.result_turn, None);
+        assert_eq!(row.started_at, None);
+        assert_eq!(row.finished_at, None);
+        assert_eq!(
+            job(&store, row.id).await,
+            row,
+            "get_job returns the inserted row"
+        );
+
+        let ev = events(&store, row.id).await;
+        assert_eq!(kinds(&ev), [event_type::JOB_QUEUED]);
+        assert_eq!(ev[0].data, json!({"status": "queued"}));
+        assert_eq!(ev[0].job_id, row.id);
+        ids.push(row.id);
+    }
+    assert_eq!(store.get_job(Uuid::now_v7()).await.unwrap(), None);
+
+    // Newest first.
+    let all = store.list_jobs(None, 100, None).await.unwrap();
+    let listed: Vec<Uuid> = all.iter().map(|j| j.id).collect();
+    let mut newest_first = ids.clone();
+    newest_first.reverse();
+    assert_eq!(listed, newest_first);
+
+    // Cursor pagination, exclusive.
+    let page1 = store.list_jobs(None, 2, None).await.unwrap();
+    assert_eq!(
+        page1.iter().map(|j| j.id).collect::<Vec<_>>(),
+        newest_first[..2]
+    );
+    let page2 = store.list_jobs(None, 2, Some(page1[1].id)).await.unwrap();
+    assert_eq!(
+        page2.iter().map(|j| j.id).collect::<Vec<_>>(),
+        newest_first[2..4]
+    );
+    let page3 = store.list_jobs(None, 2, Some(page2[1].id)).await.unwrap();
+    assert_eq!(
+        page3.iter().map(|j| j.id).collect::<Vec<_>>(),
+        newest_first[4..]
+    );
+    let page4 = store.list_jobs(None, 2, Some(page3[0].id)).await.unwrap();
+    assert!(page4.is_empty());
+
+    // Status filter: claim the highest priority (the newest) job.
+    let claimed = store.claim("w", 1, LEASE).await.unwrap();
+    assert_eq!(claimed[0].job.id, ids[4]);
+    let running = store
+        .list_jobs(Some(JobStatus::Running), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[4]]);
+    let queued = store
+        .list_jobs(Some(JobStatus::Queued), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        queued.iter().map(|j| j.id).collect::<Vec<_>>(),
+        newest_first[1..]
+    );
+    let queued_after = store
+        .list_jobs(Some(JobStatus::Queued), 10, Some(ids[2]))
+        .await
+        .unwrap();
+    assert_eq!(
+        queued_after.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [ids[1], ids[0]]
+    );
+    assert!(store
+        .list_jobs(Some(JobStatus::Failed), 10, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn claim_order(store: Arc<dyn Store>) {
+    // Inserted in this order, so run_at increases a..e.
+    let a = insert(&store, 0, 3).await.id;
+    let b = insert(&store, 5, 3).await.id;
+    let c = insert(&store, 0, 3).await.id;
+    let d = insert(&store, 5, 3).await.id;
+    let later = insert(&store, 10, 3).await.id;
+
+    // Push `later` into the future: claim it and retry in an hour.
+    let lease = claim_one(&store, "w", LEASE, later).await;
+    let status = store
+        .retry_later(
+            &lease,
+            "editor_unavailable",
+            "503",
+            Duration::from_secs(3600),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Queued);
+
+    // Priority first, then run_at; the not-yet-due job is skipped.
+    assert_eq!(claim_one(&store, "w", LEASE, b).await.job_id, b);
+    let rest = store.claim("w", 10, LEASE).await.unwrap();
+    let order: Vec<Uuid> = rest.iter().map(|c| c.job.id).collect();
+    assert_eq!(order, [d, a, c]);
+    assert!(store.claim("w", 10, LEASE).await.unwrap().is_empty());
+    assert_eq!(job(&store, later).await.status, JobStatus::Queued);
+    assert!(store.claim("w", 0, LEASE).await.unwrap().is_empty());
+}
+
+async fn claim_sets_lease_and_writes_started(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let before = Utc::now() - chrono::Duration::seconds(5);
+    let claimed = store.claim("worker-1", 5, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!(
+        c.lease,
+        Lease {
+            job_id: id,
+            attempt: 1,
+            owner: "worker-1".into()
+        }
+    );
+    assert_eq!(c.job.status, JobStatus::Running);
+    assert_eq!(c.job.attempt, 1);
+    assert_eq!(c.job.lease_owner.as_deref(), Some("worker-1"));
+    let expires = c.job.lease_expires_at.expect("lease expiry");
+    assert!(expires > Utc::now() + chrono::Duration::seconds(50));
+    assert!(expires < Utc::now() + chrono::Duration::seconds(70));
+    let started = c.job.started_at.expect("started_at");
+    assert!(started >= before);
+    assert_eq!(
+        job(&store, id).await,
+        c.job,
+        "the claimed row is what is stored"
+    );
+
+    let ev = events(&store, id).await;
+    assert_eq!(
+        kinds(&ev),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+    );
+    assert_eq!(ev[1].data, json!({"attempt": 1}));
+
+    // A second claim keeps the first started_at.
+    store
+        .retry_later(&c.lease, "thinker_unavailable", "down", Duration::ZERO)
+        .await
+        .unwrap();
+    let again = claim_one(&store, "worker-2", LEASE, id).await;
+    assert_eq!(again.attempt, 2);
+    let row = job(&store, id).await;
+    assert_eq!(row.started_at, Some(started));
+    assert_eq!(row.lease_owner.as_deref(), Some("worker-2"));
+    let ev = events(&store, id).await;
+    assert_eq!(ev.last().unwrap().data, json!({"attempt": 2}));
+}
+
+async fn heartbeat_extends_and_reports_cancel(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", Duration::from_secs(10), id).await;
+    let first = job(&store, id).await.lease_expires_at.unwrap();
+    assert!(!store
+        .heartbeat(&lease, Duration::from_secs(3600))
+        .await
+        .unwrap());
+    let extended = job(&store, id).await.lease_expires_at.unwrap();
+    assert!(extended > first + chrono::Duration::seconds(3000));
+
+    store.request_cancel(id).await.unwrap();
+    assert!(store.heartbeat(&lease, LEASE).await.unwrap());
+    // Heartbeats write no events.
+    assert_eq!(
+        kinds(&events(&store, id).await),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+    );
+}
+
+async fn fencing_rejects_stale_leases(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w1", Duration::ZERO, id).await;
+    // The lease expired at once; rescue requeues, another worker claims.
+    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+    let current = claim_one(&store, "w2", LEASE, id).await;
+    assert_eq!(current.attempt, 2);
+    let snapshot = job(&store, id).await;
+    let n_events = events(&store, id).await.len();
+
+    let wrong_owner = Lease {
+        owner: "w1".into(),
+        ..current.clone()
+    };
+    let wrong_attempt = Lease {
+        attempt: 1,
+        ..current.clone()
+    };
+    for stale in [&lease, &wrong_owner, &wrong_attempt] {
+        assert_lease_lost(store.heartbeat(stale, LEASE).await, id);
+        let turn = NewTurn {
+            index: 1,
+            instruction: "x".into(),
+            image_key: "k".into(),
+            image_mime: "image/png".into(),
+            editor_ms: 1,
+        };
+        assert_lease_lost(store.record_turn(stale, turn).await, id);
+        assert_lease_lost(
+            store
+                .record_critique(stale, 1, &json!({}), 1, "raw", None)
+                .await,
+            id,
+        );
+        assert_lease_lost(store.complete(stale, 1).await, id);
+        assert_lease_lost(store.fail(stale, "c", "m").await, id);
+        assert_lease_lost(store.retry_later(stale, "c", "m", Duration::ZERO).await, id);
+        assert_lease_lost(store.mark_canceled(stale).await, id);
+        assert_lease_lost(store.release(stale).await, id);
+    }
+    assert_eq!(
+        job(&store, id).await,
+        snapshot,
+        "stale writes changed nothing"
+    );
+    assert_eq!(events(&store, id).await.len(), n_events);
+    assert!(store.list_turns(id).await.unwrap().is_empty());
+
+    // Once the job is finished even the current lease is spent.
+    store
+        .record_turn(
+            &current,
+            NewTurn {
+                index: 1,
+                instruction: "x".into(),
+                image_key: "k".into(),
+                image_mime: "image/png".into(),
+                editor_ms: 1,
+            },
+        )
+        .await
+        .unwrap();
+    store.complete(&current, 1).await.unwrap();
+    assert_lease_lost(store.heartbeat(&current, LEASE).await, id);
+    assert_lease_lost(store.fail(&current, "c", "m").await, id);
+    assert_eq!(job(&store, id).await.status, JobStatus::Succeeded);
+
+    // A lease for a job that does not exist.
+    let ghost = Lease {
+        job_id: Uuid::now_v7(),
+        attempt: 1,
+        owner: "w".into(),
+    };
+    assert_lease_lost(store.heartbeat(&ghost, LEASE).await, ghost.job_id);
+}
+
+async fn turns_round_trip(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    for index in 1..=2u32 {
+        store
+            .record_turn(
+                &lease,
+                NewTurn {
+                    index,
+                    instruction: format!("instruction {index}"),
+                    image_key: format!("jobs/{id}/turns/{index}.png"),
+                    image_mime: "image/png".into(),
+                    editor_ms: 1000 + u64::from(index),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let critique = json!({"semantic": 7, "quality": 8, "overall": 7.5, "reasoning": "ok"});
+    store
+        .record_critique(&lease, 1, &critique, 250, "raw thinker output", None)
+        .await
+        .unwrap();
+    store
+        .record_critique(
+            &lease,
+            2,
+            &json!({"error": "unparsable"}),
+            30,
+            "???",
+            Some("no JSON"),
+        )
+        .await
+        .unwrap();
+
+    let turns = store.list_turns(id).await.unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0].job_id, id);
+    assert_eq!(turns[0].index, 1);
+    assert_eq!(turns[0].instruction, "instruction 1");
+    assert_eq!(turns[0].image_key, format!("jobs/{id}/turns/1.png"));
+    assert_eq!(turns[0].image_mime, "image/png");
+    assert_eq!(turns[0].editor_ms, 1001);
+    assert_eq!(turns[0].critique, Some(critique.clone()));
+    assert_eq!(turns[0].thinker_ms, Some(250));
+    assert_eq!(turns[0].raw_output.as_deref(), Some("raw thinker output"));
+    assert_eq!(turns[0].parse_error, None);
+    assert_eq!(turns[1].index, 2);
+    assert_eq!(turns[1].parse_error.as_deref(), Some("no JSON"));
+    assert!(store.list_turns(Uuid::now_v7()).await.unwrap().is_empty());
+
+    let ev = events(&store, id).await;
+    assert_eq!(
+        kinds(&ev),
+        [
+            event_type::JOB_QUEUED,
+            event_type::JOB_STARTED,
+            event_type::TURN_EDITED,
+            event_type::TURN_EDITED,
+            event_type::TURN_CRITIQUED,
+            event_type::TURN_CRITIQUED,
+        ]
+    );
+    assert_eq!(
+        ev[2].data,
+        json!({"turn": 1, "instruction": "instruction 1", "editor_ms": 1001})
+    );
+    assert_eq!(
+        ev[4].data,
+        json!({"turn": 1, "critique": critique, "thinker_ms": 250})
+    );
+
+    // A turn recorded again replaces the old one, critique included.
+    store
+        .record_turn(
+            &lease,
+            NewTurn {
+                index: 2,
+                instruction: "redo".into(),
+                image_key: "k2".into(),
+                image_mime: "image/webp".into(),
+                editor_ms: 5,
+            },
+        )
+        .await
+        .unwrap();
+    let turns = store.list_turns(id).await.unwrap();
+    assert_eq!(turns[1].instruction, "redo");
+    assert_eq!(turns[1].critique, None);
+    assert_eq!(turns[1].thinker_ms, None);
+
+    // A critique for a turn never recorded is refused.
+    assert!(store
+        .record_critique(&lease, 9, &json!({}), 1, "", None)
+        .await
+        .is_err());
+}
+
+async fn complete_fail_cancel(store: Arc<dyn Store>) {
+    let ok = insert(&store, 2, 3).await.id;
+    let bad = insert(&store, 1, 3).await.id;
+    let stop = insert(&store, 0, 3).await.id;
+    let claimed = store.claim("w", 3, LEASE).await.unwrap();
+    let lease: HashMap<Uuid, Lease> = claimed.into_iter().map(|c| (c.job.id, c.lease)).collect();
+
+    store.complete(&lease[&ok], 2).await.unwrap();
+    let row = job(&store, ok).await;
+    assert_eq!(row.status, JobStatus::Succeeded);
+    assert_eq!(row.result_turn, Some(2));
+    assert_eq!(row.error_code, None);
+    assert_finished_without_lease(&row);
+    let ev = events(&store, ok).await;
+    assert_eq!(ev.last().unwrap().kind, event_type::JOB_SUCCEEDED);
+    assert_eq!(ev.last().unwrap().data, json!({"result_turn": 2}));
+
+    store
+        .fail(&lease[&bad], "invalid_image", "not a PNG")
+        .await
+        .unwrap();
+    let row = job(&store, bad).await;
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(row.error_code.as_deref(), Some("invalid_image"));
+    assert_eq!(row.error_message.as_deref(), Some("not a PNG"));
+    assert_finished_without_lease(&row);
+    let ev = events(&store, bad).await;
+    assert_eq!(ev.last().unwrap().kind, event_type::JOB_FAILED);
+    assert_eq!(
+        ev.last().unwrap().data,
+        json!({"code": "invalid_image", "message": "not a PNG"})
+    );
+
+    store.mark_canceled(&lease[&stop]).await.unwrap();
+    let row = job(&store, stop).await;
+    assert_eq!(row.status, JobStatus::Canceled);
+    assert_finished_without_lease(&row);
+    let ev = events(&store, stop).await;
+    assert_eq!(ev.last().unwrap().kind, event_type::JOB_CANCELED);
+    assert_eq!(ev.last().unwrap().data, json!({}));
+
+    // Finished jobs are never claimed again.
+    assert!(store.claim("w", 10, LEASE).await.unwrap().is_empty());
+}
+
+async fn retry_later_requeues_then_fails(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 2).await.id;
+
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    let status = store
+        .retry_later(&lease, "editor_unavailable", "503 twice", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Queued);
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Queued);
+    assert_eq!(row.attempt, 1);
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert_eq!(row.finished_at, None);
+    assert_eq!(row.error_code.as_deref(), Some("editor_unavailable"));
+    assert_eq!(row.error_message.as_deref(), Some("503 twice"));
+    // Requeueing writes no event.
+    assert_eq!(
+        kinds(&events(&store, id).await),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+    );
+    assert_lease_lost(store.heartbeat(&lease, LEASE).await, id);
+
+    // The last attempt fails for good.
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    assert_eq!(lease.attempt, 2);
+    let status = store
+        .retry_later(&lease, "editor_unavailable", "503 again", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Failed);
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(row.error_code.as_deref(), Some("editor_unavailable"));
+    assert_finished_without_lease(&row);
+    let ev = events(&store, id).await;
+    assert_eq!(
+        kinds(&ev),
+        [
+            event_type::JOB_QUEUED,
+            event_type::JOB_STARTED,
+            event_type::JOB_STARTED,
+            event_type::JOB_FAILED
+        ]
+    );
+    assert_eq!(
+        ev[3].data,
+        json!({"code": "editor_unavailable", "message": "503 again"})
+    );
+
+    // A delayed retry is not claimable before its run_at.
+    let other = insert(&store, 0, 5).await.id;
+    let lease = claim_one(&store, "w", LEASE, other).await;
+    store
+        .retry_later(&lease, "thinker_unavailable", "x", Duration::from_secs(600))
+        .await
+        .unwrap();
+    let row = job(&store, other).await;
+    assert!(row.run_at > Utc::now() + chrono::Duration::seconds(500));
+    assert!(row.run_at < Utc::now() + chrono::Duration::seconds(700));
+    assert!(store.claim("w", 10, LEASE).await.unwrap().is_empty());
+}
+
+async fn retry_later_with_cancel_requested_cancels(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 5).await.id;
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    store.request_cancel(id).await.unwrap();
+    let status = store
+        .retry_later(&lease, "editor_unavailable", "x", Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(status, JobStatus::Canceled);
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Canceled);
+    assert_finished_without_lease(&row);
+    assert_eq!(
+        events(&store, id).await.last().unwrap().kind,
+        event_type::JOB_CANCELED
+    );
+}
+
+async fn rescue_expired_requeues_then_fails(store: Arc<dyn Store>) {
+    let id = insert(&store, 1, 2).await.id;
+    let alive = insert(&store, 0, 2).await.id;
+    assert_eq!(store.rescue_expired().await.unwrap(), 0);
+
+    claim_one(&store, "dead", Duration::ZERO, id).await;
+    claim_one(&store, "alive", LEASE, alive).await;
+    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Queued);
+    assert_eq!(row.attempt, 1, "the lost attempt counts");
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert_eq!(row.finished_at, None);
+    assert!(row.run_at <= Utc::now(), "due at once");
+    assert_eq!(
+        kinds(&events(&store, id).await),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED],
+        "a requeue writes no event"
+    );
+    assert_eq!(job(&store, alive).await.status, JobStatus::Running);
+
+    // Second and last attempt expires too: failed for good.
+    let lease = claim_one(&store, "dead", Duration::ZERO, id).await;
+    assert_eq!(lease.attempt, 2);
+    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Failed);
+    assert_eq!(row.error_code.as_deref(), Some("lease_expired"));
+    assert_finished_without_lease(&row);
+    let ev = events(&store, id).await;
+    let last = ev.last().unwrap();
+    assert_eq!(last.kind, event_type::JOB_FAILED);
+    assert_eq!(last.data["code"], "lease_expired");
+    assert!(last.data["message"].is_string());
+    assert_eq!(store.rescue_expired().await.unwrap(), 0);
+    assert_eq!(job(&store, alive).await.status, JobStatus::Running);
+}
+
+async fn release_requeues_without_counting(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 1).await.id;
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    store.release(&lease).await.unwrap();
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Queued);
+    assert_eq!(row.attempt, 0);
+    assert_eq!(row.lease_owner, None);
+    assert_eq!(row.lease_expires_at, None);
+    assert!(row.run_at <= Utc::now());
+    assert_eq!(
+        kinds(&events(&store, id).await),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+    );
+    assert_lease_lost(store.heartbeat(&lease, LEASE).await, id);
+    // Claimable again at once, with the attempt not spent.
+    let again = claim_one(&store, "w2", LEASE, id).await;
+    assert_eq!(again.attempt, 1);
+}
+
+async fn request_cancel_in_every_state(store: Arc<dyn Store>) {
+    // Queued: canceled at once.
+    let queued = insert(&store, 0, 3).await.id;
+    let row = store.request_cancel(queued).await.unwrap();
+    assert_eq!(row.status, JobStatus::Canceled);
+    assert!(row.finished_at.is_some());
+    assert_eq!(job(&store, queued).await, row);
+    let ev = events(&store, queued).await;
+    assert_eq!(
+        kinds(&ev),
+        [event_type::JOB_QUEUED, event_type::JOB_CANCELED]
+    );
+    assert_eq!(ev[1].data, json!({}));
+    assert!(store.claim("w", 10, LEASE).await.unwrap().is_empty());
+
+    // Running: flagged; the worker cancels.
+    let running = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", LEASE, running).await;
+    let row = store.request_cancel(running).await.unwrap();
+    assert_eq!(row.status, JobStatus::Running);
+    assert!(row.cancel_requested);
+    assert_eq!(row.finished_at, None);
+    assert_eq!(
+        kinds(&events(&store, running).await),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+    );
+    // Asking twice is harmless.
+    assert!(
+        store
+            .request_cancel(running)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    assert!(store.heartbeat(&lease, LEASE).await.unwrap());
+    store.mark_canceled(&lease).await.unwrap();
+    assert_eq!(job(&store, running).await.status, JobStatus::Canceled);
+
+    // Finished: conflict.
+    for id in [queued, running] {
+        match store.request_cancel(id).await {
+            Err(StoreError::Conflict { id: got, status }) => {
+                assert_eq!(got, id);
+                assert_eq!(status, JobStatus::Canceled);
+            }
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+    }
+    let done = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", LEASE, done).await;
+    store.fail(&lease, "x", "y").await.unwrap();
+    assert!(matches!(
+        store.request_cancel(done).await,
+        Err(StoreError::Conflict {
+            status: JobStatus::Failed,
+            ..
+        })
+    ));
+
+    // Missing.
+    let ghost = Uuid::now_v7();
+    match store.request_cancel(ghost).await {
+        Err(StoreError::NotFound(got)) => assert_eq!(got, ghost),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+}
+
+async fn events_after_is_strict_and_ordered(store: Arc<dyn Store>) {
+    let a = insert(&store, 1, 3).await.id;
+    let b = insert(&store, 0, 3).await.id;
+    let claimed = store.claim("w", 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    store.complete(&claimed[0].lease, 0).await.unwrap();
+
+    let ev = events(&store, a).await;
+    assert_eq!(
+        kinds(&ev),
+        [
+            event_type::JOB_QUEUED,
+            event_type::JOB_STARTED,
+            event_type::JOB_SUCCEEDED
+        ]
+    );
+    assert!(ev.windows(2).all(|w| w[0].id < w[1].id), "ids increase");
+    assert!(ev.windows(2).all(|w| w[0].created_at <= w[1].created_at));
+    assert!(ev.iter().all(|e| e.job_id == a), "only this job's events");
+
+    let after_first = store.events_after(a, ev[0].id).await.unwrap();
+    assert_eq!(after_first, ev[1..]);
+    let after_last = store.events_after(a, ev[2].id).await.unwrap();
+    assert!(after_last.is_empty());
+    assert_eq!(store.events_after(a, -1).await.unwrap(), ev);
+
+    let evb = events(&store, b).await;
+    assert_eq!(
+        kinds(&evb),
+        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+    );
+    // Ids are global: b's queued event sits between a's.
+    assert!(evb[0].id > ev[0].id && evb[0].id < ev[1].id);
+    assert!(store
+        .events_after(Uuid::now_v7(), 0)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn subscribe_sees_insert(store: Arc<dyn Store>) {
+    let mut rx = store.subscribe();
+    let id = insert(&store, 0, 3).await.id;
+    let expected = events(&store, id).await[0].id;
+    let notice = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await.expect("notice channel open") {
+                Notice::Event { job_id, .. } if job_id != id => continue,
+                Notice::Resync => continue,
+                n => return n,
+            }
+        }
+    })
+    .await
+    .expect("a notice within 10 s");
+    assert_eq!(
+        notice,
+        Notice::Event {
+            job_id: id,
+            event_id: expected,
+            kind: event_type::JOB_QUEUED.into()
+        }
+    );
+
+    // Claims notify too.
+    claim_one(&store, "w", LEASE, id).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a notice within 10 s")
+        .unwrap();
+    match next {
+        Notice::Event { job_id, kind, .. } => {
+            assert_eq!(job_id, id);
+            assert_eq!(kind, event_type::JOB_STARTED);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+// ---- Postgres only -------------------------------------------------------------
+
+mod postgres_only {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use editthinker_store::{Notice, Store};
+    use sqlx::Executor;
+
+    use crate::harness;
+
+    /// Concurrent claimers never get the same job: `FOR UPDATE SKIP LOCKED`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_are_exclusive() {
+        let db = harness::pg().await;
+        let store: Arc<dyn Store> = db.store.clone();
+        let mut ids = HashSet::new();
+        for i in 0..200 {
+            ids.insert(crate::insert(&store, i % 3, 3).await.id);
+        }
+        let mut claimers = Vec::new();
+        for w in 0..4 {
+            let store = store.clone();
+            claimers.push(tokio::spawn(async move {
+                let owner = format!("w{w}");
+                let mut got = Vec::new();
+                loop {
+                    let batch = store.claim(&owner, 3, crate::LEASE).await.unwrap();
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    for c in batch {
+                        assert_eq!(c.lease.owner, owner);
+                        assert_eq!(c.lease.attempt, 1);
+                        got.push(c.job.id);
+                    }
+                }
+            }));
+        }
+        let mut seen = HashSet::new();
+        let mut total = 0;
+        for c in claimers {
+            for id in c.await.unwrap() {
+                total += 1;
+                assert!(seen.insert(id), "job {id} claimed twice");
+            }
+        }
+        assert_eq!(total, 200);
+        assert_eq!(seen, ids);
+        let started: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM job_events WHERE type = 'job.started'")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        assert_eq!(started, 200);
+        db.cleanup().await;
+    }
+
+    /// A dropped LISTEN connection is reported as `Resync`, and notices
+    /// flow again afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listener_loss_sends_resync() {
+        let db = harness::pg().await;
+        let store: Arc<dyn Store> = db.store.clone();
+        let mut rx = store.subscribe();
+        let killed: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND query ILIKE 'LISTEN%') t",
+        )
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(killed, 1, "one LISTEN connection per store");
+        let notice = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+            .await
+            .expect("Resync within 15 s")
+            .unwrap();
+        assert_eq!(notice, Notice::Resync);
+
+        let id = crate::insert(&store, 0, 3).await.id;
+        let notice = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match rx.recv().await.unwrap() {
+                    Notice::Event { job_id, .. } if job_id == id => return,
+                    _ => continue,
+                }
+            }
+        })
+        .await;
+        assert!(notice.is_ok(), "notices flow after reconnecting");
+        // Keep the pool usable for cleanup.
+        db.store.pool().execute("SELECT 1").await.unwrap();
+        db.cleanup().await;
+    }
+}

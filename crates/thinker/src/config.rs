@@ -1,0 +1,431 @@
+//! The `[thinker]` configuration section and its validation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use editthinker_core::{PromptTemplate, Protocol, Thinker};
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::openai::{OpenAiSettings, OpenAiThinker};
+
+/// Which thinker backend to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThinkerKind {
+    /// Any OpenAI-compatible chat-completions server.
+    #[default]
+    Openai,
+    /// In-process mistral.rs (not built yet).
+    Local,
+}
+
+/// The `[thinker]` section (DESIGN.md §9). Every field has a default, so an
+/// empty section is valid; unknown keys are rejected to catch typos.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThinkerConfig {
+    /// Backend kind.
+    pub kind: ThinkerKind,
+    /// Output protocol the model answers in.
+    pub protocol: Protocol,
+    /// Base URL of the chat-completions API; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Model name sent in each request.
+    pub model: String,
+    /// Name of the environment variable holding the API key (never the key itself).
+    pub api_key_env: Option<String>,
+    /// Operator prompt template replacing our default text.
+    pub prompt_template_file: Option<PathBuf>,
+    /// Longer image side sent to the model, in pixels.
+    pub max_image_edge: u32,
+    /// Sampling temperature; the server's default when unset.
+    pub temperature: Option<f64>,
+    /// Upper bound on generated tokens.
+    pub max_tokens: u32,
+    /// Total time allowed for one HTTP call.
+    pub timeout_seconds: u64,
+    /// Extra attempts after a transient failure (connection, timeout, 429, 5xx).
+    pub max_retries: u32,
+    /// First backoff delay in milliseconds; doubles with each retry.
+    pub retry_base_ms: u64,
+    /// Expert protocol only: ask for JSON-schema structured output.
+    pub structured: bool,
+}
+
+impl Default for ThinkerConfig {
+    fn default() -> Self {
+        Self {
+            kind: ThinkerKind::Openai,
+            protocol: Protocol::Editthinker,
+            base_url: "http://127.0.0.1:8000/v1".into(),
+            model: "EditThinker-8B".into(),
+            api_key_env: None,
+            prompt_template_file: None,
+            max_image_edge: 1024,
+            temperature: None,
+            max_tokens: 4096,
+            timeout_seconds: 300,
+            max_retries: 3,
+            retry_base_ms: 500,
+            structured: true,
+        }
+    }
+}
+
+/// Why the `[thinker]` section cannot be used; the message names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ThinkerConfigError {
+    /// A setting is invalid.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The offending key, e.g. `thinker.api_key_env`.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl ThinkerConfigError {
+    pub(crate) fn invalid(key: &'static str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// The configuration key at fault.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::Invalid { key, .. } => key,
+        }
+    }
+}
+
+/// The smallest `max_image_edge` we accept: Qwen3-VL's minimum image side.
+const MIN_IMAGE_EDGE: u32 = 32;
+
+/// Validates `cfg`, reads the API key and template file it names, and builds
+/// the thinker.
+pub fn build_thinker(cfg: &ThinkerConfig) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
+    let settings = resolve(cfg)?;
+    Ok(Arc::new(OpenAiThinker::new(settings)?))
+}
+
+/// Turns the raw section into checked settings (environment and files read here).
+fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
+    use ThinkerConfigError as E;
+
+    if cfg.kind == ThinkerKind::Local {
+        return Err(E::invalid(
+            "thinker.kind",
+            "\"local\" (in-process mistral.rs) is not available in this build yet; use \"openai\"",
+        ));
+    }
+
+    let base_url = Url::parse(cfg.base_url.trim()).map_err(|e| {
+        E::invalid(
+            "thinker.base_url",
+            format!("{:?} is not a URL: {e}", cfg.base_url),
+        )
+    })?;
+    if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
+        return Err(E::invalid(
+            "thinker.base_url",
+            format!(
+                "{:?} must be an http:// or https:// URL with a host",
+                cfg.base_url
+            ),
+        ));
+    }
+    if base_url.query().is_some() || base_url.fragment().is_some() {
+        return Err(E::invalid(
+            "thinker.base_url",
+            format!("{:?} must not have a query or fragment", cfg.base_url),
+        ));
+    }
+
+    if cfg.model.trim().is_empty() {
+        return Err(E::invalid("thinker.model", "must not be empty"));
+    }
+
+    let api_key = match &cfg.api_key_env {
+        None => None,
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => Some(key.trim().to_string()),
+            Ok(_) => {
+                return Err(E::invalid(
+                    "thinker.api_key_env",
+                    format!("environment variable {var} is empty"),
+                ))
+            }
+            Err(std::env::VarError::NotPresent) => {
+                return Err(E::invalid(
+                    "thinker.api_key_env",
+                    format!("environment variable {var} is not set"),
+                ))
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(E::invalid(
+                    "thinker.api_key_env",
+                    format!("environment variable {var} is not valid UTF-8"),
+                ))
+            }
+        },
+    };
+
+    let template = match &cfg.prompt_template_file {
+        None => PromptTemplate::default_for(cfg.protocol),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                E::invalid(
+                    "thinker.prompt_template_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            PromptTemplate::parse(&text).map_err(|e| {
+                E::invalid(
+                    "thinker.prompt_template_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?
+        }
+    };
+
+    if cfg.max_image_edge < MIN_IMAGE_EDGE {
+        return Err(E::invalid(
+            "thinker.max_image_edge",
+            format!(
+                "must be at least {MIN_IMAGE_EDGE}, got {}",
+                cfg.max_image_edge
+            ),
+        ));
+    }
+    if let Some(t) = cfg.temperature {
+        if !t.is_finite() || t < 0.0 {
+            return Err(E::invalid(
+                "thinker.temperature",
+                format!("must be a non-negative number, got {t}"),
+            ));
+        }
+    }
+    if cfg.max_tokens == 0 {
+        return Err(E::invalid("thinker.max_tokens", "must be at least 1"));
+    }
+    if cfg.timeout_seconds == 0 {
+        return Err(E::invalid("thinker.timeout_seconds", "must be at least 1"));
+    }
+
+    Ok(OpenAiSettings {
+        base_url,
+        model: cfg.model.trim().to_string(),
+        api_key,
+        protocol: cfg.protocol,
+        template,
+        max_image_edge: cfg.max_image_edge,
+        temperature: cfg.temperature,
+        max_tokens: cfg.max_tokens,
+        timeout: Duration::from_secs(cfg.timeout_seconds),
+        max_retries: cfg.max_retries,
+        retry_base: Duration::from_millis(cfg.retry_base_ms),
+        structured: cfg.structured,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(value: serde_json::Value) -> Result<ThinkerConfig, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    fn build_err(cfg: &ThinkerConfig) -> String {
+        match build_thinker(cfg) {
+            Ok(_) => panic!("built a thinker from {cfg:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn empty_section_gives_defaults() {
+        let cfg = config(json!({})).unwrap();
+        assert_eq!(cfg, ThinkerConfig::default());
+        assert_eq!(cfg.kind, ThinkerKind::Openai);
+        assert_eq!(cfg.protocol, Protocol::Editthinker);
+        assert_eq!(cfg.base_url, "http://127.0.0.1:8000/v1");
+        assert_eq!(cfg.model, "EditThinker-8B");
+        assert_eq!((cfg.max_image_edge, cfg.max_tokens), (1024, 4096));
+        assert_eq!((cfg.timeout_seconds, cfg.max_retries), (300, 3));
+        assert_eq!(cfg.retry_base_ms, 500);
+        assert!(cfg.structured);
+        assert_eq!(cfg.temperature, None);
+        let thinker = build_thinker(&cfg).unwrap();
+        assert_eq!(thinker.protocol(), Protocol::Editthinker);
+    }
+
+    #[test]
+    fn every_key_deserializes() {
+        let cfg = config(json!({
+            "kind": "openai", "protocol": "expert", "base_url": "https://api.example.com/v1",
+            "model": "gpt-4.1", "api_key_env": "X", "prompt_template_file": "/tmp/t.txt",
+            "max_image_edge": 512, "temperature": 0.3, "max_tokens": 100,
+            "timeout_seconds": 5, "max_retries": 1, "retry_base_ms": 10, "structured": false
+        }))
+        .unwrap();
+        assert_eq!(cfg.protocol, Protocol::Expert);
+        assert_eq!(cfg.temperature, Some(0.3));
+        assert!(!cfg.structured);
+        assert_eq!(cfg.prompt_template_file, Some(PathBuf::from("/tmp/t.txt")));
+    }
+
+    #[test]
+    fn absent_section_is_none() {
+        #[derive(Deserialize)]
+        struct Root {
+            thinker: Option<ThinkerConfig>,
+        }
+        let root: Root = serde_json::from_value(json!({})).unwrap();
+        assert!(root.thinker.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_kinds_are_rejected() {
+        let e = config(json!({"base_ulr": "x"})).unwrap_err().to_string();
+        assert!(e.contains("base_ulr"), "{e}");
+        assert!(config(json!({"kind": "vllm"})).is_err());
+        assert!(config(json!({"protocol": "json"})).is_err());
+    }
+
+    #[test]
+    fn local_kind_is_not_available_yet() {
+        let cfg = config(json!({"kind": "local"})).unwrap();
+        let e = build_err(&cfg);
+        assert!(e.starts_with("thinker.kind: "), "{e}");
+        assert!(e.contains("not available in this build yet"), "{e}");
+    }
+
+    #[test]
+    fn malformed_base_url_is_rejected() {
+        for url in ["not a url", "ftp://host/v1", "http://", "http://h/v1?x=1"] {
+            let cfg = ThinkerConfig {
+                base_url: url.into(),
+                ..Default::default()
+            };
+            let e = build_err(&cfg);
+            assert!(e.starts_with("thinker.base_url: "), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn missing_or_empty_api_key_variable_is_rejected() {
+        let cfg = ThinkerConfig {
+            api_key_env: Some("EDITTHINKER_TEST_SURELY_UNSET_KEY".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_err(&cfg),
+            "thinker.api_key_env: environment variable EDITTHINKER_TEST_SURELY_UNSET_KEY is not set"
+        );
+        std::env::set_var("EDITTHINKER_TEST_EMPTY_KEY", "  ");
+        let cfg = ThinkerConfig {
+            api_key_env: Some("EDITTHINKER_TEST_EMPTY_KEY".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_err(&cfg),
+            "thinker.api_key_env: environment variable EDITTHINKER_TEST_EMPTY_KEY is empty"
+        );
+    }
+
+    #[test]
+    fn template_file_must_be_readable_and_valid() {
+        let cfg = ThinkerConfig {
+            prompt_template_file: Some("/nonexistent/editthinker/template.txt".into()),
+            ..Default::default()
+        };
+        let e = build_err(&cfg);
+        assert!(
+            e.starts_with("thinker.prompt_template_file: cannot read"),
+            "{e}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("editthinker-tpl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = dir.join("bad.txt");
+        std::fs::write(&bad, "{original_instruction} {rewritten_prompt} {seed}").unwrap();
+        let cfg = ThinkerConfig {
+            prompt_template_file: Some(bad),
+            ..Default::default()
+        };
+        let e = build_err(&cfg);
+        assert!(e.starts_with("thinker.prompt_template_file: "), "{e}");
+        assert!(e.contains("unknown placeholder {seed}"), "{e}");
+
+        let missing = dir.join("missing.txt");
+        std::fs::write(&missing, "{original_instruction} only").unwrap();
+        let cfg = ThinkerConfig {
+            prompt_template_file: Some(missing),
+            ..Default::default()
+        };
+        assert!(build_err(&cfg).contains("lacks the placeholder {rewritten_prompt}"));
+
+        let good = dir.join("good.txt");
+        std::fs::write(&good, "{original_instruction} then {rewritten_prompt}").unwrap();
+        let cfg = ThinkerConfig {
+            prompt_template_file: Some(good),
+            ..Default::default()
+        };
+        assert!(build_thinker(&cfg).is_ok());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn numeric_limits_are_checked() {
+        let cases = [
+            (
+                ThinkerConfig {
+                    max_image_edge: 16,
+                    ..Default::default()
+                },
+                "thinker.max_image_edge",
+            ),
+            (
+                ThinkerConfig {
+                    temperature: Some(-1.0),
+                    ..Default::default()
+                },
+                "thinker.temperature",
+            ),
+            (
+                ThinkerConfig {
+                    max_tokens: 0,
+                    ..Default::default()
+                },
+                "thinker.max_tokens",
+            ),
+            (
+                ThinkerConfig {
+                    timeout_seconds: 0,
+                    ..Default::default()
+                },
+                "thinker.timeout_seconds",
+            ),
+            (
+                ThinkerConfig {
+                    model: " ".into(),
+                    ..Default::default()
+                },
+                "thinker.model",
+            ),
+        ];
+        for (cfg, key) in cases {
+            match build_thinker(&cfg) {
+                Ok(_) => panic!("accepted {cfg:?}"),
+                Err(e) => assert_eq!(e.key(), key),
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! A fake OpenAI-compatible chat-completions server for the thinker tests.
+//!
+//! It checks the protocol basics itself (method, path, a JSON body with the
+//! chat-completions shape) and answers 404/400 like a real server when they
+//! are wrong; every request is recorded so tests can assert its details.
+//! Replies are scripted in order.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::VecDeque;
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use base64::Engine as _;
+use editthinker_core::Image;
+use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
+use serde_json::{json, Value};
+
+/// One scripted answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// A 200 chat completion whose message content is `content`.
+    pub fn content(content: &str) -> Self {
+        Self::json(
+            200,
+            json!({
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+            }),
+        )
+    }
+
+    /// Any JSON body with `status`.
+    pub fn json(status: u16, body: Value) -> Self {
+        Self::raw(status, &body.to_string())
+    }
+
+    /// An OpenAI-style error body.
+    pub fn error(status: u16, message: &str) -> Self {
+        Self::json(
+            status,
+            json!({"error": {"message": message, "type": "invalid_request_error"}}),
+        )
+    }
+
+    /// A raw body.
+    pub fn raw(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+/// A request the fake server received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Seen {
+    /// The `Authorization` header, if any.
+    pub fn authorization(&self) -> Option<&str> {
+        self.headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// The user message's content parts.
+    pub fn parts(&self) -> &Vec<Value> {
+        self.body["messages"][0]["content"].as_array().unwrap()
+    }
+
+    /// The decoded images, in order, checking each is a PNG data URL.
+    pub fn images(&self) -> Vec<DynamicImage> {
+        self.parts()
+            .iter()
+            .filter(|p| p["type"] == "image_url")
+            .map(|p| {
+                let url = p["image_url"]["url"].as_str().unwrap();
+                let b64 = url
+                    .strip_prefix("data:image/png;base64,")
+                    .unwrap_or_else(|| panic!("not a PNG data URL: {:.60}", url));
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .unwrap();
+                assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not PNG bytes");
+                image::load_from_memory_with_format(&bytes, ImageFormat::Png).unwrap()
+            })
+            .collect()
+    }
+
+    /// The text part.
+    pub fn text(&self) -> &str {
+        let parts = self.parts();
+        let last = parts.last().unwrap();
+        assert_eq!(last["type"], "text", "the text must come after the images");
+        last["text"].as_str().unwrap()
+    }
+}
+
+#[derive(Clone)]
+struct FakeState {
+    replies: Arc<Mutex<VecDeque<Reply>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+/// A running fake server.
+pub struct Fake {
+    pub addr: SocketAddr,
+    state: FakeState,
+}
+
+impl Fake {
+    /// Starts on 127.0.0.1 with a free port, answering `replies` in order.
+    pub async fn start(replies: Vec<Reply>) -> Self {
+        let state = FakeState {
+            replies: Arc::new(Mutex::new(replies.into())),
+            seen: Arc::default(),
+        };
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    /// The base URL a thinker should be configured with.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Scripted replies not yet used.
+    pub fn unused_replies(&self) -> usize {
+        self.state.replies.lock().unwrap().len()
+    }
+}
+
+async fn handle(
+    State(state): State<FakeState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.seen.lock().unwrap().push(Seen {
+        path: uri.path().to_string(),
+        headers: headers.clone(),
+        body: parsed.clone(),
+    });
+    if method != Method::POST || uri.path() != "/v1/chat/completions" {
+        return (StatusCode::NOT_FOUND, "no such route").into_response();
+    }
+    if let Err(problem) = check_shape(&headers, &parsed) {
+        return reply(Reply::error(400, &problem)).await;
+    }
+    let next = state.replies.lock().unwrap().pop_front();
+    match next {
+        Some(r) => reply(r).await,
+        None => reply(Reply::error(500, "the test scripted no more replies")).await,
+    }
+}
+
+/// What any chat-completions server would reject.
+fn check_shape(headers: &HeaderMap, body: &Value) -> Result<(), String> {
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/json") {
+        return Err(format!("content-type {content_type:?} is not JSON"));
+    }
+    if !body["model"].is_string() {
+        return Err("model must be a string".into());
+    }
+    let messages = body["messages"]
+        .as_array()
+        .ok_or("messages must be a list")?;
+    if messages.len() != 1 || messages[0]["role"] != "user" {
+        return Err("expected exactly one user message".into());
+    }
+    let parts = messages[0]["content"]
+        .as_array()
+        .ok_or("content must be a list of parts")?;
+    for part in parts {
+        match part["type"].as_str() {
+            Some("text") if part["text"].is_string() => {}
+            Some("image_url") if part["image_url"]["url"].is_string() => {}
+            _ => return Err(format!("bad content part {part}")),
+        }
+    }
+    if !body["max_tokens"].is_u64() {
+        return Err("max_tokens must be an integer".into());
+    }
+    Ok(())
+}
+
+async fn reply(r: Reply) -> Response {
+    tokio::time::sleep(r.delay).await;
+    let mut response = (
+        StatusCode::from_u16(r.status).unwrap(),
+        [("content-type", "application/json")],
+        r.body,
+    )
+        .into_response();
+    for (name, value) in r.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}
+
+/// A solid-colour image in `format`, as the loop would hand it over.
+pub fn solid(width: u32, height: u32, rgb: [u8; 3], format: ImageFormat) -> Image {
+    let pixels = DynamicImage::ImageRgb8(RgbImage::from_pixel(width, height, Rgb(rgb)));
+    let mut bytes = Vec::new();
+    pixels
+        .write_to(&mut Cursor::new(&mut bytes), format)
+        .unwrap();
+    Image::probe(bytes.into(), u64::MAX).unwrap()
+}
+
+/// Colour of the centre pixel.
+pub fn centre(image: &DynamicImage) -> [u8; 3] {
+    let rgb = image.to_rgb8();
+    let p = rgb.get_pixel(rgb.width() / 2, rgb.height() / 2);
+    [p[0], p[1], p[2]]
+}
+
+/// A port nothing listens on (bound, then released).
+pub async fn dead_base_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}/v1")
+}
