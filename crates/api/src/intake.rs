@@ -145,9 +145,9 @@ pub async fn parse_multipart(
             }
         }
     }
-    let image = image.ok_or_else(|| ApiError::invalid("image", "an image file part is required"))?;
-    let instruction =
-        instruction.ok_or_else(|| ApiError::invalid("instruction", "is required"))?;
+    let image =
+        image.ok_or_else(|| ApiError::invalid("image", "an image file part is required"))?;
+    let instruction = instruction.ok_or_else(|| ApiError::invalid("instruction", "is required"))?;
     finish(image, instruction, editor, options, metadata, limits)
 }
 
@@ -352,7 +352,10 @@ pub async fn fetch_image(url: &str, limits: &Limits) -> Result<Bytes, ApiError> 
             .ok_or_else(|| ApiError::invalid(FIELD, "has no host"))?
             .to_string();
         let port = url.port_or_known_default().unwrap_or(80);
-        let lookup_host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let lookup_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let addrs: Vec<SocketAddr> = tokio::time::timeout_at(
             deadline,
             tokio::net::lookup_host((lookup_host.as_str(), port)),
@@ -508,9 +511,15 @@ mod tests {
             field(r#"{"image":{"base64":"aGk="},"instruction":"x","options":{"max_turns":"a"}}"#),
             "options.max_turns"
         );
-        assert_eq!(field(r#"{"image":{"base64":"aGk="},"instruction":"  "}"#), "instruction");
+        assert_eq!(
+            field(r#"{"image":{"base64":"aGk="},"instruction":"  "}"#),
+            "instruction"
+        );
         assert_eq!(field(r#"{"image":{},"instruction":"x"}"#), "image");
-        assert_eq!(field(r#"{"image":{"base64":"!!"},"instruction":"x"}"#), "image.base64");
+        assert_eq!(
+            field(r#"{"image":{"base64":"!!"},"instruction":"x"}"#),
+            "image.base64"
+        );
         assert!(matches!(
             rt.block_on(parse_json(b"{not json", &limits)),
             Err(ApiError::Malformed { .. })

@@ -30,7 +30,10 @@ use crate::AppState;
         (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No thinker or editor configured", body = Problem, content_type = "application/problem+json"),
     ))]
-pub async fn create_job(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+pub async fn create_job(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -52,7 +55,12 @@ pub async fn create_job(State(state): State<AppState>, request: Request) -> Resu
     };
     let job = insert(&state, parsed).await?;
     let location = format!("/v1/jobs/{}", job.id);
-    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(job)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(job),
+    )
+        .into_response())
 }
 
 fn body_error(status: StatusCode, text: String) -> ApiError {
@@ -177,9 +185,7 @@ pub async fn list_jobs(
     let cursor = query
         .cursor
         .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "must be a job id"))
-        })
+        .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "must be a job id")))
         .transpose()?;
     let rows = state.store.list_jobs(status, limit + 1, cursor).await?;
     let more = rows.len() > limit as usize;
@@ -188,7 +194,11 @@ pub async fn list_jobs(
         .take(limit as usize)
         .map(JobSummary::from_row)
         .collect();
-    let next_cursor = if more { jobs.last().map(|j| j.id) } else { None };
+    let next_cursor = if more {
+        jobs.last().map(|j| j.id)
+    } else {
+        None
+    };
     Ok(Json(JobList { jobs, next_cursor }))
 }
 
@@ -211,7 +221,10 @@ async fn load(state: &AppState, raw: &str) -> Result<editthinker_store::JobRow, 
     params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, body = Job),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     let row = load(&state, &id).await?;
     let turns = state.store.list_turns(row.id).await?;
     Ok(Json(Job::from_rows(&row, &turns)))
@@ -239,7 +252,10 @@ pub async fn cancel_job(
     params(("id" = Uuid, Path, description = "Job id")),
     responses((status = 200, description = "Image bytes", content_type = "image/*"),
         (status = 404, body = Problem, content_type = "application/problem+json")))]
-pub async fn source_image(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn source_image(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let row = load(&state, &id).await?;
     blob_response(&state, &row.source_key, &row.source_mime).await
 }
@@ -271,10 +287,17 @@ pub async fn turn_image(
     responses((status = 200, description = "PNG bytes", content_type = "image/png"),
         (status = 404, body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job has not succeeded", body = Problem, content_type = "application/problem+json")))]
-pub async fn result_image(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn result_image(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let row = load(&state, &id).await?;
     let (JobStatus::Succeeded, Some(n)) = (row.status, row.result_turn) else {
-        return Err(wrong_status(row.id, row.status, "the result exists once it succeeded"));
+        return Err(wrong_status(
+            row.id,
+            row.status,
+            "the result exists once it succeeded",
+        ));
     };
     let turns = state.store.list_turns(row.id).await?;
     let turn = turns
@@ -292,7 +315,8 @@ async fn blob_response(state: &AppState, key: &str, mime: &str) -> Result<Respon
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
-        mime.parse().unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
+        mime.parse()
+            .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
     );
     // Stored images never change once written.
     headers.insert(

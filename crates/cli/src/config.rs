@@ -155,7 +155,11 @@ impl Config {
             }
             None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
         }
-        figment = figment.merge(Env::prefixed("EDITTHINKER_").split("__").ignore(&["config"]));
+        figment = figment.merge(
+            Env::prefixed("EDITTHINKER_")
+                .split("__")
+                .ignore(&["config"]),
+        );
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)

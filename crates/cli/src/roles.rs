@@ -33,7 +33,9 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
         .await
         .context("database_url")?;
     if editors.is_empty() {
-        warn!("no editor is configured: jobs are refused until an [editors.<name>] section is added");
+        warn!(
+            "no editor is configured: jobs are refused until an [editors.<name>] section is added"
+        );
     }
     if thinker.is_none() {
         warn!("no thinker is configured: jobs are refused until a [thinker] section is added");
@@ -62,7 +64,11 @@ fn shutdown_token() -> CancellationToken {
     token
 }
 
-async fn run_api(config: &Config, parts: &Parts, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn run_api(
+    config: &Config,
+    parts: &Parts,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let state = AppState {
         store: parts.store.clone(),
         blobs: parts.blobs.clone(),
@@ -138,8 +144,8 @@ pub async fn api(config: Config) -> anyhow::Result<()> {
 /// `worker`: the worker alone.
 pub async fn worker(config: Config) -> anyhow::Result<()> {
     let parts = build(&config).await?;
-    let worker = make_worker(&config, &parts)
-        .context("thinker: a worker needs a [thinker] section")?;
+    let worker =
+        make_worker(&config, &parts).context("thinker: a worker needs a [thinker] section")?;
     if parts.editors.is_empty() {
         anyhow::bail!("editors: a worker needs at least one [editors.<name>] section");
     }

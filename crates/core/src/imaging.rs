@@ -290,7 +290,10 @@ mod tests {
     fn probe_reads_format_and_size() {
         let img = png(40, 30);
         let probed = Image::probe(img.bytes.clone(), 10_000).unwrap();
-        assert_eq!((probed.width, probed.height, probed.format), (40, 30, ImageFormat::Png));
+        assert_eq!(
+            (probed.width, probed.height, probed.format),
+            (40, 30, ImageFormat::Png)
+        );
     }
 
     #[test]
@@ -305,7 +308,10 @@ mod tests {
         bytes.extend(&ihdr);
         bytes.extend(crc32(&ihdr).to_be_bytes());
         // A few bytes of (empty) zlib data and the end chunk: a tiny file.
-        for (kind, data) in [(&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0, 0, 0, 0, 1][..]), (b"IEND", &[])] {
+        for (kind, data) in [
+            (&b"IDAT"[..], &[0x78u8, 0x9c, 0x03, 0, 0, 0, 0, 1][..]),
+            (b"IEND", &[]),
+        ] {
             let mut chunk = kind.to_vec();
             chunk.extend(data);
             bytes.extend((data.len() as u32).to_be_bytes());
@@ -314,7 +320,16 @@ mod tests {
         }
         assert!(bytes.len() < 100);
         let err = Image::probe(Bytes::from(bytes), 40_000_000).unwrap_err();
-        assert!(matches!(err, ImageError::TooManyPixels { pixels: 10_000_000_000, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                ImageError::TooManyPixels {
+                    pixels: 10_000_000_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -325,7 +340,10 @@ mod tests {
         );
         let img = png(64, 64);
         let cut = img.bytes.slice(..img.bytes.len() - 20);
-        assert!(matches!(Image::validate(cut, 1 << 20), Err(ImageError::Undecodable(_))));
+        assert!(matches!(
+            Image::validate(cut, 1 << 20),
+            Err(ImageError::Undecodable(_))
+        ));
     }
 
     #[test]
@@ -356,7 +374,11 @@ mod tests {
         for &b in data {
             crc ^= u32::from(b);
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

@@ -115,8 +115,14 @@ mod tests {
             (json(r#"{"max_turns":11}"#), Some("options.max_turns")),
             (json(r#"{"max_turns":10}"#), None),
             (json(r#"{"max_turns":1}"#), None),
-            (json(r#"{"stop":{"semantic":10.5}}"#), Some("options.stop.semantic")),
-            (json(r#"{"stop":{"quality":-1}}"#), Some("options.stop.quality")),
+            (
+                json(r#"{"stop":{"semantic":10.5}}"#),
+                Some("options.stop.semantic"),
+            ),
+            (
+                json(r#"{"stop":{"quality":-1}}"#),
+                Some("options.stop.quality"),
+            ),
             (json(r#"{"stop":{"quality":0}}"#), None),
         ];
         for (options, field) in cases {

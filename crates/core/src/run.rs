@@ -280,3 +280,551 @@ async fn critique(
 fn elapsed_ms(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Table-driven checks of every loop rule, with scripted editor and
+    //! thinker doubles (the real clients are tested against fake servers in
+    //! their own crates).
+
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use image::{DynamicImage, Rgb, RgbImage};
+
+    use super::*;
+    use crate::critique::CritiqueRecord;
+
+    fn solid(w: u32, h: u32, shade: u8) -> Image {
+        Image::from_pixels(&DynamicImage::ImageRgb8(RgbImage::from_pixel(
+            w,
+            h,
+            Rgb([shade, 0, 0]),
+        )))
+    }
+
+    /// Edits by painting the turn number into the red channel; refuses on
+    /// the turns listed in `refuse`.
+    struct ScriptedEditor {
+        calls: Mutex<Vec<(String, u32, u32)>>,
+        refuse: Vec<u32>,
+        output_size: (u32, u32),
+    }
+
+    #[async_trait]
+    impl Editor for ScriptedEditor {
+        async fn edit(&self, r: EditRequest<'_>) -> Result<Image, EditorError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((r.instruction.to_string(), r.source.width, r.turn));
+            // The editor must always get the source (shade 0).
+            assert_eq!(r.source.decode().unwrap().to_rgb8().get_pixel(0, 0)[0], 0);
+            if self.refuse.contains(&r.turn) {
+                return Err(EditorError::Refused("blocked".into()));
+            }
+            Ok(solid(
+                self.output_size.0,
+                self.output_size.1,
+                r.turn as u8 * 10,
+            ))
+        }
+    }
+
+    struct ScriptedThinker {
+        protocol: Protocol,
+        outputs: Mutex<Vec<String>>,
+        seen: Mutex<Vec<(u8, String, String, u32)>>,
+    }
+
+    #[async_trait]
+    impl Thinker for ScriptedThinker {
+        fn protocol(&self) -> Protocol {
+            self.protocol
+        }
+        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+            let shade = r.edited.decode().unwrap().to_rgb8().get_pixel(0, 0)[0];
+            self.seen.lock().unwrap().push((
+                shade,
+                r.original_instruction.to_string(),
+                r.previous_instruction.to_string(),
+                r.turn,
+            ));
+            let mut outputs = self.outputs.lock().unwrap();
+            assert!(
+                !outputs.is_empty(),
+                "thinker called more often than scripted"
+            );
+            Ok(outputs.remove(0))
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        edited: Mutex<Vec<u32>>,
+        critiqued: Mutex<Vec<u32>>,
+    }
+
+    #[async_trait]
+    impl TurnObserver for Recorder {
+        async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
+            self.edited.lock().unwrap().push(turn.index);
+            Ok(())
+        }
+        async fn turn_critiqued(&self, turn: u32, _: &CritiqueRecord) -> Result<(), String> {
+            self.critiqued.lock().unwrap().push(turn);
+            Ok(())
+        }
+    }
+
+    fn said(semantic: f64, quality: f64, answer: &str) -> String {
+        format!(
+            "<think>looking</think><score>{{\"semantic\": {semantic}, \"quality\": {quality}}}</score><answer>{answer}</answer>"
+        )
+    }
+
+    fn expert(satisfied: bool, prompt: Option<&str>) -> String {
+        serde_json::json!({"is_satisfied": satisfied, "reason": "r", "new_rewritten_prompt": prompt})
+            .to_string()
+    }
+
+    struct Case {
+        name: &'static str,
+        options: JobOptions,
+        protocol: Protocol,
+        thinker: Vec<String>,
+        refuse: Vec<u32>,
+        prior: Vec<TurnRecord>,
+        // Expectations.
+        edits: Vec<&'static str>,
+        thinker_calls: usize,
+        selected: u32,
+        critiqued: Vec<bool>,
+    }
+
+    fn opts(max_turns: u32, selection: Selection) -> JobOptions {
+        JobOptions {
+            max_turns,
+            selection,
+            ..JobOptions::default()
+        }
+    }
+
+    fn case(name: &'static str, options: JobOptions, thinker: Vec<String>) -> Case {
+        Case {
+            name,
+            options,
+            protocol: Protocol::Editthinker,
+            thinker,
+            refuse: vec![],
+            prior: vec![],
+            edits: vec![],
+            thinker_calls: 0,
+            selected: 0,
+            critiqued: vec![],
+        }
+    }
+
+    fn prior_turn(index: u32, instruction: &str, critique: Option<String>) -> TurnRecord {
+        TurnRecord {
+            index,
+            instruction: instruction.into(),
+            image: solid(64, 48, index as u8 * 10),
+            editor_ms: 1,
+            critique: critique.map(|raw| {
+                let parsed = Protocol::Editthinker.parse(&raw).unwrap();
+                CritiqueRecord {
+                    satisfied: is_satisfied(&parsed, instruction, &StopThresholds::default()),
+                    critique: Some(parsed),
+                    thinker_ms: 1,
+                    raw_output: raw,
+                    error: None,
+                    attempts: 1,
+                }
+            }),
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let best = Selection::Best;
+        let last = Selection::Last;
+        vec![
+            Case {
+                edits: vec!["T0", "R1"],
+                thinker_calls: 2,
+                selected: 2,
+                critiqued: vec![true, true],
+                ..case(
+                    "satisfied on turn 2 stops",
+                    opts(5, best),
+                    vec![said(5.0, 5.0, "R1"), said(9.0, 8.0, "R2")],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1", "R2"],
+                thinker_calls: 2,
+                selected: 3,
+                critiqued: vec![true, true, false],
+                ..case(
+                    "last: never satisfied, last image never critiqued",
+                    opts(3, last),
+                    vec![said(3.0, 3.0, "R1"), said(4.0, 4.0, "R2")],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1", "R2"],
+                thinker_calls: 3,
+                selected: 1,
+                critiqued: vec![true, true, true],
+                ..case(
+                    "best: every turn critiqued, highest overall wins",
+                    opts(3, best),
+                    vec![
+                        said(6.0, 6.0, "R1"),
+                        said(3.0, 3.0, "R2"),
+                        said(5.0, 5.0, "R3"),
+                    ],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1"],
+                thinker_calls: 2,
+                selected: 1,
+                critiqued: vec![true, true],
+                ..case(
+                    "best: ties go to the earlier turn",
+                    opts(2, best),
+                    vec![said(6.0, 6.0, "R1"), said(6.0, 6.0, "R2")],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1"],
+                thinker_calls: 2,
+                selected: 2,
+                critiqued: vec![true, true],
+                ..case(
+                    "best: overall is sqrt(semantic*quality)",
+                    opts(2, best),
+                    vec![said(10.0, 3.0, "R1"), said(6.0, 6.0, "R2")],
+                )
+            },
+            Case {
+                edits: vec!["T0"],
+                thinker_calls: 1,
+                selected: 1,
+                critiqued: vec![true],
+                ..case(
+                    "unchanged instruction stops",
+                    opts(5, best),
+                    vec![said(2.0, 2.0, "  T0 ")],
+                )
+            },
+            Case {
+                edits: vec!["T0"],
+                thinker_calls: 1,
+                selected: 1,
+                critiqued: vec![true],
+                ..case(
+                    "empty answer stops",
+                    opts(5, last),
+                    vec![said(2.0, 2.0, "")],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1"],
+                thinker_calls: 3,
+                selected: 2,
+                critiqued: vec![true, true],
+                ..case(
+                    "unparseable output is retried",
+                    opts(2, best),
+                    vec!["garbage".into(), said(3.0, 3.0, "R1"), said(4.0, 4.0, "R2")],
+                )
+            },
+            Case {
+                edits: vec!["T0", "T0"],
+                thinker_calls: 3,
+                selected: 2,
+                critiqued: vec![true, false],
+                ..case(
+                    "parse failures exhausted keep the previous instruction",
+                    opts(2, last),
+                    vec!["x".into(), "y".into(), "z".into()],
+                )
+            },
+            Case {
+                edits: vec!["T0"],
+                thinker_calls: 1,
+                selected: 1,
+                critiqued: vec![true],
+                ..case(
+                    "max_turns 1 with best critiques the only turn",
+                    opts(1, best),
+                    vec![said(1.0, 1.0, "R1")],
+                )
+            },
+            Case {
+                edits: vec!["T0"],
+                thinker_calls: 0,
+                selected: 1,
+                critiqued: vec![false],
+                ..case(
+                    "max_turns 1 with last never asks the thinker",
+                    opts(1, last),
+                    vec![],
+                )
+            },
+            Case {
+                edits: vec!["T0"],
+                thinker_calls: 1,
+                selected: 1,
+                critiqued: vec![true],
+                ..case(
+                    "custom thresholds",
+                    JobOptions {
+                        stop: StopThresholds {
+                            semantic: 5.0,
+                            quality: 6.0,
+                        },
+                        ..opts(5, best)
+                    },
+                    vec![said(6.0, 6.0, "R1")],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1"],
+                refuse: vec![2],
+                thinker_calls: 1,
+                selected: 1,
+                critiqued: vec![true],
+                ..case(
+                    "a refused refinement ends the loop",
+                    opts(5, best),
+                    vec![said(3.0, 3.0, "R1")],
+                )
+            },
+            Case {
+                prior: vec![prior_turn(1, "T0", Some(said(4.0, 4.0, "R1")))],
+                edits: vec!["R1"],
+                thinker_calls: 1,
+                selected: 2,
+                critiqued: vec![true, true],
+                ..case(
+                    "resumes after a critiqued turn without redoing it",
+                    opts(2, best),
+                    vec![said(5.0, 5.0, "R2")],
+                )
+            },
+            Case {
+                prior: vec![
+                    prior_turn(1, "T0", Some(said(4.0, 4.0, "R1"))),
+                    prior_turn(2, "R1", None),
+                ],
+                edits: vec![],
+                thinker_calls: 1,
+                selected: 2,
+                critiqued: vec![true, true],
+                ..case(
+                    "resumes by critiquing an uncritiqued turn",
+                    opts(3, best),
+                    vec![said(9.0, 9.0, "R2")],
+                )
+            },
+            Case {
+                protocol: Protocol::Expert,
+                edits: vec!["T0", "R1", "R2"],
+                thinker_calls: 3,
+                selected: 3,
+                critiqued: vec![true, true, true],
+                ..case(
+                    "expert: no scores, best falls back to last",
+                    opts(3, best),
+                    vec![
+                        expert(false, Some("R1")),
+                        expert(false, Some("R2")),
+                        expert(false, Some("R3")),
+                    ],
+                )
+            },
+            Case {
+                protocol: Protocol::Expert,
+                edits: vec!["T0", "R1"],
+                thinker_calls: 2,
+                selected: 2,
+                critiqued: vec![true, true],
+                ..case(
+                    "expert: is_satisfied stops",
+                    opts(5, best),
+                    vec![expert(false, Some("R1")), expert(true, None)],
+                )
+            },
+        ]
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn loop_rules() {
+        for c in cases() {
+            let source = solid(64, 48, 0);
+            let editor = ScriptedEditor {
+                calls: Mutex::default(),
+                refuse: c.refuse.clone(),
+                output_size: (64, 48),
+            };
+            let scripted = c.thinker.len();
+            let thinker = ScriptedThinker {
+                protocol: c.protocol,
+                outputs: Mutex::new(c.thinker),
+                seen: Mutex::default(),
+            };
+            let recorder = Recorder::default();
+            let prior_len = c.prior.len() as u32;
+            let outcome = block_on(run_loop(
+                &source,
+                "T0",
+                &c.options,
+                &LoopConfig::default(),
+                c.prior,
+                &editor,
+                &thinker,
+                &recorder,
+            ))
+            .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+            let edits: Vec<String> = editor
+                .calls
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|c| c.0.clone())
+                .collect();
+            assert_eq!(edits, c.edits, "{}: editor instructions", c.name);
+            assert_eq!(
+                thinker.seen.lock().unwrap().len(),
+                c.thinker_calls,
+                "{}: thinker calls",
+                c.name
+            );
+            assert_eq!(
+                thinker.outputs.lock().unwrap().len(),
+                scripted - c.thinker_calls,
+                "{}",
+                c.name
+            );
+            assert_eq!(outcome.selected, c.selected, "{}: selected", c.name);
+            let critiqued: Vec<bool> = outcome.turns.iter().map(|t| t.critique.is_some()).collect();
+            assert_eq!(critiqued, c.critiqued, "{}: critiqued turns", c.name);
+            // Every new step was reported, and nothing from before resumption.
+            let edited = recorder.edited.lock().unwrap().clone();
+            assert_eq!(
+                edited,
+                ((prior_len + 1)
+                    ..=outcome.turns.len() as u32 - u32::from(outcome.refusal.is_some() && false))
+                    .collect::<Vec<_>>(),
+                "{}: edited events",
+                c.name
+            );
+            assert_eq!(
+                outcome.refusal.is_some(),
+                !c.refuse.is_empty(),
+                "{}",
+                c.name
+            );
+            // The thinker saw the previous turn's image with both instructions.
+            for (shade, original, previous, turn) in thinker.seen.lock().unwrap().iter() {
+                assert_eq!(original, "T0", "{}", c.name);
+                assert_eq!(
+                    *shade,
+                    *turn as u8 * 10,
+                    "{}: critique of turn {turn} saw another image",
+                    c.name
+                );
+                let t = &outcome.turns[*turn as usize - 1];
+                assert_eq!(previous, &t.instruction, "{}", c.name);
+            }
+        }
+    }
+
+    #[test]
+    fn refusal_of_the_users_words_is_an_error() {
+        let editor = ScriptedEditor {
+            calls: Mutex::default(),
+            refuse: vec![1],
+            output_size: (64, 48),
+        };
+        let thinker = ScriptedThinker {
+            protocol: Protocol::Editthinker,
+            outputs: Mutex::default(),
+            seen: Mutex::default(),
+        };
+        let err = block_on(run_loop(
+            &solid(64, 48, 0),
+            "T0",
+            &JobOptions::default(),
+            &LoopConfig::default(),
+            vec![],
+            &editor,
+            &thinker,
+            &Recorder::default(),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            err,
+            LoopError::Editor {
+                turn: 1,
+                error: EditorError::Refused("blocked".into())
+            }
+        );
+    }
+
+    #[test]
+    fn editor_outputs_come_back_at_the_source_size() {
+        let editor = ScriptedEditor {
+            calls: Mutex::default(),
+            refuse: vec![],
+            output_size: (32, 32),
+        };
+        let thinker = ScriptedThinker {
+            protocol: Protocol::Editthinker,
+            outputs: Mutex::default(),
+            seen: Mutex::default(),
+        };
+        let outcome = block_on(run_loop(
+            &solid(64, 48, 0),
+            "T0",
+            &opts(1, Selection::Last),
+            &LoopConfig::default(),
+            vec![],
+            &editor,
+            &thinker,
+            &Recorder::default(),
+        ))
+        .unwrap();
+        assert_eq!(
+            (outcome.turns[0].image.width, outcome.turns[0].image.height),
+            (64, 48)
+        );
+    }
+
+    #[test]
+    fn satisfied_rule() {
+        let stop = StopThresholds::default();
+        let c = |s: f64, q: f64, a: &str| Critique {
+            semantic: Some(s),
+            quality: Some(q),
+            reasoning: String::new(),
+            refined_instruction: a.into(),
+            is_satisfied: None,
+        };
+        assert!(is_satisfied(&c(8.0, 8.0, "new"), "old", &stop));
+        assert!(!is_satisfied(&c(8.0, 7.9, "new"), "old", &stop));
+        assert!(!is_satisfied(&c(7.0, 9.0, "new"), "old", &stop));
+        assert!(is_satisfied(&c(1.0, 1.0, " old\n"), "old", &stop));
+        assert!(is_satisfied(&c(1.0, 1.0, "   "), "old", &stop));
+    }
+}

@@ -5,6 +5,8 @@
 //! conformance suite (`tests/conformance.rs`). Image bytes live in a
 //! [`BlobStore`]; rows hold keys only.
 
+#![warn(missing_docs)]
+
 mod blobs;
 mod model;
 mod payload;

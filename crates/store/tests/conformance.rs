@@ -5,7 +5,7 @@
 //! database. An unreachable server fails the tests; they never skip.
 //! SQLite: a file in a temporary folder per test.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +45,13 @@ mod harness {
     }
 
     pub async fn pg() -> PgDb {
+        let db = pg_unmigrated().await;
+        db.store.migrate().await.expect("migrations apply");
+        db
+    }
+
+    /// A fresh, empty Postgres database.
+    pub async fn pg_unmigrated() -> PgDb {
         let admin_url = admin_url();
         let name = format!("et_{}", uuid::Uuid::now_v7().simple());
         let mut conn = admin(&admin_url).await;
@@ -57,7 +64,6 @@ mod harness {
         let store = PgStore::connect(url.as_str())
             .await
             .unwrap_or_else(|e| panic!("connecting to {name} failed: {e}"));
-        store.migrate().await.expect("migrations apply");
         PgDb {
             store: Arc::new(store),
             admin_url,
@@ -66,6 +72,13 @@ mod harness {
     }
 
     impl PgDb {
+        /// The test database's URL.
+        pub fn url(&self) -> String {
+            let mut url = url::Url::parse(&self.admin_url).expect("DATABASE_URL is a URL");
+            url.set_path(&self.name);
+            url.into()
+        }
+
         /// Drops the database (after a passing test; a failed one keeps it
         /// for inspection).
         pub async fn cleanup(self) {
@@ -103,7 +116,7 @@ macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod postgres {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
                     let db = crate::harness::pg().await;
                     crate::$name(db.store.clone()).await;
@@ -113,7 +126,7 @@ macro_rules! conformance {
         }
         mod sqlite {
             $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $name() {
                     let (store, _dir) = crate::harness::sqlite().await;
                     crate::$name(store).await;
@@ -139,6 +152,7 @@ conformance!(
     request_cancel_in_every_state,
     events_after_is_strict_and_ordered,
     subscribe_sees_insert,
+    concurrent_claims_are_exclusive,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -914,10 +928,52 @@ async fn subscribe_sees_insert(store: Arc<dyn Store>) {
     }
 }
 
+/// Concurrent claimers never get the same job (`FOR UPDATE SKIP LOCKED` on
+/// Postgres, `BEGIN IMMEDIATE` on SQLite).
+async fn concurrent_claims_are_exclusive(store: Arc<dyn Store>) {
+    let mut ids = HashSet::new();
+    for i in 0..200 {
+        ids.insert(insert(&store, i % 3, 3).await.id);
+    }
+    let mut claimers = Vec::new();
+    for w in 0..4 {
+        let store = store.clone();
+        claimers.push(tokio::spawn(async move {
+            let owner = format!("w{w}");
+            let mut got = Vec::new();
+            loop {
+                let batch = store.claim(&owner, 3, LEASE).await.unwrap();
+                if batch.is_empty() {
+                    return got;
+                }
+                for c in batch {
+                    assert_eq!(c.lease.owner, owner);
+                    assert_eq!(c.lease.attempt, 1);
+                    got.push(c.job.id);
+                }
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for c in claimers {
+        for id in c.await.unwrap() {
+            assert!(seen.insert(id), "job {id} claimed twice");
+        }
+    }
+    assert_eq!(seen, ids, "every job claimed exactly once");
+    for id in ids {
+        let ev = events(&store, id).await;
+        assert_eq!(
+            kinds(&ev),
+            [event_type::JOB_QUEUED, event_type::JOB_STARTED],
+            "one job.started per job"
+        );
+    }
+}
+
 // ---- Postgres only -------------------------------------------------------------
 
 mod postgres_only {
-    use std::collections::HashSet;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -925,53 +981,6 @@ mod postgres_only {
     use sqlx::Executor;
 
     use crate::harness;
-
-    /// Concurrent claimers never get the same job: `FOR UPDATE SKIP LOCKED`.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_claims_are_exclusive() {
-        let db = harness::pg().await;
-        let store: Arc<dyn Store> = db.store.clone();
-        let mut ids = HashSet::new();
-        for i in 0..200 {
-            ids.insert(crate::insert(&store, i % 3, 3).await.id);
-        }
-        let mut claimers = Vec::new();
-        for w in 0..4 {
-            let store = store.clone();
-            claimers.push(tokio::spawn(async move {
-                let owner = format!("w{w}");
-                let mut got = Vec::new();
-                loop {
-                    let batch = store.claim(&owner, 3, crate::LEASE).await.unwrap();
-                    if batch.is_empty() {
-                        return got;
-                    }
-                    for c in batch {
-                        assert_eq!(c.lease.owner, owner);
-                        assert_eq!(c.lease.attempt, 1);
-                        got.push(c.job.id);
-                    }
-                }
-            }));
-        }
-        let mut seen = HashSet::new();
-        let mut total = 0;
-        for c in claimers {
-            for id in c.await.unwrap() {
-                total += 1;
-                assert!(seen.insert(id), "job {id} claimed twice");
-            }
-        }
-        assert_eq!(total, 200);
-        assert_eq!(seen, ids);
-        let started: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM job_events WHERE type = 'job.started'")
-                .fetch_one(db.store.pool())
-                .await
-                .unwrap();
-        assert_eq!(started, 200);
-        db.cleanup().await;
-    }
 
     /// A dropped LISTEN connection is reported as `Resync`, and notices
     /// flow again afterwards.
@@ -1009,5 +1018,63 @@ mod postgres_only {
         // Keep the pool usable for cleanup.
         db.store.pool().execute("SELECT 1").await.unwrap();
         db.cleanup().await;
+    }
+}
+
+// ---- connecting ------------------------------------------------------------------
+
+mod connecting {
+    use editthinker_store::{connect, StoreError};
+
+    use crate::harness;
+
+    #[tokio::test]
+    async fn postgres_not_ready_until_migrated() {
+        let db = harness::pg_unmigrated().await;
+        assert!(!editthinker_store::Store::ready(&*db.store).await.unwrap());
+        editthinker_store::Store::migrate(&*db.store).await.unwrap();
+        assert!(editthinker_store::Store::ready(&*db.store).await.unwrap());
+        db.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_not_ready_until_migrated_and_creates_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/c.db");
+        let store = connect(&format!("sqlite:{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.is_file(), "file and folders created");
+        assert!(!store.ready().await.unwrap());
+        store.migrate().await.unwrap();
+        assert!(store.ready().await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn sqlite_in_memory_works() {
+        let store = connect("sqlite::memory:").await.unwrap();
+        store.migrate().await.unwrap();
+        let id = crate::insert(&store, 0, 1).await.id;
+        assert_eq!(crate::job(&store, id).await.id, id);
+        let claimed = store.claim("w", 1, crate::LEASE).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn postgres_url_dispatches_to_postgres() {
+        let db = harness::pg().await;
+        let url = db.url();
+        let store = connect(&url).await.unwrap();
+        assert!(store.ready().await.unwrap());
+        drop(store);
+        db.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn unknown_scheme_is_rejected() {
+        assert!(matches!(
+            connect("mysql://x/y").await,
+            Err(StoreError::BadUrl(_))
+        ));
     }
 }

@@ -106,12 +106,17 @@ impl JobRunner {
                 code: error_code::STORAGE,
                 message: format!("stored options unreadable: {e}"),
             })?;
-        let editor = w.editors.get(&job.editor).cloned().ok_or_else(|| {
-            JobError::Permanent {
+        let editor = w
+            .editors
+            .get(&job.editor)
+            .cloned()
+            .ok_or_else(|| JobError::Permanent {
                 code: error_code::UNKNOWN_EDITOR,
-                message: format!("no editor named {:?} is configured on this worker", job.editor),
-            }
-        })?;
+                message: format!(
+                    "no editor named {:?} is configured on this worker",
+                    job.editor
+                ),
+            })?;
         let source = load_image(&w.blobs, &job.source_key).await?;
         let rows = w
             .store
@@ -120,7 +125,10 @@ impl JobRunner {
             .map_err(|e| storage_error(e.to_string()))?;
         let prior = load_turns(&w.blobs, rows).await?;
         if !prior.is_empty() {
-            info!(turns = prior.len(), "resuming after the last persisted turn");
+            info!(
+                turns = prior.len(),
+                "resuming after the last persisted turn"
+            );
         }
         let observer = StoreObserver {
             store: w.store.clone(),
@@ -155,7 +163,11 @@ impl JobRunner {
                 if let Some(reason) = &outcome.refusal {
                     info!(%reason, "editor refused a refined instruction; selecting among earlier turns");
                 }
-                info!(turns = outcome.turns.len(), selected = outcome.selected, "job succeeded");
+                info!(
+                    turns = outcome.turns.len(),
+                    selected = outcome.selected,
+                    "job succeeded"
+                );
                 store.complete(lease, outcome.selected).await
             }
             (Err(_), Some(Interrupt::LeaseLost)) => {
@@ -226,7 +238,9 @@ fn loop_error_class(error: &LoopError) -> (&'static str, bool) {
             // Only the user's own words failing is final; a refused
             // refinement never reaches here (the loop selects earlier turns).
             EditorError::Refused(_) if *turn == 1 => (error_code::EDITOR_REFUSED, false),
-            EditorError::Refused(_) | EditorError::Invalid(_) => (error_code::EDITOR_INVALID, false),
+            EditorError::Refused(_) | EditorError::Invalid(_) => {
+                (error_code::EDITOR_INVALID, false)
+            }
             EditorError::Auth(_) => (error_code::EDITOR_AUTH, false),
             EditorError::Transient(_) => (error_code::EDITOR_UNAVAILABLE, true),
         },
@@ -383,14 +397,12 @@ async fn load_turns(blobs: &BlobStore, rows: Vec<TurnRow>) -> Result<Vec<TurnRec
     let mut turns = Vec::with_capacity(rows.len());
     for row in rows {
         let critique = match row.critique {
-            Some(json) => Some(
-                serde_json::from_value::<CritiqueRecord>(json).map_err(|e| {
-                    JobError::Permanent {
-                        code: error_code::STORAGE,
-                        message: format!("stored critique of turn {} unreadable: {e}", row.index),
-                    }
-                })?,
-            ),
+            Some(json) => Some(serde_json::from_value::<CritiqueRecord>(json).map_err(|e| {
+                JobError::Permanent {
+                    code: error_code::STORAGE,
+                    message: format!("stored critique of turn {} unreadable: {e}", row.index),
+                }
+            })?),
             None => None,
         };
         turns.push(TurnRecord {
