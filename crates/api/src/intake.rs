@@ -254,18 +254,11 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let message = inner.to_string();
     match inner.classify() {
         serde_json::error::Category::Data => {
-            // Name the unknown field itself, not just its parent.
-            let field = match message.strip_prefix("unknown field `") {
-                Some(rest) => {
-                    let name = rest.split('`').next().unwrap_or_default();
-                    if path == "." {
-                        name.to_string()
-                    } else {
-                        format!("{path}.{name}")
-                    }
-                }
-                None if path == "." => "body".to_string(),
-                None => path,
+            // The path already ends in the unknown field's own name.
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
             };
             ApiError::invalid(field, strip_position(&message))
         }
@@ -329,10 +322,8 @@ async fn read_limited_field(mut field: Field<'_>, limit: usize) -> Result<Bytes,
 
 async fn text_field(field: Field<'_>) -> Result<String, ApiError> {
     let name = field.name().unwrap_or_default().to_string();
-    field
-        .text()
-        .await
-        .map_err(|e| ApiError::invalid(name, format!("must be UTF-8 text: {}", e.body_text())))
+    let bytes = field.bytes().await.map_err(multipart_error)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::invalid(name, "must be UTF-8 text"))
 }
 
 /// Fetches an image URL with the upload limits, a timeout, at most five
