@@ -619,3 +619,40 @@ fn configuration_errors_name_the_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("worker.heartbeat_seconds"));
     let _ = Duration::ZERO;
 }
+
+/// SIGTERM with an event stream open: the stream ends, the running job is
+/// released after the grace period, and the process exits cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_open_streams_and_exits() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    editor.set_delay(Duration::from_secs(300));
+    let mut service = Service::start(
+        "serve",
+        &env.config("serve", &backends_config(&thinker, &editor, env.dir.path())),
+    );
+    let job = create_job(
+        &service,
+        job_body(&png(16, 16, [0, 0, 0]), "slow", json!({})),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for_job(&service, &id, Duration::from_secs(30), |j| {
+        j["status"] == "running"
+    })
+    .await;
+    let url = service.url(&format!("/v1/jobs/{id}/events"));
+    let stream = tokio::spawn(async move { read_sse(&url, None, Duration::from_secs(60)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = tokio::task::spawn_blocking(move || {
+        let status = service.terminate();
+        (status, service)
+    })
+    .await
+    .unwrap();
+    assert!(status.0.success(), "{:?}", status.0);
+    let events = stream.await.unwrap();
+    assert_eq!(events.last().unwrap().event, "job.started");
+    assert!(status.1.log_contains("releasing job for shutdown"));
+}

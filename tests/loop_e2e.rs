@@ -67,7 +67,13 @@ async fn best_selection_runs_the_loop(backend: Backend) {
         events[2].data["image_url"],
         format!("/v1/jobs/{id}/turns/1/image")
     );
-    assert_eq!(events[5].data["critique"]["critique"]["semantic"], 9.0);
+    assert_eq!(events[5].data["turn"], 2);
+    assert_eq!(events[5].data["critique"]["semantic"], 9.0);
+    assert_eq!(
+        events[5].data["critique"]["refined_instruction"],
+        "make only the sky deep purple"
+    );
+    assert!((events[5].data["critique"]["overall"].as_f64().unwrap() - 63f64.sqrt()).abs() < 1e-9);
     assert_eq!(events[8].data["result_turn"], 2);
 
     // The editor got the source every time, resized to multiples of 16,

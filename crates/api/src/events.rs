@@ -16,8 +16,9 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::jobs::job_id;
-use crate::views::{result_url, turn_image_url};
+use crate::views::{result_url, turn_image_url, CritiqueView};
 use crate::AppState;
+use editthinker_core::CritiqueRecord;
 
 /// How often the table is re-read even without a notice, as a safety net.
 const REREAD_EVERY: Duration = Duration::from_secs(2);
@@ -98,7 +99,7 @@ impl Cursor {
                 }
                 return Some((Ok(to_sse(&row)), self));
             }
-            if self.done {
+            if self.done || self.state.shutdown.is_cancelled() {
                 return None;
             }
             match self.state.store.events_after(self.job, self.last).await {
@@ -123,6 +124,7 @@ impl Cursor {
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
+                _ = self.state.shutdown.cancelled() => return,
                 notice = self.notices.recv() => match notice {
                     Ok(Notice::Event { job_id, event_id, .. }) => {
                         if job_id == self.job && event_id > self.last {
@@ -159,6 +161,20 @@ fn to_sse(row: &EventRow) -> Event {
                     map.insert(
                         "image_url".into(),
                         turn_image_url(row.job_id, turn as u32).into(),
+                    );
+                }
+            }
+            event_type::TURN_CRITIQUED => {
+                // Same shape as a turn's critique in the job JSON.
+                let view = map
+                    .get("critique")
+                    .cloned()
+                    .and_then(|c| serde_json::from_value::<CritiqueRecord>(c).ok())
+                    .map(|record| CritiqueView::from_record(&record));
+                if let Some(view) = view {
+                    map.insert(
+                        "critique".into(),
+                        serde_json::to_value(view).expect("critique view serializes"),
                     );
                 }
             }

@@ -127,12 +127,7 @@ fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, A
                 field: "editor".into(),
                 rule: format!(
                     "no editor named {name:?}; configured editors: {}",
-                    state
-                        .editors
-                        .iter()
-                        .map(|e| e.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    state.editor_names()
                 ),
             }),
         None => state

@@ -14,6 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use editthinker_store::{BlobStore, Store};
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -36,6 +37,19 @@ pub struct AppState {
     pub limits: Limits,
     /// Attempts a job gets before it fails for good.
     pub max_attempts: u32,
+    /// Fires on shutdown; open event streams end so the server can stop.
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// Configured editor names, comma-separated (for messages).
+    pub fn editor_names(&self) -> String {
+        self.editors
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 /// The OpenAPI document.

@@ -61,12 +61,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         editors: if state.editors.is_empty() {
             "none configured: add an [editors.<name>] section".into()
         } else {
-            state
-                .editors
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            state.editor_names()
         },
     };
     let status = if ready {

@@ -88,6 +88,7 @@ async fn run_api(
         thinker_configured: parts.thinker.is_some(),
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
+        shutdown: shutdown.clone(),
     };
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
