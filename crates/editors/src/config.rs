@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 pub enum EditorKind {
     /// The self-hosted `/edit` protocol of the reference servers.
     Http,
-    /// OpenAI image edits (not available in this build yet).
+    /// OpenAI image edits (`POST {base_url}/images/edits`, multipart).
     Openai,
     /// Black Forest Labs (not available in this build yet).
     Bfl,
@@ -19,9 +19,9 @@ pub enum EditorKind {
     Fal,
     /// Replicate predictions (not available in this build yet).
     Replicate,
-    /// Google Gemini image models (not available in this build yet).
+    /// Google Gemini image models (`generateContent`).
     Gemini,
-    /// Alibaba DashScope Qwen-Image-Edit (not available in this build yet).
+    /// Alibaba DashScope Qwen-Image-Edit (multimodal generation).
     Dashscope,
 }
 
@@ -41,7 +41,55 @@ impl EditorKind {
 
     /// Whether this build has a client for the kind.
     pub fn is_available(self) -> bool {
-        matches!(self, Self::Http)
+        matches!(
+            self,
+            Self::Http | Self::Openai | Self::Gemini | Self::Dashscope
+        )
+    }
+
+    /// The model used when a profile names none (`None`: the kind has no
+    /// model of its own, e.g. `http`).
+    pub fn default_model(self) -> Option<&'static str> {
+        match self {
+            Self::Openai => Some("gpt-image-1"),
+            Self::Gemini => Some("gemini-2.5-flash-image"),
+            Self::Dashscope => Some("qwen-image-edit"),
+            Self::Http | Self::Bfl | Self::Fal | Self::Replicate => None,
+        }
+    }
+
+    /// The provider's base URL when a profile sets no `base_url` (BACKENDS.md,
+    /// the `base_url` contract); the client appends the rest of the path.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            Self::Openai => Some("https://api.openai.com/v1"),
+            Self::Bfl => Some("https://api.bfl.ai"),
+            Self::Fal => Some("https://queue.fal.run"),
+            Self::Replicate => Some("https://api.replicate.com/v1"),
+            Self::Gemini => Some("https://generativelanguage.googleapis.com"),
+            Self::Dashscope => Some("https://dashscope-intl.aliyuncs.com/api/v1"),
+            Self::Http => None,
+        }
+    }
+
+    /// The optional settings this kind reads; setting any other one is a
+    /// configuration error rather than being silently ignored.
+    fn accepts(self, field: &str) -> bool {
+        let own: &[&str] = match self {
+            Self::Http => &["url", "urls", "params"],
+            Self::Openai => &[
+                "base_url",
+                "size",
+                "quality",
+                "input_fidelity",
+                "output_format",
+            ],
+            Self::Gemini => &["base_url", "seed"],
+            Self::Dashscope => &["base_url", "seed", "negative_prompt"],
+            // Not built yet: nothing to check against.
+            Self::Bfl | Self::Fal | Self::Replicate => return true,
+        };
+        own.contains(&field)
     }
 }
 
@@ -57,19 +105,44 @@ impl fmt::Display for EditorKind {
 pub struct EditorProfile {
     /// The provider protocol.
     pub kind: EditorKind,
-    /// The server's base URL (`http`: `POST {url}/edit`).
+    /// The server's base URL (`http` only: `POST {url}/edit`).
     #[serde(default)]
     pub url: Option<String>,
-    /// Several base URLs, used round-robin (instead of `url`).
+    /// Several base URLs, used round-robin (instead of `url`; `http` only).
     #[serde(default)]
     pub urls: Option<Vec<String>>,
-    /// The model behind the editor (informational for `http`).
+    /// The provider's base URL, for hosted kinds (default per kind, see
+    /// [`EditorKind::default_base_url`]); the client appends the rest of the
+    /// path, e.g. `/images/edits`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The model behind the editor (informational for `http`; default per
+    /// kind, see [`EditorKind::default_model`]).
     #[serde(default)]
     pub model: Option<String>,
+    /// Seed for reproducible edits (`gemini`, `dashscope`).
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Output size, e.g. `1024x1024` or `auto` (`openai`).
+    #[serde(default)]
+    pub size: Option<String>,
+    /// Rendering quality, e.g. `high` (`openai`).
+    #[serde(default)]
+    pub quality: Option<String>,
+    /// How closely the output keeps the input's details, `high` or `low`
+    /// (`openai`).
+    #[serde(default)]
+    pub input_fidelity: Option<String>,
+    /// Encoding of the result, `png`, `jpeg` or `webp` (`openai`).
+    #[serde(default)]
+    pub output_format: Option<String>,
+    /// What the edit should avoid (`dashscope`).
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
     /// Whether jobs that name no editor use this one.
     #[serde(default)]
     pub default: bool,
-    /// Extra fields passed through into the request body (e.g.
+    /// Extra fields passed through into the request body (`http` only; e.g.
     /// `num_inference_steps`, `guidance_scale`, `seed`).
     #[serde(default)]
     pub params: Map<String, Value>,
@@ -89,10 +162,11 @@ pub struct EditorProfile {
     #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
     /// The source is resized down so both sides are multiples of this before
-    /// it is sent (1 disables).
+    /// it is sent (1 disables; `http` only: hosted kinds get the source size).
     #[serde(default = "defaults::multiple_of")]
     pub multiple_of: u32,
-    /// Environment variable holding the API key (sent as a bearer token).
+    /// Environment variable holding the API key (`http`: optional bearer
+    /// token; required by the hosted kinds, sent as each provider expects).
     #[serde(default)]
     pub api_key_env: Option<String>,
 }
@@ -104,7 +178,14 @@ impl EditorProfile {
             kind,
             url: None,
             urls: None,
+            base_url: None,
             model: None,
+            seed: None,
+            size: None,
+            quality: None,
+            input_fidelity: None,
+            output_format: None,
+            negative_prompt: None,
             default: false,
             params: Map::new(),
             timeout_seconds: defaults::timeout_seconds(),
@@ -114,6 +195,49 @@ impl EditorProfile {
             max_in_flight: defaults::max_in_flight(),
             multiple_of: defaults::multiple_of(),
             api_key_env: None,
+        }
+    }
+
+    /// The model this profile uses: the configured one, else the kind's
+    /// default.
+    pub fn effective_model(&self) -> Option<String> {
+        self.model
+            .clone()
+            .or_else(|| self.kind.default_model().map(str::to_owned))
+    }
+
+    /// Refuses optional settings that profile `name`'s kind does not read
+    /// (e.g. `seed` for `openai`, which has none), so a typo'd or misplaced
+    /// setting is an error instead of being silently ignored.
+    pub fn check_settings_apply(&self, name: &str) -> Result<(), EditorConfigError> {
+        let set = [
+            ("url", self.url.is_some()),
+            ("urls", self.urls.is_some()),
+            ("params", !self.params.is_empty()),
+            ("base_url", self.base_url.is_some()),
+            ("seed", self.seed.is_some()),
+            ("size", self.size.is_some()),
+            ("quality", self.quality.is_some()),
+            ("input_fidelity", self.input_fidelity.is_some()),
+            ("output_format", self.output_format.is_some()),
+            ("negative_prompt", self.negative_prompt.is_some()),
+        ];
+        match set
+            .iter()
+            .find(|(field, is_set)| *is_set && !self.kind.accepts(field))
+        {
+            Some((field, _)) => {
+                let hint = match (*field, self.kind.default_base_url()) {
+                    ("url" | "urls", Some(_)) => " (hosted kinds take base_url)",
+                    _ => "",
+                };
+                Err(EditorConfigError::invalid(
+                    name,
+                    field,
+                    format!("not used by the {} kind{hint}", self.kind),
+                ))
+            }
+            None => Ok(()),
         }
     }
 }

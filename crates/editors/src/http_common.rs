@@ -2,19 +2,27 @@
 //! reqwest client with connect and total timeouts, retries with exponential
 //! backoff and jitter on connection errors, timeouts, 408, 429 and 5xx
 //! (honouring `Retry-After`), the classification of final answers into the
-//! worker's error classes, and a per-editor limit on calls in flight.
+//! worker's error classes, and a per-editor limit on calls in flight. Also
+//! what the hosted kinds share: API-key headers, base URLs, JSON POSTs,
+//! downloads of result URLs and decoding of base64 images.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use editthinker_core::EditorError;
+use editthinker_core::{EditorError, Image};
 use rand::Rng;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
+use url::Url;
 
 use crate::config::{EditorConfigError, EditorKind, EditorProfile};
 
@@ -27,6 +35,15 @@ pub const BODY_EXCERPT_CHARS: usize = 500;
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Upper bound of one backoff delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Result images fetched from a provider's URL larger than this are refused.
+pub const MAX_DOWNLOAD_BYTES: usize = 50 << 20;
+/// The pixel limit for images an editor sends back.
+pub const MAX_OUTPUT_PIXELS: u64 = 100_000_000;
+
+/// Turns a final non-2xx answer (status, body) into an error class. A
+/// classifier that answers anything but `Transient` for a retryable status
+/// stops the retries (e.g. a 429 that means "out of quota").
+pub type Classifier = fn(StatusCode, &[u8]) -> EditorError;
 
 /// How often and how patiently one call is retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +98,7 @@ pub struct HttpCaller {
     limiter: Arc<Semaphore>,
     editor: String,
     kind: EditorKind,
+    classify: Classifier,
 }
 
 impl HttpCaller {
@@ -123,7 +141,15 @@ impl HttpCaller {
             limiter: Arc::new(Semaphore::new(profile.max_in_flight)),
             editor: name.to_owned(),
             kind: profile.kind,
+            classify: classify_failure,
         })
+    }
+
+    /// Uses `classify` instead of [`classify_failure`] for this provider's
+    /// failed answers (provider-specific refusal and credential codes).
+    pub fn with_classifier(mut self, classify: Classifier) -> Self {
+        self.classify = classify;
+        self
     }
 
     /// The underlying client (for building requests).
@@ -148,7 +174,20 @@ impl HttpCaller {
     /// Sends the request `build` makes for each attempt until a 2xx answer,
     /// retrying what may pass (connection errors, timeouts, 408, 429, 5xx)
     /// with backoff, and classifies the final failure.
-    pub async fn send<F>(&self, mut build: F) -> Result<HttpReply, EditorError>
+    pub async fn send<F>(&self, build: F) -> Result<HttpReply, EditorError>
+    where
+        F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
+    {
+        self.send_with(build, MAX_BODY_BYTES, self.classify).await
+    }
+
+    /// [`send`](Self::send) with an explicit answer size limit and classifier.
+    async fn send_with<F>(
+        &self,
+        mut build: F,
+        max_bytes: usize,
+        classify: Classifier,
+    ) -> Result<HttpReply, EditorError>
     where
         F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
     {
@@ -164,10 +203,13 @@ impl HttpCaller {
                 "editor.request",
                 editor = %self.editor,
                 kind = %self.kind,
-                url = %request.url(),
+                url = %without_query(request.url()),
                 attempt = attempt.number,
             );
-            let outcome = self.attempt(request).instrument(span.clone()).await;
+            let outcome = self
+                .attempt(request, max_bytes, classify)
+                .instrument(span.clone())
+                .await;
             let retries_left = attempt.number <= self.retry.max_retries;
             let (error, wait) = match outcome {
                 Outcome::Done(reply) => return Ok(reply),
@@ -197,7 +239,12 @@ impl HttpCaller {
         }
     }
 
-    async fn attempt(&self, request: reqwest::Request) -> Outcome {
+    async fn attempt(
+        &self,
+        request: reqwest::Request,
+        max_bytes: usize,
+        classify: Classifier,
+    ) -> Outcome {
         let response = match self.client.execute(request).await {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
@@ -207,11 +254,11 @@ impl HttpCaller {
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match read_body(response).await {
+        let body = match read_body(response, max_bytes).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return Outcome::Fail(EditorError::Invalid(format!(
-                    "the answer is larger than {MAX_BODY_BYTES} bytes"
+                    "the answer is larger than {max_bytes} bytes"
                 )))
             }
             // The answer started but broke off (reset, total timeout): as
@@ -226,8 +273,8 @@ impl HttpCaller {
                 body,
             });
         }
-        let error = classify_failure(status, &body);
-        if is_retryable(status) {
+        let error = classify(status, &body);
+        if is_retryable(status) && matches!(error, EditorError::Transient(_)) {
             Outcome::Retryable {
                 error,
                 retry_after: retry_after(&headers),
@@ -254,16 +301,16 @@ enum BodyError {
     Transport(reqwest::Error),
 }
 
-async fn read_body(mut response: reqwest::Response) -> Result<Bytes, BodyError> {
+async fn read_body(mut response: reqwest::Response, max_bytes: usize) -> Result<Bytes, BodyError> {
     if response
         .content_length()
-        .is_some_and(|n| n > MAX_BODY_BYTES as u64)
+        .is_some_and(|n| n > max_bytes as u64)
     {
         return Err(BodyError::TooLarge);
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = response.chunk().await.map_err(BodyError::Transport)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
+        if body.len() + chunk.len() > max_bytes {
             return Err(BodyError::TooLarge);
         }
         body.extend_from_slice(&chunk);
@@ -283,6 +330,10 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
     }
     if e.is_timeout() {
         message.push_str(" (timed out)");
+    }
+    // reqwest names the URL; a signed result URL's query is a credential.
+    if let Some(url) = e.url().filter(|u| u.query().is_some()) {
+        message = message.replace(url.as_str(), without_query(url).as_str());
     }
     message
 }
@@ -314,7 +365,7 @@ pub fn classify_failure(status: StatusCode, body: &[u8]) -> EditorError {
     } else if is_retryable(status) {
         EditorError::Transient(message)
     } else if is_refusal(body) {
-        EditorError::Refused(message)
+        EditorError::Refused(format!("HTTP {status}: {}", refusal_message(body)))
     } else {
         EditorError::Invalid(message)
     }
@@ -378,6 +429,318 @@ fn says_refused(code: &str) -> bool {
     ]
     .iter()
     .any(|m| code.contains(m))
+}
+
+impl HttpCaller {
+    /// POSTs `body` as JSON to `url` with `credential`, retrying like
+    /// [`send`](Self::send), and parses the 2xx answer as JSON.
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        credential: &Credential,
+        body: &Value,
+    ) -> Result<Value, EditorError> {
+        let body = Bytes::from(serde_json::to_vec(body).expect("a JSON value always serialises"));
+        let reply = self
+            .send(|_| {
+                Ok(self
+                    .client
+                    .post(url.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(credential.name.clone(), credential.value.clone())
+                    .body(body.clone()))
+            })
+            .await?;
+        parse_json(&reply.body)
+    }
+
+    /// Fetches a result image from a URL the provider handed back (signed,
+    /// short-lived: called at once), with this editor's client and retries,
+    /// up to [`MAX_DOWNLOAD_BYTES`]. No credential is sent: the URL carries
+    /// its own authorisation and often points at another host. A `data:`
+    /// URL is decoded in place.
+    pub async fn download(&self, url: &str) -> Result<Image, EditorError> {
+        if url.starts_with("data:") {
+            let url = url.to_owned();
+            return off_thread(move || decode_base64_image(&url, "result")).await;
+        }
+        let parsed = Url::parse(url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                EditorError::Invalid(format!(
+                    "the editor's result URL is not an http(s) URL: {}",
+                    body_excerpt(url.as_bytes())
+                ))
+            })?;
+        tracing::debug!(url = %without_query(&parsed), "downloading the result");
+        let reply = self
+            .send_with(
+                |_| Ok(self.client.get(parsed.clone())),
+                MAX_DOWNLOAD_BYTES,
+                classify_download_failure,
+            )
+            .await?;
+        off_thread(move || {
+            Image::validate(reply.body, MAX_OUTPUT_PIXELS).map_err(|e| {
+                EditorError::Invalid(format!(
+                    "the editor's result URL did not hold a usable image: {e}"
+                ))
+            })
+        })
+        .await
+    }
+}
+
+/// The URL without its query: signed result URLs carry their signature
+/// there, which has no place in logs.
+fn without_query(url: &Url) -> Url {
+    let mut url = url.clone();
+    url.set_query(None);
+    url
+}
+
+/// Failures fetching a result URL: our credentials are not involved, so a
+/// 401/403 (an expired signature) is not `Auth`; what may pass is
+/// `Transient`, the rest `Invalid`.
+fn classify_download_failure(status: StatusCode, body: &[u8]) -> EditorError {
+    let message = format!(
+        "downloading the result failed: HTTP {status}: {}",
+        body_excerpt(body)
+    );
+    if is_retryable(status) {
+        EditorError::Transient(message)
+    } else {
+        EditorError::Invalid(message)
+    }
+}
+
+/// A 2xx answer parsed as JSON; anything else is `Invalid`.
+pub fn parse_json(body: &[u8]) -> Result<Value, EditorError> {
+    serde_json::from_slice(body).map_err(|_| {
+        EditorError::Invalid(format!(
+            "the editor's answer is not JSON: {}",
+            body_excerpt(body)
+        ))
+    })
+}
+
+/// Runs CPU work (image encoding and decoding) off the async threads.
+pub async fn off_thread<T, F>(work: F) -> Result<T, EditorError>
+where
+    F: FnOnce() -> Result<T, EditorError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| EditorError::Invalid(format!("image work failed: {e}")))?
+}
+
+/// The source as PNG, resized down to multiples of `multiple` (1 keeps the
+/// source size).
+pub async fn source_png(source: &Image, multiple: u32) -> Result<Image, EditorError> {
+    let source = source.clone();
+    off_thread(move || {
+        source
+            .to_png_multiple_of(multiple)
+            .map_err(|e| EditorError::Invalid(format!("the source image cannot be prepared: {e}")))
+    })
+    .await
+}
+
+/// Tolerates missing padding; providers differ.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Decodes a base64 image (plain, or a `data:<mime>;base64,` URL; line
+/// breaks allowed) and validates it. `what` names the field in errors.
+/// Every failure is `Invalid`.
+pub fn decode_base64_image(encoded: &str, what: &str) -> Result<Image, EditorError> {
+    let payload = match encoded.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(";base64,")
+            .map(|(_, data)| data)
+            .ok_or_else(|| {
+                EditorError::Invalid(format!(
+                    "the editor's {what} is a data URL that is not base64"
+                ))
+            })?,
+        None => encoded,
+    };
+    let compact: String;
+    let payload = if payload.contains(|c: char| c.is_ascii_whitespace()) {
+        compact = payload.split_ascii_whitespace().collect();
+        &compact
+    } else {
+        payload
+    };
+    let bytes = LENIENT
+        .decode(payload)
+        .map_err(|e| EditorError::Invalid(format!("the editor's {what} is not base64: {e}")))?;
+    Image::validate(Bytes::from(bytes), MAX_OUTPUT_PIXELS).map_err(|e| {
+        EditorError::Invalid(format!("the editor's {what} is not a usable image: {e}"))
+    })
+}
+
+/// A refusal in the provider's words: its message, with its code when it
+/// has one (`error.code` or `code`).
+pub fn refusal_message(body: &[u8]) -> String {
+    let message = provider_message(body);
+    let code = serde_json::from_slice::<Value>(body).ok().and_then(|v| {
+        v.pointer("/error/code")
+            .or_else(|| v.get("code"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
+    match code {
+        Some(code) if !message.contains(&code) => format!("{message} ({code})"),
+        _ => message,
+    }
+}
+
+/// The provider's own explanation in a JSON error body: `error.message`,
+/// `message` or a string `error`, else the body excerpt.
+pub fn provider_message(body: &[u8]) -> String {
+    let json = serde_json::from_slice::<Value>(body).ok();
+    let found = json.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("error"))
+            .and_then(Value::as_str)
+    });
+    match found {
+        Some(m) if !m.trim().is_empty() => body_excerpt(m.as_bytes()),
+        _ => body_excerpt(body),
+    }
+}
+
+/// An API key as the header a provider expects. The value is marked
+/// sensitive and never printed.
+#[derive(Clone)]
+pub struct Credential {
+    name: HeaderName,
+    value: HeaderValue,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Credential({}: <redacted>)", self.name)
+    }
+}
+
+impl Credential {
+    /// The header name.
+    pub fn name(&self) -> &HeaderName {
+        &self.name
+    }
+
+    /// The header value (sensitive).
+    pub fn value(&self) -> &HeaderValue {
+        &self.value
+    }
+
+    /// Reads the key a hosted kind requires from the variable named by
+    /// `api_key_env` and sends it as `header: {prefix}{key}` (e.g.
+    /// `authorization: Bearer <key>`). A missing `api_key_env`, an unset
+    /// variable or a key that cannot be a header value is a configuration
+    /// error naming `editors.<name>.api_key_env`.
+    pub fn required(
+        name: &str,
+        profile: &EditorProfile,
+        header: HeaderName,
+        prefix: &str,
+    ) -> Result<Self, EditorConfigError> {
+        let key = read_api_key(name, profile)?.ok_or_else(|| {
+            EditorConfigError::invalid(
+                name,
+                "api_key_env",
+                format!(
+                    "missing: the {} kind needs an API key; name the environment variable that holds it",
+                    profile.kind
+                ),
+            )
+        })?;
+        let mut value = HeaderValue::from_str(&format!("{prefix}{key}")).map_err(|_| {
+            EditorConfigError::invalid(
+                name,
+                "api_key_env",
+                "the key holds characters an HTTP header cannot carry",
+            )
+        })?;
+        value.set_sensitive(true);
+        Ok(Self {
+            name: header,
+            value,
+        })
+    }
+}
+
+/// The endpoint of a hosted kind: `base_url` (or the kind's default) with
+/// `path` appended to its path. A bad `base_url` is an error naming
+/// `editors.<name>.base_url`.
+pub fn endpoint(name: &str, profile: &EditorProfile, path: &str) -> Result<Url, EditorConfigError> {
+    let raw = match (&profile.base_url, profile.kind.default_base_url()) {
+        (Some(given), _) => given.trim(),
+        (None, Some(default)) => default,
+        (None, None) => {
+            return Err(EditorConfigError::invalid(
+                name,
+                "base_url",
+                format!("missing: the {} kind has no default", profile.kind),
+            ))
+        }
+    };
+    let bad = |m: String| EditorConfigError::invalid(name, "base_url", m);
+    let mut url = Url::parse(raw).map_err(|e| bad(format!("{raw:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(bad(format!("{raw:?}: must be an http:// or https:// URL")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad(format!("{raw:?}: must not have a query or fragment")));
+    }
+    let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+    url.set_path(&joined);
+    Ok(url)
+}
+
+/// The profile's model (or the kind's default) as one URL-safe name:
+/// letters, digits, `.`, `_`, `-`. An error names `editors.<name>.model`.
+pub fn model_name(name: &str, profile: &EditorProfile) -> Result<String, EditorConfigError> {
+    let model = profile.effective_model().unwrap_or_default();
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(EditorConfigError::invalid(
+            name,
+            "model",
+            "must not be empty",
+        ));
+    }
+    if !model
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(EditorConfigError::invalid(
+            name,
+            "model",
+            format!("{model:?}: only letters, digits, '.', '_' and '-' are allowed"),
+        ));
+    }
+    Ok(model.to_owned())
+}
+
+/// Refuses a `seed` outside what the provider accepts (a 31-bit
+/// non-negative integer for every hosted kind here).
+pub fn check_seed(name: &str, profile: &EditorProfile) -> Result<(), EditorConfigError> {
+    match profile.seed {
+        Some(s) if !(0..=i64::from(i32::MAX)).contains(&s) => Err(EditorConfigError::invalid(
+            name,
+            "seed",
+            format!("{s}: must be between 0 and {}", i32::MAX),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Reads the API key from the variable named by `api_key_env`, if any.

@@ -5,9 +5,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use base64::alphabet;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
-use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
@@ -17,10 +15,9 @@ use tracing::Instrument;
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
-use crate::http_common::{body_excerpt, is_refusal, read_api_key, HttpCaller};
+use crate::http_common::{body_excerpt, decode_base64_image, is_refusal, read_api_key, HttpCaller};
 
-/// The pixel limit for images an editor sends back.
-pub const MAX_OUTPUT_PIXELS: u64 = 100_000_000;
+pub use crate::http_common::MAX_OUTPUT_PIXELS;
 
 /// Body fields the client sets itself; `params` may not override them.
 const RESERVED_FIELDS: [&str; 2] = ["image", "prompt"];
@@ -42,6 +39,7 @@ pub struct HttpEditor {
 impl HttpEditor {
     /// Builds the client for profile `name`, validating its settings.
     pub fn from_profile(name: &str, profile: &EditorProfile) -> Result<Self, EditorConfigError> {
+        profile.check_settings_apply(name)?;
         let endpoints = endpoints(name, profile)?;
         if profile.multiple_of == 0 {
             return Err(EditorConfigError::invalid(
@@ -183,12 +181,6 @@ fn endpoints(name: &str, profile: &EditorProfile) -> Result<Vec<Url>, EditorConf
         .collect()
 }
 
-/// Tolerates missing padding; servers differ.
-const LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
-
 /// `{"edited_image": "<base64 PNG>"}` (optionally a `data:` URL) → a
 /// validated image. Anything else is `Invalid`, or `Refused` when the body
 /// carries a moderation/safety code.
@@ -206,28 +198,7 @@ fn decode_answer(body: &[u8]) -> Result<Image, EditorError> {
         }
         return Err(invalid("has no edited_image string"));
     };
-    let payload = match encoded.strip_prefix("data:") {
-        Some(rest) => rest
-            .split_once(";base64,")
-            .map(|(_, data)| data)
-            .ok_or_else(|| invalid("has a data URL that is not base64"))?,
-        None => encoded,
-    };
-    let compact: String;
-    let payload = if payload.contains(|c: char| c.is_ascii_whitespace()) {
-        compact = payload.split_ascii_whitespace().collect();
-        &compact
-    } else {
-        payload
-    };
-    let bytes = LENIENT.decode(payload).map_err(|e| {
-        EditorError::Invalid(format!("the editor's edited_image is not base64: {e}"))
-    })?;
-    Image::validate(Bytes::from(bytes), MAX_OUTPUT_PIXELS).map_err(|e| {
-        EditorError::Invalid(format!(
-            "the editor's edited_image is not a usable image: {e}"
-        ))
-    })
+    decode_base64_image(encoded, "edited_image")
 }
 
 #[cfg(test)]

@@ -8,7 +8,10 @@ use editthinker_core::Editor;
 use serde::Serialize;
 
 use crate::config::{EditorConfigError, EditorKind, EditorProfile};
+use crate::dashscope::DashscopeEditor;
+use crate::gemini::GeminiEditor;
 use crate::http_editor::HttpEditor;
+use crate::openai::OpenAiEditor;
 
 /// What `GET /v1/editors` shows about one editor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -17,7 +20,8 @@ pub struct EditorInfo {
     pub name: String,
     /// The provider protocol, e.g. `http`.
     pub kind: String,
-    /// The model behind it, when configured.
+    /// The model behind it: the configured one, else the kind's default
+    /// (none for `http` unless configured).
     pub model: Option<String>,
     /// Whether jobs that name no editor use it.
     pub default: bool,
@@ -47,6 +51,9 @@ impl EditorRegistry {
         for (name, profile) in profiles {
             let editor: Arc<dyn Editor> = match profile.kind {
                 EditorKind::Http => Arc::new(HttpEditor::from_profile(name, profile)?),
+                EditorKind::Openai => Arc::new(OpenAiEditor::from_profile(name, profile)?),
+                EditorKind::Gemini => Arc::new(GeminiEditor::from_profile(name, profile)?),
+                EditorKind::Dashscope => Arc::new(DashscopeEditor::from_profile(name, profile)?),
                 kind => {
                     return Err(EditorConfigError::KindUnavailable {
                         name: name.clone(),
@@ -57,7 +64,7 @@ impl EditorRegistry {
             let info = EditorInfo {
                 name: name.clone(),
                 kind: profile.kind.to_string(),
-                model: profile.model.clone(),
+                model: profile.effective_model(),
                 default: default.as_deref() == Some(name.as_str()),
             };
             registry.insert(info, editor);

@@ -237,7 +237,7 @@ fn a_missing_or_empty_api_key_variable_is_an_error() {
 
 #[test]
 fn kinds_without_a_client_yet_are_an_error() {
-    for kind in ["openai", "bfl", "fal", "replicate", "gemini", "dashscope"] {
+    for kind in ["bfl", "fal", "replicate"] {
         let err = error(&format!("[editors.e]\nkind = \"{kind}\"\n"));
         assert_eq!(
             err,
@@ -263,4 +263,87 @@ fn limits_are_validated() {
         ));
         assert!(err.starts_with(key), "{setting}: {err}");
     }
+}
+
+#[test]
+fn hosted_kinds_build_and_show_their_effective_model() {
+    std::env::set_var("REGISTRY_TEST_HOSTED_KEY", "k");
+    let r = registry(
+        r#"
+        [editors.gpt]
+        kind = "openai"
+        api_key_env = "REGISTRY_TEST_HOSTED_KEY"
+        quality = "high"
+        default = true
+
+        [editors.nano]
+        kind = "gemini"
+        api_key_env = "REGISTRY_TEST_HOSTED_KEY"
+        seed = 3
+
+        [editors.qwen]
+        kind = "dashscope"
+        base_url = "https://dashscope.aliyuncs.com/api/v1"
+        model = "qwen-image-edit-plus"
+        api_key_env = "REGISTRY_TEST_HOSTED_KEY"
+        negative_prompt = "blur"
+        "#,
+    )
+    .unwrap();
+    let shown: Vec<(String, String, Option<String>)> = r
+        .infos()
+        .into_iter()
+        .map(|i| (i.name, i.kind, i.model))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("gpt".into(), "openai".into(), Some("gpt-image-1".into())),
+            (
+                "nano".into(),
+                "gemini".into(),
+                Some("gemini-2.5-flash-image".into())
+            ),
+            (
+                "qwen".into(),
+                "dashscope".into(),
+                Some("qwen-image-edit-plus".into())
+            ),
+        ]
+    );
+    assert_eq!(r.default_name(), Some("gpt"));
+}
+
+#[test]
+fn hosted_kinds_require_a_key_and_reject_settings_they_do_not_use() {
+    for kind in ["openai", "gemini", "dashscope"] {
+        let err = error(&format!("[editors.e]\nkind = \"{kind}\"\n"));
+        assert!(
+            err.starts_with("editors.e.api_key_env: missing"),
+            "{kind}: {err}"
+        );
+    }
+    std::env::set_var("REGISTRY_TEST_MISPLACED_KEY", "k");
+    for (kind, setting, key) in [
+        ("openai", "url = \"http://h\"", "editors.e.url: "),
+        ("openai", "seed = 1", "editors.e.seed: "),
+        ("gemini", "params = { a = 1 }", "editors.e.params: "),
+        (
+            "dashscope",
+            "base_url = \"ftp://h\"",
+            "editors.e.base_url: ",
+        ),
+        (
+            "http",
+            "url = \"http://h\"\nbase_url = \"http://h\"",
+            "editors.e.base_url: ",
+        ),
+    ] {
+        let err = error(&format!(
+            "[editors.e]\nkind = \"{kind}\"\napi_key_env = \"REGISTRY_TEST_MISPLACED_KEY\"\n{setting}\n"
+        ));
+        assert!(err.starts_with(key), "{kind} {setting}: {err}");
+    }
+    let err = parse("[editors.e]\nkind = \"openai\"\nsede = 1\n").unwrap_err();
+    assert!(err.contains("sede"), "unknown fields stay rejected: {err}");
 }

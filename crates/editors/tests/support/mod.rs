@@ -196,3 +196,178 @@ pub fn dead_url() -> String {
     drop(listener);
     format!("http://{addr}")
 }
+
+/// One request a [`FakeProvider`] received, as raw as it came.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl RawRequest {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// The body as JSON (panics when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("the request body is JSON")
+    }
+}
+
+/// How a [`FakeProvider`] answers one API request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// 200 with this JSON body.
+    Json(serde_json::Value),
+    /// This status, an optional `Retry-After`, this body.
+    Status(u16, Option<&'static str>, String),
+}
+
+#[derive(Default)]
+struct ProviderState {
+    script: VecDeque<Answer>,
+    otherwise: Option<Answer>,
+    requests: Vec<RawRequest>,
+    /// Served under `/files/<name>`.
+    files: std::collections::HashMap<String, Bytes>,
+    downloads: Vec<RawRequest>,
+}
+
+/// A fake hosted provider on loopback: records every API request and
+/// answers from a script; also serves result files under `/files/<name>`
+/// (the "signed URLs" a provider hands back) and records their fetches.
+pub struct FakeProvider {
+    /// Base URL, `http://127.0.0.1:<port>`.
+    pub url: String,
+    state: Arc<Mutex<ProviderState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeProvider {
+    /// A server with no script yet (it answers 500 until [`Self::answer`]).
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ProviderState::default()));
+        let app = Router::new()
+            .fallback(provider_handle)
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, state, task }
+    }
+
+    /// Answers `script` in order, then `otherwise` forever.
+    pub fn answer(&self, script: Vec<Answer>, otherwise: Answer) {
+        let mut s = self.state.lock().unwrap();
+        s.script = script.into();
+        s.otherwise = Some(otherwise);
+    }
+
+    /// Serves `bytes` and returns its URL, signed-looking (with a query).
+    pub fn serve_file(&self, name: &str, bytes: Bytes) -> String {
+        self.state
+            .lock()
+            .unwrap()
+            .files
+            .insert(name.to_owned(), bytes);
+        format!("{}/files/{name}?Expires=1&Signature=abc", self.url)
+    }
+
+    /// The API requests received (file fetches excluded).
+    pub fn requests(&self) -> Vec<RawRequest> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    /// The fetches of served files.
+    pub fn downloads(&self) -> Vec<RawRequest> {
+        self.state.lock().unwrap().downloads.clone()
+    }
+}
+
+impl Drop for FakeProvider {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn provider_handle(
+    State(state): State<Arc<Mutex<ProviderState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request = RawRequest {
+        method,
+        path: uri.path().to_owned(),
+        headers,
+        body,
+        at: Instant::now(),
+    };
+    let mut s = state.lock().unwrap();
+    if let Some(name) = request.path.strip_prefix("/files/") {
+        let file = s.files.get(name).cloned();
+        s.downloads.push(request);
+        return match file {
+            Some(bytes) => ([("content-type", "image/png")], bytes).into_response(),
+            None => (StatusCode::NOT_FOUND, "expired").into_response(),
+        };
+    }
+    s.requests.push(request);
+    let answer = s
+        .script
+        .pop_front()
+        .or_else(|| s.otherwise.clone())
+        .unwrap_or(Answer::Status(500, None, "no script".into()));
+    match answer {
+        Answer::Json(v) => axum::Json(v).into_response(),
+        Answer::Status(code, retry_after, body) => {
+            let mut r = (
+                StatusCode::from_u16(code).unwrap(),
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response();
+            if let Some(v) = retry_after {
+                r.headers_mut().insert("retry-after", v.parse().unwrap());
+            }
+            r
+        }
+    }
+}
+
+/// Base64 of an image's bytes.
+pub fn b64(image: &Image) -> String {
+    STANDARD.encode(&image.bytes)
+}
+
+/// Decodes base64 (optionally a `data:` URL) into a validated image:
+/// (is PNG, width, height).
+pub fn png_info(encoded: &str) -> (bool, u32, u32) {
+    let payload = encoded
+        .strip_prefix("data:image/png;base64,")
+        .unwrap_or(encoded);
+    let bytes = STANDARD.decode(payload).expect("base64");
+    image_info(&bytes)
+}
+
+/// (is PNG, width, height) of encoded image bytes.
+pub fn image_info(bytes: &[u8]) -> (bool, u32, u32) {
+    let is_png = bytes.starts_with(b"\x89PNG\r\n\x1a\n");
+    let img = Image::validate(Bytes::copy_from_slice(bytes), 1 << 30).expect("a valid image");
+    (is_png, img.width, img.height)
+}
+
+/// Sets a test's own API key variable (unique names: tests run in
+/// parallel) and returns its name.
+pub fn api_key(var: &str, value: &str) -> String {
+    std::env::set_var(var, value);
+    var.to_owned()
+}

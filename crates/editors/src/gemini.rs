@@ -1,0 +1,253 @@
+//! The `gemini` kind: Google Gemini image models. `POST
+//! {base_url}/v1beta/models/{model}:generateContent` with the key in
+//! `x-goog-api-key` and the source as inline PNG data; the image comes back
+//! inline in `candidates[0].content.parts[]`.
+
+use async_trait::async_trait;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use editthinker_core::{EditRequest, Editor, EditorError, Image};
+use reqwest::header::HeaderName;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use tracing::Instrument;
+use url::Url;
+
+use crate::config::{EditorConfigError, EditorProfile};
+use crate::http_common::{
+    body_excerpt, check_seed, classify_failure, decode_base64_image, endpoint, model_name,
+    off_thread, source_png, Credential, HttpCaller,
+};
+
+/// `finishReason`s that mean the model declined on safety grounds. Others
+/// without an image (`NO_IMAGE`, `STOP` with text only, `MAX_TOKENS`, ...)
+/// are failures, not refusals: rephrasing is not what they call for.
+const REFUSAL_REASONS: [&str; 6] = [
+    "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT",
+    "SAFETY",
+    "PROHIBITED_CONTENT",
+    "BLOCKLIST",
+    "SPII",
+];
+
+/// Client of the Gemini `generateContent` endpoint for one image model.
+#[derive(Debug)]
+pub struct GeminiEditor {
+    name: String,
+    endpoint: Url,
+    model: String,
+    seed: Option<i64>,
+    credential: Credential,
+    caller: HttpCaller,
+}
+
+impl GeminiEditor {
+    /// Builds the client for profile `name`, validating its settings; the
+    /// key (`api_key_env`) is required.
+    pub fn from_profile(name: &str, profile: &EditorProfile) -> Result<Self, EditorConfigError> {
+        profile.check_settings_apply(name)?;
+        check_seed(name, profile)?;
+        // Accept the API's own spelling, `models/<id>`, too.
+        let mut profile = profile.clone();
+        if let Some(m) = &profile.model {
+            profile.model = Some(m.trim().trim_start_matches("models/").to_owned());
+        }
+        let model = model_name(name, &profile)?;
+        Ok(Self {
+            name: name.to_owned(),
+            endpoint: endpoint(
+                name,
+                &profile,
+                &format!("/v1beta/models/{model}:generateContent"),
+            )?,
+            model,
+            seed: profile.seed,
+            credential: Credential::required(
+                name,
+                &profile,
+                HeaderName::from_static("x-goog-api-key"),
+                "",
+            )?,
+            caller: HttpCaller::from_profile(name, &profile)?.with_classifier(classify),
+        })
+    }
+
+    /// The `generateContent` URL requests go to.
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// The request body: the instruction, then the source as inline PNG.
+    async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
+        let png = source_png(source, 1).await?;
+        let data = off_thread(move || Ok(STANDARD.encode(&png.bytes))).await?;
+        let mut generation_config = json!({ "responseModalities": ["TEXT", "IMAGE"] });
+        if let Some(seed) = self.seed {
+            generation_config["seed"] = json!(seed);
+        }
+        Ok(json!({
+            "contents": [{
+                "parts": [
+                    { "text": prompt },
+                    { "inline_data": { "mime_type": "image/png", "data": data } },
+                ]
+            }],
+            "generationConfig": generation_config,
+        }))
+    }
+}
+
+#[async_trait]
+impl Editor for GeminiEditor {
+    async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
+        let span = tracing::info_span!(
+            "editor.edit",
+            editor = %self.name,
+            kind = "gemini",
+            model = %self.model,
+            turn = request.turn,
+        );
+        async {
+            let _permit = self.caller.acquire().await;
+            let body = self.body(request.source, request.instruction).await?;
+            let answer = self
+                .caller
+                .post_json(&self.endpoint, &self.credential, &body)
+                .await?;
+            let b64 = image_data(&answer)?;
+            off_thread(move || decode_base64_image(&b64, "inlineData")).await
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The base64 image of the first candidate, or why there is none: a
+/// blocked prompt or a safety `finishReason` is `Refused`; no candidate, a
+/// text-only answer or any other reason is `Invalid`.
+fn image_data(answer: &Value) -> Result<String, EditorError> {
+    if let Some(reason) = answer
+        .pointer("/promptFeedback/blockReason")
+        .and_then(Value::as_str)
+    {
+        let detail = answer
+            .pointer("/promptFeedback/blockReasonMessage")
+            .and_then(Value::as_str)
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
+        return Err(EditorError::Refused(format!(
+            "the prompt was blocked ({reason}){detail}"
+        )));
+    }
+    let Some(candidate) = answer.pointer("/candidates/0") else {
+        return Err(EditorError::Invalid(format!(
+            "the model answered with no candidate: {}",
+            body_excerpt(answer.to_string().as_bytes())
+        )));
+    };
+    let parts = candidate
+        .pointer("/content/parts")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    // The REST API answers in camelCase; snake_case is accepted too.
+    let image = parts.iter().find_map(|p| {
+        p.get("inlineData")
+            .or_else(|| p.get("inline_data"))
+            .and_then(|d| d.get("data"))
+            .and_then(Value::as_str)
+    });
+    if let Some(data) = image {
+        return Ok(data.to_owned());
+    }
+    let text: Vec<&str> = parts
+        .iter()
+        .filter(|p| p.get("thought").and_then(Value::as_bool) != Some(true))
+        .filter_map(|p| p.get("text").and_then(Value::as_str))
+        .collect();
+    let text = body_excerpt(text.join(" ").as_bytes());
+    let reason = candidate
+        .get("finishReason")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if REFUSAL_REASONS.contains(&reason) {
+        let message = candidate
+            .get("finishMessage")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .unwrap_or(text);
+        return Err(EditorError::Refused(format!(
+            "the model declined ({reason}): {message}"
+        )));
+    }
+    match reason {
+        "" | "STOP" => Err(EditorError::Invalid(format!(
+            "the model answered with text only: {text}"
+        ))),
+        _ => Err(EditorError::Invalid(format!(
+            "the model returned no image ({reason}): {text}"
+        ))),
+    }
+}
+
+/// Gemini answers an invalid key with 400 `INVALID_ARGUMENT` and reason
+/// `API_KEY_INVALID`: that is `Auth`, not a bad request.
+fn classify(status: StatusCode, body: &[u8]) -> EditorError {
+    let json = serde_json::from_slice::<Value>(body).unwrap_or_default();
+    let bad_key = json.pointer("/error/status").and_then(Value::as_str) == Some("UNAUTHENTICATED")
+        || json
+            .pointer("/error/details")
+            .and_then(Value::as_array)
+            .is_some_and(|details| {
+                details
+                    .iter()
+                    .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"))
+            });
+    if bad_key {
+        return EditorError::Auth(format!("HTTP {status}: {}", body_excerpt(body)));
+    }
+    classify_failure(status, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_without_an_image() {
+        let answer = |reason: &str| json!({"candidates": [{"content": {"parts": [{"text": "no"}]}, "finishReason": reason}]});
+        assert!(matches!(
+            image_data(&answer("IMAGE_SAFETY")),
+            Err(EditorError::Refused(m)) if m.contains("IMAGE_SAFETY")
+        ));
+        assert!(matches!(
+            image_data(&answer("NO_IMAGE")),
+            Err(EditorError::Invalid(m)) if m.contains("NO_IMAGE")
+        ));
+        assert!(matches!(
+            image_data(&json!({"candidates": []})),
+            Err(EditorError::Invalid(_))
+        ));
+        assert!(matches!(
+            image_data(&json!({"promptFeedback": {"blockReason": "OTHER"}})),
+            Err(EditorError::Refused(m)) if m.contains("OTHER")
+        ));
+    }
+
+    #[test]
+    fn an_invalid_key_is_auth() {
+        let body = br#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID"}]}}"#;
+        assert!(matches!(
+            classify(StatusCode::BAD_REQUEST, body),
+            EditorError::Auth(_)
+        ));
+        assert!(matches!(
+            classify(
+                StatusCode::BAD_REQUEST,
+                br#"{"error":{"status":"INVALID_ARGUMENT"}}"#
+            ),
+            EditorError::Invalid(_)
+        ));
+    }
+}
