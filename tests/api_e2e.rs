@@ -656,3 +656,28 @@ async fn sigterm_ends_open_streams_and_exits() {
     assert_eq!(events.last().unwrap().event, "job.started");
     assert!(status.1.log_contains("releasing job for shutdown"));
 }
+
+/// API replicas validate the editor and thinker sections but build no
+/// clients, so they start without the providers' secret variables.
+#[tokio::test]
+async fn api_role_needs_no_provider_secrets() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    env.migrate();
+    let extra = "[thinker]\nkind = \"openai\"\napi_key_env = \"ET_TEST_UNSET_THINKER_KEY\"\n\n[editors.gpt]\nkind = \"openai\"\napi_key_env = \"ET_TEST_UNSET_EDITOR_KEY\"\n";
+    let api = Service::start("api", &env.config("api", extra));
+    let (_, editors) = get_json(&api.url("/v1/editors")).await;
+    assert_eq!(
+        editors,
+        json!({"editors": [{"name": "gpt", "kind": "openai", "model": "gpt-image-1", "default": true}]})
+    );
+    let (_, ready) = get_json(&api.url("/readyz")).await;
+    assert_eq!(ready["thinker"], "configured");
+    // The worker, which calls the providers, refuses to start without them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_editthinker"))
+        .args(["worker", "--config"])
+        .arg(env.config("worker", extra))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ET_TEST_UNSET_EDITOR_KEY"));
+}

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use editthinker_api::{AppState, EditorView};
-use editthinker_core::{Editor, Thinker};
-use editthinker_editors::EditorRegistry;
+use editthinker_core::Editor;
+use editthinker_editors::{EditorInfo, EditorRegistry};
 use editthinker_store::{BlobStore, Store};
 use editthinker_worker::Worker;
 use tokio_util::sync::CancellationToken;
@@ -14,20 +14,18 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 
-/// What the configuration builds, shared by the roles.
+/// What every role shares: storage, and the editors and thinker as the API
+/// sees them (validated, but no clients built and no secrets read, so API
+/// replicas need no provider keys).
 struct Parts {
     store: Arc<dyn Store>,
     blobs: Arc<BlobStore>,
-    editors: EditorRegistry,
-    thinker: Option<Arc<dyn Thinker>>,
+    editors: Vec<EditorInfo>,
+    thinker_configured: bool,
 }
 
 async fn build(config: &Config) -> anyhow::Result<Parts> {
-    let editors = EditorRegistry::from_config(&config.editors).context("editors")?;
-    let thinker = match &config.thinker {
-        Some(cfg) => Some(editthinker_thinker::build_thinker(cfg).context("thinker")?),
-        None => None,
-    };
+    let editors = EditorRegistry::describe(&config.editors).context("editors")?;
     let blobs = Arc::new(BlobStore::from_url(&config.blob_url).context("blob_url")?);
     let store = editthinker_store::connect(&config.database_url)
         .await
@@ -37,14 +35,14 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
             "no editor is configured: jobs are refused until an [editors.<name>] section is added"
         );
     }
-    if thinker.is_none() {
+    if config.thinker.is_none() {
         warn!("no thinker is configured: jobs are refused until a [thinker] section is added");
     }
     Ok(Parts {
         store,
         blobs,
         editors,
-        thinker,
+        thinker_configured: config.thinker.is_some(),
     })
 }
 
@@ -75,8 +73,8 @@ async fn run_api(
         editors: Arc::new(
             parts
                 .editors
-                .infos()
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(|i| EditorView {
                     name: i.name,
                     kind: i.kind,
@@ -85,7 +83,7 @@ async fn run_api(
                 })
                 .collect(),
         ),
-        thinker_configured: parts.thinker.is_some(),
+        thinker_configured: parts.thinker_configured,
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
         shutdown: shutdown.clone(),
@@ -102,29 +100,36 @@ async fn run_api(
         .context("serving HTTP")
 }
 
-fn make_worker(config: &Config, parts: &Parts) -> Option<Worker> {
-    let thinker = parts.thinker.clone()?;
-    let editors: BTreeMap<String, Arc<dyn Editor>> = parts
-        .editors
+/// Builds the editor and thinker clients (reading their secrets) and the
+/// worker; `None` when no thinker is configured.
+fn make_worker(config: &Config, parts: &Parts) -> anyhow::Result<Option<Worker>> {
+    // Built even when no worker can run, so bad editor settings stop the start.
+    let registry = EditorRegistry::from_config(&config.editors).context("editors")?;
+    let Some(thinker_config) = &config.thinker else {
+        return Ok(None);
+    };
+    let thinker = editthinker_thinker::build_thinker(thinker_config).context("thinker")?;
+    let editors: BTreeMap<String, Arc<dyn Editor>> = registry
         .names()
         .into_iter()
-        .filter_map(|name| parts.editors.get(name).map(|e| (name.to_string(), e)))
+        .filter_map(|name| registry.get(name).map(|e| (name.to_string(), e)))
         .collect();
-    Some(Worker::new(
+    Ok(Some(Worker::new(
         parts.store.clone(),
         parts.blobs.clone(),
         editors,
         thinker,
         config.worker_settings(),
-    ))
+    )))
 }
 
 /// `serve`: migrations, then API and worker in one process.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let parts = build(&config).await?;
+    let worker = make_worker(&config, &parts)?;
     parts.store.migrate().await.context("applying migrations")?;
     let shutdown = shutdown_token();
-    let worker = make_worker(&config, &parts).map(|w| tokio::spawn(w.run(shutdown.clone())));
+    let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     if worker.is_none() {
         warn!("worker disabled: no thinker configured");
     }
@@ -146,7 +151,7 @@ pub async fn api(config: Config) -> anyhow::Result<()> {
 pub async fn worker(config: Config) -> anyhow::Result<()> {
     let parts = build(&config).await?;
     let worker =
-        make_worker(&config, &parts).context("thinker: a worker needs a [thinker] section")?;
+        make_worker(&config, &parts)?.context("thinker: a worker needs a [thinker] section")?;
     if parts.editors.is_empty() {
         anyhow::bail!("editors: a worker needs at least one [editors.<name>] section");
     }

@@ -41,14 +41,41 @@ pub struct EditorRegistry {
 }
 
 impl EditorRegistry {
+    /// Name, kind, model and default of every profile, validated (the
+    /// default, each kind's availability) without building clients or
+    /// reading secrets: what a process that only serves the API needs.
+    pub fn describe(
+        profiles: &BTreeMap<String, EditorProfile>,
+    ) -> Result<Vec<EditorInfo>, EditorConfigError> {
+        let default = default_name(profiles)?;
+        profiles
+            .iter()
+            .map(|(name, profile)| {
+                if !profile.kind.is_available() {
+                    return Err(EditorConfigError::KindUnavailable {
+                        name: name.clone(),
+                        kind: profile.kind,
+                    });
+                }
+                Ok(EditorInfo {
+                    name: name.clone(),
+                    kind: profile.kind.to_string(),
+                    model: profile.effective_model(),
+                    default: default.as_deref() == Some(name.as_str()),
+                })
+            })
+            .collect()
+    }
+
     /// Builds every configured editor, validating the whole configuration
     /// first: the default, each kind's availability, URLs, keys and limits.
     pub fn from_config(
         profiles: &BTreeMap<String, EditorProfile>,
     ) -> Result<Self, EditorConfigError> {
-        let default = default_name(profiles)?;
         let mut registry = Self::default();
-        for (name, profile) in profiles {
+        for info in Self::describe(profiles)? {
+            let name = &info.name;
+            let profile = &profiles[name];
             let editor: Arc<dyn Editor> = match profile.kind {
                 EditorKind::Http => Arc::new(HttpEditor::from_profile(name, profile)?),
                 EditorKind::Openai => Arc::new(OpenAiEditor::from_profile(name, profile)?),
@@ -60,12 +87,6 @@ impl EditorRegistry {
                         kind,
                     })
                 }
-            };
-            let info = EditorInfo {
-                name: name.clone(),
-                kind: profile.kind.to_string(),
-                model: profile.effective_model(),
-                default: default.as_deref() == Some(name.as_str()),
             };
             registry.insert(info, editor);
         }
