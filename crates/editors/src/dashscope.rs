@@ -11,7 +11,6 @@ use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tracing::Instrument;
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
@@ -23,7 +22,6 @@ use crate::http_common::{
 /// Client of DashScope's multimodal generation endpoint for one model.
 #[derive(Debug)]
 pub struct DashscopeEditor {
-    name: String,
     endpoint: Url,
     model: String,
     seed: Option<i64>,
@@ -39,7 +37,6 @@ impl DashscopeEditor {
         profile.check_settings_apply(name)?;
         check_seed(name, profile)?;
         Ok(Self {
-            name: name.to_owned(),
             endpoint: endpoint(
                 name,
                 profile,
@@ -92,26 +89,18 @@ impl DashscopeEditor {
 #[async_trait]
 impl Editor for DashscopeEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
-        let span = tracing::info_span!(
-            "editor.edit",
-            editor = %self.name,
-            kind = "dashscope",
-            model = %self.model,
-            turn = request.turn,
-        );
-        async {
-            let _permit = self.caller.acquire().await;
-            let body = self.body(request.source, request.instruction).await?;
-            let answer = self
-                .caller
-                .post_json(&self.endpoint, &self.credential, &body)
-                .await?;
-            // Signed and short-lived: fetched now, under the same permit.
-            let url = result_url(&answer)?;
-            self.caller.download(&url).await
-        }
-        .instrument(span)
-        .await
+        self.caller
+            .run_edit(Some(&self.model), request.turn, async {
+                let body = self.body(request.source, request.instruction).await?;
+                let answer = self
+                    .caller
+                    .post_json(&self.endpoint, &self.credential, &body)
+                    .await?;
+                // Signed and short-lived: fetched now, under the same permit.
+                let url = result_url(&answer)?;
+                self.caller.download(&url).await
+            })
+            .await
     }
 }
 

@@ -10,7 +10,6 @@ use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::HeaderName;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tracing::Instrument;
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
@@ -34,7 +33,6 @@ const REFUSAL_REASONS: [&str; 6] = [
 /// Client of the Gemini `generateContent` endpoint for one image model.
 #[derive(Debug)]
 pub struct GeminiEditor {
-    name: String,
     endpoint: Url,
     model: String,
     seed: Option<i64>,
@@ -55,7 +53,6 @@ impl GeminiEditor {
         }
         let model = model_name(name, &profile)?;
         Ok(Self {
-            name: name.to_owned(),
             endpoint: endpoint(
                 name,
                 &profile,
@@ -101,25 +98,17 @@ impl GeminiEditor {
 #[async_trait]
 impl Editor for GeminiEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
-        let span = tracing::info_span!(
-            "editor.edit",
-            editor = %self.name,
-            kind = "gemini",
-            model = %self.model,
-            turn = request.turn,
-        );
-        async {
-            let _permit = self.caller.acquire().await;
-            let body = self.body(request.source, request.instruction).await?;
-            let answer = self
-                .caller
-                .post_json(&self.endpoint, &self.credential, &body)
-                .await?;
-            let b64 = image_data(&answer)?;
-            off_thread(move || decode_base64_image(&b64, "inlineData")).await
-        }
-        .instrument(span)
-        .await
+        self.caller
+            .run_edit(Some(&self.model), request.turn, async {
+                let body = self.body(request.source, request.instruction).await?;
+                let answer = self
+                    .caller
+                    .post_json(&self.endpoint, &self.credential, &body)
+                    .await?;
+                let b64 = image_data(&answer)?;
+                off_thread(move || decode_base64_image(&b64, "inlineData")).await
+            })
+            .await
     }
 }
 

@@ -102,6 +102,30 @@ pub struct HttpCaller {
 }
 
 impl HttpCaller {
+    /// Runs one `Editor::edit` call: inside an `editor.edit` span (editor,
+    /// kind, model, turn) that each attempt's `editor.request` span nests
+    /// in, holding an in-flight slot for the whole call, retries included.
+    pub async fn run_edit<T>(
+        &self,
+        model: Option<&str>,
+        turn: u32,
+        call: impl std::future::Future<Output = Result<T, EditorError>>,
+    ) -> Result<T, EditorError> {
+        let span = tracing::info_span!(
+            "editor.edit",
+            editor = %self.editor,
+            kind = %self.kind,
+            model = model.unwrap_or_default(),
+            turn,
+        );
+        async {
+            let _permit = self.acquire().await;
+            call.await
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Builds the client, retry policy and in-flight limit from the common
     /// settings of `profile`, validating them.
     pub fn from_profile(name: &str, profile: &EditorProfile) -> Result<Self, EditorConfigError> {

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Map, Value};
-use tracing::Instrument;
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
@@ -25,7 +24,6 @@ const RESERVED_FIELDS: [&str; 2] = ["image", "prompt"];
 /// Client of a self-hosted `/edit` server (or a pool of them).
 #[derive(Debug)]
 pub struct HttpEditor {
-    name: String,
     /// `{url}/edit` for each configured URL.
     endpoints: Vec<Url>,
     /// Round-robin position: each call starts at the next endpoint.
@@ -59,7 +57,6 @@ impl HttpEditor {
             ));
         }
         Ok(Self {
-            name: name.to_owned(),
             endpoints,
             next: AtomicUsize::new(0),
             params: profile.params.clone(),
@@ -97,42 +94,36 @@ impl HttpEditor {
 #[async_trait]
 impl Editor for HttpEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
-        let span = tracing::info_span!(
-            "editor.edit",
-            editor = %self.name,
-            kind = "http",
-            turn = request.turn,
-        );
-        async {
-            let _permit = self.caller.acquire().await;
-            let body = self
-                .request_body(request.source.clone(), request.instruction)
-                .await?;
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            let reply = self
-                .caller
-                .send(|attempt| {
-                    // A server that did not answer is skipped: the next
-                    // attempt goes to the next URL of the pool.
-                    let i = (start + attempt.connection_failures as usize) % self.endpoints.len();
-                    let mut builder = self
-                        .caller
-                        .client()
-                        .post(self.endpoints[i].clone())
-                        .header(CONTENT_TYPE, "application/json")
-                        .body(body.clone());
-                    if let Some(key) = &self.api_key {
-                        builder = builder.bearer_auth(key);
-                    }
-                    Ok(builder)
-                })
-                .await?;
-            tokio::task::spawn_blocking(move || decode_answer(&reply.body))
-                .await
-                .map_err(|e| EditorError::Invalid(format!("decoding the answer failed: {e}")))?
-        }
-        .instrument(span)
-        .await
+        self.caller
+            .run_edit(None, request.turn, async {
+                let body = self
+                    .request_body(request.source.clone(), request.instruction)
+                    .await?;
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                let reply = self
+                    .caller
+                    .send(|attempt| {
+                        // A server that did not answer is skipped: the next
+                        // attempt goes to the next URL of the pool.
+                        let i =
+                            (start + attempt.connection_failures as usize) % self.endpoints.len();
+                        let mut builder = self
+                            .caller
+                            .client()
+                            .post(self.endpoints[i].clone())
+                            .header(CONTENT_TYPE, "application/json")
+                            .body(body.clone());
+                        if let Some(key) = &self.api_key {
+                            builder = builder.bearer_auth(key);
+                        }
+                        Ok(builder)
+                    })
+                    .await?;
+                tokio::task::spawn_blocking(move || decode_answer(&reply.body))
+                    .await
+                    .map_err(|e| EditorError::Invalid(format!("decoding the answer failed: {e}")))?
+            })
+            .await
     }
 }
 

@@ -11,7 +11,6 @@ use reqwest::header::AUTHORIZATION;
 use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tracing::Instrument;
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
@@ -23,7 +22,6 @@ use crate::http_common::{
 /// Client of the OpenAI image edits endpoint (or a compatible server).
 #[derive(Debug)]
 pub struct OpenAiEditor {
-    name: String,
     endpoint: Url,
     model: String,
     /// The optional form fields that are configured, in a fixed order.
@@ -57,7 +55,6 @@ impl OpenAiEditor {
             }
         }
         Ok(Self {
-            name: name.to_owned(),
             endpoint: endpoint(name, profile, "/images/edits")?,
             model: model_name(name, profile)?,
             extras,
@@ -96,37 +93,29 @@ impl OpenAiEditor {
 #[async_trait]
 impl Editor for OpenAiEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
-        let span = tracing::info_span!(
-            "editor.edit",
-            editor = %self.name,
-            kind = "openai",
-            model = %self.model,
-            turn = request.turn,
-        );
-        async {
-            let _permit = self.caller.acquire().await;
-            // The source size is kept: the API picks its output size itself.
-            let png = source_png(request.source, 1).await?;
-            let reply = self
-                .caller
-                .send(|_| {
-                    Ok(self
-                        .caller
-                        .client()
-                        .post(self.endpoint.clone())
-                        .header(self.credential.name(), self.credential.value().clone())
-                        .multipart(self.form(&png, request.instruction)?))
-                })
-                .await?;
-            match result(&parse_json(&reply.body)?, &reply.body)? {
-                Delivered::Base64(b64) => {
-                    off_thread(move || decode_base64_image(&b64, "b64_json")).await
+        self.caller
+            .run_edit(Some(&self.model), request.turn, async {
+                // The source size is kept: the API picks its output size itself.
+                let png = source_png(request.source, 1).await?;
+                let reply = self
+                    .caller
+                    .send(|_| {
+                        Ok(self
+                            .caller
+                            .client()
+                            .post(self.endpoint.clone())
+                            .header(self.credential.name(), self.credential.value().clone())
+                            .multipart(self.form(&png, request.instruction)?))
+                    })
+                    .await?;
+                match result(&parse_json(&reply.body)?, &reply.body)? {
+                    Delivered::Base64(b64) => {
+                        off_thread(move || decode_base64_image(&b64, "b64_json")).await
+                    }
+                    Delivered::Url(url) => self.caller.download(&url).await,
                 }
-                Delivered::Url(url) => self.caller.download(&url).await,
-            }
-        }
-        .instrument(span)
-        .await
+            })
+            .await
     }
 }
 
