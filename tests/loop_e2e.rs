@@ -285,6 +285,25 @@ async fn refusals(backend: Backend) {
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert_eq!(job["result"]["turn"], 1);
     assert_eq!(job["turns"].as_array().unwrap().len(), 1);
+    // The refusal that ended the loop is visible in the job and its events.
+    assert_eq!(job["refusal"]["turn"], 2, "{job:#}");
+    assert_eq!(job["refusal"]["instruction"], "a refined but refused edit");
+    assert!(
+        job["refusal"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("moderation"),
+        "{job:#}"
+    );
+    let events = read_sse(
+        &service.url(&format!("/v1/jobs/{}/events", job["id"].as_str().unwrap())),
+        None,
+        LIMIT,
+    )
+    .await;
+    let succeeded = events.last().unwrap();
+    assert_eq!(succeeded.event, "job.succeeded");
+    assert_eq!(succeeded.data["refusal"], job["refusal"], "{succeeded:?}");
 }
 
 async fn transient_editor_failures_are_retried(backend: Backend) {

@@ -36,7 +36,7 @@ pub struct EventsQuery {
     params(("id" = Uuid, Path, description = "Job id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses(
-        (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; the stream ends after the terminal event", content_type = "text/event-stream"),
+        (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
         (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn job_events(
     State(state): State<AppState>,
@@ -68,6 +68,7 @@ pub async fn job_events(
             last: after,
             notices,
             pending: Vec::new(),
+            live: Default::default(),
             done: false,
         },
         Cursor::next_event,
@@ -81,12 +82,19 @@ struct Cursor {
     last: i64,
     notices: tokio::sync::broadcast::Receiver<Notice>,
     pending: Vec<EventRow>,
+    /// Live events (no id) waiting to be sent, oldest first.
+    live: std::collections::VecDeque<Event>,
     done: bool,
 }
 
 impl Cursor {
     async fn next_event(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
+            if let Some(event) = self.live.pop_front() {
+                if !self.done {
+                    return Some((Ok(event), self));
+                }
+            }
             if let Some(row) = self.pending.pop() {
                 // Drop duplicates: ids only ever increase.
                 if row.id <= self.last {
@@ -131,6 +139,12 @@ impl Cursor {
                             return;
                         }
                     }
+                    Ok(Notice::Live { job_id, kind, data }) => {
+                        if job_id == self.job {
+                            self.live.push_back(live_sse(job_id, &kind, data));
+                            return;
+                        }
+                    }
                     Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => return,
                     Err(RecvError::Closed) => {
                         // No more notices; rely on the timer.
@@ -148,6 +162,15 @@ fn is_terminal(kind: &str) -> bool {
         kind,
         event_type::JOB_SUCCEEDED | event_type::JOB_FAILED | event_type::JOB_CANCELED
     )
+}
+
+/// A live event (`turn.thinking`): no `id:`, so it never moves a client's
+/// `Last-Event-ID`.
+fn live_sse(job_id: Uuid, kind: &str, mut data: serde_json::Value) -> Event {
+    if let Some(map) = data.as_object_mut() {
+        map.insert("job_id".into(), job_id.to_string().into());
+    }
+    Event::default().event(kind).data(data.to_string())
 }
 
 /// The event as sent: the stored data plus the job id and image URLs.

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use editthinker_core::{CritiqueRecord, JobOptions};
 use editthinker_store::{JobRow, JobStatus, TurnRow};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -28,6 +28,10 @@ pub struct Job {
     pub result: Option<JobResult>,
     /// Why the job failed (or, while queued again, its last transient error).
     pub error: Option<JobErrorView>,
+    /// Set when the editor refused a refined instruction (moderation,
+    /// safety): the loop stopped there and the result was selected among
+    /// the earlier turns.
+    pub refusal: Option<RefusalView>,
     /// Claims so far.
     pub attempt: u32,
     /// Client metadata, as given.
@@ -88,8 +92,22 @@ pub struct Turn {
     pub image_url: String,
     /// Editor wall time in milliseconds.
     pub editor_ms: u64,
+    /// The asynchronous provider's id for this edit (bfl, fal, replicate),
+    /// for support requests to the provider.
+    pub provider_request_id: Option<String>,
     /// The thinker's critique, once made.
     pub critique: Option<CritiqueView>,
+}
+
+/// A refined instruction the editor refused, which ended the loop.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RefusalView {
+    /// The turn that would have been made (it has no image).
+    pub turn: u32,
+    /// The refused instruction.
+    pub instruction: String,
+    /// The provider's reason.
+    pub reason: String,
 }
 
 /// The thinker's verdict on a turn.
@@ -198,6 +216,7 @@ impl Turn {
             instruction: row.instruction.clone(),
             image_url: turn_image_url(row.job_id, row.index),
             editor_ms: row.editor_ms,
+            provider_request_id: row.provider_request_id.clone(),
             critique,
         }
     }
@@ -232,6 +251,10 @@ impl Job {
             turns: turns.iter().map(Turn::from_row).collect(),
             result: result_of(row),
             error: error_of(row),
+            refusal: row
+                .refusal
+                .clone()
+                .and_then(|v| serde_json::from_value(v).ok()),
             attempt: row.attempt,
             metadata: row.metadata.clone(),
             created_at: row.created_at,

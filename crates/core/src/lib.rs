@@ -18,7 +18,11 @@ pub use imaging::{Image, ImageError, ImageFormat};
 pub use options::{JobOptions, OptionsError, Selection, StopThresholds};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
-pub use run::{run_loop, select_turn, LoopConfig, LoopError, LoopOutcome, TurnRecord};
+pub use run::{
+    run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopOutcome, PendingEdit, Progress,
+    TurnRecord,
+};
 pub use traits::{
-    CritiqueRequest, EditRequest, Editor, EditorError, Thinker, ThinkerError, TurnObserver,
+    CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, NoCheckpoint, NoThinking,
+    ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
 };

@@ -7,7 +7,8 @@ use crate::imaging::Image;
 use crate::options::{JobOptions, Selection, StopThresholds};
 use crate::parse::Protocol;
 use crate::traits::{
-    CritiqueRequest, EditRequest, Editor, EditorError, Thinker, ThinkerError, TurnObserver,
+    CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, ProviderRequest, Thinker,
+    ThinkerError, ThinkingSink, TurnObserver,
 };
 
 /// Loop settings that are not per job.
@@ -38,6 +39,48 @@ pub struct TurnRecord {
     pub critique: Option<CritiqueRecord>,
 }
 
+/// An edit submitted to an asynchronous provider whose result was not yet
+/// recorded as a turn when the job stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEdit {
+    /// The turn it is for.
+    pub turn: u32,
+    /// The instruction it was submitted with.
+    pub instruction: String,
+    /// The provider's handle.
+    pub request: ProviderRequest,
+}
+
+/// What a job already did before this run: its recorded turns and the edit
+/// that was in flight, if any.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Progress {
+    /// Recorded turns, in order.
+    pub turns: Vec<TurnRecord>,
+    /// An asynchronous edit submitted but not recorded as a turn.
+    pub pending_edit: Option<PendingEdit>,
+}
+
+impl From<Vec<TurnRecord>> for Progress {
+    fn from(turns: Vec<TurnRecord>) -> Self {
+        Self {
+            turns,
+            pending_edit: None,
+        }
+    }
+}
+
+/// The editor refused a refined instruction, which ended the loop early.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditRefusal {
+    /// The turn that was refused (never recorded).
+    pub turn: u32,
+    /// The refused instruction.
+    pub instruction: String,
+    /// The provider's reason.
+    pub reason: String,
+}
+
 /// How a loop ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoopOutcome {
@@ -46,7 +89,7 @@ pub struct LoopOutcome {
     /// The selected turn's number.
     pub selected: u32,
     /// Set when the editor refused a refined instruction, which ended the loop.
-    pub refusal: Option<String>,
+    pub refusal: Option<EditRefusal>,
 }
 
 /// Why a loop could not finish.
@@ -129,16 +172,25 @@ pub async fn run_loop(
     instruction: &str,
     options: &JobOptions,
     config: &LoopConfig,
-    prior: Vec<TurnRecord>,
+    prior: Progress,
     editor: &dyn Editor,
     thinker: &dyn Thinker,
     observer: &dyn TurnObserver,
 ) -> Result<LoopOutcome, LoopError> {
-    let mut turns = prior;
+    let Progress {
+        mut turns,
+        pending_edit,
+    } = prior;
+    let edits = Edits {
+        source,
+        editor,
+        observer,
+        pending: pending_edit,
+    };
     let max_turns = options.max_turns.max(1);
     if turns.is_empty() {
         // The first edit uses the user's words unchanged.
-        let turn = edit(source, instruction, 1, editor, observer).await?;
+        let turn = edits.edit(instruction, 1).await?;
         turns.push(turn);
     }
     let mut refusal = None;
@@ -149,7 +201,16 @@ pub async fn run_loop(
             if is_final_turn && options.selection == Selection::Last {
                 break; // The paper never critiques the last image.
             }
-            let record = critique(source, instruction, last, options, config, thinker).await?;
+            let record = critique(
+                source,
+                instruction,
+                last,
+                options,
+                config,
+                thinker,
+                observer,
+            )
+            .await?;
             observer
                 .turn_critiqued(last.index, &record)
                 .await
@@ -168,14 +229,18 @@ pub async fn run_loop(
                 c.refined_instruction.trim().to_string()
             });
         let next_index = last.index + 1;
-        match edit(source, &next_instruction, next_index, editor, observer).await {
+        match edits.edit(&next_instruction, next_index).await {
             Ok(turn) => turns.push(turn),
             Err(LoopError::Editor {
                 error: EditorError::Refused(reason),
                 ..
             }) => {
                 // A refused refinement ends the loop; earlier turns still count.
-                refusal = Some(reason);
+                refusal = Some(EditRefusal {
+                    turn: next_index,
+                    instruction: next_instruction,
+                    reason,
+                });
                 break;
             }
             Err(e) => return Err(e),
@@ -189,40 +254,90 @@ pub async fn run_loop(
     })
 }
 
-async fn edit(
-    source: &Image,
-    instruction: &str,
-    index: u32,
-    editor: &dyn Editor,
-    observer: &dyn TurnObserver,
-) -> Result<TurnRecord, LoopError> {
-    let started = Instant::now();
-    let output = editor
-        .edit(EditRequest {
-            source,
+/// What every edit of one run shares.
+struct Edits<'a> {
+    source: &'a Image,
+    editor: &'a dyn Editor,
+    observer: &'a dyn TurnObserver,
+    pending: Option<PendingEdit>,
+}
+
+impl Edits<'_> {
+    async fn edit(&self, instruction: &str, index: u32) -> Result<TurnRecord, LoopError> {
+        let started = Instant::now();
+        // Only the very edit that was in flight resumes its provider request.
+        let resume = self
+            .pending
+            .as_ref()
+            .filter(|p| p.turn == index && p.instruction == instruction)
+            .map(|p| &p.request);
+        let checkpoint = TurnCheckpoint {
+            observer: self.observer,
+            turn: index,
             instruction,
-            turn: index,
-        })
-        .await
-        .map_err(|error| LoopError::Editor { turn: index, error })?;
-    let image = output
-        .resized_to(source.width, source.height)
-        .map_err(|e| LoopError::BadEditorImage {
-            turn: index,
-            message: e.to_string(),
-        })?;
-    let turn = TurnRecord {
-        index,
-        instruction: instruction.to_string(),
-        image,
-        editor_ms: elapsed_ms(started),
-        critique: None,
-    };
-    observer
-        .turn_edited(&turn)
-        .await
-        .map_err(LoopError::Persist)?;
-    Ok(turn)
+        };
+        let output = self
+            .editor
+            .edit(EditRequest {
+                source: self.source,
+                instruction,
+                turn: index,
+                resume,
+                checkpoint: &checkpoint,
+            })
+            .await
+            .map_err(|error| LoopError::Editor { turn: index, error })?;
+        let image = output
+            .resized_to(self.source.width, self.source.height)
+            .map_err(|e| LoopError::BadEditorImage {
+                turn: index,
+                message: e.to_string(),
+            })?;
+        let turn = TurnRecord {
+            index,
+            instruction: instruction.to_string(),
+            image,
+            editor_ms: elapsed_ms(started),
+            critique: None,
+        };
+        self.observer
+            .turn_edited(&turn)
+            .await
+            .map_err(LoopError::Persist)?;
+        Ok(turn)
+    }
+}
+
+/// Forwards an editor's provider request to the observer with its turn.
+struct TurnCheckpoint<'a> {
+    observer: &'a dyn TurnObserver,
+    turn: u32,
+    instruction: &'a str,
+}
+
+#[async_trait::async_trait]
+impl EditCheckpoint for TurnCheckpoint<'_> {
+    async fn submitted(&self, request: &ProviderRequest) -> Result<(), EditorError> {
+        self.observer
+            .edit_submitted(self.turn, self.instruction, request)
+            .await
+            // Not the provider's fault: a requeue lets a fresh run resume it.
+            .map_err(|e| {
+                EditorError::Transient(format!("could not record the provider request: {e}"))
+            })
+    }
+}
+
+/// Forwards a thinker's live text to the observer with its turn.
+struct TurnThinking<'a> {
+    observer: &'a dyn TurnObserver,
+    turn: u32,
+}
+
+impl ThinkingSink for TurnThinking<'_> {
+    fn delta(&self, text: &str) {
+        self.observer.thinking(self.turn, text);
+    }
 }
 
 async fn critique(
@@ -232,8 +347,13 @@ async fn critique(
     options: &JobOptions,
     config: &LoopConfig,
     thinker: &dyn Thinker,
+    observer: &dyn TurnObserver,
 ) -> Result<CritiqueRecord, LoopError> {
     let started = Instant::now();
+    let thinking = TurnThinking {
+        observer,
+        turn: turn.index,
+    };
     let protocol: Protocol = thinker.protocol();
     let attempts = config.parse_attempts.max(1);
     let mut raw_output = String::new();
@@ -246,6 +366,7 @@ async fn critique(
                 original_instruction: original,
                 previous_instruction: &turn.instruction,
                 turn: turn.index,
+                thinking: &thinking,
             })
             .await
             .map_err(|error| LoopError::Thinker {
@@ -690,7 +811,7 @@ mod tests {
                 "T0",
                 &c.options,
                 &LoopConfig::default(),
-                c.prior,
+                c.prior.into(),
                 &editor,
                 &thinker,
                 &recorder,
@@ -761,7 +882,7 @@ mod tests {
             "T0",
             &JobOptions::default(),
             &LoopConfig::default(),
-            vec![],
+            Progress::default(),
             &editor,
             &thinker,
             &Recorder::default(),
@@ -793,7 +914,7 @@ mod tests {
             "T0",
             &opts(1, Selection::Last),
             &LoopConfig::default(),
-            vec![],
+            Progress::default(),
             &editor,
             &thinker,
             &Recorder::default(),
@@ -802,6 +923,163 @@ mod tests {
         assert_eq!(
             (outcome.turns[0].image.width, outcome.turns[0].image.height),
             (64, 48)
+        );
+    }
+
+    /// An asynchronous editor double: checkpoints a provider request for
+    /// every new submission and records what it was asked to resume.
+    #[derive(Default)]
+    struct AsyncEditor {
+        resumed: Mutex<Vec<(u32, Option<String>)>>,
+    }
+
+    #[async_trait]
+    impl Editor for AsyncEditor {
+        async fn edit(&self, r: EditRequest<'_>) -> Result<Image, EditorError> {
+            self.resumed
+                .lock()
+                .unwrap()
+                .push((r.turn, r.resume.map(|p| p.id.clone())));
+            if r.resume.is_none() {
+                r.checkpoint
+                    .submitted(&ProviderRequest {
+                        id: format!("req-{}", r.turn),
+                        data: serde_json::json!({"polling_url": "u"}),
+                    })
+                    .await?;
+            }
+            Ok(solid(64, 48, r.turn as u8 * 10))
+        }
+    }
+
+    /// Records checkpoints and live thinking.
+    #[derive(Default)]
+    struct CheckpointRecorder {
+        submitted: Mutex<Vec<(u32, String, String)>>,
+        thinking: Mutex<Vec<(u32, String)>>,
+        fail_submissions: bool,
+    }
+
+    #[async_trait]
+    impl TurnObserver for CheckpointRecorder {
+        async fn turn_edited(&self, _: &TurnRecord) -> Result<(), String> {
+            Ok(())
+        }
+        async fn turn_critiqued(&self, _: u32, _: &CritiqueRecord) -> Result<(), String> {
+            Ok(())
+        }
+        async fn edit_submitted(
+            &self,
+            turn: u32,
+            instruction: &str,
+            request: &ProviderRequest,
+        ) -> Result<(), String> {
+            if self.fail_submissions {
+                return Err("lease lost".into());
+            }
+            self.submitted
+                .lock()
+                .unwrap()
+                .push((turn, instruction.into(), request.id.clone()));
+            Ok(())
+        }
+        fn thinking(&self, turn: u32, delta: &str) {
+            self.thinking.lock().unwrap().push((turn, delta.into()));
+        }
+    }
+
+    /// A thinker that streams its answer in two pieces.
+    struct StreamingThinker;
+
+    #[async_trait]
+    impl Thinker for StreamingThinker {
+        fn protocol(&self) -> Protocol {
+            Protocol::Editthinker
+        }
+        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+            let answer = said(3.0, 3.0, &format!("R{}", r.turn));
+            let (a, b) = answer.split_at(10);
+            r.thinking.delta(a);
+            r.thinking.delta(b);
+            Ok(answer)
+        }
+    }
+
+    #[test]
+    fn provider_requests_are_checkpointed_and_resumed_only_for_the_same_edit() {
+        let pending = |instruction: &str| PendingEdit {
+            turn: 2,
+            instruction: instruction.into(),
+            request: ProviderRequest {
+                id: "req-old".into(),
+                data: serde_json::Value::Null,
+            },
+        };
+        for (pending_instruction, expect_resume) in [("R1", true), ("something else", false)] {
+            let editor = AsyncEditor::default();
+            let observer = CheckpointRecorder::default();
+            let prior = Progress {
+                turns: vec![prior_turn(1, "T0", Some(said(4.0, 4.0, "R1")))],
+                pending_edit: Some(pending(pending_instruction)),
+            };
+            block_on(run_loop(
+                &solid(64, 48, 0),
+                "T0",
+                &opts(3, Selection::Last),
+                &LoopConfig::default(),
+                prior,
+                &editor,
+                &StreamingThinker,
+                &observer,
+            ))
+            .unwrap();
+            let resumed = editor.resumed.lock().unwrap().clone();
+            let submitted = observer.submitted.lock().unwrap().clone();
+            if expect_resume {
+                assert_eq!(resumed, vec![(2, Some("req-old".into())), (3, None)]);
+                assert_eq!(submitted, vec![(3, "R2".into(), "req-3".into())]);
+            } else {
+                assert_eq!(resumed, vec![(2, None), (3, None)]);
+                assert_eq!(
+                    submitted,
+                    vec![
+                        (2, "R1".into(), "req-2".into()),
+                        (3, "R2".into(), "req-3".into())
+                    ]
+                );
+            }
+            // Live thinking is forwarded with the turn being critiqued.
+            let thinking = observer.thinking.lock().unwrap().clone();
+            let turn2: String = thinking
+                .iter()
+                .filter(|(t, _)| *t == 2)
+                .map(|(_, d)| d.as_str())
+                .collect();
+            assert_eq!(turn2, said(3.0, 3.0, "R2"));
+            assert!(thinking.iter().all(|(t, _)| *t == 2));
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_that_cannot_be_recorded_stops_the_edit() {
+        let observer = CheckpointRecorder {
+            fail_submissions: true,
+            ..CheckpointRecorder::default()
+        };
+        let err = block_on(run_loop(
+            &solid(64, 48, 0),
+            "T0",
+            &opts(1, Selection::Last),
+            &LoopConfig::default(),
+            Progress::default(),
+            &AsyncEditor::default(),
+            &StreamingThinker,
+            &observer,
+        ))
+        .unwrap_err();
+        assert!(
+            matches!(&err, LoopError::Editor { turn: 1, error: EditorError::Transient(m) } if m.contains("lease lost")),
+            "{err:?}"
         );
     }
 

@@ -1,6 +1,9 @@
 //! The seams of the loop: editors, thinkers and the observer that persists turns.
 
+use std::fmt;
+
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::critique::CritiqueRecord;
 use crate::imaging::Image;
@@ -8,7 +11,7 @@ use crate::parse::Protocol;
 use crate::run::TurnRecord;
 
 /// One edit: always of the job's source image.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct EditRequest<'a> {
     /// The job's source image (never a previous output).
     pub source: &'a Image,
@@ -16,6 +19,56 @@ pub struct EditRequest<'a> {
     pub instruction: &'a str,
     /// Turn number, from 1.
     pub turn: u32,
+    /// A request this same edit (turn and instruction) already submitted to
+    /// an asynchronous provider before a crash: poll it instead of
+    /// submitting (and paying for) a new one.
+    pub resume: Option<&'a ProviderRequest>,
+    /// Where an asynchronous editor records its provider request, durably,
+    /// before it starts waiting for the result.
+    pub checkpoint: &'a dyn EditCheckpoint,
+}
+
+impl fmt::Debug for EditRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EditRequest")
+            .field("instruction", &self.instruction)
+            .field("turn", &self.turn)
+            .field("resume", &self.resume)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A request accepted by an asynchronous provider (bfl, fal, replicate):
+/// enough to find its result again after a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderRequest {
+    /// The provider's request or prediction id.
+    pub id: String,
+    /// Provider-specific handles to poll it (polling, status and result
+    /// URLs, exactly as the provider returned them).
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// Durable record of provider requests, implemented by the worker.
+#[async_trait]
+pub trait EditCheckpoint: Send + Sync {
+    /// `request` was accepted by the provider for this edit. Must be
+    /// durable before it returns; an error means the worker can no longer
+    /// record progress (e.g. its lease is gone) and the edit should stop.
+    async fn submitted(&self, request: &ProviderRequest) -> Result<(), EditorError>;
+}
+
+/// A checkpoint that keeps nothing: for synchronous editors, tests and
+/// one-off calls outside the worker.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCheckpoint;
+
+#[async_trait]
+impl EditCheckpoint for NoCheckpoint {
+    async fn submitted(&self, _: &ProviderRequest) -> Result<(), EditorError> {
+        Ok(())
+    }
 }
 
 /// Why an editor call failed; the worker acts on the class (DESIGN.md §6).
@@ -43,7 +96,7 @@ pub trait Editor: Send + Sync {
 }
 
 /// One critique: the source and the previous edit, with both instructions.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct CritiqueRequest<'a> {
     /// The job's source image.
     pub source: &'a Image,
@@ -55,6 +108,34 @@ pub struct CritiqueRequest<'a> {
     pub previous_instruction: &'a str,
     /// Number of the turn being critiqued, from 1.
     pub turn: u32,
+    /// Receives the answer's text as it is generated (live reasoning);
+    /// thinkers that cannot stream may never call it.
+    pub thinking: &'a dyn ThinkingSink,
+}
+
+impl fmt::Debug for CritiqueRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CritiqueRequest")
+            .field("original_instruction", &self.original_instruction)
+            .field("previous_instruction", &self.previous_instruction)
+            .field("turn", &self.turn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Receives a thinker's output while it is generated. Must not block: it is
+/// called from the generation path for every chunk.
+pub trait ThinkingSink: Send + Sync {
+    /// The next piece of generated text.
+    fn delta(&self, text: &str);
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoThinking;
+
+impl ThinkingSink for NoThinking {
+    fn delta(&self, _: &str) {}
 }
 
 /// Why a thinker call failed.
@@ -88,4 +169,20 @@ pub trait TurnObserver: Send + Sync {
     async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String>;
     /// `turn`'s critique is known.
     async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String>;
+    /// The editor accepted `request` for turn `turn` with `instruction`;
+    /// must be durable before it returns (see [`EditCheckpoint`]).
+    async fn edit_submitted(
+        &self,
+        turn: u32,
+        instruction: &str,
+        request: &ProviderRequest,
+    ) -> Result<(), String> {
+        let _ = (turn, instruction, request);
+        Ok(())
+    }
+    /// Live text of the thinker while it critiques `turn` (not persisted;
+    /// must not block).
+    fn thinking(&self, turn: u32, delta: &str) {
+        let _ = (turn, delta);
+    }
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use editthinker_core::{EditRequest, Editor, EditorError, Image};
+use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
 use editthinker_editors::{DashscopeEditor, EditorKind, EditorProfile};
 use serde_json::json;
 use support::{api_key, png_info, red_png, source, Answer, FakeProvider};
@@ -28,6 +28,8 @@ async fn edit(p: &EditorProfile, src: &Image, prompt: &str) -> Result<Image, Edi
             source: src,
             instruction: prompt,
             turn: 1,
+            resume: None,
+            checkpoint: &NoCheckpoint,
         })
         .await
 }

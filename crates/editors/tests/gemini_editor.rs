@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use editthinker_core::{EditRequest, Editor, EditorError, Image};
+use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
 use editthinker_editors::{EditorKind, EditorProfile, GeminiEditor};
 use serde_json::{json, Value};
 use support::{api_key, b64, png_info, red_png, source, Answer, FakeProvider};
@@ -27,6 +27,8 @@ async fn edit(p: &EditorProfile, src: &Image, prompt: &str) -> Result<Image, Edi
             source: src,
             instruction: prompt,
             turn: 1,
+            resume: None,
+            checkpoint: &NoCheckpoint,
         })
         .await
 }

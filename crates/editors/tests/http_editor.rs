@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use editthinker_core::{EditRequest, Editor, EditorError, Image};
+use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
 use editthinker_editors::{EditorKind, EditorProfile, HttpEditor};
 use serde_json::json;
 use support::{dead_url, source, FakeEditor, Reply};
@@ -33,6 +33,8 @@ async fn edit(editor: &HttpEditor, src: &Image, prompt: &str) -> Result<Image, E
             source: src,
             instruction: prompt,
             turn: 1,
+            resume: None,
+            checkpoint: &NoCheckpoint,
         })
         .await
 }

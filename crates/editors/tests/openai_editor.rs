@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart};
 use axum::http::Request;
-use editthinker_core::{EditRequest, Editor, EditorError, Image};
+use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
 use editthinker_editors::{EditorKind, EditorProfile, OpenAiEditor};
 use serde_json::json;
 use support::{api_key, b64, image_info, red_png, source, Answer, FakeProvider, RawRequest};
@@ -29,6 +29,8 @@ async fn edit(p: &EditorProfile, src: &Image, prompt: &str) -> Result<Image, Edi
             source: src,
             instruction: prompt,
             turn: 1,
+            resume: None,
+            checkpoint: &NoCheckpoint,
         })
         .await
 }

@@ -4,7 +4,7 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use editthinker_core::EditRequest;
+use editthinker_core::{EditRequest, NoCheckpoint};
 use editthinker_editors::{
     EditorConfigError, EditorInfo, EditorKind, EditorProfile, EditorRegistry,
 };
@@ -147,6 +147,8 @@ async fn editors_from_the_registry_call_their_server() {
             source: &src,
             instruction: "x",
             turn: 1,
+            resume: None,
+            checkpoint: &NoCheckpoint,
         })
         .await
         .unwrap();

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 pub use blobs::{BlobError, BlobStore};
 pub use model::*;
+pub use payload::MAX_LIVE_PAYLOAD;
 pub use postgres::{PgStore, CHANNEL as PG_NOTIFY_CHANNEL};
 pub use sqlite::SqliteStore;
 
@@ -55,6 +56,9 @@ pub enum StoreError {
     /// Stored data that does not decode (a bug or a manual edit).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A live event too large to deliver.
+    #[error("live event of {0} bytes is over the limit of {MAX_LIVE_PAYLOAD}")]
+    LiveTooLarge(usize),
 }
 
 /// Result alias for the store.
@@ -110,8 +114,22 @@ pub trait Store: Send + Sync + 'static {
         raw_output: &str,
         parse_error: Option<&str>,
     ) -> StoreResult<()>;
-    /// Marks the job succeeded with `result_turn` (`job.succeeded` event).
-    async fn complete(&self, lease: &Lease, result_turn: u32) -> StoreResult<()>;
+    /// Records the asynchronous edit in flight (`jobs.pending_edit`) so a
+    /// resumed job polls it instead of submitting again; cleared by the
+    /// next [`record_turn`](Self::record_turn).
+    async fn record_pending_edit(
+        &self,
+        lease: &Lease,
+        pending: &PendingEditRecord,
+    ) -> StoreResult<()>;
+    /// Marks the job succeeded with `result_turn` (`job.succeeded` event),
+    /// with the refusal that ended the loop early, if any.
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result_turn: u32,
+        refusal: Option<&RefusalRecord>,
+    ) -> StoreResult<()>;
     /// Marks the job failed for good (`job.failed` event).
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()>;
     /// A transient failure: back to queued with `run_at = now + delay` and
@@ -139,6 +157,15 @@ pub trait Store: Send + Sync + 'static {
     /// LISTEN connection; a [`Notice::Resync`] means notices may have been
     /// missed and subscribers should re-read from the table.
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// Sends a live, unstored event to every subscriber in every process
+    /// ([`Notice::Live`]); best effort, at most once. Payloads must stay
+    /// small (a few KB): Postgres carries them in a NOTIFY.
+    async fn publish_live(
+        &self,
+        job_id: Uuid,
+        kind: &str,
+        data: serde_json::Value,
+    ) -> StoreResult<()>;
 }
 
 /// Opens the store for `database_url` (`postgres://…` or `sqlite://…`),

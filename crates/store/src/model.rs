@@ -72,6 +72,8 @@ pub mod event_type {
     pub const JOB_FAILED: &str = "job.failed";
     /// Job canceled.
     pub const JOB_CANCELED: &str = "job.canceled";
+    /// Live reasoning text while a thinker generates (not stored, no id).
+    pub const TURN_THINKING: &str = "turn.thinking";
 }
 
 /// A job to insert.
@@ -142,6 +144,35 @@ pub struct JobRow {
     pub started_at: Option<DateTime<Utc>>,
     /// Reached a terminal status at.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The asynchronous edit in flight (a serialized [`PendingEditRecord`]),
+    /// recorded before the worker waits for it.
+    pub pending_edit: Option<serde_json::Value>,
+    /// Why the loop ended early: the editor refused a refined instruction
+    /// (a serialized [`RefusalRecord`]).
+    pub refusal: Option<serde_json::Value>,
+}
+
+/// An edit submitted to an asynchronous provider and not yet recorded as a
+/// turn (`jobs.pending_edit`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEditRecord {
+    /// The turn it is for.
+    pub turn: u32,
+    /// The instruction it was submitted with.
+    pub instruction: String,
+    /// The provider's handle: `{"id", "data"}`.
+    pub request: serde_json::Value,
+}
+
+/// The editor refused a refined instruction (`jobs.refusal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalRecord {
+    /// The refused turn (never recorded).
+    pub turn: u32,
+    /// The refused instruction.
+    pub instruction: String,
+    /// The provider's reason.
+    pub reason: String,
 }
 
 /// A worker's hold on a claimed job; every write is fenced on all three fields.
@@ -177,6 +208,8 @@ pub struct NewTurn {
     pub image_mime: String,
     /// Editor wall time.
     pub editor_ms: u64,
+    /// The asynchronous provider's id for this edit, if any.
+    pub provider_request_id: Option<String>,
 }
 
 /// A stored turn.
@@ -202,6 +235,8 @@ pub struct TurnRow {
     pub raw_output: Option<String>,
     /// Why the thinker output did not parse.
     pub parse_error: Option<String>,
+    /// The asynchronous provider's id for this edit, if any.
+    pub provider_request_id: Option<String>,
     /// Recorded at.
     pub created_at: DateTime<Utc>,
 }
@@ -235,4 +270,13 @@ pub enum Notice {
     },
     /// Notices may have been missed: re-read from the table.
     Resync,
+    /// A live, unstored event (e.g. `turn.thinking`), delivered at most once.
+    Live {
+        /// The job.
+        job_id: Uuid,
+        /// Its type.
+        kind: String,
+        /// Payload.
+        data: serde_json::Value,
+    },
 }

@@ -23,9 +23,14 @@ pub(crate) fn critiqued(turn: u32, critique: &Value, thinker_ms: u64) -> Value {
     json!({ "turn": turn, "critique": critique, "thinker_ms": thinker_ms })
 }
 
-/// `job.succeeded`.
-pub(crate) fn succeeded(result_turn: u32) -> Value {
-    json!({ "result_turn": result_turn })
+/// `job.succeeded`; `refusal` says the editor refused a refined
+/// instruction, which ended the loop early.
+pub(crate) fn succeeded(result_turn: u32, refusal: Option<&Value>) -> Value {
+    let mut data = json!({ "result_turn": result_turn });
+    if let Some(refusal) = refusal {
+        data["refusal"] = refusal.clone();
+    }
+    data
 }
 
 /// `job.failed`.
@@ -44,6 +49,32 @@ pub(crate) const LEASE_EXPIRED: &str = "lease_expired";
 /// The `pg_notify` payload: ids only, NOTIFY payloads are size-limited.
 pub(crate) fn notify_payload(job_id: uuid::Uuid, event_id: i64, kind: &str) -> String {
     format!("{job_id},{event_id},{kind}")
+}
+
+/// A record as the JSON stored in a column.
+pub(crate) fn to_json(record: &impl serde::Serialize) -> Value {
+    serde_json::to_value(record).expect("store records always serialise")
+}
+
+/// The NOTIFY channel for live, unstored events.
+pub(crate) const LIVE_CHANNEL: &str = "editthinker_live";
+
+/// Postgres refuses NOTIFY payloads of 8000 bytes or more.
+pub const MAX_LIVE_PAYLOAD: usize = 7900;
+
+/// The `pg_notify` payload of a live event: the whole event as JSON.
+pub(crate) fn live_payload(job_id: uuid::Uuid, kind: &str, data: &Value) -> String {
+    json!({ "job_id": job_id, "type": kind, "data": data }).to_string()
+}
+
+/// Parses [`live_payload`]'s output.
+pub(crate) fn parse_live_payload(payload: &str) -> Option<crate::Notice> {
+    let v: Value = serde_json::from_str(payload).ok()?;
+    Some(crate::Notice::Live {
+        job_id: v.get("job_id")?.as_str()?.parse().ok()?,
+        kind: v.get("type")?.as_str()?.to_owned(),
+        data: v.get("data")?.clone(),
+    })
 }
 
 /// Parses [`notify_payload`]'s output.
@@ -76,5 +107,21 @@ mod tests {
             })
         );
         assert_eq!(parse_notify_payload("garbage"), None);
+    }
+
+    #[test]
+    fn live_payload_round_trips() {
+        let id = uuid::Uuid::now_v7();
+        let data = json!({"turn": 2, "delta": "the cup, \"red\""});
+        let p = live_payload(id, "turn.thinking", &data);
+        assert_eq!(
+            parse_live_payload(&p),
+            Some(crate::Notice::Live {
+                job_id: id,
+                kind: "turn.thinking".into(),
+                data
+            })
+        );
+        assert_eq!(parse_live_payload("{}"), None);
     }
 }

@@ -14,8 +14,8 @@ use uuid::Uuid;
 
 use crate::model::event_type;
 use crate::{
-    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, Store,
-    StoreError, StoreResult, TurnRow,
+    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice,
+    PendingEditRecord, RefusalRecord, Store, StoreError, StoreResult, TurnRow,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -81,7 +81,9 @@ impl PgStore {
 
 async fn connect_listener(url: &str) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
-    listener.listen(CHANNEL).await?;
+    listener
+        .listen_all([CHANNEL, payload::LIVE_CHANNEL])
+        .await?;
     Ok(listener)
 }
 
@@ -105,7 +107,11 @@ async fn listen_loop(url: String, first: PgListener, notices: broadcast::Sender<
             continue;
         };
         match current.try_recv().await {
-            Ok(Some(n)) => match payload::parse_notify_payload(n.payload()) {
+            Ok(Some(n)) => match if n.channel() == payload::LIVE_CHANNEL {
+                payload::parse_live_payload(n.payload())
+            } else {
+                payload::parse_notify_payload(n.payload())
+            } {
                 Some(notice) => {
                     let _ = notices.send(notice);
                 }
@@ -168,6 +174,8 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
         created_at: row.try_get("created_at")?,
         started_at: row.try_get("started_at")?,
         finished_at: row.try_get("finished_at")?,
+        pending_edit: row.try_get("pending_edit")?,
+        refusal: row.try_get("refusal")?,
     })
 }
 
@@ -186,6 +194,7 @@ fn turn_from_row(row: &PgRow) -> StoreResult<TurnRow> {
             .transpose()?,
         raw_output: row.try_get("raw_output")?,
         parse_error: row.try_get("parse_error")?,
+        provider_request_id: row.try_get("provider_request_id")?,
         created_at: row.try_get("created_at")?,
     })
 }
@@ -492,11 +501,13 @@ impl Store for PgStore {
         // its critique.
         sqlx::query(
             "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
-             created_at) VALUES ($1, $2, $3, $4, $5, $6, now()) \
+             provider_request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
              ON CONFLICT (job_id, idx) DO UPDATE SET instruction = EXCLUDED.instruction, \
              image_key = EXCLUDED.image_key, image_mime = EXCLUDED.image_mime, \
              editor_ms = EXCLUDED.editor_ms, critique = NULL, thinker_ms = NULL, \
-             raw_output = NULL, parse_error = NULL, created_at = EXCLUDED.created_at",
+             raw_output = NULL, parse_error = NULL, \
+             provider_request_id = EXCLUDED.provider_request_id, \
+             created_at = EXCLUDED.created_at",
         )
         .bind(lease.job_id)
         .bind(i32::try_from(turn.index).map_err(|_| corrupt("turn index overflow"))?)
@@ -504,8 +515,14 @@ impl Store for PgStore {
         .bind(&turn.image_key)
         .bind(&turn.image_mime)
         .bind(i64::try_from(turn.editor_ms).unwrap_or(i64::MAX))
+        .bind(&turn.provider_request_id)
         .execute(&mut *tx)
         .await?;
+        // The edit in flight is now a recorded turn.
+        sqlx::query("UPDATE jobs SET pending_edit = NULL WHERE id = $1")
+            .bind(lease.job_id)
+            .execute(&mut *tx)
+            .await?;
         emit(
             &mut tx,
             lease.job_id,
@@ -558,24 +575,47 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn complete(&self, lease: &Lease, result_turn: u32) -> StoreResult<()> {
+    async fn record_pending_edit(
+        &self,
+        lease: &Lease,
+        pending: &PendingEditRecord,
+    ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
+        sqlx::query("UPDATE jobs SET pending_edit = $2 WHERE id = $1")
+            .bind(lease.job_id)
+            .bind(payload::to_json(pending))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result_turn: u32,
+        refusal: Option<&RefusalRecord>,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        let refusal = refusal.map(payload::to_json);
         // A success clears the last transient error a retry left behind.
         sqlx::query(
             "UPDATE jobs SET status = 'succeeded', result_turn = $2, finished_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL, error_code = NULL, \
-             error_message = NULL WHERE id = $1",
+             error_message = NULL, pending_edit = NULL, refusal = $3 WHERE id = $1",
         )
         .bind(lease.job_id)
         .bind(i32::try_from(result_turn).map_err(|_| corrupt("result turn overflow"))?)
+        .bind(&refusal)
         .execute(&mut *tx)
         .await?;
         emit(
             &mut tx,
             lease.job_id,
             event_type::JOB_SUCCEEDED,
-            payload::succeeded(result_turn),
+            payload::succeeded(result_turn, refusal.as_ref()),
         )
         .await?;
         tx.commit().await?;
@@ -706,5 +746,19 @@ impl Store for PgStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
+    }
+
+    async fn publish_live(&self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<()> {
+        let body = payload::live_payload(job_id, kind, &data);
+        if body.len() > payload::MAX_LIVE_PAYLOAD {
+            return Err(StoreError::LiveTooLarge(body.len()));
+        }
+        // Every process (this one included) hears it through its listener.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(payload::LIVE_CHANNEL)
+            .bind(body)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use crate::model::event_type;
 use crate::{
-    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, Store,
-    StoreError, StoreResult, TurnRow,
+    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice,
+    PendingEditRecord, RefusalRecord, Store, StoreError, StoreResult, TurnRow,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -291,6 +291,8 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
         created_at: time(row.try_get("created_at")?)?,
         started_at: opt_time(row, "started_at")?,
         finished_at: opt_time(row, "finished_at")?,
+        pending_edit: opt_json(row, "pending_edit")?,
+        refusal: opt_json(row, "refusal")?,
     })
 }
 
@@ -309,6 +311,7 @@ fn turn_from_row(row: &SqliteRow) -> StoreResult<TurnRow> {
             .transpose()?,
         raw_output: row.try_get("raw_output")?,
         parse_error: row.try_get("parse_error")?,
+        provider_request_id: row.try_get("provider_request_id")?,
         created_at: time(row.try_get("created_at")?)?,
     })
 }
@@ -524,11 +527,13 @@ impl Store for SqliteStore {
         // its critique.
         sqlx::query(
             "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
-             created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+             provider_request_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (job_id, idx) DO UPDATE SET instruction = excluded.instruction, \
              image_key = excluded.image_key, image_mime = excluded.image_mime, \
              editor_ms = excluded.editor_ms, critique = NULL, thinker_ms = NULL, \
-             raw_output = NULL, parse_error = NULL, created_at = excluded.created_at",
+             raw_output = NULL, parse_error = NULL, \
+             provider_request_id = excluded.provider_request_id, \
+             created_at = excluded.created_at",
         )
         .bind(lease.job_id.to_string())
         .bind(i64::from(turn.index))
@@ -536,9 +541,15 @@ impl Store for SqliteStore {
         .bind(&turn.image_key)
         .bind(&turn.image_mime)
         .bind(i64::try_from(turn.editor_ms).unwrap_or(i64::MAX))
+        .bind(&turn.provider_request_id)
         .bind(now)
         .execute(w.conn())
         .await?;
+        // The edit in flight is now a recorded turn.
+        sqlx::query("UPDATE jobs SET pending_edit = NULL WHERE id = ?1")
+            .bind(lease.job_id.to_string())
+            .execute(w.conn())
+            .await?;
         w.emit(
             lease.job_id,
             event_type::TURN_EDITED,
@@ -587,25 +598,47 @@ impl Store for SqliteStore {
         self.commit(w).await
     }
 
-    async fn complete(&self, lease: &Lease, result_turn: u32) -> StoreResult<()> {
+    async fn record_pending_edit(
+        &self,
+        lease: &Lease,
+        pending: &PendingEditRecord,
+    ) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        sqlx::query("UPDATE jobs SET pending_edit = ?2 WHERE id = ?1")
+            .bind(lease.job_id.to_string())
+            .bind(payload::to_json(pending).to_string())
+            .execute(w.conn())
+            .await?;
+        self.commit(w).await
+    }
+
+    async fn complete(
+        &self,
+        lease: &Lease,
+        result_turn: u32,
+        refusal: Option<&RefusalRecord>,
+    ) -> StoreResult<()> {
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let now = w.now;
+        let refusal = refusal.map(payload::to_json);
         // A success clears the last transient error a retry left behind.
         sqlx::query(
             "UPDATE jobs SET status = 'succeeded', result_turn = ?2, finished_at = ?3, \
              lease_owner = NULL, lease_expires_at = NULL, error_code = NULL, \
-             error_message = NULL WHERE id = ?1",
+             error_message = NULL, pending_edit = NULL, refusal = ?4 WHERE id = ?1",
         )
         .bind(lease.job_id.to_string())
         .bind(i64::from(result_turn))
         .bind(now)
+        .bind(refusal.as_ref().map(Value::to_string))
         .execute(w.conn())
         .await?;
         w.emit(
             lease.job_id,
             event_type::JOB_SUCCEEDED,
-            payload::succeeded(result_turn),
+            payload::succeeded(result_turn, refusal.as_ref()),
         )
         .await?;
         self.commit(w).await
@@ -721,5 +754,20 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.notices.subscribe()
+    }
+
+    async fn publish_live(&self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<()> {
+        // One process: the in-process broadcast is every subscriber. The
+        // size limit is Postgres's, kept here so both backends agree.
+        let size = payload::live_payload(job_id, kind, &data).len();
+        if size > payload::MAX_LIVE_PAYLOAD {
+            return Err(StoreError::LiveTooLarge(size));
+        }
+        let _ = self.notices.send(Notice::Live {
+            job_id,
+            kind: kind.to_owned(),
+            data,
+        });
+        Ok(())
     }
 }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use editthinker_store::{
-    event_type, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, Store, StoreError,
+    event_type, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
+    RefusalRecord, Store, StoreError, MAX_LIVE_PAYLOAD,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -153,6 +154,9 @@ conformance!(
     events_after_is_strict_and_ordered,
     subscribe_sees_insert,
     concurrent_claims_are_exclusive,
+    pending_edit_is_fenced_and_cleared_by_its_turn,
+    refusal_is_stored_and_in_the_succeeded_event,
+    live_events_reach_subscribers,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -448,6 +452,7 @@ async fn fencing_rejects_stale_leases(store: Arc<dyn Store>) {
             image_key: "k".into(),
             image_mime: "image/png".into(),
             editor_ms: 1,
+            provider_request_id: None,
         };
         assert_lease_lost(store.record_turn(stale, turn).await, id);
         assert_lease_lost(
@@ -456,7 +461,7 @@ async fn fencing_rejects_stale_leases(store: Arc<dyn Store>) {
                 .await,
             id,
         );
-        assert_lease_lost(store.complete(stale, 1).await, id);
+        assert_lease_lost(store.complete(stale, 1, None).await, id);
         assert_lease_lost(store.fail(stale, "c", "m").await, id);
         assert_lease_lost(store.retry_later(stale, "c", "m", Duration::ZERO).await, id);
         assert_lease_lost(store.mark_canceled(stale).await, id);
@@ -480,11 +485,12 @@ async fn fencing_rejects_stale_leases(store: Arc<dyn Store>) {
                 image_key: "k".into(),
                 image_mime: "image/png".into(),
                 editor_ms: 1,
+                provider_request_id: None,
             },
         )
         .await
         .unwrap();
-    store.complete(&current, 1).await.unwrap();
+    store.complete(&current, 1, None).await.unwrap();
     assert_lease_lost(store.heartbeat(&current, LEASE).await, id);
     assert_lease_lost(store.fail(&current, "c", "m").await, id);
     assert_eq!(job(&store, id).await.status, JobStatus::Succeeded);
@@ -511,6 +517,7 @@ async fn turns_round_trip(store: Arc<dyn Store>) {
                     image_key: format!("jobs/{id}/turns/{index}.png"),
                     image_mime: "image/png".into(),
                     editor_ms: 1000 + u64::from(index),
+                    provider_request_id: None,
                 },
             )
             .await
@@ -580,6 +587,7 @@ async fn turns_round_trip(store: Arc<dyn Store>) {
                 image_key: "k2".into(),
                 image_mime: "image/webp".into(),
                 editor_ms: 5,
+                provider_request_id: None,
             },
         )
         .await
@@ -603,7 +611,7 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     let claimed = store.claim("w", 3, LEASE).await.unwrap();
     let lease: HashMap<Uuid, Lease> = claimed.into_iter().map(|c| (c.job.id, c.lease)).collect();
 
-    store.complete(&lease[&ok], 2).await.unwrap();
+    store.complete(&lease[&ok], 2, None).await.unwrap();
     let row = job(&store, ok).await;
     assert_eq!(row.status, JobStatus::Succeeded);
     assert_eq!(row.result_turn, Some(2));
@@ -854,7 +862,7 @@ async fn events_after_is_strict_and_ordered(store: Arc<dyn Store>) {
     let b = insert(&store, 0, 3).await.id;
     let claimed = store.claim("w", 2, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 2);
-    store.complete(&claimed[0].lease, 0).await.unwrap();
+    store.complete(&claimed[0].lease, 0, None).await.unwrap();
 
     let ev = events(&store, a).await;
     assert_eq!(
@@ -1077,4 +1085,120 @@ mod connecting {
             Err(StoreError::BadUrl(_))
         ));
     }
+}
+
+/// The provider request of an edit in flight survives a lost lease and a
+/// requeue, is written only under the lease, and is cleared when the turn
+/// it was for is recorded (with the provider id on the turn).
+async fn pending_edit_is_fenced_and_cleared_by_its_turn(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w1", LEASE, id).await;
+    let pending = PendingEditRecord {
+        turn: 1,
+        instruction: "make the sky purple".into(),
+        request: json!({"id": "req-1", "data": {"polling_url": "https://p/1"}}),
+    };
+    let stale = Lease {
+        owner: "other".into(),
+        ..lease.clone()
+    };
+    assert_lease_lost(store.record_pending_edit(&stale, &pending).await, id);
+    assert_eq!(job(&store, id).await.pending_edit, None);
+    store.record_pending_edit(&lease, &pending).await.unwrap();
+
+    // The worker dies: the next claim sees the request it must poll.
+    store.release(&lease).await.unwrap();
+    let mut claimed = store.claim("w2", 1, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = claimed.pop().unwrap();
+    let stored: PendingEditRecord =
+        serde_json::from_value(c.job.pending_edit.clone().expect("pending edit kept")).unwrap();
+    assert_eq!(stored, pending);
+
+    store
+        .record_turn(
+            &c.lease,
+            NewTurn {
+                index: 1,
+                instruction: "make the sky purple".into(),
+                image_key: "k1".into(),
+                image_mime: "image/png".into(),
+                editor_ms: 9,
+                provider_request_id: Some("req-1".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(job(&store, id).await.pending_edit, None);
+    let turns = store.list_turns(id).await.unwrap();
+    assert_eq!(turns[0].provider_request_id.as_deref(), Some("req-1"));
+}
+
+async fn refusal_is_stored_and_in_the_succeeded_event(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    let refusal = RefusalRecord {
+        turn: 2,
+        instruction: "refined".into(),
+        reason: "Request Moderated".into(),
+    };
+    store.complete(&lease, 1, Some(&refusal)).await.unwrap();
+    let row = job(&store, id).await;
+    assert_eq!(row.status, JobStatus::Succeeded);
+    let stored: RefusalRecord = serde_json::from_value(row.refusal.expect("refusal")).unwrap();
+    assert_eq!(stored, refusal);
+    let last = events(&store, id).await.pop().unwrap();
+    assert_eq!(last.kind, event_type::JOB_SUCCEEDED);
+    assert_eq!(last.data["result_turn"], 1);
+    assert_eq!(last.data["refusal"]["reason"], "Request Moderated");
+    assert_eq!(last.data["refusal"]["turn"], 2);
+
+    // Without a refusal, the event has none.
+    let other = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", LEASE, other).await;
+    store.complete(&lease, 1, None).await.unwrap();
+    assert_eq!(job(&store, other).await.refusal, None);
+    let last = events(&store, other).await.pop().unwrap();
+    assert!(last.data.get("refusal").is_none(), "{}", last.data);
+}
+
+/// Live events go to subscribers (through NOTIFY on Postgres) and are not
+/// stored; oversized ones are refused.
+async fn live_events_reach_subscribers(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let mut rx = store.subscribe();
+    let data = json!({"turn": 1, "delta": "looking at the sky"});
+    store
+        .publish_live(id, event_type::TURN_THINKING, data.clone())
+        .await
+        .unwrap();
+    let notice = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await.expect("notice channel open") {
+                n @ Notice::Live { .. } => return n,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("a live notice within 10 s");
+    assert_eq!(
+        notice,
+        Notice::Live {
+            job_id: id,
+            kind: event_type::TURN_THINKING.into(),
+            data
+        }
+    );
+    assert_eq!(
+        kinds(&events(&store, id).await),
+        vec![event_type::JOB_QUEUED]
+    );
+    let huge = json!({"delta": "x".repeat(MAX_LIVE_PAYLOAD)});
+    assert!(matches!(
+        store
+            .publish_live(id, event_type::TURN_THINKING, huge)
+            .await,
+        Err(StoreError::LiveTooLarge(_))
+    ));
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{solid, Fake, Reply};
-use editthinker_core::CritiqueRequest;
+use editthinker_core::{CritiqueRequest, NoThinking};
 use editthinker_thinker::{build_thinker, ThinkerConfig};
 use image::ImageFormat;
 
@@ -32,6 +32,7 @@ async fn bearer_key_comes_from_the_named_environment_variable() {
             original_instruction: "make the cup red",
             previous_instruction: "turn the cup red",
             turn: 2,
+            thinking: &NoThinking,
         })
         .await
         .unwrap();

@@ -5,7 +5,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{centre, dead_base_url, solid, Fake, Reply};
-use editthinker_core::{parse_editthinker, CritiqueRequest, Image, Protocol, ThinkerError};
+use editthinker_core::{
+    parse_editthinker, CritiqueRequest, Image, NoThinking, Protocol, ThinkerError,
+};
 use editthinker_thinker::{build_thinker, ThinkerConfig};
 use image::ImageFormat;
 use serde_json::json;
@@ -40,6 +42,7 @@ async fn ask(cfg: &ThinkerConfig) -> Result<String, ThinkerError> {
             original_instruction: "make the cup red",
             previous_instruction: "turn the cup red",
             turn: 1,
+            thinking: &NoThinking,
         })
         .await
 }

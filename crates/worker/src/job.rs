@@ -6,10 +6,14 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use editthinker_core::{
-    run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, ThinkerError,
-    TurnObserver, TurnRecord,
+    run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, PendingEdit, Progress,
+    ProviderRequest, ThinkerError, TurnObserver, TurnRecord,
 };
-use editthinker_store::{BlobStore, ClaimedJob, Lease, NewTurn, Store, StoreError, TurnRow};
+use editthinker_store::{
+    event_type, BlobStore, ClaimedJob, Lease, NewTurn, PendingEditRecord, RefusalRecord, Store,
+    StoreError, TurnRow,
+};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -130,18 +134,31 @@ impl JobRunner {
                 "resuming after the last persisted turn"
             );
         }
+        let pending_edit = pending_edit(job.pending_edit.as_ref());
+        if let Some(p) = &pending_edit {
+            info!(turn = p.turn, provider_request_id = %p.request.id, "resuming the edit in flight");
+        }
         let observer = StoreObserver {
             store: w.store.clone(),
             blobs: w.blobs.clone(),
             lease: claimed.lease.clone(),
             interrupt,
+            submitted: std::sync::Mutex::new(
+                pending_edit
+                    .as_ref()
+                    .map(|p| (p.turn, p.request.id.clone())),
+            ),
+            thinking: ThinkingPublisher::start(w.store.clone(), job.id),
         };
         run_loop(
             &source,
             &job.instruction,
             &options,
             &w.settings.loop_config,
-            prior,
+            Progress {
+                turns: prior,
+                pending_edit,
+            },
             editor.as_ref(),
             w.thinker.as_ref(),
             &observer,
@@ -160,15 +177,22 @@ impl JobRunner {
         let lease = &claimed.lease;
         let outcome = match (result, interrupted) {
             (Ok(outcome), _) => {
-                if let Some(reason) = &outcome.refusal {
-                    info!(%reason, "editor refused a refined instruction; selecting among earlier turns");
-                }
+                let refusal = outcome.refusal.map(|r| {
+                    info!(reason = %r.reason, turn = r.turn, "editor refused a refined instruction; selecting among earlier turns");
+                    RefusalRecord {
+                        turn: r.turn,
+                        instruction: r.instruction,
+                        reason: r.reason,
+                    }
+                });
                 info!(
                     turns = outcome.turns.len(),
                     selected = outcome.selected,
                     "job succeeded"
                 );
-                store.complete(lease, outcome.selected).await
+                store
+                    .complete(lease, outcome.selected, refusal.as_ref())
+                    .await
             }
             (Err(_), Some(Interrupt::LeaseLost)) => {
                 warn!("lease lost; leaving the job to its new owner");
@@ -317,6 +341,128 @@ struct StoreObserver {
     blobs: Arc<BlobStore>,
     lease: Lease,
     interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
+    /// The provider request id of the edit in flight: (turn, id).
+    submitted: std::sync::Mutex<Option<(u32, String)>>,
+    thinking: ThinkingPublisher,
+}
+
+/// The stored pending edit as the loop wants it. A record we cannot read is
+/// dropped with a warning: the edit is then submitted anew, which costs a
+/// provider call but loses nothing.
+fn pending_edit(stored: Option<&serde_json::Value>) -> Option<PendingEdit> {
+    let record: PendingEditRecord = match serde_json::from_value(stored?.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!(error = %e, "stored pending edit unreadable; the edit will be submitted again");
+            return None;
+        }
+    };
+    match serde_json::from_value::<ProviderRequest>(record.request) {
+        Ok(request) => Some(PendingEdit {
+            turn: record.turn,
+            instruction: record.instruction,
+            request,
+        }),
+        Err(e) => {
+            warn!(error = %e, "stored provider request unreadable; the edit will be submitted again");
+            None
+        }
+    }
+}
+
+/// How often live reasoning goes out: a few events a second, whatever the
+/// token rate.
+const THINKING_FLUSH: Duration = Duration::from_millis(250);
+/// Largest delta text in one `turn.thinking` event (NOTIFY payloads are
+/// limited to 8000 bytes, JSON escaping can double the size).
+const THINKING_CHUNK_BYTES: usize = 3000;
+
+/// Forwards a thinker's deltas to [`Store::publish_live`], coalesced, from
+/// a task of its own so the generation path never waits on the database.
+/// The task ends, after a last flush, when the publisher is dropped.
+struct ThinkingPublisher {
+    tx: mpsc::UnboundedSender<(u32, String)>,
+}
+
+impl ThinkingPublisher {
+    fn start(store: Arc<dyn Store>, job_id: uuid::Uuid) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(publish_thinking(store, job_id, rx));
+        Self { tx }
+    }
+
+    fn send(&self, turn: u32, delta: &str) {
+        // A closed channel only means nobody is publishing any more.
+        let _ = self.tx.send((turn, delta.to_owned()));
+    }
+}
+
+async fn publish_thinking(
+    store: Arc<dyn Store>,
+    job_id: uuid::Uuid,
+    mut rx: mpsc::UnboundedReceiver<(u32, String)>,
+) {
+    let mut open = true;
+    while open {
+        // Wait for the first delta, then gather for one flush interval.
+        let mut pending = match rx.recv().await {
+            Some(first) => Some(first),
+            None => break,
+        };
+        let deadline = tokio::time::sleep(THINKING_FLUSH);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = rx.recv() => match next {
+                    Some((turn, text)) => match &mut pending {
+                        Some((t, buf)) if *t == turn => buf.push_str(&text),
+                        _ => {
+                            flush_thinking(&*store, job_id, pending.take()).await;
+                            pending = Some((turn, text));
+                        }
+                    },
+                    None => {
+                        open = false;
+                        break;
+                    }
+                },
+            }
+        }
+        flush_thinking(&*store, job_id, pending.take()).await;
+    }
+}
+
+async fn flush_thinking(store: &dyn Store, job_id: uuid::Uuid, pending: Option<(u32, String)>) {
+    let Some((turn, text)) = pending else {
+        return;
+    };
+    for delta in chunks(&text, THINKING_CHUNK_BYTES) {
+        let data = serde_json::json!({ "turn": turn, "delta": delta });
+        if let Err(e) = store
+            .publish_live(job_id, event_type::TURN_THINKING, data)
+            .await
+        {
+            // Live reasoning is best effort: the critique itself is stored.
+            tracing::debug!(error = %e, "could not publish live reasoning");
+        }
+    }
+}
+
+/// `text` cut into pieces of at most `max` bytes, on character boundaries.
+fn chunks(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(max);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (head, tail) = rest.split_at(cut);
+        out.push(head);
+        rest = tail;
+    }
+    out
 }
 
 impl StoreObserver {
@@ -338,6 +484,13 @@ impl TurnObserver for StoreObserver {
     async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
         let png = turn.image.to_png().map_err(|e| e.to_string())?;
         let key = BlobStore::turn_key(self.lease.job_id, turn.index);
+        let provider_request_id = self
+            .submitted
+            .lock()
+            .expect("submitted lock")
+            .take()
+            .filter(|(t, _)| *t == turn.index)
+            .map(|(_, id)| id);
         self.blobs
             .put(&key, png.bytes.clone())
             .await
@@ -351,6 +504,7 @@ impl TurnObserver for StoreObserver {
                     image_key: key,
                     image_mime: png.format.mime().to_string(),
                     editor_ms: turn.editor_ms,
+                    provider_request_id,
                 },
             )
             .await
@@ -379,6 +533,30 @@ impl TurnObserver for StoreObserver {
             "turn critiqued"
         );
         self.check_interrupt()
+    }
+
+    async fn edit_submitted(
+        &self,
+        turn: u32,
+        instruction: &str,
+        request: &ProviderRequest,
+    ) -> Result<(), String> {
+        let record = PendingEditRecord {
+            turn,
+            instruction: instruction.to_owned(),
+            request: serde_json::to_value(request).map_err(|e| e.to_string())?,
+        };
+        self.store
+            .record_pending_edit(&self.lease, &record)
+            .await
+            .map_err(store_err)?;
+        *self.submitted.lock().expect("submitted lock") = Some((turn, request.id.clone()));
+        info!(turn, provider_request_id = %request.id, "edit submitted; waiting for the provider");
+        Ok(())
+    }
+
+    fn thinking(&self, turn: u32, delta: &str) {
+        self.thinking.send(turn, delta);
     }
 }
 
@@ -414,4 +592,31 @@ async fn load_turns(blobs: &BlobStore, rows: Vec<TurnRow>) -> Result<Vec<TurnRec
         });
     }
     Ok(turns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_size_and_char_boundaries() {
+        assert!(chunks("", 4).is_empty());
+        assert_eq!(chunks("abcdefg", 3), vec!["abc", "def", "g"]);
+        let text = "é".repeat(5); // 2 bytes each
+        let parts = chunks(&text, 3);
+        assert!(parts.iter().all(|p| p.len() <= 3 && !p.is_empty()));
+        assert_eq!(parts.concat(), text);
+    }
+
+    #[test]
+    fn unreadable_pending_edits_are_dropped() {
+        assert_eq!(pending_edit(None), None);
+        assert_eq!(pending_edit(Some(&serde_json::json!({"turn": "x"}))), None);
+        let ok = serde_json::json!({
+            "turn": 2, "instruction": "i",
+            "request": {"id": "r", "data": {"polling_url": "u"}}
+        });
+        let p = pending_edit(Some(&ok)).unwrap();
+        assert_eq!((p.turn, p.request.id.as_str()), (2, "r"));
+    }
 }
