@@ -517,6 +517,7 @@ both_backends!(
     last_selection_follows_the_paper,
     satisfied_and_unchanged_instruction_stop_early,
     refusals,
+    live_reasoning_streams_while_the_thinker_generates,
     transient_editor_failures_are_retried,
     cancel_queued_running_and_finished,
     crash_resumes_after_the_last_persisted_turn,
@@ -565,4 +566,80 @@ async fn two_workers_share_one_postgres_queue() {
     expected.sort();
     assert_eq!(prompts, expected, "each job edited exactly once");
     drop(workers);
+}
+
+/// `turn.thinking` events carry the thinker's text while it generates: no
+/// `id:`, before the turn's critique, never replayed.
+async fn live_reasoning_streams_while_the_thinker_generates(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    let answer = said(9, 9, "");
+    *thinker.state.fallback.lock().unwrap() = answer.clone();
+    // About two seconds of generation, so several coalesced events go out;
+    // the slow first edit lets the SSE client connect before it starts.
+    *thinker.state.chunk_delay.lock().unwrap() = Duration::from_millis(100);
+    editor.set_delay(Duration::from_millis(700));
+    let config = env.config("serve", &backends_config(&thinker, &editor, env.dir.path()));
+    let service = Service::start("serve", &config);
+    let job = create_job(
+        &service,
+        job_body(
+            &png(32, 32, [0, 0, 0]),
+            "paint it blue",
+            json!({"max_turns": 2}),
+        ),
+    )
+    .await;
+    let url = service.url(&format!("/v1/jobs/{}/events", job["id"].as_str().unwrap()));
+    let events = read_sse_all(&url, None, LIMIT).await;
+    assert_eq!(events.last().unwrap().event, "job.succeeded", "{events:#?}");
+    assert_eq!(
+        *thinker.state.streamed.lock().unwrap(),
+        1,
+        "the thinker was asked to stream"
+    );
+
+    let thinking: Vec<&SseEvent> = events
+        .iter()
+        .filter(|e| e.event == "turn.thinking")
+        .collect();
+    assert!(
+        thinking.len() >= 2,
+        "coalesced deltas, several of them: {events:#?}"
+    );
+    assert!(
+        thinking.len() < answer.chars().count().div_ceil(STREAM_CHUNK_CHARS),
+        "deltas are coalesced, not one event per chunk: {}",
+        thinking.len()
+    );
+    assert!(thinking
+        .iter()
+        .all(|e| e.id.is_none() && e.data["turn"] == 1));
+    let text: String = thinking
+        .iter()
+        .map(|e| e.data["delta"].as_str().unwrap())
+        .collect();
+    // The client connected before generation began, so it saw all of it.
+    assert_eq!(text, answer);
+    // Published before the critique is recorded. In one process (SQLite)
+    // the order is exact; across a NOTIFY listener it is best effort, and
+    // live events only have to arrive before the stream ends.
+    let critiqued = events
+        .iter()
+        .position(|e| e.event == "turn.critiqued")
+        .unwrap();
+    let last_thinking = events
+        .iter()
+        .rposition(|e| e.event == "turn.thinking")
+        .unwrap();
+    if backend == Backend::Sqlite {
+        assert!(last_thinking < critiqued, "{events:#?}");
+    }
+    // Stored events keep strictly increasing ids; a replay has no live events.
+    let ids: Vec<i64> = events.iter().filter_map(|e| e.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let replay = read_sse_all(&url, Some(0), LIMIT).await;
+    assert!(replay.iter().all(|e| e.event != "turn.thinking"));
+    assert_eq!(replay.len(), ids.len());
 }

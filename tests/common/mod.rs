@@ -332,9 +332,17 @@ pub struct FakeThinkerState {
     pub fallback: Mutex<String>,
     pub calls: Mutex<Vec<ThinkCall>>,
     pub delay: Mutex<Duration>,
+    /// Pause between streamed chunks (requests with `"stream": true`).
+    pub chunk_delay: Mutex<Duration>,
+    /// How many requests asked to stream.
+    pub streamed: Mutex<u32>,
 }
 
-/// An OpenAI-compatible chat-completions server.
+/// Characters per streamed chunk.
+pub const STREAM_CHUNK_CHARS: usize = 8;
+
+/// An OpenAI-compatible chat-completions server; it streams (SSE chunks of
+/// [`STREAM_CHUNK_CHARS`] characters) when asked to.
 pub struct FakeThinker {
     pub base_url: String,
     pub state: Arc<FakeThinkerState>,
@@ -384,7 +392,7 @@ pub fn said(semantic: u32, quality: u32, answer: &str) -> String {
 async fn fake_chat(
     State(state): State<Arc<FakeThinkerState>>,
     Json(body): Json<Value>,
-) -> Json<Value> {
+) -> axum::response::Response {
     let content = body["messages"][0]["content"]
         .as_array()
         .expect("content parts");
@@ -427,12 +435,42 @@ async fn fake_chat(
         .get(&prev)
         .cloned()
         .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
-    Json(json!({
+    if body["stream"] == json!(true) {
+        *state.streamed.lock().unwrap() += 1;
+        return stream_answer(answer, *state.chunk_delay.lock().unwrap());
+    }
+    axum::response::IntoResponse::into_response(Json(json!({
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "model": body["model"],
         "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]
-    }))
+    })))
+}
+
+/// The answer as OpenAI-style `chat.completion.chunk` events, then `[DONE]`.
+fn stream_answer(answer: String, pause: Duration) -> axum::response::Response {
+    let chars: Vec<char> = answer.chars().collect();
+    let mut events: Vec<String> = chars
+        .chunks(STREAM_CHUNK_CHARS)
+        .map(|c| {
+            let piece: String = c.iter().collect();
+            let chunk = json!({
+                "id": "chatcmpl-test",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": null}]
+            });
+            format!("data: {chunk}\n\n")
+        })
+        .collect();
+    events.push("data: [DONE]\n\n".into());
+    let body = futures::stream::iter(events).then(move |event| async move {
+        tokio::time::sleep(pause).await;
+        Ok::<_, std::convert::Infallible>(event)
+    });
+    axum::response::Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(axum::body::Body::from_stream(body))
+        .unwrap()
 }
 
 /// Config sections for a fake thinker and editor.
@@ -477,8 +515,17 @@ pub struct SseEvent {
     pub data: Value,
 }
 
-/// Reads an SSE stream until it ends (or `limit` passes).
+/// Reads an SSE stream until it ends (or `limit` passes), keeping only the
+/// stored events (those with an `id:`); live `turn.thinking` events depend
+/// on timing, so most tests leave them out.
 pub async fn read_sse(url: &str, last_event_id: Option<i64>, limit: Duration) -> Vec<SseEvent> {
+    let mut events = read_sse_all(url, last_event_id, limit).await;
+    events.retain(|e| e.id.is_some());
+    events
+}
+
+/// Reads an SSE stream until it ends (or `limit` passes), live events included.
+pub async fn read_sse_all(url: &str, last_event_id: Option<i64>, limit: Duration) -> Vec<SseEvent> {
     let client = reqwest::Client::new();
     let mut req = client.get(url);
     if let Some(id) = last_event_id {

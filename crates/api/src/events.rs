@@ -110,6 +110,11 @@ impl Cursor {
             if self.done || self.state.shutdown.is_cancelled() {
                 return None;
             }
+            // Live events already heard go out before stored rows read now,
+            // which were written after them.
+            if self.drain_live() {
+                continue;
+            }
             match self.state.store.events_after(self.job, self.last).await {
                 Ok(mut rows) if !rows.is_empty() => {
                     rows.reverse(); // pop() takes from the end
@@ -123,6 +128,20 @@ impl Cursor {
             }
             self.wait_for_news().await;
         }
+    }
+
+    /// Queues this job's live events already received, without waiting;
+    /// returns whether any were queued.
+    fn drain_live(&mut self) -> bool {
+        let before = self.live.len();
+        while let Ok(notice) = self.notices.try_recv() {
+            if let Notice::Live { job_id, kind, data } = notice {
+                if job_id == self.job {
+                    self.live.push_back(live_sse(job_id, &kind, data));
+                }
+            }
+        }
+        self.live.len() > before
     }
 
     /// Waits for a notice about this job, a resync, lag, or the re-read timer.

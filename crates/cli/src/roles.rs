@@ -102,13 +102,15 @@ async fn run_api(
 
 /// Builds the editor and thinker clients (reading their secrets) and the
 /// worker; `None` when no thinker is configured.
-fn make_worker(config: &Config, parts: &Parts) -> anyhow::Result<Option<Worker>> {
+async fn make_worker(config: &Config, parts: &Parts) -> anyhow::Result<Option<Worker>> {
     // Built even when no worker can run, so bad editor settings stop the start.
     let registry = EditorRegistry::from_config(&config.editors).context("editors")?;
     let Some(thinker_config) = &config.thinker else {
         return Ok(None);
     };
-    let thinker = editthinker_thinker::build_thinker(thinker_config).context("thinker")?;
+    let thinker = editthinker_thinker::build_thinker_async(thinker_config)
+        .await
+        .context("thinker")?;
     let editors: BTreeMap<String, Arc<dyn Editor>> = registry
         .names()
         .into_iter()
@@ -126,7 +128,7 @@ fn make_worker(config: &Config, parts: &Parts) -> anyhow::Result<Option<Worker>>
 /// `serve`: migrations, then API and worker in one process.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let parts = build(&config).await?;
-    let worker = make_worker(&config, &parts)?;
+    let worker = make_worker(&config, &parts).await?;
     parts.store.migrate().await.context("applying migrations")?;
     let shutdown = shutdown_token();
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
@@ -150,8 +152,9 @@ pub async fn api(config: Config) -> anyhow::Result<()> {
 /// `worker`: the worker alone.
 pub async fn worker(config: Config) -> anyhow::Result<()> {
     let parts = build(&config).await?;
-    let worker =
-        make_worker(&config, &parts)?.context("thinker: a worker needs a [thinker] section")?;
+    let worker = make_worker(&config, &parts)
+        .await?
+        .context("thinker: a worker needs a [thinker] section")?;
     if parts.editors.is_empty() {
         anyhow::bail!("editors: a worker needs at least one [editors.<name>] section");
     }

@@ -13,11 +13,11 @@ pub enum EditorKind {
     Http,
     /// OpenAI image edits (`POST {base_url}/images/edits`, multipart).
     Openai,
-    /// Black Forest Labs (not available in this build yet).
+    /// Black Forest Labs FLUX API (asynchronous: submit, then poll).
     Bfl,
-    /// fal.ai queue API (not available in this build yet).
+    /// fal.ai queue API (asynchronous: submit, then poll).
     Fal,
-    /// Replicate predictions (not available in this build yet).
+    /// Replicate predictions (asynchronous: create, then poll).
     Replicate,
     /// Google Gemini image models (`generateContent`).
     Gemini,
@@ -41,10 +41,16 @@ impl EditorKind {
 
     /// Whether this build has a client for the kind.
     pub fn is_available(self) -> bool {
-        matches!(
-            self,
-            Self::Http | Self::Openai | Self::Gemini | Self::Dashscope
-        )
+        // Every kind has a client now; kept so a future kind can land in
+        // configuration before its client does.
+        true
+    }
+
+    /// Whether the provider works asynchronously (submit, then poll): these
+    /// kinds record their provider request before waiting, and read
+    /// `poll_interval_ms`.
+    pub fn is_async(self) -> bool {
+        matches!(self, Self::Bfl | Self::Fal | Self::Replicate)
     }
 
     /// The model used when a profile names none (`None`: the kind has no
@@ -54,7 +60,13 @@ impl EditorKind {
             Self::Openai => Some("gpt-image-1"),
             Self::Gemini => Some("gemini-2.5-flash-image"),
             Self::Dashscope => Some("qwen-image-edit"),
-            Self::Http | Self::Bfl | Self::Fal | Self::Replicate => None,
+            // The endpoint name after `/v1/`.
+            Self::Bfl => Some("flux-kontext-pro"),
+            // fal model ids are paths: owner/app[/endpoint].
+            Self::Fal => Some("fal-ai/flux-pro/kontext"),
+            // Replicate official models are owner/name.
+            Self::Replicate => Some("black-forest-labs/flux-kontext-pro"),
+            Self::Http => None,
         }
     }
 
@@ -72,6 +84,45 @@ impl EditorKind {
         }
     }
 
+    /// How many `/`-separated segments a model id of this kind has: fal ids
+    /// are `owner/app` or `owner/app/endpoint...`, Replicate's `owner/name`,
+    /// every other kind's a single URL-safe name.
+    pub fn model_segments(self) -> std::ops::RangeInclusive<usize> {
+        match self {
+            Self::Fal => 2..=6,
+            Self::Replicate => 2..=2,
+            _ => 1..=1,
+        }
+    }
+
+    /// Calls in flight per process when a profile sets no `max_in_flight`:
+    /// the provider's published concurrency where there is one.
+    pub fn default_max_in_flight(self, model: Option<&str>) -> usize {
+        match self {
+            // A self-hosted GPU server works on few edits at once.
+            Self::Http => 4,
+            // Limited by images per minute (tier 1: a handful) and calls
+            // take 60-120 s, so a few in flight already use the quota.
+            Self::Openai => 4,
+            // Requests-per-minute quotas; calls take ~10 s (unconfirmed
+            // per-tier numbers, so a moderate value).
+            Self::Gemini => 8,
+            // Qwen-Image-Edit is throttled to a few requests per second per
+            // account (unconfirmed exact figure).
+            Self::Dashscope => 2,
+            // BFL: 24 active tasks per account, 6 for Kontext Max.
+            Self::Bfl if model.is_some_and(|m| m.contains("kontext-max")) => 6,
+            Self::Bfl => 24,
+            // fal: 2 concurrent requests for new accounts rising to 40 with
+            // credits; more are queued by fal (the wait counts against
+            // `timeout_seconds`), so a middle value.
+            Self::Fal => 10,
+            // Replicate publishes a create rate (600/min), not a concurrency
+            // limit; official models scale on their side.
+            Self::Replicate => 16,
+        }
+    }
+
     /// The optional settings this kind reads; setting any other one is a
     /// configuration error rather than being silently ignored.
     fn accepts(self, field: &str) -> bool {
@@ -86,8 +137,33 @@ impl EditorKind {
             ],
             Self::Gemini => &["base_url", "seed"],
             Self::Dashscope => &["base_url", "seed", "negative_prompt"],
-            // Not built yet: nothing to check against.
-            Self::Bfl | Self::Fal | Self::Replicate => return true,
+            Self::Bfl => &[
+                "base_url",
+                "seed",
+                "aspect_ratio",
+                "output_format",
+                "safety_tolerance",
+                "prompt_upsampling",
+                "poll_interval_ms",
+            ],
+            Self::Fal => &[
+                "base_url",
+                "seed",
+                "guidance_scale",
+                "output_format",
+                "safety_tolerance",
+                "num_inference_steps",
+                "poll_interval_ms",
+            ],
+            // Replicate input names differ per model: anything beyond the
+            // common ones goes in `input`.
+            Self::Replicate => &[
+                "base_url",
+                "seed",
+                "output_format",
+                "input",
+                "poll_interval_ms",
+            ],
         };
         own.contains(&field)
     }
@@ -120,7 +196,8 @@ pub struct EditorProfile {
     /// kind, see [`EditorKind::default_model`]).
     #[serde(default)]
     pub model: Option<String>,
-    /// Seed for reproducible edits (`gemini`, `dashscope`).
+    /// Seed for reproducible edits (`gemini`, `dashscope`, `bfl`, `fal`,
+    /// `replicate`).
     #[serde(default)]
     pub seed: Option<i64>,
     /// Output size, e.g. `1024x1024` or `auto` (`openai`).
@@ -133,12 +210,38 @@ pub struct EditorProfile {
     /// (`openai`).
     #[serde(default)]
     pub input_fidelity: Option<String>,
-    /// Encoding of the result, `png`, `jpeg` or `webp` (`openai`).
+    /// Encoding of the result, `png`, `jpeg` or `webp` (`openai`); `png` or
+    /// `jpeg` (`bfl`, `fal`, `replicate`).
     #[serde(default)]
     pub output_format: Option<String>,
     /// What the edit should avoid (`dashscope`).
     #[serde(default)]
     pub negative_prompt: Option<String>,
+    /// How strongly the edit follows the prompt (`fal`).
+    #[serde(default)]
+    pub guidance_scale: Option<f64>,
+    /// Moderation tolerance, 0 (strict) to 6 (permissive) (`bfl`; `fal`
+    /// takes 1 to 6).
+    #[serde(default)]
+    pub safety_tolerance: Option<i64>,
+    /// Output aspect ratio `W:H`, between `21:9` and `9:21` (`bfl`; default:
+    /// the source's).
+    #[serde(default)]
+    pub aspect_ratio: Option<String>,
+    /// Whether the provider rewrites the prompt (`bfl`).
+    #[serde(default)]
+    pub prompt_upsampling: Option<bool>,
+    /// Denoising steps (`fal`, models that take them, e.g. qwen-image-edit).
+    #[serde(default)]
+    pub num_inference_steps: Option<u32>,
+    /// Delay between two polls of an asynchronous provider's request, in
+    /// milliseconds (`bfl`, `fal`, `replicate`; default 1000).
+    #[serde(default)]
+    pub poll_interval_ms: Option<u64>,
+    /// Extra model inputs merged into the prediction's `input` object
+    /// (`replicate`, whose input names differ per model, e.g. `guidance`).
+    #[serde(default)]
+    pub input: Map<String, Value>,
     /// Whether jobs that name no editor use this one.
     #[serde(default)]
     pub default: bool,
@@ -146,7 +249,8 @@ pub struct EditorProfile {
     /// `num_inference_steps`, `guidance_scale`, `seed`).
     #[serde(default)]
     pub params: Map<String, Value>,
-    /// Total time allowed for one HTTP attempt, in seconds.
+    /// Total time allowed for one HTTP attempt, in seconds; for the
+    /// asynchronous kinds also the longest wait for a submitted request.
     #[serde(default = "defaults::timeout_seconds")]
     pub timeout_seconds: f64,
     /// Time allowed to establish a connection, in seconds.
@@ -158,9 +262,10 @@ pub struct EditorProfile {
     /// Base delay of the exponential backoff, in milliseconds.
     #[serde(default = "defaults::retry_base_ms")]
     pub retry_base_ms: u64,
-    /// Calls to this editor in flight at once, per process.
-    #[serde(default = "defaults::max_in_flight")]
-    pub max_in_flight: usize,
+    /// Calls to this editor in flight at once, per process (default per
+    /// kind, see [`EditorKind::default_max_in_flight`]).
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
     /// The source is resized down so both sides are multiples of this before
     /// it is sent (1 disables; `http` only: hosted kinds get the source size).
     #[serde(default = "defaults::multiple_of")]
@@ -186,13 +291,20 @@ impl EditorProfile {
             input_fidelity: None,
             output_format: None,
             negative_prompt: None,
+            guidance_scale: None,
+            safety_tolerance: None,
+            aspect_ratio: None,
+            prompt_upsampling: None,
+            num_inference_steps: None,
+            poll_interval_ms: None,
+            input: Map::new(),
             default: false,
             params: Map::new(),
             timeout_seconds: defaults::timeout_seconds(),
             connect_timeout_seconds: defaults::connect_timeout_seconds(),
             max_retries: defaults::max_retries(),
             retry_base_ms: defaults::retry_base_ms(),
-            max_in_flight: defaults::max_in_flight(),
+            max_in_flight: None,
             multiple_of: defaults::multiple_of(),
             api_key_env: None,
         }
@@ -204,6 +316,14 @@ impl EditorProfile {
         self.model
             .clone()
             .or_else(|| self.kind.default_model().map(str::to_owned))
+    }
+
+    /// The in-flight limit: the configured one, else the kind's default.
+    pub fn effective_max_in_flight(&self) -> usize {
+        self.max_in_flight.unwrap_or_else(|| {
+            self.kind
+                .default_max_in_flight(self.effective_model().as_deref())
+        })
     }
 
     /// Refuses optional settings that profile `name`'s kind does not read
@@ -221,14 +341,26 @@ impl EditorProfile {
             ("input_fidelity", self.input_fidelity.is_some()),
             ("output_format", self.output_format.is_some()),
             ("negative_prompt", self.negative_prompt.is_some()),
+            ("guidance_scale", self.guidance_scale.is_some()),
+            ("safety_tolerance", self.safety_tolerance.is_some()),
+            ("aspect_ratio", self.aspect_ratio.is_some()),
+            ("prompt_upsampling", self.prompt_upsampling.is_some()),
+            ("num_inference_steps", self.num_inference_steps.is_some()),
+            ("poll_interval_ms", self.poll_interval_ms.is_some()),
+            ("input", !self.input.is_empty()),
         ];
         match set
             .iter()
             .find(|(field, is_set)| *is_set && !self.kind.accepts(field))
         {
             Some((field, _)) => {
-                let hint = match (*field, self.kind.default_base_url()) {
-                    ("url" | "urls", Some(_)) => " (hosted kinds take base_url)",
+                let hint = match (*field, self.kind) {
+                    ("url" | "urls", kind) if kind.default_base_url().is_some() => {
+                        " (hosted kinds take base_url)"
+                    }
+                    (_, EditorKind::Replicate) => {
+                        " (input names differ per Replicate model: set it in input)"
+                    }
                     _ => "",
                 };
                 Err(EditorConfigError::invalid(
@@ -254,9 +386,6 @@ mod defaults {
     }
     pub fn retry_base_ms() -> u64 {
         500
-    }
-    pub fn max_in_flight() -> usize {
-        4
     }
     pub fn multiple_of() -> u32 {
         16

@@ -5,8 +5,6 @@
 //! message; the answer names a signed result URL, downloaded at once.
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::AUTHORIZATION;
 use reqwest::StatusCode;
@@ -15,8 +13,8 @@ use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
-    body_excerpt, check_seed, classify_failure, endpoint, model_name, off_thread, provider_message,
-    source_png, Credential, HttpCaller,
+    body_excerpt, check_seed, classify_failure, endpoint, model_name, provider_message,
+    source_png_base64, Credential, HttpCaller,
 };
 
 /// Client of DashScope's multimodal generation endpoint for one model.
@@ -57,14 +55,7 @@ impl DashscopeEditor {
 
     /// The request body: the source as a PNG data URI, then the instruction.
     async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
-        let png = source_png(source, 1).await?;
-        let data_uri = off_thread(move || {
-            Ok(format!(
-                "data:image/png;base64,{}",
-                STANDARD.encode(&png.bytes)
-            ))
-        })
-        .await?;
+        let (data_uri, _, _) = source_png_base64(source, true).await?;
         // No watermark: the output is an intermediate the thinker critiques.
         let mut parameters = json!({ "watermark": false });
         if let Some(seed) = self.seed {

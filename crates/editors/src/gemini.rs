@@ -4,8 +4,6 @@
 //! inline in `candidates[0].content.parts[]`.
 
 use async_trait::async_trait;
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::HeaderName;
 use reqwest::StatusCode;
@@ -15,7 +13,7 @@ use url::Url;
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
     body_excerpt, check_seed, classify_failure, decode_base64_image, endpoint, model_name,
-    off_thread, source_png, Credential, HttpCaller,
+    off_thread, source_png_base64, Credential, HttpCaller,
 };
 
 /// `finishReason`s that mean the model declined on safety grounds. Others
@@ -77,8 +75,7 @@ impl GeminiEditor {
 
     /// The request body: the instruction, then the source as inline PNG.
     async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
-        let png = source_png(source, 1).await?;
-        let data = off_thread(move || Ok(STANDARD.encode(&png.bytes))).await?;
+        let (data, _, _) = source_png_base64(source, false).await?;
         let mut generation_config = json!({ "responseModalities": ["TEXT", "IMAGE"] });
         if let Some(seed) = self.seed {
             generation_config["seed"] = json!(seed);

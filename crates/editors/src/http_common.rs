@@ -103,8 +103,10 @@ pub struct HttpCaller {
 
 impl HttpCaller {
     /// Runs one `Editor::edit` call: inside an `editor.edit` span (editor,
-    /// kind, model, turn) that each attempt's `editor.request` span nests
-    /// in, holding an in-flight slot for the whole call, retries included.
+    /// kind, model, turn, and the provider's `request_id` once an
+    /// asynchronous kind knows it) that each attempt's `editor.request` span
+    /// nests in, holding an in-flight slot for the whole call, retries and
+    /// polls included.
     pub async fn run_edit<T>(
         &self,
         model: Option<&str>,
@@ -117,6 +119,7 @@ impl HttpCaller {
             kind = %self.kind,
             model = model.unwrap_or_default(),
             turn,
+            request_id = tracing::field::Empty,
         );
         async {
             let _permit = self.acquire().await;
@@ -142,7 +145,8 @@ impl HttpCaller {
         };
         let timeout = seconds("timeout_seconds", profile.timeout_seconds)?;
         let connect_timeout = seconds("connect_timeout_seconds", profile.connect_timeout_seconds)?;
-        if profile.max_in_flight == 0 || profile.max_in_flight > Semaphore::MAX_PERMITS {
+        let max_in_flight = profile.effective_max_in_flight();
+        if max_in_flight == 0 || max_in_flight > Semaphore::MAX_PERMITS {
             return Err(EditorConfigError::invalid(
                 name,
                 "max_in_flight",
@@ -162,7 +166,7 @@ impl HttpCaller {
                 base: Duration::from_millis(profile.retry_base_ms),
                 max_delay: MAX_BACKOFF,
             },
-            limiter: Arc::new(Semaphore::new(profile.max_in_flight)),
+            limiter: Arc::new(Semaphore::new(max_in_flight)),
             editor: name.to_owned(),
             kind: profile.kind,
             classify: classify_failure,
@@ -202,15 +206,20 @@ impl HttpCaller {
     where
         F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
     {
-        self.send_with(build, MAX_BODY_BYTES, self.classify).await
+        self.send_with(build, MAX_BODY_BYTES, self.classify, never)
+            .await
     }
 
-    /// [`send`](Self::send) with an explicit answer size limit and classifier.
+    /// [`send`](Self::send) with an explicit answer size limit and
+    /// classifier; failed answers whose status `pass` accepts are handed
+    /// back as replies instead of being classified (e.g. a 404 that means
+    /// "this request is gone").
     async fn send_with<F>(
         &self,
         mut build: F,
         max_bytes: usize,
         classify: Classifier,
+        pass: fn(StatusCode) -> bool,
     ) -> Result<HttpReply, EditorError>
     where
         F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
@@ -231,7 +240,7 @@ impl HttpCaller {
                 attempt = attempt.number,
             );
             let outcome = self
-                .attempt(request, max_bytes, classify)
+                .attempt(request, max_bytes, classify, pass)
                 .instrument(span.clone())
                 .await;
             let retries_left = attempt.number <= self.retry.max_retries;
@@ -268,6 +277,7 @@ impl HttpCaller {
         request: reqwest::Request,
         max_bytes: usize,
         classify: Classifier,
+        pass: fn(StatusCode) -> bool,
     ) -> Outcome {
         let response = match self.client.execute(request).await {
             Ok(r) => r,
@@ -289,7 +299,7 @@ impl HttpCaller {
             // passing as a connection error.
             Err(BodyError::Transport(e)) => return Outcome::NoAnswer(describe_transport_error(&e)),
         };
-        if status.is_success() {
+        if status.is_success() || pass(status) {
             tracing::debug!(%status, bytes = body.len(), "editor answered");
             return Outcome::Done(HttpReply {
                 status,
@@ -360,6 +370,22 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
         message = message.replace(url.as_str(), without_query(url).as_str());
     }
     message
+}
+
+fn never(_: StatusCode) -> bool {
+    false
+}
+
+/// 404 and 410: what a provider answers for a request or file it no
+/// longer has.
+fn is_gone(status: StatusCode) -> bool {
+    status == StatusCode::NOT_FOUND || status == StatusCode::GONE
+}
+
+/// What a result URL answers once it expired: 404 or 410, or 403 from a
+/// signed URL whose signature is past its time (S3-style stores).
+fn is_expired(status: StatusCode) -> bool {
+    is_gone(status) || status == StatusCode::FORBIDDEN
 }
 
 /// Whether a failed status may pass on a later attempt.
@@ -442,7 +468,9 @@ fn value_is_refusal(value: &Value, depth: u32) -> bool {
     })
 }
 
-fn says_refused(code: &str) -> bool {
+/// Whether a provider's error code (not free text) names a moderation or
+/// safety refusal.
+pub fn says_refused(code: &str) -> bool {
     let code = code.to_ascii_lowercase();
     [
         "moderat",
@@ -478,15 +506,58 @@ impl HttpCaller {
         parse_json(&reply.body)
     }
 
+    /// GETs `url` (a polling handle the provider handed back) with
+    /// `credential`, retrying like [`send`](Self::send), and parses the 2xx
+    /// answer as JSON; `None` when the provider answers 404 or 410 (it no
+    /// longer has what the URL named).
+    pub async fn get_json(
+        &self,
+        url: &Url,
+        credential: &Credential,
+    ) -> Result<Option<Value>, EditorError> {
+        let reply = self
+            .send_with(
+                |_| {
+                    Ok(self
+                        .client
+                        .get(url.clone())
+                        .header(credential.name.clone(), credential.value.clone()))
+                },
+                MAX_BODY_BYTES,
+                self.classify,
+                is_gone,
+            )
+            .await?;
+        if is_gone(reply.status) {
+            return Ok(None);
+        }
+        parse_json(&reply.body).map(Some)
+    }
+
     /// Fetches a result image from a URL the provider handed back (signed,
     /// short-lived: called at once), with this editor's client and retries,
     /// up to [`MAX_DOWNLOAD_BYTES`]. No credential is sent: the URL carries
     /// its own authorisation and often points at another host. A `data:`
     /// URL is decoded in place.
     pub async fn download(&self, url: &str) -> Result<Image, EditorError> {
+        match self.download_unless_gone(url).await? {
+            Ok(image) => Ok(image),
+            Err(gone) => Err(EditorError::Invalid(gone)),
+        }
+    }
+
+    /// [`download`](Self::download), telling a result the provider no longer
+    /// has (404 or 410: deleted; 403: an expired signature) apart, as
+    /// `Ok(Err(why))`.
+    pub async fn download_unless_gone(
+        &self,
+        url: &str,
+    ) -> Result<Result<Image, String>, EditorError> {
         if url.starts_with("data:") {
             let url = url.to_owned();
-            return off_thread(move || decode_base64_image(&url, "result")).await;
+            return off_thread(move || decode_base64_image(&url, "result"))
+                .await
+                .map(Ok);
         }
         let parsed = Url::parse(url)
             .ok()
@@ -503,8 +574,16 @@ impl HttpCaller {
                 |_| Ok(self.client.get(parsed.clone())),
                 MAX_DOWNLOAD_BYTES,
                 classify_download_failure,
+                is_expired,
             )
             .await?;
+        if is_expired(reply.status) {
+            return Ok(Err(format!(
+                "downloading the result failed: HTTP {}: {}",
+                reply.status,
+                body_excerpt(&reply.body)
+            )));
+        }
         off_thread(move || {
             Image::validate(reply.body, MAX_OUTPUT_PIXELS).map_err(|e| {
                 EditorError::Invalid(format!(
@@ -513,6 +592,7 @@ impl HttpCaller {
             })
         })
         .await
+        .map(Ok)
     }
 }
 
@@ -570,6 +650,26 @@ pub async fn source_png(source: &Image, multiple: u32) -> Result<Image, EditorEr
             .map_err(|e| EditorError::Invalid(format!("the source image cannot be prepared: {e}")))
     })
     .await
+}
+
+/// The source as base64 PNG at its own size, as a `data:image/png;base64,`
+/// URL when `data_uri`, with its width and height.
+pub async fn source_png_base64(
+    source: &Image,
+    data_uri: bool,
+) -> Result<(String, u32, u32), EditorError> {
+    let png = source_png(source, 1).await?;
+    let (width, height) = (png.width, png.height);
+    let encoded = off_thread(move || {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png.bytes);
+        Ok(if data_uri {
+            format!("data:image/png;base64,{b64}")
+        } else {
+            b64
+        })
+    })
+    .await?;
+    Ok((encoded, width, height))
 }
 
 /// Tolerates missing padding; providers differ.
@@ -729,8 +829,11 @@ pub fn endpoint(name: &str, profile: &EditorProfile, path: &str) -> Result<Url, 
     Ok(url)
 }
 
-/// The profile's model (or the kind's default) as one URL-safe name:
-/// letters, digits, `.`, `_`, `-`. An error names `editors.<name>.model`.
+/// The profile's model (or the kind's default) as a URL-safe name: letters,
+/// digits, `.`, `_`, `-`, in as many `/`-separated segments as the kind's
+/// ids have ([`EditorKind::model_segments`]), none of them empty, `.` or
+/// `..` (the id becomes part of a URL path). An error names
+/// `editors.<name>.model`.
 pub fn model_name(name: &str, profile: &EditorProfile) -> Result<String, EditorConfigError> {
     let model = profile.effective_model().unwrap_or_default();
     let model = model.trim();
@@ -741,14 +844,39 @@ pub fn model_name(name: &str, profile: &EditorProfile) -> Result<String, EditorC
             "must not be empty",
         ));
     }
+    let segments = profile.kind.model_segments();
+    let slash = *segments.end() > 1;
     if !model
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') || (slash && c == '/'))
+    {
+        let allowed = if slash { ", '-' and '/'" } else { " and '-'" };
+        return Err(EditorConfigError::invalid(
+            name,
+            "model",
+            format!("{model:?}: only letters, digits, '.', '_'{allowed} are allowed"),
+        ));
+    }
+    let parts: Vec<&str> = model.split('/').collect();
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
     {
         return Err(EditorConfigError::invalid(
             name,
             "model",
-            format!("{model:?}: only letters, digits, '.', '_' and '-' are allowed"),
+            format!("{model:?}: empty, '.' or '..' segments are not allowed"),
+        ));
+    }
+    if !segments.contains(&parts.len()) {
+        let shape = match profile.kind {
+            EditorKind::Replicate => "owner/name",
+            _ => "owner/app or owner/app/endpoint",
+        };
+        return Err(EditorConfigError::invalid(
+            name,
+            "model",
+            format!("{model:?}: must look like {shape}"),
         ));
     }
     Ok(model.to_owned())
@@ -764,6 +892,45 @@ pub fn check_seed(name: &str, profile: &EditorProfile) -> Result<(), EditorConfi
             format!("{s}: must be between 0 and {}", i32::MAX),
         )),
         _ => Ok(()),
+    }
+}
+
+/// The configured `output_format` of the kinds that take `png` or `jpeg`
+/// (`jpg` accepted as `jpeg`); anything else is an error naming the key.
+pub fn check_output_format(
+    name: &str,
+    profile: &EditorProfile,
+) -> Result<Option<&'static str>, EditorConfigError> {
+    match profile.output_format.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some("png") => Ok(Some("png")),
+        Some("jpeg" | "jpg") => Ok(Some("jpeg")),
+        Some(other) => Err(EditorConfigError::invalid(
+            name,
+            "output_format",
+            format!("{other:?}: must be \"png\" or \"jpeg\""),
+        )),
+    }
+}
+
+/// Refuses a `safety_tolerance` outside `range` (what the provider accepts).
+pub fn check_safety_tolerance(
+    name: &str,
+    profile: &EditorProfile,
+    range: std::ops::RangeInclusive<i64>,
+) -> Result<Option<i64>, EditorConfigError> {
+    match profile.safety_tolerance {
+        Some(t) if !range.contains(&t) => Err(EditorConfigError::invalid(
+            name,
+            "safety_tolerance",
+            format!(
+                "{t}: must be between {} and {} for the {} kind",
+                range.start(),
+                range.end(),
+                profile.kind
+            ),
+        )),
+        t => Ok(t),
     }
 }
 

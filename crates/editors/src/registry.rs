@@ -7,11 +7,14 @@ use std::sync::Arc;
 use editthinker_core::Editor;
 use serde::Serialize;
 
+use crate::bfl::BflEditor;
 use crate::config::{EditorConfigError, EditorKind, EditorProfile};
 use crate::dashscope::DashscopeEditor;
+use crate::fal::FalEditor;
 use crate::gemini::GeminiEditor;
 use crate::http_editor::HttpEditor;
 use crate::openai::OpenAiEditor;
+use crate::replicate::ReplicateEditor;
 
 /// What `GET /v1/editors` shows about one editor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -81,12 +84,9 @@ impl EditorRegistry {
                 EditorKind::Openai => Arc::new(OpenAiEditor::from_profile(name, profile)?),
                 EditorKind::Gemini => Arc::new(GeminiEditor::from_profile(name, profile)?),
                 EditorKind::Dashscope => Arc::new(DashscopeEditor::from_profile(name, profile)?),
-                kind => {
-                    return Err(EditorConfigError::KindUnavailable {
-                        name: name.clone(),
-                        kind,
-                    })
-                }
+                EditorKind::Bfl => Arc::new(BflEditor::from_profile(name, profile)?),
+                EditorKind::Fal => Arc::new(FalEditor::from_profile(name, profile)?),
+                EditorKind::Replicate => Arc::new(ReplicateEditor::from_profile(name, profile)?),
             };
             registry.insert(info, editor);
         }

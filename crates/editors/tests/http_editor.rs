@@ -264,7 +264,7 @@ async fn a_timeout_is_transient() {
 async fn run_concurrently(max_in_flight: usize) -> usize {
     let server = FakeEditor::start(vec![], Reply::Slow(Duration::from_millis(150))).await;
     let mut p = profile(&[&server.url]);
-    p.max_in_flight = max_in_flight;
+    p.max_in_flight = Some(max_in_flight);
     let e = Arc::new(editor(&p));
     let src = Arc::new(source(32, 32));
     let calls = (0..3).map(|_| {

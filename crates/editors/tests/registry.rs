@@ -69,7 +69,7 @@ fn a_full_profile_parses_and_omitted_settings_get_defaults() {
         (300.0, 10.0, 3)
     );
     assert_eq!(
-        (q.retry_base_ms, q.max_in_flight, q.multiple_of),
+        (q.retry_base_ms, q.effective_max_in_flight(), q.multiple_of),
         (500, 4, 16)
     );
 }
@@ -238,14 +238,74 @@ fn a_missing_or_empty_api_key_variable_is_an_error() {
 }
 
 #[test]
-fn kinds_without_a_client_yet_are_an_error() {
-    for kind in ["bfl", "fal", "replicate"] {
-        let err = error(&format!("[editors.e]\nkind = \"{kind}\"\n"));
-        assert_eq!(
-            err,
-            format!("editors.e.kind: editor kind {kind} is not available in this build yet")
-        );
-    }
+fn asynchronous_kinds_parse_build_and_show_their_effective_model() {
+    std::env::set_var("REGISTRY_TEST_ASYNC_KEY", "k");
+    let toml = r#"
+        [editors.kontext]
+        kind = "bfl"
+        api_key_env = "REGISTRY_TEST_ASYNC_KEY"
+        aspect_ratio = "16:9"
+        safety_tolerance = 2
+        prompt_upsampling = false
+        output_format = "png"
+        poll_interval_ms = 500
+        default = true
+
+        [editors.qwen]
+        kind = "fal"
+        model = "fal-ai/qwen-image-edit"
+        api_key_env = "REGISTRY_TEST_ASYNC_KEY"
+        guidance_scale = 4.0
+        num_inference_steps = 30
+        seed = 1
+
+        [editors.dev]
+        kind = "replicate"
+        model = "black-forest-labs/flux-kontext-dev"
+        api_key_env = "REGISTRY_TEST_ASYNC_KEY"
+        input = { guidance = 2.5, go_fast = true }
+        max_in_flight = 2
+        "#;
+    let editors = parse(toml).unwrap();
+    assert_eq!(editors["kontext"].poll_interval_ms, Some(500));
+    assert_eq!(editors["kontext"].effective_max_in_flight(), 24);
+    assert_eq!(editors["qwen"].effective_max_in_flight(), 10);
+    assert_eq!(editors["dev"].effective_max_in_flight(), 2, "explicit wins");
+    assert_eq!(editors["dev"].input["guidance"], 2.5);
+    let r = registry(toml).unwrap();
+    let shown: Vec<(String, String, Option<String>)> = r
+        .infos()
+        .into_iter()
+        .map(|i| (i.name, i.kind, i.model))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (
+                "dev".into(),
+                "replicate".into(),
+                Some("black-forest-labs/flux-kontext-dev".into())
+            ),
+            (
+                "kontext".into(),
+                "bfl".into(),
+                Some("flux-kontext-pro".into())
+            ),
+            (
+                "qwen".into(),
+                "fal".into(),
+                Some("fal-ai/qwen-image-edit".into())
+            ),
+        ]
+    );
+    assert_eq!(r.default_name(), Some("kontext"));
+    let err = error(
+        "[editors.e]\nkind = \"bfl\"\napi_key_env = \"REGISTRY_TEST_ASYNC_KEY\"\nnum_inference_steps = 4\n",
+    );
+    assert_eq!(
+        err,
+        "editors.e.num_inference_steps: not used by the bfl kind"
+    );
 }
 
 #[test]
@@ -318,7 +378,7 @@ fn hosted_kinds_build_and_show_their_effective_model() {
 
 #[test]
 fn hosted_kinds_require_a_key_and_reject_settings_they_do_not_use() {
-    for kind in ["openai", "gemini", "dashscope"] {
+    for kind in ["openai", "gemini", "dashscope", "bfl", "fal", "replicate"] {
         let err = error(&format!("[editors.e]\nkind = \"{kind}\"\n"));
         assert!(
             err.starts_with("editors.e.api_key_env: missing"),

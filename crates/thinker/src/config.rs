@@ -17,7 +17,8 @@ pub enum ThinkerKind {
     /// Any OpenAI-compatible chat-completions server.
     #[default]
     Openai,
-    /// In-process mistral.rs (not built yet).
+    /// In-process mistral.rs (EditThinker-8B or another Qwen3-VL model);
+    /// see [`crate::local`].
     Local,
 }
 
@@ -52,6 +53,30 @@ pub struct ThinkerConfig {
     pub retry_base_ms: u64,
     /// Expert protocol only: ask for JSON-schema structured output.
     pub structured: bool,
+    /// `kind = "openai"`: ask for a streamed answer, so the reasoning reaches
+    /// clients live (`turn.thinking` events). Servers that ignore it still work.
+    pub stream: bool,
+    /// `kind = "local"` only: Hugging Face revision (branch, tag or commit)
+    /// of `model`; the default branch when unset.
+    pub revision: Option<String>,
+    /// `kind = "local"` only: weight dtype, `auto`, `bf16`, `f16` or `f32`
+    /// (default `auto`: mistral.rs picks one for the device).
+    pub dtype: Option<String>,
+    /// `kind = "local"` only: quantize in place at load (ISQ), e.g. `q8_0`,
+    /// `q4k`, `q6k`, `hqq4`, `fp8`; none by default.
+    pub isq: Option<String>,
+    /// `kind = "local"` only: `cpu` or `cuda` (default: `cuda` in a build
+    /// with the `cuda` feature, else `cpu`).
+    pub device: Option<String>,
+    /// `kind = "local"` only: nucleus sampling threshold, used when
+    /// `temperature` is above 0.
+    pub top_p: Option<f64>,
+    /// `kind = "local"` only: most critiques generated together in one
+    /// batch (default 8).
+    pub max_batch: Option<u32>,
+    /// `kind = "local"` only: constrain the output with a grammar so it
+    /// always parses (default true).
+    pub grammar: Option<bool>,
 }
 
 impl Default for ThinkerConfig {
@@ -70,6 +95,14 @@ impl Default for ThinkerConfig {
             max_retries: 3,
             retry_base_ms: 500,
             structured: true,
+            stream: true,
+            revision: None,
+            dtype: None,
+            isq: None,
+            device: None,
+            top_p: None,
+            max_batch: None,
+            grammar: None,
         }
     }
 }
@@ -107,21 +140,58 @@ impl ThinkerConfigError {
 const MIN_IMAGE_EDGE: u32 = 32;
 
 /// Validates `cfg`, reads the API key and template file it names, and builds
-/// the thinker.
+/// the thinker. `kind = "local"` loads a model, which takes time: use
+/// [`build_thinker_async`] for it.
 pub fn build_thinker(cfg: &ThinkerConfig) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
+    if cfg.kind == ThinkerKind::Local {
+        return Err(ThinkerConfigError::invalid(
+            "thinker.kind",
+            "\"local\" loads a model: build it with build_thinker_async",
+        ));
+    }
     let settings = resolve(cfg)?;
     Ok(Arc::new(OpenAiThinker::new(settings)?))
+}
+
+/// Builds the thinker of any kind; for `kind = "local"` this loads the
+/// model (downloading it first if needed) and returns once it answers.
+/// Logs `thinker ready` with the load time.
+pub async fn build_thinker_async(
+    cfg: &ThinkerConfig,
+) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
+    let started = std::time::Instant::now();
+    let thinker: Arc<dyn Thinker> = match cfg.kind {
+        ThinkerKind::Openai => build_thinker(cfg)?,
+        ThinkerKind::Local => {
+            let settings = crate::local::LocalSettings::from_config(cfg)?;
+            Arc::new(crate::local::LocalThinker::load(settings).await?)
+        }
+    };
+    tracing::info!(
+        kind = ?cfg.kind,
+        model = %cfg.model,
+        load_ms = started.elapsed().as_millis() as u64,
+        "thinker ready"
+    );
+    Ok(thinker)
 }
 
 /// Turns the raw section into checked settings (environment and files read here).
 fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
     use ThinkerConfigError as E;
 
-    if cfg.kind == ThinkerKind::Local {
-        return Err(E::invalid(
-            "thinker.kind",
-            "\"local\" (in-process mistral.rs) is not available in this build yet; use \"openai\"",
-        ));
+    // Keys of the in-process thinker mean nothing to a remote server.
+    let local_only = [
+        ("thinker.revision", cfg.revision.is_some()),
+        ("thinker.dtype", cfg.dtype.is_some()),
+        ("thinker.isq", cfg.isq.is_some()),
+        ("thinker.device", cfg.device.is_some()),
+        ("thinker.top_p", cfg.top_p.is_some()),
+        ("thinker.max_batch", cfg.max_batch.is_some()),
+        ("thinker.grammar", cfg.grammar.is_some()),
+    ];
+    if let Some((key, _)) = local_only.iter().find(|(_, set)| *set) {
+        return Err(E::invalid(key, "only applies to kind = \"local\""));
     }
 
     let base_url = Url::parse(cfg.base_url.trim()).map_err(|e| {
@@ -230,6 +300,8 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
         max_retries: cfg.max_retries,
         retry_base: Duration::from_millis(cfg.retry_base_ms),
         structured: cfg.structured,
+        stream: cfg.stream,
+        stream_idle_timeout: crate::openai::DEFAULT_STREAM_IDLE_TIMEOUT,
     })
 }
 
@@ -261,6 +333,7 @@ mod tests {
         assert_eq!((cfg.timeout_seconds, cfg.max_retries), (300, 3));
         assert_eq!(cfg.retry_base_ms, 500);
         assert!(cfg.structured);
+        assert!(cfg.stream);
         assert_eq!(cfg.temperature, None);
         let thinker = build_thinker(&cfg).unwrap();
         assert_eq!(thinker.protocol(), Protocol::Editthinker);
@@ -272,12 +345,14 @@ mod tests {
             "kind": "openai", "protocol": "expert", "base_url": "https://api.example.com/v1",
             "model": "gpt-4.1", "api_key_env": "X", "prompt_template_file": "/tmp/t.txt",
             "max_image_edge": 512, "temperature": 0.3, "max_tokens": 100,
-            "timeout_seconds": 5, "max_retries": 1, "retry_base_ms": 10, "structured": false
+            "timeout_seconds": 5, "max_retries": 1, "retry_base_ms": 10, "structured": false,
+            "stream": false
         }))
         .unwrap();
         assert_eq!(cfg.protocol, Protocol::Expert);
         assert_eq!(cfg.temperature, Some(0.3));
         assert!(!cfg.structured);
+        assert!(!cfg.stream);
         assert_eq!(cfg.prompt_template_file, Some(PathBuf::from("/tmp/t.txt")));
     }
 
@@ -300,11 +375,32 @@ mod tests {
     }
 
     #[test]
-    fn local_kind_is_not_available_yet() {
+    fn local_kind_needs_the_async_builder() {
         let cfg = config(json!({"kind": "local"})).unwrap();
         let e = build_err(&cfg);
         assert!(e.starts_with("thinker.kind: "), "{e}");
-        assert!(e.contains("not available in this build yet"), "{e}");
+        assert!(e.contains("build_thinker_async"), "{e}");
+    }
+
+    #[test]
+    fn local_only_keys_are_rejected_for_openai() {
+        for (key, value) in [
+            ("revision", json!("main")),
+            ("dtype", json!("bf16")),
+            ("isq", json!("q4k")),
+            ("device", json!("cuda")),
+            ("top_p", json!(0.9)),
+            ("max_batch", json!(4)),
+            ("grammar", json!(false)),
+        ] {
+            let cfg = config(json!({ key: value })).unwrap();
+            let e = build_err(&cfg);
+            assert_eq!(
+                e,
+                format!("thinker.{key}: only applies to kind = \"local\""),
+                "{key}"
+            );
+        }
     }
 
     #[test]

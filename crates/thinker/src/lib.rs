@@ -1,13 +1,25 @@
 //! Thinker backends (DESIGN.md §3, §4): the model that critiques each edit
 //! and rewrites the instruction.
 //!
-//! Today there is one kind, `openai`: any OpenAI-compatible chat-completions
-//! server (vLLM, `mistralrs serve`, OpenAI, Gemini's compatible endpoint).
-//! [`build_thinker`] turns the `[thinker]` configuration section into an
-//! [`editthinker_core::Thinker`].
+//! Two kinds:
+//! - `openai`: any OpenAI-compatible chat-completions server (vLLM,
+//!   `mistralrs serve`, OpenAI, Gemini's compatible endpoint);
+//! - `local`: EditThinker-8B (a Qwen3-VL model) in this process, on
+//!   mistral.rs ([`local`]).
+//!
+//! [`build_thinker_async`] turns the `[thinker]` configuration section into
+//! an [`editthinker_core::Thinker`] (loading the model for `local`);
+//! [`build_thinker`] does the same without waiting, for `openai` only.
+//! [`tiny_model`] writes a tiny random-weight Qwen3-VL model for tests and
+//! benchmarks.
 
 mod config;
+pub mod local;
 mod openai;
+pub mod tiny_model;
 
-pub use config::{build_thinker, ThinkerConfig, ThinkerConfigError, ThinkerKind};
+pub use config::{
+    build_thinker, build_thinker_async, ThinkerConfig, ThinkerConfigError, ThinkerKind,
+};
+pub use local::{CritiqueStats, LocalDType, LocalDevice, LocalSettings, LocalThinker};
 pub use openai::{OpenAiSettings, OpenAiThinker};

@@ -1,13 +1,43 @@
 //! The `openai` thinker: one chat-completions call per critique.
+//!
+//! The request is `POST {base_url}/chat/completions` with one user message:
+//! the source image, the edited image (both `data:image/png;base64,` URLs)
+//! and the rendered prompt, in that order (DESIGN.md §3). The expert
+//! protocol adds a `response_format` JSON schema when `structured` is set.
+//!
+//! With `stream` set (the default) the request asks for server-sent events
+//! and every piece of text is handed to the request's [`ThinkingSink`] as it
+//! arrives; the returned answer is the whole text. Reasoning that a server
+//! splits out of the content (`delta.reasoning_content`, or
+//! `delta.reasoning`, as vLLM's reasoning parsers and mistral.rs do) is
+//! forwarded to the sink as well. For the EditThinker protocol it is part of
+//! the answer, wrapped as `<think>…</think>` before the content, and the sink
+//! sees those tags too, so the concatenated deltas equal the answer. For the
+//! expert protocol the reasoning reaches the sink only: the answer is the
+//! JSON content alone. A server that ignores `stream` and answers with a
+//! plain JSON completion is read as such (the sink is then not called).
+//!
+//! Failures: connection errors, timeouts, a stream that breaks or goes idle
+//! mid-way, 408, 429 and 5xx are retried with exponential backoff and jitter,
+//! never sooner than the server's `Retry-After`, and end as
+//! [`ThinkerError::Transient`]. 401 and 403 are [`ThinkerError::Auth`]; 404
+//! and other 4xx are [`ThinkerError::Invalid`] and are not retried. A 200
+//! answer we cannot read (not JSON, no `choices`, no content) is
+//! `Transient` without an in-call retry: the worker requeues the job.
+//! When a streamed attempt is retried, the sink receives the new attempt's
+//! text from its beginning (live text is a view, not a record).
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
-use editthinker_core::{CritiqueRequest, Image, PromptTemplate, Protocol, Thinker, ThinkerError};
+use editthinker_core::{
+    CritiqueRequest, Image, PromptTemplate, Protocol, Thinker, ThinkerError, ThinkingSink,
+};
+use futures::StreamExt as _;
 use rand::Rng as _;
-use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use url::Url;
@@ -25,6 +55,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// How much of an error body we quote in messages.
 const MAX_QUOTED_BODY: usize = 500;
+/// Longest silence allowed between two events of a streamed answer once it
+/// has started (capped by the total timeout). Before the first event only
+/// the total timeout applies: a busy server may queue the request a while.
+pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Checked settings for [`OpenAiThinker`] (secrets already read).
 #[derive(Clone)]
@@ -53,6 +87,12 @@ pub struct OpenAiSettings {
     pub retry_base: Duration,
     /// Expert protocol only: request JSON-schema structured output.
     pub structured: bool,
+    /// Ask for a streamed answer (`"stream": true`) and pass its text to the
+    /// request's thinking sink as it arrives.
+    pub stream: bool,
+    /// Longest silence between two events of a streamed answer once the
+    /// first has arrived; the total `timeout` bounds the call regardless.
+    pub stream_idle_timeout: Duration,
 }
 
 // Hand-written so the API key never reaches logs.
@@ -70,6 +110,8 @@ impl fmt::Debug for OpenAiSettings {
             .field("max_retries", &self.max_retries)
             .field("retry_base", &self.retry_base)
             .field("structured", &self.structured)
+            .field("stream", &self.stream)
+            .field("stream_idle_timeout", &self.stream_idle_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -140,10 +182,15 @@ impl OpenAiThinker {
         if s.protocol == Protocol::Expert && s.structured {
             body["response_format"] = expert_response_format();
         }
+        if s.stream {
+            // `stream_options.include_usage` is left out on purpose: we do not
+            // use the counts, and strict servers reject fields they do not know.
+            body["stream"] = json!(true);
+        }
         body
     }
 
-    async fn attempt(&self, body: &Value) -> Attempt {
+    async fn attempt(&self, body: &Value, sink: &dyn ThinkingSink) -> Attempt {
         let mut request = self.client.post(&self.endpoint).json(body);
         if let Some(key) = &self.settings.api_key {
             request = request.bearer_auth(key);
@@ -160,6 +207,9 @@ impl OpenAiThinker {
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        if status.is_success() && is_event_stream(response.headers()) {
+            return self.read_stream(response, sink).await;
+        }
         let text = match response.text().await {
             Ok(t) => t,
             Err(e) => {
@@ -169,29 +219,198 @@ impl OpenAiThinker {
                 }
             }
         };
-        if status.is_success() {
-            return match answer_text(&text, self.settings.protocol) {
-                Some(answer) => Attempt::Done(answer),
-                None => Attempt::Fail(ThinkerError::Transient(format!(
+        if !status.is_success() {
+            return self.status_error(status, &text, retry_after);
+        }
+        // Some servers send events without the event-stream content type.
+        if looks_like_event_stream(&text) {
+            let mut parser = SseParser::default();
+            let mut answer = StreamAnswer::new(self.settings.protocol);
+            let mut events = parser.push(text.as_bytes());
+            events.extend(parser.finish());
+            for event in events {
+                if let Some(end) = answer.event(&event, sink, self) {
+                    return end;
+                }
+            }
+            return answer.end_of_stream(sink);
+        }
+        match answer_text(&text, self.settings.protocol) {
+            Some(answer) => Attempt::Done(answer),
+            None => match serde_json::from_str::<Value>(&text) {
+                Ok(value) if is_error_object(&value) => {
+                    self.error_object(&value, "error body with HTTP 200")
+                }
+                _ => Attempt::Fail(ThinkerError::Transient(format!(
                     "HTTP {status} without choices[0].message.content: {}",
                     quote(&text)
                 ))),
-            };
+            },
         }
-        let message = format!("HTTP {status}: {}", server_message(&text));
+    }
+
+    /// Reads a `text/event-stream` answer to its end, feeding `sink`.
+    async fn read_stream(&self, response: reqwest::Response, sink: &dyn ThinkingSink) -> Attempt {
+        let idle = self.settings.stream_idle_timeout.min(self.settings.timeout);
+        let mut chunks = response.bytes_stream();
+        let mut parser = SseParser::default();
+        let mut answer = StreamAnswer::new(self.settings.protocol);
+        loop {
+            // The total timeout (reqwest's, which covers the body) always
+            // applies; the idle one only once the answer has started.
+            let next = if answer.started {
+                match tokio::time::timeout(idle, chunks.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        return Attempt::Retry {
+                            message: format!(
+                                "the stream went idle for {idle:?} after {} characters",
+                                answer.text.chars().count()
+                            ),
+                            retry_after: None,
+                        }
+                    }
+                }
+            } else {
+                chunks.next().await
+            };
+            let ended = next.is_none();
+            let events = match next {
+                Some(Ok(bytes)) => parser.push(&bytes),
+                Some(Err(e)) => {
+                    return Attempt::Retry {
+                        message: format!(
+                            "the stream broke after {} characters: {}",
+                            answer.text.chars().count(),
+                            describe_reqwest_error(&e)
+                        ),
+                        retry_after: None,
+                    }
+                }
+                None => parser.finish(),
+            };
+            for event in &events {
+                if let Some(end) = answer.event(event, sink, self) {
+                    return end;
+                }
+            }
+            if ended {
+                return answer.end_of_stream(sink);
+            }
+        }
+    }
+
+    /// What a non-success status means for this call.
+    fn status_error(
+        &self,
+        status: StatusCode,
+        body: &str,
+        retry_after: Option<Duration>,
+    ) -> Attempt {
+        let server = server_message(body);
         if status == StatusCode::TOO_MANY_REQUESTS
             || status == StatusCode::REQUEST_TIMEOUT
             || status.is_server_error()
         {
-            Attempt::Retry {
-                message,
+            return Attempt::Retry {
+                message: format!("HTTP {status}: {server}"),
                 retry_after,
+            };
+        }
+        Attempt::Fail(self.rejection(status.as_u16(), &server))
+    }
+
+    /// The permanent error for a rejection with HTTP status `code` (also used
+    /// for error events inside a stream), with a hint at the likely fix.
+    fn rejection(&self, code: u16, server: &str) -> ThinkerError {
+        let s = &self.settings;
+        match code {
+            401 | 403 => ThinkerError::Auth(match &s.api_key {
+                Some(_) => format!(
+                    "the thinker at {} rejected the API key (HTTP {code}: {server}); check the \
+                     key in the environment variable thinker.api_key_env names, and that it \
+                     grants access to model {:?}",
+                    self.endpoint, s.model
+                ),
+                None => format!(
+                    "the thinker at {} wants an API key (HTTP {code}: {server}); none was sent: \
+                     set thinker.api_key_env to the environment variable that holds it",
+                    self.endpoint
+                ),
+            }),
+            404 => ThinkerError::Invalid(format!(
+                "HTTP 404 from {}: {server}; unknown model {:?} or wrong base_url {:?} \
+                 (thinker.model, thinker.base_url)",
+                self.endpoint,
+                s.model,
+                s.base_url.as_str()
+            )),
+            _ => {
+                let lower = server.to_ascii_lowercase();
+                let mut message = format!("HTTP {code} from {}: {server}", self.endpoint);
+                if s.protocol == Protocol::Expert
+                    && s.structured
+                    && ["response_format", "json_schema", "structured"]
+                        .iter()
+                        .any(|w| lower.contains(w))
+                {
+                    message.push_str(
+                        "; the server may not support response_format json_schema: set \
+                         thinker.structured = false",
+                    );
+                } else if s.stream && lower.contains("stream") {
+                    message.push_str(
+                        "; if the server cannot stream answers, set thinker.stream = false",
+                    );
+                }
+                ThinkerError::Invalid(message)
             }
-        } else if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            Attempt::Fail(ThinkerError::Auth(message))
-        } else {
-            // 404 (wrong base URL or unknown model) and other 4xx: our request is wrong.
-            Attempt::Fail(ThinkerError::Invalid(message))
+        }
+    }
+
+    /// What an error object in a 200 answer means (an error event inside a
+    /// stream, or an error body sent with 200; `context` says which):
+    /// classified by its HTTP-like `code` or its `type`; an unknown one
+    /// counts as a server failure and is retried.
+    fn error_object(&self, value: &Value, context: &str) -> Attempt {
+        let error = value
+            .get("error")
+            .filter(|e| e.is_object())
+            .unwrap_or(value);
+        let server = error
+            .get("message")
+            .and_then(Value::as_str)
+            .or_else(|| value.get("error").and_then(Value::as_str))
+            .map_or_else(|| quote(&value.to_string()), quote);
+        let code = ["code", "status"]
+            .iter()
+            .filter_map(|k| error.get(*k))
+            .find_map(|c| {
+                c.as_u64()
+                    .or_else(|| c.as_str().and_then(|s| s.trim().parse().ok()))
+            })
+            .and_then(|c| u16::try_from(c).ok());
+        let kind = ["type", "code"]
+            .iter()
+            .filter_map(|k| error.get(*k).and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_ascii_lowercase();
+        let retry = Attempt::Retry {
+            message: format!("{context}: {server}"),
+            retry_after: None,
+        };
+        let server = format!("{server} ({context})");
+        match code {
+            Some(c) if c == 408 || c == 429 || c >= 500 => retry,
+            Some(c) if (400..500).contains(&c) => Attempt::Fail(self.rejection(c, &server)),
+            _ if kind.contains("auth") || kind.contains("api_key") => {
+                Attempt::Fail(self.rejection(401, &server))
+            }
+            _ if kind.contains("invalid_request") || kind.contains("badrequest") => {
+                Attempt::Fail(self.rejection(400, &server))
+            }
+            _ => retry,
         }
     }
 
@@ -238,7 +457,7 @@ impl Thinker for OpenAiThinker {
 
         let mut retry = 0;
         loop {
-            let (message, retry_after) = match self.attempt(&body).await {
+            let (message, retry_after) = match self.attempt(&body, request.thinking).await {
                 Attempt::Done(answer) => return Ok(answer),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
@@ -341,6 +560,294 @@ fn answer_text(body: &str, protocol: Protocol) -> Option<String> {
     }
 }
 
+/// Context of an error event inside an answer stream.
+const STREAM_ERROR: &str = "error event in the stream";
+
+/// Whether `value` is an error report: OpenAI's `{"error": {...}}` or vLLM's
+/// `{"object": "error", ...}`.
+fn is_error_object(value: &Value) -> bool {
+    value.get("error").is_some_and(|e| !e.is_null())
+        || value.get("object").and_then(Value::as_str) == Some("error")
+}
+
+/// Whether the response is a server-sent event stream.
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"))
+}
+
+/// Whether a body labelled otherwise is really server-sent events: its first
+/// non-blank line is an SSE field or comment, where JSON would start with `{`.
+fn looks_like_event_stream(body: &str) -> bool {
+    body.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .is_some_and(|line| {
+            line.starts_with(':')
+                || ["data:", "event:", "id:"]
+                    .iter()
+                    .any(|f| line.starts_with(f))
+        })
+}
+
+/// One server-sent event: its `event:` name (if any) and its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SseEvent {
+    name: Option<String>,
+    data: String,
+}
+
+/// An incremental parser for `text/event-stream` bodies.
+///
+/// Lines end in `\n` (a `\r` before it is dropped); `data:` lines of one
+/// event are joined with `\n` and the event ends at a blank line, as the
+/// SSE format says. As a leniency for servers that omit the blank lines, a
+/// `data:` line that follows a complete JSON value or `[DONE]` starts a new
+/// event. Comments (`:`) and other fields (`id:`, `retry:`) are ignored.
+#[derive(Debug, Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    name: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    /// Feeds a chunk of the body; returns the events it completed.
+    fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
+        self.buffer.extend_from_slice(chunk);
+        let mut events = Vec::new();
+        let mut consumed = 0;
+        while let Some(end) = self.buffer[consumed..].iter().position(|b| *b == b'\n') {
+            let line = &self.buffer[consumed..consumed + end];
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            // A line never splits a UTF-8 sequence: `\n` cannot occur inside one.
+            let line = String::from_utf8_lossy(line).into_owned();
+            consumed += end + 1;
+            self.line(&line, &mut events);
+        }
+        self.buffer.drain(..consumed);
+        events
+    }
+
+    /// The body ended: the events still pending, including an unterminated
+    /// last line.
+    fn finish(&mut self) -> Vec<SseEvent> {
+        let mut events = Vec::new();
+        if !self.buffer.is_empty() {
+            let rest = std::mem::take(&mut self.buffer);
+            let line = String::from_utf8_lossy(&rest).into_owned();
+            self.line(line.trim_end_matches('\r'), &mut events);
+        }
+        self.dispatch(&mut events);
+        events
+    }
+
+    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
+        if line.is_empty() {
+            self.dispatch(events);
+            return;
+        }
+        if line.starts_with(':') {
+            return;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line, ""),
+        };
+        match field {
+            "data" => {
+                if let Some(pending) = &self.data {
+                    let pending = pending.trim();
+                    if pending == "[DONE]" || serde_json::from_str::<Value>(pending).is_ok() {
+                        self.dispatch(events);
+                    }
+                }
+                match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_string()),
+                }
+            }
+            "event" => self.name = Some(value.to_string()),
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
+        let name = self.name.take();
+        if let Some(data) = self.data.take() {
+            events.push(SseEvent { name, data });
+        }
+    }
+}
+
+/// A streamed answer being put together.
+struct StreamAnswer {
+    protocol: Protocol,
+    /// What the call returns (for the EditThinker protocol, exactly what the
+    /// sink has been given).
+    text: String,
+    /// A `<think>` we opened for split-out reasoning is not closed yet.
+    think_open: bool,
+    /// Some content (not reasoning) has arrived.
+    has_content: bool,
+    /// A chunk with `choices` has arrived (the idle timeout now applies).
+    started: bool,
+    /// The server's `finish_reason`, once given.
+    finish_reason: Option<String>,
+}
+
+impl StreamAnswer {
+    fn new(protocol: Protocol) -> Self {
+        Self {
+            protocol,
+            text: String::new(),
+            think_open: false,
+            has_content: false,
+            started: false,
+            finish_reason: None,
+        }
+    }
+
+    /// Gives `piece` to the sink and appends it to the answer.
+    fn emit(&mut self, piece: &str, sink: &dyn ThinkingSink) {
+        if !piece.is_empty() {
+            sink.delta(piece);
+            self.text.push_str(piece);
+        }
+    }
+
+    fn reasoning(&mut self, piece: &str, sink: &dyn ThinkingSink) {
+        if piece.is_empty() {
+            return;
+        }
+        if self.protocol == Protocol::Editthinker && !self.has_content {
+            if !self.think_open {
+                self.emit("<think>", sink);
+                self.think_open = true;
+            }
+            self.emit(piece, sink);
+        } else {
+            // Expert answers are the JSON content alone; reasoning after the
+            // content has started cannot be put back in front of it.
+            sink.delta(piece);
+        }
+    }
+
+    fn content(&mut self, piece: &str, sink: &dyn ThinkingSink) {
+        if piece.is_empty() {
+            return;
+        }
+        self.close_think(sink);
+        self.has_content = true;
+        self.emit(piece, sink);
+    }
+
+    fn close_think(&mut self, sink: &dyn ThinkingSink) {
+        if self.think_open {
+            self.think_open = false;
+            self.emit("</think>", sink);
+        }
+    }
+
+    /// Handles one event; `Some` ends the attempt.
+    fn event(
+        &mut self,
+        event: &SseEvent,
+        sink: &dyn ThinkingSink,
+        thinker: &OpenAiThinker,
+    ) -> Option<Attempt> {
+        let data = event.data.trim();
+        if data.is_empty() {
+            return None;
+        }
+        if data == "[DONE]" {
+            return Some(self.done(sink));
+        }
+        let value: Value = match serde_json::from_str(data) {
+            Ok(v) => v,
+            Err(_) if event.name.as_deref() == Some("error") => {
+                return Some(thinker.error_object(&json!({ "message": data }), STREAM_ERROR))
+            }
+            Err(e) => {
+                return Some(Attempt::Fail(ThinkerError::Transient(format!(
+                    "malformed event in the answer stream ({e}): {}",
+                    quote(data)
+                ))))
+            }
+        };
+        if event.name.as_deref() == Some("error") || is_error_object(&value) {
+            return Some(thinker.error_object(&value, STREAM_ERROR));
+        }
+        // A chunk without choices (e.g. the usage summary) carries no text.
+        let choice = value.get("choices").and_then(|c| c.get(0))?;
+        self.started = true;
+        if let Some(delta) = choice.get("delta") {
+            let reasoning = ["reasoning_content", "reasoning"]
+                .iter()
+                .find_map(|k| delta.get(*k).and_then(Value::as_str));
+            if let Some(r) = reasoning {
+                self.reasoning(r, sink);
+            }
+            match delta.get("content") {
+                Some(Value::String(c)) => self.content(c, sink),
+                Some(Value::Array(parts)) => {
+                    for part in parts {
+                        if let Some(t) = part.get("text").and_then(Value::as_str) {
+                            self.content(t, sink);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            if reason == "length" {
+                tracing::warn!(
+                    "the thinker's answer was cut at max_tokens (finish_reason \"length\")"
+                );
+            }
+            self.finish_reason = Some(reason.to_string());
+        }
+        None
+    }
+
+    /// `[DONE]` arrived.
+    fn done(&mut self, sink: &dyn ThinkingSink) -> Attempt {
+        if !self.started {
+            return Attempt::Fail(ThinkerError::Transient(
+                "the answer stream ended without any choices".into(),
+            ));
+        }
+        Attempt::Done(self.take_text(sink))
+    }
+
+    /// The body ended without `[DONE]`: complete if the server said why it
+    /// finished, else the stream was cut.
+    fn end_of_stream(&mut self, sink: &dyn ThinkingSink) -> Attempt {
+        if self.finish_reason.is_some() {
+            return Attempt::Done(self.take_text(sink));
+        }
+        Attempt::Retry {
+            message: format!(
+                "the stream ended without [DONE] after {} characters",
+                self.text.chars().count()
+            ),
+            retry_after: None,
+        }
+    }
+
+    /// The finished answer (closing a `<think>` that no content followed).
+    fn take_text(&mut self, sink: &dyn ThinkingSink) -> String {
+        self.close_think(sink);
+        std::mem::take(&mut self.text)
+    }
+}
+
 /// `Retry-After` in whole seconds (the HTTP-date form is not used by the
 /// servers we target, and is ignored: plain backoff applies).
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -434,6 +941,53 @@ mod tests {
         assert_eq!(server_message("plain text"), "plain text");
         assert_eq!(server_message(""), "(empty body)");
         assert!(quote(&"x".repeat(2000)).chars().count() <= MAX_QUOTED_BODY + 1);
+    }
+
+    #[test]
+    fn sse_parser_handles_split_chunks_and_fields() {
+        let body = "event: message\r\ndata: {\"a\":\"é\"}\r\n\r\n: comment\n\ndata: line one\ndata: line two\nid: 7\n\ndata: [DONE]";
+        // Every split point, including inside the two-byte `é`.
+        for cut in 0..body.len() {
+            let mut parser = SseParser::default();
+            let mut events = parser.push(&body.as_bytes()[..cut]);
+            events.extend(parser.push(&body.as_bytes()[cut..]));
+            events.extend(parser.finish());
+            assert_eq!(
+                events,
+                vec![
+                    SseEvent {
+                        name: Some("message".into()),
+                        data: "{\"a\":\"é\"}".into()
+                    },
+                    SseEvent {
+                        name: None,
+                        data: "line one\nline two".into()
+                    },
+                    SseEvent {
+                        name: None,
+                        data: "[DONE]".into()
+                    },
+                ],
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn sse_parser_splits_json_events_without_blank_lines() {
+        let mut parser = SseParser::default();
+        let mut events = parser.push(b"data: {\"n\":1}\ndata: {\"n\":2}\ndata:[DONE]\n");
+        events.extend(parser.finish());
+        let data: Vec<_> = events.into_iter().map(|e| e.data).collect();
+        assert_eq!(data, ["{\"n\":1}", "{\"n\":2}", "[DONE]"]);
+    }
+
+    #[test]
+    fn event_stream_sniffing() {
+        assert!(looks_like_event_stream("\n\ndata: {}"));
+        assert!(looks_like_event_stream(": ping\n"));
+        assert!(!looks_like_event_stream("{\"choices\": []}"));
+        assert!(!looks_like_event_stream(""));
     }
 
     #[test]

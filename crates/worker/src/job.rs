@@ -381,7 +381,13 @@ const THINKING_CHUNK_BYTES: usize = 3000;
 /// a task of its own so the generation path never waits on the database.
 /// The task ends, after a last flush, when the publisher is dropped.
 struct ThinkingPublisher {
-    tx: mpsc::UnboundedSender<(u32, String)>,
+    tx: mpsc::UnboundedSender<ThinkingMessage>,
+}
+
+enum ThinkingMessage {
+    Delta(u32, String),
+    /// Publish what is buffered now, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl ThinkingPublisher {
@@ -393,20 +399,33 @@ impl ThinkingPublisher {
 
     fn send(&self, turn: u32, delta: &str) {
         // A closed channel only means nobody is publishing any more.
-        let _ = self.tx.send((turn, delta.to_owned()));
+        let _ = self.tx.send(ThinkingMessage::Delta(turn, delta.to_owned()));
+    }
+
+    /// Waits until every delta sent so far is published, so that live
+    /// reasoning reaches subscribers before the critique it led to.
+    async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(ThinkingMessage::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 }
 
 async fn publish_thinking(
     store: Arc<dyn Store>,
     job_id: uuid::Uuid,
-    mut rx: mpsc::UnboundedReceiver<(u32, String)>,
+    mut rx: mpsc::UnboundedReceiver<ThinkingMessage>,
 ) {
     let mut open = true;
     while open {
         // Wait for the first delta, then gather for one flush interval.
         let mut pending = match rx.recv().await {
-            Some(first) => Some(first),
+            Some(ThinkingMessage::Delta(turn, text)) => Some((turn, text)),
+            Some(ThinkingMessage::Flush(done)) => {
+                let _ = done.send(());
+                continue;
+            }
             None => break,
         };
         let deadline = tokio::time::sleep(THINKING_FLUSH);
@@ -415,13 +434,18 @@ async fn publish_thinking(
             tokio::select! {
                 _ = &mut deadline => break,
                 next = rx.recv() => match next {
-                    Some((turn, text)) => match &mut pending {
+                    Some(ThinkingMessage::Delta(turn, text)) => match &mut pending {
                         Some((t, buf)) if *t == turn => buf.push_str(&text),
                         _ => {
                             flush_thinking(&*store, job_id, pending.take()).await;
                             pending = Some((turn, text));
                         }
                     },
+                    Some(ThinkingMessage::Flush(done)) => {
+                        flush_thinking(&*store, job_id, pending.take()).await;
+                        let _ = done.send(());
+                        break;
+                    }
                     None => {
                         open = false;
                         break;
@@ -514,6 +538,7 @@ impl TurnObserver for StoreObserver {
     }
 
     async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String> {
+        self.thinking.flush().await;
         let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
         self.store
             .record_critique(

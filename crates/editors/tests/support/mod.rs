@@ -226,6 +226,15 @@ pub enum Answer {
     Json(serde_json::Value),
     /// This status, an optional `Retry-After`, this body.
     Status(u16, Option<&'static str>, String),
+    /// This (2xx) status with this JSON body (e.g. fal's 202 while queued).
+    JsonWith(u16, serde_json::Value),
+}
+
+/// A script for one path: answers in order, then `otherwise` forever.
+#[derive(Default)]
+struct Route {
+    script: VecDeque<Answer>,
+    otherwise: Option<Answer>,
 }
 
 #[derive(Default)]
@@ -233,8 +242,11 @@ struct ProviderState {
     script: VecDeque<Answer>,
     otherwise: Option<Answer>,
     requests: Vec<RawRequest>,
-    /// Served under `/files/<name>`.
-    files: std::collections::HashMap<String, Bytes>,
+    /// Per-path scripts, tried before the global one.
+    routes: std::collections::HashMap<String, Route>,
+    /// Served under `/files/<name>`; `true`: only once (then 404, like an
+    /// expired signed URL).
+    files: std::collections::HashMap<String, (Bytes, bool)>,
     downloads: Vec<RawRequest>,
 }
 
@@ -270,14 +282,49 @@ impl FakeProvider {
         s.otherwise = Some(otherwise);
     }
 
+    /// Answers requests to `path` with `script` in order, then `otherwise`
+    /// forever (other paths use the global script).
+    pub fn answer_path(&self, path: &str, script: Vec<Answer>, otherwise: Answer) {
+        self.state.lock().unwrap().routes.insert(
+            path.to_owned(),
+            Route {
+                script: script.into(),
+                otherwise: Some(otherwise),
+            },
+        );
+    }
+
     /// Serves `bytes` and returns its URL, signed-looking (with a query).
     pub fn serve_file(&self, name: &str, bytes: Bytes) -> String {
+        self.serve(name, bytes, false)
+    }
+
+    /// Serves `bytes` for one fetch only (later fetches get 404, like an
+    /// expired signed URL) and returns its URL.
+    pub fn serve_file_once(&self, name: &str, bytes: Bytes) -> String {
+        self.serve(name, bytes, true)
+    }
+
+    fn serve(&self, name: &str, bytes: Bytes, once: bool) -> String {
         self.state
             .lock()
             .unwrap()
             .files
-            .insert(name.to_owned(), bytes);
+            .insert(name.to_owned(), (bytes, once));
         format!("{}/files/{name}?Expires=1&Signature=abc", self.url)
+    }
+
+    /// The API requests to `path`.
+    pub fn requests_to(&self, path: &str) -> Vec<RawRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    /// A cheap handle that counts the API requests received so far.
+    pub fn counter(&self) -> RequestCounter {
+        RequestCounter(Arc::clone(&self.state))
     }
 
     /// The API requests received (file fetches excluded).
@@ -288,6 +335,56 @@ impl FakeProvider {
     /// The fetches of served files.
     pub fn downloads(&self) -> Vec<RawRequest> {
         self.state.lock().unwrap().downloads.clone()
+    }
+}
+
+/// Counts a [`FakeProvider`]'s API requests from elsewhere (a checkpoint).
+#[derive(Clone)]
+pub struct RequestCounter(Arc<Mutex<ProviderState>>);
+
+impl RequestCounter {
+    /// The paths of the API requests received so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .map(|r| r.path.clone())
+            .collect()
+    }
+}
+
+/// An `EditCheckpoint` that records each call with the paths the provider
+/// had received at that moment (to check it ran before the first poll).
+#[derive(Default)]
+pub struct RecordingCheckpoint {
+    pub counter: Option<RequestCounter>,
+    pub calls: Mutex<Vec<(editthinker_core::ProviderRequest, Vec<String>)>>,
+}
+
+impl RecordingCheckpoint {
+    pub fn new(server: &FakeProvider) -> Self {
+        Self {
+            counter: Some(server.counter()),
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn calls(&self) -> Vec<(editthinker_core::ProviderRequest, Vec<String>)> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl editthinker_core::EditCheckpoint for RecordingCheckpoint {
+    async fn submitted(
+        &self,
+        request: &editthinker_core::ProviderRequest,
+    ) -> Result<(), editthinker_core::EditorError> {
+        let seen = self.counter.as_ref().map(|c| c.paths()).unwrap_or_default();
+        self.calls.lock().unwrap().push((request.clone(), seen));
+        Ok(())
     }
 }
 
@@ -314,20 +411,27 @@ async fn provider_handle(
     let mut s = state.lock().unwrap();
     if let Some(name) = request.path.strip_prefix("/files/") {
         let file = s.files.get(name).cloned();
+        if let Some((_, true)) = file {
+            s.files.remove(name);
+        }
         s.downloads.push(request);
         return match file {
-            Some(bytes) => ([("content-type", "image/png")], bytes).into_response(),
+            Some((bytes, _)) => ([("content-type", "image/png")], bytes).into_response(),
             None => (StatusCode::NOT_FOUND, "expired").into_response(),
         };
     }
+    let path = request.path.clone();
     s.requests.push(request);
-    let answer = s
-        .script
-        .pop_front()
-        .or_else(|| s.otherwise.clone())
-        .unwrap_or(Answer::Status(500, None, "no script".into()));
+    let answer = match s.routes.get_mut(&path) {
+        Some(route) => route.script.pop_front().or_else(|| route.otherwise.clone()),
+        None => s.script.pop_front().or_else(|| s.otherwise.clone()),
+    }
+    .unwrap_or(Answer::Status(500, None, "no script".into()));
     match answer {
         Answer::Json(v) => axum::Json(v).into_response(),
+        Answer::JsonWith(code, v) => {
+            (StatusCode::from_u16(code).unwrap(), axum::Json(v)).into_response()
+        }
         Answer::Status(code, retry_after, body) => {
             let mut r = (
                 StatusCode::from_u16(code).unwrap(),
@@ -370,4 +474,23 @@ pub fn image_info(bytes: &[u8]) -> (bool, u32, u32) {
 pub fn api_key(var: &str, value: &str) -> String {
     std::env::set_var(var, value);
     var.to_owned()
+}
+
+/// One edit of `src` by `editor` (instruction "make it so"), resuming
+/// `resume` if given, recording through `checkpoint`.
+pub async fn edit_once(
+    editor: &dyn editthinker_core::Editor,
+    src: &Image,
+    resume: Option<&editthinker_core::ProviderRequest>,
+    checkpoint: &dyn editthinker_core::EditCheckpoint,
+) -> Result<Image, editthinker_core::EditorError> {
+    editor
+        .edit(editthinker_core::EditRequest {
+            source: src,
+            instruction: "make it so",
+            turn: 1,
+            resume,
+            checkpoint,
+        })
+        .await
 }

@@ -3,7 +3,10 @@
 //! It checks the protocol basics itself (method, path, a JSON body with the
 //! chat-completions shape) and answers 404/400 like a real server when they
 //! are wrong; every request is recorded so tests can assert its details.
-//! Replies are scripted in order.
+//! Replies are scripted in order. A [`Reply::content`] answers the way a real
+//! server does: as server-sent events when the request asked for
+//! `"stream": true`, else as one JSON completion; [`Reply::sse`] scripts a
+//! stream event by event, including how it ends.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
@@ -13,15 +16,40 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
-use editthinker_core::Image;
+use editthinker_core::{Image, ThinkingSink};
+use futures::StreamExt as _;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use serde_json::{json, Value};
+
+/// How a scripted event stream ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// `data: [DONE]`, then the body ends.
+    Done,
+    /// The body ends cleanly with no `[DONE]`.
+    Close,
+    /// The connection is cut mid-body (a body error on the client's side).
+    Abort,
+    /// Nothing more is sent for this long, then `[DONE]`.
+    Stall(Duration),
+}
+
+/// What a reply's body is.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// `body` as it is, with `content_type`.
+    Fixed,
+    /// A completion with this content: streamed when the request asks for it.
+    Completion(String),
+    /// These `data:` payloads, as `text/event-stream`, then `end`.
+    Stream { events: Vec<String>, end: End },
+}
 
 /// One scripted answer.
 #[derive(Debug, Clone)]
@@ -29,20 +57,52 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: String,
+    pub content_type: &'static str,
     pub delay: Duration,
+    pub mode: Mode,
 }
 
 impl Reply {
-    /// A 200 chat completion whose message content is `content`.
+    /// A 200 completion whose message content is `content`, streamed in a
+    /// few chunks when the request has `"stream": true`.
     pub fn content(content: &str) -> Self {
-        Self::json(
-            200,
-            json!({
-                "id": "chatcmpl-test",
-                "object": "chat.completion",
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            }),
-        )
+        Self {
+            mode: Mode::Completion(content.into()),
+            ..Self::json_completion(content)
+        }
+    }
+
+    /// A 200 JSON completion whatever the request asked: a server that
+    /// ignores `stream`.
+    pub fn json_completion(content: &str) -> Self {
+        Self::json(200, completion(content))
+    }
+
+    /// A 200 event stream of these `data:` payloads (see [`chunk`]),
+    /// ending with `data: [DONE]`.
+    pub fn sse(events: Vec<Value>) -> Self {
+        Self::sse_raw(events.iter().map(Value::to_string).collect())
+    }
+
+    /// A 200 event stream of these raw `data:` payloads.
+    pub fn sse_raw(events: Vec<String>) -> Self {
+        Self {
+            content_type: "text/event-stream",
+            mode: Mode::Stream {
+                events,
+                end: End::Done,
+            },
+            ..Self::raw(200, "")
+        }
+    }
+
+    /// How a [`Reply::sse`] stream ends.
+    pub fn ending(mut self, how: End) -> Self {
+        match &mut self.mode {
+            Mode::Stream { end, .. } => *end = how,
+            _ => panic!("ending() applies to sse replies"),
+        }
+        self
     }
 
     /// Any JSON body with `status`.
@@ -58,13 +118,15 @@ impl Reply {
         )
     }
 
-    /// A raw body.
+    /// A raw body (labelled JSON unless [`Reply::content_type`] says otherwise).
     pub fn raw(status: u16, body: &str) -> Self {
         Self {
             status,
             headers: Vec::new(),
             body: body.into(),
+            content_type: "application/json",
             delay: Duration::ZERO,
+            mode: Mode::Fixed,
         }
     }
 
@@ -73,9 +135,89 @@ impl Reply {
         self
     }
 
+    pub fn content_type(mut self, value: &'static str) -> Self {
+        self.content_type = value;
+        self
+    }
+
     pub fn delayed(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+}
+
+/// A non-streamed chat completion.
+pub fn completion(content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+    })
+}
+
+/// A `chat.completion.chunk` carrying `delta`.
+pub fn chunk(delta: Value) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": null}],
+    })
+}
+
+/// A content chunk.
+pub fn content_chunk(text: &str) -> Value {
+    chunk(json!({ "content": text }))
+}
+
+/// The last chunk of a choice: an empty delta and `reason`.
+pub fn finish_chunk(reason: &str) -> Value {
+    json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": reason}],
+    })
+}
+
+/// The chunks a server streams for `content`: the role, the text in three
+/// pieces, the finish, and a usage chunk with no choices.
+pub fn stream_of(content: &str) -> Vec<Value> {
+    let chars: Vec<char> = content.chars().collect();
+    let third = chars.len().div_ceil(3).max(1);
+    let mut events = vec![chunk(json!({"role": "assistant", "content": ""}))];
+    events.extend(
+        chars
+            .chunks(third)
+            .map(|piece| content_chunk(&piece.iter().collect::<String>())),
+    );
+    events.push(finish_chunk("stop"));
+    events.push(json!({
+        "id": "chatcmpl-test",
+        "object": "chat.completion.chunk",
+        "choices": [],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+    }));
+    events
+}
+
+/// A [`ThinkingSink`] that keeps every delta.
+#[derive(Debug, Default)]
+pub struct Recorder(Mutex<Vec<String>>);
+
+impl Recorder {
+    /// The deltas received, in order.
+    pub fn deltas(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// All deltas joined.
+    pub fn text(&self) -> String {
+        self.deltas().concat()
+    }
+}
+
+impl ThinkingSink for Recorder {
+    fn delta(&self, text: &str) {
+        self.0.lock().unwrap().push(text.to_string());
     }
 }
 
@@ -117,6 +259,11 @@ impl Seen {
                 image::load_from_memory_with_format(&bytes, ImageFormat::Png).unwrap()
             })
             .collect()
+    }
+
+    /// Whether the request asked for a streamed answer.
+    pub fn stream(&self) -> bool {
+        self.body.get("stream").and_then(Value::as_bool) == Some(true)
     }
 
     /// The text part.
@@ -187,12 +334,19 @@ async fn handle(
         return (StatusCode::NOT_FOUND, "no such route").into_response();
     }
     if let Err(problem) = check_shape(&headers, &parsed) {
-        return reply(Reply::error(400, &problem)).await;
+        return reply(Reply::error(400, &problem), false).await;
     }
+    let stream = parsed.get("stream").and_then(Value::as_bool) == Some(true);
     let next = state.replies.lock().unwrap().pop_front();
     match next {
-        Some(r) => reply(r).await,
-        None => reply(Reply::error(500, "the test scripted no more replies")).await,
+        Some(r) => reply(r, stream).await,
+        None => {
+            reply(
+                Reply::error(500, "the test scripted no more replies"),
+                false,
+            )
+            .await
+        }
     }
 }
 
@@ -227,21 +381,76 @@ fn check_shape(headers: &HeaderMap, body: &Value) -> Result<(), String> {
     if !body["max_tokens"].is_u64() {
         return Err("max_tokens must be an integer".into());
     }
+    if body.get("stream").is_some_and(|s| !s.is_boolean()) {
+        return Err("stream must be a boolean".into());
+    }
     Ok(())
 }
 
-async fn reply(r: Reply) -> Response {
+async fn reply(r: Reply, stream_requested: bool) -> Response {
     tokio::time::sleep(r.delay).await;
-    let mut response = (
-        StatusCode::from_u16(r.status).unwrap(),
-        [("content-type", "application/json")],
-        r.body,
-    )
-        .into_response();
+    let status = StatusCode::from_u16(r.status).unwrap();
+    let (content_type, body) = match r.mode {
+        Mode::Fixed => (r.content_type, Body::from(r.body)),
+        Mode::Completion(content) if !stream_requested => {
+            (r.content_type, Body::from(completion(&content).to_string()))
+        }
+        Mode::Completion(content) => (
+            "text/event-stream",
+            sse_body(
+                stream_of(&content).iter().map(Value::to_string).collect(),
+                End::Done,
+            ),
+        ),
+        Mode::Stream { events, end } => (r.content_type, sse_body(events, end)),
+    };
+    let mut response = (status, [("content-type", content_type)], body).into_response();
     for (name, value) in r.headers {
         response.headers_mut().insert(name, value.parse().unwrap());
     }
     response
+}
+
+/// An event-stream body: each payload as `data: …` and a blank line, sent
+/// as its own chunk with a short pause, then the ending.
+fn sse_body(events: Vec<String>, end: End) -> Body {
+    enum Frame {
+        Data(String),
+        Wait(Duration),
+        Cut,
+    }
+    let mut frames: Vec<Frame> = events
+        .into_iter()
+        .map(|e| Frame::Data(format!("data: {e}\n\n")))
+        .collect();
+    match end {
+        End::Done => frames.push(Frame::Data("data: [DONE]\n\n".into())),
+        End::Close => {}
+        End::Abort => frames.push(Frame::Cut),
+        End::Stall(pause) => {
+            frames.push(Frame::Wait(pause));
+            frames.push(Frame::Data("data: [DONE]\n\n".into()));
+        }
+    }
+    let stream = futures::stream::iter(frames).filter_map(|frame| async move {
+        match frame {
+            Frame::Data(text) => {
+                // Separate chunks on the wire, so the client really streams.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Some(Ok(Bytes::from(text)))
+            }
+            Frame::Wait(pause) => {
+                tokio::time::sleep(pause).await;
+                None
+            }
+            Frame::Cut => {
+                // Let the data already sent reach the client before the cut.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some(Err(std::io::Error::other("connection cut by the test")))
+            }
+        }
+    });
+    Body::from_stream(stream)
 }
 
 /// A solid-colour image in `format`, as the loop would hand it over.
