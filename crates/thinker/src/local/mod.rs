@@ -412,7 +412,9 @@ async fn generate(
     // usage) when the last token completes no text, e.g. when `max_len`
     // cuts a multi-byte character. So only a stream that delivered nothing
     // at all tells of a dead engine or a crashed request (a preprocessor
-    // panic closes the channel before the first token).
+    // panic closes the channel before the first token). Caveat: an answer
+    // made only of bytes that never form UTF-8 text (random weights without
+    // the grammar) also delivers nothing and is taken for an engine failure.
     if !finished && chunks == 0 {
         return Err(Failure::Engine(
             "the engine closed the stream without generating anything".into(),
