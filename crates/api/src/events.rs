@@ -136,12 +136,19 @@ impl Cursor {
         let before = self.live.len();
         while let Ok(notice) = self.notices.try_recv() {
             if let Notice::Live { job_id, kind, data } = notice {
-                if job_id == self.job {
-                    self.live.push_back(live_sse(job_id, &kind, data));
-                }
+                self.queue_live(job_id, &kind, data);
             }
         }
         self.live.len() > before
+    }
+
+    /// Queues a live event if it is about this job; returns whether it was.
+    fn queue_live(&mut self, job_id: Uuid, kind: &str, data: serde_json::Value) -> bool {
+        let ours = job_id == self.job;
+        if ours {
+            self.live.push_back(live_sse(job_id, kind, data));
+        }
+        ours
     }
 
     /// Waits for a notice about this job, a resync, lag, or the re-read timer.
@@ -159,8 +166,7 @@ impl Cursor {
                         }
                     }
                     Ok(Notice::Live { job_id, kind, data }) => {
-                        if job_id == self.job {
-                            self.live.push_back(live_sse(job_id, &kind, data));
+                        if self.queue_live(job_id, &kind, data) {
                             return;
                         }
                     }

@@ -137,7 +137,7 @@ impl ThinkerConfigError {
 }
 
 /// The smallest `max_image_edge` we accept: Qwen3-VL's minimum image side.
-const MIN_IMAGE_EDGE: u32 = 32;
+pub(crate) const MIN_IMAGE_EDGE: u32 = 32;
 
 /// Validates `cfg`, reads the API key and template file it names, and builds
 /// the thinker. `kind = "local"` loads a model, which takes time: use
@@ -174,6 +174,55 @@ pub async fn build_thinker_async(
         "thinker ready"
     );
     Ok(thinker)
+}
+
+/// Checks the keys both kinds read (`prompt_template_file`,
+/// `max_image_edge`, `temperature`, `max_tokens`, `timeout_seconds`) and
+/// loads the prompt template.
+pub(crate) fn check_shared(cfg: &ThinkerConfig) -> Result<PromptTemplate, ThinkerConfigError> {
+    use ThinkerConfigError as E;
+
+    let template = match &cfg.prompt_template_file {
+        None => PromptTemplate::default_for(cfg.protocol),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                E::invalid(
+                    "thinker.prompt_template_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            PromptTemplate::parse(&text).map_err(|e| {
+                E::invalid(
+                    "thinker.prompt_template_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?
+        }
+    };
+    if cfg.max_image_edge < MIN_IMAGE_EDGE {
+        return Err(E::invalid(
+            "thinker.max_image_edge",
+            format!(
+                "must be at least {MIN_IMAGE_EDGE}, got {}",
+                cfg.max_image_edge
+            ),
+        ));
+    }
+    if let Some(t) = cfg.temperature {
+        if !t.is_finite() || t < 0.0 {
+            return Err(E::invalid(
+                "thinker.temperature",
+                format!("must be a non-negative number, got {t}"),
+            ));
+        }
+    }
+    if cfg.max_tokens == 0 {
+        return Err(E::invalid("thinker.max_tokens", "must be at least 1"));
+    }
+    if cfg.timeout_seconds == 0 {
+        return Err(E::invalid("thinker.timeout_seconds", "must be at least 1"));
+    }
+    Ok(template)
 }
 
 /// Turns the raw section into checked settings (environment and files read here).
@@ -245,47 +294,7 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
         },
     };
 
-    let template = match &cfg.prompt_template_file {
-        None => PromptTemplate::default_for(cfg.protocol),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                E::invalid(
-                    "thinker.prompt_template_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            PromptTemplate::parse(&text).map_err(|e| {
-                E::invalid(
-                    "thinker.prompt_template_file",
-                    format!("{}: {e}", path.display()),
-                )
-            })?
-        }
-    };
-
-    if cfg.max_image_edge < MIN_IMAGE_EDGE {
-        return Err(E::invalid(
-            "thinker.max_image_edge",
-            format!(
-                "must be at least {MIN_IMAGE_EDGE}, got {}",
-                cfg.max_image_edge
-            ),
-        ));
-    }
-    if let Some(t) = cfg.temperature {
-        if !t.is_finite() || t < 0.0 {
-            return Err(E::invalid(
-                "thinker.temperature",
-                format!("must be a non-negative number, got {t}"),
-            ));
-        }
-    }
-    if cfg.max_tokens == 0 {
-        return Err(E::invalid("thinker.max_tokens", "must be at least 1"));
-    }
-    if cfg.timeout_seconds == 0 {
-        return Err(E::invalid("thinker.timeout_seconds", "must be at least 1"));
-    }
+    let template = check_shared(cfg)?;
 
     Ok(OpenAiSettings {
         base_url,

@@ -200,38 +200,9 @@ impl LocalSettings {
             }
         };
 
-        let template = match &cfg.prompt_template_file {
-            None => PromptTemplate::default_for(cfg.protocol),
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    E::invalid(
-                        "thinker.prompt_template_file",
-                        format!("cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                PromptTemplate::parse(&text).map_err(|e| {
-                    E::invalid(
-                        "thinker.prompt_template_file",
-                        format!("{}: {e}", path.display()),
-                    )
-                })?
-            }
-        };
-
-        if cfg.max_image_edge < MIN_SIDE {
-            return Err(E::invalid(
-                "thinker.max_image_edge",
-                format!("must be at least {MIN_SIDE}, got {}", cfg.max_image_edge),
-            ));
-        }
-        if let Some(t) = cfg.temperature {
-            if !t.is_finite() || t < 0.0 {
-                return Err(E::invalid(
-                    "thinker.temperature",
-                    format!("must be a non-negative number, got {t}"),
-                ));
-            }
-        }
+        // Qwen3-VL's minimum side is the floor the shared check enforces.
+        const _: () = assert!(MIN_SIDE == crate::config::MIN_IMAGE_EDGE);
+        let template = crate::config::check_shared(cfg)?;
         if let Some(p) = cfg.top_p {
             if !p.is_finite() || p <= 0.0 || p > 1.0 {
                 return Err(E::invalid(
@@ -241,9 +212,6 @@ impl LocalSettings {
             }
         }
         let grammar = cfg.grammar.unwrap_or(true);
-        if cfg.max_tokens == 0 {
-            return Err(E::invalid("thinker.max_tokens", "must be at least 1"));
-        }
         if grammar && cfg.max_tokens < MIN_GRAMMAR_TOKENS {
             return Err(E::invalid(
                 "thinker.max_tokens",
@@ -257,10 +225,6 @@ impl LocalSettings {
         if max_batch == 0 {
             return Err(E::invalid("thinker.max_batch", "must be at least 1"));
         }
-        if cfg.timeout_seconds == 0 {
-            return Err(E::invalid("thinker.timeout_seconds", "must be at least 1"));
-        }
-
         Ok(Self {
             model,
             revision,
