@@ -108,6 +108,15 @@ pub struct RefusalView {
     pub instruction: String,
     /// The provider's reason.
     pub reason: String,
+    /// `refused` (moderation or safety) or `invalid` (the editor rejected
+    /// the refined instruction as an invalid request).
+    #[serde(default = "refused")]
+    #[schema(example = "refused")]
+    pub kind: String,
+}
+
+fn refused() -> String {
+    "refused".into()
 }
 
 /// The thinker's verdict on a turn.

@@ -10,6 +10,7 @@ pub mod imaging;
 pub mod options;
 pub mod parse;
 pub mod prompt;
+pub mod retry;
 pub mod run;
 pub mod traits;
 
@@ -18,11 +19,13 @@ pub use imaging::{Image, ImageError, ImageFormat};
 pub use options::{JobOptions, OptionsError, Selection, StopThresholds};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
+pub use retry::RetryPolicy;
 pub use run::{
-    run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopOutcome, PendingEdit, Progress,
-    TurnRecord,
+    cap_instruction, run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopOutcome,
+    PendingEdit, Progress, RefusalKind, TurnRecord,
 };
 pub use traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, NoCheckpoint, NoThinking,
     ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
+    DEFAULT_MAX_INSTRUCTION_CHARS,
 };

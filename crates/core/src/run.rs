@@ -2,6 +2,8 @@
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use crate::critique::{Critique, CritiqueRecord};
 use crate::imaging::Image;
 use crate::options::{JobOptions, Selection, StopThresholds};
@@ -31,8 +33,11 @@ pub struct TurnRecord {
     pub index: u32,
     /// The instruction the editor received.
     pub instruction: String,
-    /// The edited image, at the source's size.
-    pub image: Image,
+    /// The edited image, at the source's size. Only the newest turn keeps
+    /// it while its critique is pending: the loop drops older images, and a
+    /// resumed job loads none it does not need, so a job's memory does not
+    /// grow with its turns.
+    pub image: Option<Image>,
     /// Editor wall time.
     pub editor_ms: u64,
     /// The critique of this turn's image, once made.
@@ -70,15 +75,39 @@ impl From<Vec<TurnRecord>> for Progress {
     }
 }
 
-/// The editor refused a refined instruction, which ended the loop early.
+/// The editor turned down a refined instruction, which ended the loop
+/// early; the result is selected among the earlier turns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditRefusal {
-    /// The turn that was refused (never recorded).
+    /// The turn that was turned down (never recorded).
     pub turn: u32,
-    /// The refused instruction.
+    /// The instruction it was given.
     pub instruction: String,
     /// The provider's reason.
     pub reason: String,
+    /// Whether the editor refused it (moderation, safety) or rejected it
+    /// as invalid.
+    pub kind: RefusalKind,
+}
+
+/// Why the editor turned down a refined instruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// Moderation or safety ([`EditorError::Refused`]).
+    Refused,
+    /// Rejected as an invalid request ([`EditorError::Invalid`]).
+    Invalid,
+}
+
+impl RefusalKind {
+    /// The JSON spelling (`"refused"`, `"invalid"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Invalid => "invalid",
+        }
+    }
 }
 
 /// How a loop ended.
@@ -226,20 +255,29 @@ pub async fn run_loop(
             .critique
             .as_ref()
             .map_or(last.instruction.clone(), |c| {
-                c.refined_instruction.trim().to_string()
+                cap_instruction(c.refined_instruction.trim(), editor.max_instruction_chars())
             });
         let next_index = last.index + 1;
+        // The critiqued image is no longer needed: the next edit starts
+        // from the source again.
+        last.image = None;
         match edits.edit(&next_instruction, next_index).await {
             Ok(turn) => turns.push(turn),
-            Err(LoopError::Editor {
-                error: EditorError::Refused(reason),
-                ..
-            }) => {
-                // A refused refinement ends the loop; earlier turns still count.
+            Err(LoopError::Editor { error, .. })
+                if matches!(error, EditorError::Refused(_) | EditorError::Invalid(_)) =>
+            {
+                // A refinement the editor turns down ends the loop; earlier
+                // turns still count.
+                let (kind, reason) = match error {
+                    EditorError::Refused(reason) => (RefusalKind::Refused, reason),
+                    EditorError::Invalid(reason) => (RefusalKind::Invalid, reason),
+                    _ => unreachable!("matched above"),
+                };
                 refusal = Some(EditRefusal {
                     turn: next_index,
                     instruction: next_instruction,
                     reason,
+                    kind,
                 });
                 break;
             }
@@ -287,8 +325,9 @@ impl Edits<'_> {
             })
             .await
             .map_err(|error| LoopError::Editor { turn: index, error })?;
-        let image = output
-            .resized_to(self.source.width, self.source.height)
+        let (width, height) = (self.source.width, self.source.height);
+        let image = crate::imaging::off_thread(move || output.resized_to(width, height))
+            .await
             .map_err(|e| LoopError::BadEditorImage {
                 turn: index,
                 message: e.to_string(),
@@ -296,7 +335,7 @@ impl Edits<'_> {
         let turn = TurnRecord {
             index,
             instruction: instruction.to_string(),
-            image,
+            image: Some(image),
             editor_ms: elapsed_ms(started),
             critique: None,
         };
@@ -358,11 +397,14 @@ async fn critique(
     let attempts = config.parse_attempts.max(1);
     let mut raw_output = String::new();
     let mut error = None;
+    let edited = turn.image.as_ref().ok_or_else(|| {
+        LoopError::Persist(format!("the image of turn {} was not loaded", turn.index))
+    })?;
     for attempt in 1..=attempts {
         raw_output = thinker
             .critique(CritiqueRequest {
                 source,
-                edited: &turn.image,
+                edited,
                 original_instruction: original,
                 previous_instruction: &turn.instruction,
                 turn: turn.index,
@@ -396,6 +438,22 @@ async fn critique(
         error,
         attempts,
     })
+}
+
+/// `text` cut to at most `max` characters, at the last word boundary
+/// when there is one in the second half (a thinker that rambles must not
+/// make the editor reject the request for its length).
+pub fn cap_instruction(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    // One character more than allowed: a space there means the cut already
+    // falls between words.
+    let probe: String = text.chars().take(max + 1).collect();
+    match probe.rfind(char::is_whitespace) {
+        Some(at) if at >= probe.len() / 2 => probe[..at].trim_end().to_string(),
+        _ => text.chars().take(max).collect(),
+    }
 }
 
 fn elapsed_ms(started: Instant) -> u64 {
@@ -550,7 +608,7 @@ mod tests {
         TurnRecord {
             index,
             instruction: instruction.into(),
-            image: solid(64, 48, index as u8 * 10),
+            image: Some(solid(64, 48, index as u8 * 10)),
             editor_ms: 1,
             critique: critique.map(|raw| {
                 let parsed = Protocol::Editthinker.parse(&raw).unwrap();
@@ -865,6 +923,69 @@ mod tests {
         }
     }
 
+    /// Rejects every refined instruction as invalid; records what it got.
+    struct PickyEditor {
+        calls: Mutex<Vec<String>>,
+        max_chars: usize,
+    }
+
+    #[async_trait]
+    impl Editor for PickyEditor {
+        async fn edit(&self, r: EditRequest<'_>) -> Result<Image, EditorError> {
+            self.calls.lock().unwrap().push(r.instruction.to_string());
+            if r.turn > 1 {
+                return Err(EditorError::Invalid("prompt rejected".into()));
+            }
+            Ok(solid(64, 48, 10))
+        }
+        fn max_instruction_chars(&self) -> usize {
+            self.max_chars
+        }
+    }
+
+    #[test]
+    fn an_invalid_refinement_ends_the_loop_like_a_refusal() {
+        let editor = PickyEditor {
+            calls: Mutex::default(),
+            max_chars: 12,
+        };
+        let thinker = ScriptedThinker {
+            protocol: Protocol::Editthinker,
+            outputs: Mutex::new(vec![said(3.0, 3.0, "make it much redder please")]),
+            seen: Mutex::default(),
+        };
+        let outcome = block_on(run_loop(
+            &solid(64, 48, 0),
+            "T0",
+            &JobOptions::default(),
+            &LoopConfig::default(),
+            Progress::default(),
+            &editor,
+            &thinker,
+            &Recorder::default(),
+        ))
+        .unwrap();
+        assert_eq!(outcome.selected, 1);
+        let refusal = outcome.refusal.expect("the rejection is reported");
+        assert_eq!(refusal.kind, RefusalKind::Invalid);
+        assert_eq!(refusal.turn, 2);
+        assert_eq!(refusal.reason, "prompt rejected");
+        // The refined instruction was cut at a word boundary to the cap.
+        assert_eq!(refusal.instruction, "make it much");
+        assert_eq!(editor.calls.lock().unwrap()[1], "make it much");
+        // The critiqued turn no longer holds its image.
+        assert!(outcome.turns[0].image.is_none());
+    }
+
+    #[test]
+    fn instructions_are_capped_at_word_boundaries() {
+        assert_eq!(cap_instruction("short", 10), "short");
+        assert_eq!(cap_instruction("one two three", 9), "one two");
+        // No boundary in the second half: a hard cut.
+        assert_eq!(cap_instruction("abcdefghij", 4), "abcd");
+        assert_eq!(cap_instruction("ééééé", 3), "ééé");
+    }
+
     #[test]
     fn refusal_of_the_users_words_is_an_error() {
         let editor = ScriptedEditor {
@@ -921,7 +1042,13 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            (outcome.turns[0].image.width, outcome.turns[0].image.height),
+            {
+                let image = outcome.turns[0]
+                    .image
+                    .as_ref()
+                    .expect("the only turn keeps its image");
+                (image.width, image.height)
+            },
             (64, 48)
         );
     }

@@ -86,13 +86,37 @@ pub enum EditorError {
     /// Credentials rejected: an operator must fix the configuration.
     #[error("editor rejected the credentials: {0}")]
     Auth(String),
+    /// The request was sent, but whether the provider did (and billed) the
+    /// work is unknown: a timeout or broken connection after sending, or a
+    /// 5xx. Never resent inside the call on a kind without idempotency;
+    /// the worker requeues the job visibly (`editor_ambiguous`).
+    #[error("editor outcome unknown: {0}")]
+    Ambiguous(String),
 }
+
+/// Refined instructions are cut to this many characters unless an editor
+/// says otherwise ([`Editor::max_instruction_chars`]).
+pub const DEFAULT_MAX_INSTRUCTION_CHARS: usize = 2000;
 
 /// An image editor backend.
 #[async_trait]
 pub trait Editor: Send + Sync {
     /// Edits `request.source` following `request.instruction`.
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError>;
+
+    /// Asks the provider to stop `request` (an asynchronous edit the job no
+    /// longer wants: canceled, or past its deadline). Best effort; kinds
+    /// whose API has no cancel call do nothing.
+    async fn cancel(&self, request: &ProviderRequest) -> Result<(), EditorError> {
+        let _ = request;
+        Ok(())
+    }
+
+    /// The longest instruction this editor is sent, in characters: a
+    /// thinker's refined instruction is cut to it (at a word boundary).
+    fn max_instruction_chars(&self) -> usize {
+        DEFAULT_MAX_INSTRUCTION_CHARS
+    }
 }
 
 /// One critique: the source and the previous edit, with both instructions.

@@ -173,6 +173,14 @@ pub struct RefusalRecord {
     pub instruction: String,
     /// The provider's reason.
     pub reason: String,
+    /// `"refused"` (moderation, safety) or `"invalid"` (rejected as an
+    /// invalid request); rows from before the field read as `"refused"`.
+    #[serde(default = "refused")]
+    pub kind: String,
+}
+
+fn refused() -> String {
+    "refused".into()
 }
 
 /// A worker's hold on a claimed job; every write is fenced on all three fields.

@@ -1141,6 +1141,7 @@ async fn refusal_is_stored_and_in_the_succeeded_event(store: Arc<dyn Store>) {
         turn: 2,
         instruction: "refined".into(),
         reason: "Request Moderated".into(),
+        kind: "refused".into(),
     };
     store.complete(&lease, 1, Some(&refusal)).await.unwrap();
     let row = job(&store, id).await;

@@ -29,6 +29,9 @@ pub mod error_code {
     pub const EDITOR_AUTH: &str = "editor_auth";
     /// The editor stayed unavailable.
     pub const EDITOR_UNAVAILABLE: &str = "editor_unavailable";
+    /// The editor may or may not have done (and billed) the edit: the job is
+    /// requeued visibly rather than the request silently resent.
+    pub const EDITOR_AMBIGUOUS: &str = "editor_ambiguous";
     /// The editor answered with an image we cannot use.
     pub const EDITOR_BAD_OUTPUT: &str = "editor_bad_output";
     /// The thinker stayed unavailable.
@@ -183,6 +186,7 @@ impl JobRunner {
                         turn: r.turn,
                         instruction: r.instruction,
                         reason: r.reason,
+                        kind: r.kind.as_str().to_owned(),
                     }
                 });
                 info!(
@@ -267,6 +271,7 @@ fn loop_error_class(error: &LoopError) -> (&'static str, bool) {
             }
             EditorError::Auth(_) => (error_code::EDITOR_AUTH, false),
             EditorError::Transient(_) => (error_code::EDITOR_UNAVAILABLE, true),
+            EditorError::Ambiguous(_) => (error_code::EDITOR_AMBIGUOUS, true),
         },
         LoopError::Thinker { error, .. } => match error {
             ThinkerError::Transient(_) => (error_code::THINKER_UNAVAILABLE, true),
@@ -506,7 +511,8 @@ fn store_err(e: StoreError) -> String {
 #[async_trait]
 impl TurnObserver for StoreObserver {
     async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
-        let png = turn.image.to_png().map_err(|e| e.to_string())?;
+        let image = turn.image.as_ref().ok_or("an edited turn has its image")?;
+        let png = image.to_png().map_err(|e| e.to_string())?;
         let key = BlobStore::turn_key(self.lease.job_id, turn.index);
         let provider_request_id = self
             .submitted
@@ -611,7 +617,7 @@ async fn load_turns(blobs: &BlobStore, rows: Vec<TurnRow>) -> Result<Vec<TurnRec
         turns.push(TurnRecord {
             index: row.index,
             instruction: row.instruction,
-            image: load_image(blobs, &row.image_key).await?,
+            image: Some(load_image(blobs, &row.image_key).await?),
             editor_ms: row.editor_ms,
             critique,
         });
