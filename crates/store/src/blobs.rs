@@ -132,9 +132,25 @@ impl BlobStore {
         format!("jobs/{job_id}/source.{extension}")
     }
 
-    /// The key of a turn's image: `jobs/{id}/turns/{index}.png`.
-    pub fn turn_key(job_id: Uuid, index: u32) -> String {
-        format!("jobs/{job_id}/turns/{index}.png")
+    /// A fresh key for one write of a turn's image:
+    /// `jobs/{id}/turns/{index}-a{attempt}-{random}.png`. Unique per write,
+    /// so a worker that lost its lease can never overwrite the image of a
+    /// recorded turn.
+    pub fn turn_key(job_id: Uuid, index: u32, attempt: u32) -> String {
+        format!(
+            "jobs/{job_id}/turns/{index}-a{attempt}-{:016x}.png",
+            rand::random::<u64>()
+        )
+    }
+
+    /// Whether what `key` names can never change: sources (written once, at
+    /// creation) and turn images under per-write keys. Turn images from
+    /// before per-write keys (`turns/{index}.png`) could be overwritten.
+    pub fn is_immutable_key(key: &str) -> bool {
+        match key.rsplit_once("/turns/") {
+            Some((_, name)) => name.contains("-a"),
+            None => true,
+        }
     }
 }
 
@@ -156,7 +172,7 @@ mod tests {
         assert!(root.is_dir(), "the folder is created");
 
         let id = Uuid::now_v7();
-        let key = BlobStore::turn_key(id, 2);
+        let key = BlobStore::turn_key(id, 2, 1);
         store.put(&key, Bytes::from_static(b"png")).await.unwrap();
         assert_eq!(store.get(&key).await.unwrap(), Bytes::from_static(b"png"));
         assert!(root.join(&key).is_file(), "stored under the folder by key");
@@ -193,10 +209,17 @@ mod tests {
             BlobStore::source_key(id, "png"),
             "jobs/0190a5e4-7c1b-7000-8000-000000000001/source.png"
         );
-        assert_eq!(
-            BlobStore::turn_key(id, 3),
-            "jobs/0190a5e4-7c1b-7000-8000-000000000001/turns/3.png"
+        let turn = BlobStore::turn_key(id, 3, 2);
+        assert!(
+            turn.starts_with("jobs/0190a5e4-7c1b-7000-8000-000000000001/turns/3-a2-"),
+            "{turn}"
         );
+        assert_ne!(turn, BlobStore::turn_key(id, 3, 2), "unique per write");
+        assert!(BlobStore::is_immutable_key(&turn));
+        assert!(BlobStore::is_immutable_key(&BlobStore::source_key(
+            id, "png"
+        )));
+        assert!(!BlobStore::is_immutable_key("jobs/x/turns/3.png"));
     }
 
     #[test]

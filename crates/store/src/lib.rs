@@ -12,6 +12,7 @@ mod model;
 mod payload;
 mod postgres;
 mod sqlite;
+mod transition;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,15 @@ pub enum StoreError {
     /// Stored data that does not decode (a bug or a manual edit).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The turn is already recorded with another image; recorded turns are
+    /// never replaced.
+    #[error("turn {index} of job {job_id} is already recorded")]
+    TurnRecorded {
+        /// The job.
+        job_id: Uuid,
+        /// The turn.
+        index: u32,
+    },
     /// A live event too large to deliver.
     #[error("live event of {0} bytes is over the limit of {MAX_LIVE_PAYLOAD}")]
     LiveTooLarge(usize),
@@ -153,6 +163,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// A job's events with id greater than `after`, in id order.
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>>;
+    /// The newest event id of each of `jobs` that has events, in one query:
+    /// the per-process safety net of the SSE fan-out compares it with what
+    /// it has delivered.
+    async fn latest_event_ids(&self, jobs: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>>;
     /// Live notices of new events (all jobs). On Postgres this is fed by a
     /// LISTEN connection; a [`Notice::Resync`] means notices may have been
     /// missed and subscribers should re-read from the table.
@@ -179,6 +193,19 @@ pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
         Err(StoreError::BadUrl(format!(
             "{database_url}: expected postgres://… or sqlite://…"
         )))
+    }
+}
+
+/// A turn found already recorded: fine when it is this very write retried
+/// (same image key), an error otherwise (it would change a recorded turn).
+fn same_turn(lease: &Lease, index: u32, existing: &str, ours: &str) -> StoreResult<()> {
+    if existing == ours {
+        Ok(())
+    } else {
+        Err(StoreError::TurnRecorded {
+            job_id: lease.job_id,
+            index,
+        })
     }
 }
 

@@ -66,6 +66,8 @@ pub mod event_type {
     pub const TURN_EDITED: &str = "turn.edited";
     /// A turn's critique exists.
     pub const TURN_CRITIQUED: &str = "turn.critiqued";
+    /// Job went back to the queue: `{"attempt", "reason", "code", "run_at"}`.
+    pub const JOB_RETRYING: &str = "job.retrying";
     /// Job finished with a result.
     pub const JOB_SUCCEEDED: &str = "job.succeeded";
     /// Job failed for good.

@@ -33,6 +33,21 @@ pub(crate) fn succeeded(result_turn: u32, refusal: Option<&Value>) -> Value {
     data
 }
 
+/// `job.retrying`: the job went back to the queue after `attempt`.
+pub(crate) fn retrying(
+    attempt: u32,
+    reason: &str,
+    code: Option<&str>,
+    run_at: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    json!({
+        "attempt": attempt,
+        "reason": reason,
+        "code": code,
+        "run_at": run_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+}
+
 /// `job.failed`.
 pub(crate) fn failed(code: &str, message: &str) -> Value {
     json!({ "code": code, "message": message })

@@ -6,13 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::model::event_type;
+use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice,
     PendingEditRecord, RefusalRecord, Store, StoreError, StoreResult, TurnRow,
@@ -32,8 +33,11 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Fences a write on the caller's lease and locks the row, so that a job's
 /// events are written (and committed) in id order.
+/// A lease past its expiry is lost even before the rescuer requeues it, so
+/// a worker that was frozen or cut off cannot write after its deadline.
 const FENCE: &str = "SELECT attempt, max_attempts, cancel_requested FROM jobs \
-     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running' FOR UPDATE";
+     WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running' \
+     AND lease_expires_at > now() FOR UPDATE";
 
 /// The [`Store`] on Postgres. Cheap to clone; clones share the pool and
 /// the one LISTEN connection.
@@ -58,10 +62,23 @@ impl PgStore {
     /// [`Store::subscribe`]. LISTEN is in place when this returns, so no
     /// event committed afterwards is missed.
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([
+            // A statement that hangs (a lock wait, a stalled server) ends
+            // instead of holding its connection for ever.
+            ("statement_timeout", "30s"),
+            ("idle_in_transaction_session_timeout", "60s"),
+            // The server drops connections of clients that vanished
+            // (sqlx sets no client-side keepalive; every call of ours that
+            // must not hang has its own timeout instead).
+            ("tcp_keepalives_idle", "30"),
+            ("tcp_keepalives_interval", "10"),
+            ("tcp_keepalives_count", "3"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(16)
+            // Covers connecting too: an unreachable server fails fast.
             .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
+            .connect_with(options)
             .await?;
         let listener = connect_listener(url).await?;
         let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
@@ -228,14 +245,7 @@ async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) ->
     Ok(id)
 }
 
-/// What the fence read about the leased job.
-struct Fenced {
-    attempt: u32,
-    max_attempts: u32,
-    cancel_requested: bool,
-}
-
-async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<Fenced> {
+async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<RunningJob> {
     let row = sqlx::query(FENCE)
         .bind(lease.job_id)
         .bind(lease_attempt(lease)?)
@@ -243,7 +253,7 @@ async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<Fenced> {
         .fetch_optional(&mut *conn)
         .await?
         .ok_or(StoreError::LeaseLost(lease.job_id))?;
-    Ok(Fenced {
+    Ok(RunningJob {
         attempt: to_u32(row.try_get("attempt")?, "attempt")?,
         max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
         cancel_requested: row.try_get("cancel_requested")?,
@@ -284,25 +294,48 @@ async fn finish(
     Ok(())
 }
 
-/// Back to queued, due after `delay`, lease cleared.
-async fn requeue(
+/// Applies [`transition::settle`]'s verdict on a running job that is given
+/// back: canceled, failed, or queued again with a `job.retrying` event.
+async fn give_back(
     conn: &mut PgConnection,
     job_id: Uuid,
-    delay: Duration,
-    error: (&str, &str),
-) -> StoreResult<()> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'queued', run_at = now() + make_interval(secs => $2), \
-         lease_owner = NULL, lease_expires_at = NULL, error_code = $3, error_message = $4 \
-         WHERE id = $1",
-    )
-    .bind(job_id)
-    .bind(secs(delay))
-    .bind(error.0)
-    .bind(error.1)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    job: RunningJob,
+    give: GiveBack<'_>,
+) -> StoreResult<JobStatus> {
+    match transition::settle(job, &give) {
+        Settlement::Cancel => {
+            finish(conn, job_id, JobStatus::Canceled, None).await?;
+            Ok(JobStatus::Canceled)
+        }
+        Settlement::Fail { code, message } => {
+            finish(conn, job_id, JobStatus::Failed, Some((&code, &message))).await?;
+            Ok(JobStatus::Failed)
+        }
+        Settlement::Requeue { delay, counted } => {
+            let run_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+                "UPDATE jobs SET status = 'queued', run_at = now() + make_interval(secs => $2), \
+                 lease_owner = NULL, lease_expires_at = NULL, \
+                 attempt = attempt - CASE WHEN $3 THEN 0 ELSE 1 END, \
+                 error_code = coalesce($4, error_code), \
+                 error_message = coalesce($5, error_message) WHERE id = $1 RETURNING run_at",
+            )
+            .bind(job_id)
+            .bind(secs(delay))
+            .bind(counted)
+            .bind(give.error.map(|e| e.0))
+            .bind(give.error.map(|e| e.1))
+            .fetch_one(&mut *conn)
+            .await?;
+            let data = payload::retrying(
+                job.attempt,
+                give.reason.as_str(),
+                give.error.map(|e| e.0),
+                run_at,
+            );
+            emit(conn, job_id, event_type::JOB_RETRYING, data).await?;
+            Ok(JobStatus::Queued)
+        }
+    }
 }
 
 #[async_trait]
@@ -483,7 +516,7 @@ impl Store for PgStore {
             "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => $4), \
              heartbeat_at = now() \
              WHERE id = $1 AND attempt = $2 AND lease_owner = $3 AND status = 'running' \
-             RETURNING cancel_requested",
+             AND lease_expires_at > now() RETURNING cancel_requested",
         )
         .bind(lease.job_id)
         .bind(lease_attempt(lease)?)
@@ -497,17 +530,13 @@ impl Store for PgStore {
     async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
-        // A turn recorded again (a retried step) replaces the old one and
-        // its critique.
-        sqlx::query(
+        // A recorded turn is never replaced: its image may already be cached
+        // as immutable. Recording the same turn again (a retried write whose
+        // commit we never heard about) is a no-op.
+        let inserted = sqlx::query(
             "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
              provider_request_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, now()) \
-             ON CONFLICT (job_id, idx) DO UPDATE SET instruction = EXCLUDED.instruction, \
-             image_key = EXCLUDED.image_key, image_mime = EXCLUDED.image_mime, \
-             editor_ms = EXCLUDED.editor_ms, critique = NULL, thinker_ms = NULL, \
-             raw_output = NULL, parse_error = NULL, \
-             provider_request_id = EXCLUDED.provider_request_id, \
-             created_at = EXCLUDED.created_at",
+             ON CONFLICT (job_id, idx) DO NOTHING",
         )
         .bind(lease.job_id)
         .bind(i32::try_from(turn.index).map_err(|_| corrupt("turn index overflow"))?)
@@ -517,7 +546,17 @@ impl Store for PgStore {
         .bind(i64::try_from(turn.editor_ms).unwrap_or(i64::MAX))
         .bind(&turn.provider_request_id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: String =
+                sqlx::query_scalar("SELECT image_key FROM turns WHERE job_id = $1 AND idx = $2")
+                    .bind(lease.job_id)
+                    .bind(i32::try_from(turn.index).map_err(|_| corrupt("turn index overflow"))?)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return crate::same_turn(lease, turn.index, &existing, &turn.image_key);
+        }
         // The edit in flight is now a recorded turn.
         sqlx::query("UPDATE jobs SET pending_edit = NULL WHERE id = $1")
             .bind(lease.job_id)
@@ -644,24 +683,9 @@ impl Store for PgStore {
         delay: Duration,
     ) -> StoreResult<JobStatus> {
         let mut tx = self.pool.begin().await?;
-        let f = fence(&mut tx, lease).await?;
-        let status = if f.cancel_requested {
-            // Requeueing would only run it again to be canceled.
-            finish(&mut tx, lease.job_id, JobStatus::Canceled, None).await?;
-            JobStatus::Canceled
-        } else if f.attempt >= f.max_attempts {
-            finish(
-                &mut tx,
-                lease.job_id,
-                JobStatus::Failed,
-                Some((code, message)),
-            )
-            .await?;
-            JobStatus::Failed
-        } else {
-            requeue(&mut tx, lease.job_id, delay, (code, message)).await?;
-            JobStatus::Queued
-        };
+        let job = fence(&mut tx, lease).await?;
+        let give = GiveBack::transient(code, message, delay);
+        let status = give_back(&mut tx, lease.job_id, job, give).await?;
         tx.commit().await?;
         Ok(status)
     }
@@ -676,18 +700,8 @@ impl Store for PgStore {
 
     async fn release(&self, lease: &Lease) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
-        let f = fence(&mut tx, lease).await?;
-        if f.cancel_requested {
-            finish(&mut tx, lease.job_id, JobStatus::Canceled, None).await?;
-        } else {
-            sqlx::query(
-                "UPDATE jobs SET status = 'queued', run_at = now(), lease_owner = NULL, \
-                 lease_expires_at = NULL, attempt = attempt - 1 WHERE id = $1",
-            )
-            .bind(lease.job_id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let job = fence(&mut tx, lease).await?;
+        give_back(&mut tx, lease.job_id, job, GiveBack::released()).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -705,29 +719,12 @@ impl Store for PgStore {
         .await?;
         for row in &rows {
             let id: Uuid = row.try_get("id")?;
-            let attempt: i32 = row.try_get("attempt")?;
-            let max_attempts: i32 = row.try_get("max_attempts")?;
-            let cancel_requested: bool = row.try_get("cancel_requested")?;
-            if cancel_requested {
-                finish(&mut tx, id, JobStatus::Canceled, None).await?;
-            } else if attempt >= max_attempts {
-                let message = format!("lease expired; {attempt} of {max_attempts} attempts spent");
-                finish(
-                    &mut tx,
-                    id,
-                    JobStatus::Failed,
-                    Some((payload::LEASE_EXPIRED, &message)),
-                )
-                .await?;
-            } else {
-                requeue(
-                    &mut tx,
-                    id,
-                    Duration::ZERO,
-                    (payload::LEASE_EXPIRED, "lease expired; requeued"),
-                )
-                .await?;
-            }
+            let job = RunningJob {
+                attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+                max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+                cancel_requested: row.try_get("cancel_requested")?,
+            };
+            give_back(&mut tx, id, job, GiveBack::lease_expired()).await?;
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
@@ -742,6 +739,19 @@ impl Store for PgStore {
             .iter()
             .map(event_from_row)
             .collect()
+    }
+
+    async fn latest_event_ids(&self, jobs: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT job_id, max(id) FROM job_events WHERE job_id = ANY($1) GROUP BY job_id",
+        )
+        .bind(jobs)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::model::event_type;
+use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice,
     PendingEditRecord, RefusalRecord, Store, StoreError, StoreResult, TurnRow,
@@ -31,8 +32,10 @@ static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
 const NOTICE_CAPACITY: usize = 1024;
 
 /// Fences a write on the caller's lease.
+/// A lease past its expiry is lost even before the rescuer requeues it.
 const FENCE: &str = "SELECT attempt, max_attempts, cancel_requested FROM jobs \
-     WHERE id = ?1 AND attempt = ?2 AND lease_owner = ?3 AND status = 'running'";
+     WHERE id = ?1 AND attempt = ?2 AND lease_owner = ?3 AND status = 'running' \
+     AND lease_expires_at > ?4";
 
 /// The [`Store`] on SQLite. Cheap to clone; clones share the pool and the
 /// notice broadcast.
@@ -137,15 +140,17 @@ impl WriteTx {
         Ok(id)
     }
 
-    async fn fence(&mut self, lease: &Lease) -> StoreResult<Fenced> {
+    async fn fence(&mut self, lease: &Lease) -> StoreResult<RunningJob> {
+        let now = self.now;
         let row = sqlx::query(FENCE)
             .bind(lease.job_id.to_string())
             .bind(i64::from(lease.attempt))
             .bind(&lease.owner)
+            .bind(now)
             .fetch_optional(self.conn())
             .await?
             .ok_or(StoreError::LeaseLost(lease.job_id))?;
-        Ok(Fenced {
+        Ok(RunningJob {
             attempt: to_u32(row.try_get("attempt")?, "attempt")?,
             max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
             cancel_requested: row.try_get("cancel_requested")?,
@@ -183,25 +188,50 @@ impl WriteTx {
         Ok(())
     }
 
-    /// Back to queued, due after `delay`, lease cleared.
-    async fn requeue(
+    /// Applies [`transition::settle`]'s verdict on a running job that is
+    /// given back: canceled, failed, or queued again with a `job.retrying`
+    /// event.
+    async fn give_back(
         &mut self,
         job_id: Uuid,
-        delay: Duration,
-        error: (&str, &str),
-    ) -> StoreResult<()> {
-        let run_at = self.now.saturating_add(micros(delay));
-        sqlx::query(
-            "UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, \
-             lease_expires_at = NULL, error_code = ?3, error_message = ?4 WHERE id = ?1",
-        )
-        .bind(job_id.to_string())
-        .bind(run_at)
-        .bind(error.0)
-        .bind(error.1)
-        .execute(self.conn())
-        .await?;
-        Ok(())
+        job: RunningJob,
+        give: GiveBack<'_>,
+    ) -> StoreResult<JobStatus> {
+        match transition::settle(job, &give) {
+            Settlement::Cancel => {
+                self.finish(job_id, JobStatus::Canceled, None).await?;
+                Ok(JobStatus::Canceled)
+            }
+            Settlement::Fail { code, message } => {
+                self.finish(job_id, JobStatus::Failed, Some((&code, &message)))
+                    .await?;
+                Ok(JobStatus::Failed)
+            }
+            Settlement::Requeue { delay, counted } => {
+                let run_at = self.now.saturating_add(micros(delay));
+                sqlx::query(
+                    "UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, \
+                     lease_expires_at = NULL, attempt = attempt - ?3, \
+                     error_code = coalesce(?4, error_code), \
+                     error_message = coalesce(?5, error_message) WHERE id = ?1",
+                )
+                .bind(job_id.to_string())
+                .bind(run_at)
+                .bind(if counted { 0_i64 } else { 1 })
+                .bind(give.error.map(|e| e.0))
+                .bind(give.error.map(|e| e.1))
+                .execute(self.conn())
+                .await?;
+                let data = payload::retrying(
+                    job.attempt,
+                    give.reason.as_str(),
+                    give.error.map(|e| e.0),
+                    time(run_at)?,
+                );
+                self.emit(job_id, event_type::JOB_RETRYING, data).await?;
+                Ok(JobStatus::Queued)
+            }
+        }
     }
 
     async fn job(&mut self, id: Uuid) -> StoreResult<JobRow> {
@@ -211,13 +241,6 @@ impl WriteTx {
             .await?;
         job_from_row(&row)
     }
-}
-
-/// What the fence read about the leased job.
-struct Fenced {
-    attempt: u32,
-    max_attempts: u32,
-    cancel_requested: bool,
 }
 
 fn now_us() -> i64 {
@@ -507,7 +530,7 @@ impl Store for SqliteStore {
         let flag: Option<bool> = sqlx::query_scalar(
             "UPDATE jobs SET lease_expires_at = ?4, heartbeat_at = ?5 \
              WHERE id = ?1 AND attempt = ?2 AND lease_owner = ?3 AND status = 'running' \
-             RETURNING cancel_requested",
+             AND lease_expires_at > ?5 RETURNING cancel_requested",
         )
         .bind(lease.job_id.to_string())
         .bind(i64::from(lease.attempt))
@@ -523,17 +546,13 @@ impl Store for SqliteStore {
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let now = w.now;
-        // A turn recorded again (a retried step) replaces the old one and
-        // its critique.
-        sqlx::query(
+        // A recorded turn is never replaced: its image may already be cached
+        // as immutable. Recording the same turn again (a retried write whose
+        // commit we never heard about) is a no-op.
+        let inserted = sqlx::query(
             "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
              provider_request_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
-             ON CONFLICT (job_id, idx) DO UPDATE SET instruction = excluded.instruction, \
-             image_key = excluded.image_key, image_mime = excluded.image_mime, \
-             editor_ms = excluded.editor_ms, critique = NULL, thinker_ms = NULL, \
-             raw_output = NULL, parse_error = NULL, \
-             provider_request_id = excluded.provider_request_id, \
-             created_at = excluded.created_at",
+             ON CONFLICT (job_id, idx) DO NOTHING",
         )
         .bind(lease.job_id.to_string())
         .bind(i64::from(turn.index))
@@ -544,7 +563,17 @@ impl Store for SqliteStore {
         .bind(&turn.provider_request_id)
         .bind(now)
         .execute(w.conn())
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: String =
+                sqlx::query_scalar("SELECT image_key FROM turns WHERE job_id = ?1 AND idx = ?2")
+                    .bind(lease.job_id.to_string())
+                    .bind(i64::from(turn.index))
+                    .fetch_one(w.conn())
+                    .await?;
+            return crate::same_turn(lease, turn.index, &existing, &turn.image_key);
+        }
         // The edit in flight is now a recorded turn.
         sqlx::query("UPDATE jobs SET pending_edit = NULL WHERE id = ?1")
             .bind(lease.job_id.to_string())
@@ -660,19 +689,9 @@ impl Store for SqliteStore {
         delay: Duration,
     ) -> StoreResult<JobStatus> {
         let mut w = self.write().await?;
-        let f = w.fence(lease).await?;
-        let status = if f.cancel_requested {
-            // Requeueing would only run it again to be canceled.
-            w.finish(lease.job_id, JobStatus::Canceled, None).await?;
-            JobStatus::Canceled
-        } else if f.attempt >= f.max_attempts {
-            w.finish(lease.job_id, JobStatus::Failed, Some((code, message)))
-                .await?;
-            JobStatus::Failed
-        } else {
-            w.requeue(lease.job_id, delay, (code, message)).await?;
-            JobStatus::Queued
-        };
+        let job = w.fence(lease).await?;
+        let give = GiveBack::transient(code, message, delay);
+        let status = w.give_back(lease.job_id, job, give).await?;
         self.commit(w).await?;
         Ok(status)
     }
@@ -686,20 +705,8 @@ impl Store for SqliteStore {
 
     async fn release(&self, lease: &Lease) -> StoreResult<()> {
         let mut w = self.write().await?;
-        let f = w.fence(lease).await?;
-        if f.cancel_requested {
-            w.finish(lease.job_id, JobStatus::Canceled, None).await?;
-        } else {
-            let now = w.now;
-            sqlx::query(
-                "UPDATE jobs SET status = 'queued', run_at = ?2, lease_owner = NULL, \
-                 lease_expires_at = NULL, attempt = attempt - 1 WHERE id = ?1",
-            )
-            .bind(lease.job_id.to_string())
-            .bind(now)
-            .execute(w.conn())
-            .await?;
-        }
+        let job = w.fence(lease).await?;
+        w.give_back(lease.job_id, job, GiveBack::released()).await?;
         self.commit(w).await
     }
 
@@ -715,27 +722,12 @@ impl Store for SqliteStore {
         .await?;
         for row in &rows {
             let id = uuid(row, "id")?;
-            let attempt: i64 = row.try_get("attempt")?;
-            let max_attempts: i64 = row.try_get("max_attempts")?;
-            let cancel_requested: bool = row.try_get("cancel_requested")?;
-            if cancel_requested {
-                w.finish(id, JobStatus::Canceled, None).await?;
-            } else if attempt >= max_attempts {
-                let message = format!("lease expired; {attempt} of {max_attempts} attempts spent");
-                w.finish(
-                    id,
-                    JobStatus::Failed,
-                    Some((payload::LEASE_EXPIRED, &message)),
-                )
-                .await?;
-            } else {
-                w.requeue(
-                    id,
-                    Duration::ZERO,
-                    (payload::LEASE_EXPIRED, "lease expired; requeued"),
-                )
-                .await?;
-            }
+            let job = RunningJob {
+                attempt: to_u32(row.try_get("attempt")?, "attempt")?,
+                max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
+                cancel_requested: row.try_get("cancel_requested")?,
+            };
+            w.give_back(id, job, GiveBack::lease_expired()).await?;
         }
         self.commit(w).await?;
         Ok(rows.len() as u64)
@@ -749,6 +741,23 @@ impl Store for SqliteStore {
             .await?
             .iter()
             .map(event_from_row)
+            .collect()
+    }
+
+    async fn latest_event_ids(&self, jobs: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = Value::from(jobs.iter().map(Uuid::to_string).collect::<Vec<_>>());
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT job_id, max(id) FROM job_events \
+             WHERE job_id IN (SELECT value FROM json_each(?1)) GROUP BY job_id",
+        )
+        .bind(ids.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(id, max)| Ok((Uuid::parse_str(&id).map_err(corrupt)?, max)))
             .collect()
     }
 

@@ -148,6 +148,8 @@ conformance!(
     complete_fail_cancel,
     retry_later_requeues_then_fails,
     retry_later_with_cancel_requested_cancels,
+    an_expired_lease_fences_writes_before_any_rescue,
+    latest_event_ids_per_job,
     rescue_expired_requeues_then_fails,
     release_requeues_without_counting,
     request_cancel_in_every_state,
@@ -577,25 +579,27 @@ async fn turns_round_trip(store: Arc<dyn Store>) {
         json!({"turn": 1, "critique": critique, "thinker_ms": 250})
     );
 
-    // A turn recorded again replaces the old one, critique included.
+    // A recorded turn is never replaced. The same write again (a retry
+    // whose commit went unheard) is a no-op; another image is refused.
+    let again = |key: &str| NewTurn {
+        index: 2,
+        instruction: "redo".into(),
+        image_key: key.into(),
+        image_mime: "image/webp".into(),
+        editor_ms: 5,
+        provider_request_id: None,
+    };
+    let before = store.list_turns(id).await.unwrap();
     store
-        .record_turn(
-            &lease,
-            NewTurn {
-                index: 2,
-                instruction: "redo".into(),
-                image_key: "k2".into(),
-                image_mime: "image/webp".into(),
-                editor_ms: 5,
-                provider_request_id: None,
-            },
-        )
+        .record_turn(&lease, again(&before[1].image_key))
         .await
         .unwrap();
-    let turns = store.list_turns(id).await.unwrap();
-    assert_eq!(turns[1].instruction, "redo");
-    assert_eq!(turns[1].critique, None);
-    assert_eq!(turns[1].thinker_ms, None);
+    assert!(matches!(
+        store.record_turn(&lease, again("other-key")).await,
+        Err(StoreError::TurnRecorded { index: 2, .. })
+    ));
+    assert_eq!(store.list_turns(id).await.unwrap(), before);
+    assert_eq!(events(&store, id).await.len(), 6, "no event for a no-op");
 
     // A critique for a turn never recorded is refused.
     assert!(store
@@ -666,10 +670,22 @@ async fn retry_later_requeues_then_fails(store: Arc<dyn Store>) {
     assert_eq!(row.finished_at, None);
     assert_eq!(row.error_code.as_deref(), Some("editor_unavailable"));
     assert_eq!(row.error_message.as_deref(), Some("503 twice"));
-    // Requeueing writes no event.
+    // Requeueing writes `job.retrying`, in the same transaction.
+    let ev = events(&store, id).await;
     assert_eq!(
-        kinds(&events(&store, id).await),
-        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+        kinds(&ev),
+        [
+            event_type::JOB_QUEUED,
+            event_type::JOB_STARTED,
+            event_type::JOB_RETRYING
+        ]
+    );
+    assert_retrying(
+        &ev[2].data,
+        1,
+        "transient",
+        Some("editor_unavailable"),
+        row.run_at,
     );
     assert_lease_lost(store.heartbeat(&lease, LEASE).await, id);
 
@@ -691,12 +707,13 @@ async fn retry_later_requeues_then_fails(store: Arc<dyn Store>) {
         [
             event_type::JOB_QUEUED,
             event_type::JOB_STARTED,
+            event_type::JOB_RETRYING,
             event_type::JOB_STARTED,
             event_type::JOB_FAILED
         ]
     );
     assert_eq!(
-        ev[3].data,
+        ev[4].data,
         json!({"code": "editor_unavailable", "message": "503 again"})
     );
 
@@ -711,6 +728,69 @@ async fn retry_later_requeues_then_fails(store: Arc<dyn Store>) {
     assert!(row.run_at > Utc::now() + chrono::Duration::seconds(500));
     assert!(row.run_at < Utc::now() + chrono::Duration::seconds(700));
     assert!(store.claim("w", 10, LEASE).await.unwrap().is_empty());
+}
+
+/// A `job.retrying` payload (contract): the attempt that ended, why, the
+/// failure's code, and when the job may run again.
+fn assert_retrying(
+    data: &serde_json::Value,
+    attempt: u32,
+    reason: &str,
+    code: Option<&str>,
+    run_at: chrono::DateTime<Utc>,
+) {
+    assert_eq!(data["attempt"], attempt, "{data}");
+    assert_eq!(data["reason"], reason, "{data}");
+    assert_eq!(data["code"].as_str(), code, "{data}");
+    let at: chrono::DateTime<Utc> = data["run_at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (at - run_at).num_milliseconds().abs() <= 1,
+        "run_at {at} vs row {run_at}"
+    );
+}
+
+async fn an_expired_lease_fences_writes_before_any_rescue(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "frozen", Duration::from_millis(200), id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nobody rescued it yet, but the lease is over: no write goes through.
+    assert_eq!(job(&store, id).await.status, JobStatus::Running);
+    assert_lease_lost(store.heartbeat(&lease, LEASE).await, id);
+    let turn = NewTurn {
+        index: 1,
+        instruction: "late".into(),
+        image_key: "late".into(),
+        image_mime: "image/png".into(),
+        editor_ms: 1,
+        provider_request_id: None,
+    };
+    assert!(matches!(
+        store.record_turn(&lease, turn).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.complete(&lease, 1, None).await,
+        Err(StoreError::LeaseLost(_))
+    ));
+    assert!(store.list_turns(id).await.unwrap().is_empty());
+    assert_eq!(store.rescue_expired().await.unwrap(), 1);
+}
+
+async fn latest_event_ids_per_job(store: Arc<dyn Store>) {
+    let a = insert(&store, 0, 3).await.id;
+    let b = insert(&store, 0, 3).await.id;
+    let never = Uuid::now_v7();
+    store.request_cancel(a).await.unwrap();
+    let mut latest = store.latest_event_ids(&[a, b, never]).await.unwrap();
+    latest.sort();
+    let last_of = |evs: Vec<editthinker_store::EventRow>| evs.last().unwrap().id;
+    let mut expected = vec![
+        (a, last_of(events(&store, a).await)),
+        (b, last_of(events(&store, b).await)),
+    ];
+    expected.sort();
+    assert_eq!(latest, expected);
+    assert!(store.latest_event_ids(&[]).await.unwrap().is_empty());
 }
 
 async fn retry_later_with_cancel_requested_cancels(store: Arc<dyn Store>) {
@@ -746,10 +826,21 @@ async fn rescue_expired_requeues_then_fails(store: Arc<dyn Store>) {
     assert_eq!(row.lease_expires_at, None);
     assert_eq!(row.finished_at, None);
     assert!(row.run_at <= Utc::now(), "due at once");
+    let ev = events(&store, id).await;
     assert_eq!(
-        kinds(&events(&store, id).await),
-        [event_type::JOB_QUEUED, event_type::JOB_STARTED],
-        "a requeue writes no event"
+        kinds(&ev),
+        [
+            event_type::JOB_QUEUED,
+            event_type::JOB_STARTED,
+            event_type::JOB_RETRYING
+        ],
+    );
+    assert_retrying(
+        &ev[2].data,
+        1,
+        "lease_expired",
+        Some("lease_expired"),
+        row.run_at,
     );
     assert_eq!(job(&store, alive).await.status, JobStatus::Running);
 
@@ -780,10 +871,16 @@ async fn release_requeues_without_counting(store: Arc<dyn Store>) {
     assert_eq!(row.lease_owner, None);
     assert_eq!(row.lease_expires_at, None);
     assert!(row.run_at <= Utc::now());
+    let ev = events(&store, id).await;
     assert_eq!(
-        kinds(&events(&store, id).await),
-        [event_type::JOB_QUEUED, event_type::JOB_STARTED]
+        kinds(&ev),
+        [
+            event_type::JOB_QUEUED,
+            event_type::JOB_STARTED,
+            event_type::JOB_RETRYING
+        ]
     );
+    assert_retrying(&ev[2].data, 1, "released", None, row.run_at);
     assert_lease_lost(store.heartbeat(&lease, LEASE).await, id);
     // Claimable again at once, with the attempt not spent.
     let again = claim_one(&store, "w2", LEASE, id).await;
