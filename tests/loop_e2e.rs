@@ -179,6 +179,22 @@ async fn best_selection_runs_the_loop(backend: Backend) {
     assert_eq!(resumed, events[4..].to_vec());
     let resumed = read_sse(&format!("{url}?after={}", ids[6]), None, LIMIT).await;
     assert_eq!(resumed, events[7..].to_vec());
+
+    // A browser's EventSource reconnects after the stream closes, with the
+    // terminal event's id: 204 is the standard's way to make it stop.
+    let last = *ids.last().unwrap();
+    let client = reqwest::Client::new();
+    for request in [
+        client.get(&url).header("Last-Event-ID", last.to_string()),
+        client.get(format!("{url}?after={last}")),
+    ] {
+        let resp = tokio::time::timeout(LIMIT, request.send())
+            .await
+            .expect("answered at once")
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+        assert!(resp.bytes().await.unwrap().is_empty());
+    }
 }
 
 async fn last_selection_follows_the_paper(backend: Backend) {
@@ -324,6 +340,25 @@ async fn transient_editor_failures_are_retried(backend: Backend) {
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert_eq!(job["attempt"], 2);
     assert_eq!(editor.prompts(), ["fix it"]);
+
+    // The requeue is visible on the stream, between the two claims.
+    let id = job["id"].as_str().unwrap();
+    let events = read_sse(&service.url(&format!("/v1/jobs/{id}/events")), None, LIMIT).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        kinds[..4],
+        ["job.queued", "job.started", "job.retrying", "job.started"],
+        "{kinds:?}"
+    );
+    let retrying = &events[2].data;
+    assert_eq!(retrying["attempt"], 1, "{retrying}");
+    assert_eq!(retrying["reason"], "transient");
+    assert_eq!(retrying["code"], "editor_unavailable");
+    let run_at = retrying["run_at"].as_str().unwrap();
+    assert!(
+        run_at.contains('T') && run_at.ends_with('Z'),
+        "RFC 3339: {run_at}"
+    );
 }
 
 async fn cancel_queued_running_and_finished(backend: Backend) {

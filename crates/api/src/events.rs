@@ -1,27 +1,26 @@
 //! `GET /v1/jobs/{id}/events`: stored events replayed after `Last-Event-ID`,
 //! then live ones, until the terminal event (DESIGN.md §7).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use editthinker_store::{event_type, EventRow, Notice};
-use futures::Stream;
+use axum::response::{IntoResponse, Response};
+use editthinker_store::{event_type, EventRow};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::fanout::{Feed, Subscription};
 use crate::jobs::job_id;
 use crate::views::{result_url, turn_image_url, CritiqueView};
 use crate::AppState;
 use editthinker_core::CritiqueRecord;
-
-/// How often the table is re-read even without a notice, as a safety net.
-const REREAD_EVERY: Duration = Duration::from_secs(2);
 
 /// Query of the events endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -36,14 +35,15 @@ pub struct EventsQuery {
     params(("id" = Uuid, Path, description = "Job id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses(
-        (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
+        (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
+        (status = 204, description = "The job has finished and nothing is stored after the cursor: the EventSource standard's signal to stop reconnecting"),
         (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn job_events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("after", e.body_text()))?;
     let id = job_id(&id)?;
     let header_after = match headers.get("last-event-id") {
@@ -57,125 +57,130 @@ pub async fn job_events(
     };
     let after = header_after.or(query.after).unwrap_or(0);
     // Subscribe before reading the table, so nothing falls between the two.
-    let notices = state.store.subscribe();
-    if state.store.get_job(id).await?.is_none() {
+    let feed = state.hub.subscribe(id, after);
+    let Some(job) = state.store.get_job(id).await? else {
         return Err(ApiError::NotFound(format!("job {id} not found")));
+    };
+    let replay = state.store.events_after(id, after).await?;
+    if job.status.is_terminal() && replay.is_empty() {
+        // Read after the status, so a finished job's terminal event is in
+        // `replay` unless the cursor is already past it: nothing will come.
+        return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let stream = futures::stream::unfold(
         Cursor {
             state,
             job: id,
-            last: after,
-            notices,
-            pending: Vec::new(),
-            live: Default::default(),
-            done: false,
+            feed,
+            position: Position {
+                last: after,
+                pending: replay.into(),
+                ..Position::default()
+            },
         },
         Cursor::next_event,
     );
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
+/// One stream: its feed from the hub and its [`Position`].
 struct Cursor {
     state: AppState,
     job: Uuid,
+    feed: Subscription,
+    position: Position,
+}
+
+/// Where a stream stands, without IO: stored rows not yet sent, live
+/// events heard, and the id of the last stored event sent.
+#[derive(Default)]
+struct Position {
     last: i64,
-    notices: tokio::sync::broadcast::Receiver<Notice>,
-    pending: Vec<EventRow>,
+    pending: VecDeque<EventRow>,
     /// Live events (no id) waiting to be sent, oldest first.
-    live: std::collections::VecDeque<Event>,
+    live: VecDeque<Event>,
     done: bool,
+}
+
+/// What a stream does next.
+enum Step {
+    /// Send this stored event.
+    Stored(EventRow),
+    /// Send this live event.
+    Live(Event),
+    /// The stream is over.
+    End,
+    /// Nothing to send: wait for the hub.
+    Wait,
+}
+
+impl Position {
+    /// The next thing to do with what is buffered: live events heard first
+    /// (they were announced before the stored rows read with or after
+    /// them), then stored rows in id order without duplicates; the end
+    /// after the terminal event.
+    fn step(&mut self) -> Step {
+        if self.done {
+            return Step::End;
+        }
+        if let Some(event) = self.live.pop_front() {
+            return Step::Live(event);
+        }
+        while let Some(row) = self.pending.pop_front() {
+            // Drop duplicates: ids only ever increase.
+            if row.id <= self.last {
+                continue;
+            }
+            self.last = row.id;
+            if is_terminal(&row.kind) {
+                self.done = true;
+                self.pending.clear();
+                self.live.clear();
+            }
+            return Step::Stored(row);
+        }
+        Step::Wait
+    }
+
+    fn take(&mut self, job: Uuid, feed: Feed) {
+        match feed {
+            Feed::Rows(rows) => self.pending.extend(rows.iter().cloned()),
+            Feed::Live { kind, data } => {
+                self.live
+                    .push_back(live_sse(job, &kind, data.as_ref().clone()))
+            }
+        }
+    }
 }
 
 impl Cursor {
     async fn next_event(mut self) -> Option<(Result<Event, Infallible>, Self)> {
         loop {
-            if let Some(event) = self.live.pop_front() {
-                if !self.done {
-                    return Some((Ok(event), self));
-                }
+            match self.position.step() {
+                Step::Stored(row) => return Some((Ok(to_sse(&row)), self)),
+                Step::Live(event) => return Some((Ok(event), self)),
+                Step::End => return None,
+                Step::Wait => {}
             }
-            if let Some(row) = self.pending.pop() {
-                // Drop duplicates: ids only ever increase.
-                if row.id <= self.last {
-                    continue;
-                }
-                self.last = row.id;
-                if is_terminal(&row.kind) {
-                    self.done = true;
-                    self.pending.clear();
-                }
-                return Some((Ok(to_sse(&row)), self));
-            }
-            if self.done || self.state.shutdown.is_cancelled() {
-                return None;
-            }
-            // Live events already heard go out before stored rows read now,
-            // which were written after them.
-            if self.drain_live() {
-                continue;
-            }
-            match self.state.store.events_after(self.job, self.last).await {
-                Ok(mut rows) if !rows.is_empty() => {
-                    rows.reverse(); // pop() takes from the end
-                    self.pending = rows;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, job_id = %self.job, "reading events failed");
-                }
-            }
-            self.wait_for_news().await;
-        }
-    }
-
-    /// Queues this job's live events already received, without waiting;
-    /// returns whether any were queued.
-    fn drain_live(&mut self) -> bool {
-        let before = self.live.len();
-        while let Ok(notice) = self.notices.try_recv() {
-            if let Notice::Live { job_id, kind, data } = notice {
-                self.queue_live(job_id, &kind, data);
-            }
-        }
-        self.live.len() > before
-    }
-
-    /// Queues a live event if it is about this job; returns whether it was.
-    fn queue_live(&mut self, job_id: Uuid, kind: &str, data: serde_json::Value) -> bool {
-        let ours = job_id == self.job;
-        if ours {
-            self.live.push_back(live_sse(job_id, kind, data));
-        }
-        ours
-    }
-
-    /// Waits for a notice about this job, a resync, lag, or the re-read timer.
-    async fn wait_for_news(&mut self) {
-        let deadline = tokio::time::sleep(REREAD_EVERY);
-        tokio::pin!(deadline);
-        loop {
             tokio::select! {
-                _ = &mut deadline => return,
-                _ = self.state.shutdown.cancelled() => return,
-                notice = self.notices.recv() => match notice {
-                    Ok(Notice::Event { job_id, event_id, .. }) => {
-                        if job_id == self.job && event_id > self.last {
-                            return;
+                _ = self.state.shutdown.cancelled() => return None,
+                feed = self.feed.recv() => match feed {
+                    Ok(feed) => self.position.take(self.job, feed),
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind the hub: catch up from the table.
+                        let last = self.position.last;
+                        match self.state.store.events_after(self.job, last).await {
+                            Ok(rows) => self.position.pending.extend(rows),
+                            Err(e) => {
+                                tracing::warn!(error = %e, job_id = %self.job, "reading events failed");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
                         }
                     }
-                    Ok(Notice::Live { job_id, kind, data }) => {
-                        if self.queue_live(job_id, &kind, data) {
-                            return;
-                        }
-                    }
-                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => return,
-                    Err(RecvError::Closed) => {
-                        // No more notices; rely on the timer.
-                        (&mut deadline).await;
-                        return;
-                    }
+                    // The hub is gone (shutdown).
+                    Err(RecvError::Closed) => return None,
                 },
             }
         }
@@ -236,4 +241,92 @@ fn to_sse(row: &EventRow) -> Event {
         .id(row.id.to_string())
         .event(row.kind.as_str())
         .data(data.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn row(id: i64, kind: &str) -> EventRow {
+        EventRow {
+            id,
+            job_id: Uuid::nil(),
+            kind: kind.into(),
+            data: serde_json::json!({}),
+            created_at: chrono::Utc::now(),
+        }
+    }
+
+    fn sent(p: &mut Position) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            match p.step() {
+                Step::Stored(r) => out.push(format!("{}:{}", r.id, r.kind)),
+                Step::Live(_) => out.push("live".into()),
+                Step::End => {
+                    out.push("end".into());
+                    return out;
+                }
+                Step::Wait => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn duplicates_and_rows_before_the_cursor_are_dropped() {
+        let mut p = Position {
+            last: 2,
+            ..Position::default()
+        };
+        p.take(
+            Uuid::nil(),
+            Feed::Rows(
+                vec![
+                    row(1, "job.queued"),
+                    row(2, "job.started"),
+                    row(3, "turn.edited"),
+                ]
+                .into(),
+            ),
+        );
+        // The hub's read overlaps the replay.
+        p.take(
+            Uuid::nil(),
+            Feed::Rows(vec![row(3, "turn.edited"), row(4, "turn.critiqued")].into()),
+        );
+        assert_eq!(sent(&mut p), ["3:turn.edited", "4:turn.critiqued"]);
+        assert_eq!(p.last, 4);
+    }
+
+    #[test]
+    fn live_events_go_first_and_nothing_follows_the_terminal_event() {
+        let mut p = Position::default();
+        p.take(
+            Uuid::nil(),
+            Feed::Rows(
+                vec![
+                    row(5, "turn.critiqued"),
+                    row(6, "job.succeeded"),
+                    row(7, "job.retrying"),
+                ]
+                .into(),
+            ),
+        );
+        p.take(
+            Uuid::nil(),
+            Feed::Live {
+                kind: "turn.thinking".into(),
+                data: Arc::new(serde_json::json!({"turn": 1, "delta": "hm"})),
+            },
+        );
+        assert_eq!(
+            sent(&mut p),
+            ["live", "5:turn.critiqued", "6:job.succeeded", "end"]
+        );
+        // Anything heard after the end is never sent.
+        p.take(Uuid::nil(), Feed::Rows(vec![row(8, "job.queued")].into()));
+        assert_eq!(sent(&mut p), ["end"]);
+    }
 }

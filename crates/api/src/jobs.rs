@@ -313,10 +313,15 @@ async fn blob_response(state: &AppState, key: &str, mime: &str) -> Result<Respon
         mime.parse()
             .unwrap_or(header::HeaderValue::from_static("application/octet-stream")),
     );
-    // Stored images never change once written.
+    // Per-write keys never change once written; older turn keys might.
+    let cache = if BlobStore::is_immutable_key(key) {
+        "private, max-age=31536000, immutable"
+    } else {
+        "private, no-cache"
+    };
     headers.insert(
         header::CACHE_CONTROL,
-        header::HeaderValue::from_static("private, max-age=31536000, immutable"),
+        header::HeaderValue::from_static(cache),
     );
     Ok((headers, Body::from(bytes)).into_response())
 }

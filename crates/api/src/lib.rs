@@ -3,6 +3,7 @@
 
 pub mod error;
 mod events;
+pub mod fanout;
 pub mod intake;
 mod jobs;
 mod system;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub max_attempts: u32,
     /// Fires on shutdown; open event streams end so the server can stop.
     pub shutdown: CancellationToken,
+    /// This process's fan-out of job events to SSE streams.
+    pub hub: Arc<fanout::EventHub>,
 }
 
 impl AppState {

@@ -86,6 +86,7 @@ async fn run_api(
         thinker_configured: parts.thinker_configured,
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
+        hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),
         shutdown: shutdown.clone(),
     };
     let addr = config.listen_addr()?;

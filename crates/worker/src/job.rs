@@ -513,7 +513,7 @@ impl TurnObserver for StoreObserver {
     async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
         let image = turn.image.as_ref().ok_or("an edited turn has its image")?;
         let png = image.to_png().map_err(|e| e.to_string())?;
-        let key = BlobStore::turn_key(self.lease.job_id, turn.index);
+        let key = BlobStore::turn_key(self.lease.job_id, turn.index, self.lease.attempt);
         let provider_request_id = self
             .submitted
             .lock()

@@ -1,0 +1,263 @@
+//! Per-process fan-out of job events to SSE streams (DESIGN.md §7).
+//!
+//! One [`EventHub`] per API process listens to the store's notices. When a
+//! notice names a job that has subscribers, the hub reads that job's new
+//! rows once and hands them to every subscriber of the job through a
+//! bounded per-job broadcast: the cost of an event is one query per
+//! process, whatever the number of streams. A subscriber that falls behind
+//! the broadcast re-reads from the table itself and never slows the others.
+//! A lost LISTEN connection, lag on the notice channel and a slow timer
+//! (the safety net) make the hub compare, in one query, the newest stored
+//! event of every watched job with what it has delivered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use editthinker_store::{EventRow, Notice, Store};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Messages buffered per job; a subscriber further behind than this
+/// re-reads from the table.
+const FEED_CAPACITY: usize = 64;
+
+/// How often the hub checks, in one query, that no event of a watched job
+/// went unannounced (a NOTIFY lost with a connection).
+pub const SAFETY_NET_EVERY: Duration = Duration::from_secs(15);
+
+/// What a subscriber of one job receives.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    /// New stored events of the job, in id order (may repeat ids already
+    /// seen: the subscriber drops those).
+    Rows(Arc<[EventRow]>),
+    /// A live, unstored event (`turn.thinking`).
+    Live {
+        /// Its type.
+        kind: Arc<str>,
+        /// Its payload.
+        data: Arc<serde_json::Value>,
+    },
+}
+
+struct JobFeed {
+    sender: broadcast::Sender<Feed>,
+    /// Highest event id read and broadcast for this job.
+    delivered: i64,
+    /// A read of this job's rows is under way.
+    reading: bool,
+    /// Another notice came while reading: read again afterwards.
+    again: bool,
+}
+
+/// The result of one read, handed back to the pump.
+struct ReadDone {
+    job: Uuid,
+    rows: Result<Vec<EventRow>, String>,
+}
+
+/// The per-process event fan-out.
+pub struct EventHub {
+    store: Arc<dyn Store>,
+    feeds: Mutex<HashMap<Uuid, JobFeed>>,
+    reads: mpsc::UnboundedSender<ReadDone>,
+}
+
+/// One stream's hold on a job's feed; dropping it unsubscribes, and the
+/// last one out removes the job from the hub.
+pub struct Subscription {
+    hub: Arc<EventHub>,
+    job: Uuid,
+    receiver: Option<broadcast::Receiver<Feed>>,
+}
+
+impl Subscription {
+    /// The next message, or `Err(Lagged)` when this subscriber fell behind
+    /// and must re-read from the table.
+    pub async fn recv(&mut self) -> Result<Feed, broadcast::error::RecvError> {
+        self.receiver
+            .as_mut()
+            .expect("present until drop")
+            .recv()
+            .await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        drop(self.receiver.take());
+        let mut feeds = self.hub.feeds.lock().expect("hub lock");
+        if feeds
+            .get(&self.job)
+            .is_some_and(|f| f.sender.receiver_count() == 0)
+        {
+            feeds.remove(&self.job);
+        }
+    }
+}
+
+impl EventHub {
+    /// Starts the hub's pump on the current runtime; it stops with `shutdown`.
+    pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<Self> {
+        // Subscribe before anything can watch a job, so no notice is missed.
+        let notices = store.subscribe();
+        let (reads, done) = mpsc::unbounded_channel();
+        let hub = Arc::new(Self {
+            store,
+            feeds: Mutex::new(HashMap::new()),
+            reads,
+        });
+        tokio::spawn(pump(hub.clone(), notices, done, shutdown));
+        hub
+    }
+
+    /// Watches `job`'s events from now on. `after` is the subscriber's
+    /// cursor: a job watched for the first time is read from there.
+    pub fn subscribe(self: &Arc<Self>, job: Uuid, after: i64) -> Subscription {
+        let mut feeds = self.feeds.lock().expect("hub lock");
+        let feed = feeds.entry(job).or_insert_with(|| JobFeed {
+            sender: broadcast::channel(FEED_CAPACITY).0,
+            delivered: after,
+            reading: false,
+            again: false,
+        });
+        Subscription {
+            hub: self.clone(),
+            job,
+            receiver: Some(feed.sender.subscribe()),
+        }
+    }
+
+    /// How many jobs have subscribers (for tests and metrics).
+    pub fn watched_jobs(&self) -> usize {
+        self.feeds.lock().expect("hub lock").len()
+    }
+
+    /// Reads `job`'s rows after what was delivered, unless a read is under
+    /// way (then it reads once more when that one is done).
+    fn read(self: &Arc<Self>, job: Uuid) {
+        let after = {
+            let mut feeds = self.feeds.lock().expect("hub lock");
+            let Some(feed) = feeds.get_mut(&job) else {
+                return;
+            };
+            if feed.reading {
+                feed.again = true;
+                return;
+            }
+            feed.reading = true;
+            feed.delivered
+        };
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let rows = hub
+                .store
+                .events_after(job, after)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = hub.reads.send(ReadDone { job, rows });
+        });
+    }
+
+    fn read_done(self: &Arc<Self>, done: ReadDone) {
+        let again = {
+            let mut feeds = self.feeds.lock().expect("hub lock");
+            let Some(feed) = feeds.get_mut(&done.job) else {
+                return;
+            };
+            feed.reading = false;
+            match done.rows {
+                Ok(rows) => {
+                    if let Some(last) = rows.last() {
+                        feed.delivered = feed.delivered.max(last.id);
+                        // No receivers left is fine: the entry goes soon.
+                        let _ = feed.sender.send(Feed::Rows(rows.into()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, job_id = %done.job, "reading events failed");
+                    // Try again at the next notice or safety-net pass.
+                }
+            }
+            std::mem::take(&mut feed.again)
+        };
+        if again {
+            self.read(done.job);
+        }
+    }
+
+    fn live(&self, job: Uuid, kind: String, data: serde_json::Value) {
+        let feeds = self.feeds.lock().expect("hub lock");
+        if let Some(feed) = feeds.get(&job) {
+            let _ = feed.sender.send(Feed::Live {
+                kind: kind.into(),
+                data: Arc::new(data),
+            });
+        }
+    }
+
+    /// One query for the newest event of every watched job; reads the jobs
+    /// that have more than was delivered.
+    async fn catch_up(self: &Arc<Self>) {
+        let watched: Vec<(Uuid, i64)> = {
+            let feeds = self.feeds.lock().expect("hub lock");
+            feeds.iter().map(|(id, f)| (*id, f.delivered)).collect()
+        };
+        if watched.is_empty() {
+            return;
+        }
+        let ids: Vec<Uuid> = watched.iter().map(|(id, _)| *id).collect();
+        match self.store.latest_event_ids(&ids).await {
+            Ok(latest) => {
+                let delivered: HashMap<Uuid, i64> = watched.into_iter().collect();
+                for (job, newest) in latest {
+                    if delivered.get(&job).is_some_and(|d| newest > *d) {
+                        self.read(job);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "event safety-net check failed"),
+        }
+    }
+}
+
+async fn pump(
+    hub: Arc<EventHub>,
+    mut notices: broadcast::Receiver<Notice>,
+    mut done: mpsc::UnboundedReceiver<ReadDone>,
+    shutdown: CancellationToken,
+) {
+    let mut notices_open = true;
+    let mut safety_net = tokio::time::interval(SAFETY_NET_EVERY);
+    safety_net.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(read) = done.recv() => hub.read_done(read),
+            _ = safety_net.tick() => hub.catch_up().await,
+            notice = notices.recv(), if notices_open => match notice {
+                Ok(Notice::Event { job_id, event_id, .. }) => {
+                    let behind = hub
+                        .feeds
+                        .lock()
+                        .expect("hub lock")
+                        .get(&job_id)
+                        .is_some_and(|f| event_id > f.delivered);
+                    if behind {
+                        hub.read(job_id);
+                    }
+                }
+                Ok(Notice::Live { job_id, kind, data }) => hub.live(job_id, kind, data),
+                Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                    hub.catch_up().await;
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    // The store stopped sending notices: only the safety net is left.
+                    notices_open = false;
+                }
+            },
+        }
+    }
+}
