@@ -117,7 +117,7 @@ impl AsyncProvider for BflEditor {
         let body = self.body(source, instruction).await?;
         let answer = self
             .caller
-            .post_json(&self.endpoint, &self.credential, &body)
+            .post_json(&self.endpoint, &self.credential, body)
             .await?;
         let id = required_str(&answer, "/id")?;
         let polling_url = required_url(&answer, "/polling_url")?;
@@ -166,6 +166,13 @@ fn poll_state(answer: &Value) -> Result<Poll, EditorError> {
 impl Editor for BflEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
         edit_async(self, &self.caller, &self.model, self.waiting, request).await
+    }
+
+    // No `cancel`: BFL's API has no call to stop a task (the default does
+    // nothing); an abandoned task runs to its end on BFL's side.
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

@@ -123,6 +123,51 @@ impl EditorKind {
         }
     }
 
+    /// Whether a call whose outcome is unknown (sent, then a timeout, a
+    /// broken connection or a 5xx) is sent again inside the call when a
+    /// profile sets no `retry_ambiguous`. Only `http`: a self-hosted server
+    /// costs nothing per call. Every other kind is paid per call and none
+    /// documents an idempotency key (searched: OpenAI images, BFL, fal,
+    /// Replicate, Gemini, DashScope), so a resend could pay for the edit
+    /// twice; the worker requeues the job visibly instead
+    /// (`EditorError::Ambiguous`).
+    pub fn retries_ambiguous_by_default(self) -> bool {
+        matches!(self, Self::Http)
+    }
+
+    /// The longest instruction sent to this kind when a profile sets no
+    /// `max_instruction_chars`; a thinker's refined instruction is cut to it.
+    pub fn default_max_instruction_chars(self) -> usize {
+        match self {
+            // BACKENDS.md: the images edits `prompt` takes up to 32,000
+            // characters.
+            Self::Openai => OPENAI_MAX_PROMPT_CHARS,
+            // DashScope's Qwen-Image models read about 800 units of prompt
+            // and cut the rest (its pages say characters in some places,
+            // tokens in others; unconfirmed): 800 characters is within
+            // either reading.
+            Self::Dashscope => 800,
+            // FLUX Kontext (bfl, fal's and Replicate's default models)
+            // encodes the prompt with T5 up to 512 tokens, about 2,000
+            // characters of English; the self-hosted reference servers run
+            // models of the same size class, and Gemini's limit is far
+            // higher but longer instructions do not make better edits. The
+            // core default is that conservative value.
+            Self::Http | Self::Bfl | Self::Fal | Self::Replicate | Self::Gemini => {
+                editthinker_core::DEFAULT_MAX_INSTRUCTION_CHARS
+            }
+        }
+    }
+
+    /// The most `max_instruction_chars` may be set to: the provider's
+    /// documented prompt limit, where there is one (a longer prompt is a 400).
+    pub fn max_instruction_chars_limit(self) -> Option<usize> {
+        match self {
+            Self::Openai => Some(OPENAI_MAX_PROMPT_CHARS),
+            _ => None,
+        }
+    }
+
     /// The optional settings this kind reads; setting any other one is a
     /// configuration error rather than being silently ignored.
     fn accepts(self, field: &str) -> bool {
@@ -168,6 +213,9 @@ impl EditorKind {
         own.contains(&field)
     }
 }
+
+/// OpenAI's images edits `prompt` limit, in characters (BACKENDS.md).
+const OPENAI_MAX_PROMPT_CHARS: usize = 32_000;
 
 impl fmt::Display for EditorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -262,6 +310,21 @@ pub struct EditorProfile {
     /// Base delay of the exponential backoff, in milliseconds.
     #[serde(default = "defaults::retry_base_ms")]
     pub retry_base_ms: u64,
+    /// Whether a paid request whose outcome is unknown (sent, then a
+    /// timeout, a broken connection or a 5xx other than 503) is sent again
+    /// inside the call. Default per kind
+    /// ([`EditorKind::retries_ambiguous_by_default`]): `true` for `http`,
+    /// `false` for the paid kinds, whose call then ends as
+    /// `EditorError::Ambiguous` and the worker requeues the job visibly.
+    /// Setting it on a paid kind accepts that such a failure may be paid
+    /// twice.
+    #[serde(default)]
+    pub retry_ambiguous: Option<bool>,
+    /// The longest instruction sent to this editor, in characters: a
+    /// thinker's refined instruction is cut to it (default per kind, see
+    /// [`EditorKind::default_max_instruction_chars`]).
+    #[serde(default)]
+    pub max_instruction_chars: Option<usize>,
     /// Calls to this editor in flight at once, per process (default per
     /// kind, see [`EditorKind::default_max_in_flight`]).
     #[serde(default)]
@@ -304,6 +367,8 @@ impl EditorProfile {
             connect_timeout_seconds: defaults::connect_timeout_seconds(),
             max_retries: defaults::max_retries(),
             retry_base_ms: defaults::retry_base_ms(),
+            retry_ambiguous: None,
+            max_instruction_chars: None,
             max_in_flight: None,
             multiple_of: defaults::multiple_of(),
             api_key_env: None,
@@ -324,6 +389,40 @@ impl EditorProfile {
             self.kind
                 .default_max_in_flight(self.effective_model().as_deref())
         })
+    }
+
+    /// Whether ambiguous failures of paid requests are retried inside the
+    /// call: the configured `retry_ambiguous`, else the kind's default.
+    pub fn effective_retry_ambiguous(&self) -> bool {
+        self.retry_ambiguous
+            .unwrap_or_else(|| self.kind.retries_ambiguous_by_default())
+    }
+
+    /// The instruction cap: the configured `max_instruction_chars`, else the
+    /// kind's default; 0 or more than the provider's documented limit is an
+    /// error naming `editors.<name>.max_instruction_chars`.
+    pub fn effective_max_instruction_chars(&self, name: &str) -> Result<usize, EditorConfigError> {
+        let Some(chars) = self.max_instruction_chars else {
+            return Ok(self.kind.default_max_instruction_chars());
+        };
+        if chars == 0 {
+            return Err(EditorConfigError::invalid(
+                name,
+                "max_instruction_chars",
+                "must be at least 1",
+            ));
+        }
+        match self.kind.max_instruction_chars_limit() {
+            Some(limit) if chars > limit => Err(EditorConfigError::invalid(
+                name,
+                "max_instruction_chars",
+                format!(
+                    "{chars}: the {} kind accepts prompts of at most {limit} characters",
+                    self.kind
+                ),
+            )),
+            _ => Ok(chars),
+        }
     }
 
     /// Refuses optional settings that profile `name`'s kind does not read

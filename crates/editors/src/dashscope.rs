@@ -85,13 +85,17 @@ impl Editor for DashscopeEditor {
                 let body = self.body(request.source, request.instruction).await?;
                 let answer = self
                     .caller
-                    .post_json(&self.endpoint, &self.credential, &body)
+                    .post_json(&self.endpoint, &self.credential, body)
                     .await?;
                 // Signed and short-lived: fetched now, under the same permit.
                 let url = result_url(&answer)?;
                 self.caller.download(&url).await
             })
             .await
+    }
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

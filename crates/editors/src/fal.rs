@@ -1,15 +1,20 @@
 //! The `fal` kind: fal.ai's queue API. `POST {base_url}/{model}` (e.g.
 //! `fal-ai/flux-pro/kontext`) with `Authorization: Key <key>` and the
 //! source as a PNG data URI in `image_url`; the answer is `{"request_id",
-//! "status_url", "response_url"}`. `status_url` answers 202 while
-//! `IN_QUEUE`/`IN_PROGRESS` and 200 at `COMPLETED`; then `response_url`
-//! holds the model's output (`images[].url`) or its error. The URLs fal
+//! "status_url", "response_url", "cancel_url"}`. `status_url` answers 202
+//! while `IN_QUEUE`/`IN_PROGRESS` and 200 at `COMPLETED`; then
+//! `response_url` holds the model's output (`images[].url`) or its error.
+//! `PUT cancel_url` stops a request the job no longer wants. The URLs fal
 //! returns are used as given, never built.
+//!
+//! The submission is paid and fal documents no idempotency key for it, so
+//! an ambiguous failure of the submit is not resent (see
+//! `http_common`); polls and downloads are GETs and are retried.
 
 use async_trait::async_trait;
 use editthinker_core::{EditRequest, Editor, EditorError, Image, ProviderRequest};
 use reqwest::header::AUTHORIZATION;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use url::Url;
 
@@ -19,7 +24,8 @@ use crate::http_common::{
     endpoint, model_name, says_refused, source_png_base64, Credential, HttpCaller,
 };
 use crate::polling::{
-    edit_async, failure_text, handle_url, required_str, required_url, AsyncProvider, Poll, Waiting,
+    edit_async, failure_text, handle_url, required_str, required_url, url_at, AsyncProvider, Poll,
+    Waiting,
 };
 
 /// Client of one fal model through the queue.
@@ -117,13 +123,17 @@ impl AsyncProvider for FalEditor {
         let body = self.body(source, instruction).await?;
         let answer = self
             .caller
-            .post_json(&self.endpoint, &self.credential, &body)
+            .post_json(&self.endpoint, &self.credential, body)
             .await?;
         let id = required_str(&answer, "/request_id")?;
         let mut data = json!({});
         for key in ["status_url", "response_url"] {
             let url = required_url(&answer, &format!("/{key}"))?;
             data[key] = Value::from(url.as_str());
+        }
+        // Only needed to cancel: a submission without it still counts.
+        if let Some(url) = url_at(&answer, "/cancel_url") {
+            data["cancel_url"] = Value::from(url.as_str());
         }
         Ok(ProviderRequest {
             id: id.to_owned(),
@@ -173,6 +183,23 @@ impl AsyncProvider for FalEditor {
 impl Editor for FalEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
         edit_async(self, &self.caller, &self.model, self.waiting, request).await
+    }
+
+    /// `PUT` to the request's stored `cancel_url`: fal drops a queued
+    /// request and signals a running one to stop. A handle without one
+    /// (stored by an older version) has nothing to call: success.
+    async fn cancel(&self, request: &ProviderRequest) -> Result<(), EditorError> {
+        let Some(url) = url_at(&request.data, "/cancel_url") else {
+            tracing::info!(request_id = %request.id, "no cancel_url stored; nothing to cancel");
+            return Ok(());
+        };
+        self.caller
+            .cancel(Method::PUT, &url, &self.credential, &request.id)
+            .await
+    }
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

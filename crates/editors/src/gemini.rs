@@ -4,6 +4,7 @@
 //! inline in `candidates[0].content.parts[]`.
 
 use async_trait::async_trait;
+use editthinker_core::imaging::off_thread;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::HeaderName;
 use reqwest::StatusCode;
@@ -13,7 +14,7 @@ use url::Url;
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
     body_excerpt, check_seed, classify_failure, decode_base64_image, endpoint, model_name,
-    off_thread, source_png_base64, Credential, HttpCaller,
+    source_png_base64, Credential, HttpCaller,
 };
 
 /// `finishReason`s that mean the model declined on safety grounds. Others
@@ -100,12 +101,16 @@ impl Editor for GeminiEditor {
                 let body = self.body(request.source, request.instruction).await?;
                 let answer = self
                     .caller
-                    .post_json(&self.endpoint, &self.credential, &body)
+                    .post_json(&self.endpoint, &self.credential, body)
                     .await?;
                 let b64 = image_data(&answer)?;
                 off_thread(move || decode_base64_image(&b64, "inlineData")).await
             })
             .await
+    }
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

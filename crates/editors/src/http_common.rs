@@ -1,10 +1,32 @@
 //! What every HTTP editor client shares (BACKENDS.md, "Common rules"): one
-//! reqwest client with connect and total timeouts, retries with exponential
-//! backoff and jitter on connection errors, timeouts, 408, 429 and 5xx
-//! (honouring `Retry-After`), the classification of final answers into the
-//! worker's error classes, and a per-editor limit on calls in flight. Also
-//! what the hosted kinds share: API-key headers, base URLs, JSON POSTs,
-//! downloads of result URLs and decoding of base64 images.
+//! reqwest client with connect and total timeouts, retries with the one
+//! [`RetryPolicy`] of `editthinker_core` (exponential backoff, jitter,
+//! `Retry-After` as a floor and a cap), the classification of final answers
+//! into the worker's error classes, and a per-editor limit on calls in
+//! flight. Also what the hosted kinds share: API-key headers, base URLs,
+//! JSON POSTs, downloads of result URLs, cancel calls and decoding of base64
+//! images.
+//!
+//! # Retries that cannot double-charge
+//!
+//! Every failed attempt is one of three kinds:
+//!
+//! - **not sent**: connecting failed (refused, DNS, TLS, connect timeout):
+//!   the provider never saw the request. Retried.
+//! - **refused before work**: 408, 429 or 503: the provider answered that
+//!   it did not take the request on. Retried, no sooner than its
+//!   `Retry-After`.
+//! - **ambiguous**: the request was sent, then the attempt timed out or the
+//!   connection broke, or the answer was another 5xx: the provider may have
+//!   done (and billed) the work. What happens depends on the request's
+//!   [`Resend`]: idempotent requests (GETs of status and result URLs,
+//!   cancels) are retried; a paid, non-idempotent one (an edit, a
+//!   submission) is sent again only when the profile's `retry_ambiguous`
+//!   says so (the default of the free `http` kind), and otherwise ends the
+//!   call at once as [`EditorError::Ambiguous`]: the worker requeues the job
+//!   visibly, counted against its attempts. None of the hosted providers
+//!   documents an idempotency key that would make a resend safe (see
+//!   [`EditorKind::retries_ambiguous_by_default`]).
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,10 +37,10 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use editthinker_core::{EditorError, Image};
-use rand::Rng;
+use editthinker_core::imaging::off_thread;
+use editthinker_core::{EditorError, Image, RetryPolicy};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -39,34 +61,29 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const MAX_DOWNLOAD_BYTES: usize = 50 << 20;
 /// The pixel limit for images an editor sends back.
 pub const MAX_OUTPUT_PIXELS: u64 = 100_000_000;
+/// Time allowed for one attempt of a cancel call: it is best effort, and
+/// the job it belongs to is already over.
+pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries of a cancel call after its first attempt.
+pub const CANCEL_RETRIES: u32 = 2;
 
 /// Turns a final non-2xx answer (status, body) into an error class. A
 /// classifier that answers anything but `Transient` for a retryable status
 /// stops the retries (e.g. a 429 that means "out of quota").
 pub type Classifier = fn(StatusCode, &[u8]) -> EditorError;
 
-/// How often and how patiently one call is retried.
+/// Whether a request may be sent again after an ambiguous failure (see the
+/// module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Delay before the first retry (before jitter); doubles per retry.
-    pub base: Duration,
-    /// Cap of one delay.
-    pub max_delay: Duration,
-}
-
-impl RetryPolicy {
-    /// The delay before retry number `retry` (from 1): exponential, capped,
-    /// with jitter in [50 %, 100 %] so clients that failed together do not
-    /// come back together.
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(2u32.saturating_pow(retry.saturating_sub(1)))
-            .min(self.max_delay);
-        exp.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
-    }
+pub enum Resend {
+    /// Sending it twice does no paid work twice (a GET of a status or result
+    /// URL, a cancel): every passing failure is retried.
+    Idempotent,
+    /// A paid, non-idempotent request (a synchronous edit, an asynchronous
+    /// submission): an ambiguous failure is retried only when the profile's
+    /// `retry_ambiguous` is set, else it ends the call as
+    /// [`EditorError::Ambiguous`].
+    Paid,
 }
 
 /// What the request builder of an attempt may depend on.
@@ -90,15 +107,29 @@ pub struct HttpReply {
     pub body: Bytes,
 }
 
-/// The shared HTTP machinery of one editor profile.
+/// The shared HTTP machinery, and the settings every kind reads, of one
+/// editor profile.
 #[derive(Debug, Clone)]
 pub struct HttpCaller {
     client: reqwest::Client,
     retry: RetryPolicy,
+    retry_ambiguous: bool,
+    max_instruction_chars: usize,
     limiter: Arc<Semaphore>,
     editor: String,
     kind: EditorKind,
     classify: Classifier,
+}
+
+/// How one logical request is sent, retried and read.
+#[derive(Clone, Copy)]
+struct CallSpec {
+    resend: Resend,
+    retry: RetryPolicy,
+    max_bytes: usize,
+    classify: Classifier,
+    /// Failed statuses handed back as replies instead of being classified.
+    pass: fn(StatusCode) -> bool,
 }
 
 impl HttpCaller {
@@ -130,7 +161,7 @@ impl HttpCaller {
     }
 
     /// Builds the client, retry policy and in-flight limit from the common
-    /// settings of `profile`, validating them.
+    /// settings of `profile`, validating them (and `max_instruction_chars`).
     pub fn from_profile(name: &str, profile: &EditorProfile) -> Result<Self, EditorConfigError> {
         let seconds = |field: &str, v: f64| {
             if v.is_finite() && v > 0.0 && v < 1e9 {
@@ -153,6 +184,7 @@ impl HttpCaller {
                 "must be at least 1",
             ));
         }
+        let max_instruction_chars = profile.effective_max_instruction_chars(name)?;
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(timeout)
@@ -165,7 +197,10 @@ impl HttpCaller {
                 max_retries: profile.max_retries,
                 base: Duration::from_millis(profile.retry_base_ms),
                 max_delay: MAX_BACKOFF,
+                max_retry_after: MAX_RETRY_AFTER,
             },
+            retry_ambiguous: profile.effective_retry_ambiguous(),
+            max_instruction_chars,
             limiter: Arc::new(Semaphore::new(max_in_flight)),
             editor: name.to_owned(),
             kind: profile.kind,
@@ -185,9 +220,21 @@ impl HttpCaller {
         &self.client
     }
 
-    /// The retry policy.
+    /// The retry policy of this editor's calls.
     pub fn retry_policy(&self) -> RetryPolicy {
         self.retry
+    }
+
+    /// Whether paid requests are sent again after an ambiguous failure
+    /// (`retry_ambiguous`).
+    pub fn retries_ambiguous(&self) -> bool {
+        self.retry_ambiguous
+    }
+
+    /// The profile's instruction cap (`max_instruction_chars`), what
+    /// `Editor::max_instruction_chars` answers.
+    pub fn max_instruction_chars(&self) -> usize {
+        self.max_instruction_chars
     }
 
     /// Waits for a slot under the editor's `max_in_flight`; hold the permit
@@ -199,31 +246,34 @@ impl HttpCaller {
             .expect("the limiter semaphore is never closed")
     }
 
-    /// Sends the request `build` makes for each attempt until a 2xx answer,
-    /// retrying what may pass (connection errors, timeouts, 408, 429, 5xx)
-    /// with backoff, and classifies the final failure.
+    /// Sends one paid, non-idempotent request (an edit or a submission) that
+    /// `build` makes for each attempt until a 2xx answer: what may pass is
+    /// retried with backoff, except an ambiguous failure, which only
+    /// `retry_ambiguous` resends ([`Resend::Paid`]); the final failure is
+    /// classified.
     pub async fn send<F>(&self, build: F) -> Result<HttpReply, EditorError>
     where
         F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
     {
-        self.send_with(build, MAX_BODY_BYTES, self.classify, never)
-            .await
+        self.send_with(build, self.spec(Resend::Paid)).await
     }
 
-    /// [`send`](Self::send) with an explicit answer size limit and
-    /// classifier; failed answers whose status `pass` accepts are handed
-    /// back as replies instead of being classified (e.g. a 404 that means
-    /// "this request is gone").
-    async fn send_with<F>(
-        &self,
-        mut build: F,
-        max_bytes: usize,
-        classify: Classifier,
-        pass: fn(StatusCode) -> bool,
-    ) -> Result<HttpReply, EditorError>
+    /// The usual handling of a request of this editor.
+    fn spec(&self, resend: Resend) -> CallSpec {
+        CallSpec {
+            resend,
+            retry: self.retry,
+            max_bytes: MAX_BODY_BYTES,
+            classify: self.classify,
+            pass: never,
+        }
+    }
+
+    async fn send_with<F>(&self, mut build: F, spec: CallSpec) -> Result<HttpReply, EditorError>
     where
         F: FnMut(&Attempt) -> Result<RequestBuilder, EditorError>,
     {
+        let resend_ambiguous = spec.resend == Resend::Idempotent || self.retry_ambiguous;
         let mut attempt = Attempt {
             number: 1,
             connection_failures: 0,
@@ -236,35 +286,47 @@ impl HttpCaller {
                 "editor.request",
                 editor = %self.editor,
                 kind = %self.kind,
+                method = %request.method(),
                 url = %without_query(request.url()),
                 attempt = attempt.number,
             );
-            let outcome = self
-                .attempt(request, max_bytes, classify, pass)
-                .instrument(span.clone())
-                .await;
-            let retries_left = attempt.number <= self.retry.max_retries;
-            let (error, wait) = match outcome {
+            let outcome = self.attempt(request, &spec).instrument(span.clone()).await;
+            let failure = match outcome {
                 Outcome::Done(reply) => return Ok(reply),
                 Outcome::Fail(error) => return Err(error),
-                Outcome::NoAnswer(message) => {
-                    attempt.connection_failures += 1;
-                    (EditorError::Transient(message), None)
-                }
-                Outcome::Retryable { error, retry_after } => (error, retry_after),
+                Outcome::Retry(failure) => failure,
             };
-            if !retries_left {
+            if !failure.answered {
+                attempt.connection_failures += 1;
+            }
+            let error = match failure.class {
+                FailureClass::Ambiguous if !resend_ambiguous => {
+                    span.in_scope(|| {
+                        tracing::warn!(
+                            error = %failure.message,
+                            "paid request failed after it was sent; not resending"
+                        )
+                    });
+                    return Err(EditorError::Ambiguous(failure.message));
+                }
+                class => {
+                    tracing::debug!(?class, "retryable failure");
+                    EditorError::Transient(failure.message)
+                }
+            };
+            let retry = attempt.number;
+            if !spec.retry.allows(retry) {
                 return Err(error);
             }
-            let delay = match wait {
-                Some(d) if d > MAX_RETRY_AFTER => {
-                    span.in_scope(|| {
-                        tracing::warn!(retry_after = ?d, %error, "server asks for a long pause; giving up")
-                    });
-                    return Err(error);
-                }
-                Some(d) => d,
-                None => self.retry.backoff(attempt.number),
+            let Some(delay) = spec.retry.delay(retry, failure.retry_after) else {
+                span.in_scope(|| {
+                    tracing::warn!(
+                        retry_after = ?failure.retry_after,
+                        %error,
+                        "server asks for a long pause; giving up"
+                    )
+                });
+                return Err(error);
             };
             span.in_scope(|| tracing::warn!(%error, ?delay, "editor request failed; retrying"));
             tokio::time::sleep(delay).await;
@@ -272,34 +334,33 @@ impl HttpCaller {
         }
     }
 
-    async fn attempt(
-        &self,
-        request: reqwest::Request,
-        max_bytes: usize,
-        classify: Classifier,
-        pass: fn(StatusCode) -> bool,
-    ) -> Outcome {
+    async fn attempt(&self, request: reqwest::Request, spec: &CallSpec) -> Outcome {
         let response = match self.client.execute(request).await {
             Ok(r) => r,
             Err(e) if e.is_builder() => {
                 return Outcome::Fail(EditorError::Invalid(format!("bad request: {e}")))
             }
-            Err(e) => return Outcome::NoAnswer(describe_transport_error(&e)),
+            Err(e) => return Outcome::Retry(Failure::transport(&e)),
         };
         let status = response.status();
         let headers = response.headers().clone();
-        let body = match read_body(response, max_bytes).await {
+        let body = match read_body(response, spec.max_bytes).await {
             Ok(b) => b,
             Err(BodyError::TooLarge) => {
                 return Outcome::Fail(EditorError::Invalid(format!(
-                    "the answer is larger than {max_bytes} bytes"
+                    "the answer is larger than {} bytes",
+                    spec.max_bytes
                 )))
             }
-            // The answer started but broke off (reset, total timeout): as
-            // passing as a connection error.
-            Err(BodyError::Transport(e)) => return Outcome::NoAnswer(describe_transport_error(&e)),
+            // The answer started but broke off (reset, total timeout): the
+            // request was received, and for a 2xx the work was done.
+            Err(BodyError::Transport(e)) => {
+                let mut failure = Failure::transport(&e);
+                failure.class = FailureClass::Ambiguous;
+                return Outcome::Retry(failure);
+            }
         };
-        if status.is_success() || pass(status) {
+        if status.is_success() || (spec.pass)(status) {
             tracing::debug!(%status, bytes = body.len(), "editor answered");
             return Outcome::Done(HttpReply {
                 status,
@@ -307,15 +368,18 @@ impl HttpCaller {
                 body,
             });
         }
-        let error = classify(status, &body);
-        if is_retryable(status) && matches!(error, EditorError::Transient(_)) {
-            Outcome::Retryable {
-                error,
+        let error = (spec.classify)(status, &body);
+        match (failure_class(status), error) {
+            (Some(class), EditorError::Transient(message)) => Outcome::Retry(Failure {
+                class,
+                message,
                 retry_after: retry_after(&headers),
+                answered: true,
+            }),
+            (_, error) => {
+                tracing::warn!(%status, %error, "editor refused the request");
+                Outcome::Fail(error)
             }
-        } else {
-            tracing::warn!(%status, %error, "editor refused the request");
-            Outcome::Fail(error)
         }
     }
 }
@@ -323,11 +387,63 @@ impl HttpCaller {
 enum Outcome {
     Done(HttpReply),
     Fail(EditorError),
-    NoAnswer(String),
-    Retryable {
-        error: EditorError,
-        retry_after: Option<Duration>,
-    },
+    Retry(Failure),
+}
+
+/// What a failed attempt says about the work behind it (module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureClass {
+    /// The provider never saw the request.
+    NotSent,
+    /// The provider answered that it did not take the request on.
+    RefusedBeforeWork,
+    /// Sent; whether the provider did the work is unknown.
+    Ambiguous,
+}
+
+/// A failed attempt that another attempt may get past.
+struct Failure {
+    class: FailureClass,
+    message: String,
+    retry_after: Option<Duration>,
+    /// Whether a complete HTTP answer came back; clients with several URLs
+    /// move on from a server that sent none ([`Attempt::connection_failures`]).
+    answered: bool,
+}
+
+impl Failure {
+    /// A transport error before any answer: not sent when connecting failed
+    /// (reqwest's connect errors cover DNS, refused connections, TLS and
+    /// the connect timeout), else ambiguous (the request, or part of it, was
+    /// written: a total timeout, a reset, a body that could not be written).
+    fn transport(e: &reqwest::Error) -> Self {
+        Self {
+            class: if e.is_connect() {
+                FailureClass::NotSent
+            } else {
+                FailureClass::Ambiguous
+            },
+            message: describe_transport_error(e),
+            retry_after: None,
+            answered: false,
+        }
+    }
+}
+
+/// The class of a failed status that may pass on a later attempt, `None`
+/// for the rest: 408 (the server gave up waiting for the request), 429 and
+/// 503 (not taken on) are refused before work; any other 5xx is ambiguous.
+fn failure_class(status: StatusCode) -> Option<FailureClass> {
+    if status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::SERVICE_UNAVAILABLE
+    {
+        Some(FailureClass::RefusedBeforeWork)
+    } else if status.is_server_error() {
+        Some(FailureClass::Ambiguous)
+    } else {
+        None
+    }
 }
 
 enum BodyError {
@@ -388,11 +504,16 @@ fn is_expired(status: StatusCode) -> bool {
     is_gone(status) || status == StatusCode::FORBIDDEN
 }
 
+/// What a cancel call may answer when there is nothing left to stop: 404 or
+/// 410 (unknown or gone), 409, or 400 (fal answers `ALREADY_COMPLETED`
+/// with it).
+fn nothing_to_cancel(status: StatusCode) -> bool {
+    is_gone(status) || status == StatusCode::CONFLICT || status == StatusCode::BAD_REQUEST
+}
+
 /// Whether a failed status may pass on a later attempt.
 pub fn is_retryable(status: StatusCode) -> bool {
-    status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error()
+    failure_class(status).is_some()
 }
 
 /// The `Retry-After` delay, seconds form (the HTTP-date form is ignored and
@@ -484,15 +605,20 @@ pub fn says_refused(code: &str) -> bool {
 }
 
 impl HttpCaller {
-    /// POSTs `body` as JSON to `url` with `credential`, retrying like
-    /// [`send`](Self::send), and parses the 2xx answer as JSON.
+    /// POSTs `body` as JSON to `url` with `credential`: one paid request,
+    /// retried like [`send`](Self::send); the 2xx answer is parsed as JSON.
+    /// Serialising and parsing (megabytes of base64 images) run off the
+    /// async threads.
     pub async fn post_json(
         &self,
         url: &Url,
         credential: &Credential,
-        body: &Value,
+        body: Value,
     ) -> Result<Value, EditorError> {
-        let body = Bytes::from(serde_json::to_vec(body).expect("a JSON value always serialises"));
+        let body = off_thread(move || {
+            Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serialises"))
+        })
+        .await;
         let reply = self
             .send(|_| {
                 Ok(self
@@ -503,13 +629,13 @@ impl HttpCaller {
                     .body(body.clone()))
             })
             .await?;
-        parse_json(&reply.body)
+        off_thread(move || parse_json(&reply.body)).await
     }
 
     /// GETs `url` (a polling handle the provider handed back) with
-    /// `credential`, retrying like [`send`](Self::send), and parses the 2xx
-    /// answer as JSON; `None` when the provider answers 404 or 410 (it no
-    /// longer has what the URL named).
+    /// `credential`, retrying every passing failure (a GET is idempotent),
+    /// and parses the 2xx answer as JSON; `None` when the provider answers
+    /// 404 or 410 (it no longer has what the URL named).
     pub async fn get_json(
         &self,
         url: &Url,
@@ -523,22 +649,81 @@ impl HttpCaller {
                         .get(url.clone())
                         .header(credential.name.clone(), credential.value.clone()))
                 },
-                MAX_BODY_BYTES,
-                self.classify,
-                is_gone,
+                CallSpec {
+                    pass: is_gone,
+                    ..self.spec(Resend::Idempotent)
+                },
             )
             .await?;
         if is_gone(reply.status) {
             return Ok(None);
         }
-        parse_json(&reply.body).map(Some)
+        off_thread(move || parse_json(&reply.body).map(Some)).await
+    }
+
+    /// Asks the provider to stop request `request_id`: `method` to `url` (a
+    /// cancel URL the provider handed back) with `credential`. Best effort
+    /// and bounded: each attempt within [`CANCEL_TIMEOUT`], at most
+    /// [`CANCEL_RETRIES`] retries (a cancel is idempotent), no in-flight
+    /// slot taken (the edit it stops held one). An answer that there is
+    /// nothing left to stop (404, 409, 410, or 400 for a finished request)
+    /// is success.
+    pub async fn cancel(
+        &self,
+        method: Method,
+        url: &Url,
+        credential: &Credential,
+        request_id: &str,
+    ) -> Result<(), EditorError> {
+        let span = tracing::info_span!(
+            "editor.cancel",
+            editor = %self.editor,
+            kind = %self.kind,
+            request_id,
+        );
+        let spec = CallSpec {
+            // Short pauses too: nobody waits for the answer.
+            retry: RetryPolicy {
+                max_retries: self.retry.max_retries.min(CANCEL_RETRIES),
+                max_retry_after: CANCEL_TIMEOUT,
+                ..self.retry
+            },
+            pass: nothing_to_cancel,
+            ..self.spec(Resend::Idempotent)
+        };
+        async {
+            let reply = self
+                .send_with(
+                    |_| {
+                        Ok(self
+                            .client
+                            .request(method.clone(), url.clone())
+                            .timeout(CANCEL_TIMEOUT)
+                            .header(credential.name.clone(), credential.value.clone()))
+                    },
+                    spec,
+                )
+                .await?;
+            if reply.status.is_success() {
+                tracing::info!(status = %reply.status, "provider request canceled");
+            } else {
+                tracing::info!(
+                    status = %reply.status,
+                    answer = %body_excerpt(&reply.body),
+                    "nothing left to cancel"
+                );
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
     }
 
     /// Fetches a result image from a URL the provider handed back (signed,
-    /// short-lived: called at once), with this editor's client and retries,
-    /// up to [`MAX_DOWNLOAD_BYTES`]. No credential is sent: the URL carries
-    /// its own authorisation and often points at another host. A `data:`
-    /// URL is decoded in place.
+    /// short-lived: called at once), with this editor's client and retries
+    /// (a GET is idempotent), up to [`MAX_DOWNLOAD_BYTES`]. No credential is
+    /// sent: the URL carries its own authorisation and often points at
+    /// another host. A `data:` URL is decoded in place.
     pub async fn download(&self, url: &str) -> Result<Image, EditorError> {
         match self.download_unless_gone(url).await? {
             Ok(image) => Ok(image),
@@ -572,9 +757,12 @@ impl HttpCaller {
         let reply = self
             .send_with(
                 |_| Ok(self.client.get(parsed.clone())),
-                MAX_DOWNLOAD_BYTES,
-                classify_download_failure,
-                is_expired,
+                CallSpec {
+                    max_bytes: MAX_DOWNLOAD_BYTES,
+                    classify: classify_download_failure,
+                    pass: is_expired,
+                    ..self.spec(Resend::Idempotent)
+                },
             )
             .await?;
         if is_expired(reply.status) {
@@ -629,19 +817,8 @@ pub fn parse_json(body: &[u8]) -> Result<Value, EditorError> {
     })
 }
 
-/// Runs CPU work (image encoding and decoding) off the async threads.
-pub async fn off_thread<T, F>(work: F) -> Result<T, EditorError>
-where
-    F: FnOnce() -> Result<T, EditorError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| EditorError::Invalid(format!("image work failed: {e}")))?
-}
-
 /// The source as PNG, resized down to multiples of `multiple` (1 keeps the
-/// source size).
+/// source size): decoding, resizing and encoding run off the async threads.
 pub async fn source_png(source: &Image, multiple: u32) -> Result<Image, EditorError> {
     let source = source.clone();
     off_thread(move || {
@@ -653,7 +830,8 @@ pub async fn source_png(source: &Image, multiple: u32) -> Result<Image, EditorEr
 }
 
 /// The source as base64 PNG at its own size, as a `data:image/png;base64,`
-/// URL when `data_uri`, with its width and height.
+/// URL when `data_uri`, with its width and height (encoded off the async
+/// threads).
 pub async fn source_png_base64(
     source: &Image,
     data_uri: bool,
@@ -662,13 +840,13 @@ pub async fn source_png_base64(
     let (width, height) = (png.width, png.height);
     let encoded = off_thread(move || {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&png.bytes);
-        Ok(if data_uri {
+        if data_uri {
             format!("data:image/png;base64,{b64}")
         } else {
             b64
-        })
+        }
     })
-    .await?;
+    .await;
     Ok((encoded, width, height))
 }
 
@@ -990,16 +1168,55 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy {
-            max_retries: 10,
-            base: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for retry in 1..=10 {
-            let d = p.backoff(retry);
-            let full = Duration::from_millis(100 * 2u64.pow(retry - 1)).min(Duration::from_secs(1));
-            assert!(d >= full / 2 && d <= full, "{retry}: {d:?}");
+    fn the_profile_sets_the_one_retry_policy() {
+        let mut p = EditorProfile::new(EditorKind::Http);
+        p.max_retries = 5;
+        p.retry_base_ms = 20;
+        let caller = HttpCaller::from_profile("e", &p).unwrap();
+        let policy = caller.retry_policy();
+        assert_eq!(
+            policy,
+            RetryPolicy {
+                max_retries: 5,
+                base: Duration::from_millis(20),
+                max_delay: MAX_BACKOFF,
+                max_retry_after: MAX_RETRY_AFTER,
+            }
+        );
+        // Retry-After is a floor; one past the cap gives up.
+        assert_eq!(
+            policy.delay(1, Some(Duration::from_secs(2))),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(policy.delay(1, Some(MAX_RETRY_AFTER * 2)), None);
+        assert!(caller.retries_ambiguous(), "http calls cost nothing");
+        let paid = HttpCaller::from_profile("o", &EditorProfile::new(EditorKind::Openai)).unwrap();
+        assert!(!paid.retries_ambiguous());
+        p.retry_ambiguous = Some(false);
+        assert!(!HttpCaller::from_profile("e", &p)
+            .unwrap()
+            .retries_ambiguous());
+    }
+
+    #[test]
+    fn failed_statuses_are_classed_by_what_the_provider_did() {
+        let class = |s: u16| failure_class(StatusCode::from_u16(s).unwrap());
+        for refused in [408, 429, 503] {
+            assert_eq!(
+                class(refused),
+                Some(FailureClass::RefusedBeforeWork),
+                "{refused}"
+            );
+        }
+        for ambiguous in [500, 502, 504, 599] {
+            assert_eq!(
+                class(ambiguous),
+                Some(FailureClass::Ambiguous),
+                "{ambiguous}"
+            );
+        }
+        for final_ in [400, 401, 403, 404, 409, 422, 451] {
+            assert_eq!(class(final_), None, "{final_}");
         }
     }
 

@@ -1,6 +1,11 @@
 //! The `http` kind: self-hosted servers speaking the reference `/edit`
 //! protocol (`POST {url}/edit` with `{"image", "prompt", ...params}` →
 //! `{"edited_image"}`), round-robin over one or more URLs.
+//!
+//! A self-hosted server costs nothing per call, so by default
+//! (`retry_ambiguous`) a call that timed out or broke off after it was sent
+//! is sent again, to the next URL of the pool; set `retry_ambiguous =
+//! false` for a server whose edits must not run twice.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -8,6 +13,7 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
+use editthinker_core::imaging::off_thread;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::CONTENT_TYPE;
 use serde_json::{Map, Value};
@@ -78,7 +84,7 @@ impl HttpEditor {
         let mut body = self.params.clone();
         body.insert("prompt".into(), Value::String(prompt.to_owned()));
         let multiple = self.multiple_of;
-        tokio::task::spawn_blocking(move || {
+        off_thread(move || {
             let png = source.to_png_multiple_of(multiple).map_err(|e| {
                 EditorError::Invalid(format!("the source image cannot be prepared: {e}"))
             })?;
@@ -87,7 +93,6 @@ impl HttpEditor {
             Ok(Bytes::from(json))
         })
         .await
-        .map_err(|e| EditorError::Invalid(format!("preparing the request failed: {e}")))?
     }
 }
 
@@ -119,11 +124,13 @@ impl Editor for HttpEditor {
                         Ok(builder)
                     })
                     .await?;
-                tokio::task::spawn_blocking(move || decode_answer(&reply.body))
-                    .await
-                    .map_err(|e| EditorError::Invalid(format!("decoding the answer failed: {e}")))?
+                off_thread(move || decode_answer(&reply.body)).await
             })
             .await
+    }
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

@@ -6,6 +6,7 @@
 //! `{"data": [{"url"}]}`, which is downloaded at once.
 
 use async_trait::async_trait;
+use editthinker_core::imaging::off_thread;
 use editthinker_core::{EditRequest, Editor, EditorError, Image};
 use reqwest::header::AUTHORIZATION;
 use reqwest::multipart::{Form, Part};
@@ -15,8 +16,8 @@ use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
-    body_excerpt, classify_failure, decode_base64_image, endpoint, model_name, off_thread,
-    parse_json, provider_message, source_png, Credential, HttpCaller,
+    body_excerpt, classify_failure, decode_base64_image, endpoint, model_name, parse_json,
+    provider_message, source_png, Credential, HttpCaller,
 };
 
 /// Client of the OpenAI image edits endpoint (or a compatible server).
@@ -108,14 +109,26 @@ impl Editor for OpenAiEditor {
                             .multipart(self.form(&png, request.instruction)?))
                     })
                     .await?;
-                match result(&parse_json(&reply.body)?, &reply.body)? {
-                    Delivered::Base64(b64) => {
-                        off_thread(move || decode_base64_image(&b64, "b64_json")).await
-                    }
-                    Delivered::Url(url) => self.caller.download(&url).await,
+                // Parsing megabytes of base64 and decoding the image are CPU
+                // work: off the async threads.
+                let delivered =
+                    off_thread(
+                        move || match result(&parse_json(&reply.body)?, &reply.body)? {
+                            Delivered::Base64(b64) => decode_base64_image(&b64, "b64_json").map(Ok),
+                            Delivered::Url(url) => Ok(Err(url)),
+                        },
+                    )
+                    .await?;
+                match delivered {
+                    Ok(image) => Ok(image),
+                    Err(url) => self.caller.download(&url).await,
                 }
             })
             .await
+    }
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

@@ -3,6 +3,12 @@
 //! resumed job polls it instead of paying for a new one), poll it every
 //! `poll_interval_ms` within `timeout_seconds`, and download the result at
 //! once (providers' result URLs expire within minutes to hours).
+//!
+//! The submission is the paid step: an ambiguous failure of it ends the
+//! edit as `EditorError::Ambiguous` instead of being resent (see
+//! `http_common`), and the worker requeues the job. Polls and downloads are
+//! GETs, retried on every passing failure. `Editor::cancel` of a kind that
+//! has a cancel call uses the URL stored in the handle.
 
 use std::time::Duration;
 

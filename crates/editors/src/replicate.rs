@@ -7,28 +7,33 @@
 //!
 //! No `Prefer: wait`: the create call returns at once so the prediction is
 //! recorded (checkpoint) before any waiting, as for the other asynchronous
-//! kinds.
+//! kinds. The create call is paid and Replicate documents no idempotency
+//! key for it, so an ambiguous failure of it is not resent (see
+//! `http_common`); polls and downloads are GETs and are retried. `POST
+//! urls.cancel` stops a prediction the job no longer wants.
 
 use std::io::Cursor;
 
 use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use editthinker_core::imaging::off_thread;
 use editthinker_core::{EditRequest, Editor, EditorError, Image, ProviderRequest};
 use image::codecs::jpeg::JpegEncoder;
 use image::imageops::FilterType;
 use reqwest::header::AUTHORIZATION;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
-    check_output_format, check_seed, classify_failure, endpoint, model_name, off_thread,
-    provider_message, source_png, Credential, HttpCaller,
+    check_output_format, check_seed, classify_failure, endpoint, model_name, provider_message,
+    source_png, Credential, HttpCaller,
 };
 use crate::polling::{
-    edit_async, failure_text, handle_url, required_str, required_url, AsyncProvider, Poll, Waiting,
+    edit_async, failure_text, handle_url, required_str, required_url, url_at, AsyncProvider, Poll,
+    Waiting,
 };
 
 /// Largest `data:` URL sent as the input image: Replicate takes data URLs
@@ -120,7 +125,7 @@ impl AsyncProvider for ReplicateEditor {
         input.insert("input_image".into(), Value::from(image));
         let answer = self
             .caller
-            .post_json(&self.endpoint, &self.credential, &json!({ "input": input }))
+            .post_json(&self.endpoint, &self.credential, json!({ "input": input }))
             .await?;
         let id = required_str(&answer, "/id")?;
         required_url(&answer, "/urls/get")?;
@@ -146,6 +151,22 @@ impl AsyncProvider for ReplicateEditor {
 impl Editor for ReplicateEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
         edit_async(self, &self.caller, &self.model, self.waiting, request).await
+    }
+
+    /// `POST` to the prediction's stored `urls.cancel`. A handle without
+    /// one has nothing to call: success.
+    async fn cancel(&self, request: &ProviderRequest) -> Result<(), EditorError> {
+        let Some(url) = url_at(&request.data, "/urls/cancel") else {
+            tracing::info!(request_id = %request.id, "no urls.cancel stored; nothing to cancel");
+            return Ok(());
+        };
+        self.caller
+            .cancel(Method::POST, &url, &self.credential, &request.id)
+            .await
+    }
+
+    fn max_instruction_chars(&self) -> usize {
+        self.caller.max_instruction_chars()
     }
 }
 

@@ -206,6 +206,91 @@ async fn a_5xx_on_a_poll_is_retried() {
 }
 
 #[tokio::test]
+async fn a_submission_that_breaks_off_after_sending_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer_path(SUBMIT, vec![Answer::Drop], submitted(&server, "t"));
+    server.answer_path(POLL, vec![], ready(&server, "t", 16, 16));
+    let checkpoint = RecordingCheckpoint::new(&server);
+    let err = edit_with(
+        &profile(&server, "BFL_TEST_KEY_DROP"),
+        &source(32, 32),
+        None,
+        &checkpoint,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.requests_to(SUBMIT).len(), 1, "never resent");
+    assert!(server.requests_to(POLL).is_empty());
+    assert!(checkpoint.calls().is_empty(), "nothing to record");
+}
+
+#[tokio::test]
+async fn a_500_on_the_submission_is_ambiguous_and_a_503_is_retried() {
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        SUBMIT,
+        vec![Answer::Status(
+            500,
+            None,
+            "{\"detail\": \"Internal Server Error\"}".into(),
+        )],
+        submitted(&server, "t"),
+    );
+    let err = edit(&profile(&server, "BFL_TEST_KEY_500"), &source(32, 32))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.requests_to(SUBMIT).len(), 1);
+
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        SUBMIT,
+        vec![Answer::Status(
+            503,
+            None,
+            "{\"detail\": \"Service Unavailable\"}".into(),
+        )],
+        submitted(&server, "t"),
+    );
+    server.answer_path(POLL, vec![], ready(&server, "t", 16, 16));
+    edit(&profile(&server, "BFL_TEST_KEY_503"), &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(SUBMIT).len(), 2);
+}
+
+#[tokio::test]
+async fn a_poll_that_breaks_off_is_retried() {
+    let server = FakeProvider::start().await;
+    server.answer_path(SUBMIT, vec![], submitted(&server, "t"));
+    server.answer_path(
+        POLL,
+        vec![Answer::Drop, Answer::Drop],
+        ready(&server, "t", 16, 16),
+    );
+    edit(&profile(&server, "BFL_TEST_KEY_POLL_DROP"), &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(SUBMIT).len(), 1, "one submission");
+    assert_eq!(server.requests_to(POLL).len(), 3, "a GET is repeated");
+}
+
+#[tokio::test]
+async fn cancel_calls_nothing_bfl_has_no_cancel() {
+    let server = FakeProvider::start().await;
+    let editor = BflEditor::from_profile("b", &profile(&server, "BFL_TEST_KEY_CANCEL")).unwrap();
+    let handle = ProviderRequest {
+        id: "t".into(),
+        data: json!({"polling_url": polling_url(&server, "t")}),
+    };
+    editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap();
+    assert!(server.requests().is_empty());
+}
+
+#[tokio::test]
 async fn moderation_is_refused_with_the_reason() {
     for moderated in ["Request Moderated", "Content Moderated"] {
         let server = FakeProvider::start().await;

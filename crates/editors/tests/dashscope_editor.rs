@@ -147,7 +147,7 @@ async fn retry_after_is_honoured_on_429_then_the_edit_succeeds() {
 }
 
 #[tokio::test]
-async fn a_500_is_retried() {
+async fn a_500_is_ambiguous_and_the_paid_edit_is_sent_once() {
     let server = FakeProvider::start().await;
     server.answer(
         vec![Answer::Status(
@@ -157,14 +157,59 @@ async fn a_500_is_retried() {
         )],
         edited(&server, 16, 16),
     );
-    edit(
+    let err = edit(
         &profile(&server, "DASHSCOPE_TEST_KEY_500"),
+        &source(32, 32),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.requests().len(), 1, "never resent");
+    assert!(server.downloads().is_empty());
+}
+
+#[tokio::test]
+async fn a_503_is_refused_before_work_and_retried() {
+    let server = FakeProvider::start().await;
+    server.answer(
+        vec![Answer::Status(
+            503,
+            None,
+            error_body("ServiceUnavailable", "service unavailable"),
+        )],
+        edited(&server, 16, 16),
+    );
+    edit(
+        &profile(&server, "DASHSCOPE_TEST_KEY_503"),
         &source(32, 32),
         "x",
     )
     .await
     .unwrap();
     assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_timeout_after_sending_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer(
+        vec![Answer::Hang(Duration::from_secs(5))],
+        edited(&server, 16, 16),
+    );
+    let mut p = profile(&server, "DASHSCOPE_TEST_KEY_HANG");
+    p.timeout_seconds = 0.3;
+    let err = edit(&p, &source(32, 32), "x").await.unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[test]
+fn the_instruction_cap_is_conservative() {
+    let mut p = EditorProfile::new(EditorKind::Dashscope);
+    p.api_key_env = Some(api_key("DASHSCOPE_TEST_KEY_CAP", "sk-cap"));
+    let editor = DashscopeEditor::from_profile("d", &p).unwrap();
+    assert_eq!(editor.max_instruction_chars(), 800);
 }
 
 #[tokio::test]

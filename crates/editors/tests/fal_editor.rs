@@ -45,10 +45,16 @@ async fn edit(p: &EditorProfile, src: &Image) -> Result<Image, EditorError> {
     edit_with(p, src, None, &NoCheckpoint).await
 }
 
+fn cancel_path(id: &str) -> String {
+    format!("{}/cancel", response_path(id))
+}
+
+/// The URLs of a submitted request, as fal returns and the handle stores them.
 fn handle_data(server: &FakeProvider, id: &str) -> serde_json::Value {
     json!({
         "status_url": format!("{}{}", server.url, status_path(id)),
         "response_url": format!("{}{}", server.url, response_path(id)),
+        "cancel_url": format!("{}{}", server.url, cancel_path(id)),
     })
 }
 
@@ -56,7 +62,6 @@ fn submitted(server: &FakeProvider, id: &str) -> Answer {
     let mut answer = handle_data(server, id);
     answer["request_id"] = id.into();
     answer["status"] = "IN_QUEUE".into();
-    answer["cancel_url"] = format!("{}{}/cancel", server.url, response_path(id)).into();
     Answer::Json(answer)
 }
 
@@ -273,6 +278,128 @@ async fn a_bad_key_is_auth_without_retry() {
         "{err:?}"
     );
     assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn a_dropped_submission_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer_path(SUBMIT, vec![Answer::Drop], submitted(&server, "r"));
+    script(&server, "r", vec![]);
+    let err = edit(&profile(&server, "FAL_TEST_KEY_DROP"), &source(32, 32))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.requests_to(SUBMIT).len(), 1, "never resent");
+    assert!(server.requests_to(&status_path("r")).is_empty());
+}
+
+#[tokio::test]
+async fn a_503_on_the_submission_is_refused_before_work_and_retried() {
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        SUBMIT,
+        vec![Answer::Status(
+            503,
+            None,
+            json!({"detail": "Service Unavailable"}).to_string(),
+        )],
+        submitted(&server, "r"),
+    );
+    script(&server, "r", vec![]);
+    edit(&profile(&server, "FAL_TEST_KEY_503"), &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(SUBMIT).len(), 2);
+}
+
+#[tokio::test]
+async fn cancel_puts_to_the_stored_cancel_url_with_the_key() {
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        &cancel_path("r"),
+        vec![],
+        Answer::JsonWith(202, json!({"status": "CANCELLATION_REQUESTED"})),
+    );
+    let editor = FalEditor::from_profile("f", &profile(&server, "FAL_TEST_KEY_CANCEL")).unwrap();
+    let handle = ProviderRequest {
+        id: "r".into(),
+        data: handle_data(&server, "r"),
+    };
+    editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap();
+    let got = server.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method, "PUT");
+    assert_eq!(got[0].path, cancel_path("r"));
+    assert_eq!(
+        got[0].header("authorization"),
+        Some("Key fal-FAL_TEST_KEY_CANCEL")
+    );
+}
+
+#[tokio::test]
+async fn cancel_of_a_finished_request_succeeds_and_a_5xx_is_retried_briefly() {
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        &cancel_path("r"),
+        vec![Answer::Status(502, None, "bad gateway".into())],
+        Answer::Status(
+            400,
+            None,
+            json!({"status": "ALREADY_COMPLETED"}).to_string(),
+        ),
+    );
+    let editor =
+        FalEditor::from_profile("f", &profile(&server, "FAL_TEST_KEY_CANCEL_DONE")).unwrap();
+    let handle = ProviderRequest {
+        id: "r".into(),
+        data: handle_data(&server, "r"),
+    };
+    editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(&cancel_path("r")).len(), 2);
+
+    // A server that keeps failing: a bounded number of tries, then an error.
+    server.answer_path(
+        &cancel_path("x"),
+        vec![],
+        Answer::Status(502, None, "bad gateway".into()),
+    );
+    let mut p = profile(&server, "FAL_TEST_KEY_CANCEL_FAIL");
+    p.max_retries = 10;
+    let editor = FalEditor::from_profile("f", &p).unwrap();
+    let handle = ProviderRequest {
+        id: "x".into(),
+        data: handle_data(&server, "x"),
+    };
+    let err = editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EditorError::Transient(_)), "{err:?}");
+    assert_eq!(
+        server.requests_to(&cancel_path("x")).len(),
+        3,
+        "1 + 2 retries"
+    );
+}
+
+#[tokio::test]
+async fn cancel_of_a_handle_without_cancel_url_calls_nothing() {
+    let server = FakeProvider::start().await;
+    let editor =
+        FalEditor::from_profile("f", &profile(&server, "FAL_TEST_KEY_CANCEL_NONE")).unwrap();
+    let mut data = handle_data(&server, "r");
+    data.as_object_mut().unwrap().remove("cancel_url");
+    let handle = ProviderRequest {
+        id: "r".into(),
+        data,
+    };
+    editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap();
+    assert!(server.requests().is_empty());
 }
 
 #[tokio::test]

@@ -148,21 +148,58 @@ async fn retry_after_is_honoured_on_429_then_the_edit_succeeds() {
 }
 
 #[tokio::test]
-async fn a_500_is_retried() {
+async fn a_500_is_ambiguous_and_the_paid_edit_is_sent_once() {
     let server = FakeProvider::start().await;
     let internal = json!({"error": {"code": 500, "message": "An internal error has occurred", "status": "INTERNAL"}});
     server.answer(
         vec![Answer::Status(500, None, internal.to_string())],
         edited(16, 16),
     );
-    edit(
+    let err = edit(
         &profile(&server, "GEMINI_TEST_KEY_500"),
+        &source(32, 32),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, EditorError::Ambiguous(m) if m.contains("internal error")),
+        "{err:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "never resent");
+}
+
+#[tokio::test]
+async fn a_503_is_refused_before_work_and_retried() {
+    let server = FakeProvider::start().await;
+    let unavailable = json!({"error": {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"}});
+    server.answer(
+        vec![Answer::Status(503, None, unavailable.to_string())],
+        edited(16, 16),
+    );
+    edit(
+        &profile(&server, "GEMINI_TEST_KEY_503"),
         &source(32, 32),
         "x",
     )
     .await
     .unwrap();
     assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_dropped_connection_after_sending_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer(vec![Answer::Drop], edited(16, 16));
+    let err = edit(
+        &profile(&server, "GEMINI_TEST_KEY_DROP"),
+        &source(32, 32),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -168,6 +168,62 @@ async fn a_500_is_retried() {
 }
 
 #[tokio::test]
+async fn retry_ambiguous_off_sends_a_500_or_a_timeout_once_as_ambiguous() {
+    let server =
+        FakeEditor::start(vec![Reply::Status(500, None, "boom".into())], Reply::Edited).await;
+    let mut p = profile(&[&server.url]);
+    p.retry_ambiguous = Some(false);
+    let err = edit(&editor(&p), &source(32, 32), "x").await.unwrap_err();
+    assert!(
+        matches!(&err, EditorError::Ambiguous(m) if m.contains("boom")),
+        "{err:?}"
+    );
+    assert_eq!(server.received().len(), 1);
+
+    let server = FakeEditor::start(vec![], Reply::Slow(Duration::from_secs(3))).await;
+    let mut p = profile(&[&server.url]);
+    p.retry_ambiguous = Some(false);
+    p.timeout_seconds = 0.2;
+    let err = edit(&editor(&p), &source(32, 32), "x").await.unwrap_err();
+    assert!(matches!(err, EditorError::Ambiguous(_)), "{err:?}");
+    assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn retry_ambiguous_off_still_retries_a_503_and_a_refused_connection() {
+    let server = FakeEditor::start(
+        vec![Reply::Status(503, None, "warming up".into())],
+        Reply::Edited,
+    )
+    .await;
+    let dead = dead_url();
+    // The dead URL first: its refused connection moves on to the live one.
+    let mut p = profile(&[&dead, &server.url]);
+    p.retry_ambiguous = Some(false);
+    edit(&editor(&p), &source(32, 32), "x").await.unwrap();
+    assert_eq!(server.received().len(), 2, "the 503, then the edit");
+}
+
+#[test]
+fn the_instruction_cap_defaults_to_the_core_default_and_can_be_set() {
+    let mut p = profile(&["http://h"]);
+    assert_eq!(
+        editor(&p).max_instruction_chars(),
+        editthinker_core::DEFAULT_MAX_INSTRUCTION_CHARS
+    );
+    p.max_instruction_chars = Some(300);
+    assert_eq!(editor(&p).max_instruction_chars(), 300);
+    p.max_instruction_chars = Some(0);
+    let err = HttpEditor::from_profile("test", &p)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("editors.test.max_instruction_chars:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn persistent_500_is_transient_after_max_retries() {
     let server = FakeEditor::start(vec![], Reply::Status(503, None, "overloaded".into())).await;
     let mut p = profile(&[&server.url]);

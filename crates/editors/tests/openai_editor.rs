@@ -179,17 +179,114 @@ async fn retry_after_is_honoured_on_429_then_the_edit_succeeds() {
 }
 
 #[tokio::test]
-async fn a_500_is_retried() {
+async fn a_500_is_ambiguous_and_the_paid_edit_is_sent_once() {
     let server = FakeProvider::start().await;
-    server.answer(vec![Answer::Status(500, None, "{}".into())], edited(16, 16));
-    edit(
+    server.answer(
+        vec![Answer::Status(500, None, "{\"error\": {}}".into())],
+        edited(16, 16),
+    );
+    let err = edit(
         &profile(&server, "OPENAI_TEST_KEY_500"),
+        &source(32, 32),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, EditorError::Ambiguous(m) if m.contains("500")),
+        "{err:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "never resent");
+}
+
+#[tokio::test]
+async fn a_dropped_connection_after_sending_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer(vec![Answer::Drop], edited(16, 16));
+    let err = edit(
+        &profile(&server, "OPENAI_TEST_KEY_DROP"),
+        &source(32, 32),
+        "x",
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, EditorError::Ambiguous(m) if m.contains("connection closed")),
+        "{err:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "never resent");
+}
+
+#[tokio::test]
+async fn a_timeout_after_sending_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer(vec![Answer::Hang(Duration::from_secs(5))], edited(16, 16));
+    let mut p = profile(&server, "OPENAI_TEST_KEY_TIMEOUT");
+    p.timeout_seconds = 0.3;
+    let err = edit(&p, &source(32, 32), "x").await.unwrap_err();
+    assert!(
+        matches!(&err, EditorError::Ambiguous(m) if m.contains("timed out")),
+        "{err:?}"
+    );
+    assert_eq!(server.requests().len(), 1, "never resent");
+}
+
+#[tokio::test]
+async fn a_503_is_refused_before_work_and_retried() {
+    let server = FakeProvider::start().await;
+    let overloaded =
+        json!({"error": {"message": "The engine is currently overloaded", "type": "server_error"}});
+    server.answer(
+        vec![Answer::Status(503, None, overloaded.to_string())],
+        edited(16, 16),
+    );
+    edit(
+        &profile(&server, "OPENAI_TEST_KEY_503"),
         &source(32, 32),
         "x",
     )
     .await
     .unwrap();
     assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_not_sent_and_is_retried() {
+    // Connections are refused for the first 50 ms; the first retry waits
+    // at least 100 ms (retry_base_ms 200, jitter 50-100 %).
+    let server = FakeProvider::start_after(Duration::from_millis(50)).await;
+    server.answer(vec![], edited(16, 16));
+    let mut p = profile(&server, "OPENAI_TEST_KEY_REFUSED");
+    p.retry_base_ms = 200;
+    edit(&p, &source(32, 32), "x").await.unwrap();
+    assert_eq!(server.requests().len(), 1, "only the retry reached it");
+}
+
+#[tokio::test]
+async fn retry_ambiguous_resends_a_500_when_the_operator_sets_it() {
+    let server = FakeProvider::start().await;
+    server.answer(vec![Answer::Status(500, None, "{}".into())], edited(16, 16));
+    let mut p = profile(&server, "OPENAI_TEST_KEY_RESEND");
+    p.retry_ambiguous = Some(true);
+    edit(&p, &source(32, 32), "x").await.unwrap();
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[test]
+fn the_instruction_cap_is_the_prompt_limit_unless_configured() {
+    let mut p = EditorProfile::new(EditorKind::Openai);
+    p.api_key_env = Some(api_key("OPENAI_TEST_KEY_CAP", "sk-cap"));
+    let editor = OpenAiEditor::from_profile("o", &p).unwrap();
+    assert_eq!(editor.max_instruction_chars(), 32_000);
+    p.max_instruction_chars = Some(1_500);
+    let editor = OpenAiEditor::from_profile("o", &p).unwrap();
+    assert_eq!(editor.max_instruction_chars(), 1_500);
+    p.max_instruction_chars = Some(32_001);
+    let err = OpenAiEditor::from_profile("o", &p).unwrap_err().to_string();
+    assert!(
+        err.starts_with("editors.o.max_instruction_chars: 32001"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

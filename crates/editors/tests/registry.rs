@@ -75,6 +75,56 @@ fn a_full_profile_parses_and_omitted_settings_get_defaults() {
 }
 
 #[test]
+fn retry_ambiguous_and_max_instruction_chars_parse_with_defaults_per_kind() {
+    std::env::set_var("REGISTRY_TEST_RETRY_KEY", "k");
+    let editors = parse(
+        r#"
+        [editors.local]
+        kind = "http"
+        url = "http://h"
+        retry_ambiguous = false
+        max_instruction_chars = 1200
+        default = true
+
+        [editors.paid]
+        kind = "fal"
+        api_key_env = "REGISTRY_TEST_RETRY_KEY"
+        "#,
+    )
+    .unwrap();
+    let (local, paid) = (&editors["local"], &editors["paid"]);
+    assert_eq!(local.retry_ambiguous, Some(false));
+    assert!(!local.effective_retry_ambiguous());
+    assert_eq!(local.effective_max_instruction_chars("local"), Ok(1200));
+    assert_eq!(paid.retry_ambiguous, None);
+    assert!(
+        !paid.effective_retry_ambiguous(),
+        "paid kinds never resend by default"
+    );
+    assert!(EditorProfile::new(EditorKind::Http).effective_retry_ambiguous());
+    assert_eq!(paid.effective_max_instruction_chars("paid"), Ok(2000));
+
+    let r = EditorRegistry::from_config(&editors).unwrap();
+    assert_eq!(r.get("local").unwrap().max_instruction_chars(), 1200);
+    assert_eq!(r.get("paid").unwrap().max_instruction_chars(), 2000);
+    for (kind, chars) in [
+        (EditorKind::Http, 2000),
+        (EditorKind::Openai, 32_000),
+        (EditorKind::Bfl, 2000),
+        (EditorKind::Fal, 2000),
+        (EditorKind::Replicate, 2000),
+        (EditorKind::Gemini, 2000),
+        (EditorKind::Dashscope, 800),
+    ] {
+        assert_eq!(kind.default_max_instruction_chars(), chars, "{kind}");
+    }
+
+    let err = parse("[editors.a]\nkind = \"http\"\nurl = \"http://h\"\nretry_ambiguos = true\n")
+        .unwrap_err();
+    assert!(err.contains("retry_ambiguos"), "{err}");
+}
+
+#[test]
 fn unknown_fields_and_kinds_are_rejected_when_parsing() {
     let err = parse("[editors.a]\nkind = \"http\"\nurl = \"http://h\"\nstep = 3\n").unwrap_err();
     assert!(err.contains("step"), "{err}");
@@ -312,6 +362,10 @@ fn asynchronous_kinds_parse_build_and_show_their_effective_model() {
 fn limits_are_validated() {
     for (setting, key) in [
         ("max_in_flight = 0", "editors.e.max_in_flight"),
+        (
+            "max_instruction_chars = 0",
+            "editors.e.max_instruction_chars",
+        ),
         ("multiple_of = 0", "editors.e.multiple_of"),
         ("timeout_seconds = 0", "editors.e.timeout_seconds"),
         (

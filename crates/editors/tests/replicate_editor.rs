@@ -237,6 +237,102 @@ async fn a_5xx_on_a_poll_is_retried() {
 }
 
 #[tokio::test]
+async fn a_create_that_times_out_after_sending_is_ambiguous_and_sent_once() {
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        CREATE,
+        vec![Answer::Hang(Duration::from_secs(5))],
+        created(&server, "p"),
+    );
+    server.answer_path(&get_path("p"), vec![], succeeded(&server, "p", 16, 16));
+    let mut p = profile(&server, "REPLICATE_TEST_KEY_TIMEOUT");
+    p.timeout_seconds = 0.3;
+    p.poll_interval_ms = Some(10);
+    let err = edit(&p, &source(32, 32)).await.unwrap_err();
+    assert!(
+        matches!(&err, EditorError::Ambiguous(m) if m.contains("timed out")),
+        "{err:?}"
+    );
+    assert_eq!(server.requests_to(CREATE).len(), 1, "never resent");
+}
+
+#[tokio::test]
+async fn a_503_on_the_create_is_refused_before_work_and_retried() {
+    let server = FakeProvider::start().await;
+    server.answer_path(
+        CREATE,
+        vec![Answer::Status(
+            503,
+            None,
+            json!({"detail": "Service Unavailable"}).to_string(),
+        )],
+        created(&server, "p"),
+    );
+    server.answer_path(&get_path("p"), vec![], succeeded(&server, "p", 16, 16));
+    edit(&profile(&server, "REPLICATE_TEST_KEY_503"), &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(CREATE).len(), 2);
+}
+
+#[tokio::test]
+async fn cancel_posts_to_the_stored_urls_cancel_with_the_key() {
+    let server = FakeProvider::start().await;
+    let cancel = format!("{}/cancel", get_path("p"));
+    server.answer_path(&cancel, vec![], prediction(&server, "p", "canceled"));
+    let editor =
+        ReplicateEditor::from_profile("r", &profile(&server, "REPLICATE_TEST_KEY_CANCEL")).unwrap();
+    let handle = ProviderRequest {
+        id: "p".into(),
+        data: json!({ "urls": urls(&server, "p") }),
+    };
+    editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap();
+    let got = server.requests();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].method, "POST");
+    assert_eq!(got[0].path, cancel);
+    assert_eq!(
+        got[0].header("authorization"),
+        Some("Bearer r8_REPLICATE_TEST_KEY_CANCEL")
+    );
+
+    // A handle without urls.cancel (another version's) has nothing to call.
+    let bare = ProviderRequest {
+        id: "p".into(),
+        data: json!({ "urls": {"get": urls(&server, "p")["get"].clone()} }),
+    };
+    editthinker_core::Editor::cancel(&editor, &bare)
+        .await
+        .unwrap();
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn cancel_with_a_rejected_key_is_auth() {
+    let server = FakeProvider::start().await;
+    let cancel = format!("{}/cancel", get_path("p"));
+    server.answer_path(
+        &cancel,
+        vec![],
+        Answer::Status(401, None, json!({"detail": "Invalid token."}).to_string()),
+    );
+    let editor =
+        ReplicateEditor::from_profile("r", &profile(&server, "REPLICATE_TEST_KEY_CANCEL_AUTH"))
+            .unwrap();
+    let handle = ProviderRequest {
+        id: "p".into(),
+        data: json!({ "urls": urls(&server, "p") }),
+    };
+    let err = editthinker_core::Editor::cancel(&editor, &handle)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, EditorError::Auth(_)), "{err:?}");
+    assert_eq!(server.requests().len(), 1, "not retried");
+}
+
+#[tokio::test]
 async fn a_safety_failure_is_refused_with_the_reason_and_others_are_invalid() {
     for (error, refused) in [
         (

@@ -306,8 +306,10 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
         temperature: cfg.temperature,
         max_tokens: cfg.max_tokens,
         timeout: Duration::from_secs(cfg.timeout_seconds),
-        max_retries: cfg.max_retries,
-        retry_base: Duration::from_millis(cfg.retry_base_ms),
+        retry: OpenAiSettings::retry_policy(
+            cfg.max_retries,
+            Duration::from_millis(cfg.retry_base_ms),
+        ),
         structured: cfg.structured,
         stream: cfg.stream,
         stream_idle_timeout: crate::openai::DEFAULT_STREAM_IDLE_TIMEOUT,
@@ -346,6 +348,25 @@ mod tests {
         assert_eq!(cfg.temperature, None);
         let thinker = build_thinker(&cfg).unwrap();
         assert_eq!(thinker.protocol(), Protocol::Editthinker);
+    }
+
+    #[test]
+    fn the_retry_settings_make_the_one_retry_policy() {
+        let cfg = ThinkerConfig {
+            max_retries: 2,
+            retry_base_ms: 40,
+            ..ThinkerConfig::default()
+        };
+        let settings = resolve(&cfg).unwrap();
+        assert_eq!(
+            settings.retry,
+            editthinker_core::RetryPolicy {
+                max_retries: 2,
+                base: Duration::from_millis(40),
+                max_delay: Duration::from_secs(30),
+                max_retry_after: Duration::from_secs(120),
+            }
+        );
     }
 
     #[test]

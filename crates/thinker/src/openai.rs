@@ -18,8 +18,10 @@
 //! plain JSON completion is read as such (the sink is then not called).
 //!
 //! Failures: connection errors, timeouts, a stream that breaks or goes idle
-//! mid-way, 408, 429 and 5xx are retried with exponential backoff and jitter,
-//! never sooner than the server's `Retry-After`, and end as
+//! mid-way, 408, 429 and 5xx are retried under the one [`RetryPolicy`] of
+//! `editthinker_core` (exponential backoff with jitter, never sooner than
+//! the server's `Retry-After`, giving up on one longer than two minutes), and
+//! end as
 //! [`ThinkerError::Transient`]. 401 and 403 are [`ThinkerError::Auth`]; 404
 //! and other 4xx are [`ThinkerError::Invalid`] and are not retried. A 200
 //! answer we cannot read (not JSON, no `choices`, no content) is
@@ -33,10 +35,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use editthinker_core::{
-    CritiqueRequest, Image, PromptTemplate, Protocol, Thinker, ThinkerError, ThinkingSink,
+    CritiqueRequest, Image, PromptTemplate, Protocol, RetryPolicy, Thinker, ThinkerError,
+    ThinkingSink,
 };
 use futures::StreamExt as _;
-use rand::Rng as _;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -81,10 +83,9 @@ pub struct OpenAiSettings {
     pub max_tokens: u32,
     /// Total time allowed for one HTTP call.
     pub timeout: Duration,
-    /// Extra attempts after a transient failure.
-    pub max_retries: u32,
-    /// First backoff delay; doubles with each retry.
-    pub retry_base: Duration,
+    /// How transient failures are retried (see
+    /// [`OpenAiSettings::retry_policy`]).
+    pub retry: RetryPolicy,
     /// Expert protocol only: request JSON-schema structured output.
     pub structured: bool,
     /// Ask for a streamed answer (`"stream": true`) and pass its text to the
@@ -93,6 +94,21 @@ pub struct OpenAiSettings {
     /// Longest silence between two events of a streamed answer once the
     /// first has arrived; the total `timeout` bounds the call regardless.
     pub stream_idle_timeout: Duration,
+}
+
+impl OpenAiSettings {
+    /// The remote thinker's retry policy: `max_retries` retries after the
+    /// first attempt, backoff from `base` doubling up to 30 s, and a
+    /// `Retry-After` of more than two minutes ends the retries (the worker
+    /// requeues the job rather than hold a slot that long).
+    pub fn retry_policy(max_retries: u32, base: Duration) -> RetryPolicy {
+        RetryPolicy {
+            max_retries,
+            base,
+            max_delay: MAX_BACKOFF,
+            max_retry_after: MAX_RETRY_AFTER,
+        }
+    }
 }
 
 // Hand-written so the API key never reaches logs.
@@ -107,8 +123,7 @@ impl fmt::Debug for OpenAiSettings {
             .field("temperature", &self.temperature)
             .field("max_tokens", &self.max_tokens)
             .field("timeout", &self.timeout)
-            .field("max_retries", &self.max_retries)
-            .field("retry_base", &self.retry_base)
+            .field("retry", &self.retry)
             .field("structured", &self.structured)
             .field("stream", &self.stream)
             .field("stream_idle_timeout", &self.stream_idle_timeout)
@@ -413,21 +428,6 @@ impl OpenAiThinker {
             _ => retry,
         }
     }
-
-    /// Delay before retry number `retry` (0-based): exponential with jitter,
-    /// never shorter than the server's `Retry-After`.
-    fn backoff(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
-        let step = self
-            .settings
-            .retry_base
-            .saturating_mul(1u32 << retry.min(16))
-            .min(MAX_BACKOFF);
-        // Equal jitter: half fixed, half random, so concurrent workers spread out.
-        let half = step / 2;
-        let jitter = rand::thread_rng().gen_range(0..=half.as_millis() as u64);
-        let delay = half + Duration::from_millis(jitter);
-        retry_after.map_or(delay, |ra| ra.max(delay))
-    }
 }
 
 #[async_trait]
@@ -455,7 +455,9 @@ impl Thinker for OpenAiThinker {
             .render(request.original_instruction, request.previous_instruction);
         let body = self.body(source_url, edited_url, text);
 
-        let mut retry = 0;
+        let policy = self.settings.retry;
+        // Retry number `retry` (from 1) follows attempt number `retry`.
+        let mut retry = 1;
         loop {
             let (message, retry_after) = match self.attempt(&body, request.thinking).await {
                 Attempt::Done(answer) => return Ok(answer),
@@ -465,25 +467,23 @@ impl Thinker for OpenAiThinker {
                     retry_after,
                 } => (message, retry_after),
             };
-            if retry >= self.settings.max_retries {
+            if !policy.allows(retry) {
                 return Err(ThinkerError::Transient(format!(
-                    "{} after {} attempt(s): {message}",
+                    "{} after {retry} attempt(s): {message}",
                     self.endpoint,
-                    retry + 1
                 )));
             }
-            if retry_after.is_some_and(|ra| ra > MAX_RETRY_AFTER) {
+            let Some(delay) = policy.delay(retry, retry_after) else {
                 return Err(ThinkerError::Transient(format!(
                     "{}: server asked to retry after {:?}: {message}",
                     self.endpoint,
                     retry_after.unwrap_or_default()
                 )));
-            }
-            let delay = self.backoff(retry, retry_after);
+            };
             tracing::warn!(
                 endpoint = %self.endpoint,
                 turn = request.turn,
-                attempt = retry + 1,
+                attempt = retry,
                 delay_ms = delay.as_millis() as u64,
                 error = %message,
                 "thinker call failed; retrying"

@@ -73,8 +73,7 @@ fn settings(base_url: &str) -> OpenAiSettings {
         temperature: None,
         max_tokens: 512,
         timeout: Duration::from_secs(30),
-        max_retries: 0,
-        retry_base: Duration::from_millis(1),
+        retry: OpenAiSettings::retry_policy(0, Duration::from_millis(1)),
         structured: true,
         stream: true,
         stream_idle_timeout: Duration::from_secs(60),
@@ -272,6 +271,23 @@ async fn retry_after_on_429_is_honoured() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_cap_ends_the_retries_at_once() {
+    let fake = Fake::start(vec![
+        Reply::error(429, "come back tomorrow").header("retry-after", "121"),
+        Reply::content(ANSWER),
+    ])
+    .await;
+    let started = Instant::now();
+    match ask(&config(fake.base_url())).await {
+        Err(ThinkerError::Transient(m)) => assert!(m.contains("121s"), "{m}"),
+        other => panic!("expected Transient, got {other:?}"),
+    }
+    assert_eq!(fake.seen().len(), 1, "not retried");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(fake.unused_replies(), 1);
 }
 
 #[tokio::test]
@@ -863,7 +879,7 @@ async fn idle_stream_is_abandoned_and_retried() {
     .await;
     let thinker = OpenAiThinker::new(OpenAiSettings {
         stream_idle_timeout: Duration::from_millis(300),
-        max_retries: 1,
+        retry: OpenAiSettings::retry_policy(1, Duration::from_millis(1)),
         ..settings(&fake.base_url())
     })
     .unwrap();

@@ -228,6 +228,12 @@ pub enum Answer {
     Status(u16, Option<&'static str>, String),
     /// This (2xx) status with this JSON body (e.g. fal's 202 while queued).
     JsonWith(u16, serde_json::Value),
+    /// Reads the whole request, then closes the connection without any
+    /// answer: the request was sent, its outcome unknown to the client.
+    Drop,
+    /// Holds the request this long (the client's timeout should be
+    /// shorter), then answers 500.
+    Hang(Duration),
 }
 
 /// A script for one path: answers in order, then `otherwise` forever.
@@ -263,13 +269,24 @@ pub struct FakeProvider {
 impl FakeProvider {
     /// A server with no script yet (it answers 500 until [`Self::answer`]).
     pub async fn start() -> Self {
+        Self::start_after(Duration::ZERO).await
+    }
+
+    /// A server whose port is taken at once but that only listens after
+    /// `delay`: until then every connection is refused (nothing reaches it).
+    pub async fn start_after(delay: Duration) -> Self {
         let state = Arc::new(Mutex::new(ProviderState::default()));
         let app = Router::new()
             .fallback(provider_handle)
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Bound but not listening: the kernel refuses connections to the
+        // port, which stays ours, so no other test can take it meanwhile.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let url = format!("http://{}", socket.local_addr().unwrap());
         let task = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let listener = socket.listen(1024).unwrap();
             axum::serve(listener, app).await.unwrap();
         });
         Self { url, state, task }
@@ -408,25 +425,16 @@ async fn provider_handle(
         body,
         at: Instant::now(),
     };
-    let mut s = state.lock().unwrap();
-    if let Some(name) = request.path.strip_prefix("/files/") {
-        let file = s.files.get(name).cloned();
-        if let Some((_, true)) = file {
-            s.files.remove(name);
+    let answer = {
+        let mut s = state.lock().unwrap();
+        match route(&mut s, request) {
+            Routed::Api(answer) => answer,
+            Routed::File(Some(bytes)) => {
+                return ([("content-type", "image/png")], bytes).into_response()
+            }
+            Routed::File(None) => return (StatusCode::NOT_FOUND, "expired").into_response(),
         }
-        s.downloads.push(request);
-        return match file {
-            Some((bytes, _)) => ([("content-type", "image/png")], bytes).into_response(),
-            None => (StatusCode::NOT_FOUND, "expired").into_response(),
-        };
-    }
-    let path = request.path.clone();
-    s.requests.push(request);
-    let answer = match s.routes.get_mut(&path) {
-        Some(route) => route.script.pop_front().or_else(|| route.otherwise.clone()),
-        None => s.script.pop_front().or_else(|| s.otherwise.clone()),
-    }
-    .unwrap_or(Answer::Status(500, None, "no script".into()));
+    };
     match answer {
         Answer::Json(v) => axum::Json(v).into_response(),
         Answer::JsonWith(code, v) => {
@@ -444,7 +452,45 @@ async fn provider_handle(
             }
             r
         }
+        Answer::Hang(d) => {
+            tokio::time::sleep(d).await;
+            (StatusCode::INTERNAL_SERVER_ERROR, "too late").into_response()
+        }
+        // Unwinding ends this connection's task (axum serves each
+        // connection in a task of its own), which closes the socket with no
+        // answer; `resume_unwind` skips the panic hook, so nothing is
+        // printed, and the state lock is released above, so it is not
+        // poisoned.
+        Answer::Drop => std::panic::resume_unwind(Box::new("the fake drops the connection")),
     }
+}
+
+/// Where a request went.
+enum Routed {
+    /// An API request, with the scripted answer.
+    Api(Answer),
+    /// A file fetch: the file, or `None` once it is gone.
+    File(Option<Bytes>),
+}
+
+/// Records `request` and picks its answer or file.
+fn route(s: &mut ProviderState, request: RawRequest) -> Routed {
+    if let Some(name) = request.path.strip_prefix("/files/") {
+        let file = s.files.get(name).cloned();
+        if let Some((_, true)) = file {
+            s.files.remove(name);
+        }
+        s.downloads.push(request);
+        return Routed::File(file.map(|(bytes, _)| bytes));
+    }
+    let path = request.path.clone();
+    s.requests.push(request);
+    let answer = match s.routes.get_mut(&path) {
+        Some(route) => route.script.pop_front().or_else(|| route.otherwise.clone()),
+        None => s.script.pop_front().or_else(|| s.otherwise.clone()),
+    }
+    .unwrap_or(Answer::Status(500, None, "no script".into()));
+    Routed::Api(answer)
 }
 
 /// Base64 of an image's bytes.
