@@ -202,11 +202,14 @@ impl Config {
                 });
             }
         }
-        if w.heartbeat_seconds >= w.lease_seconds {
+        // A job stops a quarter of the lease before the database would let
+        // another worker take it (crates/worker/src/lease.rs), so at least
+        // two renewals must fit in a lease.
+        if w.heartbeat_seconds.saturating_mul(2) > w.lease_seconds {
             return Err(ConfigError::Invalid {
                 key: "worker.heartbeat_seconds",
                 rule: format!(
-                    "must be shorter than worker.lease_seconds ({})",
+                    "must be at most half of worker.lease_seconds ({})",
                     w.lease_seconds
                 ),
             });

@@ -278,6 +278,17 @@ pub fn padded_size(w: u32, h: u32, min_side: u32, max_aspect: f64) -> (u32, u32)
     (pw, ph)
 }
 
+/// Runs CPU-heavy image work (decode, resize, encode) on a blocking thread,
+/// so that it never stalls the async threads that serve streams and
+/// heartbeats. A panic inside `work` is resumed in the caller.
+pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("image work was cancelled: {e}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,16 +393,5 @@ mod tests {
             }
         }
         !crc
-    }
-}
-
-/// Runs CPU-heavy image work (decode, resize, encode) on a blocking thread,
-/// so that it never stalls the async threads that serve streams and
-/// heartbeats. A panic inside `work` is resumed in the caller.
-pub async fn off_thread<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("image work was cancelled: {e}"),
     }
 }

@@ -1,22 +1,26 @@
 //! Running one claimed job: loading state, heartbeating, the loop with
 //! store-backed persistence, and mapping the outcome onto the queue.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use editthinker_core::imaging::off_thread;
 use editthinker_core::{
     run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, PendingEdit, Progress,
-    ProviderRequest, ThinkerError, TurnObserver, TurnRecord,
+    ProviderRequest, RetryPolicy, ThinkerError, TurnObserver, TurnRecord,
 };
 use editthinker_store::{
     event_type, BlobStore, ClaimedJob, Lease, NewTurn, PendingEditRecord, RefusalRecord, Store,
     StoreError, TurnRow,
 };
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::lease::{LeaseClock, LeasedEditor, LeasedThinker};
 use crate::Worker;
 
 /// Stable error codes a job can fail with (contract: clients match on them).
@@ -42,16 +46,17 @@ pub mod error_code {
     pub const THINKER_AUTH: &str = "thinker_auth";
     /// The job names an editor this worker does not have.
     pub const UNKNOWN_EDITOR: &str = "unknown_editor";
-    /// The stored job or its images could not be read.
+    /// The stored job or its images could not be read or written.
     pub const STORAGE: &str = "storage_error";
+    /// The worker hit a bug (a panic) while running the job.
+    pub const INTERNAL: &str = "internal";
 }
-
-/// Internal reason the loop was interrupted from outside.
-const INTERRUPTED: &str = "interrupted";
 
 pub(crate) struct JobRunner {
     pub worker: Worker,
     pub shutdown: CancellationToken,
+    /// When the claim that granted the lease was sent.
+    pub claimed_at: tokio::time::Instant,
 }
 
 /// What stopped a job from the outside.
@@ -62,49 +67,102 @@ enum Interrupt {
     Shutdown,
 }
 
+/// The asynchronous provider request in flight: (turn, request).
+type Submitted = Arc<std::sync::Mutex<Option<(u32, ProviderRequest)>>>;
+
+/// Aborts a task when dropped, so no unwind can leave a heartbeat running.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 impl JobRunner {
     pub async fn run(self, claimed: ClaimedJob) {
         let store = self.worker.store.clone();
-        let lease = claimed.lease.clone();
+        let settings = &self.worker.settings;
+        let clock = LeaseClock::new(self.claimed_at, settings.lease);
         let interrupt = Arc::new(std::sync::Mutex::new(None::<Interrupt>));
         let stop_loop = CancellationToken::new();
-        let heartbeat = tokio::spawn(heartbeat(
+        let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
             store.clone(),
-            lease.clone(),
-            self.worker.settings.clone(),
+            claimed.lease.clone(),
+            settings.clone(),
+            clock.clone(),
             interrupt.clone(),
             stop_loop.clone(),
-        ));
+        )));
         // A shutdown lets the step in progress finish: the observer stops
         // the loop at the next step boundary; after the grace period the
         // loop is abandoned mid-step.
         let shutdown = self.shutdown.clone();
-        let grace = self.worker.settings.shutdown_grace;
-        let grace_timer = {
+        let grace = settings.shutdown_grace;
+        let _grace_timer = {
             let interrupt = interrupt.clone();
             let stop_loop = stop_loop.clone();
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 shutdown.cancelled().await;
                 set_interrupt(&interrupt, Interrupt::Shutdown);
                 tokio::time::sleep(grace).await;
                 stop_loop.cancel();
-            })
+            }))
         };
+        let submitted: Submitted = Arc::new(std::sync::Mutex::new(
+            pending_edit(claimed.job.pending_edit.as_ref()).map(|p| (p.turn, p.request)),
+        ));
 
+        // A panic anywhere in the job's work is caught here, so the job is
+        // given back (counted) instead of keeping a lease nobody serves.
+        let work =
+            AssertUnwindSafe(self.execute(&claimed, &clock, interrupt.clone(), submitted.clone()))
+                .catch_unwind();
         let result = tokio::select! {
-            r = self.execute(&claimed, interrupt.clone()) => r,
-            _ = stop_loop.cancelled() => Err(JobError::Loop(LoopError::Persist(INTERRUPTED.into()))),
+            biased;
+            _ = clock.expired() => {
+                set_interrupt(&interrupt, Interrupt::LeaseLost);
+                Err(JobError::Interrupted)
+            }
+            _ = stop_loop.cancelled() => Err(JobError::Interrupted),
+            r = work => r.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(panic.as_ref())))),
         };
-        heartbeat.abort();
-        grace_timer.abort();
+        drop(_heartbeat);
         let interrupted = *interrupt.lock().expect("interrupt lock");
-        self.finish(&claimed, result, interrupted).await;
+        let decision = decide(result, interrupted, settings, claimed.lease.attempt);
+        if decision == Decision::Cancel {
+            self.cancel_provider_request(&claimed, &submitted).await;
+        }
+        if !clock.holds() && decision != Decision::Abandon {
+            warn!("lease ran out before the outcome was written; leaving the job to the rescuer");
+            return;
+        }
+        self.apply(&claimed.lease, decision).await;
+    }
+
+    /// Asks the provider to stop the edit in flight of a canceled job.
+    async fn cancel_provider_request(&self, claimed: &ClaimedJob, submitted: &Submitted) {
+        let request = submitted.lock().expect("submitted lock").clone();
+        let (Some((turn, request)), Some(editor)) =
+            (request, self.worker.editors.get(&claimed.job.editor))
+        else {
+            return;
+        };
+        match tokio::time::timeout(PROVIDER_CANCEL_TIMEOUT, editor.cancel(&request)).await {
+            Ok(Ok(())) => {
+                info!(turn, provider_request_id = %request.id, "provider request canceled")
+            }
+            Ok(Err(e)) => warn!(error = %e, "could not cancel the provider request"),
+            Err(_) => warn!("canceling the provider request timed out"),
+        }
     }
 
     async fn execute(
         &self,
         claimed: &ClaimedJob,
+        clock: &LeaseClock,
         interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
+        submitted: Submitted,
     ) -> Result<editthinker_core::LoopOutcome, JobError> {
         let w = &self.worker;
         let job = &claimed.job;
@@ -145,13 +203,18 @@ impl JobRunner {
             store: w.store.clone(),
             blobs: w.blobs.clone(),
             lease: claimed.lease.clone(),
+            clock: clock.clone(),
             interrupt,
-            submitted: std::sync::Mutex::new(
-                pending_edit
-                    .as_ref()
-                    .map(|p| (p.turn, p.request.id.clone())),
-            ),
-            thinking: ThinkingPublisher::start(w.store.clone(), job.id),
+            submitted,
+            thinking: ThinkingPublisher::start(w.store.clone(), job.id, clock.clone()),
+        };
+        let editor = LeasedEditor {
+            inner: editor.as_ref(),
+            clock,
+        };
+        let thinker = LeasedThinker {
+            inner: w.thinker.as_ref(),
+            clock,
         };
         run_loop(
             &source,
@@ -162,55 +225,53 @@ impl JobRunner {
                 turns: prior,
                 pending_edit,
             },
-            editor.as_ref(),
-            w.thinker.as_ref(),
+            &editor,
+            &thinker,
             &observer,
         )
         .await
         .map_err(JobError::Loop)
     }
 
-    async fn finish(
-        &self,
-        claimed: &ClaimedJob,
-        result: Result<editthinker_core::LoopOutcome, JobError>,
-        interrupted: Option<Interrupt>,
-    ) {
+    /// Writes a decision. A lost lease is expected here (another worker
+    /// or the rescuer got there first) and only logged.
+    async fn apply(&self, lease: &Lease, decision: Decision) {
         let store = &self.worker.store;
-        let lease = &claimed.lease;
-        let outcome = match (result, interrupted) {
-            (Ok(outcome), _) => {
-                let refusal = outcome.refusal.map(|r| {
-                    info!(reason = %r.reason, turn = r.turn, "editor refused a refined instruction; selecting among earlier turns");
-                    RefusalRecord {
-                        turn: r.turn,
-                        instruction: r.instruction,
-                        reason: r.reason,
-                        kind: r.kind.as_str().to_owned(),
-                    }
-                });
-                info!(
-                    turns = outcome.turns.len(),
-                    selected = outcome.selected,
-                    "job succeeded"
-                );
-                store
-                    .complete(lease, outcome.selected, refusal.as_ref())
-                    .await
+        let outcome = match decision {
+            Decision::Complete { selected, refusal } => {
+                if let Some(r) = &refusal {
+                    info!(reason = %r.reason, turn = r.turn, kind = %r.kind, "editor turned down a refined instruction; selecting among earlier turns");
+                }
+                info!(selected, "job succeeded");
+                store.complete(lease, selected, refusal.as_ref()).await
             }
-            (Err(_), Some(Interrupt::LeaseLost)) => {
+            Decision::Abandon => {
                 warn!("lease lost; leaving the job to its new owner");
                 return;
             }
-            (Err(_), Some(Interrupt::CancelRequested)) => {
+            Decision::Cancel => {
                 info!("job canceled");
                 store.mark_canceled(lease).await
             }
-            (Err(_), Some(Interrupt::Shutdown)) => {
+            Decision::Release => {
                 info!("releasing job for shutdown");
                 store.release(lease).await
             }
-            (Err(error), None) => self.fail_or_retry(lease, error).await,
+            Decision::Retry {
+                code,
+                message,
+                delay,
+            } => match store.retry_later(lease, code, &message, delay).await {
+                Ok(status) => {
+                    warn!(code, %message, ?delay, %status, "transient failure");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+            Decision::Fail { code, message } => {
+                warn!(code, %message, "job failed");
+                store.fail(lease, code, &message).await
+            }
         };
         match outcome {
             Ok(()) => {}
@@ -218,18 +279,68 @@ impl JobRunner {
             Err(e) => warn!(error = %e, "could not record the job outcome; its lease will expire"),
         }
     }
+}
 
-    async fn fail_or_retry(&self, lease: &Lease, error: JobError) -> Result<(), StoreError> {
-        let store = &self.worker.store;
-        let (code, message, transient) = error.classify();
-        if transient {
-            let delay = backoff(self.worker.settings.retry_base, lease.attempt);
-            let status = store.retry_later(lease, code, &message, delay).await?;
-            warn!(code, %message, ?delay, %status, "transient failure");
-            Ok(())
-        } else {
-            warn!(code, %message, "job failed");
-            store.fail(lease, code, &message).await
+/// How long a provider's cancel call may take.
+const PROVIDER_CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to write once a job's run is over: decided without IO.
+#[derive(Debug, Clone, PartialEq)]
+enum Decision {
+    /// Succeeded with this turn (and the refinement the editor turned down).
+    Complete {
+        selected: u32,
+        refusal: Option<RefusalRecord>,
+    },
+    /// Another worker owns the job now: write nothing.
+    Abandon,
+    /// Canceled by the client.
+    Cancel,
+    /// Shutting down: hand the job back without spending the attempt.
+    Release,
+    /// Worth another attempt after `delay`.
+    Retry {
+        code: &'static str,
+        message: String,
+        delay: Duration,
+    },
+    /// Failed for good.
+    Fail { code: &'static str, message: String },
+}
+
+/// The outcome rule: a finished loop is a success whatever interrupted it
+/// afterwards; an interrupted one follows the interrupt (a lost lease writes
+/// nothing); a failure is retried or final by its class.
+fn decide(
+    result: Result<editthinker_core::LoopOutcome, JobError>,
+    interrupted: Option<Interrupt>,
+    settings: &crate::WorkerSettings,
+    attempt: u32,
+) -> Decision {
+    match (result, interrupted) {
+        (Ok(outcome), _) => Decision::Complete {
+            selected: outcome.selected,
+            refusal: outcome.refusal.map(|r| RefusalRecord {
+                turn: r.turn,
+                instruction: r.instruction,
+                reason: r.reason,
+                kind: r.kind.as_str().to_owned(),
+            }),
+        },
+        (Err(_), Some(Interrupt::LeaseLost)) => Decision::Abandon,
+        (Err(_), Some(Interrupt::CancelRequested)) => Decision::Cancel,
+        (Err(_), Some(Interrupt::Shutdown)) => Decision::Release,
+        (Err(error), None) => {
+            let (code, message, transient) = error.classify();
+            if transient {
+                Decision::Retry {
+                    code,
+                    message,
+                    delay: settings.requeue_policy().backoff(attempt),
+                }
+            } else {
+                Decision::Fail { code, message }
+            }
         }
     }
 }
@@ -243,6 +354,10 @@ enum JobError {
     Permanent { code: &'static str, message: String },
     /// Worth another attempt later.
     Transient { code: &'static str, message: String },
+    /// Something in the job's work panicked (a bug): retried, counted.
+    Panicked(String),
+    /// Stopped from outside (cancel, shutdown, lease); the interrupt says which.
+    Interrupted,
 }
 
 impl JobError {
@@ -251,12 +366,29 @@ impl JobError {
         match self {
             JobError::Permanent { code, message } => (code, message, false),
             JobError::Transient { code, message } => (code, message, true),
+            JobError::Panicked(message) => (
+                error_code::INTERNAL,
+                format!("the worker hit a bug while running the job: {message}"),
+                true,
+            ),
+            JobError::Interrupted => (error_code::STORAGE, INTERRUPTED.into(), true),
             JobError::Loop(error) => {
                 let (code, transient) = loop_error_class(&error);
                 (code, error.to_string(), transient)
             }
         }
     }
+}
+
+/// Internal reason the loop was interrupted from outside.
+const INTERRUPTED: &str = "interrupted";
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }
 
 /// The stable code of a loop failure, and whether it is worth a retry.
@@ -290,14 +422,6 @@ fn storage_error(message: String) -> JobError {
     }
 }
 
-/// Exponential backoff with ±25 % jitter, capped at ten minutes.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-    let capped = exp.min(Duration::from_secs(600));
-    let jitter = rand::random::<f64>() * 0.5 + 0.75;
-    capped.mul_f64(jitter)
-}
-
 fn set_interrupt(slot: &std::sync::Mutex<Option<Interrupt>>, value: Interrupt) {
     let mut slot = slot.lock().expect("interrupt lock");
     // Cancel and lease loss outrank a shutdown.
@@ -306,37 +430,39 @@ fn set_interrupt(slot: &std::sync::Mutex<Option<Interrupt>>, value: Interrupt) {
     }
 }
 
+/// Renews the lease every `heartbeat`, each renewal bounded by a timeout
+/// shorter than the interval, so a hung connection cannot hold it up; the
+/// clock then runs out by itself and the job stops.
 async fn heartbeat(
     store: Arc<dyn Store>,
     lease: Lease,
     settings: crate::WorkerSettings,
+    clock: LeaseClock,
     interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
     stop_loop: CancellationToken,
 ) {
-    let mut last_ok = Instant::now();
+    let timeout = settings.heartbeat.mul_f64(0.8);
     loop {
         tokio::time::sleep(settings.heartbeat).await;
-        match store.heartbeat(&lease, settings.lease).await {
-            Ok(false) => last_ok = Instant::now(),
-            Ok(true) => {
+        if !clock.holds() {
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(timeout, store.heartbeat(&lease, settings.lease)).await {
+            Ok(Ok(false)) => clock.renewed(sent),
+            Ok(Ok(true)) => {
+                clock.renewed(sent);
                 set_interrupt(&interrupt, Interrupt::CancelRequested);
                 stop_loop.cancel();
                 return;
             }
-            Err(StoreError::LeaseLost(_)) => {
+            Ok(Err(StoreError::LeaseLost(_))) => {
                 set_interrupt(&interrupt, Interrupt::LeaseLost);
                 stop_loop.cancel();
                 return;
             }
-            Err(e) => {
-                warn!(error = %e, "heartbeat failed");
-                // Past the lease another worker may own the job: stop writing.
-                if last_ok.elapsed() >= settings.lease {
-                    set_interrupt(&interrupt, Interrupt::LeaseLost);
-                    stop_loop.cancel();
-                    return;
-                }
-            }
+            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+            Err(_) => warn!(?timeout, "heartbeat timed out"),
         }
     }
 }
@@ -345,9 +471,9 @@ struct StoreObserver {
     store: Arc<dyn Store>,
     blobs: Arc<BlobStore>,
     lease: Lease,
+    clock: LeaseClock,
     interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
-    /// The provider request id of the edit in flight: (turn, id).
-    submitted: std::sync::Mutex<Option<(u32, String)>>,
+    submitted: Submitted,
     thinking: ThinkingPublisher,
 }
 
@@ -396,9 +522,9 @@ enum ThinkingMessage {
 }
 
 impl ThinkingPublisher {
-    fn start(store: Arc<dyn Store>, job_id: uuid::Uuid) -> Self {
+    fn start(store: Arc<dyn Store>, job_id: uuid::Uuid, clock: LeaseClock) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_thinking(store, job_id, rx));
+        tokio::spawn(publish_thinking(store, job_id, clock, rx));
         Self { tx }
     }
 
@@ -420,8 +546,10 @@ impl ThinkingPublisher {
 async fn publish_thinking(
     store: Arc<dyn Store>,
     job_id: uuid::Uuid,
+    clock: LeaseClock,
     mut rx: mpsc::UnboundedReceiver<ThinkingMessage>,
 ) {
+    let flush_thinking = |pending| flush_thinking(&*store, job_id, &clock, pending);
     let mut open = true;
     while open {
         // Wait for the first delta, then gather for one flush interval.
@@ -442,12 +570,12 @@ async fn publish_thinking(
                     Some(ThinkingMessage::Delta(turn, text)) => match &mut pending {
                         Some((t, buf)) if *t == turn => buf.push_str(&text),
                         _ => {
-                            flush_thinking(&*store, job_id, pending.take()).await;
+                            flush_thinking(pending.take()).await;
                             pending = Some((turn, text));
                         }
                     },
                     Some(ThinkingMessage::Flush(done)) => {
-                        flush_thinking(&*store, job_id, pending.take()).await;
+                        flush_thinking(pending.take()).await;
                         let _ = done.send(());
                         break;
                     }
@@ -458,14 +586,23 @@ async fn publish_thinking(
                 },
             }
         }
-        flush_thinking(&*store, job_id, pending.take()).await;
+        flush_thinking(pending.take()).await;
     }
 }
 
-async fn flush_thinking(store: &dyn Store, job_id: uuid::Uuid, pending: Option<(u32, String)>) {
+async fn flush_thinking(
+    store: &dyn Store,
+    job_id: uuid::Uuid,
+    clock: &LeaseClock,
+    pending: Option<(u32, String)>,
+) {
     let Some((turn, text)) = pending else {
         return;
     };
+    // A job past its lease says nothing more, live events included.
+    if !clock.holds() {
+        return;
+    }
     for delta in chunks(&text, THINKING_CHUNK_BYTES) {
         let data = serde_json::json!({ "turn": turn, "delta": delta });
         if let Err(e) = store
@@ -502,43 +639,102 @@ impl StoreObserver {
             None => Ok(()),
         }
     }
+
+    /// Writes what a paid edit or a finished critique produced, retrying
+    /// with backoff for as long as the lease holds: our own storage failing
+    /// must not throw the work away (the next attempt would buy it again).
+    /// Only a lost lease or a write that can never succeed ends it early.
+    async fn persist<F, Fut>(&self, what: &str, mut write: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), PersistError>>,
+    {
+        let mut retry = 0;
+        loop {
+            let error = match self.clock.guard(write()).await {
+                None => return Err(format!("{what}: the lease ran out")),
+                Some(Ok(())) => return Ok(()),
+                Some(Err(PersistError::Final(e))) => return Err(format!("{what}: {e}")),
+                Some(Err(PersistError::Passing(e))) => e,
+            };
+            retry += 1;
+            let delay = PERSIST_RETRY.backoff(retry);
+            warn!(%error, ?delay, retry, "{what} failed; retrying while the lease holds");
+            if self.clock.guard(tokio::time::sleep(delay)).await.is_none() {
+                return Err(format!("{what}: {error}; the lease ran out while retrying"));
+            }
+        }
+    }
 }
 
-fn store_err(e: StoreError) -> String {
-    e.to_string()
+/// Backoff of [`StoreObserver::persist`]; it retries until the lease is over.
+const PERSIST_RETRY: RetryPolicy = RetryPolicy {
+    max_retries: u32::MAX,
+    base: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    max_retry_after: Duration::ZERO,
+};
+
+/// A failed write, by whether trying again can help.
+enum PersistError {
+    /// The database or blob store failed: try again.
+    Passing(String),
+    /// The lease is gone or the write is refused for good.
+    Final(String),
+}
+
+impl From<StoreError> for PersistError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Database(_) => Self::Passing(e.to_string()),
+            other => Self::Final(other.to_string()),
+        }
+    }
 }
 
 #[async_trait]
 impl TurnObserver for StoreObserver {
     async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
-        let image = turn.image.as_ref().ok_or("an edited turn has its image")?;
-        let png = image.to_png().map_err(|e| e.to_string())?;
+        let image = turn.image.clone().ok_or("an edited turn has its image")?;
+        let png = off_thread(move || image.to_png())
+            .await
+            .map_err(|e| e.to_string())?;
+        // One key for every retry of this write: a retried commit that went
+        // through is then recognised as the same turn.
         let key = BlobStore::turn_key(self.lease.job_id, turn.index, self.lease.attempt);
         let provider_request_id = self
             .submitted
             .lock()
             .expect("submitted lock")
-            .take()
+            .as_ref()
             .filter(|(t, _)| *t == turn.index)
-            .map(|(_, id)| id);
-        self.blobs
-            .put(&key, png.bytes.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.store
-            .record_turn(
-                &self.lease,
-                NewTurn {
-                    index: turn.index,
-                    instruction: turn.instruction.clone(),
-                    image_key: key,
-                    image_mime: png.format.mime().to_string(),
-                    editor_ms: turn.editor_ms,
-                    provider_request_id,
-                },
-            )
-            .await
-            .map_err(store_err)?;
+            .map(|(_, r)| r.id.clone());
+        self.persist("storing the turn image", || async {
+            self.blobs
+                .put(&key, png.bytes.clone())
+                .await
+                .map_err(|e| PersistError::Passing(e.to_string()))
+        })
+        .await?;
+        let new_turn = NewTurn {
+            index: turn.index,
+            instruction: turn.instruction.clone(),
+            image_key: key.clone(),
+            image_mime: png.format.mime().to_string(),
+            editor_ms: turn.editor_ms,
+            provider_request_id,
+        };
+        self.persist("recording the turn", || async {
+            Ok(self
+                .store
+                .record_turn(&self.lease, new_turn.clone())
+                .await?)
+        })
+        .await?;
+        self.submitted
+            .lock()
+            .expect("submitted lock")
+            .take_if(|(t, _)| *t == turn.index);
         info!(turn = turn.index, editor_ms = turn.editor_ms, "turn edited");
         self.check_interrupt()
     }
@@ -546,17 +742,20 @@ impl TurnObserver for StoreObserver {
     async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String> {
         self.thinking.flush().await;
         let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
-        self.store
-            .record_critique(
-                &self.lease,
-                turn,
-                &json,
-                critique.thinker_ms,
-                &critique.raw_output,
-                critique.error.as_deref(),
-            )
-            .await
-            .map_err(store_err)?;
+        self.persist("recording the critique", || async {
+            Ok(self
+                .store
+                .record_critique(
+                    &self.lease,
+                    turn,
+                    &json,
+                    critique.thinker_ms,
+                    &critique.raw_output,
+                    critique.error.as_deref(),
+                )
+                .await?)
+        })
+        .await?;
         info!(
             turn,
             satisfied = critique.satisfied,
@@ -577,11 +776,11 @@ impl TurnObserver for StoreObserver {
             instruction: instruction.to_owned(),
             request: serde_json::to_value(request).map_err(|e| e.to_string())?,
         };
-        self.store
-            .record_pending_edit(&self.lease, &record)
-            .await
-            .map_err(store_err)?;
-        *self.submitted.lock().expect("submitted lock") = Some((turn, request.id.clone()));
+        *self.submitted.lock().expect("submitted lock") = Some((turn, request.clone()));
+        self.persist("recording the provider request", || async {
+            Ok(self.store.record_pending_edit(&self.lease, &record).await?)
+        })
+        .await?;
         info!(turn, provider_request_id = %request.id, "edit submitted; waiting for the provider");
         Ok(())
     }
@@ -602,9 +801,13 @@ async fn load_image(blobs: &BlobStore, key: &str) -> Result<Image, JobError> {
     })
 }
 
+/// The recorded turns as the loop wants them. Only an image the loop will
+/// look at again is loaded: the newest turn's, when its critique is still
+/// to be made (every edit starts from the source).
 async fn load_turns(blobs: &BlobStore, rows: Vec<TurnRow>) -> Result<Vec<TurnRecord>, JobError> {
-    let mut turns = Vec::with_capacity(rows.len());
-    for row in rows {
+    let count = rows.len();
+    let mut turns = Vec::with_capacity(count);
+    for (position, row) in rows.into_iter().enumerate() {
         let critique = match row.critique {
             Some(json) => Some(serde_json::from_value::<CritiqueRecord>(json).map_err(|e| {
                 JobError::Permanent {
@@ -614,10 +817,16 @@ async fn load_turns(blobs: &BlobStore, rows: Vec<TurnRow>) -> Result<Vec<TurnRec
             })?),
             None => None,
         };
+        let needed = position + 1 == count && critique.is_none();
+        let image = if needed {
+            Some(load_image(blobs, &row.image_key).await?)
+        } else {
+            None
+        };
         turns.push(TurnRecord {
             index: row.index,
             instruction: row.instruction,
-            image: Some(load_image(blobs, &row.image_key).await?),
+            image,
             editor_ms: row.editor_ms,
             critique,
         });
@@ -637,6 +846,82 @@ mod tests {
         let parts = chunks(&text, 3);
         assert!(parts.iter().all(|p| p.len() <= 3 && !p.is_empty()));
         assert_eq!(parts.concat(), text);
+    }
+
+    fn failed(error: EditorError, turn: u32) -> Result<editthinker_core::LoopOutcome, JobError> {
+        Err(JobError::Loop(LoopError::Editor { turn, error }))
+    }
+
+    #[test]
+    fn the_outcome_rule() {
+        let settings = crate::WorkerSettings {
+            retry_base: Duration::from_secs(4),
+            ..Default::default()
+        };
+        let decide = |r, i| decide(r, i, &settings, 2);
+        let done = || {
+            Ok(editthinker_core::LoopOutcome {
+                turns: Vec::new(),
+                selected: 2,
+                refusal: Some(editthinker_core::EditRefusal {
+                    turn: 3,
+                    instruction: "x".into(),
+                    reason: "too long".into(),
+                    kind: editthinker_core::RefusalKind::Invalid,
+                }),
+            })
+        };
+        // A finished loop is a success even if an interrupt came after it.
+        for interrupt in [None, Some(Interrupt::Shutdown), Some(Interrupt::LeaseLost)] {
+            let Decision::Complete { selected, refusal } = decide(done(), interrupt) else {
+                panic!("not a success");
+            };
+            assert_eq!(selected, 2);
+            assert_eq!(refusal.unwrap().kind, "invalid");
+        }
+        // Interrupted: the interrupt decides; a lost lease writes nothing.
+        let stopped = || Err(JobError::Interrupted);
+        assert_eq!(
+            decide(stopped(), Some(Interrupt::LeaseLost)),
+            Decision::Abandon
+        );
+        assert_eq!(
+            decide(stopped(), Some(Interrupt::CancelRequested)),
+            Decision::Cancel
+        );
+        assert_eq!(
+            decide(stopped(), Some(Interrupt::Shutdown)),
+            Decision::Release
+        );
+        // Failures by class; retries back off from the attempt.
+        let Decision::Retry { code, delay, .. } =
+            decide(failed(EditorError::Ambiguous("timeout".into()), 2), None)
+        else {
+            panic!("an ambiguous edit is retried");
+        };
+        assert_eq!(code, error_code::EDITOR_AMBIGUOUS);
+        assert!(delay >= Duration::from_secs(4) && delay <= Duration::from_secs(8));
+        assert!(matches!(
+            decide(failed(EditorError::Refused("no".into()), 1), None),
+            Decision::Fail {
+                code: error_code::EDITOR_REFUSED,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(failed(EditorError::Auth("401".into()), 2), None),
+            Decision::Fail {
+                code: error_code::EDITOR_AUTH,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(Err(JobError::Panicked("boom".into())), None),
+            Decision::Retry {
+                code: error_code::INTERNAL,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! store-backed persistence, heartbeats its leases, and shuts down gracefully.
 
 mod job;
+mod lease;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +34,19 @@ pub struct WorkerSettings {
     pub retry_base: Duration,
     /// Loop settings.
     pub loop_config: LoopConfig,
+}
+
+impl WorkerSettings {
+    /// The delay before a transiently failed job runs again: `retry_base`
+    /// doubling per attempt, at most ten minutes, with jitter.
+    pub fn requeue_policy(&self) -> editthinker_core::RetryPolicy {
+        editthinker_core::RetryPolicy {
+            max_retries: u32::MAX,
+            base: self.retry_base,
+            max_delay: Duration::from_secs(600),
+            max_retry_after: Duration::ZERO,
+        }
+    }
 }
 
 impl Default for WorkerSettings {
@@ -104,6 +118,8 @@ impl Worker {
             }
             let free = concurrency.saturating_sub(jobs.len());
             if free > 0 {
+                // The lease runs from before the claim was sent.
+                let claimed_at = tokio::time::Instant::now();
                 match self
                     .store
                     .claim(&self.owner, free as u32, self.settings.lease)
@@ -119,6 +135,7 @@ impl Worker {
                             let runner = job::JobRunner {
                                 worker: self.clone(),
                                 shutdown: shutdown.clone(),
+                                claimed_at,
                             };
                             jobs.spawn(runner.run(claimed).instrument(span));
                         }
