@@ -62,11 +62,38 @@ fn shutdown_token() -> CancellationToken {
     token
 }
 
+/// Every open SSE stream is a socket: raise the soft open-file limit to the
+/// hard one (often 1024 → 1048576), so one API process can hold tens of
+/// thousands of streams without the operator tuning `ulimit`.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    info!(open_files = limit.rlim_cur, "open-file limit");
+}
+
 async fn run_api(
     config: &Config,
     parts: &Parts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let state = AppState {
         store: parts.store.clone(),
         blobs: parts.blobs.clone(),

@@ -442,14 +442,21 @@ async fn heartbeat(
     stop_loop: CancellationToken,
 ) {
     let timeout = settings.heartbeat.mul_f64(0.8);
+    let mut wait = settings.heartbeat;
     loop {
-        tokio::time::sleep(settings.heartbeat).await;
+        tokio::time::sleep(wait).await;
+        // A failed renewal is tried again soon: a dropped connection must
+        // not cost the lease (and with it a paid edit in flight).
+        wait = settings.heartbeat / 4;
         if !clock.holds() {
             return;
         }
         let sent = tokio::time::Instant::now();
         match tokio::time::timeout(timeout, store.heartbeat(&lease, settings.lease)).await {
-            Ok(Ok(false)) => clock.renewed(sent),
+            Ok(Ok(false)) => {
+                clock.renewed(sent);
+                wait = settings.heartbeat;
+            }
             Ok(Ok(true)) => {
                 clock.renewed(sent);
                 set_interrupt(&interrupt, Interrupt::CancelRequested);
