@@ -112,9 +112,16 @@ impl Worker {
         let mut jobs = JoinSet::new();
         let concurrency = self.settings.concurrency.max(1);
         info!(owner = %self.owner, concurrency, "worker started");
+        // The rescuer runs on its own interval, not on every claim: a
+        // lease can only expire so often, and each pass is a write.
+        let rescue_every = (self.settings.lease / 3).max(Duration::from_millis(500));
+        let mut last_rescue: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.store.rescue_expired().await {
-                warn!(error = %e, "rescuing expired leases failed");
+            if last_rescue.is_none_or(|at| at.elapsed() >= rescue_every) {
+                last_rescue = Some(tokio::time::Instant::now());
+                if let Err(e) = self.store.rescue_expired().await {
+                    warn!(error = %e, "rescuing expired leases failed");
+                }
             }
             let free = concurrency.saturating_sub(jobs.len());
             if free > 0 {
