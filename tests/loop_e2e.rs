@@ -678,3 +678,134 @@ async fn live_reasoning_streams_while_the_thinker_generates(backend: Backend) {
     assert!(replay.iter().all(|e| e.event != "turn.thinking"));
     assert_eq!(replay.len(), ids.len());
 }
+
+/// The API's LISTEN connection (and every other connection of the service)
+/// is killed while a stream waits, and the job is canceled at once, so its
+/// NOTIFY is likely lost: the hub's resync after reconnecting (or its
+/// safety net) still delivers the event, and the stream ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_survive_a_lost_listen_connection() {
+    use futures::StreamExt;
+    use sqlx::Connection;
+
+    let env = TestEnv::new(Backend::Postgres).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    env.migrate();
+    let api = Service::start(
+        "api",
+        &env.config("api", &backends_config(&thinker, &editor, env.dir.path())),
+    );
+    let job = create_job(&api, job_body(&png(16, 16, [0, 0, 0]), "wait", json!({}))).await;
+    let id = job["id"].as_str().unwrap().to_string();
+
+    let resp = reqwest::Client::new()
+        .get(api.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    // The replay: job.queued.
+    while !seen.contains("event: job.queued") {
+        let chunk = tokio::time::timeout(LIMIT, body.next()).await.unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+
+    let db = env.database_url.rsplit('/').next().unwrap().to_string();
+    let mut admin = sqlx::PgConnection::connect(
+        &std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    )
+    .await
+    .unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert!(!killed.is_empty(), "the service had connections to kill");
+
+    // Cancel right away, while the listener is still reconnecting.
+    let client = reqwest::Client::new();
+    let canceled = loop {
+        let resp = client
+            .post(api.url(&format!("/v1/jobs/{id}/cancel")))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 202 {
+            break std::time::Instant::now();
+        }
+        // The pool may need a moment to notice its dead connections.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // The safety net runs every 15 s at worst; allow for it.
+    let deadline = Duration::from_secs(25);
+    loop {
+        let chunk = tokio::time::timeout(deadline, body.next())
+            .await
+            .expect("the canceled event arrived and the stream ended");
+        match chunk {
+            Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            None => break,
+        }
+    }
+    assert!(seen.contains("event: job.canceled"), "{seen}");
+    println!(
+        "lost-listener: job.canceled reached the stream {:?} after the cancel",
+        canceled.elapsed()
+    );
+
+    // A notice that never comes at all: an event row committed without its
+    // NOTIFY. Only the hub's per-process safety net can find it.
+    let job = create_job(&api, job_body(&png(16, 16, [0, 0, 0]), "wait", json!({}))).await;
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    let resp = client
+        .get(api.url(&format!("/v1/jobs/{id}/events")))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: job.queued") {
+        let chunk = tokio::time::timeout(LIMIT, body.next()).await.unwrap();
+        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+    let mut conn = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE jobs SET status = 'canceled', finished_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO job_events (job_id, type, data, created_at) \
+         VALUES ($1, 'job.canceled', '{}', now())",
+    )
+    .bind(id)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let silent = std::time::Instant::now();
+    loop {
+        let chunk = tokio::time::timeout(deadline, body.next())
+            .await
+            .expect("the safety net delivered the unannounced event");
+        match chunk {
+            Some(chunk) => seen.push_str(&String::from_utf8_lossy(&chunk.unwrap())),
+            None => break,
+        }
+    }
+    assert!(seen.contains("event: job.canceled"), "{seen}");
+    println!(
+        "lost-notice: the safety net delivered an unannounced event after {:?}",
+        silent.elapsed()
+    );
+}
