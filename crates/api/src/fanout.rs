@@ -261,3 +261,85 @@ async fn pump(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use editthinker_store::{NewJob, SqliteStore};
+    use tokio::sync::broadcast::error::RecvError;
+
+    use super::*;
+
+    async fn store_with_job() -> (Arc<dyn Store>, Uuid) {
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::connect("sqlite::memory:").await.unwrap());
+        store.migrate().await.unwrap();
+        let id = Uuid::now_v7();
+        store
+            .insert_job(NewJob {
+                id,
+                instruction: "i".into(),
+                editor: "e".into(),
+                options: serde_json::json!({}),
+                metadata: serde_json::json!({}),
+                source_key: "k".into(),
+                source_mime: "image/png".into(),
+                max_attempts: 3,
+                priority: 0,
+            })
+            .await
+            .unwrap();
+        (store, id)
+    }
+
+    #[tokio::test]
+    async fn one_read_reaches_every_subscriber_of_the_job() {
+        let (store, id) = store_with_job().await;
+        let hub = EventHub::start(store.clone(), CancellationToken::new());
+        let mut a = hub.subscribe(id, 0);
+        let mut b = hub.subscribe(id, 0);
+        let other = hub.subscribe(Uuid::now_v7(), 0);
+        assert_eq!(hub.watched_jobs(), 2);
+        store.request_cancel(id).await.unwrap();
+        for sub in [&mut a, &mut b] {
+            let Feed::Rows(rows) = sub.recv().await.unwrap() else {
+                panic!("stored rows expected");
+            };
+            let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
+            assert_eq!(kinds, ["job.queued", "job.canceled"]);
+        }
+        // The last subscriber of a job takes it off the hub.
+        drop(other);
+        assert_eq!(hub.watched_jobs(), 1);
+        drop((a, b));
+        assert_eq!(hub.watched_jobs(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_lags_without_holding_up_the_others() {
+        let (store, id) = store_with_job().await;
+        let hub = EventHub::start(store.clone(), CancellationToken::new());
+        let mut slow = hub.subscribe(id, 0);
+        let mut fast = hub.subscribe(id, 0);
+        let total = FEED_CAPACITY * 2;
+        let reader = tokio::spawn(async move {
+            let mut got = 0;
+            while got < total {
+                match fast.recv().await.unwrap() {
+                    Feed::Live { .. } => got += 1,
+                    Feed::Rows(_) => {}
+                }
+            }
+            got
+        });
+        for n in 0..total {
+            store
+                .publish_live(id, "turn.thinking", serde_json::json!({"n": n}))
+                .await
+                .unwrap();
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(reader.await.unwrap(), total, "the fast one got everything");
+        // The slow one is told it fell behind (it then re-reads the table).
+        assert!(matches!(slow.recv().await, Err(RecvError::Lagged(_))));
+    }
+}
