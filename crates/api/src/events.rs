@@ -6,9 +6,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use editthinker_store::{event_type, EventRow};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -74,14 +77,21 @@ pub async fn job_events(
             feed,
             position: Position {
                 last: after,
-                pending: replay.into(),
+                pending: replay.iter().map(stored_frame).collect(),
                 ..Position::default()
             },
         },
-        Cursor::next_event,
+        Cursor::next_bytes,
     );
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Tells nginx not to buffer the stream.
+            (HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response())
 }
 
@@ -93,23 +103,21 @@ struct Cursor {
     position: Position,
 }
 
-/// Where a stream stands, without IO: stored rows not yet sent, live
+/// Where a stream stands, without IO: stored events not yet sent, live
 /// events heard, and the id of the last stored event sent.
 #[derive(Default)]
 struct Position {
     last: i64,
-    pending: VecDeque<EventRow>,
+    pending: VecDeque<Frame>,
     /// Live events (no id) waiting to be sent, oldest first.
-    live: VecDeque<Event>,
+    live: VecDeque<Frame>,
     done: bool,
 }
 
 /// What a stream does next.
 enum Step {
-    /// Send this stored event.
-    Stored(EventRow),
-    /// Send this live event.
-    Live(Event),
+    /// Send these bytes.
+    Send(Bytes),
     /// The stream is over.
     End,
     /// Nothing to send: wait for the hub.
@@ -119,60 +127,61 @@ enum Step {
 impl Position {
     /// The next thing to do with what is buffered: live events heard first
     /// (they were announced before the stored rows read with or after
-    /// them), then stored rows in id order without duplicates; the end
+    /// them), then stored events in id order without duplicates; the end
     /// after the terminal event.
     fn step(&mut self) -> Step {
         if self.done {
             return Step::End;
         }
-        if let Some(event) = self.live.pop_front() {
-            return Step::Live(event);
+        if let Some(frame) = self.live.pop_front() {
+            return Step::Send(frame.bytes);
         }
-        while let Some(row) = self.pending.pop_front() {
+        while let Some(frame) = self.pending.pop_front() {
+            let id = frame.id.unwrap_or(i64::MIN);
             // Drop duplicates: ids only ever increase.
-            if row.id <= self.last {
+            if id <= self.last {
                 continue;
             }
-            self.last = row.id;
-            if is_terminal(&row.kind) {
+            self.last = id;
+            if frame.terminal {
                 self.done = true;
                 self.pending.clear();
                 self.live.clear();
             }
-            return Step::Stored(row);
+            return Step::Send(frame.bytes);
         }
         Step::Wait
     }
 
-    fn take(&mut self, job: Uuid, feed: Feed) {
+    fn take(&mut self, feed: Feed) {
         match feed {
-            Feed::Rows(rows) => self.pending.extend(rows.iter().cloned()),
-            Feed::Live { kind, data } => {
-                self.live
-                    .push_back(live_sse(job, &kind, data.as_ref().clone()))
-            }
+            Feed::Rows(frames) => self.pending.extend(frames.iter().cloned()),
+            Feed::Live(frame) => self.live.push_back(frame),
         }
     }
 }
 
 impl Cursor {
-    async fn next_event(mut self) -> Option<(Result<Event, Infallible>, Self)> {
+    async fn next_bytes(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
         loop {
             match self.position.step() {
-                Step::Stored(row) => return Some((Ok(to_sse(&row)), self)),
-                Step::Live(event) => return Some((Ok(event), self)),
+                Step::Send(bytes) => return Some((Ok(bytes), self)),
                 Step::End => return None,
                 Step::Wait => {}
             }
             tokio::select! {
                 _ = self.state.shutdown.cancelled() => return None,
+                // A comment keeps gateways and clients from timing the stream out.
+                _ = tokio::time::sleep(KEEP_ALIVE) => {
+                    return Some((Ok(Bytes::from_static(b":\n\n")), self));
+                }
                 feed = self.feed.recv() => match feed {
-                    Ok(feed) => self.position.take(self.job, feed),
+                    Ok(feed) => self.position.take(feed),
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the hub: catch up from the table.
                         let last = self.position.last;
                         match self.state.store.events_after(self.job, last).await {
-                            Ok(rows) => self.position.pending.extend(rows),
+                            Ok(rows) => self.position.pending.extend(rows.iter().map(stored_frame)),
                             Err(e) => {
                                 tracing::warn!(error = %e, job_id = %self.job, "reading events failed");
                                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -187,6 +196,38 @@ impl Cursor {
     }
 }
 
+/// Keep-alive comment interval of an idle stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// One event as it goes on the wire, rendered once per process and shared
+/// by every stream that sends it.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The stored event's id; `None` for a live event.
+    pub id: Option<i64>,
+    /// The event type.
+    pub kind: Arc<str>,
+    /// Whether the stream ends after it.
+    pub terminal: bool,
+    /// `id:`, `event:` and `data:` lines and the blank line.
+    pub bytes: Bytes,
+}
+
+fn frame(id: Option<i64>, kind: &str, data: &serde_json::Value) -> Frame {
+    // Compact JSON has no newline, so the data fits on one `data:` line.
+    let mut text = String::new();
+    if let Some(id) = id {
+        text.push_str(&format!("id: {id}\n"));
+    }
+    text.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
+    Frame {
+        id,
+        kind: kind.into(),
+        terminal: id.is_some() && is_terminal(kind),
+        bytes: Bytes::from(text),
+    }
+}
+
 fn is_terminal(kind: &str) -> bool {
     matches!(
         kind,
@@ -196,15 +237,15 @@ fn is_terminal(kind: &str) -> bool {
 
 /// A live event (`turn.thinking`): no `id:`, so it never moves a client's
 /// `Last-Event-ID`.
-fn live_sse(job_id: Uuid, kind: &str, mut data: serde_json::Value) -> Event {
+pub(crate) fn live_frame(job_id: Uuid, kind: &str, mut data: serde_json::Value) -> Frame {
     if let Some(map) = data.as_object_mut() {
         map.insert("job_id".into(), job_id.to_string().into());
     }
-    Event::default().event(kind).data(data.to_string())
+    frame(None, kind, &data)
 }
 
-/// The event as sent: the stored data plus the job id and image URLs.
-fn to_sse(row: &EventRow) -> Event {
+/// A stored event as sent: its data plus the job id and image URLs.
+pub(crate) fn stored_frame(row: &EventRow) -> Frame {
     let mut data = row.data.clone();
     if let Some(map) = data.as_object_mut() {
         map.insert("job_id".into(), row.job_id.to_string().into());
@@ -237,16 +278,11 @@ fn to_sse(row: &EventRow) -> Event {
             _ => {}
         }
     }
-    Event::default()
-        .id(row.id.to_string())
-        .event(row.kind.as_str())
-        .data(data.to_string())
+    frame(Some(row.id), &row.kind, &data)
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn row(id: i64, kind: &str) -> EventRow {
@@ -259,12 +295,26 @@ mod tests {
         }
     }
 
+    fn rows(rows: Vec<EventRow>) -> Feed {
+        Feed::Rows(rows.iter().map(stored_frame).collect())
+    }
+
     fn sent(p: &mut Position) -> Vec<String> {
         let mut out = Vec::new();
         loop {
             match p.step() {
-                Step::Stored(r) => out.push(format!("{}:{}", r.id, r.kind)),
-                Step::Live(_) => out.push("live".into()),
+                Step::Send(bytes) => {
+                    let text = String::from_utf8(bytes.to_vec()).unwrap();
+                    let field = |name: &str| {
+                        text.lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .map(str::to_owned)
+                    };
+                    out.push(match field("id: ") {
+                        Some(id) => format!("{id}:{}", field("event: ").unwrap()),
+                        None => "live".into(),
+                    });
+                }
                 Step::End => {
                     out.push("end".into());
                     return out;
@@ -280,22 +330,18 @@ mod tests {
             last: 2,
             ..Position::default()
         };
-        p.take(
-            Uuid::nil(),
-            Feed::Rows(
-                vec![
-                    row(1, "job.queued"),
-                    row(2, "job.started"),
-                    row(3, "turn.edited"),
-                ]
-                .into(),
-            ),
-        );
+        p.take(rows(
+            vec![
+                row(1, "job.queued"),
+                row(2, "job.started"),
+                row(3, "turn.edited"),
+            ]
+            .into(),
+        ));
         // The hub's read overlaps the replay.
-        p.take(
-            Uuid::nil(),
-            Feed::Rows(vec![row(3, "turn.edited"), row(4, "turn.critiqued")].into()),
-        );
+        p.take(rows(
+            vec![row(3, "turn.edited"), row(4, "turn.critiqued")].into(),
+        ));
         assert_eq!(sent(&mut p), ["3:turn.edited", "4:turn.critiqued"]);
         assert_eq!(p.last, 4);
     }
@@ -303,30 +349,25 @@ mod tests {
     #[test]
     fn live_events_go_first_and_nothing_follows_the_terminal_event() {
         let mut p = Position::default();
-        p.take(
+        p.take(rows(
+            vec![
+                row(5, "turn.critiqued"),
+                row(6, "job.succeeded"),
+                row(7, "job.retrying"),
+            ]
+            .into(),
+        ));
+        p.take(Feed::Live(live_frame(
             Uuid::nil(),
-            Feed::Rows(
-                vec![
-                    row(5, "turn.critiqued"),
-                    row(6, "job.succeeded"),
-                    row(7, "job.retrying"),
-                ]
-                .into(),
-            ),
-        );
-        p.take(
-            Uuid::nil(),
-            Feed::Live {
-                kind: "turn.thinking".into(),
-                data: Arc::new(serde_json::json!({"turn": 1, "delta": "hm"})),
-            },
-        );
+            "turn.thinking",
+            serde_json::json!({"turn": 1, "delta": "hm"}),
+        )));
         assert_eq!(
             sent(&mut p),
             ["live", "5:turn.critiqued", "6:job.succeeded", "end"]
         );
         // Anything heard after the end is never sent.
-        p.take(Uuid::nil(), Feed::Rows(vec![row(8, "job.queued")].into()));
+        p.take(rows(vec![row(8, "job.queued")]));
         assert_eq!(sent(&mut p), ["end"]);
     }
 }

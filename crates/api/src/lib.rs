@@ -2,7 +2,7 @@
 //! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
 
 pub mod error;
-mod events;
+pub mod events;
 pub mod fanout;
 pub mod intake;
 mod jobs;
