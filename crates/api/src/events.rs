@@ -330,18 +330,13 @@ mod tests {
             last: 2,
             ..Position::default()
         };
-        p.take(rows(
-            vec![
-                row(1, "job.queued"),
-                row(2, "job.started"),
-                row(3, "turn.edited"),
-            ]
-            .into(),
-        ));
+        p.take(rows(vec![
+            row(1, "job.queued"),
+            row(2, "job.started"),
+            row(3, "turn.edited"),
+        ]));
         // The hub's read overlaps the replay.
-        p.take(rows(
-            vec![row(3, "turn.edited"), row(4, "turn.critiqued")].into(),
-        ));
+        p.take(rows(vec![row(3, "turn.edited"), row(4, "turn.critiqued")]));
         assert_eq!(sent(&mut p), ["3:turn.edited", "4:turn.critiqued"]);
         assert_eq!(p.last, 4);
     }
@@ -349,14 +344,11 @@ mod tests {
     #[test]
     fn live_events_go_first_and_nothing_follows_the_terminal_event() {
         let mut p = Position::default();
-        p.take(rows(
-            vec![
-                row(5, "turn.critiqued"),
-                row(6, "job.succeeded"),
-                row(7, "job.retrying"),
-            ]
-            .into(),
-        ));
+        p.take(rows(vec![
+            row(5, "turn.critiqued"),
+            row(6, "job.succeeded"),
+            row(7, "job.retrying"),
+        ]));
         p.take(Feed::Live(live_frame(
             Uuid::nil(),
             "turn.thinking",
