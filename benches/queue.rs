@@ -47,8 +47,17 @@ fn percentiles(label: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// The 1-minute load average, to tell a quiet machine from a busy one.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
 #[tokio::main]
 async fn main() {
+    let load_before = load_average();
     let jobs = env_or("BENCH_JOBS", 200);
     let concurrency = env_or("BENCH_CONCURRENCY", 8).to_string();
     let env = TestEnv::new(Backend::Postgres).await;
@@ -128,6 +137,11 @@ async fn main() {
         }
         Err(why) => println!("pgbench -N             skipped: {why}"),
     }
+    println!(
+        "machine                {} CPUs; 1-min load average {load_before} before, {} after (other work on the machine skews both figures)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
 }
 
 /// A `pgbench -N` run.

@@ -1232,11 +1232,13 @@ async fn run() {
     // The cancels concurrently (64 at a time), so that with several jobs the
     // spread is mostly the server's, not the bench's sequential requests.
     let cancel_started = Instant::now();
-    let cancels = ids.iter().map(|id| {
+    let cancels = ids.iter().enumerate().map(|(job, id)| {
         let request = client
             .post(api.url(&format!("/v1/jobs/{id}/cancel")))
             .send();
         async move {
+            // When this job's cancel actually starts (64 run at a time).
+            let started = (Instant::now(), wall_now());
             match request.await {
                 Ok(resp) if resp.status().is_success() => {}
                 Ok(resp) => {
@@ -1246,15 +1248,18 @@ async fn run() {
                 }
                 Err(e) => println!("cancel {id}: {e}"),
             }
+            (job, started)
         }
     });
-    let sent_at = (Instant::now(), wall_now());
-    collector.rounds.last_mut().unwrap().sent = vec![sent_at; jobs];
-    futures::StreamExt::for_each(
+    let mut sent = vec![(cancel_started, wall_now()); jobs];
+    let done: Vec<(usize, (Instant, Duration))> = futures::StreamExt::collect(
         futures::StreamExt::buffer_unordered(futures::stream::iter(cancels), 64),
-        |()| async {},
     )
     .await;
+    for (job, started) in done {
+        sent[job] = started;
+    }
+    collector.rounds.last_mut().unwrap().sent = sent;
     let got = collector
         .pump_until(&mut api, cancel_started + event_timeout, |c| {
             c.rounds.last().unwrap().arrivals.len() >= expected
@@ -1356,6 +1361,22 @@ async fn run() {
             fmt_p(read_spread),
             fmt_p(pcts(rx_since_send)),
             pcts(read_lag).map_or("-".into(), |p| fmt_d(p.p99))
+        );
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let others = (fanout_busy - fanout_api_cpu - fanout_self_cpu).max(0.0);
+    let busy_machine = others > 0.2 * cores * fanout_wall.as_secs_f64();
+    if busy_machine {
+        println!(
+            "WARNING: other processes used {others:.1} of the {:.1} CPU-seconds available during the event phase; \
+             the latency figures are inflated: rerun on a quiet machine",
+            cores * fanout_wall.as_secs_f64()
+        );
+    }
+    if jobs > 1 {
+        println!(
+            "note: with {jobs} jobs the job.canceled spread includes the spread of the {jobs} cancel requests \
+             themselves (64 at a time); its rx − send is per job, from that job's request"
         );
     }
     if unstamped > 0 {
@@ -1475,6 +1496,10 @@ async fn run() {
         format!("{:.1} MB", mb(after.hwm_kb)),
         "-"
     );
+
+    if busy_machine {
+        println!("(latency figures taken while other processes were busy: see the WARNING above)");
+    }
 
     if !keep_db {
         drop(sampler);
