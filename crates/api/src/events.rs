@@ -12,9 +12,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use editthinker_store::{event_type, EventRow};
+use editthinker_store::{event_type, EventRow, Store};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::ReusableBoxFuture;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
@@ -70,19 +71,17 @@ pub async fn job_events(
         // `replay` unless the cursor is already past it: nothing will come.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let stream = futures::stream::unfold(
-        Cursor {
-            state,
-            job: id,
-            feed,
-            position: Position {
-                last: after,
-                pending: replay.iter().map(stored_frame).collect(),
-                ..Position::default()
-            },
+    let cursor = Cursor {
+        store: state.store.clone(),
+        job: id,
+        feed,
+        position: Position {
+            last: after,
+            pending: VecDeque::from([Batch::new(replay.iter().map(stored_frame).collect())]),
+            ..Position::default()
         },
-        Cursor::next_bytes,
-    );
+        keep_alive: keep_alive_timer(),
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "text/event-stream"),
@@ -90,17 +89,91 @@ pub async fn job_events(
             // Tells nginx not to buffer the stream.
             (HeaderName::from_static("x-accel-buffering"), "no"),
         ],
-        Body::from_stream(stream),
+        Body::new(EventBody {
+            next: ReusableBoxFuture::new(cursor.next_bytes()),
+            ended: false,
+        }),
     )
         .into_response())
 }
 
+/// The response body of a stream: the [`Cursor`]'s chunks, and the end
+/// announced together with the terminal event, so the last frame and the
+/// end of the chunked body leave in one write.
+struct EventBody {
+    /// The wait for the next chunk; its allocation is reused for each.
+    next: ReusableBoxFuture<'static, (Option<Chunk>, Cursor)>,
+    ended: bool,
+}
+
+/// One chunk of a stream, and whether it is the last.
+struct Chunk {
+    bytes: Bytes,
+    last: bool,
+}
+
+impl http_body::Body for EventBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        let (chunk, cursor) = std::task::ready!(self.next.poll(cx));
+        match chunk {
+            Some(chunk) => {
+                self.ended = chunk.last;
+                if !chunk.last {
+                    // The cursor moves into the next wait.
+                    self.next.set(cursor.next_bytes());
+                }
+                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk.bytes))))
+            }
+            None => {
+                self.ended = true;
+                std::task::Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+}
+
 /// One stream: its feed from the hub and its [`Position`].
 struct Cursor {
-    state: AppState,
+    store: Arc<dyn Store>,
     job: Uuid,
     feed: Subscription,
     position: Position,
+    /// Fires every [`KEEP_ALIVE`]; one timer per stream for its whole life
+    /// (a fresh timer per wait would touch the timer wheel at every event
+    /// of every stream).
+    keep_alive: tokio::time::Interval,
+}
+
+fn keep_alive_timer() -> tokio::time::Interval {
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}
+
+/// Frames shared with every stream of the job (one read of the hub's, or
+/// this stream's replay), and how many of them this stream has taken.
+struct Batch {
+    frames: Arc<[Frame]>,
+    taken: usize,
+}
+
+impl Batch {
+    fn new(frames: Arc<[Frame]>) -> Self {
+        Self { frames, taken: 0 }
+    }
 }
 
 /// Where a stream stands, without IO: stored events not yet sent, live
@@ -108,7 +181,7 @@ struct Cursor {
 #[derive(Default)]
 struct Position {
     last: i64,
-    pending: VecDeque<Frame>,
+    pending: VecDeque<Batch>,
     /// Live events (no id) waiting to be sent, oldest first.
     live: VecDeque<Frame>,
     done: bool,
@@ -116,8 +189,8 @@ struct Position {
 
 /// What a stream does next.
 enum Step {
-    /// Send these bytes.
-    Send(Bytes),
+    /// Send these bytes; `last` when nothing may follow them.
+    Send { bytes: Bytes, last: bool },
     /// The stream is over.
     End,
     /// Nothing to send: wait for the hub.
@@ -134,62 +207,78 @@ impl Position {
             return Step::End;
         }
         if let Some(frame) = self.live.pop_front() {
-            return Step::Send(frame.bytes);
+            return Step::Send {
+                bytes: frame.bytes,
+                last: false,
+            };
         }
-        while let Some(frame) = self.pending.pop_front() {
+        while let Some(batch) = self.pending.front_mut() {
+            let Some(frame) = batch.frames.get(batch.taken) else {
+                self.pending.pop_front();
+                continue;
+            };
+            batch.taken += 1;
             let id = frame.id.unwrap_or(i64::MIN);
             // Drop duplicates: ids only ever increase.
             if id <= self.last {
                 continue;
             }
             self.last = id;
+            let bytes = frame.bytes.clone();
             if frame.terminal {
                 self.done = true;
                 self.pending.clear();
                 self.live.clear();
             }
-            return Step::Send(frame.bytes);
+            return Step::Send {
+                bytes,
+                last: self.done,
+            };
         }
         Step::Wait
     }
 
     fn take(&mut self, feed: Feed) {
         match feed {
-            Feed::Rows(frames) => self.pending.extend(frames.iter().cloned()),
+            Feed::Rows(frames) => self.pending.push_back(Batch::new(frames)),
             Feed::Live(frame) => self.live.push_back(frame),
         }
     }
 }
 
 impl Cursor {
-    async fn next_bytes(mut self) -> Option<(Result<Bytes, Infallible>, Self)> {
+    /// Waits for the stream's next chunk; `None` when it is over.
+    async fn next_bytes(mut self) -> (Option<Chunk>, Self) {
         loop {
             match self.position.step() {
-                Step::Send(bytes) => return Some((Ok(bytes), self)),
-                Step::End => return None,
+                Step::Send { bytes, last } => return (Some(Chunk { bytes, last }), self),
+                Step::End => return (None, self),
                 Step::Wait => {}
             }
             tokio::select! {
-                _ = self.state.shutdown.cancelled() => return None,
                 // A comment keeps gateways and clients from timing the stream out.
-                _ = tokio::time::sleep(KEEP_ALIVE) => {
-                    return Some((Ok(Bytes::from_static(b":\n\n")), self));
+                _ = self.keep_alive.tick() => {
+                    let bytes = Bytes::from_static(b":\n\n");
+                    return (Some(Chunk { bytes, last: false }), self);
                 }
                 feed = self.feed.recv() => match feed {
                     Ok(feed) => self.position.take(feed),
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the hub: catch up from the table.
                         let last = self.position.last;
-                        match self.state.store.events_after(self.job, last).await {
-                            Ok(rows) => self.position.pending.extend(rows.iter().map(stored_frame)),
+                        match self.store.events_after(self.job, last).await {
+                            Ok(rows) => self
+                                .position
+                                .pending
+                                .push_back(Batch::new(rows.iter().map(stored_frame).collect())),
                             Err(e) => {
                                 tracing::warn!(error = %e, job_id = %self.job, "reading events failed");
                                 tokio::time::sleep(Duration::from_secs(1)).await;
                             }
                         }
                     }
-                    // The hub is gone (shutdown).
-                    Err(RecvError::Closed) => return None,
+                    // The hub dropped the feed: shutdown.
+                    Err(RecvError::Closed) => return (None, self),
                 },
             }
         }
@@ -205,8 +294,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub struct Frame {
     /// The stored event's id; `None` for a live event.
     pub id: Option<i64>,
-    /// The event type.
-    pub kind: Arc<str>,
     /// Whether the stream ends after it.
     pub terminal: bool,
     /// `id:`, `event:` and `data:` lines and the blank line.
@@ -222,7 +309,6 @@ fn frame(id: Option<i64>, kind: &str, data: &serde_json::Value) -> Frame {
     text.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
     Frame {
         id,
-        kind: kind.into(),
         terminal: id.is_some() && is_terminal(kind),
         bytes: Bytes::from(text),
     }
@@ -244,8 +330,14 @@ pub(crate) fn live_frame(job_id: Uuid, kind: &str, mut data: serde_json::Value) 
     frame(None, kind, &data)
 }
 
-/// A stored event as sent: its data plus the job id and image URLs.
+/// A stored event as sent on the stream.
 pub(crate) fn stored_frame(row: &EventRow) -> Frame {
+    frame(Some(row.id), &row.kind, &public_event_data(row))
+}
+
+/// A stored event's data as clients see it, on the stream and in webhook
+/// deliveries: the stored data plus the job id and image URLs.
+pub fn public_event_data(row: &EventRow) -> serde_json::Value {
     let mut data = row.data.clone();
     if let Some(map) = data.as_object_mut() {
         map.insert("job_id".into(), row.job_id.to_string().into());
@@ -278,7 +370,7 @@ pub(crate) fn stored_frame(row: &EventRow) -> Frame {
             _ => {}
         }
     }
-    frame(Some(row.id), &row.kind, &data)
+    data
 }
 
 #[cfg(test)]
@@ -303,7 +395,7 @@ mod tests {
         let mut out = Vec::new();
         loop {
             match p.step() {
-                Step::Send(bytes) => {
+                Step::Send { bytes, .. } => {
                     let text = String::from_utf8(bytes.to_vec()).unwrap();
                     let field = |name: &str| {
                         text.lines()

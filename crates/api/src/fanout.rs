@@ -59,6 +59,10 @@ struct ReadDone {
 /// The per-process event fan-out.
 pub struct EventHub {
     store: Arc<dyn Store>,
+    /// Fires on shutdown: the hub then drops every feed, which ends every
+    /// stream (streams need no shutdown watch of their own, which would be
+    /// one more shared waiter list touched by every stream at every event).
+    shutdown: CancellationToken,
     feeds: Mutex<HashMap<Uuid, JobFeed>>,
     reads: mpsc::UnboundedSender<ReadDone>,
 }
@@ -104,6 +108,7 @@ impl EventHub {
         let (reads, done) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             store,
+            shutdown: shutdown.clone(),
             feeds: Mutex::new(HashMap::new()),
             reads,
         });
@@ -115,6 +120,14 @@ impl EventHub {
     /// cursor: a job watched for the first time is read from there.
     pub fn subscribe(self: &Arc<Self>, job: Uuid, after: i64) -> Subscription {
         let mut feeds = self.feeds.lock().expect("hub lock");
+        if self.shutdown.is_cancelled() {
+            // Shutting down: a feed that is closed from the start.
+            return Subscription {
+                hub: self.clone(),
+                job,
+                receiver: Some(broadcast::channel(1).0.subscribe()),
+            };
+        }
         let feed = feeds.entry(job).or_insert_with(|| JobFeed {
             sender: broadcast::channel(FEED_CAPACITY).0,
             delivered: after,
@@ -230,7 +243,11 @@ async fn pump(
     safety_net.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                // Closes every subscriber's feed: their streams end.
+                hub.feeds.lock().expect("hub lock").clear();
+                return;
+            }
             Some(read) = done.recv() => hub.read_done(read),
             _ = safety_net.tick() => hub.catch_up().await,
             notice = notices.recv(), if notices_open => match notice {
@@ -281,6 +298,7 @@ mod tests {
                 source_mime: "image/png".into(),
                 max_attempts: 3,
                 priority: 0,
+                webhook: None,
             })
             .await
             .unwrap();
@@ -300,7 +318,14 @@ mod tests {
             let Feed::Rows(rows) = sub.recv().await.unwrap() else {
                 panic!("stored rows expected");
             };
-            let kinds: Vec<&str> = rows.iter().map(|r| &*r.kind).collect();
+            let kinds: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    let text = std::str::from_utf8(&r.bytes).unwrap();
+                    let line = text.lines().find(|l| l.starts_with("event: ")).unwrap();
+                    line["event: ".len()..].to_owned()
+                })
+                .collect();
             assert_eq!(kinds, ["job.queued", "job.canceled"]);
         }
         // The last subscriber of a job takes it off the hub.

@@ -1,7 +1,9 @@
 //! Turning a create-job request (JSON or multipart) into a validated job:
 //! the image (inline or fetched), the instruction, the editor and options.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+
+pub use editthinker_core::net::is_forbidden;
 use std::time::Duration;
 
 use axum::extract::multipart::{Field, Multipart};
@@ -9,7 +11,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use editthinker_core::{Image, ImageError, JobOptions};
 use futures::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -25,6 +27,8 @@ pub struct Limits {
     pub max_instruction_chars: usize,
     /// Allow image URLs on loopback, private, link-local or metadata addresses.
     pub allow_private_image_urls: bool,
+    /// The same for webhook URLs.
+    pub allow_private_webhook_urls: bool,
     /// Total time allowed to fetch an image URL.
     pub image_fetch_timeout: Duration,
 }
@@ -36,6 +40,7 @@ impl Default for Limits {
             max_pixels: 40_000_000,
             max_instruction_chars: 4000,
             allow_private_image_urls: false,
+            allow_private_webhook_urls: false,
             image_fetch_timeout: Duration::from_secs(20),
         }
     }
@@ -57,7 +62,40 @@ pub struct CreateJobRequest {
     /// Any JSON object, stored and returned as given.
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<serde_json::Value>,
+    /// Where to POST the job's events (Standard Webhooks).
+    pub webhook: Option<WebhookInput>,
+    /// −10 to 10 (default 0): higher runs first.
+    pub priority: Option<i32>,
 }
+
+/// A job's webhook: its events are POSTed, signed, to `url`.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookInput {
+    /// An `http`/`https` URL (the same address rules as image URLs).
+    pub url: String,
+    /// Stored event types to deliver; default the terminal ones
+    /// (`job.succeeded`, `job.failed`, `job.canceled`).
+    pub events: Option<Vec<String>>,
+}
+
+/// Event types a webhook may ask for.
+pub const WEBHOOK_EVENT_TYPES: [&str; 8] = [
+    "job.queued",
+    "job.started",
+    "job.retrying",
+    "turn.edited",
+    "turn.critiqued",
+    "job.succeeded",
+    "job.failed",
+    "job.canceled",
+];
+
+/// A webhook's events when it names none.
+pub const DEFAULT_WEBHOOK_EVENTS: [&str; 3] = ["job.succeeded", "job.failed", "job.canceled"];
+
+/// Highest and lowest `priority`.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -10..=10;
 
 /// Where the source image comes from.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -82,6 +120,10 @@ pub struct ParsedCreate {
     pub options: JobOptions,
     /// Metadata as sent.
     pub metadata: serde_json::Value,
+    /// The webhook, its events filled in (its address not yet resolved).
+    pub webhook: Option<WebhookInput>,
+    /// Claim priority.
+    pub priority: i32,
 }
 
 /// Parses a JSON create body, fetching the image when given by URL.
@@ -101,10 +143,14 @@ pub async fn parse_json(body: &[u8], limits: &Limits) -> Result<ParsedCreate, Ap
     };
     finish(
         image,
-        request.instruction,
-        request.editor,
-        request.options,
-        request.metadata,
+        Fields {
+            instruction: request.instruction,
+            editor: request.editor,
+            options: request.options,
+            metadata: request.metadata,
+            webhook: request.webhook,
+            priority: request.priority,
+        },
         limits,
     )
 }
@@ -117,30 +163,34 @@ pub async fn parse_multipart(
 ) -> Result<ParsedCreate, ApiError> {
     let (mut image, mut instruction, mut editor, mut options, mut metadata) =
         (None, None, None, None, None);
+    let (mut webhook, mut priority) = (None, None);
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
         let name = field.name().unwrap_or_default().to_string();
         match name.as_str() {
             "image" => image = Some(read_limited_field(field, limits.max_image_bytes).await?),
             "instruction" => instruction = Some(text_field(field).await?),
             "editor" => editor = Some(text_field(field).await?),
-            "options" => {
-                let text = text_field(field).await?;
-                let mut de = serde_json::Deserializer::from_str(&text);
-                let parsed: JobOptions = serde_path_to_error::deserialize(&mut de)
-                    .map_err(|e| prefixed(json_error(e), "options"))?;
-                options = Some(parsed);
-            }
+            "options" => options = Some(json_text_field(field, "options").await?),
             "metadata" => {
                 let text = text_field(field).await?;
                 let parsed: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| ApiError::invalid("metadata", format!("must be JSON: {e}")))?;
                 metadata = Some(parsed);
             }
+            "webhook" => webhook = Some(json_text_field(field, "webhook").await?),
+            "priority" => {
+                let text = text_field(field).await?;
+                let parsed: i32 = text
+                    .trim()
+                    .parse()
+                    .map_err(|_| ApiError::invalid("priority", "must be an integer"))?;
+                priority = Some(parsed);
+            }
             "" => return Err(ApiError::invalid("multipart", "every part needs a name")),
             other => {
                 return Err(ApiError::invalid(
                     other,
-                    "unknown form field (expected image, instruction, editor, options, metadata)",
+                    "unknown form field (expected image, instruction, editor, options, metadata, webhook, priority)",
                 ))
             }
         }
@@ -148,17 +198,50 @@ pub async fn parse_multipart(
     let image =
         image.ok_or_else(|| ApiError::invalid("image", "an image file part is required"))?;
     let instruction = instruction.ok_or_else(|| ApiError::invalid("instruction", "is required"))?;
-    finish(image, instruction, editor, options, metadata, limits)
+    finish(
+        image,
+        Fields {
+            instruction,
+            editor,
+            options,
+            metadata,
+            webhook,
+            priority,
+        },
+        limits,
+    )
 }
 
-fn finish(
-    image: Bytes,
+/// A multipart field holding JSON text of a typed value; errors name the
+/// path inside it (`options.max_turns`).
+async fn json_text_field<T: serde::de::DeserializeOwned>(
+    field: Field<'_>,
+    name: &str,
+) -> Result<T, ApiError> {
+    let text = text_field(field).await?;
+    let mut de = serde_json::Deserializer::from_str(&text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| prefixed(json_error(e), name))
+}
+
+/// A create request's fields other than the image, as sent.
+struct Fields {
     instruction: String,
     editor: Option<String>,
     options: Option<JobOptions>,
     metadata: Option<serde_json::Value>,
-    limits: &Limits,
-) -> Result<ParsedCreate, ApiError> {
+    webhook: Option<WebhookInput>,
+    priority: Option<i32>,
+}
+
+fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate, ApiError> {
+    let Fields {
+        instruction,
+        editor,
+        options,
+        metadata,
+        webhook,
+        priority,
+    } = fields;
     let instruction = instruction.trim().to_string();
     if instruction.is_empty() {
         return Err(ApiError::invalid("instruction", "must not be empty"));
@@ -181,13 +264,105 @@ fn finish(
     if !metadata.is_object() {
         return Err(ApiError::invalid("metadata", "must be a JSON object"));
     }
+    let priority = priority.unwrap_or(0);
+    if !PRIORITY_RANGE.contains(&priority) {
+        return Err(ApiError::invalid(
+            "priority",
+            format!(
+                "must be between {} and {} (got {priority})",
+                PRIORITY_RANGE.start(),
+                PRIORITY_RANGE.end()
+            ),
+        ));
+    }
+    let webhook = webhook.map(check_webhook).transpose()?;
     Ok(ParsedCreate {
         image,
         instruction,
         editor,
         options,
         metadata,
+        webhook,
+        priority,
     })
+}
+
+/// Checks a webhook's URL syntax and event types; fills in the default
+/// events. (Its address is checked when it is resolved, at create.)
+fn check_webhook(webhook: WebhookInput) -> Result<WebhookInput, ApiError> {
+    editthinker_webhooks::check_url(&webhook.url)
+        .map_err(|rule| ApiError::invalid("webhook.url", rule))?;
+    let events = match webhook.events {
+        None => DEFAULT_WEBHOOK_EVENTS.map(String::from).to_vec(),
+        Some(events) => {
+            if events.is_empty() {
+                return Err(ApiError::invalid(
+                    "webhook.events",
+                    "must name at least one event type (or be left out for the terminal ones)",
+                ));
+            }
+            for (i, kind) in events.iter().enumerate() {
+                if !WEBHOOK_EVENT_TYPES.contains(&kind.as_str()) {
+                    return Err(ApiError::invalid(
+                        format!("webhook.events[{i}]"),
+                        format!(
+                            "unknown event type {kind:?}; known: {}",
+                            WEBHOOK_EVENT_TYPES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let mut unique: Vec<String> = Vec::with_capacity(events.len());
+            for kind in events {
+                if !unique.contains(&kind) {
+                    unique.push(kind);
+                }
+            }
+            unique
+        }
+    };
+    Ok(WebhookInput {
+        url: webhook.url,
+        events: Some(events),
+    })
+}
+
+/// Resolves a webhook's host and, unless private targets are allowed,
+/// refuses one that reaches a loopback, private, link-local or metadata
+/// address (the delivery checks again, against the address it connects to).
+pub async fn check_webhook_address(url: &str, limits: &Limits) -> Result<(), ApiError> {
+    const FIELD: &str = "webhook.url";
+    let url = url::Url::parse(url)
+        .map_err(|e| ApiError::invalid(FIELD, format!("is not a valid URL: {e}")))?;
+    if limits.allow_private_webhook_urls {
+        return Ok(());
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| ApiError::invalid(FIELD, "has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url.port_or_known_default().unwrap_or(443);
+    let addrs: Vec<SocketAddr> = tokio::time::timeout(
+        limits.image_fetch_timeout,
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await
+    .map_err(|_| ApiError::invalid(FIELD, "timed out resolving the host"))?
+    .map_err(|e| ApiError::invalid(FIELD, format!("could not resolve {host}: {e}")))?
+    .collect();
+    if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
+        return Err(ApiError::Invalid {
+            code: "webhook_url_forbidden",
+            field: FIELD.into(),
+            rule: format!(
+                "{host} resolves to {}, a loopback, private, link-local or metadata address, which webhook URLs may not target (allow_private_webhook_urls)",
+                bad.ip()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Validates image bytes: size, format, declared pixels (before decoding),
@@ -420,37 +595,6 @@ pub async fn fetch_image(url: &str, limits: &Limits) -> Result<Bytes, ApiError> 
         return Ok(buf.freeze());
     }
     Err(ApiError::invalid(FIELD, "too many redirects (at most 5)"))
-}
-
-/// Addresses image URLs may not reach unless explicitly allowed.
-pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_forbidden_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden_v4(v4);
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local (incl. cloud metadata fd00:ec2::254)
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || v6 == Ipv6Addr::from([0x64, 0xff9b, 0, 0, 0, 0, 0, 0]) // NAT64 prefix base
-        }
-    }
-}
-
-fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local() // includes 169.254.169.254, the cloud metadata address
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || a == 0
-        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
 }
 
 #[cfg(test)]

@@ -2,18 +2,18 @@
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Path, Query, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use editthinker_store::{BlobError, BlobStore, JobStatus, NewJob};
+use editthinker_store::{BlobError, BlobStore, IdempotentInsert, JobStatus, NewJob};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{wrong_status, ApiError, Problem};
 use crate::intake::{self, ParsedCreate};
-use crate::views::{Job, JobList, JobSummary};
+use crate::views::{Delivery, DeliveryList, Job, JobList, JobSummary};
 use crate::AppState;
 
 /// Creates a job from JSON or multipart.
@@ -34,6 +34,7 @@ pub async fn create_job(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(request.headers())?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -53,14 +54,58 @@ pub async fn create_job(
     } else {
         return Err(ApiError::UnsupportedMediaType(content_type));
     };
-    let job = insert(&state, parsed).await?;
+    let (job, replayed) = insert(&state, parsed, idempotency_key.as_deref()).await?;
     let location = format!("/v1/jobs/{}", job.id);
-    Ok((
+    let mut response = (
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
         Json(job),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response.headers_mut().insert(
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    Ok(response)
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    if bytes.is_empty() || bytes.len() > 255 || !bytes.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 visible ASCII characters (no spaces)",
+        ));
+    }
+    Ok(Some(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// A digest of everything a create request asks for (the image bytes and
+/// every field), so a replayed key can tell the same request from another.
+fn request_digest(parsed: &ParsedCreate) -> String {
+    use sha2::{Digest, Sha256};
+    let fields = serde_json::json!({
+        "instruction": parsed.instruction,
+        "editor": parsed.editor,
+        "options": parsed.options,
+        "metadata": parsed.metadata,
+        "webhook": parsed.webhook,
+        "priority": parsed.priority,
+    });
+    let mut hasher = Sha256::new();
+    hasher.update(Sha256::digest(&parsed.image));
+    hasher.update(fields.to_string().as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn body_error(status: StatusCode, text: String) -> ApiError {
@@ -77,13 +122,28 @@ fn body_error(status: StatusCode, text: String) -> ApiError {
     }
 }
 
-async fn insert(state: &AppState, parsed: ParsedCreate) -> Result<Job, ApiError> {
+/// Stores the source image and inserts the job (under the idempotency key
+/// when there is one); `true` when the key replayed an earlier job.
+async fn insert(
+    state: &AppState,
+    parsed: ParsedCreate,
+    idempotency_key: Option<&str>,
+) -> Result<(Job, bool), ApiError> {
     let editor = resolve_editor(state, parsed.editor.as_deref())?;
     if !state.thinker_configured {
         return Err(ApiError::NotConfigured(
             "no thinker is configured: set [thinker] (kind, base_url, model) in the configuration or EDITTHINKER_THINKER__* variables".into(),
         ));
     }
+    if let Some(webhook) = &parsed.webhook {
+        if !state.webhooks_configured {
+            return Err(ApiError::NotConfigured(
+                "webhooks are not configured: set [webhooks] secret_env to the name of an environment variable holding a whsec_… secret".into(),
+            ));
+        }
+        intake::check_webhook_address(&webhook.url, &state.limits).await?;
+    }
+    let digest = idempotency_key.map(|_| request_digest(&parsed));
     let image = intake::validate_image(parsed.image, &state.limits).await?;
     let id = Uuid::now_v7();
     let source_key = BlobStore::source_key(id, image.format.extension());
@@ -92,22 +152,42 @@ async fn insert(state: &AppState, parsed: ParsedCreate) -> Result<Job, ApiError>
         .put(&source_key, image.bytes.clone())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let row = state
-        .store
-        .insert_job(NewJob {
-            id,
-            instruction: parsed.instruction,
-            editor,
-            options: serde_json::to_value(parsed.options).expect("options serialize"),
-            metadata: parsed.metadata,
-            source_key,
-            source_mime: image.format.mime().to_string(),
-            max_attempts: state.max_attempts,
-            priority: 0,
-        })
-        .await?;
-    tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
-    Ok(Job::from_rows(&row, &[]))
+    let job = NewJob {
+        id,
+        instruction: parsed.instruction,
+        editor,
+        options: serde_json::to_value(parsed.options).expect("options serialize"),
+        metadata: parsed.metadata,
+        source_key,
+        source_mime: image.format.mime().to_string(),
+        max_attempts: state.max_attempts,
+        priority: parsed.priority,
+        webhook: parsed
+            .webhook
+            .map(|w| serde_json::to_value(w).expect("webhook serializes")),
+    };
+    let (Some(key), Some(digest)) = (idempotency_key, digest) else {
+        let row = state.store.insert_job(job).await?;
+        tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
+        return Ok((Job::from_rows(&row, &[]), false));
+    };
+    // The source stored above stays unreferenced on a replay; the retention
+    // sweep removes such blobs.
+    match state.store.insert_job_idempotent(job, key, &digest).await? {
+        IdempotentInsert::Created(row) => {
+            tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
+            Ok((Job::from_rows(&row, &[]), false))
+        }
+        IdempotentInsert::Replayed(row) => {
+            let turns = state.store.list_turns(row.id).await?;
+            Ok((Job::from_rows(&row, &turns), true))
+        }
+        IdempotentInsert::KeyReused => Err(ApiError::Invalid {
+            code: "idempotency_key_reused",
+            field: "Idempotency-Key".into(),
+            rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
+        }),
+    }
 }
 
 fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
@@ -223,6 +303,23 @@ pub async fn get_job(
     let row = load(&state, &id).await?;
     let turns = state.store.list_turns(row.id).await?;
     Ok(Json(Job::from_rows(&row, &turns)))
+}
+
+/// Lists a job's webhook deliveries.
+#[utoipa::path(get, path = "/v1/jobs/{id}/webhooks", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job's deliveries, in event order (empty without a webhook)", body = DeliveryList),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn list_webhook_deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let row = load(&state, &id).await?;
+    let deliveries = state.store.list_deliveries(row.id).await?;
+    Ok(Json(DeliveryList {
+        deliveries: deliveries.iter().map(Delivery::from_row).collect(),
+    }))
 }
 
 /// Cancels a queued or running job.

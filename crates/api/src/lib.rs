@@ -6,6 +6,7 @@ pub mod events;
 pub mod fanout;
 pub mod intake;
 mod jobs;
+pub mod server;
 mod system;
 pub mod views;
 
@@ -15,7 +16,6 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use editthinker_store::{BlobStore, Store};
-use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -34,13 +34,15 @@ pub struct AppState {
     pub editors: Arc<Vec<EditorView>>,
     /// Whether a thinker is configured; without one, jobs are refused.
     pub thinker_configured: bool,
+    /// Whether a webhook secret is configured; without one, jobs with a
+    /// webhook are refused.
+    pub webhooks_configured: bool,
     /// Input limits.
     pub limits: Limits,
     /// Attempts a job gets before it fails for good.
     pub max_attempts: u32,
-    /// Fires on shutdown; open event streams end so the server can stop.
-    pub shutdown: CancellationToken,
-    /// This process's fan-out of job events to SSE streams.
+    /// This process's fan-out of job events to SSE streams (they end when
+    /// the hub's shutdown token fires).
     pub hub: Arc<fanout::EventHub>,
 }
 
@@ -67,6 +69,7 @@ impl AppState {
         jobs::list_jobs,
         jobs::get_job,
         jobs::cancel_job,
+        jobs::list_webhook_deliveries,
         jobs::source_image,
         jobs::turn_image,
         jobs::result_image,
@@ -87,6 +90,9 @@ impl AppState {
         views::EditorList,
         intake::CreateJobRequest,
         intake::ImageInput,
+        intake::WebhookInput,
+        views::DeliveryList,
+        views::Delivery,
         system::Readiness,
         error::Problem,
         editthinker_core::JobOptions,
@@ -112,6 +118,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/events", get(events::job_events))
+        .route("/v1/jobs/{id}/webhooks", get(jobs::list_webhook_deliveries))
         .route("/v1/jobs/{id}/source", get(jobs::source_image))
         .route("/v1/jobs/{id}/turns/{n}/image", get(jobs::turn_image))
         .route("/v1/jobs/{id}/result", get(jobs::result_image))

@@ -34,6 +34,11 @@ pub struct Job {
     pub refusal: Option<RefusalView>,
     /// Claims so far.
     pub attempt: u32,
+    /// Claim priority, −10 to 10: higher runs first.
+    pub priority: i32,
+    /// The job's webhook (`{"url", "events"}`), if it has one.
+    #[schema(value_type = Option<Object>)]
+    pub webhook: Option<serde_json::Value>,
     /// Client metadata, as given.
     #[schema(value_type = Object)]
     pub metadata: serde_json::Value,
@@ -265,6 +270,8 @@ impl Job {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             attempt: row.attempt,
+            priority: row.priority,
+            webhook: row.webhook.clone(),
             metadata: row.metadata.clone(),
             created_at: row.created_at,
             started_at: row.started_at,
@@ -293,3 +300,52 @@ impl JobSummary {
 
 /// Options as clients send them; kept for the OpenAPI document.
 pub type OptionsInput = JobOptions;
+
+/// `GET /v1/jobs/{id}/webhooks`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    /// The job's deliveries, in event order.
+    pub deliveries: Vec<Delivery>,
+}
+
+/// One webhook delivery of a job's event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    /// The `webhook-id` header's value (the same on every retry).
+    pub id: Uuid,
+    /// The stored event it announces (its SSE `id:`).
+    pub event_id: i64,
+    /// The event type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `pending`, `delivered` or `failed`.
+    #[schema(value_type = String, example = "delivered")]
+    pub status: editthinker_store::DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The HTTP status the last attempt got, if any.
+    pub last_status_code: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When a 2xx answer ended it.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+impl Delivery {
+    /// The API view of a stored delivery.
+    pub fn from_row(row: &editthinker_store::DeliveryRow) -> Self {
+        Self {
+            id: row.id,
+            event_id: row.event_id,
+            kind: row.kind.clone(),
+            status: row.status,
+            attempts: row.attempts,
+            last_status_code: row.last_status_code,
+            last_error: row.last_error.clone(),
+            next_attempt_at: row.next_attempt_at,
+            delivered_at: row.delivered_at,
+        }
+    }
+}

@@ -31,6 +31,10 @@ pub struct Config {
     pub blob_url: String,
     /// Let image URLs target loopback, private, link-local or metadata addresses.
     pub allow_private_image_urls: bool,
+    /// Let webhook URLs target such addresses.
+    pub allow_private_webhook_urls: bool,
+    /// `[webhooks]`: signing and delivery.
+    pub webhooks: WebhooksConfig,
     /// Input limits.
     pub limits: LimitsConfig,
     /// Worker settings.
@@ -50,6 +54,8 @@ impl Default for Config {
             database_url: "sqlite://data/editthinker.db".into(),
             blob_url: "file://data/blobs".into(),
             allow_private_image_urls: false,
+            allow_private_webhook_urls: false,
+            webhooks: WebhooksConfig::default(),
             limits: LimitsConfig::default(),
             worker: WorkerConfig::default(),
             thinker: None,
@@ -81,6 +87,60 @@ impl Default for LimitsConfig {
             max_pixels: d.max_pixels,
             max_instruction_chars: d.max_instruction_chars,
             image_fetch_timeout_seconds: d.image_fetch_timeout.as_secs(),
+        }
+    }
+}
+
+/// `[webhooks]`: how job events are signed and delivered.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// The environment variable holding the `whsec_…` signing secret;
+    /// without it, jobs with a webhook are refused.
+    pub secret_env: String,
+    /// Delays between attempts, in seconds; after the last one fails the
+    /// delivery is marked failed. Default about 24 h in all.
+    pub retry_schedule_seconds: Vec<f64>,
+    /// Time allowed for one attempt.
+    pub timeout_seconds: f64,
+    /// Attempts in flight at once per destination host (per process).
+    pub max_per_host: usize,
+    /// Longest wait between looks for due deliveries, in milliseconds
+    /// (new events wake the loop at once).
+    pub poll_interval_ms: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            secret_env: "WEBHOOK_SECRET".into(),
+            retry_schedule_seconds: editthinker_webhooks::RetrySchedule::default()
+                .delays()
+                .iter()
+                .map(Duration::as_secs_f64)
+                .collect(),
+            timeout_seconds: 10.0,
+            max_per_host: 8,
+            poll_interval_ms: 1000,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// The signing secret, when its variable is set; an error when it is
+    /// set but not a valid `whsec_…` value.
+    pub fn secret(&self) -> Result<Option<editthinker_webhooks::Secret>, ConfigError> {
+        match std::env::var(&self.secret_env) {
+            Err(_) => Ok(None),
+            Ok(value) => editthinker_webhooks::Secret::parse(&value)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid {
+                    key: "webhooks.secret_env",
+                    rule: format!(
+                        "the variable {} is not a whsec_ secret: {e}",
+                        self.secret_env
+                    ),
+                }),
         }
     }
 }
@@ -214,7 +274,35 @@ impl Config {
                 ),
             });
         }
+        let h = &self.webhooks;
+        self.webhook_schedule()?;
+        if !(h.timeout_seconds.is_finite() && h.timeout_seconds > 0.0) {
+            return Err(ConfigError::Invalid {
+                key: "webhooks.timeout_seconds",
+                rule: "must be a positive number of seconds".into(),
+            });
+        }
+        if h.max_per_host == 0 || h.poll_interval_ms == 0 {
+            return Err(ConfigError::Invalid {
+                key: if h.max_per_host == 0 {
+                    "webhooks.max_per_host"
+                } else {
+                    "webhooks.poll_interval_ms"
+                },
+                rule: "must be at least 1".into(),
+            });
+        }
+        h.secret()?;
         Ok(())
+    }
+
+    /// The webhook retry schedule.
+    pub fn webhook_schedule(&self) -> Result<editthinker_webhooks::RetrySchedule, ConfigError> {
+        editthinker_webhooks::RetrySchedule::from_seconds(&self.webhooks.retry_schedule_seconds)
+            .map_err(|rule| ConfigError::Invalid {
+                key: "webhooks.retry_schedule_seconds",
+                rule,
+            })
     }
 
     /// The parsed listen address.
@@ -232,6 +320,7 @@ impl Config {
             max_pixels: self.limits.max_pixels,
             max_instruction_chars: self.limits.max_instruction_chars,
             allow_private_image_urls: self.allow_private_image_urls,
+            allow_private_webhook_urls: self.allow_private_webhook_urls,
             image_fetch_timeout: Duration::from_secs(self.limits.image_fetch_timeout_seconds),
         }
     }

@@ -2,5 +2,6 @@
 //! Business logic lives in the other crates.
 
 pub mod config;
+pub mod outbox;
 pub mod roles;
 pub mod telemetry;

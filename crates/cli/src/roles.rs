@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use editthinker_api::{AppState, EditorView};
@@ -22,6 +23,8 @@ struct Parts {
     blobs: Arc<BlobStore>,
     editors: Vec<EditorInfo>,
     thinker_configured: bool,
+    /// The webhook signing secret, when its variable is set.
+    webhook_secret: Option<editthinker_webhooks::Secret>,
 }
 
 async fn build(config: &Config) -> anyhow::Result<Parts> {
@@ -38,12 +41,45 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     if config.thinker.is_none() {
         warn!("no thinker is configured: jobs are refused until a [thinker] section is added");
     }
+    let webhook_secret = config.webhooks.secret()?;
+    if webhook_secret.is_none() {
+        info!(
+            variable = %config.webhooks.secret_env,
+            "no webhook secret set: jobs with a webhook are refused"
+        );
+    }
     Ok(Parts {
         store,
         blobs,
         editors,
         thinker_configured: config.thinker.is_some(),
+        webhook_secret,
     })
+}
+
+/// The webhook delivery loop, when a secret is configured.
+fn start_outbox(
+    config: &Config,
+    parts: &Parts,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(secret) = parts.webhook_secret.clone() else {
+        return Ok(None);
+    };
+    let timeout = Duration::from_secs_f64(config.webhooks.timeout_seconds);
+    let outbox = crate::outbox::Outbox {
+        store: parts.store.clone(),
+        deliverer: Arc::new(editthinker_webhooks::Deliverer::new(
+            secret,
+            timeout,
+            config.allow_private_webhook_urls,
+            config.webhooks.max_per_host,
+        )),
+        schedule: config.webhook_schedule()?,
+        timeout,
+        poll_interval: Duration::from_millis(config.webhooks.poll_interval_ms),
+    };
+    Ok(Some(tokio::spawn(outbox.run(shutdown))))
 }
 
 /// Cancels the token on SIGTERM or Ctrl-C.
@@ -111,10 +147,10 @@ async fn run_api(
                 .collect(),
         ),
         thinker_configured: parts.thinker_configured,
+        webhooks_configured: parts.webhook_secret.is_some(),
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
         hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),
-        shutdown: shutdown.clone(),
     };
     let addr = config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
@@ -122,10 +158,8 @@ async fn run_api(
         .with_context(|| format!("listen: binding {addr}"))?;
     // Tests and supervisors read the bound address (port 0 picks a free one).
     info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, editthinker_api::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP")
+    editthinker_api::server::serve(listener, editthinker_api::router(state), shutdown).await;
+    Ok(())
 }
 
 /// Builds the editor and thinker clients (reading their secrets) and the
@@ -163,10 +197,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if worker.is_none() {
         warn!("worker disabled: no thinker configured");
     }
+    let outbox = start_outbox(&config, &parts, shutdown.clone())?;
     let served = run_api(&config, &parts, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(worker) = worker {
         worker.await.context("worker task")?;
+    }
+    if let Some(outbox) = outbox {
+        outbox.await.context("webhook delivery task")?;
     }
     served
 }
@@ -186,7 +224,12 @@ pub async fn worker(config: Config) -> anyhow::Result<()> {
     if parts.editors.is_empty() {
         anyhow::bail!("editors: a worker needs at least one [editors.<name>] section");
     }
-    worker.run(shutdown_token()).await;
+    let shutdown = shutdown_token();
+    let outbox = start_outbox(&config, &parts, shutdown.clone())?;
+    worker.run(shutdown).await;
+    if let Some(outbox) = outbox {
+        outbox.await.context("webhook delivery task")?;
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@
 
 pub mod critique;
 pub mod imaging;
+pub mod net;
 pub mod options;
 pub mod parse;
 pub mod prompt;

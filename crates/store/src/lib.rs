@@ -87,8 +87,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Inserts a queued job and its `job.queued` event.
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow>;
+    /// Inserts a queued job under an `Idempotency-Key` (remembered for
+    /// [`IDEMPOTENCY_WINDOW`]): the first request with the key makes the
+    /// job; a later one with the same `digest` gets that job back, one with
+    /// another digest is refused. Concurrent requests with one key make one
+    /// job.
+    async fn insert_job_idempotent(
+        &self,
+        job: NewJob,
+        key: &str,
+        digest: &str,
+    ) -> StoreResult<IdempotentInsert>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
+    /// A job's webhook deliveries, in event order.
+    async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>>;
+    /// Claims up to `limit` pending deliveries that are due, locking each
+    /// for `lock` (a delivery loop that dies lets the lock lapse and another
+    /// takes the row over: at least once).
+    async fn claim_deliveries(&self, limit: u32, lock: Duration) -> StoreResult<Vec<DueDelivery>>;
+    /// Records one attempt of a claimed delivery.
+    async fn record_delivery(&self, id: Uuid, attempt: DeliveryAttempt) -> StoreResult<()>;
     /// Newest first (by id, which is a UUIDv7), optionally filtered by
     /// status, starting after `cursor` (exclusive).
     async fn list_jobs(

@@ -99,6 +99,9 @@ pub struct NewJob {
     pub max_attempts: u32,
     /// Higher is claimed first.
     pub priority: i32,
+    /// `{"url", "events": [...]}` when the job's events are delivered to a
+    /// webhook.
+    pub webhook: Option<serde_json::Value>,
 }
 
 /// A stored job.
@@ -152,6 +155,8 @@ pub struct JobRow {
     /// Why the loop ended early: the editor refused a refined instruction
     /// (a serialized [`RefusalRecord`]).
     pub refusal: Option<serde_json::Value>,
+    /// `{"url", "events": [...]}` of the job's webhook, if it has one.
+    pub webhook: Option<serde_json::Value>,
 }
 
 /// An edit submitted to an asynchronous provider and not yet recorded as a
@@ -289,4 +294,113 @@ pub enum Notice {
         /// Payload.
         data: serde_json::Value,
     },
+}
+
+/// What creating a job under an `Idempotency-Key` did.
+#[derive(Debug, Clone)]
+pub enum IdempotentInsert {
+    /// The key was new (or older than the replay window): the job was made.
+    Created(JobRow),
+    /// The key made this job already, for the same request.
+    Replayed(JobRow),
+    /// The key made a job already, for a different request.
+    KeyReused,
+}
+
+/// How long an `Idempotency-Key` is remembered.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Where a webhook delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Not delivered yet; attempts continue.
+    Pending,
+    /// A 2xx answer ended it.
+    Delivered,
+    /// The retry schedule ran out.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pending" => Some(Self::Pending),
+            "delivered" => Some(Self::Delivered),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One webhook delivery (a row of the outbox).
+#[derive(Debug, Clone)]
+pub struct DeliveryRow {
+    /// The `webhook-id`, stable across retries.
+    pub id: Uuid,
+    /// The job.
+    pub job_id: Uuid,
+    /// The stored event it announces.
+    pub event_id: i64,
+    /// The event's type.
+    pub kind: String,
+    /// Where it goes.
+    pub url: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The HTTP status of the last attempt, if it got one.
+    pub last_status_code: Option<u16>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the next attempt is due (pending only).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When a 2xx ended it.
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// A delivery claimed for one attempt, with the event it announces.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    /// The delivery.
+    pub delivery: DeliveryRow,
+    /// The event, as stored.
+    pub event: EventRow,
+}
+
+/// The outcome of one delivery attempt, as recorded.
+#[derive(Debug, Clone)]
+pub struct DeliveryAttempt {
+    /// A 2xx answer: the delivery is done.
+    pub delivered: bool,
+    /// The HTTP status, if an answer came.
+    pub status_code: Option<u16>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// When to try again; `None` after a failure means the schedule ran
+    /// out and the delivery is failed.
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+impl DeliveryAttempt {
+    /// Where the delivery stands after this attempt: a 2xx ends it, a
+    /// failure with a retry time keeps it pending, and one without fails it.
+    pub fn status(&self) -> DeliveryStatus {
+        match (self.delivered, self.retry_at) {
+            (true, _) => DeliveryStatus::Delivered,
+            (false, Some(_)) => DeliveryStatus::Pending,
+            (false, None) => DeliveryStatus::Failed,
+        }
+    }
 }

@@ -15,8 +15,9 @@ use uuid::Uuid;
 use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice,
-    PendingEditRecord, RefusalRecord, Store, StoreError, StoreResult, TurnRow,
+    payload, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, EventRow,
+    IdempotentInsert, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
+    RefusalRecord, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -193,6 +194,28 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
         finished_at: row.try_get("finished_at")?,
         pending_edit: row.try_get("pending_edit")?,
         refusal: row.try_get("refusal")?,
+        webhook: row.try_get("webhook")?,
+    })
+}
+
+fn delivery_from_row(row: &PgRow) -> StoreResult<DeliveryRow> {
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRow {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        event_id: row.try_get("event_id")?,
+        kind: row.try_get("type")?,
+        url: row.try_get("url")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("delivery status {status}")))?,
+        attempts: to_u32(row.try_get("attempts")?, "attempts")?,
+        last_status_code: row
+            .try_get::<Option<i32>, _>("last_status_code")?
+            .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("status code {v}"))))
+            .transpose()?,
+        last_error: row.try_get("last_error")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        delivered_at: row.try_get("delivered_at")?,
     })
 }
 
@@ -226,15 +249,27 @@ fn event_from_row(row: &PgRow) -> StoreResult<EventRow> {
     })
 }
 
-/// Writes an event row and queues its NOTIFY, which Postgres delivers at commit.
+/// Writes an event row, its webhook delivery when the job's webhook wants
+/// this type (the outbox, in the same statement), and queues its NOTIFY,
+/// which Postgres delivers at commit.
 async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
     let id: i64 = sqlx::query_scalar(
-        "INSERT INTO job_events (job_id, type, data, created_at) \
-         VALUES ($1, $2, $3, now()) RETURNING id",
+        "WITH event AS (\
+             INSERT INTO job_events (job_id, type, data, created_at) \
+             VALUES ($1, $2, $3, now()) RETURNING id), \
+         delivery AS (\
+             INSERT INTO webhook_deliveries \
+                 (id, job_id, event_id, type, url, status, next_attempt_at, created_at) \
+             SELECT $4, j.id, event.id, $2, j.webhook->>'url', 'pending', now(), now() \
+             FROM jobs j, event \
+             WHERE j.id = $1 AND j.webhook IS NOT NULL \
+               AND jsonb_exists(j.webhook->'events', $2)) \
+         SELECT id FROM event",
     )
     .bind(job_id)
     .bind(kind)
     .bind(data)
+    .bind(Uuid::now_v7())
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
@@ -243,6 +278,30 @@ async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) ->
         .execute(&mut *conn)
         .await?;
     Ok(id)
+}
+
+/// Inserts a queued job and its `job.queued` event in `conn`'s transaction.
+async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<JobRow> {
+    let row = sqlx::query(
+        "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
+         source_mime, attempt, max_attempts, priority, webhook, run_at, created_at) \
+         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now()) RETURNING *",
+    )
+    .bind(job.id)
+    .bind(&job.instruction)
+    .bind(&job.editor)
+    .bind(&job.options)
+    .bind(&job.metadata)
+    .bind(&job.source_key)
+    .bind(&job.source_mime)
+    .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+    .bind(job.priority)
+    .bind(&job.webhook)
+    .fetch_one(&mut *conn)
+    .await?;
+    let job = job_from_row(&row)?;
+    emit(conn, job.id, event_type::JOB_QUEUED, payload::queued()).await?;
+    Ok(job)
 }
 
 async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<RunningJob> {
@@ -362,26 +421,125 @@ impl Store for PgStore {
 
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(
-            "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-             source_mime, attempt, max_attempts, priority, run_at, created_at) \
-             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, now(), now()) RETURNING *",
-        )
-        .bind(job.id)
-        .bind(&job.instruction)
-        .bind(&job.editor)
-        .bind(&job.options)
-        .bind(&job.metadata)
-        .bind(&job.source_key)
-        .bind(&job.source_mime)
-        .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
-        .bind(job.priority)
-        .fetch_one(&mut *tx)
-        .await?;
-        let job = job_from_row(&row)?;
-        emit(&mut tx, job.id, event_type::JOB_QUEUED, payload::queued()).await?;
+        let job = insert_job_row(&mut tx, job).await?;
         tx.commit().await?;
         Ok(job)
+    }
+
+    async fn insert_job_idempotent(
+        &self,
+        job: NewJob,
+        key: &str,
+        digest: &str,
+    ) -> StoreResult<IdempotentInsert> {
+        let mut tx = self.pool.begin().await?;
+        // A key past the window is forgotten; a concurrent create with the
+        // same key waits here on the key's row until this one commits.
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE key = $1 \
+             AND created_at < now() - $2 * interval '1 second'",
+        )
+        .bind(key)
+        .bind(secs(IDEMPOTENCY_WINDOW))
+        .execute(&mut *tx)
+        .await?;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_digest, job_id, created_at) \
+             VALUES ($1, $2, $3, now()) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(digest)
+        .bind(job.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if claimed {
+            // The key's foreign key is checked at commit (DEFERRABLE), after
+            // the job row is in.
+            let row = insert_job_row(&mut tx, job).await?;
+            tx.commit().await?;
+            return Ok(IdempotentInsert::Created(row));
+        }
+        let existing = sqlx::query(
+            "SELECT k.request_digest, j.* FROM idempotency_keys k \
+             JOIN jobs j ON j.id = k.job_id WHERE k.key = $1",
+        )
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let same: String = existing.try_get("request_digest")?;
+        if same != digest {
+            return Ok(IdempotentInsert::KeyReused);
+        }
+        Ok(IdempotentInsert::Replayed(job_from_row(&existing)?))
+    }
+
+    async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>> {
+        sqlx::query("SELECT * FROM webhook_deliveries WHERE job_id = $1 ORDER BY event_id, id")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(delivery_from_row)
+            .collect()
+    }
+
+    async fn claim_deliveries(&self, limit: u32, lock: Duration) -> StoreResult<Vec<DueDelivery>> {
+        let rows = sqlx::query(
+            "WITH claimed AS (\
+                 UPDATE webhook_deliveries SET locked_until = now() + $2 * interval '1 second' \
+                 WHERE id IN (\
+                     SELECT id FROM webhook_deliveries \
+                     WHERE status = 'pending' AND next_attempt_at <= now() \
+                       AND (locked_until IS NULL OR locked_until <= now()) \
+                     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 RETURNING *) \
+             SELECT c.*, e.data AS event_data, e.created_at AS event_created_at \
+             FROM claimed c JOIN job_events e ON e.id = c.event_id",
+        )
+        .bind(i64::from(limit))
+        .bind(secs(lock))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let delivery = delivery_from_row(row)?;
+                Ok(DueDelivery {
+                    event: EventRow {
+                        id: delivery.event_id,
+                        job_id: delivery.job_id,
+                        kind: delivery.kind.clone(),
+                        data: row.try_get("event_data")?,
+                        created_at: row.try_get("event_created_at")?,
+                    },
+                    delivery,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_delivery(&self, id: Uuid, attempt: DeliveryAttempt) -> StoreResult<()> {
+        let status = attempt.status();
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $2, attempts = attempts + 1, \
+             last_status_code = $3, last_error = $4, next_attempt_at = $5, locked_until = NULL, \
+             delivered_at = CASE WHEN $2 = 'delivered' THEN now() END \
+             WHERE id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(status.as_str())
+        .bind(attempt.status_code.map(i32::from))
+        .bind(attempt.error)
+        .bind(
+            attempt
+                .retry_at
+                .filter(|_| status == DeliveryStatus::Pending),
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {

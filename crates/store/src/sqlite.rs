@@ -22,8 +22,9 @@ use uuid::Uuid;
 use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ClaimedJob, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice,
-    PendingEditRecord, RefusalRecord, Store, StoreError, StoreResult, TurnRow,
+    payload, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, EventRow,
+    IdempotentInsert, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
+    RefusalRecord, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -120,6 +121,33 @@ impl WriteTx {
         &mut self.tx
     }
 
+    /// Inserts a queued job and its `job.queued` event.
+    async fn insert_job(&mut self, job: NewJob) -> StoreResult<JobRow> {
+        let now = self.now;
+        let row = sqlx::query(
+            "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
+             source_mime, attempt, max_attempts, priority, webhook, run_at, created_at) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11) RETURNING *",
+        )
+        .bind(job.id.to_string())
+        .bind(&job.instruction)
+        .bind(&job.editor)
+        .bind(job.options.to_string())
+        .bind(job.metadata.to_string())
+        .bind(&job.source_key)
+        .bind(&job.source_mime)
+        .bind(i64::from(job.max_attempts))
+        .bind(job.priority)
+        .bind(job.webhook.as_ref().map(Value::to_string))
+        .bind(now)
+        .fetch_one(self.conn())
+        .await?;
+        let job = job_from_row(&row)?;
+        self.emit(job.id, event_type::JOB_QUEUED, payload::queued())
+            .await?;
+        Ok(job)
+    }
+
     async fn emit(&mut self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
         let now = self.now;
         let id: i64 = sqlx::query_scalar(
@@ -131,6 +159,21 @@ impl WriteTx {
         .bind(data.to_string())
         .bind(now)
         .fetch_one(self.conn())
+        .await?;
+        // The outbox: a delivery when the job's webhook wants this type.
+        sqlx::query(
+            "INSERT INTO webhook_deliveries \
+                 (id, job_id, event_id, type, url, status, next_attempt_at, created_at) \
+             SELECT ?1, j.id, ?2, ?3, json_extract(j.webhook, '$.url'), 'pending', ?4, ?4 \
+             FROM jobs j WHERE j.id = ?5 AND j.webhook IS NOT NULL \
+               AND EXISTS (SELECT 1 FROM json_each(j.webhook, '$.events') WHERE value = ?3)",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(id)
+        .bind(kind)
+        .bind(now)
+        .bind(job_id.to_string())
+        .execute(self.conn())
         .await?;
         self.notices.push(Notice::Event {
             job_id,
@@ -316,6 +359,28 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
         finished_at: opt_time(row, "finished_at")?,
         pending_edit: opt_json(row, "pending_edit")?,
         refusal: opt_json(row, "refusal")?,
+        webhook: opt_json(row, "webhook")?,
+    })
+}
+
+fn delivery_from_row(row: &SqliteRow) -> StoreResult<DeliveryRow> {
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRow {
+        id: uuid(row, "id")?,
+        job_id: uuid(row, "job_id")?,
+        event_id: row.try_get("event_id")?,
+        kind: row.try_get("type")?,
+        url: row.try_get("url")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| corrupt(format!("delivery status {status}")))?,
+        attempts: to_u32(row.try_get("attempts")?, "attempts")?,
+        last_status_code: row
+            .try_get::<Option<i64>, _>("last_status_code")?
+            .map(|v| u16::try_from(v).map_err(|_| corrupt(format!("status code {v}"))))
+            .transpose()?,
+        last_error: row.try_get("last_error")?,
+        next_attempt_at: opt_time(row, "next_attempt_at")?,
+        delivered_at: opt_time(row, "delivered_at")?,
     })
 }
 
@@ -375,29 +440,124 @@ impl Store for SqliteStore {
 
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
         let mut w = self.write().await?;
-        let now = w.now;
-        let row = sqlx::query(
-            "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-             source_mime, attempt, max_attempts, priority, run_at, created_at) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?10) RETURNING *",
-        )
-        .bind(job.id.to_string())
-        .bind(&job.instruction)
-        .bind(&job.editor)
-        .bind(job.options.to_string())
-        .bind(job.metadata.to_string())
-        .bind(&job.source_key)
-        .bind(&job.source_mime)
-        .bind(i64::from(job.max_attempts))
-        .bind(job.priority)
-        .bind(now)
-        .fetch_one(w.conn())
-        .await?;
-        let job = job_from_row(&row)?;
-        w.emit(job.id, event_type::JOB_QUEUED, payload::queued())
-            .await?;
+        let job = w.insert_job(job).await?;
         self.commit(w).await?;
         Ok(job)
+    }
+
+    async fn insert_job_idempotent(
+        &self,
+        job: NewJob,
+        key: &str,
+        digest: &str,
+    ) -> StoreResult<IdempotentInsert> {
+        // One writer at a time (BEGIN IMMEDIATE): check, then insert.
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = ?1 AND created_at < ?2")
+            .bind(key)
+            .bind(now - micros(IDEMPOTENCY_WINDOW))
+            .execute(w.conn())
+            .await?;
+        let existing = sqlx::query(
+            "SELECT k.request_digest, j.* FROM idempotency_keys k \
+             JOIN jobs j ON j.id = k.job_id WHERE k.key = ?1",
+        )
+        .bind(key)
+        .fetch_optional(w.conn())
+        .await?;
+        if let Some(existing) = existing {
+            let same: String = existing.try_get("request_digest")?;
+            let outcome = if same == digest {
+                IdempotentInsert::Replayed(job_from_row(&existing)?)
+            } else {
+                IdempotentInsert::KeyReused
+            };
+            self.commit(w).await?;
+            return Ok(outcome);
+        }
+        let row = w.insert_job(job).await?;
+        sqlx::query(
+            "INSERT INTO idempotency_keys (key, request_digest, job_id, created_at) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(key)
+        .bind(digest)
+        .bind(row.id.to_string())
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        self.commit(w).await?;
+        Ok(IdempotentInsert::Created(row))
+    }
+
+    async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>> {
+        sqlx::query("SELECT * FROM webhook_deliveries WHERE job_id = ?1 ORDER BY event_id, id")
+            .bind(job_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(delivery_from_row)
+            .collect()
+    }
+
+    async fn claim_deliveries(&self, limit: u32, lock: Duration) -> StoreResult<Vec<DueDelivery>> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let rows = sqlx::query(
+            "UPDATE webhook_deliveries SET locked_until = ?2 WHERE id IN (\
+                 SELECT id FROM webhook_deliveries \
+                 WHERE status = 'pending' AND next_attempt_at <= ?1 \
+                   AND (locked_until IS NULL OR locked_until <= ?1) \
+                 ORDER BY next_attempt_at LIMIT ?3) \
+             RETURNING *",
+        )
+        .bind(now)
+        .bind(now + micros(lock))
+        .bind(i64::from(limit))
+        .fetch_all(w.conn())
+        .await?;
+        let mut due = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let delivery = delivery_from_row(row)?;
+            let event = sqlx::query("SELECT * FROM job_events WHERE id = ?1")
+                .bind(delivery.event_id)
+                .fetch_one(w.conn())
+                .await?;
+            due.push(DueDelivery {
+                event: event_from_row(&event)?,
+                delivery,
+            });
+        }
+        self.commit(w).await?;
+        Ok(due)
+    }
+
+    async fn record_delivery(&self, id: Uuid, attempt: DeliveryAttempt) -> StoreResult<()> {
+        let status = attempt.status();
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = ?2, attempts = attempts + 1, \
+             last_status_code = ?3, last_error = ?4, next_attempt_at = ?5, locked_until = NULL, \
+             delivered_at = CASE WHEN ?2 = 'delivered' THEN ?6 END \
+             WHERE id = ?1 AND status = 'pending'",
+        )
+        .bind(id.to_string())
+        .bind(status.as_str())
+        .bind(attempt.status_code.map(i64::from))
+        .bind(attempt.error)
+        .bind(
+            attempt
+                .retry_at
+                .filter(|_| status == DeliveryStatus::Pending)
+                .map(|t| t.timestamp_micros()),
+        )
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        self.commit(w).await?;
+        Ok(())
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {

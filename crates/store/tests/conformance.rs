@@ -177,6 +177,7 @@ fn new_job(priority: i32, max_attempts: u32) -> NewJob {
         source_mime: "image/png".into(),
         max_attempts,
         priority,
+        webhook: None,
     }
 }
 

@@ -68,6 +68,7 @@ async fn a_panicking_job_is_given_back_then_failed_as_internal() {
             source_mime: "image/png".into(),
             max_attempts: 2,
             priority: 0,
+            webhook: None,
         })
         .await
         .unwrap();

@@ -1,0 +1,70 @@
+//! The HTTP/1.1 server the API runs on: one task per connection, hyper's
+//! HTTP/1 connection directly (no protocol sniffing), graceful shutdown.
+//!
+//! Why not `axum::serve`: at 10,000 open event streams the per-connection
+//! state is what the process's memory is made of. `axum::serve` rebuilds
+//! the router for every connection and sniffs for HTTP/2, whose rewound
+//! prefix makes hyper grow its read buffer to 16 KiB; here each connection
+//! shares the one router and keeps an 8 KiB read buffer (the bench in
+//! `benches/sse.rs` measures it). HTTP/2 to clients is the gateway's
+//! business; the API speaks HTTP/1.1 to it (docs/architecture.md §4).
+
+use std::time::Duration;
+
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// A client has this long to send a request's head once it has connected
+/// or once its previous request was answered (slow-loris protection).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for open connections to finish their requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Serves `router` on `listener` until `shutdown` fires, then stops
+/// accepting and waits (up to [`SHUTDOWN_GRACE`]) for open connections.
+pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Event frames are small and latency matters more than packets.
+        let _ = stream.set_nodelay(true);
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after the shutdown grace period");
+    }
+}

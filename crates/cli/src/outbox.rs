@@ -1,0 +1,123 @@
+//! The webhook delivery loop: claims due rows of the outbox
+//! (`webhook_deliveries`, written with each event in the store), makes one
+//! attempt each with the [`Deliverer`], and records the outcome with the
+//! next attempt's time from the [`RetrySchedule`].
+//!
+//! At least once: a row is locked while its attempt runs; a process that
+//! dies mid-attempt lets the lock lapse and any process takes the row over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use editthinker_store::{DeliveryAttempt, DueDelivery, Notice, Store};
+use editthinker_webhooks::{Deliverer, DeliveryRequest, Outcome, RetrySchedule};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Rows claimed per look.
+const BATCH: u32 = 64;
+/// Attempts in flight per process, all hosts together.
+const IN_FLIGHT: usize = 64;
+
+/// How the loop runs.
+pub struct Outbox {
+    /// Where the rows are.
+    pub store: Arc<dyn Store>,
+    /// Makes the attempts.
+    pub deliverer: Arc<Deliverer>,
+    /// Delays between attempts.
+    pub schedule: RetrySchedule,
+    /// One attempt's time limit (the row lock outlasts it).
+    pub timeout: Duration,
+    /// Longest wait between looks when no event arrives.
+    pub poll_interval: Duration,
+}
+
+impl Outbox {
+    /// Runs until `shutdown`; attempts under way are finished first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut notices = this.store.subscribe();
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        // A row stays locked through the wait for a host slot and the attempt.
+        let lock = this.timeout * 2 + Duration::from_secs(5);
+        loop {
+            let claimed = match this.store.claim_deliveries(BATCH, lock).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                    Vec::new()
+                }
+            };
+            let full = claimed.len() == BATCH as usize;
+            for due in claimed {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = this.clone();
+                tokio::spawn(async move {
+                    this.attempt(due).await;
+                    drop(slot);
+                });
+            }
+            if full {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(this.poll_interval) => {}
+                notice = notices.recv() => match notice {
+                    // A new event may have a delivery: look now.
+                    Ok(Notice::Event { .. }) | Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {}
+                    Ok(Notice::Live { .. }) => continue,
+                    Err(RecvError::Closed) => notices = this.store.subscribe(),
+                },
+            }
+        }
+        // Let the attempts under way record their outcome.
+        let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+    }
+
+    async fn attempt(&self, due: DueDelivery) {
+        let delivery = &due.delivery;
+        let request = DeliveryRequest {
+            id: delivery.id.to_string(),
+            url: delivery.url.clone(),
+            kind: delivery.kind.clone(),
+            timestamp: due.event.created_at,
+            data: editthinker_api::events::public_event_data(&due.event),
+        };
+        let outcome = self.deliverer.deliver(&request).await;
+        let attempt = match outcome {
+            Outcome::Delivered { status } => DeliveryAttempt {
+                delivered: true,
+                status_code: Some(status),
+                error: None,
+                retry_at: None,
+            },
+            Outcome::Failed { status, error } => {
+                let failed = delivery.attempts + 1;
+                let retry_at = self
+                    .schedule
+                    .next_delay(failed, rand::random::<f64>())
+                    .and_then(|d| chrono::Duration::from_std(d).ok())
+                    .map(|d| chrono::Utc::now() + d);
+                tracing::info!(
+                    delivery_id = %delivery.id, job_id = %delivery.job_id, attempt = failed,
+                    error = %error, retry_at = ?retry_at, "webhook delivery attempt failed"
+                );
+                DeliveryAttempt {
+                    delivered: false,
+                    status_code: status,
+                    error: Some(error),
+                    retry_at,
+                }
+            }
+        };
+        if let Err(e) = self.store.record_delivery(delivery.id, attempt).await {
+            // The lock lapses and the row is tried again: at least once.
+            tracing::warn!(error = %e, delivery_id = %delivery.id, "recording a webhook attempt failed");
+        }
+    }
+}
