@@ -234,15 +234,7 @@ struct Fields {
 }
 
 fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate, ApiError> {
-    let Fields {
-        instruction,
-        editor,
-        options,
-        metadata,
-        webhook,
-        priority,
-    } = fields;
-    let instruction = instruction.trim().to_string();
+    let instruction = fields.instruction.trim().to_string();
     if instruction.is_empty() {
         return Err(ApiError::invalid("instruction", "must not be empty"));
     }
@@ -256,15 +248,15 @@ fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate,
             ),
         ));
     }
-    let options = options.unwrap_or_default();
+    let options = fields.options.unwrap_or_default();
     options
         .validate()
         .map_err(|e| ApiError::invalid(e.field, e.rule))?;
-    let metadata = metadata.unwrap_or_else(|| serde_json::json!({}));
+    let metadata = fields.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
         return Err(ApiError::invalid("metadata", "must be a JSON object"));
     }
-    let priority = priority.unwrap_or(0);
+    let priority = fields.priority.unwrap_or(0);
     if !PRIORITY_RANGE.contains(&priority) {
         return Err(ApiError::invalid(
             "priority",
@@ -275,11 +267,11 @@ fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate,
             ),
         ));
     }
-    let webhook = webhook.map(check_webhook).transpose()?;
+    let webhook = fields.webhook.map(check_webhook).transpose()?;
     Ok(ParsedCreate {
         image,
         instruction,
-        editor,
+        editor: fields.editor,
         options,
         metadata,
         webhook,
@@ -291,7 +283,7 @@ fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate,
 /// events. (Its address is checked when it is resolved, at create.)
 fn check_webhook(webhook: WebhookInput) -> Result<WebhookInput, ApiError> {
     editthinker_webhooks::check_url(&webhook.url)
-        .map_err(|rule| ApiError::invalid("webhook.url", rule))?;
+        .map_err(|rule| ApiError::invalid(WEBHOOK_URL.field, rule))?;
     let events = match webhook.events {
         None => DEFAULT_WEBHOOK_EVENTS.map(String::from).to_vec(),
         Some(events) => {
@@ -331,38 +323,81 @@ fn check_webhook(webhook: WebhookInput) -> Result<WebhookInput, ApiError> {
 /// refuses one that reaches a loopback, private, link-local or metadata
 /// address (the delivery checks again, against the address it connects to).
 pub async fn check_webhook_address(url: &str, limits: &Limits) -> Result<(), ApiError> {
-    const FIELD: &str = "webhook.url";
-    let url = url::Url::parse(url)
-        .map_err(|e| ApiError::invalid(FIELD, format!("is not a valid URL: {e}")))?;
     if limits.allow_private_webhook_urls {
         return Ok(());
     }
+    let url = url::Url::parse(url)
+        .map_err(|e| ApiError::invalid(WEBHOOK_URL.field, format!("is not a valid URL: {e}")))?;
+    let deadline = tokio::time::Instant::now() + limits.image_fetch_timeout;
+    resolve_checked(&url, &WEBHOOK_URL, deadline, false).await?;
+    Ok(())
+}
+
+/// A kind of client-given URL, for the errors that name it.
+struct UrlRule {
+    field: &'static str,
+    forbidden_code: &'static str,
+    /// The end of the "may not target" sentence.
+    refusal: &'static str,
+}
+
+const IMAGE_URL: UrlRule = UrlRule {
+    field: "image.url",
+    forbidden_code: "image_url_forbidden",
+    refusal: "which image URLs may not target",
+};
+
+const WEBHOOK_URL: UrlRule = UrlRule {
+    field: "webhook.url",
+    forbidden_code: "webhook_url_forbidden",
+    refusal: "which webhook URLs may not target (allow_private_webhook_urls)",
+};
+
+/// Resolves `url`'s host before `deadline` and, unless `allow_private`,
+/// refuses it when any address is forbidden (`is_forbidden`). Returns the
+/// host as looked up (IPv6 brackets off) and its addresses, for pinning.
+async fn resolve_checked(
+    url: &url::Url,
+    rule: &UrlRule,
+    deadline: tokio::time::Instant,
+    allow_private: bool,
+) -> Result<(String, Vec<SocketAddr>), ApiError> {
     let host = url
         .host_str()
-        .ok_or_else(|| ApiError::invalid(FIELD, "has no host"))?
+        .ok_or_else(|| ApiError::invalid(rule.field, "has no host"))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let lookup_host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<SocketAddr> = tokio::time::timeout(
-        limits.image_fetch_timeout,
-        tokio::net::lookup_host((host.as_str(), port)),
+    let addrs: Vec<SocketAddr> = tokio::time::timeout_at(
+        deadline,
+        tokio::net::lookup_host((lookup_host.as_str(), port)),
     )
     .await
-    .map_err(|_| ApiError::invalid(FIELD, "timed out resolving the host"))?
-    .map_err(|e| ApiError::invalid(FIELD, format!("could not resolve {host}: {e}")))?
+    .map_err(|_| ApiError::invalid(rule.field, "timed out resolving the host"))?
+    .map_err(|e| ApiError::invalid(rule.field, format!("could not resolve {host}: {e}")))?
     .collect();
-    if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
-        return Err(ApiError::Invalid {
-            code: "webhook_url_forbidden",
-            field: FIELD.into(),
-            rule: format!(
-                "{host} resolves to {}, a loopback, private, link-local or metadata address, which webhook URLs may not target (allow_private_webhook_urls)",
-                bad.ip()
-            ),
-        });
+    if addrs.is_empty() {
+        return Err(ApiError::invalid(
+            rule.field,
+            format!("{host} has no addresses"),
+        ));
     }
-    Ok(())
+    if !allow_private {
+        if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
+            return Err(ApiError::Invalid {
+                code: rule.forbidden_code,
+                field: rule.field.into(),
+                rule: format!(
+                    "{host} resolves to {}, a loopback, private, link-local or metadata address, {}",
+                    bad.ip(),
+                    rule.refusal
+                ),
+            });
+        }
+    }
+    Ok((lookup_host, addrs))
 }
 
 /// Validates image bytes: size, format, declared pixels (before decoding),
@@ -505,7 +540,7 @@ async fn text_field(field: Field<'_>) -> Result<String, ApiError> {
 /// redirects, and (unless allowed) no private, loopback, link-local or
 /// metadata targets — checked on every hop, against the address we connect to.
 pub async fn fetch_image(url: &str, limits: &Limits) -> Result<Bytes, ApiError> {
-    const FIELD: &str = "image.url";
+    const FIELD: &str = IMAGE_URL.field;
     let mut url = url::Url::parse(url)
         .map_err(|e| ApiError::invalid(FIELD, format!("is not a valid URL: {e}")))?;
     let deadline = tokio::time::Instant::now() + limits.image_fetch_timeout;
@@ -513,38 +548,8 @@ pub async fn fetch_image(url: &str, limits: &Limits) -> Result<Bytes, ApiError> 
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ApiError::invalid(FIELD, "must be an http or https URL"));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| ApiError::invalid(FIELD, "has no host"))?
-            .to_string();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let lookup_host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let addrs: Vec<SocketAddr> = tokio::time::timeout_at(
-            deadline,
-            tokio::net::lookup_host((lookup_host.as_str(), port)),
-        )
-        .await
-        .map_err(|_| ApiError::invalid(FIELD, "timed out resolving the host"))?
-        .map_err(|e| ApiError::invalid(FIELD, format!("could not resolve {host}: {e}")))?
-        .collect();
-        if addrs.is_empty() {
-            return Err(ApiError::invalid(FIELD, format!("{host} has no addresses")));
-        }
-        if !limits.allow_private_image_urls {
-            if let Some(bad) = addrs.iter().find(|a| is_forbidden(a.ip())) {
-                return Err(ApiError::Invalid {
-                    code: "image_url_forbidden",
-                    field: FIELD.into(),
-                    rule: format!(
-                        "{host} resolves to {}, a loopback, private, link-local or metadata address, which image URLs may not target",
-                        bad.ip()
-                    ),
-                });
-            }
-        }
+        let (lookup_host, addrs) =
+            resolve_checked(&url, &IMAGE_URL, deadline, limits.allow_private_image_urls).await?;
         // Pin the checked addresses so the connection cannot be re-resolved elsewhere.
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

@@ -166,28 +166,29 @@ async fn insert(
             .webhook
             .map(|w| serde_json::to_value(w).expect("webhook serializes")),
     };
-    let (Some(key), Some(digest)) = (idempotency_key, digest) else {
-        let row = state.store.insert_job(job).await?;
+    // On a replay the source stored above stays unreferenced; the retention
+    // sweep removes such blobs.
+    let (row, replayed) = match (idempotency_key, digest) {
+        (Some(key), Some(digest)) => match state.store.insert_job_idempotent(job, key, &digest).await? {
+            IdempotentInsert::Created(row) => (row, false),
+            IdempotentInsert::Replayed(row) => (row, true),
+            IdempotentInsert::KeyReused => {
+                return Err(ApiError::Invalid {
+                    code: "idempotency_key_reused",
+                    field: "Idempotency-Key".into(),
+                    rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
+                })
+            }
+        },
+        _ => (state.store.insert_job(job).await?, false),
+    };
+    if !replayed {
         tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
         return Ok((Job::from_rows(&row, &[]), false));
-    };
-    // The source stored above stays unreferenced on a replay; the retention
-    // sweep removes such blobs.
-    match state.store.insert_job_idempotent(job, key, &digest).await? {
-        IdempotentInsert::Created(row) => {
-            tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
-            Ok((Job::from_rows(&row, &[]), false))
-        }
-        IdempotentInsert::Replayed(row) => {
-            let turns = state.store.list_turns(row.id).await?;
-            Ok((Job::from_rows(&row, &turns), true))
-        }
-        IdempotentInsert::KeyReused => Err(ApiError::Invalid {
-            code: "idempotency_key_reused",
-            field: "Idempotency-Key".into(),
-            rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
-        }),
     }
+    // The earlier job may have run since: answer it as it is now.
+    let turns = state.store.list_turns(row.id).await?;
+    Ok((Job::from_rows(&row, &turns), true))
 }
 
 fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use editthinker_store::{DeliveryAttempt, DueDelivery, Notice, Store};
 use editthinker_webhooks::{Deliverer, DeliveryRequest, Outcome, RetrySchedule};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ impl Outbox {
     /// Runs until `shutdown`; attempts under way are finished first.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let mut notices = this.store.subscribe();
+        let mut notices = Some(this.store.subscribe());
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         // A row stays locked through the wait for a host slot and the attempt.
         let lock = this.timeout * 2 + Duration::from_secs(5);
@@ -61,22 +61,44 @@ impl Outbox {
                     drop(slot);
                 });
             }
-            if full {
-                continue;
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(this.poll_interval) => {}
-                notice = notices.recv() => match notice {
-                    // A new event may have a delivery: look now.
-                    Ok(Notice::Event { .. }) | Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {}
-                    Ok(Notice::Live { .. }) => continue,
-                    Err(RecvError::Closed) => notices = this.store.subscribe(),
-                },
+            if !full && !this.wait_for_work(&mut notices, &shutdown).await {
+                break;
             }
         }
         // Let the attempts under way record their outcome.
         let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+    }
+
+    /// Waits until a look for due rows is worth making: the poll interval
+    /// passed, or a stored event (which may have a delivery) was announced.
+    /// Live events are not stored and are ignored. `false` on shutdown.
+    async fn wait_for_work(
+        &self,
+        notices: &mut Option<broadcast::Receiver<Notice>>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let poll = tokio::time::sleep(self.poll_interval);
+        tokio::pin!(poll);
+        loop {
+            let notice = async {
+                match notices.as_mut() {
+                    Some(n) => n.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = &mut poll => return true,
+                notice = notice => match notice {
+                    Ok(Notice::Live { .. }) => {}
+                    Ok(Notice::Event { .. } | Notice::Resync) | Err(RecvError::Lagged(_)) => {
+                        return true;
+                    }
+                    // No more notices: the poll interval alone paces the loop.
+                    Err(RecvError::Closed) => *notices = None,
+                },
+            }
+        }
     }
 
     async fn attempt(&self, due: DueDelivery) {

@@ -504,31 +504,44 @@ impl Store for SqliteStore {
     async fn claim_deliveries(&self, limit: u32, lock: Duration) -> StoreResult<Vec<DueDelivery>> {
         let mut w = self.write().await?;
         let now = w.now;
-        let rows = sqlx::query(
+        let ids: Vec<String> = sqlx::query_scalar(
             "UPDATE webhook_deliveries SET locked_until = ?2 WHERE id IN (\
                  SELECT id FROM webhook_deliveries \
                  WHERE status = 'pending' AND next_attempt_at <= ?1 \
                    AND (locked_until IS NULL OR locked_until <= ?1) \
                  ORDER BY next_attempt_at LIMIT ?3) \
-             RETURNING *",
+             RETURNING id",
         )
         .bind(now)
         .bind(now + micros(lock))
         .bind(i64::from(limit))
         .fetch_all(w.conn())
         .await?;
-        let mut due = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let delivery = delivery_from_row(row)?;
-            let event = sqlx::query("SELECT * FROM job_events WHERE id = ?1")
-                .bind(delivery.event_id)
-                .fetch_one(w.conn())
-                .await?;
-            due.push(DueDelivery {
-                event: event_from_row(&event)?,
-                delivery,
-            });
-        }
+        // The claimed rows with their events, in one query.
+        let rows = sqlx::query(
+            "SELECT d.*, e.data AS event_data, e.created_at AS event_created_at \
+             FROM webhook_deliveries d JOIN job_events e ON e.id = d.event_id \
+             WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.next_attempt_at",
+        )
+        .bind(serde_json::to_string(&ids).expect("ids serialize"))
+        .fetch_all(w.conn())
+        .await?;
+        let due = rows
+            .iter()
+            .map(|row| {
+                let delivery = delivery_from_row(row)?;
+                Ok(DueDelivery {
+                    event: EventRow {
+                        id: delivery.event_id,
+                        job_id: delivery.job_id,
+                        kind: delivery.kind.clone(),
+                        data: json(row.try_get("event_data")?)?,
+                        created_at: time(row.try_get("event_created_at")?)?,
+                    },
+                    delivery,
+                })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
         self.commit(w).await?;
         Ok(due)
     }
