@@ -123,6 +123,10 @@ async fn best_selection_runs_the_loop(backend: Backend) {
     let (status, job) = get_json(&service.url(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(status, 200);
     assert_eq!(job["status"], "succeeded");
+    assert_eq!(
+        job["stop_reason"], "max_turns",
+        "three turns, none satisfied"
+    );
     assert_eq!(job["result"]["turn"], 2);
     assert_eq!(job["attempt"], 1);
     let turns = job["turns"].as_array().unwrap();
@@ -256,6 +260,7 @@ async fn satisfied_and_unchanged_instruction_stop_early(backend: Backend) {
         assert_eq!(job["status"], "succeeded");
         assert_eq!(job["turns"].as_array().unwrap().len(), 1, "{instruction}");
         assert_eq!(job["turns"][0]["critique"]["satisfied"], true);
+        assert_eq!(job["stop_reason"], "satisfied", "{instruction}");
         assert_eq!(job["result"]["turn"], 1);
     }
     assert_eq!(editor.prompts(), ["remove the car", "blur the face"]);
@@ -282,6 +287,7 @@ async fn refusals(backend: Backend) {
     .await;
     let job = wait_for_job(&service, job["id"].as_str().unwrap(), LIMIT, is_terminal).await;
     assert_eq!(job["status"], "failed");
+    assert_eq!(job["stop_reason"], "failed");
     assert_eq!(job["error"]["code"], "editor_refused");
     assert!(
         job["error"]["message"]
@@ -303,6 +309,7 @@ async fn refusals(backend: Backend) {
     assert_eq!(job["turns"].as_array().unwrap().len(), 1);
     // The refusal that ended the loop is visible in the job and its events.
     assert_eq!(job["refusal"]["turn"], 2, "{job:#}");
+    assert_eq!(job["stop_reason"], "refusal", "{job:#}");
     assert_eq!(job["refusal"]["instruction"], "a refined but refused edit");
     assert!(
         job["refusal"]["reason"]
@@ -320,6 +327,7 @@ async fn refusals(backend: Backend) {
     let succeeded = events.last().unwrap();
     assert_eq!(succeeded.event, "job.succeeded");
     assert_eq!(succeeded.data["refusal"], job["refusal"], "{succeeded:?}");
+    assert_eq!(succeeded.data["stop_reason"], "refusal", "{succeeded:?}");
 }
 
 async fn transient_editor_failures_are_retried(backend: Backend) {
@@ -422,6 +430,7 @@ async fn cancel_queued_running_and_finished(backend: Backend) {
     assert_eq!(resp.status(), 202);
     let job = wait_for_job(&service, id, Duration::from_secs(15), is_terminal).await;
     assert_eq!(job["status"], "canceled");
+    assert_eq!(job["stop_reason"], "canceled");
     // Generous bound: heartbeat is 1 s; this only guards against "never".
     assert!(started.elapsed() < Duration::from_secs(15));
     let events = read_sse(&service.url(&format!("/v1/jobs/{id}/events")), None, LIMIT).await;

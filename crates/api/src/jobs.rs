@@ -6,7 +6,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
-use editthinker_store::{BlobError, BlobStore, IdempotentInsert, JobStatus, NewJob};
+use editthinker_store::{
+    BlobError, BlobStore, IdempotentInsert, JobRow, JobStatus, NewJob, TurnRow,
+};
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -184,11 +186,20 @@ async fn insert(
     };
     if !replayed {
         tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
-        return Ok((Job::from_rows(&row, &[]), false));
+        return Ok((job_view(state, &row, &[]).await?, false));
     }
     // The earlier job may have run since: answer it as it is now.
     let turns = state.store.list_turns(row.id).await?;
-    Ok((Job::from_rows(&row, &turns), true))
+    Ok((job_view(state, &row, &turns).await?, true))
+}
+
+/// The job JSON, with its place in the queue while it is queued.
+async fn job_view(state: &AppState, row: &JobRow, turns: &[TurnRow]) -> Result<Job, ApiError> {
+    let mut job = Job::from_rows(row, turns);
+    if row.status == JobStatus::Queued {
+        job.queue_position = state.store.jobs_ahead(row.id).await?.map(|ahead| ahead + 1);
+    }
+    Ok(job)
 }
 
 fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
@@ -303,7 +314,7 @@ pub async fn get_job(
 ) -> Result<Json<Job>, ApiError> {
     let row = load(&state, &id).await?;
     let turns = state.store.list_turns(row.id).await?;
-    Ok(Json(Job::from_rows(&row, &turns)))
+    Ok(Json(job_view(&state, &row, &turns).await?))
 }
 
 /// Lists a job's webhook deliveries.

@@ -13,9 +13,11 @@ pub mod views;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue};
 use axum::routing::{get, post};
 use axum::Router;
 use editthinker_store::{BlobStore, Store};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 
@@ -37,6 +39,8 @@ pub struct AppState {
     /// Whether a webhook secret is configured; without one, jobs with a
     /// webhook are refused.
     pub webhooks_configured: bool,
+    /// Browser origins allowed to call the API (CORS); empty: none.
+    pub cors_allowed_origins: Vec<HeaderValue>,
     /// Input limits.
     pub limits: Limits,
     /// Attempts a job gets before it fails for good.
@@ -129,6 +133,28 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(system::docs))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors(&state.cors_allowed_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// CORS for the configured browser origins, SSE included: the request
+/// headers the API reads and the response headers clients need to see.
+fn cors(origins: &[HeaderValue]) -> CorsLayer {
+    use axum::http::{header, Method};
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("prefer"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            HeaderName::from_static("idempotent-replayed"),
+            HeaderName::from_static("preference-applied"),
+        ])
+        .max_age(std::time::Duration::from_secs(3600))
 }

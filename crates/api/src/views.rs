@@ -34,8 +34,14 @@ pub struct Job {
     pub refusal: Option<RefusalView>,
     /// Claims so far.
     pub attempt: u32,
+    /// Why the job stopped, once finished: `satisfied`, `max_turns`,
+    /// `refusal`, `invalid_refinement`, `deadline`, `canceled` or `failed`.
+    #[schema(value_type = Option<String>, example = "satisfied")]
+    pub stop_reason: Option<editthinker_core::StopReason>,
     /// Claim priority, −10 to 10: higher runs first.
     pub priority: i32,
+    /// While queued: 1 when the job is claimed next; `null` otherwise.
+    pub queue_position: Option<u64>,
     /// The job's webhook (`{"url", "events"}`), if it has one.
     #[schema(value_type = Option<Object>)]
     pub webhook: Option<serde_json::Value>,
@@ -66,6 +72,9 @@ pub struct JobSummary {
     pub result: Option<JobResult>,
     /// Failure, if any.
     pub error: Option<JobErrorView>,
+    /// Why the job stopped, once finished.
+    #[schema(value_type = Option<String>, example = "max_turns")]
+    pub stop_reason: Option<editthinker_core::StopReason>,
     /// Claims so far.
     pub attempt: u32,
     /// Client metadata.
@@ -270,7 +279,9 @@ impl Job {
                 .clone()
                 .and_then(|v| serde_json::from_value(v).ok()),
             attempt: row.attempt,
+            stop_reason: row.stop_reason,
             priority: row.priority,
+            queue_position: None,
             webhook: row.webhook.clone(),
             metadata: row.metadata.clone(),
             created_at: row.created_at,
@@ -290,6 +301,7 @@ impl JobSummary {
             editor: row.editor.clone(),
             result: result_of(row),
             error: error_of(row),
+            stop_reason: row.stop_reason,
             attempt: row.attempt,
             metadata: row.metadata.clone(),
             created_at: row.created_at,

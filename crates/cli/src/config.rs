@@ -35,6 +35,8 @@ pub struct Config {
     pub allow_private_webhook_urls: bool,
     /// `[webhooks]`: signing and delivery.
     pub webhooks: WebhooksConfig,
+    /// `[http]`: what browsers may do.
+    pub http: HttpConfig,
     /// Input limits.
     pub limits: LimitsConfig,
     /// Worker settings.
@@ -56,6 +58,7 @@ impl Default for Config {
             allow_private_image_urls: false,
             allow_private_webhook_urls: false,
             webhooks: WebhooksConfig::default(),
+            http: HttpConfig::default(),
             limits: LimitsConfig::default(),
             worker: WorkerConfig::default(),
             thinker: None,
@@ -89,6 +92,15 @@ impl Default for LimitsConfig {
             image_fetch_timeout_seconds: d.image_fetch_timeout.as_secs(),
         }
     }
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Origins (`https://app.example`) whose pages may call the API from a
+    /// browser (CORS); default none.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// `[webhooks]`: how job events are signed and delivered.
@@ -293,7 +305,33 @@ impl Config {
             });
         }
         h.secret()?;
+        self.cors_origins()?;
         Ok(())
+    }
+
+    /// `[http] cors_allowed_origins` as header values; each must be an
+    /// origin: scheme and host (and port), nothing after.
+    pub fn cors_origins(&self) -> Result<Vec<axum::http::HeaderValue>, ConfigError> {
+        self.http
+            .cors_allowed_origins
+            .iter()
+            .map(|origin| {
+                let invalid = |why: &str| ConfigError::Invalid {
+                    key: "http.cors_allowed_origins",
+                    rule: format!("{origin:?} {why}"),
+                };
+                let url = url::Url::parse(origin).map_err(|_| invalid("is not a URL"))?;
+                if !matches!(url.scheme(), "http" | "https")
+                    || url.host_str().is_none()
+                    || url.origin().ascii_serialization() != *origin
+                {
+                    return Err(invalid(
+                        "must be an origin like https://app.example (scheme, host, optional port; no path or trailing slash)",
+                    ));
+                }
+                axum::http::HeaderValue::from_str(origin).map_err(|_| invalid("is not a header value"))
+            })
+            .collect()
     }
 
     /// The webhook retry schedule.

@@ -148,6 +148,7 @@ async fn run_api(
         ),
         thinker_configured: parts.thinker_configured,
         webhooks_configured: parts.webhook_secret.is_some(),
+        cors_allowed_origins: config.cors_origins()?,
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
         hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),

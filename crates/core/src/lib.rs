@@ -23,7 +23,7 @@ pub use prompt::{PromptTemplate, TemplateError};
 pub use retry::RetryPolicy;
 pub use run::{
     cap_instruction, run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopOutcome,
-    PendingEdit, Progress, RefusalKind, TurnRecord,
+    PendingEdit, Progress, RefusalKind, StopReason, TurnRecord,
 };
 pub use traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, NoCheckpoint, NoThinking,

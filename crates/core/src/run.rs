@@ -119,6 +119,58 @@ pub struct LoopOutcome {
     pub selected: u32,
     /// Set when the editor refused a refined instruction, which ended the loop.
     pub refusal: Option<EditRefusal>,
+    /// Why the loop stopped.
+    pub stop: StopReason,
+}
+
+/// Why a finished job stopped: the job JSON's `stop_reason` (contract).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The thinker judged the edit good enough (or had nothing to refine).
+    Satisfied,
+    /// `max_turns` edits were made.
+    MaxTurns,
+    /// The editor refused a refined instruction (moderation, safety).
+    Refusal,
+    /// The editor rejected a refined instruction as invalid.
+    InvalidRefinement,
+    /// The job's deadline passed.
+    Deadline,
+    /// The client canceled the job.
+    Canceled,
+    /// The job failed.
+    Failed,
+}
+
+impl StopReason {
+    /// The contract name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Satisfied => "satisfied",
+            Self::MaxTurns => "max_turns",
+            Self::Refusal => "refusal",
+            Self::InvalidRefinement => "invalid_refinement",
+            Self::Deadline => "deadline",
+            Self::Canceled => "canceled",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Parses a contract name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            Self::Satisfied,
+            Self::MaxTurns,
+            Self::Refusal,
+            Self::InvalidRefinement,
+            Self::Deadline,
+            Self::Canceled,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
 }
 
 /// Why a loop could not finish.
@@ -223,6 +275,7 @@ pub async fn run_loop(
         turns.push(turn);
     }
     let mut refusal = None;
+    let mut stop = StopReason::MaxTurns;
     loop {
         let last = turns.last_mut().expect("at least one turn");
         let is_final_turn = last.index >= max_turns;
@@ -247,7 +300,11 @@ pub async fn run_loop(
             last.critique = Some(record);
         }
         let record = last.critique.as_ref().expect("critiqued above");
-        if record.satisfied || is_final_turn {
+        if record.satisfied {
+            stop = StopReason::Satisfied;
+            break;
+        }
+        if is_final_turn {
             break;
         }
         // On a parse failure, the previous instruction is kept.
@@ -273,6 +330,10 @@ pub async fn run_loop(
                     EditorError::Invalid(reason) => (RefusalKind::Invalid, reason),
                     _ => unreachable!("matched above"),
                 };
+                stop = match kind {
+                    RefusalKind::Refused => StopReason::Refusal,
+                    RefusalKind::Invalid => StopReason::InvalidRefinement,
+                };
                 refusal = Some(EditRefusal {
                     turn: next_index,
                     instruction: next_instruction,
@@ -289,6 +350,7 @@ pub async fn run_loop(
         turns,
         selected,
         refusal,
+        stop,
     })
 }
 
@@ -908,6 +970,11 @@ mod tests {
                 "{}",
                 c.name
             );
+            if !c.refuse.is_empty() {
+                assert_eq!(outcome.stop, StopReason::Refusal, "{}", c.name);
+            } else {
+                assert_ne!(outcome.stop, StopReason::Refusal, "{}", c.name);
+            }
             // The thinker saw the previous turn's image with both instructions.
             for (shade, original, previous, turn) in thinker.seen.lock().unwrap().iter() {
                 assert_eq!(original, "T0", "{}", c.name);
@@ -966,6 +1033,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(outcome.selected, 1);
+        assert_eq!(outcome.stop, StopReason::InvalidRefinement);
         let refusal = outcome.refusal.expect("the rejection is reported");
         assert_eq!(refusal.kind, RefusalKind::Invalid);
         assert_eq!(refusal.turn, 2);

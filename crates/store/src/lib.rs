@@ -100,6 +100,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<IdempotentInsert>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
+    /// How many queued jobs a claim takes before this one (claim order:
+    /// priority, then due time, then id), counted on the queued-jobs index;
+    /// `None` when the job is not queued.
+    async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>>;
     /// A job's webhook deliveries, in event order.
     async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>>;
     /// Claims up to `limit` pending deliveries that are due, locking each
@@ -152,12 +156,14 @@ pub trait Store: Send + Sync + 'static {
         pending: &PendingEditRecord,
     ) -> StoreResult<()>;
     /// Marks the job succeeded with `result_turn` (`job.succeeded` event),
-    /// with the refusal that ended the loop early, if any.
+    /// with the refusal that ended the loop early, if any, and why it
+    /// stopped.
     async fn complete(
         &self,
         lease: &Lease,
         result_turn: u32,
         refusal: Option<&RefusalRecord>,
+        stop: StopReason,
     ) -> StoreResult<()>;
     /// Marks the job failed for good (`job.failed` event).
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()>;
@@ -217,6 +223,19 @@ pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
 
 /// A turn found already recorded: fine when it is this very write retried
 /// (same image key), an error otherwise (it would change a recorded turn).
+/// The query behind [`Store::jobs_ahead`] for both backends (`param` is
+/// the job id's placeholder): queued jobs a claim takes first, in claim
+/// order (priority, then due time, then id), and whether the job is queued.
+fn jobs_ahead_sql(param: &str) -> String {
+    format!(
+        "SELECT count(q.id) AS ahead, count(DISTINCT j.id) AS queued \
+         FROM jobs j LEFT JOIN jobs q ON q.status = 'queued' \
+           AND (q.priority > j.priority OR (q.priority = j.priority \
+                AND (q.run_at < j.run_at OR (q.run_at = j.run_at AND q.id < j.id)))) \
+         WHERE j.id = {param} AND j.status = 'queued'"
+    )
+}
+
 fn same_turn(lease: &Lease, index: u32, existing: &str, ours: &str) -> StoreResult<()> {
     if existing == ours {
         Ok(())

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use editthinker_core::StopReason;
+
 /// A job's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +159,28 @@ pub struct JobRow {
     pub refusal: Option<serde_json::Value>,
     /// `{"url", "events": [...]}` of the job's webhook, if it has one.
     pub webhook: Option<serde_json::Value>,
+    /// Why the job stopped, once it has finished ([`stop_reason`]).
+    pub stop_reason: Option<StopReason>,
+}
+
+/// Error code of a job that failed because its deadline passed.
+pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+
+/// Why a job stopped, the one rule for both backends: a succeeded job's
+/// reason is stored with its completion; a failed or canceled job's
+/// follows from its status (and a deadline failure from its code).
+pub fn stop_reason(
+    status: JobStatus,
+    stored: Option<&str>,
+    error_code: Option<&str>,
+) -> Option<StopReason> {
+    match status {
+        JobStatus::Succeeded => stored.and_then(StopReason::parse),
+        JobStatus::Failed if error_code == Some(DEADLINE_EXCEEDED) => Some(StopReason::Deadline),
+        JobStatus::Failed => Some(StopReason::Failed),
+        JobStatus::Canceled => Some(StopReason::Canceled),
+        JobStatus::Queued | JobStatus::Running => None,
+    }
 }
 
 /// An edit submitted to an asynchronous provider and not yet recorded as a

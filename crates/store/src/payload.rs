@@ -25,8 +25,12 @@ pub(crate) fn critiqued(turn: u32, critique: &Value, thinker_ms: u64) -> Value {
 
 /// `job.succeeded`; `refusal` says the editor refused a refined
 /// instruction, which ended the loop early.
-pub(crate) fn succeeded(result_turn: u32, refusal: Option<&Value>) -> Value {
-    let mut data = json!({ "result_turn": result_turn });
+pub(crate) fn succeeded(
+    result_turn: u32,
+    refusal: Option<&Value>,
+    stop: editthinker_core::StopReason,
+) -> Value {
+    let mut data = json!({ "result_turn": result_turn, "stop_reason": stop.as_str() });
     if let Some(refusal) = refusal {
         data["refusal"] = refusal.clone();
     }

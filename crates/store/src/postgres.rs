@@ -17,7 +17,7 @@ use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, EventRow,
     IdempotentInsert, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
-    RefusalRecord, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -167,9 +167,10 @@ fn secs(d: Duration) -> f64 {
 
 fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
     let status: String = row.try_get("status")?;
+    let status = JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
     Ok(JobRow {
         id: row.try_get("id")?,
-        status: JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        status,
         instruction: row.try_get("instruction")?,
         editor: row.try_get("editor")?,
         options: row.try_get("options")?,
@@ -195,6 +196,11 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
         pending_edit: row.try_get("pending_edit")?,
         refusal: row.try_get("refusal")?,
         webhook: row.try_get("webhook")?,
+        stop_reason: crate::stop_reason(
+            status,
+            row.try_get::<Option<String>, _>("stop_reason")?.as_deref(),
+            row.try_get::<Option<String>, _>("error_code")?.as_deref(),
+        ),
     })
 }
 
@@ -542,6 +548,18 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
+        let row = sqlx::query(&crate::jobs_ahead_sql("$1"))
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        let queued: i64 = row.try_get("queued")?;
+        if queued == 0 {
+            return Ok(None);
+        }
+        Ok(Some(to_u64(row.try_get("ahead")?, "jobs ahead")?))
+    }
+
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
         sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
@@ -793,6 +811,7 @@ impl Store for PgStore {
         lease: &Lease,
         result_turn: u32,
         refusal: Option<&RefusalRecord>,
+        stop: StopReason,
     ) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
@@ -801,18 +820,20 @@ impl Store for PgStore {
         sqlx::query(
             "UPDATE jobs SET status = 'succeeded', result_turn = $2, finished_at = now(), \
              lease_owner = NULL, lease_expires_at = NULL, error_code = NULL, \
-             error_message = NULL, pending_edit = NULL, refusal = $3 WHERE id = $1",
+             error_message = NULL, pending_edit = NULL, refusal = $3, stop_reason = $4 \
+             WHERE id = $1",
         )
         .bind(lease.job_id)
         .bind(i32::try_from(result_turn).map_err(|_| corrupt("result turn overflow"))?)
         .bind(&refusal)
+        .bind(stop.as_str())
         .execute(&mut *tx)
         .await?;
         emit(
             &mut tx,
             lease.job_id,
             event_type::JOB_SUCCEEDED,
-            payload::succeeded(result_turn, refusal.as_ref()),
+            payload::succeeded(result_turn, refusal.as_ref(), stop),
         )
         .await?;
         tx.commit().await?;

@@ -24,7 +24,7 @@ use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, EventRow,
     IdempotentInsert, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
-    RefusalRecord, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -332,9 +332,10 @@ fn opt_json(row: &SqliteRow, col: &str) -> StoreResult<Option<Value>> {
 
 fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
     let status: String = row.try_get("status")?;
+    let status = JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
     Ok(JobRow {
         id: uuid(row, "id")?,
-        status: JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?,
+        status,
         instruction: row.try_get("instruction")?,
         editor: row.try_get("editor")?,
         options: json(row.try_get("options")?)?,
@@ -360,6 +361,11 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
         pending_edit: opt_json(row, "pending_edit")?,
         refusal: opt_json(row, "refusal")?,
         webhook: opt_json(row, "webhook")?,
+        stop_reason: crate::stop_reason(
+            status,
+            row.try_get::<Option<String>, _>("stop_reason")?.as_deref(),
+            row.try_get::<Option<String>, _>("error_code")?.as_deref(),
+        ),
     })
 }
 
@@ -571,6 +577,18 @@ impl Store for SqliteStore {
         .await?;
         self.commit(w).await?;
         Ok(())
+    }
+
+    async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
+        let row = sqlx::query(&crate::jobs_ahead_sql("?1"))
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await?;
+        let queued: i64 = row.try_get("queued")?;
+        if queued == 0 {
+            return Ok(None);
+        }
+        Ok(Some(to_u64(row.try_get("ahead")?, "jobs ahead")?))
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -820,6 +838,7 @@ impl Store for SqliteStore {
         lease: &Lease,
         result_turn: u32,
         refusal: Option<&RefusalRecord>,
+        stop: StopReason,
     ) -> StoreResult<()> {
         let mut w = self.write().await?;
         w.fence(lease).await?;
@@ -829,18 +848,20 @@ impl Store for SqliteStore {
         sqlx::query(
             "UPDATE jobs SET status = 'succeeded', result_turn = ?2, finished_at = ?3, \
              lease_owner = NULL, lease_expires_at = NULL, error_code = NULL, \
-             error_message = NULL, pending_edit = NULL, refusal = ?4 WHERE id = ?1",
+             error_message = NULL, pending_edit = NULL, refusal = ?4, stop_reason = ?5 \
+             WHERE id = ?1",
         )
         .bind(lease.job_id.to_string())
         .bind(i64::from(result_turn))
         .bind(now)
         .bind(refusal.as_ref().map(Value::to_string))
+        .bind(stop.as_str())
         .execute(w.conn())
         .await?;
         w.emit(
             lease.job_id,
             event_type::JOB_SUCCEEDED,
-            payload::succeeded(result_turn, refusal.as_ref()),
+            payload::succeeded(result_turn, refusal.as_ref(), stop),
         )
         .await?;
         self.commit(w).await

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use editthinker_store::{
     event_type, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
-    RefusalRecord, Store, StoreError, MAX_LIVE_PAYLOAD,
+    RefusalRecord, StopReason, Store, StoreError, MAX_LIVE_PAYLOAD,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -464,7 +464,10 @@ async fn fencing_rejects_stale_leases(store: Arc<dyn Store>) {
                 .await,
             id,
         );
-        assert_lease_lost(store.complete(stale, 1, None).await, id);
+        assert_lease_lost(
+            store.complete(stale, 1, None, StopReason::MaxTurns).await,
+            id,
+        );
         assert_lease_lost(store.fail(stale, "c", "m").await, id);
         assert_lease_lost(store.retry_later(stale, "c", "m", Duration::ZERO).await, id);
         assert_lease_lost(store.mark_canceled(stale).await, id);
@@ -493,7 +496,10 @@ async fn fencing_rejects_stale_leases(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    store.complete(&current, 1, None).await.unwrap();
+    store
+        .complete(&current, 1, None, StopReason::MaxTurns)
+        .await
+        .unwrap();
     assert_lease_lost(store.heartbeat(&current, LEASE).await, id);
     assert_lease_lost(store.fail(&current, "c", "m").await, id);
     assert_eq!(job(&store, id).await.status, JobStatus::Succeeded);
@@ -616,7 +622,10 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     let claimed = store.claim("w", 3, LEASE).await.unwrap();
     let lease: HashMap<Uuid, Lease> = claimed.into_iter().map(|c| (c.job.id, c.lease)).collect();
 
-    store.complete(&lease[&ok], 2, None).await.unwrap();
+    store
+        .complete(&lease[&ok], 2, None, StopReason::MaxTurns)
+        .await
+        .unwrap();
     let row = job(&store, ok).await;
     assert_eq!(row.status, JobStatus::Succeeded);
     assert_eq!(row.result_turn, Some(2));
@@ -624,7 +633,11 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     assert_finished_without_lease(&row);
     let ev = events(&store, ok).await;
     assert_eq!(ev.last().unwrap().kind, event_type::JOB_SUCCEEDED);
-    assert_eq!(ev.last().unwrap().data, json!({"result_turn": 2}));
+    assert_eq!(
+        ev.last().unwrap().data,
+        json!({"result_turn": 2, "stop_reason": "max_turns"})
+    );
+    assert_eq!(row.stop_reason, Some(StopReason::MaxTurns));
 
     store
         .fail(&lease[&bad], "invalid_image", "not a PNG")
@@ -634,6 +647,7 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     assert_eq!(row.status, JobStatus::Failed);
     assert_eq!(row.error_code.as_deref(), Some("invalid_image"));
     assert_eq!(row.error_message.as_deref(), Some("not a PNG"));
+    assert_eq!(row.stop_reason, Some(StopReason::Failed));
     assert_finished_without_lease(&row);
     let ev = events(&store, bad).await;
     assert_eq!(ev.last().unwrap().kind, event_type::JOB_FAILED);
@@ -770,7 +784,7 @@ async fn an_expired_lease_fences_writes_before_any_rescue(store: Arc<dyn Store>)
         Err(StoreError::LeaseLost(_))
     ));
     assert!(matches!(
-        store.complete(&lease, 1, None).await,
+        store.complete(&lease, 1, None, StopReason::MaxTurns).await,
         Err(StoreError::LeaseLost(_))
     ));
     assert!(store.list_turns(id).await.unwrap().is_empty());
@@ -960,7 +974,10 @@ async fn events_after_is_strict_and_ordered(store: Arc<dyn Store>) {
     let b = insert(&store, 0, 3).await.id;
     let claimed = store.claim("w", 2, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 2);
-    store.complete(&claimed[0].lease, 0, None).await.unwrap();
+    store
+        .complete(&claimed[0].lease, 0, None, StopReason::MaxTurns)
+        .await
+        .unwrap();
 
     let ev = events(&store, a).await;
     assert_eq!(
@@ -1241,7 +1258,10 @@ async fn refusal_is_stored_and_in_the_succeeded_event(store: Arc<dyn Store>) {
         reason: "Request Moderated".into(),
         kind: "refused".into(),
     };
-    store.complete(&lease, 1, Some(&refusal)).await.unwrap();
+    store
+        .complete(&lease, 1, Some(&refusal), StopReason::MaxTurns)
+        .await
+        .unwrap();
     let row = job(&store, id).await;
     assert_eq!(row.status, JobStatus::Succeeded);
     let stored: RefusalRecord = serde_json::from_value(row.refusal.expect("refusal")).unwrap();
@@ -1255,7 +1275,10 @@ async fn refusal_is_stored_and_in_the_succeeded_event(store: Arc<dyn Store>) {
     // Without a refusal, the event has none.
     let other = insert(&store, 0, 3).await.id;
     let lease = claim_one(&store, "w", LEASE, other).await;
-    store.complete(&lease, 1, None).await.unwrap();
+    store
+        .complete(&lease, 1, None, StopReason::MaxTurns)
+        .await
+        .unwrap();
     assert_eq!(job(&store, other).await.refusal, None);
     let last = events(&store, other).await.pop().unwrap();
     assert!(last.data.get("refusal").is_none(), "{}", last.data);

@@ -238,12 +238,18 @@ impl JobRunner {
     async fn apply(&self, lease: &Lease, decision: Decision) {
         let store = &self.worker.store;
         let outcome = match decision {
-            Decision::Complete { selected, refusal } => {
+            Decision::Complete {
+                selected,
+                refusal,
+                stop,
+            } => {
                 if let Some(r) = &refusal {
                     info!(reason = %r.reason, turn = r.turn, kind = %r.kind, "editor turned down a refined instruction; selecting among earlier turns");
                 }
-                info!(selected, "job succeeded");
-                store.complete(lease, selected, refusal.as_ref()).await
+                info!(selected, stop_reason = stop.as_str(), "job succeeded");
+                store
+                    .complete(lease, selected, refusal.as_ref(), stop)
+                    .await
             }
             Decision::Abandon => {
                 warn!("lease lost; leaving the job to its new owner");
@@ -291,6 +297,7 @@ enum Decision {
     Complete {
         selected: u32,
         refusal: Option<RefusalRecord>,
+        stop: editthinker_core::StopReason,
     },
     /// Another worker owns the job now: write nothing.
     Abandon,
@@ -320,6 +327,7 @@ fn decide(
     match (result, interrupted) {
         (Ok(outcome), _) => Decision::Complete {
             selected: outcome.selected,
+            stop: outcome.stop,
             refusal: outcome.refusal.map(|r| RefusalRecord {
                 turn: r.turn,
                 instruction: r.instruction,
@@ -876,14 +884,21 @@ mod tests {
                     reason: "too long".into(),
                     kind: editthinker_core::RefusalKind::Invalid,
                 }),
+                stop: editthinker_core::StopReason::InvalidRefinement,
             })
         };
         // A finished loop is a success even if an interrupt came after it.
         for interrupt in [None, Some(Interrupt::Shutdown), Some(Interrupt::LeaseLost)] {
-            let Decision::Complete { selected, refusal } = decide(done(), interrupt) else {
+            let Decision::Complete {
+                selected,
+                refusal,
+                stop,
+            } = decide(done(), interrupt)
+            else {
                 panic!("not a success");
             };
             assert_eq!(selected, 2);
+            assert_eq!(stop, editthinker_core::StopReason::InvalidRefinement);
             assert_eq!(refusal.unwrap().kind, "invalid");
         }
         // Interrupted: the interrupt decides; a lost lease writes nothing.

@@ -1,0 +1,156 @@
+//! What web apps expect of the job API, through the real binary (issue 9):
+//! priorities and the queue position (jobs queued with an `api` alone show
+//! where they stand, then a one-slot worker runs them in priority order),
+//! and CORS for browser apps.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn priority_orders_the_queue_and_positions_show_it(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.migrate();
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    for n in 0..4 {
+        thinker.on(&format!("job {n}"), said(9, 9, &format!("job {n}")));
+    }
+    let backends = backends_config(&thinker, &editor, env.dir.path())
+        .replace("concurrency = 2", "concurrency = 1");
+    let config = env.config("split", &backends);
+    let api = Service::start("api", &config);
+
+    let mut ids = Vec::new();
+    for (n, priority) in [0, 5, 0, -3].into_iter().enumerate() {
+        let mut body = job_body(
+            &png(16, 16, [1, 2, 3]),
+            &format!("job {n}"),
+            json!({"max_turns": 1}),
+        );
+        body["priority"] = json!(priority);
+        let job = create_job(&api, body).await;
+        assert_eq!(job["priority"], priority);
+        ids.push(job["id"].as_str().unwrap().to_string());
+    }
+    // Claim order: priority 5, then the two 0s oldest first, then −3.
+    let expected_order = [1, 0, 2, 3];
+    for (position, &n) in expected_order.iter().enumerate() {
+        let (_, job) = get_json(&api.url(&format!("/v1/jobs/{}", ids[n]))).await;
+        assert_eq!(
+            job["queue_position"],
+            position as u64 + 1,
+            "job {n}: {job:#}"
+        );
+    }
+    // Bad priorities are refused, naming the field and the range.
+    let mut body = job_body(&png(16, 16, [1, 2, 3]), "job 9", json!({}));
+    body["priority"] = json!(11);
+    let resp = reqwest::Client::new()
+        .post(api.url("/v1/jobs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["field"], "priority", "{problem}");
+
+    let _worker = Service::start("worker", &config);
+    for id in &ids {
+        let job = wait_for_job(&api, id, LIMIT, is_terminal).await;
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+        assert!(job["queue_position"].is_null(), "{job:#}");
+    }
+    let prompts = editor.prompts();
+    let expected: Vec<String> = expected_order.iter().map(|n| format!("job {n}")).collect();
+    assert_eq!(
+        prompts, expected,
+        "one worker slot claims in priority order"
+    );
+}
+
+both_backends!(priority_orders_the_queue_and_positions_show_it);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_lets_configured_origins_in_and_nobody_else() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    env.migrate();
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    let backends = backends_config(&thinker, &editor, env.dir.path());
+    let config = env.config(
+        "api",
+        &format!("[http]\ncors_allowed_origins = [\"https://app.example\"]\n{backends}"),
+    );
+    let api = Service::start("api", &config);
+    let client = reqwest::Client::new();
+    let job = create_job(&api, job_body(&png(16, 16, [1, 2, 3]), "job 0", json!({}))).await;
+    let id = job["id"].as_str().unwrap();
+
+    // A browser's preflight for a create with an idempotency key.
+    let preflight = client
+        .request(reqwest::Method::OPTIONS, api.url("/v1/jobs"))
+        .header("Origin", "https://app.example")
+        .header("Access-Control-Request-Method", "POST")
+        .header(
+            "Access-Control-Request-Headers",
+            "content-type,idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+    assert_eq!(
+        header(&preflight, "access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    let allowed = header(&preflight, "access-control-allow-headers").unwrap();
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
+
+    // A create, and the event stream, from the allowed origin.
+    for path in ["/v1/jobs".to_string(), format!("/v1/jobs/{id}/events")] {
+        let resp = client
+            .get(api.url(&path))
+            .header("Origin", "https://app.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            header(&resp, "access-control-allow-origin").as_deref(),
+            Some("https://app.example"),
+            "{path}"
+        );
+    }
+    let resp = client
+        .post(api.url("/v1/jobs"))
+        .header("Origin", "https://app.example")
+        .json(&job_body(&png(16, 16, [1, 2, 3]), "job 1", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let exposed = header(&resp, "access-control-expose-headers").unwrap();
+    assert!(
+        exposed.contains("location") && exposed.contains("idempotent-replayed"),
+        "{exposed}"
+    );
+
+    // Any other origin gets no CORS headers, so its browser blocks the answer.
+    let resp = client
+        .get(api.url("/v1/jobs"))
+        .header("Origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(header(&resp, "access-control-allow-origin").is_none());
+}
