@@ -74,8 +74,6 @@ async fn priority_orders_the_queue_and_positions_show_it(backend: Backend) {
     );
 }
 
-both_backends!(priority_orders_the_queue_and_positions_show_it);
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cors_lets_configured_origins_in_and_nobody_else() {
     let env = TestEnv::new(Backend::Sqlite).await;
@@ -154,3 +152,125 @@ async fn cors_lets_configured_origins_in_and_nobody_else() {
         .unwrap();
     assert!(header(&resp, "access-control-allow-origin").is_none());
 }
+
+async fn prefer_wait_answers_the_finished_job_with_api_and_worker_apart(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.migrate();
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    thinker.on("quick", said(9, 9, "quick"));
+    thinker.on("slow", said(9, 9, "slow"));
+    let config = env.config("split", &backends_config(&thinker, &editor, env.dir.path()));
+    let api = Service::start("api", &config);
+    let _worker = Service::start("worker", &config);
+    let client = reqwest::Client::new();
+    let post = |instruction: &'static str, prefer: &'static str| {
+        let request = client
+            .post(api.url("/v1/jobs"))
+            .header("Prefer", prefer)
+            .json(&job_body(
+                &png(16, 16, [1, 2, 3]),
+                instruction,
+                json!({"max_turns": 1}),
+            ));
+        async move {
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let applied = resp
+                .headers()
+                .get("preference-applied")
+                .map(|v| v.to_str().unwrap().to_string());
+            (
+                status,
+                applied,
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, applied, job) = post("quick", "respond-async, wait=20").await;
+    assert_eq!(status, 200, "{job:#}");
+    assert_eq!(applied.as_deref(), Some("wait=20"));
+    assert_eq!(job["status"], "succeeded");
+    assert_eq!(job["turns"].as_array().unwrap().len(), 1);
+    assert!(job["result"]["image_url"].is_string());
+
+    // Still running when the wait is over: the usual 202.
+    editor.set_delay(Duration::from_secs(3));
+    let (status, applied, job) = post("slow", "wait=1").await;
+    assert_eq!(status, 202, "{job:#}");
+    assert_eq!(applied, None);
+    assert!(!is_terminal(&job), "{job:#}");
+
+    let (status, _, problem) = post("quick", "wait=61").await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["field"], "Prefer");
+}
+
+async fn a_failed_job_retried_resumes_after_its_last_turn(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    thinker.on("first", said(5, 5, "second"));
+    thinker.on("second", said(9, 9, "second"));
+    thinker.set_delay(Duration::from_millis(1500));
+    let config = env.config("serve", &backends_config(&thinker, &editor, env.dir.path()));
+    let service = Service::start("serve", &config);
+    let job = create_job(
+        &service,
+        job_body(&png(16, 16, [1, 2, 3]), "first", json!({"max_turns": 3})),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    // Turn 1 is edited; while it is critiqued the editor starts failing.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while editor.calls().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no first edit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    *editor.state.fail_first.lock().unwrap() = 10_000;
+    let failed = wait_for_job(&service, &id, LIMIT, is_terminal).await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(failed["stop_reason"], "failed");
+    assert_eq!(failed["turns"].as_array().unwrap().len(), 1);
+
+    // Only a failed job can be retried.
+    let client = reqwest::Client::new();
+    let retry = || {
+        client
+            .post(service.url(&format!("/v1/jobs/{id}/retry")))
+            .send()
+    };
+    *editor.state.fail_first.lock().unwrap() = 0;
+    thinker.set_delay(Duration::ZERO);
+    let resp = retry().await.unwrap();
+    assert_eq!(resp.status(), 202);
+    let queued: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(queued["status"], "queued", "{queued:#}");
+    assert!(queued["stop_reason"].is_null());
+    let done = wait_for_job(&service, &id, LIMIT, is_terminal).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["stop_reason"], "satisfied");
+    assert_eq!(done["turns"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        editor.prompts(),
+        ["first", "second"],
+        "turn 1 was not edited again"
+    );
+    let resp = retry().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["code"], "job_not_failed", "{problem}");
+
+    // A replay from the start goes past the old job.failed to the new end.
+    let events = read_sse(&service.url(&format!("/v1/jobs/{id}/events")), None, LIMIT).await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    let failed_at = kinds.iter().position(|k| *k == "job.failed").unwrap();
+    assert_eq!(kinds[failed_at + 1], "job.queued", "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"job.succeeded"), "{kinds:?}");
+}
+
+both_backends!(
+    priority_orders_the_queue_and_positions_show_it,
+    prefer_wait_answers_the_finished_job_with_api_and_worker_apart,
+    a_failed_job_retried_resumes_after_its_last_turn,
+);

@@ -225,7 +225,9 @@ impl Position {
             }
             self.last = id;
             let bytes = frame.bytes.clone();
-            if frame.terminal {
+            // A terminal event followed by a stored `job.queued` was a
+            // failure retried (`POST /v1/jobs/{id}/retry`): the stream goes on.
+            if frame.terminal && !self.requeued_after(id) {
                 self.done = true;
                 self.pending.clear();
                 self.live.clear();
@@ -236,6 +238,15 @@ impl Position {
             };
         }
         Step::Wait
+    }
+
+    /// Whether a `job.queued` stored after `id` (a retry) is buffered.
+    fn requeued_after(&self, id: i64) -> bool {
+        self.pending.iter().any(|batch| {
+            batch.frames[batch.taken..]
+                .iter()
+                .any(|f| f.queued && f.id.is_some_and(|later| later > id))
+        })
     }
 
     fn take(&mut self, feed: Feed) {
@@ -296,6 +307,8 @@ pub struct Frame {
     pub id: Option<i64>,
     /// Whether the stream ends after it.
     pub terminal: bool,
+    /// A stored `job.queued`: after a terminal event, the job was retried.
+    pub queued: bool,
     /// `id:`, `event:` and `data:` lines and the blank line.
     pub bytes: Bytes,
 }
@@ -310,6 +323,7 @@ fn frame(id: Option<i64>, kind: &str, data: &serde_json::Value) -> Frame {
     Frame {
         id,
         terminal: id.is_some() && is_terminal(kind),
+        queued: id.is_some() && kind == event_type::JOB_QUEUED,
         bytes: Bytes::from(text),
     }
 }
@@ -434,6 +448,18 @@ mod tests {
     }
 
     #[test]
+    fn a_terminal_event_followed_by_a_retry_does_not_end_the_replay() {
+        let mut p = Position::default();
+        p.take(rows(vec![row(6, "job.failed"), row(7, "job.queued")]));
+        p.take(rows(vec![row(8, "job.started")]));
+        assert_eq!(
+            sent(&mut p),
+            ["6:job.failed", "7:job.queued", "8:job.started"]
+        );
+        assert!(!p.done);
+    }
+
+    #[test]
     fn live_events_go_first_and_nothing_follows_the_terminal_event() {
         let mut p = Position::default();
         p.take(rows(vec![
@@ -450,7 +476,8 @@ mod tests {
             sent(&mut p),
             ["live", "5:turn.critiqued", "6:job.succeeded", "end"]
         );
-        // Anything heard after the end is never sent.
+        // Anything heard after the end is never sent (a retry's events
+        // come to a new request, which resumes after the terminal event).
         p.take(rows(vec![row(8, "job.queued")]));
         assert_eq!(sent(&mut p), ["end"]);
     }

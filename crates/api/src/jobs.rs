@@ -7,25 +7,31 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use editthinker_store::{
-    BlobError, BlobStore, IdempotentInsert, JobRow, JobStatus, NewJob, TurnRow,
+    BlobError, BlobStore, IdempotentInsert, JobRow, JobStatus, NewJob, StoreError, TurnRow,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::error::{wrong_status, ApiError, Problem};
+use crate::fanout::Feed;
 use crate::intake::{self, ParsedCreate};
 use crate::views::{Delivery, DeliveryList, Job, JobList, JobSummary};
 use crate::AppState;
 
 /// Creates a job from JSON or multipart.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: the same key with the same request within 24 h returns the original job (`Idempotent-Replayed: true`); with another request, 422 `idempotency_key_reused`"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (1–60): answer 200 with the finished job if it finishes within N seconds, else 202"),
+    ),
     request_body(content(
         (intake::CreateJobRequest = "application/json"),
         (intake::CreateJobRequest = "multipart/form-data"),
     ), description = "JSON, or multipart with an `image` file part and `instruction`, `editor`, `options` (JSON text), `metadata` (JSON text) fields."),
     responses(
-        (status = 202, description = "Queued; `Location` names the job", body = Job),
+        (status = 200, description = "Finished within `Prefer: wait=N` (1–60 s); `Preference-Applied: wait=N`", body = Job),
+        (status = 202, description = "Queued; `Location` names the job. `Idempotent-Replayed: true` when an `Idempotency-Key` returned an earlier job", body = Job),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Image over the byte limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor multipart", body = Problem, content_type = "application/problem+json"),
@@ -37,6 +43,7 @@ pub async fn create_job(
     request: Request,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(request.headers())?;
+    let wait = prefer_wait(request.headers())?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -56,14 +63,23 @@ pub async fn create_job(
     } else {
         return Err(ApiError::UnsupportedMediaType(content_type));
     };
-    let (job, replayed) = insert(&state, parsed, idempotency_key.as_deref()).await?;
+    let (mut job, replayed) = insert(&state, parsed, idempotency_key.as_deref()).await?;
     let location = format!("/v1/jobs/{}", job.id);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        Json(job),
-    )
-        .into_response();
+    let mut status = StatusCode::ACCEPTED;
+    if let Some(seconds) = wait {
+        if let Some(finished) = wait_until_finished(&state, job.id, seconds).await? {
+            job = finished;
+            status = StatusCode::OK;
+        }
+    }
+    let mut response = (status, [(header::LOCATION, location)], Json(job)).into_response();
+    if status == StatusCode::OK {
+        let applied = HeaderValue::from_str(&format!("wait={}", wait.unwrap_or_default()))
+            .expect("digits are a header value");
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("preference-applied"), applied);
+    }
     if replayed {
         response.headers_mut().insert(
             HeaderName::from_static("idempotent-replayed"),
@@ -72,6 +88,80 @@ pub async fn create_job(
     }
     Ok(response)
 }
+
+/// Longest `Prefer: wait`, in seconds.
+pub const MAX_PREFER_WAIT: u64 = 60;
+
+/// `Prefer: wait=N` (RFC 7240), N from 1 to [`MAX_PREFER_WAIT`]; other
+/// preferences are ignored.
+fn prefer_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let mut wait = None;
+    for value in headers.get_all("prefer") {
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::invalid("Prefer", "must be ASCII"))?;
+        for preference in text.split(',') {
+            let token = preference.split(';').next().unwrap_or_default().trim();
+            let Some((name, seconds)) = token.split_once('=') else {
+                continue;
+            };
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                continue;
+            }
+            let seconds = seconds.trim().trim_matches('"');
+            match seconds.parse::<u64>() {
+                Ok(n) if (1..=MAX_PREFER_WAIT).contains(&n) => wait = Some(n),
+                _ => {
+                    return Err(ApiError::invalid(
+                        "Prefer",
+                        format!("wait must be 1 to {MAX_PREFER_WAIT} seconds (got {seconds:?})"),
+                    ))
+                }
+            }
+        }
+    }
+    Ok(wait)
+}
+
+/// Waits up to `seconds` for the job to finish, through this process's
+/// event hub (so it works with the worker in another process); the
+/// finished job, or `None` when it is still going.
+async fn wait_until_finished(
+    state: &AppState,
+    id: Uuid,
+    seconds: u64,
+) -> Result<Option<Job>, ApiError> {
+    use tokio::sync::broadcast::error::RecvError;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    // Subscribed before the status is read: a finish in between is heard.
+    let mut feed = state.hub.subscribe(id, 0);
+    loop {
+        let row = load_row(state, id).await?;
+        if row.status.is_terminal() {
+            let turns = state.store.list_turns(id).await?;
+            return Ok(Some(job_view(state, &row, &turns).await?));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(None);
+        }
+        // The hub announces the end; the status is also read again every
+        // couple of seconds, in case no notice reaches this process (SQLite
+        // with the worker in another process, a LISTEN reconnect).
+        let recheck = (tokio::time::Instant::now() + WAIT_RECHECK).min(deadline);
+        loop {
+            match tokio::time::timeout_at(recheck, feed.recv()).await {
+                Ok(Err(RecvError::Closed)) => return Ok(None),
+                Ok(Ok(Feed::Rows(frames))) if frames.iter().any(|f| f.terminal) => break,
+                Ok(Ok(_)) => {}
+                // Time to look again, or fell behind the hub.
+                Err(_) | Ok(Err(RecvError::Lagged(_))) => break,
+            }
+        }
+    }
+}
+
+/// How often a `Prefer: wait` reads the job's status again.
+const WAIT_RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -294,8 +384,11 @@ pub(crate) fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("job {raw} not found")))
 }
 
-async fn load(state: &AppState, raw: &str) -> Result<editthinker_store::JobRow, ApiError> {
-    let id = job_id(raw)?;
+async fn load(state: &AppState, raw: &str) -> Result<JobRow, ApiError> {
+    load_row(state, job_id(raw)?).await
+}
+
+async fn load_row(state: &AppState, id: Uuid) -> Result<JobRow, ApiError> {
     state
         .store
         .get_job(id)
@@ -349,6 +442,36 @@ pub async fn cancel_job(
     let row = state.store.request_cancel(id).await?;
     let turns = state.store.list_turns(id).await?;
     Ok((StatusCode::ACCEPTED, Json(Job::from_rows(&row, &turns))))
+}
+
+/// Puts a failed job back in the queue; it resumes after its last recorded
+/// turn, with a fresh set of attempts.
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs",
+    params(("id" = Uuid, Path, description = "Job id")),
+    responses(
+        (status = 202, description = "Queued again", body = Job),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is not `failed` (code `job_not_failed`)", body = Problem, content_type = "application/problem+json")))]
+pub async fn retry_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let id = job_id(&id)?;
+    let row = match state.store.retry_failed(id, state.max_attempts).await {
+        Err(StoreError::Conflict { id, status }) => {
+            return Err(ApiError::Conflict {
+                code: "job_not_failed",
+                detail: format!("job {id} is {status}; only a failed job can be retried"),
+            })
+        }
+        other => other?,
+    };
+    tracing::info!(job_id = %row.id, "failed job queued again");
+    let turns = state.store.list_turns(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(job_view(&state, &row, &turns).await?),
+    ))
 }
 
 /// The source image bytes.

@@ -74,6 +74,7 @@ impl AppState {
         jobs::get_job,
         jobs::cancel_job,
         jobs::list_webhook_deliveries,
+        jobs::retry_job,
         jobs::source_image,
         jobs::turn_image,
         jobs::result_image,
@@ -123,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/events", get(events::job_events))
         .route("/v1/jobs/{id}/webhooks", get(jobs::list_webhook_deliveries))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
         .route("/v1/jobs/{id}/source", get(jobs::source_image))
         .route("/v1/jobs/{id}/turns/{n}/image", get(jobs::turn_image))
         .route("/v1/jobs/{id}/result", get(jobs::result_image))

@@ -100,6 +100,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<IdempotentInsert>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
+    /// Puts a `failed` job back in the queue with `attempts` more attempts
+    /// (`job.queued` event); its recorded turns stay, so it resumes after
+    /// the last one. [`StoreError::Conflict`] when it is not failed.
+    async fn retry_failed(&self, id: Uuid, attempts: u32) -> StoreResult<JobRow>;
     /// How many queued jobs a claim takes before this one (claim order:
     /// priority, then due time, then id), counted on the queued-jobs index;
     /// `None` when the job is not queued.

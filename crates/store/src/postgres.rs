@@ -548,6 +548,31 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn retry_failed(&self, id: Uuid, attempts: u32) -> StoreResult<JobRow> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_at = now(), finished_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, cancel_requested = false, \
+             stop_reason = NULL, max_attempts = attempt + $2 \
+             WHERE id = $1 AND status = 'failed' RETURNING *",
+        )
+        .bind(id)
+        .bind(i32::try_from(attempts).unwrap_or(i32::MAX))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            drop(tx);
+            let job = self.get_job(id).await?.ok_or(StoreError::NotFound(id))?;
+            return Err(StoreError::Conflict {
+                id,
+                status: job.status,
+            });
+        };
+        emit(&mut tx, id, event_type::JOB_QUEUED, payload::queued()).await?;
+        tx.commit().await?;
+        job_from_row(&row)
+    }
+
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
         let row = sqlx::query(&crate::jobs_ahead_sql("$1"))
             .bind(id)

@@ -579,6 +579,34 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn retry_failed(&self, id: Uuid, attempts: u32) -> StoreResult<JobRow> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let row = sqlx::query(
+            "UPDATE jobs SET status = 'queued', run_at = ?2, finished_at = NULL, \
+             lease_owner = NULL, lease_expires_at = NULL, cancel_requested = 0, \
+             stop_reason = NULL, max_attempts = attempt + ?3 \
+             WHERE id = ?1 AND status = 'failed' RETURNING *",
+        )
+        .bind(id.to_string())
+        .bind(now)
+        .bind(i64::from(attempts))
+        .fetch_optional(w.conn())
+        .await?;
+        let Some(row) = row else {
+            drop(w);
+            let job = self.get_job(id).await?.ok_or(StoreError::NotFound(id))?;
+            return Err(StoreError::Conflict {
+                id,
+                status: job.status,
+            });
+        };
+        w.emit(id, event_type::JOB_QUEUED, payload::queued())
+            .await?;
+        self.commit(w).await?;
+        job_from_row(&row)
+    }
+
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
         let row = sqlx::query(&crate::jobs_ahead_sql("?1"))
             .bind(id.to_string())
