@@ -269,7 +269,101 @@ async fn a_failed_job_retried_resumes_after_its_last_turn(backend: Backend) {
     assert_eq!(kinds.last(), Some(&"job.succeeded"), "{kinds:?}");
 }
 
+async fn deadlines_stop_running_and_queued_jobs(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    thinker.on("critique is slow", said(5, 5, "critique is slow, again"));
+    let backends = backends_config(&thinker, &editor, env.dir.path())
+        .replace("concurrency = 2", "concurrency = 1");
+    let config = env.config("serve", &backends);
+    let service = Service::start("serve", &config);
+
+    // A turn is recorded, then the deadline passes while the thinker works:
+    // the job succeeds with that turn.
+    thinker.set_delay(Duration::from_secs(5));
+    let job = create_job(
+        &service,
+        job_body(
+            &png(16, 16, [1, 2, 3]),
+            "critique is slow",
+            json!({"max_turns": 3, "deadline_seconds": 2}),
+        ),
+    )
+    .await;
+    assert!(job["deadline_at"].is_string(), "{job:#}");
+    let id = job["id"].as_str().unwrap().to_string();
+    // Meanwhile a job with a 1 s deadline waits behind it in the queue.
+    let queued = create_job(
+        &service,
+        job_body(
+            &png(16, 16, [1, 2, 3]),
+            "never runs",
+            json!({"deadline_seconds": 1}),
+        ),
+    )
+    .await;
+    let queued_id = queued["id"].as_str().unwrap().to_string();
+
+    let expired = wait_for_job(&service, &queued_id, LIMIT, is_terminal).await;
+    assert_eq!(expired["status"], "failed", "{expired:#}");
+    assert_eq!(expired["error"]["code"], "deadline_exceeded");
+    assert_eq!(expired["stop_reason"], "deadline");
+    let done = wait_for_job(&service, &id, LIMIT, is_terminal).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(done["stop_reason"], "deadline");
+    assert_eq!(done["result"]["turn"], 1);
+    assert_eq!(done["turns"].as_array().unwrap().len(), 1);
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(done["finished_at"].as_str().unwrap()).unwrap();
+    let deadline =
+        chrono::DateTime::parse_from_rfc3339(done["deadline_at"].as_str().unwrap()).unwrap();
+    // Stopped at the deadline, not when the 5 s critique would have ended.
+    assert!(
+        finished - deadline < chrono::Duration::seconds(2),
+        "{done:#}"
+    );
+    assert_eq!(
+        editor.prompts(),
+        ["critique is slow"],
+        "the queued job never ran"
+    );
+
+    // The deadline passes during the first edit: nothing recorded, failed.
+    thinker.set_delay(Duration::ZERO);
+    editor.set_delay(Duration::from_secs(4));
+    let job = create_job(
+        &service,
+        job_body(
+            &png(16, 16, [1, 2, 3]),
+            "edit is slow",
+            json!({"deadline_seconds": 1}),
+        ),
+    )
+    .await;
+    let failed = wait_for_job(&service, job["id"].as_str().unwrap(), LIMIT, is_terminal).await;
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(failed["error"]["code"], "deadline_exceeded");
+    assert!(failed["turns"].as_array().unwrap().is_empty());
+
+    // Out of range is refused, naming the field.
+    let resp = reqwest::Client::new()
+        .post(service.url("/v1/jobs"))
+        .json(&job_body(
+            &png(16, 16, [1, 2, 3]),
+            "x",
+            json!({"deadline_seconds": 0}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(problem["field"], "options.deadline_seconds", "{problem}");
+}
+
 both_backends!(
+    deadlines_stop_running_and_queued_jobs,
     priority_orders_the_queue_and_positions_show_it,
     prefer_wait_answers_the_finished_job_with_api_and_worker_apart,
     a_failed_job_retried_resumes_after_its_last_turn,

@@ -299,6 +299,7 @@ mod tests {
                 max_attempts: 3,
                 priority: 0,
                 webhook: None,
+                deadline_seconds: None,
             })
             .await
             .unwrap();

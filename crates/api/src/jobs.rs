@@ -244,8 +244,10 @@ async fn insert(
         .put(&source_key, image.bytes.clone())
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let deadline_seconds = parsed.options.deadline_seconds;
     let job = NewJob {
         id,
+        deadline_seconds,
         instruction: parsed.instruction,
         editor,
         options: serde_json::to_value(parsed.options).expect("options serialize"),

@@ -42,6 +42,9 @@ pub struct Job {
     pub priority: i32,
     /// While queued: 1 when the job is claimed next; `null` otherwise.
     pub queue_position: Option<u64>,
+    /// When the job must be done by (`options.deadline_seconds` after
+    /// creation), if it has a deadline.
+    pub deadline_at: Option<DateTime<Utc>>,
     /// The job's webhook (`{"url", "events"}`), if it has one.
     #[schema(value_type = Option<Object>)]
     pub webhook: Option<serde_json::Value>,
@@ -282,6 +285,7 @@ impl Job {
             stop_reason: row.stop_reason,
             priority: row.priority,
             queue_position: None,
+            deadline_at: row.deadline_at,
             webhook: row.webhook.clone(),
             metadata: row.metadata.clone(),
             created_at: row.created_at,

@@ -48,7 +48,15 @@ pub struct JobOptions {
     pub stop: StopThresholds,
     /// Result selection rule.
     pub selection: Selection,
+    /// Seconds after creation by which the job must be done, 1..=86400.
+    /// When it passes, the job stops at once and succeeds with the best of
+    /// its recorded turns, or fails with `deadline_exceeded` without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_seconds: Option<u32>,
 }
+
+/// Largest allowed `deadline_seconds` (a day).
+pub const MAX_DEADLINE_SECONDS: u32 = 86_400;
 
 impl Default for JobOptions {
     fn default() -> Self {
@@ -56,6 +64,7 @@ impl Default for JobOptions {
             max_turns: 5,
             stop: StopThresholds::default(),
             selection: Selection::Best,
+            deadline_seconds: None,
         }
     }
 }
@@ -78,6 +87,14 @@ impl JobOptions {
                 field: "options.max_turns".into(),
                 rule: format!("must be between {MIN_TURNS} and {MAX_TURNS}"),
             });
+        }
+        if let Some(seconds) = self.deadline_seconds {
+            if !(1..=MAX_DEADLINE_SECONDS).contains(&seconds) {
+                return Err(OptionsError {
+                    field: "options.deadline_seconds".into(),
+                    rule: format!("must be between 1 and {MAX_DEADLINE_SECONDS} seconds"),
+                });
+            }
         }
         for (name, value) in [
             ("semantic", self.stop.semantic),
@@ -124,6 +141,15 @@ mod tests {
                 Some("options.stop.quality"),
             ),
             (json(r#"{"stop":{"quality":0}}"#), None),
+            (
+                json(r#"{"deadline_seconds":0}"#),
+                Some("options.deadline_seconds"),
+            ),
+            (
+                json(r#"{"deadline_seconds":86401}"#),
+                Some("options.deadline_seconds"),
+            ),
+            (json(r#"{"deadline_seconds":86400}"#), None),
         ];
         for (options, field) in cases {
             let got = options.validate().err().map(|e| e.field);

@@ -190,6 +190,11 @@ pub trait Store: Send + Sync + 'static {
     /// Returns how many jobs it touched.
     async fn rescue_expired(&self) -> StoreResult<u64>;
 
+    /// Fails queued jobs whose deadline has passed and that have no
+    /// recorded turn (`deadline_exceeded`, `job.failed`), at most 500 a
+    /// call. (A queued job with turns is finished by the worker that claims
+    /// it, which selects among them.) Returns how many it failed.
+    async fn expire_queued_deadlines(&self) -> StoreResult<u64>;
     /// A job's events with id greater than `after`, in id order.
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>>;
     /// The newest event id of each of `jobs` that has events, in one query:

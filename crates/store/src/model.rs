@@ -104,6 +104,8 @@ pub struct NewJob {
     /// `{"url", "events": [...]}` when the job's events are delivered to a
     /// webhook.
     pub webhook: Option<serde_json::Value>,
+    /// Seconds after creation by which the job must be done.
+    pub deadline_seconds: Option<u32>,
 }
 
 /// A stored job.
@@ -161,10 +163,20 @@ pub struct JobRow {
     pub webhook: Option<serde_json::Value>,
     /// Why the job stopped, once it has finished ([`stop_reason`]).
     pub stop_reason: Option<StopReason>,
+    /// When the job must be done by (creation + `deadline_seconds`).
+    pub deadline_at: Option<DateTime<Utc>>,
 }
 
 /// Error code of a job that failed because its deadline passed.
 pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+
+/// The error of a job whose deadline passed before any turn was recorded.
+pub fn deadline_failure() -> (&'static str, &'static str) {
+    (
+        DEADLINE_EXCEEDED,
+        "the job's deadline (options.deadline_seconds) passed before any turn was recorded",
+    )
+}
 
 /// Why a job stopped, the one rule for both backends: a succeeded job's
 /// reason is stored with its completion; a failed or canceled job's

@@ -201,6 +201,7 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
             row.try_get::<Option<String>, _>("stop_reason")?.as_deref(),
             row.try_get::<Option<String>, _>("error_code")?.as_deref(),
         ),
+        deadline_at: row.try_get("deadline_at")?,
     })
 }
 
@@ -290,8 +291,9 @@ async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) ->
 async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<JobRow> {
     let row = sqlx::query(
         "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-         source_mime, attempt, max_attempts, priority, webhook, run_at, created_at) \
-         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now()) RETURNING *",
+         source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, deadline_at) \
+         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
+                 now() + $11 * interval '1 second') RETURNING *",
     )
     .bind(job.id)
     .bind(&job.instruction)
@@ -303,6 +305,7 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
     .bind(job.priority)
     .bind(&job.webhook)
+    .bind(job.deadline_seconds.map(f64::from))
     .fetch_one(&mut *conn)
     .await?;
     let job = job_from_row(&row)?;
@@ -932,6 +935,23 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
+    }
+
+    async fn expire_queued_deadlines(&self) -> StoreResult<u64> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT id FROM jobs j WHERE status = 'queued' AND deadline_at <= now() \
+             AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.job_id = j.id) \
+             ORDER BY deadline_at LIMIT 500 FOR UPDATE SKIP LOCKED",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            let (code, message) = crate::deadline_failure();
+            finish(&mut tx, *id, JobStatus::Failed, Some((code, message))).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
     }
 
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>> {

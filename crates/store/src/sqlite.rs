@@ -126,8 +126,10 @@ impl WriteTx {
         let now = self.now;
         let row = sqlx::query(
             "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-             source_mime, attempt, max_attempts, priority, webhook, run_at, created_at) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11) RETURNING *",
+             source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
+             deadline_at) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12) \
+             RETURNING *",
         )
         .bind(job.id.to_string())
         .bind(&job.instruction)
@@ -140,6 +142,10 @@ impl WriteTx {
         .bind(job.priority)
         .bind(job.webhook.as_ref().map(Value::to_string))
         .bind(now)
+        .bind(
+            job.deadline_seconds
+                .map(|s| now + micros(Duration::from_secs(u64::from(s)))),
+        )
         .fetch_one(self.conn())
         .await?;
         let job = job_from_row(&row)?;
@@ -366,6 +372,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
             row.try_get::<Option<String>, _>("stop_reason")?.as_deref(),
             row.try_get::<Option<String>, _>("error_code")?.as_deref(),
         ),
+        deadline_at: opt_time(row, "deadline_at")?,
     })
 }
 
@@ -953,6 +960,27 @@ impl Store for SqliteStore {
         }
         self.commit(w).await?;
         Ok(rows.len() as u64)
+    }
+
+    async fn expire_queued_deadlines(&self) -> StoreResult<u64> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs j WHERE status = 'queued' AND deadline_at <= ?1 \
+             AND NOT EXISTS (SELECT 1 FROM turns t WHERE t.job_id = j.id) \
+             ORDER BY deadline_at LIMIT 500",
+        )
+        .bind(now)
+        .fetch_all(w.conn())
+        .await?;
+        for id in &ids {
+            let id = Uuid::parse_str(id).map_err(|_| corrupt(format!("job id {id}")))?;
+            let (code, message) = crate::deadline_failure();
+            w.finish(id, JobStatus::Failed, Some((code, message)))
+                .await?;
+        }
+        self.commit(w).await?;
+        Ok(ids.len() as u64)
     }
 
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>> {

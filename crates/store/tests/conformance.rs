@@ -178,6 +178,7 @@ fn new_job(priority: i32, max_attempts: u32) -> NewJob {
         max_attempts,
         priority,
         webhook: None,
+        deadline_seconds: None,
     }
 }
 

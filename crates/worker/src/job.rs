@@ -63,6 +63,8 @@ pub(crate) struct JobRunner {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Interrupt {
     CancelRequested,
+    /// The job's deadline passed.
+    Deadline,
     LeaseLost,
     Shutdown,
 }
@@ -118,6 +120,7 @@ impl JobRunner {
         let work =
             AssertUnwindSafe(self.execute(&claimed, &clock, interrupt.clone(), submitted.clone()))
                 .catch_unwind();
+        let deadline = deadline_instant(claimed.job.deadline_at);
         let result = tokio::select! {
             biased;
             _ = clock.expired() => {
@@ -125,12 +128,17 @@ impl JobRunner {
                 Err(JobError::Interrupted)
             }
             _ = stop_loop.cancelled() => Err(JobError::Interrupted),
+            // The in-flight editor or thinker call is dropped right here.
+            _ = until(deadline) => {
+                set_interrupt(&interrupt, Interrupt::Deadline);
+                Err(JobError::Interrupted)
+            }
             r = work => r.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(panic.as_ref())))),
         };
         drop(_heartbeat);
         let interrupted = *interrupt.lock().expect("interrupt lock");
         let decision = decide(result, interrupted, settings, claimed.lease.attempt);
-        if decision == Decision::Cancel {
+        if matches!(decision, Decision::Cancel | Decision::Deadline) {
             self.cancel_provider_request(&claimed, &submitted).await;
         }
         if !clock.holds() && decision != Decision::Abandon {
@@ -138,6 +146,41 @@ impl JobRunner {
             return;
         }
         self.apply(&claimed.lease, decision).await;
+    }
+
+    /// The deadline passed: the job succeeds with the selection among its
+    /// recorded turns, or fails with `deadline_exceeded` without one.
+    async fn finish_at_deadline(&self, lease: &Lease) -> Result<(), StoreError> {
+        let store = &self.worker.store;
+        let job = store.get_job(lease.job_id).await?;
+        let rows = store.list_turns(lease.job_id).await?;
+        let turns = match recorded_turns(&rows) {
+            Ok(turns) => turns,
+            Err(e) => return Err(StoreError::Corrupt(format!("{e:?}"))),
+        };
+        if turns.is_empty() {
+            let (code, message) = editthinker_store::deadline_failure();
+            warn!("deadline passed before any turn was recorded; job failed");
+            return store.fail(lease, code, message).await;
+        }
+        let selection = job
+            .and_then(|j| serde_json::from_value::<JobOptions>(j.options).ok())
+            .map(|o| o.selection)
+            .unwrap_or_default();
+        let selected = editthinker_core::select_turn(&turns, selection);
+        info!(
+            selected,
+            turns = turns.len(),
+            "deadline passed; job succeeded with a recorded turn"
+        );
+        store
+            .complete(
+                lease,
+                selected,
+                None,
+                editthinker_core::StopReason::Deadline,
+            )
+            .await
     }
 
     /// Asks the provider to stop the edit in flight of a canceled job.
@@ -259,6 +302,7 @@ impl JobRunner {
                 info!("job canceled");
                 store.mark_canceled(lease).await
             }
+            Decision::Deadline => self.finish_at_deadline(lease).await,
             Decision::Release => {
                 info!("releasing job for shutdown");
                 store.release(lease).await
@@ -303,6 +347,8 @@ enum Decision {
     Abandon,
     /// Canceled by the client.
     Cancel,
+    /// The job's deadline passed: finish with what is recorded.
+    Deadline,
     /// Shutting down: hand the job back without spending the attempt.
     Release,
     /// Worth another attempt after `delay`.
@@ -337,6 +383,7 @@ fn decide(
         },
         (Err(_), Some(Interrupt::LeaseLost)) => Decision::Abandon,
         (Err(_), Some(Interrupt::CancelRequested)) => Decision::Cancel,
+        (Err(_), Some(Interrupt::Deadline)) => Decision::Deadline,
         (Err(_), Some(Interrupt::Shutdown)) => Decision::Release,
         (Err(error), None) => {
             let (code, message, transient) = error.classify();
@@ -820,33 +867,60 @@ async fn load_image(blobs: &BlobStore, key: &str) -> Result<Image, JobError> {
 /// look at again is loaded: the newest turn's, when its critique is still
 /// to be made (every edit starts from the source).
 async fn load_turns(blobs: &BlobStore, rows: Vec<TurnRow>) -> Result<Vec<TurnRecord>, JobError> {
-    let count = rows.len();
-    let mut turns = Vec::with_capacity(count);
-    for (position, row) in rows.into_iter().enumerate() {
-        let critique = match row.critique {
-            Some(json) => Some(serde_json::from_value::<CritiqueRecord>(json).map_err(|e| {
-                JobError::Permanent {
-                    code: error_code::STORAGE,
-                    message: format!("stored critique of turn {} unreadable: {e}", row.index),
-                }
-            })?),
-            None => None,
-        };
-        let needed = position + 1 == count && critique.is_none();
-        let image = if needed {
-            Some(load_image(blobs, &row.image_key).await?)
-        } else {
-            None
-        };
-        turns.push(TurnRecord {
-            index: row.index,
-            instruction: row.instruction,
-            image,
-            editor_ms: row.editor_ms,
-            critique,
-        });
+    let mut turns = recorded_turns(&rows)?;
+    if let (Some(turn), Some(row)) = (turns.last_mut(), rows.last()) {
+        if turn.critique.is_none() {
+            turn.image = Some(load_image(blobs, &row.image_key).await?);
+        }
     }
     Ok(turns)
+}
+
+/// The recorded turns with their critiques, no images.
+fn recorded_turns(rows: &[TurnRow]) -> Result<Vec<TurnRecord>, JobError> {
+    rows.iter()
+        .map(|row| {
+            let critique = match &row.critique {
+                Some(json) => Some(
+                    serde_json::from_value::<CritiqueRecord>(json.clone()).map_err(|e| {
+                        JobError::Permanent {
+                            code: error_code::STORAGE,
+                            message: format!(
+                                "stored critique of turn {} unreadable: {e}",
+                                row.index
+                            ),
+                        }
+                    })?,
+                ),
+                None => None,
+            };
+            Ok(TurnRecord {
+                index: row.index,
+                instruction: row.instruction.clone(),
+                image: None,
+                editor_ms: row.editor_ms,
+                critique,
+            })
+        })
+        .collect()
+}
+
+/// The job's deadline on the runtime's clock (wall-clock time left from now).
+fn deadline_instant(
+    deadline: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<tokio::time::Instant> {
+    let left = (deadline? - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

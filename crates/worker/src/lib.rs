@@ -113,7 +113,9 @@ impl Worker {
         let concurrency = self.settings.concurrency.max(1);
         info!(owner = %self.owner, concurrency, "worker started");
         // The rescuer runs on its own interval, not on every claim: a
-        // lease can only expire so often, and each pass is a write.
+        // lease can only expire so often, and each pass is a write. The
+        // deadline sweep rides along, so a queued job fails at most a
+        // third of a lease after its deadline.
         let rescue_every = (self.settings.lease / 3).max(Duration::from_millis(500));
         let mut last_rescue: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
@@ -121,6 +123,12 @@ impl Worker {
                 last_rescue = Some(tokio::time::Instant::now());
                 if let Err(e) = self.store.rescue_expired().await {
                     warn!(error = %e, "rescuing expired leases failed");
+                }
+                // Same pace for queued jobs whose deadline passed unclaimed.
+                match self.store.expire_queued_deadlines().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(jobs = n, "failed queued jobs past their deadline"),
+                    Err(e) => warn!(error = %e, "expiring queued deadlines failed"),
                 }
             }
             let free = concurrency.saturating_sub(jobs.len());

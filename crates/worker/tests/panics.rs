@@ -69,6 +69,7 @@ async fn a_panicking_job_is_given_back_then_failed_as_internal() {
             max_attempts: 2,
             priority: 0,
             webhook: None,
+            deadline_seconds: None,
         })
         .await
         .unwrap();
