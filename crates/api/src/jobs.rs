@@ -288,6 +288,14 @@ async fn insert(
 /// The job JSON, with its place in the queue while it is queued.
 async fn job_view(state: &AppState, row: &JobRow, turns: &[TurnRow]) -> Result<Job, ApiError> {
     let mut job = Job::from_rows(row, turns);
+    job.expires_at = row
+        .finished_at
+        .zip(
+            state
+                .retention
+                .and_then(|k| chrono::Duration::from_std(k).ok()),
+        )
+        .map(|(finished, keep)| finished + keep);
     if row.status == JobStatus::Queued {
         job.queue_position = state.store.jobs_ahead(row.id).await?.map(|ahead| ahead + 1);
     }

@@ -39,6 +39,8 @@ pub struct AppState {
     /// Whether a webhook secret is configured; without one, jobs with a
     /// webhook are refused.
     pub webhooks_configured: bool,
+    /// How long finished jobs are kept (`expires_at`); `None`: for ever.
+    pub retention: Option<std::time::Duration>,
     /// Browser origins allowed to call the API (CORS); empty: none.
     pub cors_allowed_origins: Vec<HeaderValue>,
     /// Input limits.

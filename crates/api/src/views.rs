@@ -45,6 +45,9 @@ pub struct Job {
     /// When the job must be done by (`options.deadline_seconds` after
     /// creation), if it has a deadline.
     pub deadline_at: Option<DateTime<Utc>>,
+    /// When the retention sweep deletes the finished job (`[retention]
+    /// days` after it finished); `null` while it runs or when kept for ever.
+    pub expires_at: Option<DateTime<Utc>>,
     /// The job's webhook (`{"url", "events"}`), if it has one.
     #[schema(value_type = Option<Object>)]
     pub webhook: Option<serde_json::Value>,
@@ -286,6 +289,7 @@ impl Job {
             priority: row.priority,
             queue_position: None,
             deadline_at: row.deadline_at,
+            expires_at: None,
             webhook: row.webhook.clone(),
             metadata: row.metadata.clone(),
             created_at: row.created_at,

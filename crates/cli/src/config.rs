@@ -37,6 +37,8 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     /// `[http]`: what browsers may do.
     pub http: HttpConfig,
+    /// `[retention]`: how long finished jobs are kept.
+    pub retention: RetentionConfig,
     /// Input limits.
     pub limits: LimitsConfig,
     /// Worker settings.
@@ -59,6 +61,7 @@ impl Default for Config {
             allow_private_webhook_urls: false,
             webhooks: WebhooksConfig::default(),
             http: HttpConfig::default(),
+            retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             worker: WorkerConfig::default(),
             thinker: None,
@@ -91,6 +94,33 @@ impl Default for LimitsConfig {
             max_instruction_chars: d.max_instruction_chars,
             image_fetch_timeout_seconds: d.image_fetch_timeout.as_secs(),
         }
+    }
+}
+
+/// `[retention]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days a finished job is kept (with its turns, events, deliveries,
+    /// keys and blobs); 0 keeps them for ever.
+    pub days: u32,
+    /// Seconds between sweeps.
+    pub sweep_interval_seconds: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            days: 7,
+            sweep_interval_seconds: 300,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// How long finished jobs are kept; `None`: for ever.
+    pub fn keep(&self) -> Option<Duration> {
+        (self.days > 0).then(|| Duration::from_secs(u64::from(self.days) * 86_400))
     }
 }
 
@@ -265,6 +295,10 @@ impl Config {
             ("worker.max_attempts", u64::from(w.max_attempts)),
             ("worker.poll_interval_ms", w.poll_interval_ms),
             ("worker.parse_attempts", u64::from(w.parse_attempts)),
+            (
+                "retention.sweep_interval_seconds",
+                self.retention.sweep_interval_seconds,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod outbox;
+pub mod retention;
 pub mod roles;
 pub mod telemetry;

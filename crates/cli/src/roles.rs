@@ -57,6 +57,21 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     })
 }
 
+/// The retention sweep (`worker` and `serve` roles).
+fn start_retention(
+    config: &Config,
+    parts: &Parts,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let retention = crate::retention::Retention {
+        store: parts.store.clone(),
+        blobs: parts.blobs.clone(),
+        keep: config.retention.keep(),
+        every: Duration::from_secs(config.retention.sweep_interval_seconds),
+    };
+    tokio::spawn(retention.run(shutdown))
+}
+
 /// The webhook delivery loop, when a secret is configured.
 fn start_outbox(
     config: &Config,
@@ -149,6 +164,7 @@ async fn run_api(
         thinker_configured: parts.thinker_configured,
         webhooks_configured: parts.webhook_secret.is_some(),
         cors_allowed_origins: config.cors_origins()?,
+        retention: config.retention.keep(),
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
         hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),
@@ -199,6 +215,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         warn!("worker disabled: no thinker configured");
     }
     let outbox = start_outbox(&config, &parts, shutdown.clone())?;
+    let retention = start_retention(&config, &parts, shutdown.clone());
     let served = run_api(&config, &parts, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(worker) = worker {
@@ -207,6 +224,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(outbox) = outbox {
         outbox.await.context("webhook delivery task")?;
     }
+    retention.await.context("retention task")?;
     served
 }
 
@@ -227,10 +245,12 @@ pub async fn worker(config: Config) -> anyhow::Result<()> {
     }
     let shutdown = shutdown_token();
     let outbox = start_outbox(&config, &parts, shutdown.clone())?;
+    let retention = start_retention(&config, &parts, shutdown.clone());
     worker.run(shutdown).await;
     if let Some(outbox) = outbox {
         outbox.await.context("webhook delivery task")?;
     }
+    retention.await.context("retention task")?;
     Ok(())
 }
 

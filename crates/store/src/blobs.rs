@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
@@ -40,6 +41,9 @@ pub struct BlobStore {
     /// Prepended to every key (`s3://bucket/prefix`); empty for none.
     prefix: String,
     url: String,
+    /// The folder of a `file://` store: deleting its files leaves their
+    /// folders behind, which [`BlobStore::delete_job`] removes too.
+    local_root: Option<PathBuf>,
 }
 
 impl fmt::Debug for BlobStore {
@@ -66,6 +70,7 @@ impl BlobStore {
                 inner: Arc::new(local),
                 prefix: String::new(),
                 url: url.to_owned(),
+                local_root: Some(dir),
             })
         } else if url.starts_with("s3://") {
             let parsed =
@@ -81,6 +86,7 @@ impl BlobStore {
                 inner: Arc::new(s3),
                 prefix: parsed.path().trim_matches('/').to_owned(),
                 url: url.to_owned(),
+                local_root: None,
             })
         } else {
             Err(BlobError::BadUrl(format!(
@@ -125,6 +131,47 @@ impl BlobStore {
         };
         let result = self.inner.get(&path).await.map_err(not_found)?;
         result.bytes().await.map_err(not_found)
+    }
+
+    /// Deletes every blob of a job (everything under `jobs/{id}/`: its
+    /// source and every turn image ever written, lost attempts' included).
+    pub async fn delete_job(&self, job_id: Uuid) -> Result<(), BlobError> {
+        use futures::TryStreamExt;
+        let prefix = self.path(&format!("jobs/{job_id}"))?;
+        let paths = self
+            .inner
+            .list(Some(&prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let mut deleted = self.inner.delete_stream(paths);
+        while let Some(result) = deleted.next().await {
+            match result {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(root) = &self.local_root {
+            match std::fs::remove_dir_all(root.join("jobs").join(job_id.to_string())) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The ids of the jobs that have a blob folder (`jobs/{id}/`).
+    pub async fn job_folders(&self) -> Result<Vec<Uuid>, BlobError> {
+        let prefix = self.path("jobs")?;
+        let listing = match self.inner.list_with_delimiter(Some(&prefix)).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(listing
+            .common_prefixes
+            .iter()
+            .filter_map(|p| p.filename().and_then(|name| Uuid::parse_str(name).ok()))
+            .collect())
     }
 
     /// The key of a job's source image: `jobs/{id}/source.{ext}`.

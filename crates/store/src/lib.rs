@@ -195,6 +195,18 @@ pub trait Store: Send + Sync + 'static {
     /// call. (A queued job with turns is finished by the worker that claims
     /// it, which selects among them.) Returns how many it failed.
     async fn expire_queued_deadlines(&self) -> StoreResult<u64>;
+    /// Retention: deletes up to `limit` jobs that finished before `before`,
+    /// with their turns, events, webhook deliveries and idempotency keys
+    /// (the rows cascade), and forgets idempotency keys past their window.
+    /// Returns the deleted jobs' ids (their blobs are the caller's to
+    /// delete). Queued and running jobs are never touched.
+    async fn delete_finished_before(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>>;
+    /// Which of `ids` name jobs that exist.
+    async fn existing_jobs(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>>;
     /// A job's events with id greater than `after`, in id order.
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>>;
     /// The newest event id of each of `jobs` that has events, in one query:

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
@@ -935,6 +936,40 @@ impl Store for PgStore {
         }
         tx.commit().await?;
         Ok(rows.len() as u64)
+    }
+
+    async fn delete_finished_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE created_at < now() - $1 * interval '1 second'",
+        )
+        .bind(secs(IDEMPOTENCY_WINDOW))
+        .execute(&mut *tx)
+        .await?;
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "DELETE FROM jobs WHERE id IN (\
+                 SELECT id FROM jobs \
+                 WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_at < $1 \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .bind(before)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    async fn existing_jobs(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        Ok(sqlx::query_scalar("SELECT id FROM jobs WHERE id = ANY($1)")
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn expire_queued_deadlines(&self) -> StoreResult<u64> {

@@ -962,6 +962,47 @@ impl Store for SqliteStore {
         Ok(rows.len() as u64)
     }
 
+    async fn delete_finished_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Uuid>> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ?1")
+            .bind(now - micros(IDEMPOTENCY_WINDOW))
+            .execute(w.conn())
+            .await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM jobs WHERE id IN (\
+                 SELECT id FROM jobs \
+                 WHERE status IN ('succeeded', 'failed', 'canceled') AND finished_at < ?1 \
+                 ORDER BY finished_at LIMIT ?2) \
+             RETURNING id",
+        )
+        .bind(before.timestamp_micros())
+        .bind(i64::from(limit))
+        .fetch_all(w.conn())
+        .await?;
+        self.commit(w).await?;
+        ids.iter()
+            .map(|id| Uuid::parse_str(id).map_err(|_| corrupt(format!("job id {id}"))))
+            .collect()
+    }
+
+    async fn existing_jobs(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        let list: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let found: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?1))")
+                .bind(serde_json::to_string(&list).expect("ids serialize"))
+                .fetch_all(&self.pool)
+                .await?;
+        found
+            .iter()
+            .map(|id| Uuid::parse_str(id).map_err(|_| corrupt(format!("job id {id}"))))
+            .collect()
+    }
+
     async fn expire_queued_deadlines(&self) -> StoreResult<u64> {
         let mut w = self.write().await?;
         let now = w.now;
