@@ -98,7 +98,9 @@ async fn main() {
     let backends = backends_config(&thinker, &editor, env.dir.path());
     let config = env.config(
         "bench",
-        &format!("allow_private_webhook_urls = true\n[webhooks]\npoll_interval_ms = 100\n{backends}"),
+        &format!(
+            "allow_private_webhook_urls = true\n[webhooks]\npoll_interval_ms = 100\n{backends}"
+        ),
     );
     let quiet = [
         ("RUST_LOG", "warn,editthinker::roles=info"),
