@@ -67,7 +67,11 @@ async fn main() {
     *thinker.state.fallback.lock().unwrap() = said(5, 5, "try again");
     env.migrate();
     let backends = backends_config(&thinker, &editor, env.dir.path());
-    let quiet = [("RUST_LOG", "warn,editthinker::roles=info")];
+    // The bench queues every job at once: no per-tenant active-jobs limit.
+    let quiet = [
+        ("RUST_LOG", "warn,editthinker::roles=info"),
+        ("EDITTHINKER_LIMITS__MAX_ACTIVE_JOBS_PER_TENANT", "0"),
+    ];
     let api = Service::start_with_env("api", &env.config("api", &backends), &quiet);
     let worker_env = [
         ("RUST_LOG", "warn,editthinker::roles=info"),

@@ -1078,6 +1078,8 @@ async fn run() {
     let editor = FakeEditor::start().await;
     let thinker = FakeThinker::start().await;
     let backends = backends_config(&thinker, &editor, env.dir.path());
+    // One tenant opens every stream: no per-tenant stream limit.
+    let backends = format!("{backends}\n[limits]\nmax_streams_per_tenant = 0\n");
     let mut api = Api::start(&env.config("api", &backends));
     let pid = api.pid();
     println!(

@@ -102,9 +102,11 @@ async fn main() {
             "allow_private_webhook_urls = true\n[webhooks]\npoll_interval_ms = 100\n{backends}"
         ),
     );
+    // Thousands of jobs queued by one tenant: no active-jobs limit.
     let quiet = [
         ("RUST_LOG", "warn,editthinker::roles=info"),
         ("WEBHOOK_SECRET", SECRET),
+        ("EDITTHINKER_LIMITS__MAX_ACTIVE_JOBS_PER_TENANT", "0"),
     ];
     let api = Service::start_with_env("api", &config, &quiet);
     let client = reqwest::Client::new();

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -672,4 +673,68 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+/// `name` on PATH, or in the sbin folders (nginx lives in /usr/sbin, which
+/// a non-root PATH often lacks).
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// A free loopback TCP port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child in its own process group; the whole group is SIGKILLed on drop
+/// (nginx's workers, the browser chromedriver starts).
+pub struct Group {
+    child: Child,
+    name: &'static str,
+}
+
+impl Group {
+    pub fn spawn(name: &'static str, mut cmd: Command, output: &Path) -> Self {
+        let out = std::fs::File::create(output).unwrap();
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name} ({cmd:?}): {e}"));
+        Self { child, name }
+    }
+
+    pub fn check_running(&mut self, output: &Path) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early ({status}):\n{}",
+                self.name,
+                std::fs::read_to_string(output).unwrap_or_default()
+            );
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // The child is not reaped yet, so its pid (the group id) is still ours.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
 }

@@ -68,6 +68,23 @@ pub enum ApiError {
         /// What state it is in.
         detail: String,
     },
+    /// Missing or bad credentials (401 with `WWW-Authenticate: Bearer`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A limit was reached: try again after `retry_after` seconds (429).
+    #[error("{detail}")]
+    RateLimited {
+        /// Which limit, and its value.
+        detail: String,
+        /// Seconds until a retry may succeed (`Retry-After`).
+        retry_after: u64,
+    },
+    /// The request's headers are over the size limit (431).
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// The client sent its body too slowly (408).
+    #[error("{0}")]
+    BodyTimeout(String),
     /// The server lacks configuration needed to accept jobs.
     #[error("{0}")]
     NotConfigured(String),
@@ -114,6 +131,30 @@ impl ApiError {
             ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found", None),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, code, "Conflict", None),
+            Self::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                Some("Authorization"),
+            ),
+            Self::RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Too many requests",
+                None,
+            ),
+            Self::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                "Request header fields too large",
+                Some("headers"),
+            ),
+            Self::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "Request timeout",
+                Some("body"),
+            ),
             Self::NotConfigured(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "not_configured",
@@ -138,10 +179,21 @@ impl From<StoreError> for ApiError {
                 code: "job_finished",
                 detail: format!("job {id} is already {status}"),
             },
+            StoreError::ActiveJobsLimit { limit, .. } => Self::RateLimited {
+                detail: format!(
+                    "this tenant already has {limit} jobs queued or running \
+                     ([limits] max_active_jobs_per_tenant); wait for some to finish"
+                ),
+                retry_after: ACTIVE_JOBS_RETRY_AFTER,
+            },
             other => Self::Internal(other.to_string()),
         }
     }
 }
+
+/// `Retry-After` when the active-jobs limit refuses a create: about how
+/// long a short job takes.
+pub const ACTIVE_JOBS_RETRY_AFTER: u64 = 10;
 
 /// A `Conflict` saying the job is not in the needed state.
 pub fn wrong_status(id: uuid::Uuid, status: JobStatus, needed: &str) -> ApiError {
@@ -167,11 +219,25 @@ impl IntoResponse for ApiError {
             field: field.map(str::to_string),
         };
         let body = serde_json::to_vec(&problem).expect("problem serializes");
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/problem+json")],
             body,
         )
-            .into_response()
+            .into_response();
+        let headers = response.headers_mut();
+        match &self {
+            Self::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            Self::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, header::HeaderValue::from(*retry_after));
+            }
+            _ => {}
+        }
+        response
     }
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::ReusableBoxFuture;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::auth::{Caller, StreamSlot};
 use crate::error::ApiError;
 use crate::fanout::{Feed, Subscription};
 use crate::jobs::job_id;
@@ -41,9 +42,13 @@ pub struct EventsQuery {
     responses(
         (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
         (status = 204, description = "The job has finished and nothing is stored after the cursor: the EventSource standard's signal to stop reconnecting"),
-        (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad `Last-Event-ID` or `after`", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's open streams on this replica are at the limit", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn job_events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -62,9 +67,11 @@ pub async fn job_events(
     let after = header_after.or(query.after).unwrap_or(0);
     // Subscribe before reading the table, so nothing falls between the two.
     let feed = state.hub.subscribe(id, after);
-    let Some(job) = state.store.get_job(id).await? else {
-        return Err(ApiError::NotFound(format!("job {id} not found")));
+    let job = match state.store.get_job(id).await? {
+        Some(job) if *job.tenant == *caller.tenant => job,
+        _ => return Err(ApiError::NotFound(format!("job {id} not found"))),
     };
+    let slot = state.auth.open_stream(&caller.tenant)?;
     let replay = state.store.events_after(id, after).await?;
     if job.status.is_terminal() && replay.is_empty() {
         // Read after the status, so a finished job's terminal event is in
@@ -75,6 +82,7 @@ pub async fn job_events(
         store: state.store.clone(),
         job: id,
         feed,
+        _slot: slot,
         position: Position {
             last: after,
             pending: VecDeque::from([Batch::new(replay.iter().map(stored_frame).collect())]),
@@ -150,6 +158,8 @@ struct Cursor {
     store: Arc<dyn Store>,
     job: Uuid,
     feed: Subscription,
+    /// The tenant's stream slot in this process, freed when the stream ends.
+    _slot: StreamSlot,
     position: Position,
     /// Fires every [`KEEP_ALIVE`]; one timer per stream for its whole life
     /// (a fresh timer per wait would touch the timer wheel at every event

@@ -290,6 +290,8 @@ mod tests {
         store
             .insert_job(NewJob {
                 id,
+                tenant: editthinker_store::DEFAULT_TENANT.into(),
+                active_limit: None,
                 instruction: "i".into(),
                 editor: "e".into(),
                 options: serde_json::json!({}),

@@ -2,6 +2,7 @@
 //! the image (inline or fetched), the instruction, the editor and options.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 pub use editthinker_core::net::is_forbidden;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use bytes::{Bytes, BytesMut};
 use editthinker_core::{Image, ImageError, JobOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -31,6 +33,21 @@ pub struct Limits {
     pub allow_private_webhook_urls: bool,
     /// Total time allowed to fetch an image URL.
     pub image_fetch_timeout: Duration,
+    /// Largest `metadata`, as compact JSON, in bytes.
+    pub max_metadata_bytes: usize,
+    /// Deepest nesting of objects and arrays in a JSON body.
+    pub max_json_depth: usize,
+    /// Most parts in a multipart body.
+    pub max_multipart_parts: usize,
+    /// Largest multipart part other than the image, in bytes.
+    pub max_form_field_bytes: usize,
+    /// Largest request head (names and values of every header), in bytes.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's body once its head is in.
+    pub body_read_timeout: Duration,
+    /// Image decodes at once in this process (each can take a core and
+    /// tens of megabytes); further creates wait for a slot.
+    pub decode_slots: Arc<Semaphore>,
 }
 
 impl Default for Limits {
@@ -42,8 +59,20 @@ impl Default for Limits {
             allow_private_image_urls: false,
             allow_private_webhook_urls: false,
             image_fetch_timeout: Duration::from_secs(20),
+            max_metadata_bytes: 16 * 1024,
+            max_json_depth: 32,
+            max_multipart_parts: 16,
+            max_form_field_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+            body_read_timeout: Duration::from_secs(60),
+            decode_slots: Arc::new(Semaphore::new(default_decode_slots())),
         }
     }
+}
+
+/// Image decodes at once by default: one per core.
+pub fn default_decode_slots() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// `POST /v1/jobs` as JSON.
@@ -128,6 +157,16 @@ pub struct ParsedCreate {
 
 /// Parses a JSON create body, fetching the image when given by URL.
 pub async fn parse_json(body: &[u8], limits: &Limits) -> Result<ParsedCreate, ApiError> {
+    let depth = json_depth(body);
+    if depth > limits.max_json_depth {
+        return Err(ApiError::invalid(
+            "body",
+            format!(
+                "nests objects and arrays {depth} deep; at most {} levels are allowed",
+                limits.max_json_depth
+            ),
+        ));
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let request: CreateJobRequest =
         serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
@@ -164,22 +203,38 @@ pub async fn parse_multipart(
     let (mut image, mut instruction, mut editor, mut options, mut metadata) =
         (None, None, None, None, None);
     let (mut webhook, mut priority) = (None, None);
+    let mut parts = 0;
     while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        parts += 1;
+        if parts > limits.max_multipart_parts {
+            return Err(ApiError::invalid(
+                "multipart",
+                format!("has more than {} parts", limits.max_multipart_parts),
+            ));
+        }
         let name = field.name().unwrap_or_default().to_string();
+        let text_limit = limits.max_form_field_bytes;
         match name.as_str() {
             "image" => image = Some(read_limited_field(field, limits.max_image_bytes).await?),
-            "instruction" => instruction = Some(text_field(field).await?),
-            "editor" => editor = Some(text_field(field).await?),
-            "options" => options = Some(json_text_field(field, "options").await?),
+            "instruction" => instruction = Some(text_field(field, text_limit).await?),
+            "editor" => editor = Some(text_field(field, text_limit).await?),
+            // `null` is what a JSON serializer writes for an absent value.
+            "options" => {
+                options = json_text_field::<Option<JobOptions>>(field, "options", text_limit)
+                    .await?
+            }
             "metadata" => {
-                let text = text_field(field).await?;
+                let text = text_field(field, text_limit).await?;
                 let parsed: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| ApiError::invalid("metadata", format!("must be JSON: {e}")))?;
-                metadata = Some(parsed);
+                metadata = Some(parsed).filter(|m| !m.is_null());
             }
-            "webhook" => webhook = Some(json_text_field(field, "webhook").await?),
+            "webhook" => {
+                webhook = json_text_field::<Option<WebhookInput>>(field, "webhook", text_limit)
+                    .await?
+            }
             "priority" => {
-                let text = text_field(field).await?;
+                let text = text_field(field, text_limit).await?;
                 let parsed: i32 = text
                     .trim()
                     .parse()
@@ -217,8 +272,9 @@ pub async fn parse_multipart(
 async fn json_text_field<T: serde::de::DeserializeOwned>(
     field: Field<'_>,
     name: &str,
+    limit: usize,
 ) -> Result<T, ApiError> {
-    let text = text_field(field).await?;
+    let text = text_field(field, limit).await?;
     let mut de = serde_json::Deserializer::from_str(&text);
     serde_path_to_error::deserialize(&mut de).map_err(|e| prefixed(json_error(e), name))
 }
@@ -255,6 +311,16 @@ fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate,
     let metadata = fields.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
         return Err(ApiError::invalid("metadata", "must be a JSON object"));
+    }
+    let metadata_bytes = metadata.to_string().len();
+    if metadata_bytes > limits.max_metadata_bytes {
+        return Err(ApiError::invalid(
+            "metadata",
+            format!(
+                "is {metadata_bytes} bytes as JSON; at most {} are allowed",
+                limits.max_metadata_bytes
+            ),
+        ));
     }
     let priority = fields.priority.unwrap_or(0);
     if !PRIORITY_RANGE.contains(&priority) {
@@ -409,6 +475,13 @@ pub async fn validate_image(bytes: Bytes, limits: &Limits) -> Result<Image, ApiE
     let max_pixels = limits.max_pixels;
     let probed = Image::probe(bytes, max_pixels).map_err(image_error)?;
     let checked = probed.clone();
+    // Bounded per process: a burst of creates queues here instead of
+    // taking every core and the memory of every decode at once.
+    let _slot = limits
+        .decode_slots
+        .acquire()
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     tokio::task::spawn_blocking(move || checked.decode().map(|_| ()))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
@@ -530,10 +603,46 @@ async fn read_limited_field(mut field: Field<'_>, limit: usize) -> Result<Bytes,
     Ok(buf.freeze())
 }
 
-async fn text_field(field: Field<'_>) -> Result<String, ApiError> {
+async fn text_field(field: Field<'_>, limit: usize) -> Result<String, ApiError> {
     let name = field.name().unwrap_or_default().to_string();
-    let bytes = field.bytes().await.map_err(multipart_error)?;
+    let bytes = match read_limited_field(field, limit).await {
+        Err(ApiError::TooLarge { .. }) => {
+            return Err(ApiError::TooLarge {
+                field: name,
+                detail: format!("form fields other than the image are at most {limit} bytes"),
+            })
+        }
+        other => other?,
+    };
     String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::invalid(name, "must be UTF-8 text"))
+}
+
+/// How deeply objects and arrays nest in JSON text (brackets inside
+/// strings do not count). Checked before parsing, so a hostile body costs
+/// one linear scan.
+pub fn json_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in text {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Fetches an image URL with the upload limits, a timeout, at most five

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::{wrong_status, ApiError, Problem};
 use crate::fanout::Feed;
 use crate::intake::{self, ParsedCreate};
@@ -34,12 +35,14 @@ use crate::AppState;
         (status = 202, description = "Queued; `Location` names the job. `Idempotent-Replayed: true` when an `Idempotency-Key` returned an earlier job", body = Job),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Image over the byte limit", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within `[limits] body_read_timeout_seconds`", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Neither JSON nor multipart", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A field breaks a rule", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No thinker or editor configured", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_job(
     State(state): State<AppState>,
+    caller: Caller,
     request: Request,
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(request.headers())?;
@@ -50,20 +53,33 @@ pub async fn create_job(
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
+    let body_timeout = state.limits.body_read_timeout;
+    let slow = || {
+        ApiError::BodyTimeout(format!(
+            "the body did not arrive within {} s",
+            body_timeout.as_secs()
+        ))
+    };
     let parsed = if content_type.starts_with("application/json") {
-        let body = Bytes::from_request(request, &state)
+        let body = tokio::time::timeout(body_timeout, Bytes::from_request(request, &state))
             .await
+            .map_err(|_| slow())?
             .map_err(|e| body_error(e.status(), e.body_text()))?;
         intake::parse_json(&body, &state.limits).await?
     } else if content_type.starts_with("multipart/form-data") {
         let multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|e| body_error(e.status(), e.body_text()))?;
-        intake::parse_multipart(multipart, &state.limits).await?
+        tokio::time::timeout(
+            body_timeout,
+            intake::parse_multipart(multipart, &state.limits),
+        )
+        .await
+        .map_err(|_| slow())??
     } else {
         return Err(ApiError::UnsupportedMediaType(content_type));
     };
-    let (mut job, replayed) = insert(&state, parsed, idempotency_key.as_deref()).await?;
+    let (mut job, replayed) = insert(&state, &caller, parsed, idempotency_key.as_deref()).await?;
     let location = format!("/v1/jobs/{}", job.id);
     let mut status = StatusCode::ACCEPTED;
     if let Some(seconds) = wait {
@@ -218,6 +234,7 @@ fn body_error(status: StatusCode, text: String) -> ApiError {
 /// when there is one); `true` when the key replayed an earlier job.
 async fn insert(
     state: &AppState,
+    caller: &Caller,
     parsed: ParsedCreate,
     idempotency_key: Option<&str>,
 ) -> Result<(Job, bool), ApiError> {
@@ -228,7 +245,13 @@ async fn insert(
         ));
     }
     if let Some(webhook) = &parsed.webhook {
-        if !state.webhooks_configured {
+        if !state.webhooks_configured
+            && state
+                .store
+                .tenant_webhook_secret(&caller.tenant)
+                .await?
+                .is_none()
+        {
             return Err(ApiError::NotConfigured(
                 "webhooks are not configured: set [webhooks] secret_env to the name of an environment variable holding a whsec_… secret".into(),
             ));
@@ -247,6 +270,8 @@ async fn insert(
     let deadline_seconds = parsed.options.deadline_seconds;
     let job = NewJob {
         id,
+        tenant: caller.tenant.to_string(),
+        active_limit: state.max_active_jobs_per_tenant,
         deadline_seconds,
         instruction: parsed.instruction,
         editor,
@@ -350,6 +375,7 @@ pub struct ListQuery {
         (status = 422, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_jobs(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
@@ -374,7 +400,10 @@ pub async fn list_jobs(
         .as_deref()
         .map(|c| Uuid::parse_str(c).map_err(|_| ApiError::invalid("cursor", "must be a job id")))
         .transpose()?;
-    let rows = state.store.list_jobs(status, limit + 1, cursor).await?;
+    let rows = state
+        .store
+        .list_jobs(&caller.tenant, status, limit + 1, cursor)
+        .await?;
     let more = rows.len() > limit as usize;
     let jobs: Vec<JobSummary> = rows
         .iter()
@@ -394,8 +423,16 @@ pub(crate) fn job_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("job {raw} not found")))
 }
 
-async fn load(state: &AppState, raw: &str) -> Result<JobRow, ApiError> {
-    load_row(state, job_id(raw)?).await
+/// The caller's job named by a path segment. Another tenant's job is
+/// `404` like a job that does not exist: one query either way, and the
+/// same answer.
+pub(crate) async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<JobRow, ApiError> {
+    let id = job_id(raw)?;
+    let row = load_row(state, id).await?;
+    if *row.tenant != *caller.tenant {
+        return Err(ApiError::NotFound(format!("job {id} not found")));
+    }
+    Ok(row)
 }
 
 async fn load_row(state: &AppState, id: Uuid) -> Result<JobRow, ApiError> {
@@ -413,9 +450,10 @@ async fn load_row(state: &AppState, id: Uuid) -> Result<JobRow, ApiError> {
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn get_job(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let row = load(&state, &id).await?;
+    let row = load(&state, &caller, &id).await?;
     let turns = state.store.list_turns(row.id).await?;
     Ok(Json(job_view(&state, &row, &turns).await?))
 }
@@ -428,9 +466,10 @@ pub async fn get_job(
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn list_webhook_deliveries(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let row = load(&state, &id).await?;
+    let row = load(&state, &caller, &id).await?;
     let deliveries = state.store.list_deliveries(row.id).await?;
     Ok(Json(DeliveryList {
         deliveries: deliveries.iter().map(Delivery::from_row).collect(),
@@ -446,9 +485,10 @@ pub async fn list_webhook_deliveries(
         (status = 409, description = "Already finished", body = Problem, content_type = "application/problem+json")))]
 pub async fn cancel_job(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    let id = job_id(&id)?;
+    let id = load(&state, &caller, &id).await?.id;
     let row = state.store.request_cancel(id).await?;
     let turns = state.store.list_turns(id).await?;
     Ok((StatusCode::ACCEPTED, Json(Job::from_rows(&row, &turns))))
@@ -464,9 +504,10 @@ pub async fn cancel_job(
         (status = 409, description = "The job is not `failed` (code `job_not_failed`)", body = Problem, content_type = "application/problem+json")))]
 pub async fn retry_job(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    let id = job_id(&id)?;
+    let id = load(&state, &caller, &id).await?.id;
     let row = match state.store.retry_failed(id, state.max_attempts).await {
         Err(StoreError::Conflict { id, status }) => {
             return Err(ApiError::Conflict {
@@ -491,9 +532,10 @@ pub async fn retry_job(
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn source_image(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row = load(&state, &id).await?;
+    let row = load(&state, &caller, &id).await?;
     blob_response(&state, &row.source_key, &row.source_mime).await
 }
 
@@ -504,9 +546,10 @@ pub async fn source_image(
         (status = 404, body = Problem, content_type = "application/problem+json")))]
 pub async fn turn_image(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, n)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let row = load(&state, &id).await?;
+    let row = load(&state, &caller, &id).await?;
     let n: u32 = n
         .parse()
         .map_err(|_| ApiError::NotFound(format!("job {} has no turn {n}", row.id)))?;
@@ -526,9 +569,10 @@ pub async fn turn_image(
         (status = 409, description = "The job has not succeeded", body = Problem, content_type = "application/problem+json")))]
 pub async fn result_image(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let row = load(&state, &id).await?;
+    let row = load(&state, &caller, &id).await?;
     let (JobStatus::Succeeded, Some(n)) = (row.status, row.result_turn) else {
         return Err(wrong_status(
             row.id,

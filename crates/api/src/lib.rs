@@ -1,6 +1,7 @@
 //! The HTTP API (DESIGN.md §8): axum routers, request intake, problem
 //! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
 
+pub mod auth;
 pub mod error;
 pub mod events;
 pub mod fanout;
@@ -47,6 +48,11 @@ pub struct AppState {
     pub limits: Limits,
     /// Attempts a job gets before it fails for good.
     pub max_attempts: u32,
+    /// Authentication and the per-caller limits of this process.
+    pub auth: Arc<auth::Auth>,
+    /// Jobs a tenant may have queued or running at once (checked in the
+    /// database, so across replicas); `None`: no limit.
+    pub max_active_jobs_per_tenant: Option<u32>,
     /// This process's fan-out of job events to SSE streams (they end when
     /// the hub's shutdown token fires).
     pub hub: Arc<fanout::EventHub>,
@@ -105,9 +111,74 @@ impl AppState {
         editthinker_core::JobOptions,
         editthinker_core::StopThresholds,
         editthinker_core::Selection,
-    ))
+    )),
+    modifiers(&AuthDoc)
 )]
 pub struct ApiDoc;
+
+/// Adds what every authenticated route shares to the document: the bearer
+/// scheme, and the 401 and 429 answers of [`auth::authenticate`]. The open
+/// routes say they need no credentials.
+struct AuthDoc;
+
+impl utoipa::Modify for AuthDoc {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("et_…")
+                    .description(Some(
+                        "With `[auth] mode = \"api_keys\"`: a key from `editthinker keys create`. Gateway mode takes the tenant from the gateway's header instead; mode `none` takes nothing.",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "api_key",
+            Vec::<String>::new(),
+        )]);
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+                if !path.starts_with("/v1/") {
+                    // Open: an empty requirement means "no credentials".
+                    operation.security = Some(vec![SecurityRequirement::default()]);
+                    continue;
+                }
+                let responses = &mut operation.responses.responses;
+                responses.entry("401".into()).or_insert_with(|| {
+                    problem(
+                        "Missing or bad credentials (`unauthorized`, `WWW-Authenticate: Bearer`)",
+                    )
+                    .into()
+                });
+                responses.entry("429".into()).or_insert_with(|| {
+                    problem("A limit was reached (`rate_limited`); `Retry-After` says when to try again").into()
+                });
+                responses.entry("431".into()).or_insert_with(|| {
+                    problem("The request's headers are over `[limits] max_header_bytes`").into()
+                });
+            }
+        }
+    }
+}
 
 /// The OpenAPI document as pretty JSON (what `openapi/openapi.json` holds).
 pub fn openapi_json() -> String {
@@ -137,6 +208,11 @@ pub fn router(state: AppState) -> Router {
         .route("/docs", get(system::docs))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside CORS, so preflight requests need no credentials.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(cors(&state.cors_allowed_origins))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -151,12 +227,14 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
         .allow_methods([Method::GET, Method::POST])
         .allow_headers([
             header::CONTENT_TYPE,
+            header::AUTHORIZATION,
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("prefer"),
         ])
         .expose_headers([
             header::LOCATION,
+            header::RETRY_AFTER,
             HeaderName::from_static("idempotent-replayed"),
             HeaderName::from_static("preference-applied"),
         ])

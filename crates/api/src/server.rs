@@ -19,21 +19,35 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// A client has this long to send a request's head once it has connected
-/// or once its previous request was answered (slow-loris protection).
+/// By default, a client has this long to send a request's head once it has
+/// connected or once its previous request was answered (slow-loris
+/// protection; `[limits] header_read_timeout_seconds`).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for open connections to finish their requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Hyper's cap on a connection's read buffer, which bounds a request head
+/// (the API answers heads over `[limits] max_header_bytes` with a problem
+/// 431 itself; hyper cuts off the ones over this with a bare 431).
+const MAX_READ_BUFFER: usize = 64 * 1024;
+
 /// Serves `router` on `listener` until `shutdown` fires, then stops
 /// accepting and waits (up to [`SHUTDOWN_GRACE`]) for open connections.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+/// A client that takes longer than `header_read_timeout` to send a
+/// request's head is disconnected.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .max_buf_size(MAX_READ_BUFFER)
+        .header_read_timeout(header_read_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,

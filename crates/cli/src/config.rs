@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use editthinker_api::auth::{AuthMode, CallerLimits};
 use editthinker_api::Limits;
 use editthinker_editors::EditorProfile;
 use editthinker_thinker::ThinkerConfig;
@@ -33,6 +34,8 @@ pub struct Config {
     pub allow_private_image_urls: bool,
     /// Let webhook URLs target such addresses.
     pub allow_private_webhook_urls: bool,
+    /// `[auth]`: who may call the API.
+    pub auth: AuthConfig,
     /// `[webhooks]`: signing and delivery.
     pub webhooks: WebhooksConfig,
     /// `[http]`: what browsers may do.
@@ -59,6 +62,7 @@ impl Default for Config {
             blob_url: "file://data/blobs".into(),
             allow_private_image_urls: false,
             allow_private_webhook_urls: false,
+            auth: AuthConfig::default(),
             webhooks: WebhooksConfig::default(),
             http: HttpConfig::default(),
             retention: RetentionConfig::default(),
@@ -71,7 +75,28 @@ impl Default for Config {
     }
 }
 
-/// `[limits]`: what clients may send.
+/// `[auth]`: how the API knows who calls (contract).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `"none"` (default: every request acts for the tenant `default`),
+    /// `"api_keys"` (`Authorization: Bearer et_…`) or `"gateway"` (a
+    /// trusted gateway names the tenant in `tenant_header`).
+    pub mode: String,
+    /// The header a gateway puts the tenant in (mode `gateway`).
+    pub tenant_header: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: "none".into(),
+            tenant_header: "X-Tenant-Id".into(),
+        }
+    }
+}
+
+/// `[limits]`: what clients may send, and how much each may do.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
@@ -83,16 +108,55 @@ pub struct LimitsConfig {
     pub max_instruction_chars: usize,
     /// Time allowed to fetch an image URL (default 20 s).
     pub image_fetch_timeout_seconds: u64,
+    /// Largest `metadata` as JSON, in bytes (default 16 KiB).
+    pub max_metadata_bytes: usize,
+    /// Deepest nesting in a JSON body (default 32).
+    pub max_json_depth: usize,
+    /// Most parts in a multipart body (default 16).
+    pub max_multipart_parts: usize,
+    /// Largest multipart part other than the image (default 64 KiB).
+    pub max_form_field_bytes: usize,
+    /// Largest request head in bytes (default 16 KiB).
+    pub max_header_bytes: usize,
+    /// Time a client has to send a request's head (default 30 s).
+    pub header_read_timeout_seconds: u64,
+    /// Time a client has to send a request's body (default 60 s).
+    pub body_read_timeout_seconds: u64,
+    /// Image decodes at once per process (default: one per core).
+    pub max_concurrent_decodes: usize,
+    /// Sustained requests per second per API key (gateway mode: per
+    /// tenant), per replica; 0: no limit. Not applied in auth mode `none`.
+    pub requests_per_second: u32,
+    /// Requests above the sustained rate a key may make at once.
+    pub burst: u32,
+    /// Jobs queued or running per tenant, across replicas (checked in the
+    /// database); 0: no limit.
+    pub max_active_jobs_per_tenant: u32,
+    /// Open event streams per tenant, per replica; 0: no limit.
+    pub max_streams_per_tenant: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = Limits::default();
+        let c = CallerLimits::default();
         Self {
             max_image_bytes: d.max_image_bytes,
             max_pixels: d.max_pixels,
             max_instruction_chars: d.max_instruction_chars,
             image_fetch_timeout_seconds: d.image_fetch_timeout.as_secs(),
+            max_metadata_bytes: d.max_metadata_bytes,
+            max_json_depth: d.max_json_depth,
+            max_multipart_parts: d.max_multipart_parts,
+            max_form_field_bytes: d.max_form_field_bytes,
+            max_header_bytes: d.max_header_bytes,
+            header_read_timeout_seconds: editthinker_api::server::HEADER_READ_TIMEOUT.as_secs(),
+            body_read_timeout_seconds: d.body_read_timeout.as_secs(),
+            max_concurrent_decodes: editthinker_api::intake::default_decode_slots(),
+            requests_per_second: c.requests_per_second,
+            burst: c.burst,
+            max_active_jobs_per_tenant: 100,
+            max_streams_per_tenant: c.max_streams_per_tenant,
         }
     }
 }
@@ -340,7 +404,71 @@ impl Config {
         }
         h.secret()?;
         self.cors_origins()?;
+        self.auth_mode()?;
+        let l = &self.limits;
+        let at_least_one = [
+            ("limits.max_json_depth", l.max_json_depth as u64),
+            ("limits.max_multipart_parts", l.max_multipart_parts as u64),
+            ("limits.max_form_field_bytes", l.max_form_field_bytes as u64),
+            (
+                "limits.header_read_timeout_seconds",
+                l.header_read_timeout_seconds,
+            ),
+            (
+                "limits.body_read_timeout_seconds",
+                l.body_read_timeout_seconds,
+            ),
+            (
+                "limits.max_concurrent_decodes",
+                l.max_concurrent_decodes as u64,
+            ),
+        ];
+        for (key, value) in at_least_one {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    rule: "must be at least 1".into(),
+                });
+            }
+        }
+        if l.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                key: "limits.max_header_bytes",
+                rule: "must be at least 1024".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// `[auth]` as the API's mode.
+    pub fn auth_mode(&self) -> Result<AuthMode, ConfigError> {
+        match self.auth.mode.as_str() {
+            "none" => Ok(AuthMode::None),
+            "api_keys" => Ok(AuthMode::ApiKeys),
+            "gateway" => {
+                let tenant_header = axum::http::HeaderName::try_from(
+                    self.auth.tenant_header.as_str(),
+                )
+                .map_err(|_| ConfigError::Invalid {
+                    key: "auth.tenant_header",
+                    rule: format!("{:?} is not a header name", self.auth.tenant_header),
+                })?;
+                Ok(AuthMode::Gateway { tenant_header })
+            }
+            other => Err(ConfigError::Invalid {
+                key: "auth.mode",
+                rule: format!("{other:?} must be \"none\", \"api_keys\" or \"gateway\""),
+            }),
+        }
+    }
+
+    /// The per-caller limits of each API process.
+    pub fn caller_limits(&self) -> CallerLimits {
+        CallerLimits {
+            requests_per_second: self.limits.requests_per_second,
+            burst: self.limits.burst,
+            max_streams_per_tenant: self.limits.max_streams_per_tenant,
+        }
     }
 
     /// `[http] cors_allowed_origins` as header values; each must be an
@@ -394,6 +522,15 @@ impl Config {
             allow_private_image_urls: self.allow_private_image_urls,
             allow_private_webhook_urls: self.allow_private_webhook_urls,
             image_fetch_timeout: Duration::from_secs(self.limits.image_fetch_timeout_seconds),
+            max_metadata_bytes: self.limits.max_metadata_bytes,
+            max_json_depth: self.limits.max_json_depth,
+            max_multipart_parts: self.limits.max_multipart_parts,
+            max_form_field_bytes: self.limits.max_form_field_bytes,
+            max_header_bytes: self.limits.max_header_bytes,
+            body_read_timeout: Duration::from_secs(self.limits.body_read_timeout_seconds),
+            decode_slots: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                self.limits.max_concurrent_decodes,
+            )),
         }
     }
 

@@ -2,6 +2,7 @@
 //! Business logic lives in the other crates.
 
 pub mod config;
+pub mod keys;
 pub mod outbox;
 pub mod retention;
 pub mod roles;

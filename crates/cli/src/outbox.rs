@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use editthinker_store::{DeliveryAttempt, DueDelivery, Notice, Store};
-use editthinker_webhooks::{Deliverer, DeliveryRequest, Outcome, RetrySchedule};
+use editthinker_webhooks::{Deliverer, DeliveryRequest, Outcome, RetrySchedule, Secret};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,9 @@ pub struct Outbox {
     pub store: Arc<dyn Store>,
     /// Makes the attempts.
     pub deliverer: Arc<Deliverer>,
+    /// Signs the deliveries of tenants without a secret of their own
+    /// (`[webhooks] secret_env`).
+    pub default_secret: Option<Secret>,
     /// Delays between attempts.
     pub schedule: RetrySchedule,
     /// One attempt's time limit (the row lock outlasts it).
@@ -101,16 +104,43 @@ impl Outbox {
         }
     }
 
+    /// The secret that signs a delivery: its tenant's, else the server's.
+    fn secret_for(&self, due: &DueDelivery) -> Result<Secret, String> {
+        match &due.tenant_secret {
+            Some(own) => Secret::parse(own)
+                .map_err(|e| format!("the tenant's webhook secret is unusable: {e}")),
+            None => self.default_secret.clone().ok_or_else(|| {
+                "no webhook secret: the tenant has none and [webhooks] secret_env is not set"
+                    .to_string()
+            }),
+        }
+    }
+
     async fn attempt(&self, due: DueDelivery) {
         let delivery = &due.delivery;
-        let request = DeliveryRequest {
+        let outcome = match self.secret_for(&due) {
+            Ok(secret) => self.deliverer.deliver(&self.request(&due, secret)).await,
+            Err(error) => Outcome::Failed {
+                status: None,
+                error,
+            },
+        };
+        self.record(delivery, outcome).await;
+    }
+
+    fn request(&self, due: &DueDelivery, secret: Secret) -> DeliveryRequest {
+        let delivery = &due.delivery;
+        DeliveryRequest {
             id: delivery.id.to_string(),
             url: delivery.url.clone(),
             kind: delivery.kind.clone(),
             timestamp: due.event.created_at,
             data: editthinker_api::events::public_event_data(&due.event),
-        };
-        let outcome = self.deliverer.deliver(&request).await;
+            secret,
+        }
+    }
+
+    async fn record(&self, delivery: &editthinker_store::DeliveryRow, outcome: Outcome) {
         let attempt = match outcome {
             Outcome::Delivered { status } => DeliveryAttempt {
                 delivered: true,

@@ -72,20 +72,18 @@ fn start_retention(
     tokio::spawn(retention.run(shutdown))
 }
 
-/// The webhook delivery loop, when a secret is configured.
+/// The webhook delivery loop (tenants may have secrets of their own, so it
+/// runs even without the server's).
 fn start_outbox(
     config: &Config,
     parts: &Parts,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let Some(secret) = parts.webhook_secret.clone() else {
-        return Ok(None);
-    };
     let timeout = Duration::from_secs_f64(config.webhooks.timeout_seconds);
     let outbox = crate::outbox::Outbox {
         store: parts.store.clone(),
+        default_secret: parts.webhook_secret.clone(),
         deliverer: Arc::new(editthinker_webhooks::Deliverer::new(
-            secret,
             timeout,
             config.allow_private_webhook_urls,
             config.webhooks.max_per_host,
@@ -167,6 +165,12 @@ async fn run_api(
         retention: config.retention.keep(),
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
+        auth: Arc::new(editthinker_api::auth::Auth::new(
+            config.auth_mode()?,
+            &config.caller_limits(),
+        )),
+        max_active_jobs_per_tenant: Some(config.limits.max_active_jobs_per_tenant)
+            .filter(|n| *n > 0),
         hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),
     };
     let addr = config.listen_addr()?;
@@ -175,7 +179,20 @@ async fn run_api(
         .with_context(|| format!("listen: binding {addr}"))?;
     // Tests and supervisors read the bound address (port 0 picks a free one).
     info!(addr = %listener.local_addr()?, "listening");
-    editthinker_api::server::serve(listener, editthinker_api::router(state), shutdown).await;
+    let local = listener.local_addr()?;
+    if config.auth.mode == "none" && !local.ip().is_loopback() {
+        warn!(
+            addr = %local,
+            "AUTHENTICATION IS OFF ([auth] mode = \"none\") and the API listens on a non-loopback address: anyone who can reach it can read, cancel and create every job; set [auth] mode = \"api_keys\" or \"gateway\""
+        );
+    }
+    editthinker_api::server::serve(
+        listener,
+        editthinker_api::router(state),
+        Duration::from_secs(config.limits.header_read_timeout_seconds),
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

@@ -66,6 +66,14 @@ pub enum StoreError {
         /// The turn.
         index: u32,
     },
+    /// The tenant already has its limit of queued and running jobs.
+    #[error("tenant {tenant} already has {limit} jobs queued or running")]
+    ActiveJobsLimit {
+        /// The tenant.
+        tenant: String,
+        /// Its limit.
+        limit: u32,
+    },
     /// A live event too large to deliver.
     #[error("live event of {0} bytes is over the limit of {MAX_LIVE_PAYLOAD}")]
     LiveTooLarge(usize),
@@ -85,13 +93,16 @@ pub trait Store: Send + Sync + 'static {
     /// Readiness: the database answers and every migration is applied.
     async fn ready(&self) -> StoreResult<bool>;
 
-    /// Inserts a queued job and its `job.queued` event.
+    /// Inserts a queued job and its `job.queued` event. With
+    /// `job.active_limit`, refuses ([`StoreError::ActiveJobsLimit`]) when
+    /// the tenant already has that many jobs queued or running, checked in
+    /// the inserting transaction so that it holds across API replicas.
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow>;
     /// Inserts a queued job under an `Idempotency-Key` (remembered for
     /// [`IDEMPOTENCY_WINDOW`]): the first request with the key makes the
     /// job; a later one with the same `digest` gets that job back, one with
     /// another digest is refused. Concurrent requests with one key make one
-    /// job.
+    /// job. Keys are per tenant (`job.tenant`).
     async fn insert_job_idempotent(
         &self,
         job: NewJob,
@@ -116,10 +127,11 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_deliveries(&self, limit: u32, lock: Duration) -> StoreResult<Vec<DueDelivery>>;
     /// Records one attempt of a claimed delivery.
     async fn record_delivery(&self, id: Uuid, attempt: DeliveryAttempt) -> StoreResult<()>;
-    /// Newest first (by id, which is a UUIDv7), optionally filtered by
-    /// status, starting after `cursor` (exclusive).
+    /// A tenant's jobs, newest first (by id, which is a UUIDv7), optionally
+    /// filtered by status, starting after `cursor` (exclusive).
     async fn list_jobs(
         &self,
+        tenant: &str,
         status: Option<JobStatus>,
         limit: u32,
         cursor: Option<Uuid>,
@@ -213,6 +225,19 @@ pub trait Store: Send + Sync + 'static {
     /// the per-process safety net of the SSE fan-out compares it with what
     /// it has delivered.
     async fn latest_event_ids(&self, jobs: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>>;
+    /// Stores an API key (only its hash), creating its tenant's row when
+    /// the tenant has none.
+    async fn insert_api_key(&self, key: NewApiKey) -> StoreResult<ApiKeyRow>;
+    /// Every key, revoked ones included, oldest first.
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRow>>;
+    /// Revokes a key; `false` when there is no such key or it was revoked.
+    async fn revoke_api_key(&self, id: Uuid) -> StoreResult<bool>;
+    /// The key whose hash this is, unless revoked.
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRow>>;
+    /// Sets a tenant's own webhook secret (`whsec_…`), creating its row.
+    async fn set_tenant_webhook_secret(&self, tenant: &str, secret: &str) -> StoreResult<()>;
+    /// A tenant's own webhook secret, if it has one.
+    async fn tenant_webhook_secret(&self, tenant: &str) -> StoreResult<Option<String>>;
     /// Live notices of new events (all jobs). On Postgres this is fed by a
     /// LISTEN connection; a [`Notice::Resync`] means notices may have been
     /// missed and subscribers should re-read from the table.

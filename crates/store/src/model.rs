@@ -58,6 +58,42 @@ impl std::fmt::Display for JobStatus {
     }
 }
 
+/// The tenant of every job when authentication is off (`[auth] mode =
+/// "none"`), and of jobs stored before tenants existed.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// An API key as stored: never the key itself, only its hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKeyRow {
+    /// Id (UUIDv7), what `keys revoke` takes.
+    pub id: Uuid,
+    /// The tenant the key acts for.
+    pub tenant: String,
+    /// A free-form note ("ci", "web app").
+    pub label: Option<String>,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    /// Created at.
+    pub created_at: DateTime<Utc>,
+    /// Revoked at; a revoked key authenticates nothing.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A key to store.
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// Id (UUIDv7).
+    pub id: Uuid,
+    /// The tenant the key acts for.
+    pub tenant: String,
+    /// A free-form note.
+    pub label: Option<String>,
+    /// Hex SHA-256 of the whole key.
+    pub key_hash: String,
+    /// The key's first characters.
+    pub prefix: String,
+}
+
 /// Event types (contract, DESIGN.md §7).
 pub mod event_type {
     /// Job inserted.
@@ -85,6 +121,11 @@ pub mod event_type {
 pub struct NewJob {
     /// UUIDv7 chosen by the caller.
     pub id: Uuid,
+    /// The tenant that owns the job.
+    pub tenant: String,
+    /// Refuse the insert ([`crate::StoreError::ActiveJobsLimit`]) when the
+    /// tenant already has this many jobs queued or running; `None`: no limit.
+    pub active_limit: Option<u32>,
     /// The user's instruction.
     pub instruction: String,
     /// Configured editor name.
@@ -113,6 +154,8 @@ pub struct NewJob {
 pub struct JobRow {
     /// Id (UUIDv7).
     pub id: Uuid,
+    /// The tenant that owns the job.
+    pub tenant: String,
     /// Status.
     pub status: JobStatus,
     /// The user's instruction.
@@ -413,6 +456,9 @@ pub struct DueDelivery {
     pub delivery: DeliveryRow,
     /// The event, as stored.
     pub event: EventRow,
+    /// The job's tenant's own webhook secret, when it has one (otherwise
+    /// the server's secret signs).
+    pub tenant_secret: Option<String>,
 }
 
 /// The outcome of one delivery attempt, as recorded.

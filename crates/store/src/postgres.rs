@@ -16,9 +16,10 @@ use uuid::Uuid;
 use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, EventRow,
-    IdempotentInsert, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
-    RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
+    EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
+    PendingEditRecord, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
+    IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -171,6 +172,7 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
     let status = JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
     Ok(JobRow {
         id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
         status,
         instruction: row.try_get("instruction")?,
         editor: row.try_get("editor")?,
@@ -224,6 +226,17 @@ fn delivery_from_row(row: &PgRow) -> StoreResult<DeliveryRow> {
         last_error: row.try_get("last_error")?,
         next_attempt_at: row.try_get("next_attempt_at")?,
         delivered_at: row.try_get("delivered_at")?,
+    })
+}
+
+fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        label: row.try_get("label")?,
+        prefix: row.try_get("prefix")?,
+        created_at: row.try_get("created_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -288,13 +301,40 @@ async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) ->
     Ok(id)
 }
 
-/// Inserts a queued job and its `job.queued` event in `conn`'s transaction.
+/// Advisory-lock namespace of the per-tenant active-jobs check (the first
+/// key of `pg_advisory_xact_lock(int, int)`).
+const ACTIVE_LIMIT_LOCK: i32 = 0x4554_0001;
+
+/// Inserts a queued job and its `job.queued` event in `conn`'s transaction,
+/// after checking the tenant's active-jobs limit under a per-tenant lock
+/// (two replicas inserting for one tenant take turns, so the count they
+/// check is the count they leave).
 async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<JobRow> {
+    if let Some(limit) = job.active_limit {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(ACTIVE_LIMIT_LOCK)
+            .bind(&job.tenant)
+            .execute(&mut *conn)
+            .await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE tenant = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(&job.tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+        if active >= i64::from(limit) {
+            return Err(StoreError::ActiveJobsLimit {
+                tenant: job.tenant,
+                limit,
+            });
+        }
+    }
     let row = sqlx::query(
         "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-         source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, deadline_at) \
+         source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, deadline_at, \
+         tenant) \
          VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
-                 now() + $11 * interval '1 second') RETURNING *",
+                 now() + $11 * interval '1 second', $12) RETURNING *",
     )
     .bind(job.id)
     .bind(&job.instruction)
@@ -307,6 +347,7 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     .bind(job.priority)
     .bind(&job.webhook)
     .bind(job.deadline_seconds.map(f64::from))
+    .bind(&job.tenant)
     .fetch_one(&mut *conn)
     .await?;
     let job = job_from_row(&row)?;
@@ -446,20 +487,22 @@ impl Store for PgStore {
         // A key past the window is forgotten; a concurrent create with the
         // same key waits here on the key's row until this one commits.
         sqlx::query(
-            "DELETE FROM idempotency_keys WHERE key = $1 \
+            "DELETE FROM idempotency_keys WHERE tenant = $3 AND key = $1 \
              AND created_at < now() - $2 * interval '1 second'",
         )
         .bind(key)
         .bind(secs(IDEMPOTENCY_WINDOW))
+        .bind(&job.tenant)
         .execute(&mut *tx)
         .await?;
         let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_digest, job_id, created_at) \
-             VALUES ($1, $2, $3, now()) ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO idempotency_keys (tenant, key, request_digest, job_id, created_at) \
+             VALUES ($4, $1, $2, $3, now()) ON CONFLICT (tenant, key) DO NOTHING",
         )
         .bind(key)
         .bind(digest)
         .bind(job.id)
+        .bind(&job.tenant)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -473,9 +516,10 @@ impl Store for PgStore {
         }
         let existing = sqlx::query(
             "SELECT k.request_digest, j.* FROM idempotency_keys k \
-             JOIN jobs j ON j.id = k.job_id WHERE k.key = $1",
+             JOIN jobs j ON j.id = k.job_id WHERE k.tenant = $2 AND k.key = $1",
         )
         .bind(key)
+        .bind(&job.tenant)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -506,8 +550,10 @@ impl Store for PgStore {
                        AND (locked_until IS NULL OR locked_until <= now()) \
                      ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  RETURNING *) \
-             SELECT c.*, e.data AS event_data, e.created_at AS event_created_at \
-             FROM claimed c JOIN job_events e ON e.id = c.event_id",
+             SELECT c.*, e.data AS event_data, e.created_at AS event_created_at, \
+                 t.webhook_secret AS tenant_secret \
+             FROM claimed c JOIN job_events e ON e.id = c.event_id \
+             JOIN jobs j ON j.id = c.job_id LEFT JOIN tenants t ON t.name = j.tenant",
         )
         .bind(i64::from(limit))
         .bind(secs(lock))
@@ -525,6 +571,7 @@ impl Store for PgStore {
                         created_at: row.try_get("event_created_at")?,
                     },
                     delivery,
+                    tenant_secret: row.try_get("tenant_secret")?,
                 })
             })
             .collect()
@@ -601,17 +648,19 @@ impl Store for PgStore {
 
     async fn list_jobs(
         &self,
+        tenant: &str,
         status: Option<JobStatus>,
         limit: u32,
         cursor: Option<Uuid>,
     ) -> StoreResult<Vec<JobRow>> {
         sqlx::query(
-            "SELECT * FROM jobs WHERE ($1::text IS NULL OR status = $1) \
+            "SELECT * FROM jobs WHERE tenant = $4 AND ($1::text IS NULL OR status = $1) \
              AND ($2::uuid IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
         )
         .bind(status.map(JobStatus::as_str))
         .bind(cursor)
         .bind(i64::from(limit))
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1011,6 +1060,80 @@ impl Store for PgStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows)
+    }
+
+    async fn insert_api_key(&self, key: NewApiKey) -> StoreResult<ApiKeyRow> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO tenants (name, created_at) VALUES ($1, now()) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.tenant)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "INSERT INTO api_keys (id, tenant, label, key_hash, prefix, created_at) \
+             VALUES ($1, $2, $3, $4, $5, now()) RETURNING *",
+        )
+        .bind(key.id)
+        .bind(&key.tenant)
+        .bind(&key.label)
+        .bind(&key.key_hash)
+        .bind(&key.prefix)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        api_key_from_row(&row)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRow>> {
+        sqlx::query("SELECT * FROM api_keys ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(api_key_from_row)
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: Uuid) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRow>> {
+        sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(api_key_from_row)
+            .transpose()
+    }
+
+    async fn set_tenant_webhook_secret(&self, tenant: &str, secret: &str) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO UPDATE SET webhook_secret = EXCLUDED.webhook_secret",
+        )
+        .bind(tenant)
+        .bind(secret)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn tenant_webhook_secret(&self, tenant: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT webhook_secret FROM tenants WHERE name = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {

@@ -22,9 +22,10 @@ use uuid::Uuid;
 use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, EventRow,
-    IdempotentInsert, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
-    RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
+    EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
+    PendingEditRecord, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
+    IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -122,13 +123,30 @@ impl WriteTx {
     }
 
     /// Inserts a queued job and its `job.queued` event.
+    /// Inserts a queued job and its `job.queued` event, after checking the
+    /// tenant's active-jobs limit (the transaction holds the write lock, so
+    /// the count cannot change before the insert).
     async fn insert_job(&mut self, job: NewJob) -> StoreResult<JobRow> {
         let now = self.now;
+        if let Some(limit) = job.active_limit {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE tenant = ?1 AND status IN ('queued', 'running')",
+            )
+            .bind(&job.tenant)
+            .fetch_one(self.conn())
+            .await?;
+            if active >= i64::from(limit) {
+                return Err(StoreError::ActiveJobsLimit {
+                    tenant: job.tenant,
+                    limit,
+                });
+            }
+        }
         let row = sqlx::query(
             "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
              source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
-             deadline_at) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12) \
+             deadline_at, tenant) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12, ?13) \
              RETURNING *",
         )
         .bind(job.id.to_string())
@@ -146,6 +164,7 @@ impl WriteTx {
             job.deadline_seconds
                 .map(|s| now + micros(Duration::from_secs(u64::from(s)))),
         )
+        .bind(&job.tenant)
         .fetch_one(self.conn())
         .await?;
         let job = job_from_row(&row)?;
@@ -325,6 +344,17 @@ fn uuid(row: &SqliteRow, col: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(&s).map_err(|_| corrupt(format!("{col} {s}")))
 }
 
+fn api_key_from_row(row: &SqliteRow) -> StoreResult<ApiKeyRow> {
+    Ok(ApiKeyRow {
+        id: uuid(row, "id")?,
+        tenant: row.try_get("tenant")?,
+        label: row.try_get("label")?,
+        prefix: row.try_get("prefix")?,
+        created_at: time(row.try_get("created_at")?)?,
+        revoked_at: opt_time(row, "revoked_at")?,
+    })
+}
+
 fn json(s: &str) -> StoreResult<Value> {
     serde_json::from_str(s).map_err(|e| corrupt(format!("JSON {e}")))
 }
@@ -341,6 +371,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
     let status = JobStatus::parse(&status).ok_or_else(|| corrupt(format!("status {status}")))?;
     Ok(JobRow {
         id: uuid(row, "id")?,
+        tenant: row.try_get("tenant")?,
         status,
         instruction: row.try_get("instruction")?,
         editor: row.try_get("editor")?,
@@ -467,16 +498,20 @@ impl Store for SqliteStore {
         // One writer at a time (BEGIN IMMEDIATE): check, then insert.
         let mut w = self.write().await?;
         let now = w.now;
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = ?1 AND created_at < ?2")
-            .bind(key)
-            .bind(now - micros(IDEMPOTENCY_WINDOW))
-            .execute(w.conn())
-            .await?;
-        let existing = sqlx::query(
-            "SELECT k.request_digest, j.* FROM idempotency_keys k \
-             JOIN jobs j ON j.id = k.job_id WHERE k.key = ?1",
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE tenant = ?3 AND key = ?1 AND created_at < ?2",
         )
         .bind(key)
+        .bind(now - micros(IDEMPOTENCY_WINDOW))
+        .bind(&job.tenant)
+        .execute(w.conn())
+        .await?;
+        let existing = sqlx::query(
+            "SELECT k.request_digest, j.* FROM idempotency_keys k \
+             JOIN jobs j ON j.id = k.job_id WHERE k.tenant = ?2 AND k.key = ?1",
+        )
+        .bind(key)
+        .bind(&job.tenant)
         .fetch_optional(w.conn())
         .await?;
         if let Some(existing) = existing {
@@ -491,13 +526,14 @@ impl Store for SqliteStore {
         }
         let row = w.insert_job(job).await?;
         sqlx::query(
-            "INSERT INTO idempotency_keys (key, request_digest, job_id, created_at) \
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO idempotency_keys (tenant, key, request_digest, job_id, created_at) \
+             VALUES (?5, ?1, ?2, ?3, ?4)",
         )
         .bind(key)
         .bind(digest)
         .bind(row.id.to_string())
         .bind(now)
+        .bind(&row.tenant)
         .execute(w.conn())
         .await?;
         self.commit(w).await?;
@@ -532,8 +568,10 @@ impl Store for SqliteStore {
         .await?;
         // The claimed rows with their events, in one query.
         let rows = sqlx::query(
-            "SELECT d.*, e.data AS event_data, e.created_at AS event_created_at \
+            "SELECT d.*, e.data AS event_data, e.created_at AS event_created_at, \
+                 t.webhook_secret AS tenant_secret \
              FROM webhook_deliveries d JOIN job_events e ON e.id = d.event_id \
+             JOIN jobs j ON j.id = d.job_id LEFT JOIN tenants t ON t.name = j.tenant \
              WHERE d.id IN (SELECT value FROM json_each(?1)) ORDER BY d.next_attempt_at",
         )
         .bind(serde_json::to_string(&ids).expect("ids serialize"))
@@ -552,6 +590,7 @@ impl Store for SqliteStore {
                         created_at: time(row.try_get("event_created_at")?)?,
                     },
                     delivery,
+                    tenant_secret: row.try_get("tenant_secret")?,
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -638,17 +677,19 @@ impl Store for SqliteStore {
 
     async fn list_jobs(
         &self,
+        tenant: &str,
         status: Option<JobStatus>,
         limit: u32,
         cursor: Option<Uuid>,
     ) -> StoreResult<Vec<JobRow>> {
         sqlx::query(
-            "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) \
+            "SELECT * FROM jobs WHERE tenant = ?4 AND (?1 IS NULL OR status = ?1) \
              AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3",
         )
         .bind(status.map(JobStatus::as_str))
         .bind(cursor.map(|c| c.to_string()))
         .bind(i64::from(limit))
+        .bind(tenant)
         .fetch_all(&self.pool)
         .await?
         .iter()
@@ -1050,6 +1091,90 @@ impl Store for SqliteStore {
         rows.into_iter()
             .map(|(id, max)| Ok((Uuid::parse_str(&id).map_err(corrupt)?, max)))
             .collect()
+    }
+
+    async fn insert_api_key(&self, key: NewApiKey) -> StoreResult<ApiKeyRow> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "INSERT INTO tenants (name, created_at) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+        )
+        .bind(&key.tenant)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        let row = sqlx::query(
+            "INSERT INTO api_keys (id, tenant, label, key_hash, prefix, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING *",
+        )
+        .bind(key.id.to_string())
+        .bind(&key.tenant)
+        .bind(&key.label)
+        .bind(&key.key_hash)
+        .bind(&key.prefix)
+        .bind(now)
+        .fetch_one(w.conn())
+        .await?;
+        let key = api_key_from_row(&row)?;
+        self.commit(w).await?;
+        Ok(key)
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKeyRow>> {
+        sqlx::query("SELECT * FROM api_keys ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(api_key_from_row)
+            .collect()
+    }
+
+    async fn revoke_api_key(&self, id: Uuid) -> StoreResult<bool> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL")
+                .bind(id.to_string())
+                .bind(now)
+                .execute(w.conn())
+                .await?;
+        self.commit(w).await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn find_api_key(&self, key_hash: &str) -> StoreResult<Option<ApiKeyRow>> {
+        sqlx::query("SELECT * FROM api_keys WHERE key_hash = ?1 AND revoked_at IS NULL")
+            .bind(key_hash)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(api_key_from_row)
+            .transpose()
+    }
+
+    async fn set_tenant_webhook_secret(&self, tenant: &str, secret: &str) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        sqlx::query(
+            "INSERT INTO tenants (name, webhook_secret, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (name) DO UPDATE SET webhook_secret = excluded.webhook_secret",
+        )
+        .bind(tenant)
+        .bind(secret)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn tenant_webhook_secret(&self, tenant: &str) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT webhook_secret FROM tenants WHERE name = ?1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use editthinker_store::{
-    event_type, EventRow, JobRow, JobStatus, Lease, NewJob, NewTurn, Notice, PendingEditRecord,
-    RefusalRecord, StopReason, Store, StoreError, MAX_LIVE_PAYLOAD,
+    event_type, ApiKeyRow, EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob,
+    NewTurn, Notice, PendingEditRecord, RefusalRecord, StopReason, Store, StoreError,
+    MAX_LIVE_PAYLOAD,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -159,9 +160,17 @@ conformance!(
     pending_edit_is_fenced_and_cleared_by_its_turn,
     refusal_is_stored_and_in_the_succeeded_event,
     live_events_reach_subscribers,
+    jobs_are_listed_per_tenant,
+    the_active_jobs_limit_counts_queued_and_running_per_tenant,
+    idempotency_keys_are_per_tenant,
+    api_keys_are_stored_hashed_and_revocable,
+    deliveries_carry_their_tenants_secret,
 );
 
 // ---- helpers ----------------------------------------------------------------
+
+/// The tenant of the suite's jobs.
+const T: &str = "default";
 
 const LEASE: Duration = Duration::from_secs(60);
 
@@ -169,6 +178,8 @@ fn new_job(priority: i32, max_attempts: u32) -> NewJob {
     let id = Uuid::now_v7();
     NewJob {
         id,
+        tenant: T.into(),
+        active_limit: None,
         instruction: "make the sky purple".into(),
         editor: "kontext".into(),
         options: json!({"max_turns": 3}),
@@ -274,41 +285,50 @@ async fn insert_get_list(store: Arc<dyn Store>) {
     assert_eq!(store.get_job(Uuid::now_v7()).await.unwrap(), None);
 
     // Newest first.
-    let all = store.list_jobs(None, 100, None).await.unwrap();
+    let all = store.list_jobs(T, None, 100, None).await.unwrap();
     let listed: Vec<Uuid> = all.iter().map(|j| j.id).collect();
     let mut newest_first = ids.clone();
     newest_first.reverse();
     assert_eq!(listed, newest_first);
 
     // Cursor pagination, exclusive.
-    let page1 = store.list_jobs(None, 2, None).await.unwrap();
+    let page1 = store.list_jobs(T, None, 2, None).await.unwrap();
     assert_eq!(
         page1.iter().map(|j| j.id).collect::<Vec<_>>(),
         newest_first[..2]
     );
-    let page2 = store.list_jobs(None, 2, Some(page1[1].id)).await.unwrap();
+    let page2 = store
+        .list_jobs(T, None, 2, Some(page1[1].id))
+        .await
+        .unwrap();
     assert_eq!(
         page2.iter().map(|j| j.id).collect::<Vec<_>>(),
         newest_first[2..4]
     );
-    let page3 = store.list_jobs(None, 2, Some(page2[1].id)).await.unwrap();
+    let page3 = store
+        .list_jobs(T, None, 2, Some(page2[1].id))
+        .await
+        .unwrap();
     assert_eq!(
         page3.iter().map(|j| j.id).collect::<Vec<_>>(),
         newest_first[4..]
     );
-    let page4 = store.list_jobs(None, 2, Some(page3[0].id)).await.unwrap();
+    let page4 = store
+        .list_jobs(T, None, 2, Some(page3[0].id))
+        .await
+        .unwrap();
     assert!(page4.is_empty());
 
     // Status filter: claim the highest priority (the newest) job.
     let claimed = store.claim("w", 1, LEASE).await.unwrap();
     assert_eq!(claimed[0].job.id, ids[4]);
     let running = store
-        .list_jobs(Some(JobStatus::Running), 10, None)
+        .list_jobs(T, Some(JobStatus::Running), 10, None)
         .await
         .unwrap();
     assert_eq!(running.iter().map(|j| j.id).collect::<Vec<_>>(), [ids[4]]);
     let queued = store
-        .list_jobs(Some(JobStatus::Queued), 10, None)
+        .list_jobs(T, Some(JobStatus::Queued), 10, None)
         .await
         .unwrap();
     assert_eq!(
@@ -316,7 +336,7 @@ async fn insert_get_list(store: Arc<dyn Store>) {
         newest_first[1..]
     );
     let queued_after = store
-        .list_jobs(Some(JobStatus::Queued), 10, Some(ids[2]))
+        .list_jobs(T, Some(JobStatus::Queued), 10, Some(ids[2]))
         .await
         .unwrap();
     assert_eq!(
@@ -324,7 +344,7 @@ async fn insert_get_list(store: Arc<dyn Store>) {
         [ids[1], ids[0]]
     );
     assert!(store
-        .list_jobs(Some(JobStatus::Failed), 10, None)
+        .list_jobs(T, Some(JobStatus::Failed), 10, None)
         .await
         .unwrap()
         .is_empty());
@@ -1324,4 +1344,183 @@ async fn live_events_reach_subscribers(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::LiveTooLarge(_))
     ));
+}
+
+// ---- tenants -----------------------------------------------------------------
+
+fn job_of(tenant: &str) -> NewJob {
+    NewJob {
+        tenant: tenant.into(),
+        ..new_job(0, 3)
+    }
+}
+
+async fn jobs_are_listed_per_tenant(store: Arc<dyn Store>) {
+    let a = store.insert_job(job_of("acme")).await.unwrap();
+    let b = store.insert_job(job_of("globex")).await.unwrap();
+    assert_eq!(a.tenant, "acme");
+    assert_eq!(store.get_job(b.id).await.unwrap().unwrap().tenant, "globex");
+    let listed = |jobs: Vec<JobRow>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(
+        listed(store.list_jobs("acme", None, 10, None).await.unwrap()),
+        [a.id]
+    );
+    assert_eq!(
+        listed(
+            store
+                .list_jobs("globex", Some(JobStatus::Queued), 10, None)
+                .await
+                .unwrap()
+        ),
+        [b.id]
+    );
+    assert!(store
+        .list_jobs("initech", None, 10, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn the_active_jobs_limit_counts_queued_and_running_per_tenant(store: Arc<dyn Store>) {
+    let limited = |tenant: &str| NewJob {
+        active_limit: Some(2),
+        ..job_of(tenant)
+    };
+    store.insert_job(limited("acme")).await.unwrap();
+    store.insert_job(limited("acme")).await.unwrap();
+    // Another tenant's jobs do not count.
+    store.insert_job(limited("globex")).await.unwrap();
+    match store.insert_job(limited("acme")).await {
+        Err(StoreError::ActiveJobsLimit { tenant, limit }) => {
+            assert_eq!((tenant.as_str(), limit), ("acme", 2));
+        }
+        other => panic!("expected the limit, got {other:?}"),
+    }
+    // Running jobs count; finished ones free their place.
+    let claimed = store.claim("w", 10, LEASE).await.unwrap();
+    let acme: Vec<_> = claimed.iter().filter(|c| c.job.tenant == "acme").collect();
+    assert_eq!(acme.len(), 2);
+    assert!(store.insert_job(limited("acme")).await.is_err());
+    store
+        .fail(&acme[0].lease, "boom", "failed for the test")
+        .await
+        .unwrap();
+    store.insert_job(limited("acme")).await.unwrap();
+    assert!(store.insert_job(limited("acme")).await.is_err());
+    // Concurrent creates never overshoot the limit.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .insert_job(NewJob {
+                    active_limit: Some(3),
+                    ..job_of("initech")
+                })
+                .await
+                .is_ok()
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        created += usize::from(task.await.unwrap());
+    }
+    assert_eq!(created, 3);
+}
+
+async fn idempotency_keys_are_per_tenant(store: Arc<dyn Store>) {
+    let first = store
+        .insert_job_idempotent(job_of("acme"), "key-1", "digest")
+        .await
+        .unwrap();
+    let IdempotentInsert::Created(first) = first else {
+        panic!("first use creates");
+    };
+    // The same key from another tenant is another key.
+    let other = store
+        .insert_job_idempotent(job_of("globex"), "key-1", "other digest")
+        .await
+        .unwrap();
+    let IdempotentInsert::Created(other) = other else {
+        panic!("another tenant's key creates");
+    };
+    assert_ne!(first.id, other.id);
+    match store
+        .insert_job_idempotent(job_of("acme"), "key-1", "digest")
+        .await
+        .unwrap()
+    {
+        IdempotentInsert::Replayed(again) => assert_eq!(again.id, first.id),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .insert_job_idempotent(job_of("globex"), "key-1", "digest")
+            .await
+            .unwrap(),
+        IdempotentInsert::KeyReused
+    ));
+}
+
+async fn api_keys_are_stored_hashed_and_revocable(store: Arc<dyn Store>) {
+    let new = |tenant: &str, hash: &str| NewApiKey {
+        id: Uuid::now_v7(),
+        tenant: tenant.into(),
+        label: Some("ci".into()),
+        key_hash: hash.into(),
+        prefix: "et_abcd".into(),
+    };
+    let a = store.insert_api_key(new("acme", "h1")).await.unwrap();
+    let b = store.insert_api_key(new("globex", "h2")).await.unwrap();
+    assert_eq!(a.tenant, "acme");
+    assert_eq!(a.label.as_deref(), Some("ci"));
+    assert_eq!(a.revoked_at, None);
+    // A hash names one key.
+    assert!(store.insert_api_key(new("acme", "h1")).await.is_err());
+    let found: Option<ApiKeyRow> = store.find_api_key("h2").await.unwrap();
+    assert_eq!(found.map(|k| k.id), Some(b.id));
+    assert_eq!(store.find_api_key("nope").await.unwrap(), None);
+    assert!(store.revoke_api_key(a.id).await.unwrap());
+    assert!(!store.revoke_api_key(a.id).await.unwrap());
+    assert!(!store.revoke_api_key(Uuid::now_v7()).await.unwrap());
+    assert_eq!(store.find_api_key("h1").await.unwrap(), None);
+    let all = store.list_api_keys().await.unwrap();
+    assert_eq!(all.iter().map(|k| k.id).collect::<Vec<_>>(), [a.id, b.id]);
+    assert!(all[0].revoked_at.is_some());
+}
+
+async fn deliveries_carry_their_tenants_secret(store: Arc<dyn Store>) {
+    let with_hook = |tenant: &str| NewJob {
+        webhook: Some(json!({"url": "https://example.com/hook", "events": ["job.queued"]})),
+        ..job_of(tenant)
+    };
+    assert_eq!(store.tenant_webhook_secret("acme").await.unwrap(), None);
+    store
+        .set_tenant_webhook_secret("acme", "whsec_one")
+        .await
+        .unwrap();
+    store
+        .set_tenant_webhook_secret("acme", "whsec_two")
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .tenant_webhook_secret("acme")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("whsec_two")
+    );
+    let a = store.insert_job(with_hook("acme")).await.unwrap();
+    let b = store.insert_job(with_hook("globex")).await.unwrap();
+    let due = store
+        .claim_deliveries(10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let secret_of: HashMap<Uuid, Option<String>> = due
+        .iter()
+        .map(|d| (d.delivery.job_id, d.tenant_secret.clone()))
+        .collect();
+    assert_eq!(secret_of[&a.id].as_deref(), Some("whsec_two"));
+    assert_eq!(secret_of[&b.id], None);
 }

@@ -24,7 +24,7 @@ pub const MAX_URL_LEN: usize = 2048;
 
 /// One event to deliver to one URL. The same request is passed again for
 /// every retry.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct DeliveryRequest {
     /// The `webhook-id` header: stable across retries so the receiver can
     /// drop duplicates. Should not contain `.` (it is a delimiter in the
@@ -38,6 +38,8 @@ pub struct DeliveryRequest {
     pub timestamp: DateTime<Utc>,
     /// The envelope's `data`.
     pub data: serde_json::Value,
+    /// Signs the attempt (the job's tenant's secret, or the server's).
+    pub secret: Secret,
 }
 
 /// The result of one attempt, for the caller to record and to decide on a
@@ -71,7 +73,6 @@ fn failed(error: impl Into<String>) -> Outcome {
 /// delivery tasks (behind an `Arc`), since it owns the per-host limits.
 #[derive(Debug)]
 pub struct Deliverer {
-    secret: Secret,
     timeout: Duration,
     allow_private: bool,
     max_per_host: usize,
@@ -87,14 +88,8 @@ impl Deliverer {
     /// the receiver's slowness). `allow_private` lets destinations resolve to
     /// the addresses [`is_forbidden`] rejects (for development and tests).
     /// `max_per_host` is raised to 1 if 0, which would block every attempt.
-    pub fn new(
-        secret: Secret,
-        timeout: Duration,
-        allow_private: bool,
-        max_per_host: usize,
-    ) -> Self {
+    pub fn new(timeout: Duration, allow_private: bool, max_per_host: usize) -> Self {
         Deliverer {
-            secret,
             timeout,
             allow_private,
             max_per_host: max_per_host.clamp(1, Semaphore::MAX_PERMITS),
@@ -146,7 +141,7 @@ impl Deliverer {
 
         let body = envelope(&req.kind, req.timestamp, &req.data);
         let now = Utc::now().timestamp();
-        let signature = sign(&self.secret, &req.id, now, &body);
+        let signature = sign(&req.secret, &req.id, now, &body);
         let sent = client
             .post(url.clone())
             .header("webhook-id", &req.id)
@@ -373,12 +368,7 @@ mod tests {
 
     #[tokio::test]
     async fn host_entries_are_forgotten_when_unused() {
-        let d = Deliverer::new(
-            Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
-            Duration::from_secs(1),
-            false,
-            2,
-        );
+        let d = Deliverer::new(Duration::from_secs(1), false, 2);
         let a = d.slot("a.example").await;
         let b = d.slot("a.example").await;
         assert_eq!(d.hosts.lock().unwrap().len(), 1);
@@ -390,18 +380,14 @@ mod tests {
 
     #[tokio::test]
     async fn unusable_urls_fail_without_a_request() {
-        let d = Deliverer::new(
-            Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
-            Duration::from_secs(1),
-            false,
-            1,
-        );
+        let d = Deliverer::new(Duration::from_secs(1), false, 1);
         let req = DeliveryRequest {
             id: "msg_1".into(),
             url: "ftp://example.com/".into(),
             kind: "k".into(),
             timestamp: Utc::now(),
             data: serde_json::Value::Null,
+            secret: Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
         };
         assert!(matches!(
             d.deliver(&req).await,

@@ -53,6 +53,14 @@ impl Secret {
         }
         Ok(Secret { key })
     }
+
+    /// A new random secret (24 bytes, as Standard Webhooks suggests at
+    /// least), written as `whsec_<base64>`: what `editthinker keys
+    /// rotate-webhook-secret` hands out.
+    pub fn generate() -> String {
+        let key: [u8; 24] = rand::random();
+        format!("{PREFIX}{}", STANDARD.encode(key))
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -162,12 +162,7 @@ async fn handle(
 }
 
 fn deliverer(timeout: Duration, allow_private: bool, max_per_host: usize) -> Deliverer {
-    Deliverer::new(
-        Secret::parse(SECRET).unwrap(),
-        timeout,
-        allow_private,
-        max_per_host,
-    )
+    Deliverer::new(timeout, allow_private, max_per_host)
 }
 
 fn request(url: String) -> DeliveryRequest {
@@ -177,6 +172,7 @@ fn request(url: String) -> DeliveryRequest {
         kind: "job.succeeded".into(),
         timestamp: Utc.with_ymd_and_hms(2024, 5, 6, 7, 8, 9).unwrap(),
         data: json!({"job_id": "j-1", "score": 0.75}),
+        secret: Secret::parse(SECRET).unwrap(),
     }
 }
 

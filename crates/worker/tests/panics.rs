@@ -60,6 +60,8 @@ async fn a_panicking_job_is_given_back_then_failed_as_internal() {
     store
         .insert_job(NewJob {
             id,
+            tenant: editthinker_store::DEFAULT_TENANT.into(),
+            active_limit: None,
             instruction: "paint it".into(),
             editor: "buggy".into(),
             options: serde_json::json!({}),
