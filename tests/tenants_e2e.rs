@@ -496,3 +496,21 @@ async fn slow_clients_are_cut_off_without_blocking_others() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
 }
+
+/// Authentication off on a non-loopback address: the start says so loudly;
+/// on loopback it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_on_a_public_address_is_warned_about() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    env.migrate();
+    let public = env.config("public", "");
+    let text = std::fs::read_to_string(&public)
+        .unwrap()
+        .replace("127.0.0.1:0", "0.0.0.0:0");
+    std::fs::write(&public, text).unwrap();
+    let loud = Service::start("api", &public);
+    let quiet = Service::start("api", &env.config("loopback", ""));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(loud.log_contains("AUTHENTICATION IS OFF"));
+    assert!(!quiet.log_contains("AUTHENTICATION IS OFF"));
+}

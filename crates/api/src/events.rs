@@ -30,15 +30,17 @@ use editthinker_core::CritiqueRecord;
 /// Query of the events endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
     /// Replay events after this id (same as the `Last-Event-ID` header, which wins).
+    #[param(minimum = 0)]
     after: Option<i64>,
 }
 
 /// Streams a job's events as Server-Sent Events.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id"), EventsQuery,
-        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
+        ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event id")),
     responses(
         (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
         (status = 204, description = "The job has finished and nothing is stored after the cursor: the EventSource standard's signal to stop reconnecting"),
@@ -60,10 +62,17 @@ pub async fn job_events(
             v.to_str()
                 .ok()
                 .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|id| *id >= 0)
                 .ok_or_else(|| ApiError::invalid("Last-Event-ID", "must be an event id"))?,
         ),
         None => None,
     };
+    if query.after.is_some_and(|after| after < 0) {
+        return Err(ApiError::invalid(
+            "after",
+            "must be an event id (0 or more)",
+        ));
+    }
     let after = header_after.or(query.after).unwrap_or(0);
     // Subscribe before reading the table, so nothing falls between the two.
     let feed = state.hub.subscribe(id, after);

@@ -70,6 +70,10 @@ impl Default for Limits {
     }
 }
 
+/// A 1×1 PNG, the document's example image.
+const EXAMPLE_PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
 /// Image decodes at once by default: one per core.
 pub fn default_decode_slots() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
@@ -78,6 +82,12 @@ pub fn default_decode_slots() -> usize {
 /// `POST /v1/jobs` as JSON.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "image": {"base64": EXAMPLE_PNG_BASE64},
+    "instruction": "make the sky purple",
+    "options": {"max_turns": 2},
+    "metadata": {"order": "1234"}
+}))]
 pub struct CreateJobRequest {
     /// The source image: exactly one of `base64` or `url`.
     pub image: ImageInput,

@@ -23,8 +23,8 @@ use crate::AppState;
 /// Creates a job from JSON or multipart.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "1–255 visible ASCII characters: the same key with the same request within 24 h returns the original job (`Idempotent-Replayed: true`); with another request, 422 `idempotency_key_reused`"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (1–60): answer 200 with the finished job if it finishes within N seconds, else 202"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$", description = "1–255 visible ASCII characters: the same key with the same request within 24 h returns the original job (`Idempotent-Replayed: true`); with another request, 422 `idempotency_key_reused`"),
+        ("Prefer" = Option<String>, Header, nullable = false, description = "`wait=N` (1–60): answer 200 with the finished job if it finishes within N seconds, else 202"),
     ),
     request_body(content(
         (intake::CreateJobRequest = "application/json"),
@@ -360,13 +360,34 @@ fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, A
 /// Query of `GET /v1/jobs`.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only jobs with this status.
+    #[param(value_type = Option<StatusFilter>)]
     status: Option<String>,
     /// Page size, 1..=100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
+}
+
+/// A job status to filter by (the document's spelling of [`JobStatus`]).
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub enum StatusFilter {
+    /// Waiting to be claimed.
+    Queued,
+    /// Claimed by a worker.
+    Running,
+    /// Finished with a result.
+    Succeeded,
+    /// Finished without one.
+    Failed,
+    /// Canceled.
+    Canceled,
 }
 
 /// Lists jobs, newest first.

@@ -93,6 +93,7 @@ impl AppState {
     ),
     components(schemas(
         views::Job,
+        jobs::StatusFilter,
         views::JobSummary,
         views::JobList,
         views::Turn,
@@ -180,11 +181,44 @@ impl utoipa::Modify for AuthDoc {
     }
 }
 
+/// Links from a created job (`POST /v1/jobs`) to every per-job operation,
+/// so clients and fuzzers can follow the id. Written into the JSON (utoipa
+/// spells a link's `operationId` in snake case).
+fn add_job_links(doc: &mut serde_json::Value) {
+    let mut links = serde_json::Map::new();
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, item) in paths {
+            if !path.starts_with("/v1/jobs/{id}") {
+                continue;
+            }
+            for operation in ["get", "post"].iter().filter_map(|m| item.get(*m)) {
+                let Some(id) = operation["operationId"].as_str() else {
+                    continue;
+                };
+                let mut parameters = serde_json::json!({"id": "$response.body#/id"});
+                if path.contains("{n}") {
+                    parameters["n"] = 1.into();
+                }
+                links.insert(
+                    id.to_string(),
+                    serde_json::json!({"operationId": id, "parameters": parameters}),
+                );
+            }
+        }
+    }
+    for status in ["200", "202"] {
+        let response = &mut doc["paths"]["/v1/jobs"]["post"]["responses"][status];
+        if response.is_object() {
+            response["links"] = serde_json::Value::Object(links.clone());
+        }
+    }
+}
+
 /// The OpenAPI document as pretty JSON (what `openapi/openapi.json` holds).
 pub fn openapi_json() -> String {
-    ApiDoc::openapi()
-        .to_pretty_json()
-        .expect("the OpenAPI document serializes")
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    add_job_links(&mut doc);
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }
 
 /// The whole router.

@@ -1,0 +1,93 @@
+//! Schemathesis (PyPI) fuzzes the real binary from `openapi/openapi.json`
+//! (issue 10): with an API key, every check on, thousands of generated
+//! requests, and the stateful phase following the document's links from a
+//! created job to its per-job routes. It must find no 5xx, no answer the
+//! document does not describe, and no request the document forbids that
+//! the server accepted.
+//!
+//! Needs `schemathesis` on PATH (`.ci/run` installs it with pip). When it
+//! is missing the test says so and passes — unless `CI` is set, where it
+//! fails. `FUZZ_MAX_EXAMPLES` sets the examples per operation (default 150).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_nothing() {
+    let Some(schemathesis) = which("schemathesis") else {
+        assert!(
+            std::env::var("CI").unwrap_or_default().is_empty(),
+            "schemathesis is required in CI (pip install schemathesis)"
+        );
+        eprintln!("fuzz_e2e: schemathesis not found; skipped outside CI");
+        return;
+    };
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    // Limits high enough that the fuzzer's own pace never trips them (they
+    // have their own tests in tests/tenants_e2e.rs).
+    let config = env.config(
+        "fuzz",
+        &format!(
+            "[auth]\nmode = \"api_keys\"\n[limits]\nrequests_per_second = 0\n\
+             max_active_jobs_per_tenant = 0\nmax_streams_per_tenant = 0\n{}",
+            backends_config(&thinker, &editor, env.dir.path())
+        ),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_editthinker"))
+        .args(["keys", "create", "--tenant", "fuzz", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let service = Service::start("serve", &config);
+
+    let examples = std::env::var("FUZZ_MAX_EXAMPLES").unwrap_or_else(|_| "150".into());
+    let report = env.dir.path().join("schemathesis.ndjson");
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
+    let run = Command::new(schemathesis)
+        .arg("run")
+        .arg(spec)
+        .args(["--url", &service.url("")])
+        .args(["--header", &format!("Authorization: Bearer {key}")])
+        .args(["--checks", "all"])
+        // Valid-looking requests may still be refused for reasons a schema
+        // cannot state (an editor name that is not configured, bytes that
+        // are not an image).
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-examples", &examples])
+        .args(["--seed", "20261202"])
+        .args(["--request-timeout", "30"])
+        .args(["--workers", "2"])
+        .args(["--suppress-health-check", "all"])
+        .arg("--no-color")
+        .args(["--report", "ndjson"])
+        .arg("--report-ndjson-path")
+        .arg(&report)
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
+        .expect("running schemathesis");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    println!("{stdout}");
+    eprintln!("{}", String::from_utf8_lossy(&run.stderr));
+    let requests = count_requests(&std::fs::read_to_string(&report).unwrap_or_default());
+    println!("fuzz_e2e: {requests} requests sent by schemathesis");
+    assert!(
+        run.status.success(),
+        "schemathesis found problems (see above)"
+    );
+    assert!(
+        requests >= 2000 || examples != "150",
+        "only {requests} requests were generated; at least 2,000 are required"
+    );
+}
+
+/// Requests in a schemathesis NDJSON report: every recorded interaction.
+fn count_requests(ndjson: &str) -> usize {
+    ndjson.matches("\"request\":").count()
+}
