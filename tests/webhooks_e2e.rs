@@ -139,7 +139,7 @@ fn expected_signature(r: &Received) -> String {
 
 /// Verifies a received request with the reference `standardwebhooks`
 /// library (Python), as a receiver in the wild would.
-fn verify_with_reference_library(r: &Received) {
+fn verify_with_reference_library(r: &Received, secret: &str) {
     let script = r#"
 import json, sys
 from standardwebhooks.webhooks import Webhook
@@ -149,7 +149,7 @@ payload = Webhook(case["secret"]).verify(case["body"], headers)
 print(json.dumps(payload))
 "#;
     let case = json!({
-        "secret": SECRET,
+        "secret": secret,
         "id": r.id,
         "timestamp": r.timestamp,
         "signature": r.signature,
@@ -239,7 +239,7 @@ async fn webhook_deliveries_are_signed_retried_and_listed(backend: Backend) {
         assert_eq!(body["data"]["job_id"], id);
         assert!(chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok());
     }
-    verify_with_reference_library(flaky.last().unwrap());
+    verify_with_reference_library(flaky.last().unwrap(), SECRET);
     let succeeded = flaky
         .iter()
         .find(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["type"] == "job.succeeded")
@@ -454,7 +454,90 @@ async fn webhook_requests_are_validated(backend: Backend) {
     );
 }
 
+/// A tenant with a secret of its own (`editthinker keys
+/// rotate-webhook-secret`) has its deliveries signed with it; others keep
+/// the server's. Without a server secret, only tenants with their own may
+/// ask for webhooks.
+async fn a_tenants_own_secret_signs_its_deliveries(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    let receiver = Receiver::start(0).await;
+    let backends = backends_config(&thinker, &editor, env.dir.path());
+    let config = env.config(
+        "tenants",
+        &format!(
+            "{}\n[auth]\nmode = \"gateway\"\n",
+            webhook_config("[0.2]", &backends)
+        ),
+    );
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_editthinker"))
+            .arg("keys")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let first = cli(&["rotate-webhook-secret", "--tenant", "acme"]);
+    let acme_secret = cli(&["rotate-webhook-secret", "--tenant", "acme"]);
+    assert!(acme_secret.starts_with("whsec_") && acme_secret != first);
+    let create = |service: &Service, tenant: &'static str, path: &'static str| {
+        let url = service.url("/v1/jobs");
+        let mut body = job_body(&png(8, 8, [1, 2, 3]), "hooked", json!({"max_turns": 1}));
+        body["webhook"] =
+            json!({"url": format!("{}/{path}", receiver.url), "events": ["job.queued"]});
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("x-tenant-id", tenant)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+
+    // No server secret: globex may not ask for webhooks, acme may.
+    let service = Service::start("serve", &config);
+    assert_eq!(create(&service, "globex", "globex").await, 503);
+    assert_eq!(create(&service, "acme", "acme").await, 202);
+    let got = receiver
+        .wait_for("acme's delivery", |got| {
+            got.iter().any(|r| r.path == "acme")
+        })
+        .await;
+    let acme = got.iter().find(|r| r.path == "acme").unwrap();
+    verify_with_reference_library(acme, &acme_secret);
+    assert_ne!(
+        acme.signature,
+        expected_signature(acme),
+        "not the server's secret"
+    );
+    drop(service);
+
+    // With a server secret, tenants without their own use it.
+    let service = Service::start_with_env("serve", &config, &[("WEBHOOK_SECRET", SECRET)]);
+    assert_eq!(create(&service, "globex", "globex").await, 202);
+    let got = receiver
+        .wait_for("globex's delivery", |got| {
+            got.iter().any(|r| r.path == "globex")
+        })
+        .await;
+    let globex = got.iter().find(|r| r.path == "globex").unwrap();
+    verify_with_reference_library(globex, SECRET);
+}
+
 both_backends!(
+    a_tenants_own_secret_signs_its_deliveries,
     webhook_deliveries_are_signed_retried_and_listed,
     deliveries_survive_a_sigkill_of_the_delivering_process,
     one_idempotency_key_makes_one_job,

@@ -45,7 +45,7 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     if webhook_secret.is_none() {
         info!(
             variable = %config.webhooks.secret_env,
-            "no webhook secret set: jobs with a webhook are refused"
+            "no server webhook secret set: jobs with a webhook are refused unless their tenant has its own"
         );
     }
     Ok(Parts {
