@@ -1,6 +1,7 @@
 //! The `editthinker` binary's wiring: configuration, telemetry and roles.
 //! Business logic lives in the other crates.
 
+pub mod client;
 pub mod config;
 pub mod keys;
 pub mod outbox;

@@ -27,10 +27,111 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// Upload an image with an instruction and watch the job live; the
+    /// result is saved to `--out` (default `<image stem>.edited.png`).
+    Submit {
+        /// The source image.
+        image: PathBuf,
+        /// What to change.
+        instruction: String,
+        /// A configured editor name (default: the server's default editor).
+        #[arg(long)]
+        editor: Option<String>,
+        /// Most edit-critique turns (1-10).
+        #[arg(long)]
+        max_turns: Option<u32>,
+        /// Which turn is the result: `best` or `last`.
+        #[arg(long, value_parser = ["best", "last"])]
+        selection: Option<String>,
+        /// Where to save the result.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Create the job and print its id; do not watch.
+        #[arg(long)]
+        no_watch: bool,
+        /// Print only the final job JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Look at and act on jobs of a running service.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// API keys and tenants' webhook secrets (`[auth] mode = "api_keys"`).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+}
+
+/// Which service a client command talks to, and as whom.
+#[derive(Debug, clap::Args)]
+struct Remote {
+    /// The service's base URL.
+    #[arg(long, env = "EDITTHINKER_SERVER", default_value = editthinker::client::DEFAULT_SERVER, global = true)]
+    server: String,
+    /// An API key (`et_…`), when the service wants one.
+    #[arg(
+        long,
+        env = "EDITTHINKER_API_KEY",
+        hide_env_values = true,
+        global = true
+    )]
+    key: Option<String>,
+}
+
+impl Remote {
+    fn client(&self) -> editthinker::client::ApiClient {
+        editthinker::client::ApiClient::new(&self.server, self.key.clone())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Recent jobs, newest first.
+    List {
+        /// Only jobs with this status.
+        #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "canceled"])]
+        status: Option<String>,
+        /// How many (1-100).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// One job as JSON.
+    Get {
+        /// The job id.
+        id: String,
+    },
+    /// Watch a job live until it ends.
+    Watch {
+        /// The job id.
+        id: String,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Queue a failed job again.
+    Retry {
+        /// The job id.
+        id: String,
+    },
+    /// Save the result image, or one turn's.
+    Download {
+        /// The job id.
+        id: String,
+        /// This turn's image instead of the result.
+        #[arg(long)]
+        turn: Option<u32>,
+        /// Where to save it (default `<id>.png`, `<id>.turn<N>.png`).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -92,9 +193,52 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Openapi = cli.command {
-        println!("{}", editthinker_api::openapi_json());
-        return ExitCode::SUCCESS;
+    use editthinker::client::commands;
+    match cli.command {
+        Command::Openapi => {
+            println!("{}", editthinker_api::openapi_json());
+            return ExitCode::SUCCESS;
+        }
+        // Client commands need no configuration: they talk to a server.
+        Command::Submit {
+            image,
+            instruction,
+            editor,
+            max_turns,
+            selection,
+            out,
+            no_watch,
+            json,
+            remote,
+        } => {
+            let args = commands::Submit {
+                image,
+                instruction,
+                editor,
+                max_turns,
+                selection,
+                out,
+                no_watch,
+                json,
+            };
+            return commands::submit(&remote.client(), args).await;
+        }
+        Command::Jobs { command, remote } => {
+            let client = remote.client();
+            return match command {
+                JobsCommand::List { status, limit } => {
+                    commands::list(&client, status.as_deref(), limit).await
+                }
+                JobsCommand::Get { id } => commands::print_job(client.job(&id).await).await,
+                JobsCommand::Watch { id } => commands::watch_job(&client, &id, None, false).await,
+                JobsCommand::Cancel { id } => commands::print_job(client.cancel(&id).await).await,
+                JobsCommand::Retry { id } => commands::print_job(client.retry(&id).await).await,
+                JobsCommand::Download { id, turn, out } => {
+                    commands::download(&client, &id, turn, out).await
+                }
+            };
+        }
+        _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -110,7 +254,9 @@ async fn main() -> ExitCode {
         Command::Worker => roles::worker(config).await,
         Command::Migrate => roles::migrate(config).await,
         Command::Keys { command } => keys(config, command).await,
-        Command::Openapi => unreachable!("handled above"),
+        Command::Openapi | Command::Submit { .. } | Command::Jobs { .. } => {
+            unreachable!("handled above")
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,289 @@
+//! What `editthinker submit` and `editthinker jobs …` do, and their exit
+//! codes.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+
+use super::sse::{JobStream, Next};
+use super::watch::Watcher;
+use super::{ApiClient, ClientError};
+
+/// Exit code: the job failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code: the job was canceled.
+pub const EXIT_CANCELED: u8 = 2;
+/// Exit code: a request failed (service unreachable, refused, a file).
+pub const EXIT_ERROR: u8 = 3;
+/// Exit code: interrupted, the job left running.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// `editthinker submit`'s arguments.
+pub struct Submit {
+    /// The source image.
+    pub image: PathBuf,
+    /// What to change.
+    pub instruction: String,
+    /// Editor name.
+    pub editor: Option<String>,
+    /// `options.max_turns`.
+    pub max_turns: Option<u32>,
+    /// `options.selection` (`best` or `last`).
+    pub selection: Option<String>,
+    /// Where to save the result.
+    pub out: Option<PathBuf>,
+    /// Only create the job.
+    pub no_watch: bool,
+    /// Print the final job JSON only.
+    pub json: bool,
+}
+
+/// Where the result goes without `--out`: `<image stem>.edited.png` beside
+/// the image.
+pub fn default_out(image: &Path) -> PathBuf {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    image.with_file_name(format!("{stem}.edited.png"))
+}
+
+/// Uploads, watches, saves the result.
+pub async fn submit(client: &ApiClient, args: Submit) -> ExitCode {
+    let mut options = json!({});
+    if let Some(n) = args.max_turns {
+        options["max_turns"] = n.into();
+    }
+    if let Some(selection) = &args.selection {
+        options["selection"] = selection.clone().into();
+    }
+    let job = match client
+        .submit(
+            &args.image,
+            &args.instruction,
+            args.editor.as_deref(),
+            &options,
+        )
+        .await
+    {
+        Ok(job) => job,
+        Err(e) => return error(e),
+    };
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    if args.no_watch {
+        if args.json {
+            println!("{job:#}");
+        } else {
+            println!("{id}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    if !args.json {
+        println!(
+            "job {id}: {:?} with {}",
+            args.instruction,
+            job["editor"].as_str().unwrap_or("?")
+        );
+    }
+    let out = args.out.unwrap_or_else(|| default_out(&args.image));
+    watch_job(client, &id, Some(&out), args.json).await
+}
+
+/// Watches a job to its end; saves the result to `out` when it succeeds.
+pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: bool) -> ExitCode {
+    let mut watcher = (!json).then(Watcher::new);
+    let mut stream = JobStream::new(client, id, None);
+    let finished = loop {
+        let run = stream.run(|next| {
+            if let Some(w) = watcher.as_mut() {
+                match next {
+                    Next::Event(event) => w.on(&event),
+                    Next::Reconnecting => w.reconnecting(),
+                    Next::Ended => {}
+                }
+            }
+        });
+        tokio::select! {
+            result = run => break result,
+            _ = tokio::signal::ctrl_c() => {
+                if !ask_to_cancel(watcher.as_ref(), id) {
+                    if let Some(w) = watcher.as_mut() {
+                        w.finish();
+                    }
+                    eprintln!("left running; watch it again with: editthinker jobs watch {id}");
+                    return ExitCode::from(EXIT_INTERRUPTED);
+                }
+                if let Err(e) = client.cancel(id).await {
+                    eprintln!("canceling failed: {e}");
+                }
+                // Go on watching until the cancel shows.
+            }
+        }
+    };
+    let elapsed = watcher.as_mut().map(Watcher::finish);
+    if let Err(e) = finished {
+        return error(e);
+    }
+    let job = match client.job(id).await {
+        Ok(job) => job,
+        Err(e) => return error(e),
+    };
+    let code = outcome(client, &job, out, json).await;
+    if let (Some(elapsed), false) = (elapsed, json) {
+        println!(
+            "{} in {:.1} s",
+            job["status"].as_str().unwrap_or("?"),
+            elapsed.as_secs_f64()
+        );
+    }
+    if json {
+        println!("{job:#}");
+    }
+    code
+}
+
+/// Saves a succeeded job's result; the exit code of its status.
+async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool) -> ExitCode {
+    let id = job["id"].as_str().unwrap_or_default();
+    match job["status"].as_str() {
+        Some("succeeded") => {
+            if let Some(out) = out {
+                let bytes = match client.bytes(&format!("/v1/jobs/{id}/result")).await {
+                    Ok(bytes) => bytes,
+                    Err(e) => return error(e),
+                };
+                if let Err(e) = std::fs::write(out, &bytes) {
+                    return error(ClientError::File(format!("writing {}: {e}", out.display())));
+                }
+                if !json {
+                    println!(
+                        "result: turn {} ({}) saved to {}",
+                        job["result"]["turn"],
+                        job["stop_reason"].as_str().unwrap_or("-"),
+                        out.display()
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        Some("failed") => {
+            eprintln!(
+                "job failed: {}: {}",
+                job["error"]["code"].as_str().unwrap_or("unknown"),
+                job["error"]["message"].as_str().unwrap_or("")
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
+        Some("canceled") => {
+            eprintln!("job canceled");
+            ExitCode::from(EXIT_CANCELED)
+        }
+        other => {
+            eprintln!("job is {}", other.unwrap_or("in an unknown state"));
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// On Ctrl-C: on a terminal, asks whether to cancel the job (default no);
+/// elsewhere the job is left running.
+fn ask_to_cancel(watcher: Option<&Watcher>, id: &str) -> bool {
+    if !console::Term::stdout().is_term() || !console::user_attended_stderr() {
+        return false;
+    }
+    let ask = || {
+        eprint!("\ncancel job {id}? [y/N] ");
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        matches!(answer.trim(), "y" | "Y" | "yes")
+    };
+    match watcher {
+        Some(w) => w.suspend(ask),
+        None => ask(),
+    }
+}
+
+fn error(e: ClientError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(EXIT_ERROR)
+}
+
+/// `jobs list`: one line per job.
+pub async fn list(client: &ApiClient, status: Option<&str>, limit: Option<u32>) -> ExitCode {
+    let page = match client.list(status, limit).await {
+        Ok(page) => page,
+        Err(e) => return error(e),
+    };
+    println!(
+        "{:<36}  {:<9}  {:<20}  INSTRUCTION",
+        "ID", "STATUS", "CREATED"
+    );
+    for job in page["jobs"].as_array().into_iter().flatten() {
+        let created = job["created_at"].as_str().unwrap_or("");
+        println!(
+            "{:<36}  {:<9}  {:<20}  {}",
+            job["id"].as_str().unwrap_or(""),
+            job["status"].as_str().unwrap_or(""),
+            created.get(..19).unwrap_or(created),
+            job["instruction"].as_str().unwrap_or("")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `jobs get`, `jobs cancel`, `jobs retry`: the job JSON.
+pub async fn print_job(result: Result<Value, ClientError>) -> ExitCode {
+    match result {
+        Ok(job) => {
+            println!("{job:#}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => error(e),
+    }
+}
+
+/// `jobs download`: the result, or turn `n`, to `out` (default
+/// `<id>.png` / `<id>.turn<n>.png`).
+pub async fn download(
+    client: &ApiClient,
+    id: &str,
+    turn: Option<u32>,
+    out: Option<PathBuf>,
+) -> ExitCode {
+    let (path, default) = match turn {
+        Some(n) => (
+            format!("/v1/jobs/{id}/turns/{n}/image"),
+            format!("{id}.turn{n}.png"),
+        ),
+        None => (format!("/v1/jobs/{id}/result"), format!("{id}.png")),
+    };
+    let out = out.unwrap_or_else(|| PathBuf::from(default));
+    match client.bytes(&path).await {
+        Ok(bytes) => match std::fs::write(&out, &bytes) {
+            Ok(()) => {
+                println!("saved {} ({} bytes)", out.display(), bytes.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => error(ClientError::File(format!("writing {}: {e}", out.display()))),
+        },
+        Err(e) => error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_result_goes_beside_the_image() {
+        assert_eq!(
+            default_out(Path::new("/photos/cat.jpg")),
+            PathBuf::from("/photos/cat.edited.png")
+        );
+        assert_eq!(
+            default_out(Path::new("dog")),
+            PathBuf::from("dog.edited.png")
+        );
+    }
+}
