@@ -551,6 +551,10 @@ async fn system_endpoints() {
         .await
         .unwrap();
     assert!(docs.contains("/openapi.json"));
+    assert!(
+        !docs.contains("https://"),
+        "the reader loads nothing from elsewhere"
+    );
     let resp = client.get(service.url("/v2/nothing")).send().await.unwrap();
     expect_problem(resp, 404, "not_found", None).await;
 }

@@ -162,9 +162,13 @@ impl Auth {
 /// job finishes, which is seconds for most jobs.
 const STREAM_RETRY_AFTER: u64 = 5;
 
-/// Routes anyone may call: probes, and the API's own description.
+/// Routes anyone may call: probes, the API's own description, and the
+/// viewer's pages (which ask for a key before calling the API).
 fn is_open(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/openapi.json" | "/docs")
+    matches!(
+        path,
+        "/healthz" | "/readyz" | "/openapi.json" | "/docs" | "/ui"
+    ) || path.starts_with("/ui/")
 }
 
 /// A tenant name: 1 to 64 of `A-Z a-z 0-9 . _ -` (what `keys create

@@ -9,6 +9,7 @@ pub mod intake;
 mod jobs;
 pub mod server;
 mod system;
+pub mod ui;
 pub mod views;
 
 use std::sync::Arc;
@@ -239,7 +240,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .route("/openapi.json", get(system::openapi))
-        .route("/docs", get(system::docs))
+        .route("/docs", get(ui::docs))
+        .route("/ui", get(ui::home))
+        .route("/ui/jobs/{id}", get(ui::job))
+        .route("/ui/assets/{name}", get(ui::asset))
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         // Inside CORS, so preflight requests need no credentials.

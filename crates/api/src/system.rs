@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::{header, StatusCode, Uri};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -79,25 +79,6 @@ pub async fn openapi() -> Response {
         crate::openapi_json(),
     )
         .into_response()
-}
-
-/// An interactive viewer for the OpenAPI document (loaded by the browser).
-pub async fn docs() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html>
-<html>
-  <head>
-    <title>EditThinker Service API</title>
-    <meta charset="utf-8" />
-    <meta name="viewport" content="width=device-width, initial-scale=1" />
-  </head>
-  <body>
-    <script id="api-reference" data-url="/openapi.json"></script>
-    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
-  </body>
-</html>
-"#,
-    )
 }
 
 /// Unknown paths answer a problem too.

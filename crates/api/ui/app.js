@@ -1,0 +1,381 @@
+// The EditThinker web viewer: /ui (submit, recent jobs) and /ui/jobs/{id}
+// (every turn, live). Plain JavaScript, no dependencies, served from the
+// binary. The server renders the relative way back to its root
+// (the page's data-root); every URL is built from it, so the viewer works under
+// a gateway's path prefix.
+"use strict";
+
+const BASE = new URL((document.documentElement.dataset.root || ".") + "/", location.href).pathname.replace(/\/$/, "");
+const KEY_STORAGE = "editthinker.key";
+const app = document.getElementById("app");
+
+// ---- API -------------------------------------------------------------------
+
+class Unauthorized extends Error {}
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function api(path, options) {
+  options = options || {};
+  const response = await fetch(BASE + path, Object.assign({}, options, { headers: headers(options.headers) }));
+  if (response.status === 401) throw new Unauthorized();
+  if (!response.ok) {
+    let problem = {};
+    try { problem = await response.json(); } catch (_) {}
+    throw new Error((problem.code || response.status) + ": " + (problem.detail || response.statusText));
+  }
+  return response;
+}
+
+async function json(path, options) {
+  return (await api(path, options)).json();
+}
+
+// Image routes need the key too, so images are fetched and shown as blobs.
+const blobs = new Map();
+async function imageUrl(path) {
+  if (!blobs.has(path)) {
+    blobs.set(path, api(path).then(r => r.blob()).then(b => URL.createObjectURL(b)));
+  }
+  return blobs.get(path);
+}
+
+function setImage(img, path) {
+  imageUrl(path).then(url => { img.src = url; }).catch(() => { img.alt = "image unavailable"; });
+}
+
+// A job's events over fetch (EventSource cannot send a key), resumed with
+// Last-Event-ID when the connection drops. Calls onEvent(kind, data, id).
+async function streamEvents(id, onEvent, isDone) {
+  let last = null;
+  for (let failures = 0; failures < 30 && !isDone(); ) {
+    const h = { Accept: "text/event-stream" };
+    if (last !== null) h["Last-Event-ID"] = String(last);
+    let response;
+    try {
+      response = await fetch(BASE + "/v1/jobs/" + id + "/events", { headers: headers(h) });
+    } catch (_) {
+      failures++;
+      await sleep(500 * failures);
+      continue;
+    }
+    if (response.status === 401) throw new Unauthorized();
+    if (response.status === 204) return;
+    if (!response.ok) throw new Error("events: " + response.status);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        failures = 0;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let kind = "message", data = "", eventId = null;
+          for (const line of block.split("\n")) {
+            const colon = line.indexOf(":");
+            if (colon <= 0) continue;
+            const field = line.slice(0, colon), value = line.slice(colon + 1).replace(/^ /, "");
+            if (field === "id") eventId = Number(value);
+            else if (field === "event") kind = value;
+            else if (field === "data") data += (data ? "\n" : "") + value;
+          }
+          if (!data) continue;
+          if (eventId !== null) last = eventId;
+          onEvent(kind, JSON.parse(data), eventId);
+        }
+      }
+    } catch (_) {
+      // The connection broke: resume after the last event.
+    }
+    if (isDone()) return;
+    failures++;
+    await sleep(300 * failures);
+  }
+}
+
+function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
+
+// ---- helpers -------------------------------------------------------------------
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (v !== null && v !== undefined) node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function fmt(score) {
+  if (score === null || score === undefined) return "–";
+  return Number.isInteger(score) ? String(score) : score.toFixed(2);
+}
+
+// The instruction with the words that are new since the previous one marked.
+function diffInstruction(previous, current) {
+  const node = el("span", { class: "instruction" });
+  const before = new Set((previous || "").toLowerCase().split(/\s+/).filter(Boolean));
+  current.split(/(\s+)/).forEach(part => {
+    if (/^\s+$/.test(part) || !part) node.append(part);
+    else if (previous !== null && !before.has(part.toLowerCase())) node.append(el("ins", {}, part));
+    else node.append(part);
+  });
+  return node;
+}
+
+function showError(error) {
+  if (error instanceof Unauthorized) return askForKey();
+  app.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
+}
+
+// With authentication on, the page asks for a key and keeps it in this
+// tab's session storage only.
+function askForKey() {
+  const input = el("input", { type: "password", id: "api-key", placeholder: "et_…", size: 50 });
+  app.replaceChildren(el("form", {
+    class: "card submit", id: "key-form",
+    onsubmit: e => { e.preventDefault(); sessionStorage.setItem(KEY_STORAGE, input.value.trim()); route(); },
+  }, el("h1", {}, "API key"), el("p", { class: "muted" }, "This service needs a key. It is kept in this tab only."),
+    input, el("div", {}, el("button", { type: "submit" }, "Use key"))));
+}
+
+// ---- /ui ---------------------------------------------------------------------------
+
+async function home() {
+  const editors = (await json("/v1/editors")).editors;
+  const list = await json("/v1/jobs?limit=24");
+  let file = null;
+  const preview = el("img", { hidden: "" });
+  const fileInput = el("input", { type: "file", id: "image", accept: "image/*", hidden: "" });
+  const drop = el("div", { class: "drop", id: "drop", onclick: () => fileInput.click() },
+    "Drop an image here, or click to choose one", preview);
+  const choose = f => { file = f; preview.hidden = false; preview.src = URL.createObjectURL(f); };
+  fileInput.addEventListener("change", () => fileInput.files[0] && choose(fileInput.files[0]));
+  drop.addEventListener("dragover", e => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", e => {
+    e.preventDefault(); drop.classList.remove("over");
+    if (e.dataTransfer.files[0]) choose(e.dataTransfer.files[0]);
+  });
+  const instruction = el("textarea", { id: "instruction", placeholder: "What should change?", required: "" });
+  const editor = el("select", { id: "editor" }, ...editors.map(e =>
+    el("option", { value: e.name, selected: e.default ? "" : null }, e.name + " (" + e.kind + ")")));
+  const maxTurns = el("input", { id: "max-turns", type: "number", min: 1, max: 10, value: 3 });
+  const selection = el("select", { id: "selection" }, el("option", { value: "best" }, "best"), el("option", { value: "last" }, "last"));
+  const message = el("p", { class: "error", id: "submit-error" });
+  const form = el("form", {
+    class: "card submit", id: "submit-form",
+    onsubmit: async e => {
+      e.preventDefault();
+      if (!file) { message.textContent = "Choose an image first."; return; }
+      const body = new FormData();
+      body.append("image", file, file.name);
+      body.append("instruction", instruction.value);
+      body.append("editor", editor.value);
+      body.append("options", JSON.stringify({ max_turns: Number(maxTurns.value), selection: selection.value }));
+      try {
+        const job = await json("/v1/jobs", { method: "POST", body });
+        history.pushState({}, "", BASE + "/ui/jobs/" + job.id);
+        route();
+      } catch (error) {
+        if (error instanceof Unauthorized) return askForKey();
+        message.textContent = error.message;
+      }
+    },
+  }, el("h1", {}, "New job"), drop, fileInput, instruction,
+    el("div", { class: "row" }, el("label", {}, "Editor ", editor), el("label", {}, "Max turns ", maxTurns),
+      el("label", {}, "Selection ", selection)),
+    el("div", {}, el("button", { type: "submit", id: "submit" }, "Edit")), message);
+  const jobs = el("div", { class: "jobs", id: "recent" }, ...list.jobs.map(job => {
+    const img = el("img", { class: "thumb", alt: "" });
+    setImage(img, job.status === "succeeded" ? "/v1/jobs/" + job.id + "/result" : "/v1/jobs/" + job.id + "/source");
+    return el("a", { href: BASE + "/ui/jobs/" + job.id, class: "card" }, img,
+      el("div", {}, el("span", { class: "status " + job.status }, job.status)),
+      el("div", { class: "muted" }, job.instruction));
+  }));
+  app.replaceChildren(form, el("h2", {}, "Recent jobs"), list.jobs.length ? jobs : el("p", { class: "muted" }, "No jobs yet."));
+}
+
+// ---- /ui/jobs/{id} ---------------------------------------------------------------
+
+async function jobPage(id) {
+  const job = await json("/v1/jobs/" + id);
+  const state = { turns: new Map(), status: job.status, done: false, result: null };
+  const statusBadge = el("span", { class: "status " + job.status, id: "status" }, job.status);
+  const sourceImg = el("img", { alt: "source" });
+  setImage(sourceImg, "/v1/jobs/" + id + "/source");
+  const grid = el("div", { class: "turns", id: "turns" },
+    el("div", { class: "card source" }, el("h2", {}, "Source"), sourceImg, el("p", {}, job.instruction)));
+  const chart = el("div", { id: "chart" });
+  const download = el("a", { id: "download", hidden: "", download: "editthinker-" + id + ".png" }, el("button", { type: "button" }, "Download result"));
+  const cancel = el("button", {
+    class: "secondary", id: "cancel", type: "button",
+    onclick: async () => { try { await api("/v1/jobs/" + id + "/cancel", { method: "POST" }); } catch (e) { info.textContent = e.message; } },
+  }, "Cancel");
+  const info = el("p", { class: "muted", id: "info" });
+  app.replaceChildren(
+    el("h1", {}, "Job ", el("code", {}, id), " ", statusBadge),
+    el("div", { class: "row" }, download, cancel), info, grid, el("h2", {}, "Scores per turn"), chart);
+
+  const card = n => {
+    if (!state.turns.has(n)) {
+      const t = {
+        n, instruction: null, critique: null,
+        img: el("img", { alt: "turn " + n }),
+        head: el("h2", {}, "Turn " + n, " "),
+        text: el("p", {}),
+        scores: el("div", { class: "scores" }),
+        reasoning: el("div", { class: "reasoning" }),
+      };
+      t.node = el("div", { class: "card turn", "data-turn": n }, t.head, t.img, t.text, t.scores, t.reasoning);
+      state.turns.set(n, t);
+      grid.append(t.node);
+    }
+    return state.turns.get(n);
+  };
+  const redrawInstructions = () => {
+    let previous = job.instruction;
+    [...state.turns.values()].sort((a, b) => a.n - b.n).forEach(t => {
+      if (t.instruction === null) return;
+      t.text.replaceChildren(diffInstruction(t.n === 1 ? null : previous, t.instruction));
+      previous = t.instruction;
+    });
+  };
+  const setStatus = s => {
+    state.status = s;
+    statusBadge.textContent = s;
+    statusBadge.className = "status " + s;
+    cancel.hidden = ["succeeded", "failed", "canceled"].includes(s);
+  };
+  const finish = data => {
+    state.done = true;
+    if (state.status === "succeeded") {
+      const n = data.result_turn;
+      if (n && state.turns.has(n)) {
+        const t = state.turns.get(n);
+        t.node.classList.add("selected");
+        t.head.append(el("span", { class: "badge", id: "selected" }, "selected"));
+      }
+      imageUrl("/v1/jobs/" + id + "/result").then(url => { download.href = url; download.hidden = false; });
+      info.textContent = "Stopped: " + (data.stop_reason || "");
+    }
+  };
+  setStatus(job.status);
+
+  const onEvent = (kind, data) => {
+    switch (kind) {
+      case "job.queued": setStatus("queued"); break;
+      case "job.started": setStatus("running"); break;
+      case "job.retrying": info.textContent = "Retrying (" + data.reason + ", " + (data.code || "-") + ")"; setStatus("queued"); break;
+      case "turn.edited": {
+        const t = card(data.turn);
+        t.instruction = data.instruction;
+        setImage(t.img, "/v1/jobs/" + id + "/turns/" + data.turn + "/image");
+        redrawInstructions();
+        t.scores.replaceChildren(el("span", { class: "muted" }, "thinking…"));
+        break;
+      }
+      case "turn.thinking": {
+        const t = card(data.turn);
+        if (!t.critique) t.reasoning.textContent += data.delta || "";
+        break;
+      }
+      case "turn.critiqued": {
+        const t = card(data.turn);
+        const c = data.critique || {};
+        t.critique = c;
+        t.scores.replaceChildren(
+          el("span", { class: "semantic" }, "semantic " + fmt(c.semantic)),
+          el("span", { class: "quality" }, "quality " + fmt(c.quality)),
+          el("strong", { class: "overall" }, "overall " + fmt(c.overall)));
+        t.reasoning.textContent = c.reasoning || t.reasoning.textContent;
+        drawChart(chart, [...state.turns.values()]);
+        break;
+      }
+      case "job.succeeded": setStatus("succeeded"); finish(data); break;
+      case "job.failed": setStatus("failed"); info.textContent = "Failed: " + data.code + ": " + data.message; state.done = true; break;
+      case "job.canceled": setStatus("canceled"); state.done = true; break;
+    }
+  };
+  // The whole history first (a reload mid-job shows the same state), then live.
+  await streamEvents(id, onEvent, () => state.done);
+}
+
+// Semantic, quality and overall per turn, as an SVG line chart.
+function drawChart(container, turns) {
+  turns = turns.filter(t => t.critique).sort((a, b) => a.n - b.n);
+  const w = 520, h = 220, pad = 30;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("width", w);
+  svg.setAttribute("height", h);
+  const x = i => pad + (turns.length <= 1 ? (w - 2 * pad) / 2 : i * (w - 2 * pad) / (turns.length - 1));
+  const y = v => h - pad - (v / 10) * (h - 2 * pad);
+  for (let v = 0; v <= 10; v += 5) {
+    const line = document.createElementNS(ns, "line");
+    Object.entries({ x1: pad, x2: w - pad, y1: y(v), y2: y(v), stroke: "#dde1ea" }).forEach(([k, val]) => line.setAttribute(k, val));
+    svg.append(line);
+    const label = document.createElementNS(ns, "text");
+    Object.entries({ x: 4, y: y(v) + 4, "font-size": 11, fill: "#6b7385" }).forEach(([k, val]) => label.setAttribute(k, val));
+    label.textContent = v;
+    svg.append(label);
+  }
+  const series = [["semantic", "#3b5bdb"], ["quality", "#f08c00"], ["overall", "#2b8a3e"]];
+  for (const [name, color] of series) {
+    const points = turns.map((t, i) => [x(i), t.critique[name]]).filter(p => typeof p[1] === "number");
+    const line = document.createElementNS(ns, "polyline");
+    line.setAttribute("points", points.map(p => p[0] + "," + y(p[1])).join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", color);
+    line.setAttribute("stroke-width", 2);
+    line.setAttribute("data-series", name);
+    svg.append(line);
+    for (const p of points) {
+      const dot = document.createElementNS(ns, "circle");
+      Object.entries({ cx: p[0], cy: y(p[1]), r: 3, fill: color }).forEach(([k, val]) => dot.setAttribute(k, val));
+      svg.append(dot);
+    }
+  }
+  turns.forEach((t, i) => {
+    const label = document.createElementNS(ns, "text");
+    Object.entries({ x: x(i) - 8, y: h - 8, "font-size": 11, fill: "#6b7385" }).forEach(([k, val]) => label.setAttribute(k, val));
+    label.textContent = "turn " + t.n;
+    svg.append(label);
+  });
+  const legend = el("div", { class: "legend" }, ...series.map(([name, color]) => {
+    const item = el("span", {}, "● " + name);
+    item.style.color = color;
+    return item;
+  }));
+  container.replaceChildren(svg, legend);
+}
+
+// ---- routing -------------------------------------------------------------------------
+
+function route() {
+  const forget = document.getElementById("forget-key");
+  forget.hidden = !sessionStorage.getItem(KEY_STORAGE);
+  forget.onclick = () => { sessionStorage.removeItem(KEY_STORAGE); location.reload(); };
+  const path = location.pathname.slice(BASE.length);
+  const match = path.match(/^\/ui\/jobs\/([^/]+)$/);
+  (match ? jobPage(decodeURIComponent(match[1])) : home()).catch(showError);
+}
+
+window.addEventListener("popstate", route);
+route();
