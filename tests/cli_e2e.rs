@@ -355,3 +355,128 @@ async fn on_a_terminal_progress_is_drawn_and_no_color_is_respected() {
     );
     assert!(!plain.contains("\u{1b}[1m"), "NO_COLOR: {plain:?}");
 }
+
+/// A command on a fresh pseudo-terminal (stdin, stdout and stderr), with
+/// the master side to read and type on.
+struct OnPty {
+    child: std::process::Child,
+    master: std::fs::File,
+    seen: String,
+}
+
+impl OnPty {
+    fn spawn(args: &[&str], server: &str) -> Self {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let (mut master, mut slave) = (0, 0);
+        // SAFETY: openpty fills in two fresh descriptors.
+        let rc = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "openpty");
+        // SAFETY: the descriptors are ours and open.
+        let slave = unsafe { OwnedFd::from_raw_fd(slave) };
+        let child = Command::new(env!("CARGO_BIN_EXE_editthinker"))
+            .args(args)
+            .env("EDITTHINKER_SERVER", server)
+            .env("TERM", "xterm")
+            .stdin(slave.try_clone().unwrap())
+            .stdout(slave.try_clone().unwrap())
+            .stderr(slave)
+            .spawn()
+            .unwrap();
+        // SAFETY: as above.
+        let master = unsafe { std::fs::File::from_raw_fd(master) };
+        Self {
+            child,
+            master,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads what the terminal shows until `needle` appears.
+    fn wait_for(&mut self, needle: &str) {
+        use std::io::Read;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        while !self.seen.contains(needle) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never saw {needle:?} in {:?}",
+                self.seen
+            );
+            let n = self.master.read(&mut buf).unwrap_or(0);
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+
+    fn interrupt_and_answer(&mut self, answer: &str) -> i32 {
+        use std::io::Write;
+        let rc = unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        assert_eq!(rc, 0);
+        self.wait_for("[y/N]");
+        self.master.write_all(answer.as_bytes()).unwrap();
+        // Drain the terminal while the client finishes.
+        let reader = self.master.try_clone().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut reader = reader;
+            let mut buf = [0u8; 4096];
+            while reader.read(&mut buf).is_ok_and(|n| n > 0) {}
+        });
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+/// Ctrl-C on a terminal asks whether to cancel: "n" leaves the job
+/// running (exit 130), "y" cancels it and waits to see it canceled (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_asks_whether_to_cancel_the_job() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (service, editor, _thinker) = two_turn_service(&env).await;
+    editor.set_delay(Duration::from_secs(30));
+    let image = write_source(env.dir.path());
+    let server = service.url("");
+    let (code, seen) = {
+        let (image, server) = (image.clone(), server.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut run = OnPty::spawn(
+                &["submit", image.to_str().unwrap(), "paint the door red"],
+                &server,
+            );
+            run.wait_for("job ");
+            run.wait_for("editing turn 1");
+            let code = run.interrupt_and_answer("n\n");
+            (code, run.seen)
+        })
+        .await
+        .unwrap()
+    };
+    assert_eq!(code, 130, "{seen:?}");
+    let id = seen
+        .split("job ")
+        .nth(1)
+        .and_then(|rest| rest.split(':').next())
+        .unwrap()
+        .trim()
+        .to_string();
+    let (_, job) = get_json(&service.url(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(job["status"], "running", "left running: {job:#}");
+
+    let watch_id = id.clone();
+    let code = tokio::task::spawn_blocking(move || {
+        let mut run = OnPty::spawn(&["jobs", "watch", &watch_id], &server);
+        run.wait_for("editing turn 1");
+        run.interrupt_and_answer("y\n")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 2, "the job was canceled");
+    let (_, job) = get_json(&service.url(&format!("/v1/jobs/{id}"))).await;
+    assert_eq!(job["status"], "canceled", "{job:#}");
+}
