@@ -232,7 +232,7 @@ mod tests {
         console::set_colors_enabled(false);
         let line = turn_line(&serde_json::json!({
             "turn": 2,
-            "critique": {"semantic": 8.0, "quality": 9.0, "overall": 8.485, "satisfied": false,
+            "critique": {"semantic": 8.0, "quality": 9.0, "overall": 8.486, "satisfied": false,
                          "refined_instruction": "make it redder"}
         }));
         assert_eq!(
