@@ -1,5 +1,5 @@
 //! `GET /v1/jobs/{id}/events`: stored events replayed after `Last-Event-ID`,
-//! then live ones, until the terminal event (DESIGN.md §7).
+//! then live ones, until the terminal event (docs/architecture.md §4).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

@@ -1,4 +1,4 @@
-//! Per-process fan-out of job events to SSE streams (DESIGN.md §7).
+//! Per-process fan-out of job events to SSE streams (docs/architecture.md §4).
 //!
 //! One [`EventHub`] per API process listens to the store's notices. When a
 //! notice names a job that has subscribers, the hub reads that job's new

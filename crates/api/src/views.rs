@@ -1,4 +1,4 @@
-//! Response bodies (DESIGN.md §8) and their conversion from stored rows.
+//! Response bodies (README "HTTP API") and their conversion from stored rows.
 
 use chrono::{DateTime, Utc};
 use editthinker_core::{CritiqueRecord, JobOptions};

@@ -33,7 +33,7 @@ impl Critique {
 pub struct CritiqueRecord {
     /// Parsed answer; `None` when every attempt failed to parse or the thinker failed.
     pub critique: Option<Critique>,
-    /// Whether this critique stops the loop (DESIGN.md §2 `satisfied`).
+    /// Whether this critique stops the loop (docs/architecture.md §2, "The loop").
     pub satisfied: bool,
     /// Wall time of the thinker calls for this turn, retries included.
     pub thinker_ms: u64,

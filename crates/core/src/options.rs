@@ -1,4 +1,4 @@
-//! Per-job loop options (DESIGN.md §2, §8) with their defaults and limits.
+//! Per-job loop options (README "Loop options") with their defaults and limits.
 
 use serde::{Deserialize, Serialize};
 

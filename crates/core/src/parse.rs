@@ -1,4 +1,4 @@
-//! Parsers for the two thinker output protocols (DESIGN.md §3).
+//! Parsers for the two thinker output protocols (README "`[thinker]`").
 //!
 //! Both parsers are lenient about form (whitespace, code fences, tag case,
 //! truncated closing tags, text around the payload) because real servers

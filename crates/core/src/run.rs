@@ -1,4 +1,4 @@
-//! The Think-while-Edit loop (DESIGN.md §2) and result selection.
+//! The Think-while-Edit loop (docs/architecture.md §2) and result selection.
 
 use std::time::Instant;
 
@@ -220,7 +220,7 @@ pub fn is_satisfied(critique: &Critique, previous: &str, stop: &StopThresholds) 
     }
 }
 
-/// Picks the result turn (DESIGN.md §2 `selection`). `turns` must not be empty.
+/// Picks the result turn (README "Loop options", `selection`). `turns` must not be empty.
 pub fn select_turn(turns: &[TurnRecord], selection: Selection) -> u32 {
     let last = turns.last().expect("a finished loop has at least one turn");
     let satisfied = |t: &&TurnRecord| t.critique.as_ref().is_some_and(|c| c.satisfied);

@@ -71,7 +71,7 @@ impl EditCheckpoint for NoCheckpoint {
     }
 }
 
-/// Why an editor call failed; the worker acts on the class (DESIGN.md §6).
+/// Why an editor call failed; the worker acts on the class (docs/architecture.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EditorError {
     /// Unavailable for now (connection errors, 429, 5xx after retries): requeue later.

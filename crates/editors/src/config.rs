@@ -1,4 +1,4 @@
-//! The `[editors.<name>]` configuration tables (DESIGN.md §9).
+//! The `[editors.<name>]` configuration tables (README "Configuration").
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Editor backends (DESIGN.md §4, BACKENDS.md "Editors"): the registry of
+//! Editor backends (docs/architecture.md §1; README "`[editors.<name>]`"): the registry of
 //! configured editors and one module per provider protocol, over shared HTTP
 //! machinery (timeouts, retries, error classes, in-flight limits).
 //!

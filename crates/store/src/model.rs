@@ -94,7 +94,7 @@ pub struct NewApiKey {
     pub prefix: String,
 }
 
-/// Event types (contract, DESIGN.md §7).
+/// Event types (contract, README "Events (SSE)").
 pub mod event_type {
     /// Job inserted.
     pub const JOB_QUEUED: &str = "job.queued";

@@ -22,7 +22,7 @@ pub enum ThinkerKind {
     Local,
 }
 
-/// The `[thinker]` section (DESIGN.md §9). Every field has a default, so an
+/// The `[thinker]` section (README "Configuration"). Every field has a default, so an
 /// empty section is valid; unknown keys are rejected to catch typos.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

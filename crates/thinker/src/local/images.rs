@@ -3,7 +3,7 @@
 //! mistral.rs's Qwen-VL preprocessor panics on images with a side below the
 //! model's minimum (32 px for Qwen3-VL: patch 16 × merge 2) or an aspect
 //! ratio above 200, so images are scaled and padded here before they reach
-//! the engine (DESIGN.md §2).
+//! the engine (docs/architecture.md §2).
 
 use editthinker_core::imaging::{fit_within, padded_size};
 use image::{DynamicImage, GenericImageView as _, RgbImage};
