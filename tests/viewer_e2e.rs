@@ -43,6 +43,12 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
     let editor = FakeEditor::start().await;
     // Slow enough that a person (and the browser) sees the turns arrive.
     editor.set_delay(Duration::from_millis(1500));
+    editor
+        .state
+        .refuse
+        .lock()
+        .unwrap()
+        .push("make it forbidden".into());
     let thinker = FakeThinker::start().await;
     thinker.on(
         "paint the door red",
@@ -72,6 +78,7 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
     std::fs::create_dir_all(&shots).unwrap();
 
     let base = service.url("");
+    let key_for_checks = key.clone();
     let run = tokio::task::spawn_blocking(move || {
         let mut cmd = Command::new("node");
         cmd.arg(ui.join("viewer.mjs"))
@@ -135,10 +142,47 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
         "{recent:?}"
     );
     assert!(seen["docsOperations"].as_u64().unwrap() >= 13, "{seen:#}");
+    // A failed job retried from its page failed again in view.
+    assert!(
+        seen["failedInfo"]
+            .as_str()
+            .unwrap()
+            .contains("editor_refused"),
+        "{seen:#}"
+    );
+    assert_eq!(seen["retryHiddenWhileFailed"], false, "retry offered again");
+    let failed_id = seen["failedUrl"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, failed) = get_json_with_key(
+        &service.url(&format!("/v1/jobs/{failed_id}")),
+        &key_for_checks,
+    )
+    .await;
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(
+        failed["attempt"], 2,
+        "the retry ran a second attempt: {failed:#}"
+    );
     for shot in ["ui-submit.png", "ui-job.png", "ui-finished.png"] {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target/ui-screenshots")
             .join(shot);
         assert!(path.metadata().is_ok_and(|m| m.len() > 1000), "{shot}");
     }
+}
+
+async fn get_json_with_key(url: &str, key: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }

@@ -84,6 +84,20 @@ try {
   await again.goto(base + "/docs");
   await again.waitForSelector("details#create_job");
   seen.docsOperations = await again.$$eval("main details[id]", ds => ds.length);
+
+  // A job that fails (the editor refuses it), retried from its page: the
+  // new attempt's events follow on the same page.
+  await again.goto(base + "/ui");
+  await again.waitForSelector("#submit-form");
+  await again.setInputFiles("#image", image);
+  await again.fill("#instruction", "make it forbidden");
+  await again.click("#submit");
+  await again.waitForSelector('#status[data-failures="1"]', { timeout: 30000 });
+  seen.failedUrl = again.url();
+  seen.failedInfo = await again.textContent("#info");
+  await again.click("#retry");
+  await again.waitForSelector('#status[data-failures="2"]', { timeout: 30000 });
+  seen.retryHiddenWhileFailed = await again.$eval("#retry", b => b.hidden);
 } catch (e) {
   errors.push("script: " + (e && e.stack || e));
 } finally {

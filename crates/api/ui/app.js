@@ -50,9 +50,10 @@ function setImage(img, path) {
 }
 
 // A job's events over fetch (EventSource cannot send a key), resumed with
-// Last-Event-ID when the connection drops. Calls onEvent(kind, data, id).
-async function streamEvents(id, onEvent, isDone) {
-  let last = null;
+// Last-Event-ID when the connection drops (or after `after`). Calls
+// onEvent(kind, data, id).
+async function streamEvents(id, onEvent, isDone, after) {
+  let last = after === undefined ? null : after;
   for (let failures = 0; failures < 30 && !isDone(); ) {
     const h = { Accept: "text/event-stream" };
     if (last !== null) h["Last-Event-ID"] = String(last);
@@ -215,7 +216,7 @@ async function home() {
 
 async function jobPage(id) {
   const job = await json("/v1/jobs/" + id);
-  const state = { turns: new Map(), status: job.status, done: false, result: null };
+  const state = { turns: new Map(), status: job.status, done: false, result: null, last: null, failures: 0 };
   const statusBadge = el("span", { class: "status " + job.status, id: "status" }, job.status);
   const sourceImg = el("img", { alt: "source" });
   setImage(sourceImg, "/v1/jobs/" + id + "/source");
@@ -228,9 +229,26 @@ async function jobPage(id) {
     onclick: async () => { try { await api("/v1/jobs/" + id + "/cancel", { method: "POST" }); } catch (e) { info.textContent = e.message; } },
   }, "Cancel");
   const info = el("p", { class: "muted", id: "info" });
+  // A failed job can be queued again; it resumes after its last turn and
+  // its new events follow on the same page.
+  const retry = el("button", {
+    class: "secondary", id: "retry", type: "button", hidden: "",
+    onclick: async () => {
+      try {
+        await api("/v1/jobs/" + id + "/retry", { method: "POST" });
+        retry.hidden = true;
+        info.textContent = "Queued again";
+        state.done = false;
+        await streamEvents(id, onEvent, () => state.done, state.last);
+      } catch (e) {
+        if (e instanceof Unauthorized) return askForKey();
+        info.textContent = e.message;
+      }
+    },
+  }, "Retry");
   app.replaceChildren(
     el("h1", {}, "Job ", el("code", {}, id), " ", statusBadge),
-    el("div", { class: "row" }, download, cancel), info, grid, el("h2", {}, "Scores per turn"), chart);
+    el("div", { class: "row" }, download, cancel, retry), info, grid, el("h2", {}, "Scores per turn"), chart);
 
   const card = n => {
     if (!state.turns.has(n)) {
@@ -261,6 +279,7 @@ async function jobPage(id) {
     statusBadge.textContent = s;
     statusBadge.className = "status " + s;
     cancel.hidden = ["succeeded", "failed", "canceled"].includes(s);
+    retry.hidden = s !== "failed";
   };
   const finish = data => {
     state.done = true;
@@ -277,10 +296,12 @@ async function jobPage(id) {
   };
   setStatus(job.status);
 
-  const onEvent = (kind, data) => {
+  const onEvent = (kind, data, eventId) => {
+    if (eventId !== null && eventId !== undefined) state.last = eventId;
     switch (kind) {
-      case "job.queued": setStatus("queued"); break;
-      case "job.started": setStatus("running"); break;
+      // A failed job retried goes on: its stream continues after job.failed.
+      case "job.queued": state.done = false; setStatus("queued"); break;
+      case "job.started": state.done = false; setStatus("running"); break;
       case "job.retrying": info.textContent = "Retrying (" + data.reason + ", " + (data.code || "-") + ")"; setStatus("queued"); break;
       case "turn.edited": {
         const t = card(data.turn);
@@ -308,7 +329,13 @@ async function jobPage(id) {
         break;
       }
       case "job.succeeded": setStatus("succeeded"); finish(data); break;
-      case "job.failed": setStatus("failed"); info.textContent = "Failed: " + data.code + ": " + data.message; state.done = true; break;
+      case "job.failed":
+        state.failures++;
+        statusBadge.dataset.failures = state.failures;
+        setStatus("failed");
+        info.textContent = "Failed: " + data.code + ": " + data.message;
+        state.done = true;
+        break;
       case "job.canceled": setStatus("canceled"); state.done = true; break;
     }
   };
