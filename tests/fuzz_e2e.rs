@@ -38,13 +38,7 @@ async fn schemathesis_finds_nothing() {
             backends_config(&thinker, &editor, env.dir.path())
         ),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_editthinker"))
-        .args(["keys", "create", "--tenant", "fuzz", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = keys_cli(&config, &["create", "--tenant", "fuzz"]);
     let service = Service::start("serve", &config);
 
     let examples = std::env::var("FUZZ_MAX_EXAMPLES").unwrap_or_else(|_| "150".into());

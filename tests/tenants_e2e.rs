@@ -6,31 +6,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
-
-/// Runs `editthinker keys <args>` on `config`; its stdout.
-fn keys(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_editthinker"))
-        .arg("keys")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "keys {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A client acting with one set of headers (a key, or a gateway's tenant).
 #[derive(Clone)]
@@ -146,9 +126,9 @@ async fn keys_isolate_tenants_and_revoked_keys_stop_working(backend: Backend) {
         ),
     );
     // `keys` migrates a fresh database itself.
-    let acme_key = keys(&config, &["create", "--tenant", "acme", "--label", "ci"]);
+    let acme_key = keys_cli(&config, &["create", "--tenant", "acme", "--label", "ci"]);
     let acme_key = acme_key.trim();
-    let globex_key = keys(&config, &["create", "--tenant", "globex"]);
+    let globex_key = keys_cli(&config, &["create", "--tenant", "globex"]);
     let globex_key = globex_key.trim();
     assert!(acme_key.starts_with("et_") && globex_key.starts_with("et_"));
     let service = Service::start("serve", &config);
@@ -227,7 +207,7 @@ async fn keys_isolate_tenants_and_revoked_keys_stop_working(backend: Backend) {
     assert_eq!(created[0], created[2], "the same tenant's key replays");
 
     // Listing shows both keys, never the keys themselves.
-    let listing = keys(&config, &["list"]);
+    let listing = keys_cli(&config, &["list"]);
     assert!(
         listing.contains("acme") && listing.contains("globex"),
         "{listing}"
@@ -239,7 +219,7 @@ async fn keys_isolate_tenants_and_revoked_keys_stop_working(backend: Backend) {
         .and_then(|l| l.split_whitespace().next())
         .unwrap()
         .to_string();
-    keys(&config, &["revoke", &acme_id]);
+    keys_cli(&config, &["revoke", &acme_id]);
     // Revoked keys stop working within seconds (the lookup cache's TTL).
     let revoked_at = Instant::now();
     loop {
@@ -254,7 +234,7 @@ async fn keys_isolate_tenants_and_revoked_keys_stop_working(backend: Backend) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(globex.get("/v1/jobs").await.0, 200);
-    let listing = keys(&config, &["list"]);
+    let listing = keys_cli(&config, &["list"]);
     let acme_line = listing.lines().find(|l| l.contains(&acme_id)).unwrap();
     assert!(
         !acme_line.trim_end().ends_with('-'),
@@ -296,14 +276,7 @@ async fn limits_answer_429_with_retry_after(backend: Backend) {
     let (status, headers, problem) = acme.post("/v1/jobs", Some(body())).await;
     assert_eq!(status, 429, "{problem}");
     assert_eq!(problem["code"], "rate_limited");
-    assert!(
-        headers["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(retry_after(&headers) >= 1);
     assert_eq!(globex.post("/v1/jobs", Some(body())).await.0, 202);
     // Canceling one frees a place.
     assert_eq!(
@@ -394,14 +367,7 @@ async fn limits_answer_429_with_retry_after(backend: Backend) {
     for _ in 0..40 {
         let (status, headers, _) = hooli.send(reqwest::Method::GET, "/v1/jobs", None).await;
         if status == 429 {
-            assert!(
-                headers["retry-after"]
-                    .to_str()
-                    .unwrap()
-                    .parse::<u64>()
-                    .unwrap()
-                    >= 1
-            );
+            assert!(retry_after(&headers) >= 1);
         }
         statuses.push(status);
     }
@@ -513,4 +479,9 @@ async fn no_auth_on_a_public_address_is_warned_about() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(loud.log_contains("AUTHENTICATION IS OFF"));
     assert!(!quiet.log_contains("AUTHENTICATION IS OFF"));
+}
+
+/// A 429's `Retry-After`, in seconds.
+fn retry_after(headers: &HeaderMap) -> u64 {
+    headers["retry-after"].to_str().unwrap().parse().unwrap()
 }

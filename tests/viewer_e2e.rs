@@ -65,12 +65,7 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
             backends_config(&thinker, &editor, env.dir.path())
         ),
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_editthinker"))
-        .args(["keys", "create", "--tenant", "people", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let key = keys_cli(&config, &["create", "--tenant", "people"]);
     let service = Service::start("serve", &config);
     let image = env.dir.path().join("door.png");
     std::fs::write(&image, png(48, 32, [200, 40, 40])).unwrap();
@@ -158,7 +153,7 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
         .next()
         .unwrap()
         .to_string();
-    let (_, failed) = get_json_with_key(
+    let (_, failed) = get_json_as(
         &service.url(&format!("/v1/jobs/{failed_id}")),
         &key_for_checks,
     )
@@ -174,15 +169,4 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
             .join(shot);
         assert!(path.metadata().is_ok_and(|m| m.len() > 1000), "{shot}");
     }
-}
-
-async fn get_json_with_key(url: &str, key: &str) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }

@@ -471,21 +471,7 @@ async fn a_tenants_own_secret_signs_its_deliveries(backend: Backend) {
             webhook_config("[0.2]", &backends)
         ),
     );
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_editthinker"))
-            .arg("keys")
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    };
+    let cli = |args: &[&str]| keys_cli(&config, args);
     let first = cli(&["rotate-webhook-secret", "--tenant", "acme"]);
     let acme_secret = cli(&["rotate-webhook-secret", "--tenant", "acme"]);
     assert!(acme_secret.starts_with("whsec_") && acme_secret != first);

@@ -624,6 +624,37 @@ pub async fn get_json(url: &str) -> (u16, Value) {
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
+/// Runs `editthinker keys <args> --config <config>` (asserting it
+/// succeeds); its stdout without surrounding whitespace.
+pub fn keys_cli(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_editthinker"))
+        .arg("keys")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "keys {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `get_json` with an API key.
+pub async fn get_json_as(url: &str, key: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 /// Polls the job until `pred` holds (or panics after `limit`).
 pub async fn wait_for_job(
     service: &Service,

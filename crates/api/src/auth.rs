@@ -92,6 +92,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 /// lookups, the rate buckets and the stream counts.
 pub struct Auth {
     mode: AuthMode,
+    /// Who every request is in mode `none` (built once).
+    anonymous: Caller,
     keys: KeyCache,
     rate: RateLimiter,
     streams: Arc<StreamSlots>,
@@ -102,6 +104,7 @@ impl Auth {
     pub fn new(mode: AuthMode, limits: &CallerLimits) -> Self {
         Self {
             mode,
+            anonymous: Caller::new(DEFAULT_TENANT, DEFAULT_TENANT.into()),
             keys: KeyCache::default(),
             rate: RateLimiter::new(limits.requests_per_second, limits.burst),
             streams: Arc::new(StreamSlots::new(limits.max_streams_per_tenant)),
@@ -130,7 +133,7 @@ impl Auth {
 
     async fn caller(&self, store: &dyn Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
         match &self.mode {
-            AuthMode::None => Ok(Caller::new(DEFAULT_TENANT, DEFAULT_TENANT.into())),
+            AuthMode::None => Ok(self.anonymous.clone()),
             AuthMode::Gateway { tenant_header } => {
                 let tenant = headers
                     .get(tenant_header)

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::auth::{Caller, StreamSlot};
 use crate::error::ApiError;
 use crate::fanout::{Feed, Subscription};
-use crate::jobs::job_id;
+use crate::jobs::{job_id, owned_row};
 use crate::views::{result_url, turn_image_url, CritiqueView};
 use crate::AppState;
 use editthinker_core::CritiqueRecord;
@@ -76,10 +76,7 @@ pub async fn job_events(
     let after = header_after.or(query.after).unwrap_or(0);
     // Subscribe before reading the table, so nothing falls between the two.
     let feed = state.hub.subscribe(id, after);
-    let job = match state.store.get_job(id).await? {
-        Some(job) if *job.tenant == *caller.tenant => job,
-        _ => return Err(ApiError::NotFound(format!("job {id} not found"))),
-    };
+    let job = owned_row(&state, &caller, id).await?;
     let slot = state.auth.open_stream(&caller.tenant)?;
     let replay = state.store.events_after(id, after).await?;
     if job.status.is_terminal() && replay.is_empty() {

@@ -447,8 +447,16 @@ pub(crate) fn job_id(raw: &str) -> Result<Uuid, ApiError> {
 /// The caller's job named by a path segment. Another tenant's job is
 /// `404` like a job that does not exist: one query either way, and the
 /// same answer.
-pub(crate) async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<JobRow, ApiError> {
-    let id = job_id(raw)?;
+async fn load(state: &AppState, caller: &Caller, raw: &str) -> Result<JobRow, ApiError> {
+    owned_row(state, caller, job_id(raw)?).await
+}
+
+/// The caller's job `id` (see [`load`]).
+pub(crate) async fn owned_row(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<JobRow, ApiError> {
     let row = load_row(state, id).await?;
     if *row.tenant != *caller.tenant {
         return Err(ApiError::NotFound(format!("job {id} not found")));

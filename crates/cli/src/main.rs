@@ -30,28 +30,8 @@ enum Command {
     /// Upload an image with an instruction and watch the job live; the
     /// result is saved to `--out` (default `<image stem>.edited.png`).
     Submit {
-        /// The source image.
-        image: PathBuf,
-        /// What to change.
-        instruction: String,
-        /// A configured editor name (default: the server's default editor).
-        #[arg(long)]
-        editor: Option<String>,
-        /// Most edit-critique turns (1-10).
-        #[arg(long)]
-        max_turns: Option<u32>,
-        /// Which turn is the result: `best` or `last`.
-        #[arg(long, value_parser = ["best", "last"])]
-        selection: Option<String>,
-        /// Where to save the result.
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Create the job and print its id; do not watch.
-        #[arg(long)]
-        no_watch: bool,
-        /// Print only the final job JSON (for scripts).
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        args: editthinker::client::commands::SubmitArgs,
         #[command(flatten)]
         remote: Remote,
     },
@@ -200,27 +180,7 @@ async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         // Client commands need no configuration: they talk to a server.
-        Command::Submit {
-            image,
-            instruction,
-            editor,
-            max_turns,
-            selection,
-            out,
-            no_watch,
-            json,
-            remote,
-        } => {
-            let args = commands::Submit {
-                image,
-                instruction,
-                editor,
-                max_turns,
-                selection,
-                out,
-                no_watch,
-                json,
-            };
+        Command::Submit { args, remote } => {
             return commands::submit(&remote.client(), args).await;
         }
         Command::Jobs { command, remote } => {
@@ -229,10 +189,10 @@ async fn main() -> ExitCode {
                 JobsCommand::List { status, limit } => {
                     commands::list(&client, status.as_deref(), limit).await
                 }
-                JobsCommand::Get { id } => commands::print_job(client.job(&id).await).await,
+                JobsCommand::Get { id } => commands::print_job(client.job(&id).await),
                 JobsCommand::Watch { id } => commands::watch_job(&client, &id, None, false).await,
-                JobsCommand::Cancel { id } => commands::print_job(client.cancel(&id).await).await,
-                JobsCommand::Retry { id } => commands::print_job(client.retry(&id).await).await,
+                JobsCommand::Cancel { id } => commands::print_job(client.cancel(&id).await),
+                JobsCommand::Retry { id } => commands::print_job(client.retry(&id).await),
                 JobsCommand::Download { id, turn, out } => {
                     commands::download(&client, &id, turn, out).await
                 }
@@ -265,5 +225,17 @@ async fn main() -> ExitCode {
             eprintln!("editthinker: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks a command line's definition only when it is used; this
+    /// checks every subcommand at once (duplicate names, groups, flags).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
     }
 }

@@ -19,23 +19,30 @@ pub const EXIT_ERROR: u8 = 3;
 /// Exit code: interrupted, the job left running.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
-/// `editthinker submit`'s arguments.
-pub struct Submit {
+/// `editthinker submit`'s arguments (contract: the flags).
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
     /// The source image.
     pub image: PathBuf,
     /// What to change.
     pub instruction: String,
-    /// Editor name.
+    /// A configured editor name (default: the server's default editor).
+    #[arg(long)]
     pub editor: Option<String>,
-    /// `options.max_turns`.
+    /// Most edit-critique turns (1-10).
+    #[arg(long)]
     pub max_turns: Option<u32>,
-    /// `options.selection` (`best` or `last`).
+    /// Which turn is the result: `best` or `last`.
+    #[arg(long, value_parser = ["best", "last"])]
     pub selection: Option<String>,
-    /// Where to save the result.
+    /// Where to save the result (default `<image stem>.edited.png`).
+    #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only create the job.
+    /// Create the job and print its id; do not watch.
+    #[arg(long)]
     pub no_watch: bool,
-    /// Print the final job JSON only.
+    /// Print only the final job JSON (for scripts).
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -50,7 +57,7 @@ pub fn default_out(image: &Path) -> PathBuf {
 }
 
 /// Uploads, watches, saves the result.
-pub async fn submit(client: &ApiClient, args: Submit) -> ExitCode {
+pub async fn submit(client: &ApiClient, args: SubmitArgs) -> ExitCode {
     let mut options = json!({});
     if let Some(n) = args.max_turns {
         options["max_turns"] = n.into();
@@ -233,7 +240,7 @@ pub async fn list(client: &ApiClient, status: Option<&str>, limit: Option<u32>) 
 }
 
 /// `jobs get`, `jobs cancel`, `jobs retry`: the job JSON.
-pub async fn print_job(result: Result<Value, ClientError>) -> ExitCode {
+pub fn print_job(result: Result<Value, ClientError>) -> ExitCode {
     match result {
         Ok(job) => {
             println!("{job:#}");

@@ -77,17 +77,18 @@ impl ApiClient {
         }
     }
 
+    fn connection(&self, source: reqwest::Error) -> ClientError {
+        ClientError::Connection {
+            server: self.server.clone(),
+            source,
+        }
+    }
+
     async fn send(
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|source| ClientError::Connection {
-                server: self.server.clone(),
-                source,
-            })?;
+        let response = request.send().await.map_err(|e| self.connection(e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -105,13 +106,7 @@ impl ApiClient {
 
     async fn json(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let response = self.send(request).await?;
-        response
-            .json()
-            .await
-            .map_err(|source| ClientError::Connection {
-                server: self.server.clone(),
-                source,
-            })
+        response.json().await.map_err(|e| self.connection(e))
     }
 
     /// `POST /v1/jobs` as multipart: the image file and the fields.
@@ -181,13 +176,7 @@ impl ApiClient {
     /// The bytes at `path` (an image route).
     pub async fn bytes(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
         let response = self.send(self.request(Method::GET, path)).await?;
-        response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Connection {
-                server: self.server.clone(),
-                source,
-            })
+        response.bytes().await.map_err(|e| self.connection(e))
     }
 
     /// Opens the job's event stream after `last_id`; `None` when the server

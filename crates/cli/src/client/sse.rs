@@ -66,8 +66,6 @@ pub struct JobStream<'a> {
     job: String,
     /// The last stored event id seen.
     pub last_id: Option<i64>,
-    /// Reconnections made so far.
-    pub reconnects: u32,
 }
 
 /// What the stream yields.
@@ -90,7 +88,6 @@ impl<'a> JobStream<'a> {
             client,
             job: job.to_string(),
             last_id,
-            reconnects: 0,
         }
     }
 
@@ -139,7 +136,6 @@ impl<'a> JobStream<'a> {
                     "the event stream kept dropping ({MAX_RECONNECTS} reconnects)"
                 )));
             }
-            self.reconnects += 1;
             on_next(Next::Reconnecting);
             tokio::time::sleep(backoff(failures)).await;
         }
