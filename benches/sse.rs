@@ -167,6 +167,7 @@ impl Api {
             .arg(config)
             .env("RUST_LOG", "warn,editthinker::roles=info")
             .env("NO_COLOR", "1")
+            .env("EDITTHINKER_METRICS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

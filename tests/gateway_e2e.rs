@@ -1,7 +1,8 @@
-//! `[auth] mode = "gateway"` behind the nginx example of `deploy/nginx/
-//! gateway.conf`, run as written (only its ports, and the paths a test
-//! sandbox needs, changed): callers authenticate to nginx, nginx names
-//! their tenant, and a tenant a client names itself is ignored.
+//! `[auth] mode = "gateway"` behind the nginx example of
+//! `deploy/kubernetes/gateway/gateway.conf`, run as written (only its
+//! upstream and listen addresses, and the paths a test sandbox needs,
+//! changed): callers authenticate to nginx, nginx names their tenant, and a
+//! tenant a client names itself is ignored.
 //!
 //! Needs `nginx` (Debian `nginx-light`, which `.ci/run` installs). When it
 //! is missing the test says so and passes — unless `CI` is set, where it
@@ -113,7 +114,8 @@ async fn the_gateway_names_the_tenant_and_clients_cannot() {
     assert_eq!(listed["jobs"], json!([]));
 }
 
-/// Runs `deploy/nginx/gateway.conf` in front of `upstream`; its base URL.
+/// Runs `deploy/kubernetes/gateway/gateway.conf` in front of `upstream`; its
+/// base URL.
 async fn start_gateway(
     nginx: &Path,
     dir: &Path,
@@ -124,7 +126,7 @@ async fn start_gateway(
     let port = free_port();
     let original = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/deploy/nginx/gateway.conf"
+        "/deploy/kubernetes/gateway/gateway.conf"
     ))
     .unwrap();
     let p = prefix.display();
@@ -136,8 +138,9 @@ async fn start_gateway(
         ""
     };
     let conf = format!("{user}{original}")
-        .replace("127.0.0.1:8080", &upstream.to_string())
-        .replace("listen 127.0.0.1:8088", &format!("listen 127.0.0.1:{port}"))
+        // The API's Service name and the pod's port, as in Kubernetes.
+        .replace("server editthinker-api:8080", &format!("server {upstream}"))
+        .replace("listen 8088", &format!("listen 127.0.0.1:{port}"))
         .replace(
             "http {\n",
             &format!(

@@ -117,6 +117,9 @@ impl Service {
             .arg(config)
             .env("RUST_LOG", "info,tower_http=warn,sqlx=warn")
             .env("NO_COLOR", "1")
+            // Many services run at once: each exporter takes a free port
+            // (a test that reads it passes its own in `env`).
+            .env("EDITTHINKER_METRICS__LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -137,6 +140,13 @@ impl Service {
                         let addr: SocketAddr =
                             rest.split_whitespace().next().unwrap().parse().unwrap();
                         let _ = tx.send(addr);
+                    }
+                    // The same line with `[log] format = "json"`.
+                    if let Ok(json) = serde_json::from_str::<Value>(&line) {
+                        if json["fields"]["message"] == "listening" {
+                            let addr = json["fields"]["addr"].as_str().unwrap();
+                            let _ = tx.send(addr.parse().unwrap());
+                        }
                     }
                     logs.lock().unwrap().push(line);
                 }
@@ -460,8 +470,19 @@ async fn fake_chat(
         "id": "chatcmpl-test",
         "object": "chat.completion",
         "model": body["model"],
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}]
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+        "usage": fake_usage()
     })))
+}
+
+/// Token counts every fake thinker answer reports.
+pub const FAKE_PROMPT_TOKENS: u64 = 1000;
+/// See [`FAKE_PROMPT_TOKENS`].
+pub const FAKE_GENERATED_TOKENS: u64 = 50;
+
+fn fake_usage() -> Value {
+    json!({"prompt_tokens": FAKE_PROMPT_TOKENS, "completion_tokens": FAKE_GENERATED_TOKENS,
+        "total_tokens": FAKE_PROMPT_TOKENS + FAKE_GENERATED_TOKENS})
 }
 
 /// The answer as OpenAI-style `chat.completion.chunk` events, then `[DONE]`.
@@ -479,6 +500,9 @@ fn stream_answer(answer: String, pause: Duration) -> axum::response::Response {
             format!("data: {chunk}\n\n")
         })
         .collect();
+    // The usage chunk servers send last (no choices).
+    let usage = json!({"id": "chatcmpl-test", "object": "chat.completion.chunk", "choices": [], "usage": fake_usage()});
+    events.push(format!("data: {usage}\n\n"));
     events.push("data: [DONE]\n\n".into());
     let body = futures::stream::iter(events).then(move |event| async move {
         tokio::time::sleep(pause).await;

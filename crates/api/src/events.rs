@@ -89,6 +89,7 @@ pub async fn job_events(
         job: id,
         feed,
         _slot: slot,
+        _open: editthinker_core::metrics::OpenStream::open(),
         position: Position {
             last: after,
             pending: VecDeque::from([Batch::new(replay.iter().map(stored_frame).collect())]),
@@ -166,6 +167,8 @@ struct Cursor {
     feed: Subscription,
     /// The tenant's stream slot in this process, freed when the stream ends.
     _slot: StreamSlot,
+    /// Counts the stream in `editthinker_sse_streams` while it is open.
+    _open: editthinker_core::metrics::OpenStream,
     position: Position,
     /// Fires every [`KEEP_ALIVE`]; one timer per stream for its whole life
     /// (a fresh timer per wait would touch the timer wheel at every event

@@ -302,6 +302,7 @@ mod tests {
                 priority: 0,
                 webhook: None,
                 deadline_seconds: None,
+                traceparent: None,
             })
             .await
             .unwrap();

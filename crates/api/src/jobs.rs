@@ -47,6 +47,18 @@ pub async fn create_job(
 ) -> Result<Response, ApiError> {
     let idempotency_key = idempotency_key(request.headers())?;
     let wait = prefer_wait(request.headers())?;
+    // The request span continues the caller's `traceparent`
+    // (`crate::request_span`); its context is what the worker continues.
+    // Without an exporter, a well-formed header of the caller's is kept.
+    let traceparent =
+        editthinker_core::trace::traceparent_of(&tracing::Span::current()).or_else(|| {
+            request
+                .headers()
+                .get(editthinker_core::trace::TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| editthinker_core::trace::trace_id_of(v).is_some())
+                .map(str::to_owned)
+        });
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -79,7 +91,14 @@ pub async fn create_job(
     } else {
         return Err(ApiError::UnsupportedMediaType(content_type));
     };
-    let (mut job, replayed) = insert(&state, &caller, parsed, idempotency_key.as_deref()).await?;
+    let (mut job, replayed) = insert(
+        &state,
+        &caller,
+        parsed,
+        idempotency_key.as_deref(),
+        traceparent,
+    )
+    .await?;
     let location = format!("/v1/jobs/{}", job.id);
     let mut status = StatusCode::ACCEPTED;
     if let Some(seconds) = wait {
@@ -237,6 +256,7 @@ async fn insert(
     caller: &Caller,
     parsed: ParsedCreate,
     idempotency_key: Option<&str>,
+    traceparent: Option<String>,
 ) -> Result<(Job, bool), ApiError> {
     let editor = resolve_editor(state, parsed.editor.as_deref())?;
     if !state.thinker_configured {
@@ -284,6 +304,7 @@ async fn insert(
         webhook: parsed
             .webhook
             .map(|w| serde_json::to_value(w).expect("webhook serializes")),
+        traceparent,
     };
     // On a replay the source stored above stays unreferenced; the retention
     // sweep removes such blobs.
@@ -302,6 +323,7 @@ async fn insert(
         _ => (state.store.insert_job(job).await?, false),
     };
     if !replayed {
+        editthinker_core::metrics::job_created();
         tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
         return Ok((job_view(state, &row, &[]).await?, false));
     }

@@ -252,9 +252,62 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(cors(&state.cors_allowed_origins))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(axum::middleware::from_fn(count_request))
         .with_state(state)
 }
+
+/// The span of one request (`http.request`): a child of the caller's
+/// `traceparent` when it sends one, named by the route template.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, |p| p.as_str());
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{} {route}", request.method()),
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        http.route = route,
+        url.path = request.uri().path(),
+        trace_id = tracing::field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get(editthinker_core::trace::TRACEPARENT)
+        .and_then(|v| v.to_str().ok());
+    editthinker_core::trace::continue_trace(&span, traceparent);
+    if let Some(id) = editthinker_core::trace::trace_id_of_span(&span) {
+        span.record("trace_id", id);
+    }
+    span
+}
+
+/// Records every answered request in the HTTP metrics, by route template
+/// (requests that match no route share one label value).
+async fn count_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| UNMATCHED_ROUTE.to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    editthinker_core::metrics::http_request(
+        &route,
+        method.as_str(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The `route` label of a request no route matched.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
 
 /// CORS for the configured browser origins, SSE included: the request
 /// headers the API reads and the response headers clients need to see.

@@ -52,6 +52,10 @@ pub struct Config {
     pub editors: BTreeMap<String, EditorProfile>,
     /// Logging.
     pub log: LogConfig,
+    /// `[metrics]`: the Prometheus exporter.
+    pub metrics: crate::metrics::MetricsConfig,
+    /// `[telemetry]`: OpenTelemetry traces.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl Default for Config {
@@ -71,6 +75,8 @@ impl Default for Config {
             thinker: None,
             editors: BTreeMap::new(),
             log: LogConfig::default(),
+            metrics: crate::metrics::MetricsConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
         }
     }
 }
@@ -333,6 +339,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
+        self.metrics
+            .listen_addr()
+            .map_err(|(key, rule)| ConfigError::Invalid { key, rule })?;
+        self.telemetry
+            .traces_url()
+            .map_err(|(key, rule)| ConfigError::Invalid { key, rule })?;
         if !(self.database_url.starts_with("sqlite:")
             || self.database_url.starts_with("postgres://")
             || self.database_url.starts_with("postgresql://"))

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod config;
 pub mod keys;
+pub mod metrics;
 pub mod outbox;
 pub mod retention;
 pub mod roles;

@@ -207,7 +207,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    telemetry::init(&config.log);
+    let _telemetry = match telemetry::init(&config.log, &config.telemetry) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("editthinker: configuration error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve => roles::serve(config).await,
         Command::Api => roles::api(config).await,

@@ -227,6 +227,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let worker = make_worker(&config, &parts).await?;
     parts.store.migrate().await.context("applying migrations")?;
     let shutdown = shutdown_token();
+    let metrics =
+        crate::metrics::start(&config.metrics, parts.store.clone(), shutdown.clone()).await?;
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     if worker.is_none() {
         warn!("worker disabled: no thinker configured");
@@ -242,13 +244,24 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         outbox.await.context("webhook delivery task")?;
     }
     retention.await.context("retention task")?;
+    if let Some(metrics) = metrics {
+        metrics.await.context("metrics task")?;
+    }
     served
 }
 
 /// `api`: the HTTP API alone.
 pub async fn api(config: Config) -> anyhow::Result<()> {
     let parts = build(&config).await?;
-    run_api(&config, &parts, shutdown_token()).await
+    let shutdown = shutdown_token();
+    let metrics =
+        crate::metrics::start(&config.metrics, parts.store.clone(), shutdown.clone()).await?;
+    let served = run_api(&config, &parts, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(metrics) = metrics {
+        metrics.await.context("metrics task")?;
+    }
+    served
 }
 
 /// `worker`: the worker alone.
@@ -261,13 +274,19 @@ pub async fn worker(config: Config) -> anyhow::Result<()> {
         anyhow::bail!("editors: a worker needs at least one [editors.<name>] section");
     }
     let shutdown = shutdown_token();
+    let metrics =
+        crate::metrics::start(&config.metrics, parts.store.clone(), shutdown.clone()).await?;
     let outbox = start_outbox(&config, &parts, shutdown.clone())?;
     let retention = start_retention(&config, &parts, shutdown.clone());
-    worker.run(shutdown).await;
+    worker.run(shutdown.clone()).await;
+    shutdown.cancel();
     if let Some(outbox) = outbox {
         outbox.await.context("webhook delivery task")?;
     }
     retention.await.context("retention task")?;
+    if let Some(metrics) = metrics {
+        metrics.await.context("metrics task")?;
+    }
     Ok(())
 }
 

@@ -7,12 +7,14 @@
 
 pub mod critique;
 pub mod imaging;
+pub mod metrics;
 pub mod net;
 pub mod options;
 pub mod parse;
 pub mod prompt;
 pub mod retry;
 pub mod run;
+pub mod trace;
 pub mod traits;
 
 pub use critique::{Critique, CritiqueRecord};

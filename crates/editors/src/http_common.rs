@@ -38,6 +38,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use editthinker_core::imaging::off_thread;
+use editthinker_core::metrics::{self, ProviderOutcome};
 use editthinker_core::{EditorError, Image, RetryPolicy};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -152,12 +153,15 @@ impl HttpCaller {
             turn,
             request_id = tracing::field::Empty,
         );
-        async {
+        let started = std::time::Instant::now();
+        let result = async {
             let _permit = self.acquire().await;
             call.await
         }
         .instrument(span)
-        .await
+        .await;
+        metrics::edit_done(&self.editor, self.kind.as_str(), started.elapsed());
+        result
     }
 
     /// Builds the client, retry policy and in-flight limit from the common
@@ -291,6 +295,7 @@ impl HttpCaller {
                 attempt = attempt.number,
             );
             let outcome = self.attempt(request, &spec).instrument(span.clone()).await;
+            metrics::provider_request(self.kind.as_str(), outcome.metric());
             let failure = match outcome {
                 Outcome::Done(reply) => return Ok(reply),
                 Outcome::Fail(error) => return Err(error),
@@ -388,6 +393,22 @@ enum Outcome {
     Done(HttpReply),
     Fail(EditorError),
     Retry(Failure),
+}
+
+impl Outcome {
+    /// What this attempt counts as in `editthinker_provider_requests_total`.
+    fn metric(&self) -> ProviderOutcome {
+        match self {
+            Self::Done(_) => ProviderOutcome::Ok,
+            Self::Fail(error) => ProviderOutcome::of_error(error),
+            Self::Retry(failure) => match failure.class {
+                FailureClass::NotSent | FailureClass::RefusedBeforeWork => {
+                    ProviderOutcome::Unavailable
+                }
+                FailureClass::Ambiguous => ProviderOutcome::Ambiguous,
+            },
+        }
+    }
 }
 
 /// What a failed attempt says about the work behind it (module docs).

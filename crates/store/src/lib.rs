@@ -238,6 +238,9 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tenant_webhook_secret(&self, tenant: &str, secret: &str) -> StoreResult<()>;
     /// A tenant's own webhook secret, if it has one.
     async fn tenant_webhook_secret(&self, tenant: &str) -> StoreResult<Option<String>>;
+    /// Jobs queued and running, and how long the oldest due queued job has
+    /// waited: one cheap query, for the queue gauges.
+    async fn queue_stats(&self) -> StoreResult<QueueStats>;
     /// Live notices of new events (all jobs). On Postgres this is fed by a
     /// LISTEN connection; a [`Notice::Resync`] means notices may have been
     /// missed and subscribers should re-read from the table.

@@ -147,6 +147,20 @@ pub struct NewJob {
     pub webhook: Option<serde_json::Value>,
     /// Seconds after creation by which the job must be done.
     pub deadline_seconds: Option<u32>,
+    /// W3C `traceparent` of the trace the job belongs to.
+    pub traceparent: Option<String>,
+}
+
+/// The queue at one moment ([`crate::Store::queue_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct QueueStats {
+    /// Jobs queued (due or not).
+    pub queued: u64,
+    /// Jobs running.
+    pub running: u64,
+    /// How long the oldest queued job that is due has waited since it
+    /// became due; zero when none is.
+    pub oldest_due_age: std::time::Duration,
 }
 
 /// A stored job.
@@ -208,6 +222,9 @@ pub struct JobRow {
     pub stop_reason: Option<StopReason>,
     /// When the job must be done by (creation + `deadline_seconds`).
     pub deadline_at: Option<DateTime<Utc>>,
+    /// W3C `traceparent` of the trace the job belongs to (the worker
+    /// continues it).
+    pub traceparent: Option<String>,
 }
 
 /// Error code of a job that failed because its deadline passed.

@@ -18,8 +18,8 @@ use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
     EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
-    PendingEditRecord, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
-    IDEMPOTENCY_WINDOW,
+    PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult,
+    TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -205,6 +205,7 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
             row.try_get::<Option<String>, _>("error_code")?.as_deref(),
         ),
         deadline_at: row.try_get("deadline_at")?,
+        traceparent: row.try_get("traceparent")?,
     })
 }
 
@@ -332,9 +333,9 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     let row = sqlx::query(
         "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
          source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, deadline_at, \
-         tenant) \
+         tenant, traceparent) \
          VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
-                 now() + $11 * interval '1 second', $12) RETURNING *",
+                 now() + $11 * interval '1 second', $12, $13) RETURNING *",
     )
     .bind(job.id)
     .bind(&job.instruction)
@@ -348,6 +349,7 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     .bind(&job.webhook)
     .bind(job.deadline_seconds.map(f64::from))
     .bind(&job.tenant)
+    .bind(&job.traceparent)
     .fetch_one(&mut *conn)
     .await?;
     let job = job_from_row(&row)?;
@@ -711,6 +713,9 @@ impl Store for PgStore {
             .await?;
         let job = job_from_row(&row)?;
         tx.commit().await?;
+        if job.status == JobStatus::Canceled {
+            transition::count_finished(JobStatus::Canceled, None);
+        }
         Ok(job)
     }
 
@@ -915,6 +920,7 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await?;
+        transition::count_finished(JobStatus::Succeeded, Some(stop));
         Ok(())
     }
 
@@ -929,6 +935,7 @@ impl Store for PgStore {
         )
         .await?;
         tx.commit().await?;
+        transition::count_finished(JobStatus::Failed, None);
         Ok(())
     }
 
@@ -942,8 +949,10 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         let job = fence(&mut tx, lease).await?;
         let give = GiveBack::transient(code, message, delay);
+        let reason = give.reason;
         let status = give_back(&mut tx, lease.job_id, job, give).await?;
         tx.commit().await?;
+        transition::count_given_back(status, reason);
         Ok(status)
     }
 
@@ -952,14 +961,18 @@ impl Store for PgStore {
         fence(&mut tx, lease).await?;
         finish(&mut tx, lease.job_id, JobStatus::Canceled, None).await?;
         tx.commit().await?;
+        transition::count_finished(JobStatus::Canceled, None);
         Ok(())
     }
 
     async fn release(&self, lease: &Lease) -> StoreResult<()> {
         let mut tx = self.pool.begin().await?;
         let job = fence(&mut tx, lease).await?;
-        give_back(&mut tx, lease.job_id, job, GiveBack::released()).await?;
+        let give = GiveBack::released();
+        let reason = give.reason;
+        let status = give_back(&mut tx, lease.job_id, job, give).await?;
         tx.commit().await?;
+        transition::count_given_back(status, reason);
         Ok(())
     }
 
@@ -974,6 +987,7 @@ impl Store for PgStore {
         )
         .fetch_all(&mut *tx)
         .await?;
+        let mut settled = Vec::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row.try_get("id")?;
             let job = RunningJob {
@@ -981,9 +995,14 @@ impl Store for PgStore {
                 max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
                 cancel_requested: row.try_get("cancel_requested")?,
             };
-            give_back(&mut tx, id, job, GiveBack::lease_expired()).await?;
+            let give = GiveBack::lease_expired();
+            let reason = give.reason;
+            settled.push((give_back(&mut tx, id, job, give).await?, reason));
         }
         tx.commit().await?;
+        for (status, reason) in settled {
+            transition::count_given_back(status, reason);
+        }
         Ok(rows.len() as u64)
     }
 
@@ -1035,7 +1054,27 @@ impl Store for PgStore {
             finish(&mut tx, *id, JobStatus::Failed, Some((code, message))).await?;
         }
         tx.commit().await?;
+        for _ in &ids {
+            transition::count_finished(JobStatus::Failed, None);
+        }
         Ok(ids.len() as u64)
+    }
+
+    async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        let row = sqlx::query(
+            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued, \
+                    count(*) FILTER (WHERE status = 'running') AS running, \
+                    coalesce(extract(epoch FROM now() - min(run_at) \
+                        FILTER (WHERE status = 'queued' AND run_at <= now())), 0)::float8 AS oldest \
+             FROM jobs WHERE status IN ('queued', 'running')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(QueueStats {
+            queued: to_u64(row.try_get("queued")?, "queued jobs")?,
+            running: to_u64(row.try_get("running")?, "running jobs")?,
+            oldest_due_age: Duration::from_secs_f64(row.try_get::<f64, _>("oldest")?.max(0.0)),
+        })
     }
 
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>> {

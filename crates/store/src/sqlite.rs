@@ -24,8 +24,8 @@ use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
     EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
-    PendingEditRecord, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
-    IDEMPOTENCY_WINDOW,
+    PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult,
+    TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -145,8 +145,8 @@ impl WriteTx {
         let row = sqlx::query(
             "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
              source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
-             deadline_at, tenant) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12, ?13) \
+             deadline_at, tenant, traceparent) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14) \
              RETURNING *",
         )
         .bind(job.id.to_string())
@@ -165,6 +165,7 @@ impl WriteTx {
                 .map(|s| now + micros(Duration::from_secs(u64::from(s)))),
         )
         .bind(&job.tenant)
+        .bind(&job.traceparent)
         .fetch_one(self.conn())
         .await?;
         let job = job_from_row(&row)?;
@@ -404,6 +405,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
             row.try_get::<Option<String>, _>("error_code")?.as_deref(),
         ),
         deadline_at: opt_time(row, "deadline_at")?,
+        traceparent: row.try_get("traceparent")?,
     })
 }
 
@@ -737,6 +739,9 @@ impl Store for SqliteStore {
         }
         let job = w.job(id).await?;
         self.commit(w).await?;
+        if job.status == JobStatus::Canceled {
+            transition::count_finished(JobStatus::Canceled, None);
+        }
         Ok(job)
     }
 
@@ -940,7 +945,9 @@ impl Store for SqliteStore {
             payload::succeeded(result_turn, refusal.as_ref(), stop),
         )
         .await?;
-        self.commit(w).await
+        self.commit(w).await?;
+        transition::count_finished(JobStatus::Succeeded, Some(stop));
+        Ok(())
     }
 
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
@@ -948,7 +955,9 @@ impl Store for SqliteStore {
         w.fence(lease).await?;
         w.finish(lease.job_id, JobStatus::Failed, Some((code, message)))
             .await?;
-        self.commit(w).await
+        self.commit(w).await?;
+        transition::count_finished(JobStatus::Failed, None);
+        Ok(())
     }
 
     async fn retry_later(
@@ -961,8 +970,10 @@ impl Store for SqliteStore {
         let mut w = self.write().await?;
         let job = w.fence(lease).await?;
         let give = GiveBack::transient(code, message, delay);
+        let reason = give.reason;
         let status = w.give_back(lease.job_id, job, give).await?;
         self.commit(w).await?;
+        transition::count_given_back(status, reason);
         Ok(status)
     }
 
@@ -970,14 +981,20 @@ impl Store for SqliteStore {
         let mut w = self.write().await?;
         w.fence(lease).await?;
         w.finish(lease.job_id, JobStatus::Canceled, None).await?;
-        self.commit(w).await
+        self.commit(w).await?;
+        transition::count_finished(JobStatus::Canceled, None);
+        Ok(())
     }
 
     async fn release(&self, lease: &Lease) -> StoreResult<()> {
         let mut w = self.write().await?;
         let job = w.fence(lease).await?;
-        w.give_back(lease.job_id, job, GiveBack::released()).await?;
-        self.commit(w).await
+        let give = GiveBack::released();
+        let reason = give.reason;
+        let status = w.give_back(lease.job_id, job, give).await?;
+        self.commit(w).await?;
+        transition::count_given_back(status, reason);
+        Ok(())
     }
 
     async fn rescue_expired(&self) -> StoreResult<u64> {
@@ -990,6 +1007,7 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_all(w.conn())
         .await?;
+        let mut settled = Vec::with_capacity(rows.len());
         for row in &rows {
             let id = uuid(row, "id")?;
             let job = RunningJob {
@@ -997,9 +1015,14 @@ impl Store for SqliteStore {
                 max_attempts: to_u32(row.try_get("max_attempts")?, "max_attempts")?,
                 cancel_requested: row.try_get("cancel_requested")?,
             };
-            w.give_back(id, job, GiveBack::lease_expired()).await?;
+            let give = GiveBack::lease_expired();
+            let reason = give.reason;
+            settled.push((w.give_back(id, job, give).await?, reason));
         }
         self.commit(w).await?;
+        for (status, reason) in settled {
+            transition::count_given_back(status, reason);
+        }
         Ok(rows.len() as u64)
     }
 
@@ -1062,7 +1085,31 @@ impl Store for SqliteStore {
                 .await?;
         }
         self.commit(w).await?;
+        for _ in &ids {
+            transition::count_finished(JobStatus::Failed, None);
+        }
         Ok(ids.len() as u64)
+    }
+
+    async fn queue_stats(&self) -> StoreResult<QueueStats> {
+        let now = now_us();
+        let row = sqlx::query(
+            "SELECT coalesce(sum(status = 'queued'), 0) AS queued, \
+                    coalesce(sum(status = 'running'), 0) AS running, \
+                    min(CASE WHEN status = 'queued' AND run_at <= ?1 THEN run_at END) AS oldest \
+             FROM jobs WHERE status IN ('queued', 'running')",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        Ok(QueueStats {
+            queued: to_u64(row.try_get("queued")?, "queued jobs")?,
+            running: to_u64(row.try_get("running")?, "running jobs")?,
+            oldest_due_age: oldest.map_or(Duration::ZERO, |t| {
+                Duration::from_micros(u64::try_from(now - t).unwrap_or(0))
+            }),
+        })
     }
 
     async fn events_after(&self, job_id: Uuid, after: i64) -> StoreResult<Vec<EventRow>> {

@@ -4,7 +4,25 @@
 
 use std::time::Duration;
 
+use editthinker_core::StopReason;
+
 use crate::payload::LEASE_EXPIRED;
+use crate::JobStatus;
+
+/// Counts a job given back, once its transaction has committed: back in
+/// the queue is a retry for `reason`; settled terminal is a finished job.
+pub(crate) fn count_given_back(status: JobStatus, reason: RequeueReason) {
+    match status {
+        JobStatus::Queued => editthinker_core::metrics::job_retried(reason.as_str()),
+        terminal => count_finished(terminal, None),
+    }
+}
+
+/// Counts a job that reached a terminal `status`, once its transaction has
+/// committed (`stop` for a success).
+pub(crate) fn count_finished(status: JobStatus, stop: Option<StopReason>) {
+    editthinker_core::metrics::job_finished(status.as_str(), stop.map(StopReason::as_str));
+}
 
 /// What the fence (or the rescuer) read about a running job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

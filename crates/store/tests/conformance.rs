@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::Utc;
 use editthinker_store::{
     event_type, ApiKeyRow, EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob,
-    NewTurn, Notice, PendingEditRecord, RefusalRecord, StopReason, Store, StoreError,
+    NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
     MAX_LIVE_PAYLOAD,
 };
 use serde_json::json;
@@ -165,6 +165,8 @@ conformance!(
     idempotency_keys_are_per_tenant,
     api_keys_are_stored_hashed_and_revocable,
     deliveries_carry_their_tenants_secret,
+    queue_stats_count_queued_and_running_and_age_the_oldest_due,
+    traceparent_is_stored_with_the_job,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -190,6 +192,7 @@ fn new_job(priority: i32, max_attempts: u32) -> NewJob {
         priority,
         webhook: None,
         deadline_seconds: None,
+        traceparent: None,
     }
 }
 
@@ -1523,4 +1526,40 @@ async fn deliveries_carry_their_tenants_secret(store: Arc<dyn Store>) {
         .collect();
     assert_eq!(secret_of[&a.id].as_deref(), Some("whsec_two"));
     assert_eq!(secret_of[&b.id], None);
+}
+
+async fn queue_stats_count_queued_and_running_and_age_the_oldest_due(store: Arc<dyn Store>) {
+    assert_eq!(store.queue_stats().await.unwrap(), QueueStats::default());
+    let first = insert(&store, 0, 3).await.id;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    insert(&store, 0, 3).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.queued, stats.running), (2, 0));
+    assert!(
+        stats.oldest_due_age >= Duration::from_millis(250) && stats.oldest_due_age < LEASE,
+        "{stats:?}"
+    );
+    let lease = claim_one(&store, "w", LEASE, first).await;
+    let stats = store.queue_stats().await.unwrap();
+    assert_eq!((stats.queued, stats.running), (1, 1));
+    assert!(
+        stats.oldest_due_age < Duration::from_millis(250),
+        "{stats:?}"
+    );
+    // Finished jobs are not in the queue.
+    store.fail(&lease, "x", "y").await.unwrap();
+    assert_eq!(store.queue_stats().await.unwrap().running, 0);
+}
+
+async fn traceparent_is_stored_with_the_job(store: Arc<dyn Store>) {
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut traced = new_job(0, 3);
+    traced.traceparent = Some(traceparent.into());
+    let row = store.insert_job(traced).await.unwrap();
+    assert_eq!(row.traceparent.as_deref(), Some(traceparent));
+    assert_eq!(
+        job(&store, row.id).await.traceparent.as_deref(),
+        Some(traceparent)
+    );
+    assert_eq!(insert(&store, 0, 3).await.traceparent, None);
 }

@@ -18,7 +18,8 @@ pub enum ThinkerKind {
     #[default]
     Openai,
     /// In-process mistral.rs (EditThinker-8B or another Qwen3-VL model);
-    /// see [`crate::local`].
+    /// needs a build with the `local` feature (the binary's
+    /// `local-thinker`).
     Local,
 }
 
@@ -162,10 +163,7 @@ pub async fn build_thinker_async(
     let started = std::time::Instant::now();
     let thinker: Arc<dyn Thinker> = match cfg.kind {
         ThinkerKind::Openai => build_thinker(cfg)?,
-        ThinkerKind::Local => {
-            let settings = crate::local::LocalSettings::from_config(cfg)?;
-            Arc::new(crate::local::LocalThinker::load(settings).await?)
-        }
+        ThinkerKind::Local => load_local(cfg).await?,
     };
     tracing::info!(
         kind = ?cfg.kind,
@@ -175,6 +173,22 @@ pub async fn build_thinker_async(
     );
     Ok(thinker)
 }
+
+#[cfg(feature = "local")]
+async fn load_local(cfg: &ThinkerConfig) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
+    let settings = crate::local::LocalSettings::from_config(cfg)?;
+    Ok(Arc::new(crate::local::LocalThinker::load(settings).await?))
+}
+
+#[cfg(not(feature = "local"))]
+async fn load_local(_: &ThinkerConfig) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
+    Err(ThinkerConfigError::invalid("thinker.kind", LOCAL_NOT_BUILT))
+}
+
+/// Why `kind = "local"` fails in a build without the in-process thinker.
+pub const LOCAL_NOT_BUILT: &str = "\"local\" needs the in-process thinker, which this binary \
+    was built without: build it with the `local-thinker` feature \
+    (cargo build --release --features local-thinker, or --features cuda for NVIDIA GPUs)";
 
 /// Checks the keys both kinds read (`prompt_template_file`,
 /// `max_image_edge`, `temperature`, `max_tokens`, `timeout_seconds`) and

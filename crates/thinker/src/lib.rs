@@ -5,21 +5,26 @@
 //! - `openai`: any OpenAI-compatible chat-completions server (vLLM,
 //!   `mistralrs serve`, OpenAI, Gemini's compatible endpoint);
 //! - `local`: EditThinker-8B (a Qwen3-VL model) in this process, on
-//!   mistral.rs ([`local`]).
+//!   mistral.rs (`local`, only in a build with the `local` feature; the
+//!   binary's feature is `local-thinker`).
 //!
 //! [`build_thinker_async`] turns the `[thinker]` configuration section into
 //! an [`editthinker_core::Thinker`] (loading the model for `local`);
 //! [`build_thinker`] does the same without waiting, for `openai` only.
-//! [`tiny_model`] writes a tiny random-weight Qwen3-VL model for tests and
-//! benchmarks.
+//! `tiny_model` (feature `test-support`, for tests and benchmarks only)
+//! writes a tiny random-weight Qwen3-VL model.
 
 mod config;
+#[cfg(feature = "local")]
 pub mod local;
 mod openai;
+#[cfg(feature = "test-support")]
 pub mod tiny_model;
 
 pub use config::{
     build_thinker, build_thinker_async, ThinkerConfig, ThinkerConfigError, ThinkerKind,
+    LOCAL_NOT_BUILT,
 };
+#[cfg(feature = "local")]
 pub use local::{CritiqueStats, LocalDType, LocalDevice, LocalSettings, LocalThinker};
 pub use openai::{OpenAiSettings, OpenAiThinker};

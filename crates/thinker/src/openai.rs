@@ -44,6 +44,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use url::Url;
 
+use editthinker_core::metrics;
+
 use crate::config::ThinkerConfigError;
 
 /// Smallest image side a Qwen3-VL thinker accepts (patch 16 × merge 2).
@@ -141,8 +143,9 @@ pub struct OpenAiThinker {
 
 /// What one HTTP attempt came to.
 enum Attempt {
-    /// The answer text.
-    Done(String),
+    /// The answer text, and the server's token counts (prompt, generated)
+    /// when it sent them.
+    Done(String, Option<(u64, u64)>),
     /// Worth another try, after at least the server's `Retry-After`.
     Retry {
         message: String,
@@ -198,8 +201,9 @@ impl OpenAiThinker {
             body["response_format"] = expert_response_format();
         }
         if s.stream {
-            // `stream_options.include_usage` is left out on purpose: we do not
-            // use the counts, and strict servers reject fields they do not know.
+            // `stream_options.include_usage` is left out on purpose: strict
+            // servers reject fields they do not know. Counts that come
+            // anyway feed `editthinker_thinker_tokens_total`.
             body["stream"] = json!(true);
         }
         body
@@ -251,7 +255,13 @@ impl OpenAiThinker {
             return answer.end_of_stream(sink);
         }
         match answer_text(&text, self.settings.protocol) {
-            Some(answer) => Attempt::Done(answer),
+            Some(answer) => Attempt::Done(
+                answer,
+                serde_json::from_str::<Value>(&text)
+                    .ok()
+                    .as_ref()
+                    .and_then(usage),
+            ),
             None => match serde_json::from_str::<Value>(&text) {
                 Ok(value) if is_error_object(&value) => {
                     self.error_object(&value, "error body with HTTP 200")
@@ -456,11 +466,15 @@ impl Thinker for OpenAiThinker {
         let body = self.body(source_url, edited_url, text);
 
         let policy = self.settings.retry;
+        let started = std::time::Instant::now();
         // Retry number `retry` (from 1) follows attempt number `retry`.
         let mut retry = 1;
         loop {
             let (message, retry_after) = match self.attempt(&body, request.thinking).await {
-                Attempt::Done(answer) => return Ok(answer),
+                Attempt::Done(answer, tokens) => {
+                    metrics::critique_done("openai", started.elapsed(), tokens);
+                    return Ok(answer);
+                }
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
                     message,
@@ -525,6 +539,16 @@ fn expert_response_format() -> Value {
             },
         },
     })
+}
+
+/// `usage.prompt_tokens` and `usage.completion_tokens` of a response or
+/// stream chunk, when the server sent them.
+fn usage(value: &Value) -> Option<(u64, u64)> {
+    let usage = value.get("usage")?;
+    Some((
+        usage.get("prompt_tokens")?.as_u64()?,
+        usage.get("completion_tokens")?.as_u64()?,
+    ))
 }
 
 /// `choices[0].message.content` of a chat-completions response.
@@ -699,6 +723,8 @@ struct StreamAnswer {
     started: bool,
     /// The server's `finish_reason`, once given.
     finish_reason: Option<String>,
+    /// Token counts, when a chunk carried `usage`.
+    usage: Option<(u64, u64)>,
 }
 
 impl StreamAnswer {
@@ -710,6 +736,7 @@ impl StreamAnswer {
             has_content: false,
             started: false,
             finish_reason: None,
+            usage: None,
         }
     }
 
@@ -783,6 +810,9 @@ impl StreamAnswer {
         if event.name.as_deref() == Some("error") || is_error_object(&value) {
             return Some(thinker.error_object(&value, STREAM_ERROR));
         }
+        if let Some(counts) = usage(&value) {
+            self.usage = Some(counts);
+        }
         // A chunk without choices (e.g. the usage summary) carries no text.
         let choice = value.get("choices").and_then(|c| c.get(0))?;
         self.started = true;
@@ -823,14 +853,14 @@ impl StreamAnswer {
                 "the answer stream ended without any choices".into(),
             ));
         }
-        Attempt::Done(self.take_text(sink))
+        Attempt::Done(self.take_text(sink), self.usage)
     }
 
     /// The body ended without `[DONE]`: complete if the server said why it
     /// finished, else the stream was cut.
     fn end_of_stream(&mut self, sink: &dyn ThinkingSink) -> Attempt {
         if self.finish_reason.is_some() {
-            return Attempt::Done(self.take_text(sink));
+            return Attempt::Done(self.take_text(sink), self.usage);
         }
         Attempt::Retry {
             message: format!(

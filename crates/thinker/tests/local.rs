@@ -36,7 +36,8 @@ fn config(dir: &Path) -> ThinkerConfig {
         model: dir.to_str().unwrap().to_string(),
         prompt_template_file: Some(template),
         dtype: Some("f32".into()),
-        device: Some("cpu".into()),
+        // scripts/gpu-check runs these tests on the GPU.
+        device: Some(std::env::var("EDITTHINKER_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())),
         max_tokens: MAX_TOKENS,
         max_batch: Some(4),
         ..ThinkerConfig::default()

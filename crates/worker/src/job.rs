@@ -250,6 +250,7 @@ impl JobRunner {
             interrupt,
             submitted,
             thinking: ThinkingPublisher::start(w.store.clone(), job.id, clock.clone()),
+            editor: job.editor.clone(),
         };
         let editor = LeasedEditor {
             inner: editor.as_ref(),
@@ -537,6 +538,8 @@ struct StoreObserver {
     interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
     submitted: Submitted,
     thinking: ThinkingPublisher,
+    /// The job's editor (the `editor` label of the turn counter).
+    editor: String,
 }
 
 /// The stored pending edit as the loop wants it. A record we cannot read is
@@ -797,6 +800,7 @@ impl TurnObserver for StoreObserver {
             .lock()
             .expect("submitted lock")
             .take_if(|(t, _)| *t == turn.index);
+        editthinker_core::metrics::turn_recorded(&self.editor);
         info!(turn = turn.index, editor_ms = turn.editor_ms, "turn edited");
         self.check_interrupt()
     }

@@ -122,8 +122,12 @@ impl Thinker for LeasedThinker<'_> {
     }
 
     async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+        let span = tracing::info_span!("thinker.critique", turn = request.turn);
         self.clock
-            .guard(self.inner.critique(request))
+            .guard(tracing::Instrument::instrument(
+                self.inner.critique(request),
+                span,
+            ))
             .await
             .unwrap_or_else(|| Err(ThinkerError::Transient(LEASE_OVER.into())))
     }

@@ -63,6 +63,41 @@ impl Default for WorkerSettings {
     }
 }
 
+/// The span of one attempt at a job: it continues the trace the job was
+/// created in, after a `queue.wait` span from when the job became due to
+/// its claim, and carries `trace_id` into every log line of the job.
+fn job_span(claimed: &editthinker_store::ClaimedJob) -> tracing::Span {
+    use editthinker_core::trace;
+    let job = &claimed.job;
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        attempt = claimed.lease.attempt,
+        trace_id = tracing::field::Empty,
+    );
+    let stored = job.traceparent.as_deref();
+    if let Some(traceparent) = stored {
+        let due = job.run_at.max(job.created_at);
+        trace::record_past_span(
+            "queue.wait",
+            traceparent,
+            due.into(),
+            std::time::SystemTime::now(),
+            vec![
+                opentelemetry::KeyValue::new("job_id", job.id.to_string()),
+                opentelemetry::KeyValue::new("attempt", i64::from(claimed.lease.attempt)),
+            ],
+        );
+    }
+    trace::continue_trace(&span, stored);
+    let trace_id = trace::trace_id_of_span(&span)
+        .or_else(|| stored.and_then(trace::trace_id_of).map(str::to_owned));
+    if let Some(id) = trace_id {
+        span.record("trace_id", id);
+    }
+    span
+}
+
 /// Everything a worker needs to run jobs.
 #[derive(Clone)]
 pub struct Worker {
@@ -142,11 +177,7 @@ impl Worker {
                 {
                     Ok(claimed) => {
                         for claimed in claimed {
-                            let span = tracing::info_span!(
-                                "job",
-                                job_id = %claimed.job.id,
-                                attempt = claimed.lease.attempt
-                            );
+                            let span = job_span(&claimed);
                             let runner = job::JobRunner {
                                 worker: self.clone(),
                                 shutdown: shutdown.clone(),

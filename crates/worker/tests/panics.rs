@@ -72,6 +72,7 @@ async fn a_panicking_job_is_given_back_then_failed_as_internal() {
             priority: 0,
             webhook: None,
             deadline_seconds: None,
+            traceparent: None,
         })
         .await
         .unwrap();

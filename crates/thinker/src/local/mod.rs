@@ -145,16 +145,25 @@ impl LocalThinker {
         request: CritiqueRequest<'_>,
     ) -> Result<(String, CritiqueStats), ThinkerError> {
         let max_edge = self.settings.max_image_edge;
-        self.critique_images(request, move |img| {
-            images::prepare_for_qwen_vl(&img, max_edge)
-        })
-        .await
+        let started = Instant::now();
+        let answer = self
+            .critique_images(request, move |img| {
+                images::prepare_for_qwen_vl(&img, max_edge)
+            })
+            .await?;
+        let stats = &answer.1;
+        editthinker_core::metrics::critique_done(
+            "local",
+            started.elapsed(),
+            Some((stats.prompt_tokens as u64, stats.completion_tokens as u64)),
+        );
+        Ok(answer)
     }
 
     /// For tests of the dead-engine path only: sends the images without
     /// scaling or padding, so an image the vision preprocessor cannot take
     /// crashes the request inside mistral.rs.
-    #[doc(hidden)]
+    #[cfg(feature = "test-support")]
     pub async fn critique_unprepared(
         &self,
         request: CritiqueRequest<'_>,

@@ -1,0 +1,241 @@
+//! The Prometheus metrics every role records (README "Metrics"; the names
+//! and labels are contract). Each crate records through the [`metrics`]
+//! facade with the names defined here, so one list says what exists; the
+//! binary installs the exporter and serves `/metrics`. Without an exporter
+//! installed, recording costs next to nothing.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+
+/// `{route, method, status}`: HTTP requests answered by the API.
+pub const HTTP_REQUESTS_TOTAL: &str = "editthinker_http_requests_total";
+/// `{route, method}`: time to the response head, in seconds (histogram).
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "editthinker_http_request_duration_seconds";
+/// Jobs accepted by `POST /v1/jobs` (an idempotent replay is not counted).
+pub const JOBS_CREATED_TOTAL: &str = "editthinker_jobs_created_total";
+/// `{status, stop_reason}`: jobs that reached a terminal status.
+pub const JOBS_FINISHED_TOTAL: &str = "editthinker_jobs_finished_total";
+/// `{status="queued"|"running"}`: jobs in the queue (gauge, polled).
+pub const QUEUE_DEPTH: &str = "editthinker_queue_depth";
+/// How long the oldest due queued job has waited, in seconds (gauge, polled).
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "editthinker_queue_oldest_age_seconds";
+/// `{editor}`: turns edited and durably recorded.
+pub const TURNS_TOTAL: &str = "editthinker_turns_total";
+/// `{editor, kind}`: one edit, retries and polls included, in seconds (histogram).
+pub const EDIT_DURATION_SECONDS: &str = "editthinker_edit_duration_seconds";
+/// `{thinker}`: one thinker call, in seconds (histogram).
+pub const CRITIQUE_DURATION_SECONDS: &str = "editthinker_critique_duration_seconds";
+/// `{provider, outcome}`: HTTP attempts to editor providers.
+pub const PROVIDER_REQUESTS_TOTAL: &str = "editthinker_provider_requests_total";
+/// `{thinker, direction="prompt"|"generated"}`: tokens a thinker reported.
+pub const THINKER_TOKENS_TOTAL: &str = "editthinker_thinker_tokens_total";
+/// Open SSE streams in this process (gauge).
+pub const SSE_STREAMS: &str = "editthinker_sse_streams";
+/// `{outcome}`: webhook delivery attempts.
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "editthinker_webhook_deliveries_total";
+/// `{reason}`: jobs sent back to the queue (`job.retrying` reasons).
+pub const JOB_RETRIES_TOTAL: &str = "editthinker_job_retries_total";
+
+/// The `stop_reason` label of a job that finished without one (failed or
+/// canceled).
+pub const NO_STOP_REASON: &str = "none";
+
+/// What an editor provider's HTTP attempt came to (`outcome` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderOutcome {
+    /// A usable answer.
+    Ok,
+    /// A moderation or safety refusal.
+    Refused,
+    /// A request the provider rejects as malformed, or an unusable answer.
+    Invalid,
+    /// Credentials rejected.
+    Auth,
+    /// Not sent, or turned away before any work (connect errors, 429, 503).
+    Unavailable,
+    /// Sent, with no telling whether the work was done (timeouts, 5xx).
+    Ambiguous,
+}
+
+impl ProviderOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Refused => "refused",
+            Self::Invalid => "invalid",
+            Self::Auth => "auth",
+            Self::Unavailable => "unavailable",
+            Self::Ambiguous => "ambiguous",
+        }
+    }
+
+    /// The outcome an editor error stands for.
+    pub fn of_error(error: &crate::EditorError) -> Self {
+        use crate::EditorError as E;
+        match error {
+            E::Transient(_) => Self::Unavailable,
+            E::Refused(_) => Self::Refused,
+            E::Invalid(_) => Self::Invalid,
+            E::Auth(_) => Self::Auth,
+            E::Ambiguous(_) => Self::Ambiguous,
+        }
+    }
+}
+
+/// Counts one answered HTTP request; `route` is the route template (never
+/// the raw path, which would make a series per job).
+pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
+    counter!(HTTP_REQUESTS_TOTAL, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned(), "method" => method.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// Counts one created job.
+pub fn job_created() {
+    counter!(JOBS_CREATED_TOTAL).increment(1);
+}
+
+/// Counts one job that reached `status` (terminal), with its stop reason
+/// when it succeeded.
+pub fn job_finished(status: &'static str, stop_reason: Option<&'static str>) {
+    counter!(JOBS_FINISHED_TOTAL, "status" => status, "stop_reason" => stop_reason.unwrap_or(NO_STOP_REASON))
+        .increment(1);
+}
+
+/// Counts one job sent back to the queue for `reason`.
+pub fn job_retried(reason: &'static str) {
+    counter!(JOB_RETRIES_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Sets the queue gauges.
+pub fn queue(queued: u64, running: u64, oldest_age: Duration) {
+    gauge!(QUEUE_DEPTH, "status" => "queued").set(queued as f64);
+    gauge!(QUEUE_DEPTH, "status" => "running").set(running as f64);
+    gauge!(QUEUE_OLDEST_AGE_SECONDS).set(oldest_age.as_secs_f64());
+}
+
+/// Counts one durably recorded turn of `editor`.
+pub fn turn_recorded(editor: &str) {
+    counter!(TURNS_TOTAL, "editor" => editor.to_owned()).increment(1);
+}
+
+/// Records one edit call of `editor` (of `kind`), finished or failed.
+pub fn edit_done(editor: &str, kind: &str, took: Duration) {
+    histogram!(EDIT_DURATION_SECONDS, "editor" => editor.to_owned(), "kind" => kind.to_owned())
+        .record(took.as_secs_f64());
+}
+
+/// Counts one webhook delivery attempt (`delivered`, `failed`, `gave_up`).
+pub fn webhook_delivery(outcome: &'static str) {
+    counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// One open SSE stream: counted in [`SSE_STREAMS`] from creation to drop.
+#[derive(Debug)]
+pub struct OpenStream(());
+
+impl OpenStream {
+    /// Counts a new stream.
+    pub fn open() -> Self {
+        gauge!(SSE_STREAMS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        gauge!(SSE_STREAMS).decrement(1.0);
+    }
+}
+
+/// Counts one provider attempt.
+pub fn provider_request(provider: &str, outcome: ProviderOutcome) {
+    counter!(PROVIDER_REQUESTS_TOTAL, "provider" => provider.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+}
+
+/// Records one finished thinker call and the tokens it reported.
+pub fn critique_done(thinker: &'static str, took: Duration, tokens: Option<(u64, u64)>) {
+    histogram!(CRITIQUE_DURATION_SECONDS, "thinker" => thinker).record(took.as_secs_f64());
+    if let Some((prompt, generated)) = tokens {
+        counter!(THINKER_TOKENS_TOTAL, "thinker" => thinker, "direction" => "prompt")
+            .increment(prompt);
+        counter!(THINKER_TOKENS_TOTAL, "thinker" => thinker, "direction" => "generated")
+            .increment(generated);
+    }
+}
+
+/// Histogram buckets, in seconds, per histogram name: HTTP answers take
+/// milliseconds; edits and critiques take seconds to minutes.
+pub fn buckets() -> [(&'static str, &'static [f64]); 3] {
+    const HTTP: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    const SLOW: &[f64] = &[
+        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ];
+    [
+        (HTTP_REQUEST_DURATION_SECONDS, HTTP),
+        (EDIT_DURATION_SECONDS, SLOW),
+        (CRITIQUE_DURATION_SECONDS, SLOW),
+    ]
+}
+
+/// Registers each metric's help text with the installed recorder.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        "HTTP requests answered, by route template, method and status"
+    );
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to the response head, by route template and method"
+    );
+    describe_counter!(
+        JOBS_CREATED_TOTAL,
+        "Jobs created through POST /v1/jobs (idempotent replays excluded)"
+    );
+    describe_counter!(
+        JOBS_FINISHED_TOTAL,
+        "Jobs that reached a terminal status, by status and stop reason"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Jobs queued or running, polled from the database"
+    );
+    describe_gauge!(
+        QUEUE_OLDEST_AGE_SECONDS,
+        Unit::Seconds,
+        "Wait of the oldest due queued job"
+    );
+    describe_counter!(TURNS_TOTAL, "Turns edited and recorded, by editor");
+    describe_histogram!(
+        EDIT_DURATION_SECONDS,
+        Unit::Seconds,
+        "One edit, retries and polls included, by editor and kind"
+    );
+    describe_histogram!(
+        CRITIQUE_DURATION_SECONDS,
+        Unit::Seconds,
+        "One thinker call, by thinker kind"
+    );
+    describe_counter!(
+        PROVIDER_REQUESTS_TOTAL,
+        "HTTP attempts to editor providers, by provider kind and outcome"
+    );
+    describe_counter!(
+        THINKER_TOKENS_TOTAL,
+        "Tokens the thinker reported, prompt and generated"
+    );
+    describe_gauge!(SSE_STREAMS, "Open SSE streams in this process");
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        "Webhook delivery attempts, by outcome"
+    );
+    describe_counter!(JOB_RETRIES_TOTAL, "Jobs sent back to the queue, by reason");
+}
