@@ -21,11 +21,10 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::which;
+use common::{run_with_stdin, tool_missing, which};
 use serde_json::{json, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -37,11 +36,7 @@ const VALIDATOR: &str = "deploy/kubernetes/validate.py";
 
 /// Fails under CI, else says why the test is skipped.
 fn missing(what: &str) {
-    assert!(
-        std::env::var("CI").unwrap_or_default().is_empty(),
-        "{what} is required in CI (.ci/run installs it)"
-    );
-    eprintln!("deploy_e2e: {what} not found; skipped outside CI");
+    tool_missing("deploy_e2e", what);
 }
 
 /// `python3`, when it can import what the validator needs.
@@ -87,23 +82,14 @@ fn render(kubectl: &Path, overlay: &str) -> String {
 
 /// Runs the validator on `yaml`; its exit status and report.
 fn validate(python: &Path, yaml: &str, args: &[&str]) -> (i32, Value) {
-    let mut child = Command::new(python)
-        .arg(VALIDATOR)
-        .arg("--dump")
-        .args(args)
-        .current_dir(ROOT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_stdin(
+        Command::new(python)
+            .arg(VALIDATOR)
+            .arg("--dump")
+            .args(args)
+            .current_dir(ROOT),
+        yaml.as_bytes(),
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "the validator printed no JSON ({e}): {}{}",

@@ -39,24 +39,13 @@ async fn scrape(url: &str) -> Vec<Sample> {
     );
     let text = resp.text().await.unwrap();
     let python = which("python3").expect("python3 is needed to parse the exposition");
-    let mut child = std::process::Command::new(python)
-        .arg(concat!(
+    let out = run_with_stdin(
+        std::process::Command::new(python).arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/metrics/parse.py"
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        )),
+        text.as_bytes(),
+    );
     assert!(
         out.status.success(),
         "the Prometheus parser rejected the exposition ({}):\n{text}",

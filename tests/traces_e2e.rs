@@ -84,6 +84,20 @@ async fn receiver() -> (String, Arc<Mutex<Vec<ReceivedSpan>>>) {
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
+/// Creates an "add a hat" job inside the client's trace; its id.
+async fn create_traced_job(service: &Service) -> String {
+    let resp = reqwest::Client::new()
+        .post(service.url("/v1/jobs"))
+        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
+        .json(&job_body(&png(32, 32, [9, 9, 9]), "add a hat", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let job: Value = resp.json().await.unwrap();
+    job["id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_runs_from_the_request_through_the_queue_to_every_critique() {
     let env = TestEnv::new(Backend::Postgres).await;
@@ -102,16 +116,7 @@ async fn one_trace_runs_from_the_request_through_the_queue_to_every_critique() {
     let mut api = Service::start_with_env("api", &config, &json_logs);
     let mut worker = Service::start_with_env("worker", &config, &json_logs);
 
-    let resp = reqwest::Client::new()
-        .post(api.url("/v1/jobs"))
-        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
-        .json(&job_body(&png(32, 32, [9, 9, 9]), "add a hat", json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    let id = job["id"].as_str().unwrap().to_owned();
+    let id = create_traced_job(&api).await;
     let done = wait_for_job(&api, &id, Duration::from_secs(60), is_terminal).await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
     assert_eq!(done["turns"].as_array().unwrap().len(), 2);
@@ -195,17 +200,8 @@ async fn without_an_exporter_the_callers_trace_id_still_reaches_the_logs() {
     let thinker = FakeThinker::start().await;
     let config = env.config("plain", &backends_config(&thinker, &editor, env.dir.path()));
     let service = Service::start_with_env("serve", &config, &[("EDITTHINKER_LOG__FORMAT", "json")]);
-    let resp = reqwest::Client::new()
-        .post(service.url("/v1/jobs"))
-        .header("traceparent", format!("00-{TRACE_ID}-{CLIENT_SPAN}-01"))
-        .json(&job_body(&png(32, 32, [9, 9, 9]), "add a hat", json!({})))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let job: Value = resp.json().await.unwrap();
-    let id = job["id"].as_str().unwrap();
-    wait_for_job(&service, id, Duration::from_secs(30), is_terminal).await;
+    let id = create_traced_job(&service).await;
+    wait_for_job(&service, &id, Duration::from_secs(30), is_terminal).await;
     let logs = service.logs.lock().unwrap().clone();
     let line = logs
         .iter()

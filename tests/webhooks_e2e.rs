@@ -155,21 +155,11 @@ print(json.dumps(payload))
         "signature": r.signature,
         "body": String::from_utf8(r.body.clone()).unwrap(),
     });
-    let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (with `pip install standardwebhooks`; .ci/run installs it)");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(case.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    // python3 with `pip install standardwebhooks` (.ci/run installs it).
+    let out = run_with_stdin(
+        std::process::Command::new("python3").args(["-c", script]),
+        case.to_string().as_bytes(),
+    );
     assert!(
         out.status.success(),
         "standardwebhooks rejected the delivery: {}",

@@ -732,6 +732,29 @@ macro_rules! both_backends {
 
 /// `name` on PATH, or in the sbin folders (nginx lives in /usr/sbin, which
 /// a non-root PATH often lacks).
+/// A tool a test needs is missing: a failure under CI (`.ci/run` installs
+/// it), else a note that `test` is skipped.
+pub fn tool_missing(test: &str, what: &str) {
+    assert!(
+        std::env::var("CI").unwrap_or_default().is_empty(),
+        "{what} is required in CI (.ci/run installs it)"
+    );
+    eprintln!("{test}: {what} not found; skipped outside CI");
+}
+
+/// Runs `command` with `input` on its stdin; its whole output.
+pub fn run_with_stdin(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {command:?}: {e}"));
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

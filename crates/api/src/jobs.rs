@@ -48,17 +48,14 @@ pub async fn create_job(
     let idempotency_key = idempotency_key(request.headers())?;
     let wait = prefer_wait(request.headers())?;
     // The request span continues the caller's `traceparent`
-    // (`crate::request_span`); its context is what the worker continues.
-    // Without an exporter, a well-formed header of the caller's is kept.
-    let traceparent =
-        editthinker_core::trace::traceparent_of(&tracing::Span::current()).or_else(|| {
-            request
-                .headers()
-                .get(editthinker_core::trace::TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| editthinker_core::trace::trace_id_of(v).is_some())
-                .map(str::to_owned)
-        });
+    // (`crate::request_span`); the worker continues the job's.
+    let traceparent = editthinker_core::trace::job_traceparent(
+        &tracing::Span::current(),
+        request
+            .headers()
+            .get(editthinker_core::trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)

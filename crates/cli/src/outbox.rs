@@ -167,13 +167,13 @@ impl Outbox {
                 }
             }
         };
-        editthinker_core::metrics::webhook_delivery(
-            match (&attempt.delivered, &attempt.retry_at) {
-                (true, _) => "delivered",
-                (false, Some(_)) => "failed",
-                (false, None) => "gave_up",
-            },
-        );
+        editthinker_core::metrics::webhook_delivery(if attempt.delivered {
+            "delivered"
+        } else if attempt.retry_at.is_some() {
+            "failed"
+        } else {
+            "gave_up"
+        });
         if let Err(e) = self.store.record_delivery(delivery.id, attempt).await {
             // The lock lapses and the row is tried again: at least once.
             tracing::warn!(error = %e, delivery_id = %delivery.id, "recording a webhook attempt failed");

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::time::SystemTime;
 
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{TraceContextExt, Tracer};
+use opentelemetry::trace::{Span as _, TraceContextExt, Tracer};
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -66,6 +66,17 @@ pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
     carrier.remove(TRACEPARENT)
 }
 
+/// The trace a new job belongs to: that of `request_span` when it is
+/// exported, else the caller's well-formed `traceparent` (kept for the
+/// job's logs), else none.
+pub fn job_traceparent(request_span: &tracing::Span, header: Option<&str>) -> Option<String> {
+    traceparent_of(request_span).or_else(|| {
+        header
+            .filter(|v| trace_id_of(v).is_some())
+            .map(str::to_owned)
+    })
+}
+
 /// The trace id of `span` in hex, when it belongs to an exported trace.
 pub fn trace_id_of_span(span: &tracing::Span) -> Option<String> {
     let context = span.context();
@@ -92,10 +103,9 @@ pub fn record_past_span(
         .span_builder(name)
         .with_start_time(start)
         .with_attributes(attributes);
-    let span = tracer.build_with_context(builder, &context_of(traceparent));
-    use opentelemetry::trace::Span as _;
-    let mut span = span;
-    span.end_with_timestamp(end.max(start));
+    tracer
+        .build_with_context(builder, &context_of(traceparent))
+        .end_with_timestamp(end.max(start));
 }
 
 #[cfg(test)]
