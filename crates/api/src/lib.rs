@@ -189,17 +189,16 @@ fn add_job_links(doc: &mut serde_json::Value) {
     let mut links = serde_json::Map::new();
     if let Some(paths) = doc["paths"].as_object() {
         for (path, item) in paths {
-            if !path.starts_with("/v1/jobs/{id}") {
+            // A turn's image exists only once the worker has made it: a
+            // link would promise a resource creation does not.
+            if !path.starts_with("/v1/jobs/{id}") || path.contains("{n}") {
                 continue;
             }
             for operation in ["get", "post"].iter().filter_map(|m| item.get(*m)) {
                 let Some(id) = operation["operationId"].as_str() else {
                     continue;
                 };
-                let mut parameters = serde_json::json!({"id": "$response.body#/id"});
-                if path.contains("{n}") {
-                    parameters["n"] = 1.into();
-                }
+                let parameters = serde_json::json!({"id": "$response.body#/id"});
                 links.insert(
                     id.to_string(),
                     serde_json::json!({"operationId": id, "parameters": parameters}),
