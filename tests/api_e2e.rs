@@ -8,7 +8,9 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use common::*;
+use futures::StreamExt as _;
 use serde_json::{json, Value};
+use sqlx::Connection as _;
 
 /// A PNG header that declares 100000×100000 pixels in under 100 bytes.
 fn huge_declared_png() -> Vec<u8> {
@@ -690,4 +692,113 @@ async fn api_role_needs_no_provider_secrets() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ET_TEST_UNSET_EDITOR_KEY"));
+}
+
+/// A client that stops reading while events pile up: the hub stops writing
+/// its stream once a bounded amount is queued, the stream catches up from
+/// the table at the client's pace, and the client gets every stored event
+/// once, in order, then a well-formed end of the body (the same client's
+/// next request reuses the connection and gets 204).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stops_reading_catches_up_in_order() {
+    let env = TestEnv::new(Backend::Postgres).await;
+    env.migrate();
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    // No worker: the job stays queued.
+    let api = Service::start(
+        "api",
+        &env.config("api", &backends_config(&thinker, &editor, env.dir.path())),
+    );
+    let job = create_job(
+        &api,
+        job_body(&png(16, 16, [0, 0, 0]), "make it brighter", json!({})),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let url = api.url(&format!("/v1/jobs/{id}/events"));
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.bytes_stream();
+    // The replay (job.queued) arrives; then the client stops reading.
+    let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("job.queued"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // 300 stored events of 64 KiB each (far more than the socket buffers
+    // and the hub's queue hold), each with its NOTIFY, then a cancel.
+    let mut db = sqlx::PgConnection::connect(&env.database_url)
+        .await
+        .unwrap();
+    let job_id: uuid::Uuid = id.parse().unwrap();
+    for batch in 0..30 {
+        sqlx::query(
+            "WITH ins AS ( \
+               INSERT INTO job_events (job_id, type, data, created_at) \
+               SELECT $1, 'job.queued', jsonb_build_object('n', $2::int * 10 + g, 'pad', repeat('x', 65536)), now() \
+               FROM generate_series(0, 9) AS g RETURNING id, job_id, type) \
+             SELECT pg_notify('editthinker_events', job_id::text || ',' || id || ',' || type) FROM ins",
+        )
+        .bind(job_id)
+        .bind(batch)
+        .fetch_all(&mut db)
+        .await
+        .unwrap();
+    }
+    let resp = client
+        .post(api.url(&format!("/v1/jobs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let stored: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM job_events WHERE job_id = $1 ORDER BY id")
+            .bind(job_id)
+            .fetch_all(&mut db)
+            .await
+            .unwrap();
+    assert_eq!(stored.len(), 302, "job.queued, 300 events, job.canceled");
+    // The hub gave the stream back (the socket stopped taking bytes).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !api.log_contains("catches up from the table") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stream never fell behind the hub"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Now read it all.
+    let mut text = String::from_utf8_lossy(&first).into_owned();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(30), body.next())
+        .await
+        .expect("the stream ends")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    let ids: Vec<i64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("id: "))
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(ids, stored, "every stored event once, in order");
+    let last_kind = text.lines().rev().find_map(|l| l.strip_prefix("event: "));
+    assert_eq!(last_kind, Some("job.canceled"));
+
+    // The body ended cleanly: the pooled connection serves the reconnect.
+    let again = client
+        .get(&url)
+        .header("Last-Event-ID", stored.last().unwrap().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 204);
 }

@@ -129,6 +129,8 @@ async fn metrics_count_what_happened_across_api_and_worker() {
     // The first edit gets a 500 after the request was sent: ambiguous, so
     // the job goes back to the queue instead of paying twice.
     *editor.state.fail_first.lock().unwrap() = 1;
+    // The thinker turns the first critique away (503): retried in the call.
+    *thinker.state.busy_first.lock().unwrap() = 1;
     let (hook_url, hooks) = receiver().await;
     // The last table of the backends is `[editors.fake]`: a paid request
     // is then never resent inside the call.
@@ -319,10 +321,27 @@ async fn metrics_count_what_happened_across_api_and_worker() {
     );
     assert_eq!(editor.calls().len(), 1, "one edit was answered");
     assert_eq!(thinker.calls().len(), 1);
+    assert_eq!(*thinker.state.turned_away.lock().unwrap(), 1);
     assert_eq!(
         at(
             "editthinker_critique_duration_seconds_count",
             &[("thinker", "openai")]
+        ),
+        Some(1.0),
+        "one critique call, its retry included"
+    );
+    // Each HTTP attempt to the thinker, under its own provider label.
+    assert_eq!(
+        at(
+            "editthinker_provider_requests_total",
+            &[("provider", "thinker"), ("outcome", "unavailable")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        at(
+            "editthinker_provider_requests_total",
+            &[("provider", "thinker"), ("outcome", "ok")]
         ),
         Some(1.0)
     );

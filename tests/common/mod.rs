@@ -363,6 +363,11 @@ pub struct FakeThinkerState {
     pub chunk_delay: Mutex<Duration>,
     /// How many requests asked to stream.
     pub streamed: Mutex<u32>,
+    /// Answer this many requests first with 503 (turned away before any
+    /// work); they are not in `calls`.
+    pub busy_first: Mutex<u32>,
+    /// How many requests got that 503.
+    pub turned_away: Mutex<u32>,
 }
 
 /// Characters per streamed chunk.
@@ -447,6 +452,17 @@ async fn fake_chat(
         .and_then(|r| r.split("\nEND").next())
         .unwrap_or_default()
         .to_string();
+    {
+        let mut busy = state.busy_first.lock().unwrap();
+        if *busy > 0 {
+            *busy -= 1;
+            *state.turned_away.lock().unwrap() += 1;
+            return axum::response::IntoResponse::into_response((
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": {"message": "overloaded, try again", "code": 503}})),
+            ));
+        }
+    }
     state.calls.lock().unwrap().push(ThinkCall {
         model: body["model"].as_str().unwrap_or_default().into(),
         text: text.clone(),

@@ -9,8 +9,9 @@ use axum::extract::{Path, Query, State};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderName, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::Bytes;
 use editthinker_store::{event_type, EventRow, Store};
 use serde::Deserialize;
@@ -20,6 +21,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{Caller, StreamSlot};
+use crate::direct::{ConnHandle, End, Socket};
 use crate::error::ApiError;
 use crate::fanout::{Feed, Subscription};
 use crate::jobs::{job_id, owned_row};
@@ -48,10 +50,14 @@ pub struct EventsQuery {
         (status = 404, body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "A bad `Last-Event-ID` or `after`", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's open streams on this replica are at the limit", body = crate::error::Problem, content_type = "application/problem+json")))]
+#[allow(clippy::too_many_arguments)]
 pub async fn job_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    method: Method,
+    version: Version,
+    conn: Option<Extension<ConnHandle>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -84,10 +90,15 @@ pub async fn job_events(
         // `replay` unless the cursor is already past it: nothing will come.
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
+    // Only a chunked GET body can be written by the hub (crates/api/src/direct.rs).
+    let socket = conn
+        .filter(|_| method == Method::GET && version == Version::HTTP_11)
+        .map(|Extension(ConnHandle(socket))| socket);
     let cursor = Cursor {
         store: state.store.clone(),
         job: id,
         feed,
+        socket,
         _slot: slot,
         _open: editthinker_core::metrics::OpenStream::open(),
         position: Position {
@@ -106,6 +117,7 @@ pub async fn job_events(
         ],
         Body::new(EventBody {
             next: ReusableBoxFuture::new(cursor.next_bytes()),
+            handed: None,
             ended: false,
         }),
     )
@@ -114,11 +126,25 @@ pub async fn job_events(
 
 /// The response body of a stream: the [`Cursor`]'s chunks, and the end
 /// announced together with the terminal event, so the last frame and the
-/// end of the chunked body leave in one write.
+/// end of the chunked body leave in one write. Once the replay is sent,
+/// the stream is handed to the hub when the connection allows it; the
+/// body then only waits for the hub to say the stream ended or lagged.
 struct EventBody {
     /// The wait for the next chunk; its allocation is reused for each.
-    next: ReusableBoxFuture<'static, (Option<Chunk>, Cursor)>,
+    next: ReusableBoxFuture<'static, (Next, Cursor)>,
+    /// While the hub writes the stream: the parked cursor and the socket.
+    handed: Option<(Cursor, Arc<Socket>)>,
     ended: bool,
+}
+
+/// What a [`Cursor`] came to.
+enum Next {
+    /// A chunk to send.
+    Send(Chunk),
+    /// The stream is over.
+    End,
+    /// The hub writes the stream to this socket from now on.
+    HandOff(Arc<Socket>),
 }
 
 /// One chunk of a stream, and whether it is the last.
@@ -135,23 +161,42 @@ impl http_body::Body for EventBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if self.ended {
-            return std::task::Poll::Ready(None);
-        }
-        let (chunk, cursor) = std::task::ready!(self.next.poll(cx));
-        match chunk {
-            Some(chunk) => {
-                self.ended = chunk.last;
-                if !chunk.last {
-                    // The cursor moves into the next wait.
-                    self.next.set(cursor.next_bytes());
+        loop {
+            if self.ended {
+                return std::task::Poll::Ready(None);
+            }
+            if let Some((_, socket)) = &self.handed {
+                match std::task::ready!(socket.poll_end(cx)) {
+                    End::Finished | End::Shutdown => {
+                        self.ended = true;
+                        return std::task::Poll::Ready(None);
+                    }
+                    End::Lagged { last } => {
+                        let (cursor, _) = self.handed.take().expect("handed");
+                        self.next.set(cursor.resume(last));
+                        continue;
+                    }
                 }
-                std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk.bytes))))
             }
-            None => {
-                self.ended = true;
-                std::task::Poll::Ready(None)
-            }
+            let (next, cursor) = std::task::ready!(self.next.poll(cx));
+            return match next {
+                Next::Send(chunk) => {
+                    self.ended = chunk.last;
+                    if !chunk.last {
+                        // The cursor moves into the next wait.
+                        self.next.set(cursor.next_bytes());
+                    }
+                    std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk.bytes))))
+                }
+                Next::End => {
+                    self.ended = true;
+                    std::task::Poll::Ready(None)
+                }
+                Next::HandOff(socket) => {
+                    self.handed = Some((cursor, socket));
+                    continue;
+                }
+            };
         }
     }
 
@@ -165,6 +210,9 @@ struct Cursor {
     store: Arc<dyn Store>,
     job: Uuid,
     feed: Subscription,
+    /// The connection's socket, while the stream may still be handed to
+    /// the hub.
+    socket: Option<Arc<Socket>>,
     /// The tenant's stream slot in this process, freed when the stream ends.
     _slot: StreamSlot,
     /// Counts the stream in `editthinker_sse_streams` while it is open.
@@ -277,19 +325,25 @@ impl Position {
 }
 
 impl Cursor {
-    /// Waits for the stream's next chunk; `None` when it is over.
-    async fn next_bytes(mut self) -> (Option<Chunk>, Self) {
+    /// Waits for the stream's next chunk, its end, or its hand-off.
+    async fn next_bytes(mut self) -> (Next, Self) {
         loop {
             match self.position.step() {
-                Step::Send { bytes, last } => return (Some(Chunk { bytes, last }), self),
-                Step::End => return (None, self),
+                Step::Send { bytes, last } => return (Next::Send(Chunk { bytes, last }), self),
+                Step::End => return (Next::End, self),
                 Step::Wait => {}
+            }
+            if let Some(socket) = &self.socket {
+                if self.feed.hand_off(socket, self.position.last) {
+                    let socket = socket.clone();
+                    return (Next::HandOff(socket), self);
+                }
             }
             tokio::select! {
                 // A comment keeps gateways and clients from timing the stream out.
                 _ = self.keep_alive.tick() => {
                     let bytes = Bytes::from_static(b":\n\n");
-                    return (Some(Chunk { bytes, last: false }), self);
+                    return (Next::Send(Chunk { bytes, last: false }), self);
                 }
                 feed = self.feed.recv() => match feed {
                     Ok(feed) => self.position.take(feed),
@@ -308,15 +362,42 @@ impl Cursor {
                         }
                     }
                     // The hub dropped the feed: shutdown.
-                    Err(RecvError::Closed) => return (None, self),
+                    Err(RecvError::Closed) => return (Next::End, self),
                 },
             }
         }
     }
+
+    /// Takes the stream back from the hub after it lagged at stored event
+    /// `last`: from now on at its own pace, from the table.
+    async fn resume(mut self, last: i64) -> (Next, Self) {
+        tracing::info!(
+            job_id = %self.job,
+            last_event_id = last,
+            "a stream fell behind the hub's writes; it catches up from the table"
+        );
+        // Subscribed before reading, so nothing falls between the two; the
+        // old subscription then leaves the hub.
+        self.feed = self.feed.renew(last);
+        self.socket = None;
+        self.position = Position {
+            last,
+            ..Position::default()
+        };
+        match self.store.events_after(self.job, last).await {
+            Ok(rows) => self
+                .position
+                .pending
+                .push_back(Batch::new(rows.iter().map(stored_frame).collect())),
+            // The hub's next read, or its safety net, brings them instead.
+            Err(e) => tracing::warn!(error = %e, job_id = %self.job, "reading events failed"),
+        }
+        self.next_bytes().await
+    }
 }
 
 /// Keep-alive comment interval of an idle stream.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One event as it goes on the wire, rendered once per process and shared
 /// by every stream that sends it.
@@ -330,6 +411,22 @@ pub struct Frame {
     pub queued: bool,
     /// `id:`, `event:` and `data:` lines and the blank line.
     pub bytes: Bytes,
+    /// The same bytes framed as one HTTP/1.1 chunk, as the hub writes them
+    /// to handed-off streams (`bytes` is a slice of it).
+    pub chunk: Bytes,
+    /// For a terminal event: `chunk` and the end of the chunked body, which
+    /// the hub writes in one go (empty for other events).
+    pub last_chunk: Bytes,
+}
+
+/// Whether the stream ends after `frames[index]`: a terminal event, unless
+/// a later `job.queued` among `frames` says the job was retried.
+pub(crate) fn ends_stream(frames: &[Frame], index: usize) -> bool {
+    let frame = &frames[index];
+    frame.terminal
+        && !frames[index + 1..]
+            .iter()
+            .any(|f| f.queued && f.id > frame.id)
 }
 
 fn frame(id: Option<i64>, kind: &str, data: &serde_json::Value) -> Frame {
@@ -339,11 +436,21 @@ fn frame(id: Option<i64>, kind: &str, data: &serde_json::Value) -> Frame {
         text.push_str(&format!("id: {id}\n"));
     }
     text.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
+    let head = format!("{:x}\r\n", text.len());
+    let chunk = Bytes::from(format!("{head}{text}\r\n"));
+    let terminal = id.is_some() && is_terminal(kind);
+    let last_chunk = if terminal {
+        Bytes::from([&chunk[..], crate::direct::END_CHUNK].concat())
+    } else {
+        Bytes::new()
+    };
     Frame {
         id,
-        terminal: id.is_some() && is_terminal(kind),
+        terminal,
+        last_chunk,
         queued: id.is_some() && kind == event_type::JOB_QUEUED,
-        bytes: Bytes::from(text),
+        bytes: chunk.slice(head.len()..head.len() + text.len()),
+        chunk,
     }
 }
 

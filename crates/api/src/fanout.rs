@@ -9,6 +9,11 @@
 //! A lost LISTEN connection, lag on the notice channel and a slow timer
 //! (the safety net) make the hub compare, in one query, the newest stored
 //! event of every watched job with what it has delivered.
+//!
+//! A stream that has sent its replay is handed to the hub
+//! ([`Subscription::hand_off`]): from then on the hub's writer threads
+//! write the job's events straight to its socket (crates/api/src/direct.rs),
+//! and the stream's own task wakes only when the stream ends or lags.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +21,8 @@ use std::time::Duration;
 
 use editthinker_store::{EventRow, Notice, Store};
 
-use crate::events::{live_frame, stored_frame, Frame};
+use crate::direct::{End, HandedStream, Socket, Work, Writers};
+use crate::events::{live_frame, stored_frame, Frame, KEEP_ALIVE};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -42,6 +48,8 @@ pub enum Feed {
 
 struct JobFeed {
     sender: broadcast::Sender<Feed>,
+    /// Handed-off streams, by writer shard.
+    direct: Vec<Vec<HandedStream>>,
     /// Highest event id read and broadcast for this job.
     delivered: i64,
     /// A read of this job's rows is under way.
@@ -65,6 +73,7 @@ pub struct EventHub {
     shutdown: CancellationToken,
     feeds: Mutex<HashMap<Uuid, JobFeed>>,
     reads: mpsc::UnboundedSender<ReadDone>,
+    writers: Writers,
 }
 
 /// One stream's hold on a job's feed; dropping it unsubscribes, and the
@@ -73,9 +82,36 @@ pub struct Subscription {
     hub: Arc<EventHub>,
     job: Uuid,
     receiver: Option<broadcast::Receiver<Feed>>,
+    /// The socket the hub writes this stream to, once handed off.
+    direct: Option<HandedStream>,
 }
 
 impl Subscription {
+    /// Hands the stream to the hub: its events go straight to `socket`,
+    /// starting after stored event `last`. Refused (false) while messages
+    /// for this subscriber are still buffered: it sends those first.
+    pub fn hand_off(&mut self, socket: &Arc<Socket>, last: i64) -> bool {
+        let mut feeds = self.hub.feeds.lock().expect("hub lock");
+        let Some(feed) = feeds.get_mut(&self.job) else {
+            return false;
+        };
+        if self.receiver.as_ref().is_none_or(|r| !r.is_empty()) {
+            return false;
+        }
+        // Under the hub lock: every read from now on reaches the socket,
+        // and none before it is lost (the receiver was empty).
+        let handed = socket.hand_off(last);
+        feed.direct[socket.shard(self.hub.writers.count())].push(handed.clone());
+        self.receiver = None;
+        self.direct = Some(handed);
+        true
+    }
+
+    /// A new subscription to the same job from stored event `after` on.
+    pub fn renew(&self, after: i64) -> Subscription {
+        self.hub.subscribe(self.job, after)
+    }
+
     /// The next message, or `Err(Lagged)` when this subscriber fell behind
     /// and must re-read from the table.
     pub async fn recv(&mut self) -> Result<Feed, broadcast::error::RecvError> {
@@ -90,12 +126,26 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         drop(self.receiver.take());
+        let direct = self.direct.take();
+        let shards = self.hub.writers.count();
         let mut feeds = self.hub.feeds.lock().expect("hub lock");
-        if feeds
-            .get(&self.job)
-            .is_some_and(|f| f.sender.receiver_count() == 0)
-        {
-            feeds.remove(&self.job);
+        if let Some(feed) = feeds.get_mut(&self.job) {
+            if let Some(handed) = &direct {
+                let streams = &mut feed.direct[handed.socket.shard(shards)];
+                if let Some(at) = streams
+                    .iter()
+                    .position(|s| Arc::ptr_eq(&s.socket, &handed.socket))
+                {
+                    streams.swap_remove(at);
+                }
+            }
+            if feed.sender.receiver_count() == 0 && feed.direct.iter().all(Vec::is_empty) {
+                feeds.remove(&self.job);
+            }
+        }
+        if let Some(handed) = direct {
+            // Work already queued for it finds another generation, or none.
+            handed.socket.take_back(handed.generation);
         }
     }
 }
@@ -111,6 +161,7 @@ impl EventHub {
             shutdown: shutdown.clone(),
             feeds: Mutex::new(HashMap::new()),
             reads,
+            writers: Writers::start(),
         });
         tokio::spawn(pump(hub.clone(), notices, done, shutdown));
         hub
@@ -126,10 +177,13 @@ impl EventHub {
                 hub: self.clone(),
                 job,
                 receiver: Some(broadcast::channel(1).0.subscribe()),
+                direct: None,
             };
         }
+        let shards = self.writers.count();
         let feed = feeds.entry(job).or_insert_with(|| JobFeed {
             sender: broadcast::channel(FEED_CAPACITY).0,
+            direct: vec![Vec::new(); shards],
             delivered: after,
             reading: false,
             again: false,
@@ -138,6 +192,32 @@ impl EventHub {
             hub: self.clone(),
             job,
             receiver: Some(feed.sender.subscribe()),
+            direct: None,
+        }
+    }
+
+    /// Hands `frames` to the writer threads for the job's handed-off
+    /// streams (called under the hub lock, so the order of reads holds).
+    fn write_direct(&self, feed: &JobFeed, frames: &Arc<[Frame]>) {
+        for (shard, sockets) in feed.direct.iter().enumerate() {
+            if !sockets.is_empty() {
+                self.writers
+                    .send(shard, Work::Frames(frames.clone(), sockets.clone()));
+            }
+        }
+    }
+
+    /// A keep-alive comment to every handed-off stream.
+    fn comment(&self) {
+        let feeds = self.feeds.lock().expect("hub lock");
+        for shard in 0..self.writers.count() {
+            let sockets: Vec<HandedStream> = feeds
+                .values()
+                .flat_map(|f| f.direct[shard].iter().cloned())
+                .collect();
+            if !sockets.is_empty() {
+                self.writers.send(shard, Work::Comment(sockets));
+            }
         }
     }
 
@@ -185,6 +265,7 @@ impl EventHub {
                         feed.delivered = feed.delivered.max(last.id);
                         // No receivers left is fine: the entry goes soon.
                         let frames: Arc<[Frame]> = rows.iter().map(stored_frame).collect();
+                        self.write_direct(feed, &frames);
                         let _ = feed.sender.send(Feed::Rows(frames));
                     }
                 }
@@ -203,7 +284,9 @@ impl EventHub {
     fn live(&self, job: Uuid, kind: String, data: serde_json::Value) {
         let feeds = self.feeds.lock().expect("hub lock");
         if let Some(feed) = feeds.get(&job) {
-            let _ = feed.sender.send(Feed::Live(live_frame(job, &kind, data)));
+            let frame = live_frame(job, &kind, data);
+            self.write_direct(feed, &Arc::from([frame.clone()]));
+            let _ = feed.sender.send(Feed::Live(frame));
         }
     }
 
@@ -241,13 +324,23 @@ async fn pump(
     let mut notices_open = true;
     let mut safety_net = tokio::time::interval(SAFETY_NET_EVERY);
     safety_net.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One timer for the keep-alive comments of every handed-off stream.
+    let mut keep_alive =
+        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                // Closes every subscriber's feed: their streams end.
-                hub.feeds.lock().expect("hub lock").clear();
+                // Closes every subscriber's feed and ends every handed-off
+                // stream: their bodies end.
+                let mut feeds = hub.feeds.lock().expect("hub lock");
+                for handed in feeds.values().flat_map(|f| f.direct.iter().flatten()) {
+                    handed.socket.finish(End::Shutdown);
+                }
+                feeds.clear();
                 return;
             }
+            _ = keep_alive.tick() => hub.comment(),
             Some(read) = done.recv() => hub.read_done(read),
             _ = safety_net.tick() => hub.catch_up().await,
             notice = notices.recv(), if notices_open => match notice {

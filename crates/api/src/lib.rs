@@ -2,6 +2,7 @@
 //! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
 
 pub mod auth;
+pub mod direct;
 pub mod error;
 pub mod events;
 pub mod fanout;

@@ -15,7 +15,9 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
+use tower::Service as _;
+
+use crate::direct::{ConnHandle, ConnIo, Socket};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -63,10 +65,16 @@ pub async fn serve(
         };
         // Event frames are small and latency matters more than packets.
         let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
-        );
+        let socket = Socket::new(stream);
+        let handle = ConnHandle(socket.clone());
+        let router = router.clone();
+        // Each request carries its connection's socket, through which an
+        // event stream can be handed to the hub (crates/api/src/direct.rs).
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request.extensions_mut().insert(handle.clone());
+            router.clone().call(request)
+        });
+        let connection = builder.serve_connection(TokioIo::new(ConnIo(socket)), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -22,7 +22,7 @@ pub use imaging::{Image, ImageError, ImageFormat};
 pub use options::{JobOptions, OptionsError, Selection, StopThresholds};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
-pub use retry::RetryPolicy;
+pub use retry::{FailureClass, RetryPolicy};
 pub use run::{
     cap_instruction, run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopOutcome,
     PendingEdit, Progress, RefusalKind, StopReason, TurnRecord,

@@ -26,7 +26,8 @@ pub const TURNS_TOTAL: &str = "editthinker_turns_total";
 pub const EDIT_DURATION_SECONDS: &str = "editthinker_edit_duration_seconds";
 /// `{thinker}`: one thinker call, in seconds (histogram).
 pub const CRITIQUE_DURATION_SECONDS: &str = "editthinker_critique_duration_seconds";
-/// `{provider, outcome}`: HTTP attempts to editor providers.
+/// `{provider, outcome}`: HTTP attempts to editor providers and to the
+/// remote thinker (`provider="thinker"`).
 pub const PROVIDER_REQUESTS_TOTAL: &str = "editthinker_provider_requests_total";
 /// `{thinker, direction="prompt"|"generated"}`: tokens a thinker reported.
 pub const THINKER_TOKENS_TOTAL: &str = "editthinker_thinker_tokens_total";
@@ -68,6 +69,27 @@ impl ProviderOutcome {
             Self::Auth => "auth",
             Self::Unavailable => "unavailable",
             Self::Ambiguous => "ambiguous",
+        }
+    }
+
+    /// The outcome of an attempt that failed in a way a later one may get
+    /// past.
+    pub fn of_failure(class: crate::FailureClass) -> Self {
+        match class {
+            crate::FailureClass::NotSent | crate::FailureClass::RefusedBeforeWork => {
+                Self::Unavailable
+            }
+            crate::FailureClass::Ambiguous => Self::Ambiguous,
+        }
+    }
+
+    /// The outcome a final thinker error stands for (a transient one that
+    /// ends a call is an answer the thinker could not use).
+    pub fn of_thinker_error(error: &crate::ThinkerError) -> Self {
+        use crate::ThinkerError as E;
+        match error {
+            E::Transient(_) | E::Invalid(_) => Self::Invalid,
+            E::Auth(_) => Self::Auth,
         }
     }
 
@@ -157,7 +179,8 @@ pub fn provider_request(provider: &str, outcome: ProviderOutcome) {
         .increment(1);
 }
 
-/// Records one finished thinker call and the tokens it reported.
+/// Records one thinker call, answered or failed (like an edit's duration),
+/// and the tokens it reported when it answered.
 pub fn critique_done(thinker: &'static str, took: Duration, tokens: Option<(u64, u64)>) {
     histogram!(CRITIQUE_DURATION_SECONDS, "thinker" => thinker).record(took.as_secs_f64());
     if let Some((prompt, generated)) = tokens {
@@ -222,11 +245,11 @@ pub fn describe() {
     describe_histogram!(
         CRITIQUE_DURATION_SECONDS,
         Unit::Seconds,
-        "One thinker call, by thinker kind"
+        "One thinker call, retries included, answered or failed, by thinker kind"
     );
     describe_counter!(
         PROVIDER_REQUESTS_TOTAL,
-        "HTTP attempts to editor providers, by provider kind and outcome"
+        "HTTP attempts to editor providers (by editor kind) and to the remote thinker (thinker), by outcome"
     );
     describe_counter!(
         THINKER_TOKENS_TOTAL,

@@ -1,6 +1,9 @@
 //! The one retry policy: exponential backoff with jitter and a cap on how
 //! long a server's `Retry-After` is waited out. Editors, the remote thinker
-//! and the worker's requeue delay all use it.
+//! and the worker's requeue delay all use it. Also the one rule for what a
+//! failed call to a provider says about the work behind it
+//! ([`FailureClass`]), which editors act on and both editors and the remote
+//! thinker count in `editthinker_provider_requests_total`.
 
 use std::time::Duration;
 
@@ -50,6 +53,33 @@ impl RetryPolicy {
     }
 }
 
+/// What a failed attempt at a provider call says about the work behind it
+/// (crates/editors/src/http_common.rs explains what each class allows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The provider never saw the request (connect errors: DNS, refused,
+    /// TLS, the connect timeout).
+    NotSent,
+    /// The provider answered that it did not take the request on (408,
+    /// 429, 503).
+    RefusedBeforeWork,
+    /// Sent; whether the provider did the work is unknown (a timeout or a
+    /// broken connection after sending, any other 5xx).
+    Ambiguous,
+}
+
+impl FailureClass {
+    /// The class of a failed HTTP status that a later attempt may get past,
+    /// `None` for the rest (a final answer such as 400 or 401).
+    pub fn of_status(status: u16) -> Option<Self> {
+        match status {
+            408 | 429 | 503 => Some(Self::RefusedBeforeWork),
+            500..=599 => Some(Self::Ambiguous),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +118,26 @@ mod tests {
         let d = p.delay(1, None).unwrap();
         assert!(d <= Duration::from_millis(100));
         assert!(p.allows(3) && !p.allows(4));
+    }
+
+    #[test]
+    fn failed_statuses_are_classed_by_what_the_provider_did() {
+        for refused in [408, 429, 503] {
+            assert_eq!(
+                FailureClass::of_status(refused),
+                Some(FailureClass::RefusedBeforeWork),
+                "{refused}"
+            );
+        }
+        for ambiguous in [500, 502, 504, 599] {
+            assert_eq!(
+                FailureClass::of_status(ambiguous),
+                Some(FailureClass::Ambiguous),
+                "{ambiguous}"
+            );
+        }
+        for final_ in [200, 400, 401, 403, 404, 409, 422, 451] {
+            assert_eq!(FailureClass::of_status(final_), None, "{final_}");
+        }
     }
 }

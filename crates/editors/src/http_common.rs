@@ -39,7 +39,7 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use editthinker_core::imaging::off_thread;
 use editthinker_core::metrics::{self, ProviderOutcome};
-use editthinker_core::{EditorError, Image, RetryPolicy};
+use editthinker_core::{EditorError, FailureClass, Image, RetryPolicy};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde_json::Value;
@@ -374,7 +374,7 @@ impl HttpCaller {
             });
         }
         let error = (spec.classify)(status, &body);
-        match (failure_class(status), error) {
+        match (FailureClass::of_status(status.as_u16()), error) {
             (Some(class), EditorError::Transient(message)) => Outcome::Retry(Failure {
                 class,
                 message,
@@ -401,25 +401,9 @@ impl Outcome {
         match self {
             Self::Done(_) => ProviderOutcome::Ok,
             Self::Fail(error) => ProviderOutcome::of_error(error),
-            Self::Retry(failure) => match failure.class {
-                FailureClass::NotSent | FailureClass::RefusedBeforeWork => {
-                    ProviderOutcome::Unavailable
-                }
-                FailureClass::Ambiguous => ProviderOutcome::Ambiguous,
-            },
+            Self::Retry(failure) => ProviderOutcome::of_failure(failure.class),
         }
     }
-}
-
-/// What a failed attempt says about the work behind it (module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FailureClass {
-    /// The provider never saw the request.
-    NotSent,
-    /// The provider answered that it did not take the request on.
-    RefusedBeforeWork,
-    /// Sent; whether the provider did the work is unknown.
-    Ambiguous,
 }
 
 /// A failed attempt that another attempt may get past.
@@ -448,22 +432,6 @@ impl Failure {
             retry_after: None,
             answered: false,
         }
-    }
-}
-
-/// The class of a failed status that may pass on a later attempt, `None`
-/// for the rest: 408 (the server gave up waiting for the request), 429 and
-/// 503 (not taken on) are refused before work; any other 5xx is ambiguous.
-fn failure_class(status: StatusCode) -> Option<FailureClass> {
-    if status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status == StatusCode::SERVICE_UNAVAILABLE
-    {
-        Some(FailureClass::RefusedBeforeWork)
-    } else if status.is_server_error() {
-        Some(FailureClass::Ambiguous)
-    } else {
-        None
     }
 }
 
@@ -534,7 +502,7 @@ fn nothing_to_cancel(status: StatusCode) -> bool {
 
 /// Whether a failed status may pass on a later attempt.
 pub fn is_retryable(status: StatusCode) -> bool {
-    failure_class(status).is_some()
+    FailureClass::of_status(status.as_u16()).is_some()
 }
 
 /// The `Retry-After` delay, seconds form (the HTTP-date form is ignored and
@@ -1217,28 +1185,6 @@ mod tests {
         assert!(!HttpCaller::from_profile("e", &p)
             .unwrap()
             .retries_ambiguous());
-    }
-
-    #[test]
-    fn failed_statuses_are_classed_by_what_the_provider_did() {
-        let class = |s: u16| failure_class(StatusCode::from_u16(s).unwrap());
-        for refused in [408, 429, 503] {
-            assert_eq!(
-                class(refused),
-                Some(FailureClass::RefusedBeforeWork),
-                "{refused}"
-            );
-        }
-        for ambiguous in [500, 502, 504, 599] {
-            assert_eq!(
-                class(ambiguous),
-                Some(FailureClass::Ambiguous),
-                "{ambiguous}"
-            );
-        }
-        for final_ in [400, 401, 403, 404, 409, 422, 451] {
-            assert_eq!(class(final_), None, "{final_}");
-        }
     }
 
     #[test]

@@ -35,8 +35,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine as _;
 use editthinker_core::{
-    CritiqueRequest, Image, PromptTemplate, Protocol, RetryPolicy, Thinker, ThinkerError,
-    ThinkingSink,
+    CritiqueRequest, FailureClass, Image, PromptTemplate, Protocol, RetryPolicy, Thinker,
+    ThinkerError, ThinkingSink,
 };
 use futures::StreamExt as _;
 use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
@@ -44,7 +44,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use url::Url;
 
-use editthinker_core::metrics;
+use editthinker_core::metrics::{self, ProviderOutcome};
 
 use crate::config::ThinkerConfigError;
 
@@ -147,13 +147,34 @@ enum Attempt {
     /// when it sent them.
     Done(String, Option<(u64, u64)>),
     /// Worth another try, after at least the server's `Retry-After`.
+    /// `class` only feeds `editthinker_provider_requests_total`: a critique
+    /// costs no provider money, so every class is retried.
     Retry {
+        class: FailureClass,
         message: String,
         retry_after: Option<Duration>,
     },
     /// Final.
     Fail(ThinkerError),
 }
+
+impl Attempt {
+    /// What this attempt counts as in `editthinker_provider_requests_total`.
+    fn metric(&self) -> ProviderOutcome {
+        match self {
+            Self::Done(..) => ProviderOutcome::Ok,
+            Self::Retry { class, .. } => ProviderOutcome::of_failure(*class),
+            Self::Fail(error) => ProviderOutcome::of_thinker_error(error),
+        }
+    }
+}
+
+/// The `thinker` label of this thinker's critique metrics.
+const THINKER_LABEL: &str = "openai";
+
+/// The `provider` label of this thinker's HTTP attempts: its own, so that
+/// the remote thinker is never confused with the `openai` editor kind.
+pub const PROVIDER_LABEL: &str = "thinker";
 
 impl OpenAiThinker {
     /// Builds the HTTP client for `settings`.
@@ -219,6 +240,11 @@ impl OpenAiThinker {
             // Connection refused/reset, DNS, timeouts: all worth retrying.
             Err(e) => {
                 return Attempt::Retry {
+                    class: if e.is_connect() {
+                        FailureClass::NotSent
+                    } else {
+                        FailureClass::Ambiguous
+                    },
                     message: describe_reqwest_error(&e),
                     retry_after: None,
                 }
@@ -233,6 +259,7 @@ impl OpenAiThinker {
             Ok(t) => t,
             Err(e) => {
                 return Attempt::Retry {
+                    class: FailureClass::Ambiguous,
                     message: format!("reading the response: {}", describe_reqwest_error(&e)),
                     retry_after: None,
                 }
@@ -288,6 +315,7 @@ impl OpenAiThinker {
                     Ok(next) => next,
                     Err(_) => {
                         return Attempt::Retry {
+                            class: FailureClass::Ambiguous,
                             message: format!(
                                 "the stream went idle for {idle:?} after {} characters",
                                 answer.text.chars().count()
@@ -304,6 +332,7 @@ impl OpenAiThinker {
                 Some(Ok(bytes)) => parser.push(&bytes),
                 Some(Err(e)) => {
                     return Attempt::Retry {
+                        class: FailureClass::Ambiguous,
                         message: format!(
                             "the stream broke after {} characters: {}",
                             answer.text.chars().count(),
@@ -333,11 +362,9 @@ impl OpenAiThinker {
         retry_after: Option<Duration>,
     ) -> Attempt {
         let server = server_message(body);
-        if status == StatusCode::TOO_MANY_REQUESTS
-            || status == StatusCode::REQUEST_TIMEOUT
-            || status.is_server_error()
-        {
+        if let Some(class) = FailureClass::of_status(status.as_u16()) {
             return Attempt::Retry {
+                class,
                 message: format!("HTTP {status}: {server}"),
                 retry_after,
             };
@@ -421,21 +448,26 @@ impl OpenAiThinker {
             .collect::<Vec<_>>()
             .join(" ")
             .to_ascii_lowercase();
-        let retry = Attempt::Retry {
+        let retry = |class| Attempt::Retry {
+            class,
             message: format!("{context}: {server}"),
             retry_after: None,
         };
-        let server = format!("{server} ({context})");
-        match code {
-            Some(c) if c == 408 || c == 429 || c >= 500 => retry,
-            Some(c) if (400..500).contains(&c) => Attempt::Fail(self.rejection(c, &server)),
+        let server_said = format!("{server} ({context})");
+        match code.map(|c| (c, FailureClass::of_status(c))) {
+            Some((_, Some(class))) => retry(class),
+            Some((c, None)) if c >= 500 => retry(FailureClass::Ambiguous),
+            Some((c, None)) if (400..500).contains(&c) => {
+                Attempt::Fail(self.rejection(c, &server_said))
+            }
             _ if kind.contains("auth") || kind.contains("api_key") => {
-                Attempt::Fail(self.rejection(401, &server))
+                Attempt::Fail(self.rejection(401, &server_said))
             }
             _ if kind.contains("invalid_request") || kind.contains("badrequest") => {
-                Attempt::Fail(self.rejection(400, &server))
+                Attempt::Fail(self.rejection(400, &server_said))
             }
-            _ => retry,
+            // An unknown error counts as a server failure.
+            _ => retry(FailureClass::Ambiguous),
         }
     }
 }
@@ -465,20 +497,35 @@ impl Thinker for OpenAiThinker {
             .render(request.original_instruction, request.previous_instruction);
         let body = self.body(source_url, edited_url, text);
 
-        let policy = self.settings.retry;
         let started = std::time::Instant::now();
+        let result = self.call(&body, &request).await;
+        let tokens = result.as_ref().ok().and_then(|(_, tokens)| *tokens);
+        metrics::critique_done(THINKER_LABEL, started.elapsed(), tokens);
+        result.map(|(answer, _)| answer)
+    }
+}
+
+impl OpenAiThinker {
+    /// One critique call: attempts with the retry policy between them;
+    /// each attempt is counted in `editthinker_provider_requests_total`.
+    async fn call(
+        &self,
+        body: &Value,
+        request: &CritiqueRequest<'_>,
+    ) -> Result<(String, Option<(u64, u64)>), ThinkerError> {
+        let policy = self.settings.retry;
         // Retry number `retry` (from 1) follows attempt number `retry`.
         let mut retry = 1;
         loop {
-            let (message, retry_after) = match self.attempt(&body, request.thinking).await {
-                Attempt::Done(answer, tokens) => {
-                    metrics::critique_done("openai", started.elapsed(), tokens);
-                    return Ok(answer);
-                }
+            let attempt = self.attempt(body, request.thinking).await;
+            metrics::provider_request(PROVIDER_LABEL, attempt.metric());
+            let (message, retry_after) = match attempt {
+                Attempt::Done(answer, tokens) => return Ok((answer, tokens)),
                 Attempt::Fail(e) => return Err(e),
                 Attempt::Retry {
                     message,
                     retry_after,
+                    ..
                 } => (message, retry_after),
             };
             if !policy.allows(retry) {
@@ -863,6 +910,7 @@ impl StreamAnswer {
             return Attempt::Done(self.take_text(sink), self.usage);
         }
         Attempt::Retry {
+            class: FailureClass::Ambiguous,
             message: format!(
                 "the stream ended without [DONE] after {} characters",
                 self.text.chars().count()

@@ -150,14 +150,13 @@ impl LocalThinker {
             .critique_images(request, move |img| {
                 images::prepare_for_qwen_vl(&img, max_edge)
             })
-            .await?;
-        let stats = &answer.1;
-        editthinker_core::metrics::critique_done(
-            "local",
-            started.elapsed(),
-            Some((stats.prompt_tokens as u64, stats.completion_tokens as u64)),
-        );
-        Ok(answer)
+            .await;
+        let tokens = answer
+            .as_ref()
+            .ok()
+            .map(|(_, stats)| (stats.prompt_tokens as u64, stats.completion_tokens as u64));
+        editthinker_core::metrics::critique_done("local", started.elapsed(), tokens);
+        answer
     }
 
     /// For tests of the dead-engine path only: sends the images without

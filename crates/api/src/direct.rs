@@ -1,0 +1,537 @@
+//! Event streams written straight to their sockets (docs/architecture.md §4).
+//!
+//! An SSE stream costs its connection task a wake-up and a pass through
+//! hyper for every event; at 10,000 streams that work is most of what an
+//! event costs (the bench in `benches/sse.rs` measures it). So once a
+//! stream has sent its replay, its response body hands the stream to the
+//! event hub, and the hub's writer threads ([`Writers`]) write each event,
+//! already framed as an HTTP/1.1 chunk, to every socket of the job in a
+//! tight loop. Hyper still owns the connection: it sent the head and the
+//! replay, it reads (and so notices a client that leaves), and it writes
+//! the end of the body when the stream ends.
+//!
+//! Every byte for the socket passes through one [`Socket`] and its queue,
+//! so hyper's bytes and the hub's never interleave:
+//!
+//! - the hub's chunks wait (`early`) until hyper has flushed all it had,
+//!   which is when hyper calls `poll_flush` on the connection's IO
+//!   ([`ConnIo`]): the stream is then *armed*;
+//! - a chunk the socket does not take at once is queued, and hyper writes
+//!   nothing of its own before the queue is empty; the connection task is
+//!   woken to drain it when the socket has room;
+//! - a client that reads too slowly (more than [`MAX_QUEUED_BYTES`] queued)
+//!   gets nothing more from the hub: its body takes the stream back and
+//!   catches up from the table, like any lagging subscriber.
+//!
+//! Only a `GET` over HTTP/1.1 with no layer that rewrites the body is handed
+//! off (a `HEAD` has no body, and HTTP/1.0 bodies are not chunked); the
+//! router has no such layer.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::events::Frame;
+
+/// Bytes the hub may queue for one slow socket before that stream falls
+/// back to its body's own pace (reading from the table).
+pub const MAX_QUEUED_BYTES: usize = 256 * 1024;
+
+/// A keep-alive comment, framed as a chunk.
+const COMMENT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
+
+/// The end of a chunked body (no trailers), as hyper writes it.
+pub(crate) const END_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Why a handed-off stream stopped taking events from the hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The terminal event was written: the body ends.
+    Finished,
+    /// The server is shutting down: the body ends.
+    Shutdown,
+    /// The client fell behind: the body catches up from the table after
+    /// the last stored event written.
+    Lagged {
+        /// Id of the last stored event written (or queued) to the socket.
+        last: i64,
+    },
+}
+
+/// A handed-off stream's state, kept with its socket.
+struct Handed {
+    /// Tells this stream from a later one on the same connection, so work
+    /// queued for this one never reaches that one.
+    generation: u64,
+    /// Hyper has flushed all it had: the hub's chunks may go out.
+    armed: bool,
+    /// The hub's chunks from before the stream was armed.
+    early: Vec<Bytes>,
+    early_bytes: usize,
+    /// `early` ends with the end of the body.
+    ends_early_chunks: bool,
+    /// Id of the last stored event written or queued.
+    last: i64,
+    end: Option<End>,
+    /// The connection task, woken to end the body or drain the queue.
+    body: Option<Waker>,
+}
+
+/// What goes out on one socket, in order.
+#[derive(Default)]
+struct Out {
+    /// Bytes the socket has not taken yet; hyper writes only once it is empty.
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The event stream handed to the hub on this connection, if any.
+    handed: Option<Handed>,
+    /// The end of the chunked body, already written by the hub with the
+    /// terminal event: hyper's own copy of it is not written again.
+    written_ahead: &'static [u8],
+}
+
+/// One accepted connection's socket, shared by hyper (through [`ConnIo`])
+/// and the hub's writers.
+pub struct Socket {
+    stream: TcpStream,
+    /// Which writer thread serves this connection's streams.
+    shard: usize,
+    out: Mutex<Out>,
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A handed-off stream as the hub lists it: its socket, and which stream
+/// on that socket.
+#[derive(Clone)]
+pub(crate) struct HandedStream {
+    pub(crate) socket: Arc<Socket>,
+    pub(crate) generation: u64,
+}
+
+impl Socket {
+    /// Wraps an accepted stream.
+    pub fn new(stream: TcpStream) -> Arc<Self> {
+        Arc::new(Self {
+            stream,
+            shard: NEXT_SHARD.fetch_add(1, Ordering::Relaxed),
+            out: Mutex::new(Out::default()),
+        })
+    }
+
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().expect("socket lock")
+    }
+
+    /// The writer shard among `shards`.
+    pub(crate) fn shard(&self, shards: usize) -> usize {
+        self.shard % shards.max(1)
+    }
+
+    /// Starts a handed-off stream whose last stored event sent is `last`.
+    pub(crate) fn hand_off(self: &Arc<Self>, last: i64) -> HandedStream {
+        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+        self.out().handed = Some(Handed {
+            generation,
+            armed: false,
+            early: Vec::new(),
+            early_bytes: 0,
+            ends_early_chunks: false,
+            last,
+            end: None,
+            body: None,
+        });
+        HandedStream {
+            socket: self.clone(),
+            generation,
+        }
+    }
+
+    /// Ends a handed-off stream's state (its body is gone or took it back).
+    pub(crate) fn take_back(&self, generation: u64) {
+        let mut out = self.out();
+        if out
+            .handed
+            .as_ref()
+            .is_some_and(|h| h.generation == generation)
+        {
+            // Chunks never armed were never written: dropping them is all.
+            out.handed = None;
+        }
+    }
+
+    /// For the body: `Ready(end)` once the hub stopped writing the stream
+    /// and the stream is armed (so what the hub wrote precedes anything the
+    /// body or hyper writes next), else remembers the waker.
+    pub(crate) fn poll_end(&self, cx: &mut Context<'_>) -> Poll<End> {
+        let mut out = self.out();
+        let Some(handed) = out.handed.as_mut() else {
+            return Poll::Ready(End::Shutdown);
+        };
+        match handed.end {
+            Some(end) if handed.armed => Poll::Ready(end),
+            _ => {
+                match &handed.body {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => handed.body = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Stops the hub's writes with `end` and wakes the body.
+    pub(crate) fn finish(&self, end: End) {
+        let mut out = self.out();
+        if let Some(handed) = out.handed.as_mut() {
+            if handed.end.is_none() {
+                handed.end = Some(end);
+                if let Some(w) = handed.body.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Writes `frames` (one read of the job's rows, or one live event):
+    /// stored events the stream already sent are skipped; the stream ends
+    /// after its terminal event.
+    fn push_frames(&self, generation: u64, frames: &[Frame]) {
+        let mut out = self.out();
+        let out = &mut *out;
+        let Some(handed) = out.handed.as_mut().filter(|h| h.generation == generation) else {
+            return;
+        };
+        for (index, frame) in frames.iter().enumerate() {
+            if handed.end.is_some() {
+                return;
+            }
+            if frame.id.is_some_and(|id| id <= handed.last) {
+                continue;
+            }
+            if out.queued_bytes + handed.early_bytes + frame.chunk.len() > MAX_QUEUED_BYTES {
+                let last = handed.last;
+                end_handed(handed, End::Lagged { last });
+                return;
+            }
+            if let Some(id) = frame.id {
+                handed.last = id;
+            }
+            if crate::events::ends_stream(frames, index) {
+                // The terminal event and the end of the body in one write;
+                // hyper's end of the body is then not written again.
+                send(
+                    &self.stream,
+                    &mut out.queue,
+                    &mut out.queued_bytes,
+                    handed,
+                    &frame.last_chunk,
+                );
+                if handed.armed {
+                    out.written_ahead = END_CHUNK;
+                } else {
+                    handed.ends_early_chunks = true;
+                }
+                end_handed(handed, End::Finished);
+                return;
+            }
+            send(
+                &self.stream,
+                &mut out.queue,
+                &mut out.queued_bytes,
+                handed,
+                &frame.chunk,
+            );
+        }
+    }
+
+    /// Writes a keep-alive comment if the stream is armed and idle enough
+    /// to take one.
+    fn push_comment(&self, generation: u64) {
+        let mut out = self.out();
+        let out = &mut *out;
+        let Some(handed) = out.handed.as_mut().filter(|h| h.generation == generation) else {
+            return;
+        };
+        if handed.end.is_none() && handed.armed && out.queue.is_empty() {
+            let chunk = Bytes::from_static(COMMENT_CHUNK);
+            send(
+                &self.stream,
+                &mut out.queue,
+                &mut out.queued_bytes,
+                handed,
+                &chunk,
+            );
+        }
+    }
+
+    /// Writes the queue to the socket; `Ready` once it is empty.
+    fn drain(&self, out: &mut Out, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some(front) = out.queue.front_mut() {
+            let n = std::task::ready!(write_ready(&self.stream, cx, front))?;
+            out.queued_bytes -= n;
+            if n == front.len() {
+                out.queue.pop_front();
+            } else {
+                let _ = front.split_to(n);
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Ends a handed-off stream and wakes its body.
+fn end_handed(handed: &mut Handed, end: End) {
+    handed.end = Some(end);
+    if let Some(w) = handed.body.take() {
+        w.wake();
+    }
+}
+
+/// Writes `chunk` now if nothing is queued and the stream is armed, else
+/// queues it; a queue that was empty wakes the connection task to drain it.
+fn send(
+    stream: &TcpStream,
+    queue: &mut VecDeque<Bytes>,
+    queued_bytes: &mut usize,
+    handed: &mut Handed,
+    chunk: &Bytes,
+) {
+    if !handed.armed {
+        handed.early_bytes += chunk.len();
+        handed.early.push(chunk.clone());
+        return;
+    }
+    let rest = if queue.is_empty() {
+        match stream.try_write(chunk) {
+            Ok(n) if n == chunk.len() => return,
+            Ok(n) => chunk.slice(n..),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => chunk.clone(),
+            // A broken connection: hyper's read side notices and ends it.
+            Err(_) => return,
+        }
+    } else {
+        chunk.clone()
+    };
+    *queued_bytes += rest.len();
+    queue.push_back(rest);
+    if let Some(w) = &handed.body {
+        w.wake_by_ref();
+    }
+}
+
+/// How many leading bytes of `bufs` the hub already wrote (the end of a
+/// body it wrote with the terminal event); those are reported written.
+fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
+    if out.written_ahead.is_empty() {
+        return 0;
+    }
+    let mut skipped = 0;
+    for byte in bufs.iter().flat_map(|b| b.iter()) {
+        match out.written_ahead.split_first() {
+            Some((expected, rest)) if expected == byte => {
+                out.written_ahead = rest;
+                skipped += 1;
+            }
+            _ => break,
+        }
+    }
+    if skipped == 0 {
+        // Hyper wrote something else first: nothing was written ahead of it.
+        debug_assert!(false, "expected the end of the body from hyper");
+        out.written_ahead = &[];
+    }
+    skipped
+}
+
+/// One `write` once the socket is writable; registers the waker otherwise.
+fn write_ready(stream: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return Poll::Ready(other),
+        }
+    }
+}
+
+/// A connection's socket as hyper's IO: reads pass through; writes wait for
+/// the hub's queue; a flush arms a handed-off stream.
+pub struct ConnIo(pub Arc<Socket>);
+
+impl AsyncRead for ConnIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let stream = &self.0.stream;
+        loop {
+            std::task::ready!(stream.poll_read_ready(cx))?;
+            // Into the uninitialised part, as tokio's own read does: zeroing
+            // it first would make every connection's read buffer resident.
+            // SAFETY: `recv` only writes into `unfilled`, and only the bytes
+            // it reports are marked initialised.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let read = stream.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(stream).recv(unfilled)
+            });
+            match read {
+                Ok(n) => {
+                    // SAFETY: `recv` initialised the first `n` bytes.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ConnIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let socket = &self.0;
+        let mut out = socket.out();
+        std::task::ready!(socket.drain(&mut out, cx))?;
+        let skipped = skip_written_ahead(&mut out, std::slice::from_ref(&io::IoSlice::new(buf)));
+        if skipped > 0 {
+            return Poll::Ready(Ok(skipped));
+        }
+        write_ready(&socket.stream, cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let socket = &self.0;
+        let mut out = socket.out();
+        std::task::ready!(socket.drain(&mut out, cx))?;
+        let skipped = skip_written_ahead(&mut out, bufs);
+        if skipped > 0 {
+            return Poll::Ready(Ok(skipped));
+        }
+        loop {
+            std::task::ready!(socket.stream.poll_write_ready(cx))?;
+            match socket.stream.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = &self.0;
+        let mut out = socket.out();
+        let out = &mut *out;
+        // Hyper calls this with its own buffer empty: a handed-off stream
+        // may now go out, after what hyper wrote.
+        if let Some(handed) = out.handed.as_mut().filter(|h| !h.armed) {
+            handed.armed = true;
+            handed.early_bytes = 0;
+            for chunk in handed.early.drain(..) {
+                out.queued_bytes += chunk.len();
+                out.queue.push_back(chunk);
+            }
+            if handed.ends_early_chunks {
+                out.written_ahead = END_CHUNK;
+            }
+            if handed.end.is_some() {
+                // It ended before it was armed: the body may end now.
+                if let Some(w) = handed.body.take() {
+                    w.wake();
+                }
+            }
+        }
+        socket.drain(out, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let socket = &self.0;
+        let mut out = socket.out();
+        std::task::ready!(socket.drain(&mut out, cx))?;
+        Poll::Ready(socket2::SockRef::from(&socket.stream).shutdown(std::net::Shutdown::Write))
+    }
+}
+
+/// A connection's socket, for handlers (a request extension): an event
+/// stream can be handed to the hub through it.
+#[derive(Clone)]
+pub struct ConnHandle(pub Arc<Socket>);
+
+/// Work for one writer thread.
+pub(crate) enum Work {
+    /// Frames of one job for these streams.
+    Frames(Arc<[Frame]>, Vec<HandedStream>),
+    /// A keep-alive comment for these streams.
+    Comment(Vec<HandedStream>),
+}
+
+/// The hub's writer threads: one per core, each serving the sockets of its
+/// shard in the order work arrives, so a socket's events stay in order.
+pub(crate) struct Writers {
+    shards: Vec<mpsc::Sender<Work>>,
+}
+
+impl Writers {
+    /// Starts one writer thread per available core.
+    pub(crate) fn start() -> Self {
+        let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let shards = (0..count)
+            .map(|i| {
+                let (tx, rx) = mpsc::channel::<Work>();
+                std::thread::Builder::new()
+                    .name(format!("sse-writer-{i}"))
+                    .spawn(move || {
+                        // Ends when the hub (every sender) is gone.
+                        while let Ok(work) = rx.recv() {
+                            match work {
+                                Work::Frames(frames, streams) => {
+                                    for s in streams {
+                                        s.socket.push_frames(s.generation, &frames);
+                                    }
+                                }
+                                Work::Comment(streams) => {
+                                    for s in streams {
+                                        s.socket.push_comment(s.generation);
+                                    }
+                                }
+                            }
+                        }
+                    })
+                    .expect("spawning an SSE writer thread");
+                tx
+            })
+            .collect();
+        Self { shards }
+    }
+
+    /// How many shards there are.
+    pub(crate) fn count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Queues `work` for shard `shard`.
+    pub(crate) fn send(&self, shard: usize, work: Work) {
+        let _ = self.shards[shard].send(work);
+    }
+}
