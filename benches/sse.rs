@@ -37,6 +37,9 @@
 //! - BENCH_OPEN_TIMEOUT_SECS (300), BENCH_EVENT_TIMEOUT_SECS (30);
 //! - BENCH_EVENT_GAP_MS (1000): pause between events;
 //! - BENCH_CLIENT_THREADS (2): the bench's own tokio worker threads;
+//! - BENCH_CLIENT_SCHED (unset): `idle` puts the bench's threads under
+//!   SCHED_IDLE as well, so they run only when the server leaves a core
+//!   free (the api child is put back under the normal policy);
 //! - BENCH_CLIENT_NICE (10): the bench's own scheduling niceness. The api
 //!   process runs at 0 (the bench resets it when it starts the child), so
 //!   the client, which in a deployment runs elsewhere, takes the CPU the
@@ -89,9 +92,31 @@ fn set_nice(nice: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Whether the bench's threads run under SCHED_IDLE (BENCH_CLIENT_SCHED=idle):
+/// they then get only the CPU the server leaves, as a client on another
+/// machine would; plain `nice 10` still takes about a tenth of a busy core.
+fn client_idle() -> bool {
+    std::env::var("BENCH_CLIENT_SCHED").is_ok_and(|v| v == "idle")
+}
+
+/// Sets the calling thread's scheduling policy (threads it creates inherit it).
+fn set_policy(policy: libc::c_int) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a plain libc call; `0` means the calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn main() {
     if let Err(e) = set_nice(client_nice()) {
         eprintln!("warning: could not set the bench's niceness: {e}");
+    }
+    if client_idle() {
+        if let Err(e) = set_policy(libc::SCHED_IDLE) {
+            eprintln!("warning: could not put the bench under SCHED_IDLE: {e}");
+        }
     }
     let threads: usize = env_or("BENCH_CLIENT_THREADS", 2);
     tokio::runtime::Builder::new_multi_thread()
@@ -155,8 +180,10 @@ impl Api {
         // SAFETY: only an async-signal-safe libc call between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                // Back to normal priority (a raise needs root or
-                // CAP_SYS_NICE; without it the api keeps the bench's).
+                // Back to the normal policy and priority (a raise needs
+                // root or CAP_SYS_NICE; without it the api keeps the bench's).
+                let param = libc::sched_param { sched_priority: 0 };
+                libc::sched_setscheduler(0, libc::SCHED_OTHER, &param);
                 libc::setpriority(libc::PRIO_PROCESS, 0, 0);
                 Ok(())
             });
@@ -1088,8 +1115,13 @@ async fn run() {
         api.addr
     );
     println!(
-        "niceness: bench client {}, api {}",
+        "niceness: bench client {}{}, api {}",
         client_nice(),
+        if client_idle() {
+            " under SCHED_IDLE"
+        } else {
+            ""
+        },
         niceness_of(pid)
     );
 

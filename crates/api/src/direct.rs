@@ -33,12 +33,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::events::Frame;
+use crate::events::{Frame, KEEP_ALIVE};
 
 /// Bytes the hub may queue for one slow socket before that stream falls
 /// back to its body's own pace (reading from the table).
@@ -79,17 +80,37 @@ struct Handed {
     ends_early_chunks: bool,
     /// Id of the last stored event written or queued.
     last: i64,
+    /// When the hub last wrote to the stream (or armed it): keep-alive
+    /// comments go only to streams quiet for [`KEEP_ALIVE`] or longer.
+    wrote_at: Instant,
     end: Option<End>,
     /// The connection task, woken to end the body or drain the queue.
     body: Option<Waker>,
 }
 
+/// Bytes the socket has not taken yet, in order.
+#[derive(Default)]
+struct Queue {
+    chunks: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Queue {
+    fn push(&mut self, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back(chunk);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+}
+
 /// What goes out on one socket, in order.
 #[derive(Default)]
 struct Out {
-    /// Bytes the socket has not taken yet; hyper writes only once it is empty.
-    queue: VecDeque<Bytes>,
-    queued_bytes: usize,
+    /// Hyper writes only once this is empty.
+    queue: Queue,
     /// The event stream handed to the hub on this connection, if any.
     handed: Option<Handed>,
     /// The end of the chunked body, already written by the hub with the
@@ -146,6 +167,7 @@ impl Socket {
             early_bytes: 0,
             ends_early_chunks: false,
             last,
+            wrote_at: Instant::now(),
             end: None,
             body: None,
         });
@@ -203,8 +225,10 @@ impl Socket {
 
     /// Writes `frames` (one read of the job's rows, or one live event):
     /// stored events the stream already sent are skipped; the stream ends
-    /// after its terminal event.
-    fn push_frames(&self, generation: u64, frames: &[Frame]) {
+    /// after its terminal event. Wakers to wake go to `wakes`: the writer
+    /// wakes them after its whole batch, so that connection tasks do not
+    /// take the cores from the writers while an event goes out.
+    fn push_frames(&self, generation: u64, frames: &[Frame], now: Instant, wakes: &mut Vec<Waker>) {
         let mut out = self.out();
         let out = &mut *out;
         let Some(handed) = out.handed.as_mut().filter(|h| h.generation == generation) else {
@@ -217,69 +241,62 @@ impl Socket {
             if frame.id.is_some_and(|id| id <= handed.last) {
                 continue;
             }
-            if out.queued_bytes + handed.early_bytes + frame.chunk.len() > MAX_QUEUED_BYTES {
+            if out.queue.bytes + handed.early_bytes + frame.chunk.len() > MAX_QUEUED_BYTES {
                 let last = handed.last;
-                end_handed(handed, End::Lagged { last });
+                end_handed(handed, End::Lagged { last }, wakes);
                 return;
             }
             if let Some(id) = frame.id {
                 handed.last = id;
             }
+            handed.wrote_at = now;
             if crate::events::ends_stream(frames, index) {
                 // The terminal event and the end of the body in one write;
                 // hyper's end of the body is then not written again.
                 send(
                     &self.stream,
                     &mut out.queue,
-                    &mut out.queued_bytes,
                     handed,
                     &frame.last_chunk,
+                    wakes,
                 );
                 if handed.armed {
                     out.written_ahead = END_CHUNK;
                 } else {
                     handed.ends_early_chunks = true;
                 }
-                end_handed(handed, End::Finished);
+                end_handed(handed, End::Finished, wakes);
                 return;
             }
-            send(
-                &self.stream,
-                &mut out.queue,
-                &mut out.queued_bytes,
-                handed,
-                &frame.chunk,
-            );
+            send(&self.stream, &mut out.queue, handed, &frame.chunk, wakes);
         }
     }
 
-    /// Writes a keep-alive comment if the stream is armed and idle enough
-    /// to take one.
-    fn push_comment(&self, generation: u64) {
+    /// Writes a keep-alive comment if the stream is armed and has been
+    /// quiet for [`KEEP_ALIVE`]: streams that get events get no comments,
+    /// so comments never add to an event's fan-out.
+    fn push_comment(&self, generation: u64, now: Instant, wakes: &mut Vec<Waker>) {
         let mut out = self.out();
         let out = &mut *out;
         let Some(handed) = out.handed.as_mut().filter(|h| h.generation == generation) else {
             return;
         };
-        if handed.end.is_none() && handed.armed && out.queue.is_empty() {
+        let quiet = now.saturating_duration_since(handed.wrote_at) >= KEEP_ALIVE;
+        if handed.end.is_none() && handed.armed && out.queue.is_empty() && quiet {
+            handed.wrote_at = now;
             let chunk = Bytes::from_static(COMMENT_CHUNK);
-            send(
-                &self.stream,
-                &mut out.queue,
-                &mut out.queued_bytes,
-                handed,
-                &chunk,
-            );
+            send(&self.stream, &mut out.queue, handed, &chunk, wakes);
         }
     }
 
     /// Writes the queue to the socket; `Ready` once it is empty.
     fn drain(&self, out: &mut Out, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while let Some(front) = out.queue.front_mut() {
+        let queue = &mut out.queue;
+        while let Some(front) = queue.chunks.front_mut() {
             let n = std::task::ready!(write_ready(&self.stream, cx, front))?;
-            out.queued_bytes -= n;
+            queue.bytes -= n;
             if n == front.len() {
-                out.queue.pop_front();
+                queue.chunks.pop_front();
             } else {
                 let _ = front.split_to(n);
             }
@@ -288,22 +305,21 @@ impl Socket {
     }
 }
 
-/// Ends a handed-off stream and wakes its body.
-fn end_handed(handed: &mut Handed, end: End) {
+/// Ends a handed-off stream; its body is to be woken.
+fn end_handed(handed: &mut Handed, end: End, wakes: &mut Vec<Waker>) {
     handed.end = Some(end);
-    if let Some(w) = handed.body.take() {
-        w.wake();
-    }
+    wakes.extend(handed.body.take());
 }
 
 /// Writes `chunk` now if nothing is queued and the stream is armed, else
-/// queues it; a queue that was empty wakes the connection task to drain it.
+/// queues it; a queue that was empty has the connection task woken to
+/// drain it.
 fn send(
     stream: &TcpStream,
-    queue: &mut VecDeque<Bytes>,
-    queued_bytes: &mut usize,
+    queue: &mut Queue,
     handed: &mut Handed,
     chunk: &Bytes,
+    wakes: &mut Vec<Waker>,
 ) {
     if !handed.armed {
         handed.early_bytes += chunk.len();
@@ -321,10 +337,10 @@ fn send(
     } else {
         chunk.clone()
     };
-    *queued_bytes += rest.len();
-    queue.push_back(rest);
-    if let Some(w) = &handed.body {
-        w.wake_by_ref();
+    let was_empty = queue.is_empty();
+    queue.push(rest);
+    if was_empty {
+        wakes.extend(handed.body.clone());
     }
 }
 
@@ -447,10 +463,10 @@ impl AsyncWrite for ConnIo {
         // may now go out, after what hyper wrote.
         if let Some(handed) = out.handed.as_mut().filter(|h| !h.armed) {
             handed.armed = true;
+            handed.wrote_at = Instant::now();
             handed.early_bytes = 0;
             for chunk in handed.early.drain(..) {
-                out.queued_bytes += chunk.len();
-                out.queue.push_back(chunk);
+                out.queue.push(chunk);
             }
             if handed.ends_early_chunks {
                 out.written_ahead = END_CHUNK;
@@ -503,19 +519,28 @@ impl Writers {
                     .name(format!("sse-writer-{i}"))
                     .spawn(move || {
                         // Ends when the hub (every sender) is gone.
+                        let mut wakes = Vec::new();
                         while let Ok(work) = rx.recv() {
                             match work {
                                 Work::Frames(frames, streams) => {
+                                    let now = Instant::now();
                                     for s in streams {
-                                        s.socket.push_frames(s.generation, &frames);
+                                        s.socket.push_frames(
+                                            s.generation,
+                                            &frames,
+                                            now,
+                                            &mut wakes,
+                                        );
                                     }
                                 }
                                 Work::Comment(streams) => {
+                                    let now = Instant::now();
                                     for s in streams {
-                                        s.socket.push_comment(s.generation);
+                                        s.socket.push_comment(s.generation, now, &mut wakes);
                                     }
                                 }
                             }
+                            wakes.drain(..).for_each(Waker::wake);
                         }
                     })
                     .expect("spawning an SSE writer thread");
@@ -533,5 +558,142 @@ impl Writers {
     /// Queues `work` for shard `shard`.
     pub(crate) fn send(&self, shard: usize, work: Work) {
         let _ = self.shards[shard].send(work);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use editthinker_store::EventRow;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::events::stored_frame;
+
+    /// A connection's socket and the client's end of it.
+    async fn connection() -> (Arc<Socket>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Socket::new(server), client)
+    }
+
+    fn frames(events: &[(i64, &str)]) -> Vec<Frame> {
+        events
+            .iter()
+            .map(|(id, kind)| {
+                stored_frame(&EventRow {
+                    id: *id,
+                    job_id: uuid::Uuid::nil(),
+                    kind: (*kind).into(),
+                    data: serde_json::json!({}),
+                    created_at: chrono::Utc::now(),
+                })
+            })
+            .collect()
+    }
+
+    /// Reads exactly `len` bytes, or fails after a second.
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        tokio::time::timeout(Duration::from_secs(1), client.read_exact(&mut buf))
+            .await
+            .expect("the bytes arrive")
+            .unwrap();
+        buf
+    }
+
+    /// Nothing more has arrived within a short wait.
+    async fn nothing_more(client: &mut TcpStream) {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), client.read(&mut byte)).await;
+        assert!(read.is_err(), "unexpected bytes: {byte:?}");
+    }
+
+    #[tokio::test]
+    async fn the_hub_writes_after_hyper_and_ends_the_body_once() {
+        let (socket, mut client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let handed = socket.hand_off(1);
+        let mut wakes = Vec::new();
+        let now = Instant::now();
+        // Before hyper flushed its head the hub's chunk waits.
+        let first = frames(&[(1, "job.queued"), (2, "job.started")]);
+        socket.push_frames(handed.generation, &first, now, &mut wakes);
+        io.write_all(b"HEAD").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 4).await, b"HEAD");
+        nothing_more(&mut client).await;
+        io.flush().await.unwrap();
+        let expected = &first[1].chunk;
+        assert_eq!(
+            read_exactly(&mut client, expected.len()).await,
+            expected[..]
+        );
+
+        // Duplicates are skipped; the terminal event carries the end of the body.
+        let rest = frames(&[(2, "job.started"), (3, "job.succeeded")]);
+        socket.push_frames(handed.generation, &rest, now, &mut wakes);
+        let expected = [&rest[1].chunk[..], END_CHUNK].concat();
+        assert_eq!(rest[1].last_chunk, expected);
+        assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
+        let end = std::future::poll_fn(|cx| Poll::Ready(socket.poll_end(cx))).await;
+        assert_eq!(end, Poll::Ready(End::Finished));
+
+        // Hyper's own end of the body is not written again; what follows is.
+        io.write_all(END_CHUNK).await.unwrap();
+        io.write_all(b"NEXT").await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(read_exactly(&mut client, 4).await, b"NEXT");
+        socket.take_back(handed.generation);
+        nothing_more(&mut client).await;
+    }
+
+    #[tokio::test]
+    async fn work_for_an_earlier_stream_never_reaches_a_later_one() {
+        let (socket, mut client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let old = socket.hand_off(0);
+        socket.take_back(old.generation);
+        let new = socket.hand_off(0);
+        io.flush().await.unwrap();
+        let mut wakes = Vec::new();
+        let events = frames(&[(5, "turn.edited")]);
+        socket.push_frames(old.generation, &events, Instant::now(), &mut wakes);
+        nothing_more(&mut client).await;
+        socket.push_frames(new.generation, &events, Instant::now(), &mut wakes);
+        assert_eq!(
+            read_exactly(&mut client, events[0].chunk.len()).await,
+            events[0].chunk
+        );
+    }
+
+    #[tokio::test]
+    async fn keep_alive_comments_go_only_to_quiet_streams() {
+        let (socket, mut client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let handed = socket.hand_off(0);
+        io.flush().await.unwrap();
+        let mut wakes = Vec::new();
+        let now = Instant::now();
+        socket.push_frames(
+            handed.generation,
+            &frames(&[(1, "job.queued")]),
+            now,
+            &mut wakes,
+        );
+        let sent = frames(&[(1, "job.queued")])[0].chunk.len();
+        read_exactly(&mut client, sent).await;
+        socket.push_comment(handed.generation, now + KEEP_ALIVE / 2, &mut wakes);
+        nothing_more(&mut client).await;
+        socket.push_comment(handed.generation, now + KEEP_ALIVE, &mut wakes);
+        assert_eq!(
+            read_exactly(&mut client, COMMENT_CHUNK.len()).await,
+            COMMENT_CHUNK
+        );
+        assert!(wakes.is_empty(), "nothing was queued, so nothing to drain");
     }
 }

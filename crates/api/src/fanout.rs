@@ -207,7 +207,8 @@ impl EventHub {
         }
     }
 
-    /// A keep-alive comment to every handed-off stream.
+    /// A keep-alive comment to every handed-off stream that has been quiet
+    /// for [`KEEP_ALIVE`].
     fn comment(&self) {
         let feeds = self.feeds.lock().expect("hub lock");
         for shard in 0..self.writers.count() {
@@ -324,9 +325,11 @@ async fn pump(
     let mut notices_open = true;
     let mut safety_net = tokio::time::interval(SAFETY_NET_EVERY);
     safety_net.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // One timer for the keep-alive comments of every handed-off stream.
-    let mut keep_alive =
-        tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+    // One timer for the keep-alive comments of every handed-off stream:
+    // each gets one once it has been quiet for KEEP_ALIVE (so at most a
+    // third of that late).
+    let every = KEEP_ALIVE / 3;
+    let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
