@@ -21,7 +21,10 @@
 //!   woken to drain it when the socket has room;
 //! - a client that reads too slowly (more than [`MAX_QUEUED_BYTES`] queued)
 //!   gets nothing more from the hub: its body takes the stream back and
-//!   catches up from the table, like any lagging subscriber.
+//!   catches up from the table, like any lagging subscriber;
+//! - the terminal event goes out with the end of the chunked body in one
+//!   write, and hyper's own copy of that end ([`END_CHUNK`]) is skipped;
+//!   the body's task is woken only then, after the writer's whole batch.
 //!
 //! Only a `GET` over HTTP/1.1 with no layer that rewrites the body is handed
 //! off (a `HEAD` has no body, and HTTP/1.0 bodies are not chunked); the
