@@ -78,7 +78,6 @@ struct Handed {
     armed: bool,
     /// The hub's chunks from before the stream was armed.
     early: Vec<Bytes>,
-    early_bytes: usize,
     /// `early` ends with the end of the body.
     ends_early_chunks: bool,
     /// Id of the last stored event written or queued.
@@ -167,7 +166,6 @@ impl Socket {
             generation,
             armed: false,
             early: Vec::new(),
-            early_bytes: 0,
             ends_early_chunks: false,
             last,
             wrote_at: Instant::now(),
@@ -244,7 +242,8 @@ impl Socket {
             if frame.id.is_some_and(|id| id <= handed.last) {
                 continue;
             }
-            if out.queue.bytes + handed.early_bytes + frame.chunk.len() > MAX_QUEUED_BYTES {
+            let early: usize = handed.early.iter().map(Bytes::len).sum();
+            if out.queue.bytes + early + frame.chunk.len() > MAX_QUEUED_BYTES {
                 let last = handed.last;
                 end_handed(handed, End::Lagged { last }, wakes);
                 return;
@@ -296,7 +295,7 @@ impl Socket {
     fn drain(&self, out: &mut Out, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let queue = &mut out.queue;
         while let Some(front) = queue.chunks.front_mut() {
-            let n = std::task::ready!(write_ready(&self.stream, cx, front))?;
+            let n = std::task::ready!(write_ready(&self.stream, cx, |s| s.try_write(front)))?;
             queue.bytes -= n;
             if n == front.len() {
                 queue.chunks.pop_front();
@@ -325,7 +324,6 @@ fn send(
     wakes: &mut Vec<Waker>,
 ) {
     if !handed.armed {
-        handed.early_bytes += chunk.len();
         handed.early.push(chunk.clone());
         return;
     }
@@ -372,10 +370,14 @@ fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
 }
 
 /// One `write` once the socket is writable; registers the waker otherwise.
-fn write_ready(stream: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+fn write_ready(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
     loop {
         std::task::ready!(stream.poll_write_ready(cx))?;
-        match stream.try_write(buf) {
+        match write(stream) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             other => return Poll::Ready(other),
         }
@@ -423,14 +425,7 @@ impl AsyncWrite for ConnIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let socket = &self.0;
-        let mut out = socket.out();
-        std::task::ready!(socket.drain(&mut out, cx))?;
-        let skipped = skip_written_ahead(&mut out, std::slice::from_ref(&io::IoSlice::new(buf)));
-        if skipped > 0 {
-            return Poll::Ready(Ok(skipped));
-        }
-        write_ready(&socket.stream, cx, buf)
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
     }
 
     fn poll_write_vectored(
@@ -445,13 +440,7 @@ impl AsyncWrite for ConnIo {
         if skipped > 0 {
             return Poll::Ready(Ok(skipped));
         }
-        loop {
-            std::task::ready!(socket.stream.poll_write_ready(cx))?;
-            match socket.stream.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                other => return Poll::Ready(other),
-            }
-        }
+        write_ready(&socket.stream, cx, |stream| stream.try_write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -467,7 +456,6 @@ impl AsyncWrite for ConnIo {
         if let Some(handed) = out.handed.as_mut().filter(|h| !h.armed) {
             handed.armed = true;
             handed.wrote_at = Instant::now();
-            handed.early_bytes = 0;
             for chunk in handed.early.drain(..) {
                 out.queue.push(chunk);
             }

@@ -58,6 +58,13 @@ struct JobFeed {
     again: bool,
 }
 
+impl JobFeed {
+    /// Whether any stream of the job is handed off.
+    fn has_direct(&self) -> bool {
+        self.direct.iter().any(|streams| !streams.is_empty())
+    }
+}
+
 /// The result of one read, handed back to the pump.
 struct ReadDone {
     job: Uuid,
@@ -139,7 +146,7 @@ impl Drop for Subscription {
                     streams.swap_remove(at);
                 }
             }
-            if feed.sender.receiver_count() == 0 && feed.direct.iter().all(Vec::is_empty) {
+            if feed.sender.receiver_count() == 0 && !feed.has_direct() {
                 feeds.remove(&self.job);
             }
         }
@@ -286,7 +293,9 @@ impl EventHub {
         let feeds = self.feeds.lock().expect("hub lock");
         if let Some(feed) = feeds.get(&job) {
             let frame = live_frame(job, &kind, data);
-            self.write_direct(feed, &Arc::from([frame.clone()]));
+            if feed.has_direct() {
+                self.write_direct(feed, &Arc::from([frame.clone()]));
+            }
             let _ = feed.sender.send(Feed::Live(frame));
         }
     }
