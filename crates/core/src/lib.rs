@@ -13,6 +13,7 @@ pub mod options;
 pub mod parse;
 pub mod prompt;
 pub mod retry;
+pub mod text;
 pub mod run;
 pub mod trace;
 pub mod traits;
