@@ -1,0 +1,1 @@
+//! Hostile cases for image decoding: small files that decode huge.

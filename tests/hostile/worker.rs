@@ -1,0 +1,1 @@
+//! Hostile cases for the worker: provider answers that must not stall it.
