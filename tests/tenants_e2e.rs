@@ -330,7 +330,7 @@ async fn limits_answer_429_with_retry_after(backend: Backend) {
     let (status, _, problem) = initech.post("/v1/jobs", Some(deep)).await;
     assert_eq!(
         (status, problem["field"].as_str()),
-        (422, Some("body")),
+        (422, Some("metadata.a.b.c.d.e")),
         "{problem}"
     );
     let form = reqwest::multipart::Form::new()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::multipart::{Field, Multipart};
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
-use editthinker_core::{Image, ImageError, JobOptions};
+use editthinker_core::{text, Image, ImageError, JobOptions};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -167,19 +167,8 @@ pub struct ParsedCreate {
 
 /// Parses a JSON create body, fetching the image when given by URL.
 pub async fn parse_json(body: &[u8], limits: &Limits) -> Result<ParsedCreate, ApiError> {
-    let depth = json_depth(body);
-    if depth > limits.max_json_depth {
-        return Err(ApiError::invalid(
-            "body",
-            format!(
-                "nests objects and arrays {depth} deep; at most {} levels are allowed",
-                limits.max_json_depth
-            ),
-        ));
-    }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let request: CreateJobRequest =
-        serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    check_json_shape(body, "", limits.max_json_depth)?;
+    let request: CreateJobRequest = parse_strict(serde_json::Deserializer::from_slice(body))?;
     let image = match (request.image.base64, request.image.url) {
         (Some(b64), None) => decode_base64(&b64, limits)?,
         (None, Some(url)) => fetch_image(&url, limits).await?,
@@ -235,6 +224,7 @@ pub async fn parse_multipart(
             }
             "metadata" => {
                 let text = text_field(field, text_limit).await?;
+                check_json_shape(text.as_bytes(), "metadata", limits.max_json_depth)?;
                 let parsed: serde_json::Value = serde_json::from_str(&text)
                     .map_err(|e| ApiError::invalid("metadata", format!("must be JSON: {e}")))?;
                 metadata = Some(parsed).filter(|m| !m.is_null());
@@ -285,8 +275,29 @@ async fn json_text_field<T: serde::de::DeserializeOwned>(
     limit: usize,
 ) -> Result<T, ApiError> {
     let text = text_field(field, limit).await?;
-    let mut de = serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| prefixed(json_error(e), name))
+    check_json_shape(text.as_bytes(), name, MAX_PART_JSON_DEPTH)?;
+    parse_strict(serde_json::Deserializer::from_str(&text)).map_err(|e| prefixed(e, name))
+}
+
+/// Nesting allowed in a multipart JSON part (options, webhook: two levels).
+const MAX_PART_JSON_DEPTH: usize = 4;
+
+/// Parses exactly one JSON value of type `T`: nothing but white space may
+/// follow it, and errors name the field.
+fn parse_strict<'de, T, R>(mut de: serde_json::Deserializer<R>) -> Result<T, ApiError>
+where
+    T: Deserialize<'de>,
+    R: serde_json::de::Read<'de>,
+{
+    let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(|e| ApiError::Malformed {
+        field: None,
+        detail: format!(
+            "the body must be one JSON object with nothing after it: {}",
+            strip_position(&e.to_string())
+        ),
+    })?;
+    Ok(value)
 }
 
 /// A create request's fields other than the image, as sent.
@@ -300,6 +311,17 @@ struct Fields {
 }
 
 fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate, ApiError> {
+    check_text("instruction", &fields.instruction)?;
+    if let Some(editor) = &fields.editor {
+        check_text("editor", editor)?;
+    }
+    if let Some(metadata) = &fields.metadata {
+        text::check_client_json(metadata)
+            .map_err(|(path, rule)| ApiError::invalid(format!("metadata{path}"), rule))?;
+    }
+    if let Some(webhook) = &fields.webhook {
+        check_text(WEBHOOK_URL.field, &webhook.url)?;
+    }
     let instruction = fields.instruction.trim().to_string();
     if instruction.is_empty() {
         return Err(ApiError::invalid("instruction", "must not be empty"));
@@ -353,6 +375,11 @@ fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate,
         webhook,
         priority,
     })
+}
+
+/// Client text under the one rule for stored text (`editthinker_core::text`).
+fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    text::check_client_text(value).map_err(|rule| ApiError::invalid(field, rule))
 }
 
 /// Checks a webhook's URL syntax and event types; fills in the default
@@ -547,11 +574,16 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
     let message = inner.to_string();
     match inner.classify() {
         serde_json::error::Category::Data => {
-            // The path already ends in the unknown field's own name.
-            let field = if path == "." {
-                "body".to_string()
-            } else {
-                path
+            // The path already ends in an unknown field's own name; a
+            // missing or repeated field is named only in the message.
+            let parent = if path == "." { String::new() } else { path };
+            let named = ["missing field `", "duplicate field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p))
+                .and_then(|rest| rest.split('`').next());
+            let field = match named {
+                Some(name) => join_path(&parent, name),
+                None => field_name(&parent),
             };
             ApiError::invalid(field, strip_position(&message))
         }
@@ -627,11 +659,29 @@ async fn text_field(field: Field<'_>, limit: usize) -> Result<String, ApiError> 
     String::from_utf8(bytes.to_vec()).map_err(|_| ApiError::invalid(name, "must be UTF-8 text"))
 }
 
-/// How deeply objects and arrays nest in JSON text (brackets inside
-/// strings do not count). Checked before parsing, so a hostile body costs
-/// one linear scan.
-pub fn json_depth(text: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+/// Fields of a create request that hold arrays (dotted paths, `[]` for an
+/// array's items); every other array is refused before parsing.
+const ARRAY_FIELDS: [&str; 1] = ["webhook.events"];
+
+/// Fields whose JSON is the client's own, any shape.
+const FREE_FORM_FIELDS: [&str; 1] = ["metadata"];
+
+/// One linear scan of JSON text before it is parsed, so a hostile body
+/// costs no more than reading it: objects and arrays nest at most
+/// `max_depth` deep, and arrays appear only where the request has them
+/// ([`ARRAY_FIELDS`], or inside [`FREE_FORM_FIELDS`]). serde would read an
+/// array in an object's place as the object's fields in order, which gets
+/// round the unknown-field rule. `base` is the text's own path: "" for a
+/// whole body, `options` for a multipart part holding the options.
+pub fn check_json_shape(text: &[u8], base: &str, max_depth: usize) -> Result<(), ApiError> {
+    /// An open object (with the key whose value comes next) or array.
+    struct Open {
+        path: String,
+        key: Option<String>,
+        is_array: bool,
+    }
+    let mut stack: Vec<Open> = Vec::new();
+    let (mut in_string, mut escaped, mut key) = (false, false, None::<Vec<u8>>);
     for &b in text {
         if in_string {
             match (escaped, b) {
@@ -640,19 +690,81 @@ pub fn json_depth(text: &[u8]) -> usize {
                 (false, b'"') => in_string = false,
                 _ => {}
             }
+            if let Some(k) = key.as_mut() {
+                if in_string {
+                    k.push(b);
+                } else if let (Some(k), Some(open)) = (key.take(), stack.last_mut()) {
+                    open.key = Some(String::from_utf8_lossy(&k).into_owned());
+                }
+            }
             continue;
         }
         match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                deepest = deepest.max(depth);
+            b'"' => {
+                in_string = true;
+                // A string right after `{` or `,` in an object is a key.
+                if stack.last().is_some_and(|o| !o.is_array && o.key.is_none()) {
+                    key = Some(Vec::new());
+                }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' => {
+                if let Some(open) = stack.last_mut().filter(|o| !o.is_array) {
+                    open.key = None;
+                }
+            }
+            b'{' | b'[' => {
+                let path = match stack.last() {
+                    None => base.to_string(),
+                    Some(open) if open.is_array => format!("{}[]", open.path),
+                    Some(open) => join_path(&open.path, open.key.as_deref().unwrap_or_default()),
+                };
+                if stack.len() == max_depth {
+                    return Err(ApiError::invalid(
+                        field_name(&path),
+                        format!("nests objects and arrays more than {max_depth} levels deep"),
+                    ));
+                }
+                let free = FREE_FORM_FIELDS.iter().any(|f| {
+                    path == *f
+                        || path.starts_with(&format!("{f}."))
+                        || path.starts_with(&format!("{f}["))
+                });
+                if b == b'[' && !free && !ARRAY_FIELDS.contains(&path.as_str()) {
+                    return Err(ApiError::invalid(
+                        field_name(&path),
+                        "must be a JSON object, not an array",
+                    ));
+                }
+                stack.push(Open {
+                    path,
+                    key: None,
+                    is_array: b == b'[',
+                });
+            }
+            b'}' | b']' => {
+                stack.pop();
+            }
             _ => {}
         }
     }
-    deepest
+    Ok(())
+}
+
+fn join_path(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_string()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// The field a problem names for a path: the body itself when it is empty.
+fn field_name(path: &str) -> String {
+    if path.is_empty() {
+        "body".into()
+    } else {
+        path.into()
+    }
 }
 
 /// Fetches an image URL with the upload limits, a timeout, at most five
@@ -670,7 +782,10 @@ pub async fn fetch_image(url: &str, limits: &Limits) -> Result<Bytes, ApiError> 
         let (lookup_host, addrs) =
             resolve_checked(&url, &IMAGE_URL, deadline, limits.allow_private_image_urls).await?;
         // Pin the checked addresses so the connection cannot be re-resolved elsewhere.
+        // No environment proxy: a proxy would resolve the host itself, and
+        // the address check above would no longer hold.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .resolve_to_addrs(&lookup_host, &addrs)
             .build()
@@ -783,5 +898,111 @@ mod tests {
             rt.block_on(parse_json(b"{not json", &limits)),
             Err(ApiError::Malformed { .. })
         ));
+    }
+
+    fn parse(body: &str) -> Result<ParsedCreate, ApiError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(parse_json(body.as_bytes(), &Limits::default()))
+    }
+
+    fn invalid_field(body: &str) -> String {
+        match parse(body) {
+            Err(ApiError::Invalid { field, .. }) => field,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    const OK: &str = r#"{"image":{"base64":"aGk="},"instruction":"x"}"#;
+
+    #[test]
+    fn a_body_is_one_object_and_nothing_after_it() {
+        assert!(parse(OK).is_ok());
+        assert!(parse(&format!("  {OK}\n")).is_ok());
+        for body in [
+            format!("{OK}GARBAGE"),
+            format!("{OK}{OK}"),
+            format!("{OK} 1"),
+        ] {
+            assert!(
+                matches!(parse(&body), Err(ApiError::Malformed { .. })),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn arrays_only_where_the_request_has_them() {
+        assert_eq!(invalid_field(r#"[{"base64":"aGk="},"x"]"#), "body");
+        assert_eq!(
+            invalid_field(r#"{"image":{"base64":"aGk="},"instruction":"x","options":[1]}"#),
+            "options"
+        );
+        assert_eq!(
+            invalid_field(r#"{"image":["aGk="],"instruction":"x"}"#),
+            "image"
+        );
+        assert_eq!(
+            invalid_field(
+                r#"{"image":{"base64":"aGk="},"instruction":"x","options":{"stop":[9,9]}}"#
+            ),
+            "options.stop"
+        );
+        // Keys and strings that look like arrays do not count.
+        let parsed = parse(
+            r#"{"image":{"base64":"aGk="},"instruction":"[x] \"{[\"","metadata":{"l":[1,[2]],"o":[{"k":[]}]},"webhook":{"url":"https://example.com/h","events":["job.failed"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.instruction, r#"[x] "{[""#);
+    }
+
+    #[test]
+    fn missing_and_repeated_fields_are_named() {
+        assert_eq!(
+            invalid_field(r#"{"image":{"base64":"aGk="}}"#),
+            "instruction"
+        );
+        assert_eq!(
+            invalid_field(r#"{"image":{"base64":"aGk="},"instruction":"x","instruction":"y"}"#),
+            "instruction"
+        );
+        assert_eq!(
+            invalid_field(
+                r#"{"image":{"base64":"aGk="},"instruction":"x","options":{"max_turns":1,"max_turns":2}}"#
+            ),
+            "options.max_turns"
+        );
+    }
+
+    #[test]
+    fn control_characters_in_client_text_are_refused() {
+        assert_eq!(
+            invalid_field(r#"{"image":{"base64":"aGk="},"instruction":"a\u0000b"}"#),
+            "instruction"
+        );
+        assert_eq!(
+            invalid_field(r#"{"image":{"base64":"aGk="},"instruction":"a\u202eb"}"#),
+            "instruction"
+        );
+        assert_eq!(
+            invalid_field(
+                r#"{"image":{"base64":"aGk="},"instruction":"x","metadata":{"k":["ok","\u0000"]}}"#
+            ),
+            "metadata.k[1]"
+        );
+        assert_eq!(
+            invalid_field(
+                r#"{"image":{"base64":"aGk="},"instruction":"x","metadata":{"k\u0000":1}}"#
+            ),
+            "metadata.k\u{0}"
+        );
+        assert_eq!(
+            invalid_field(r#"{"image":{"base64":"aGk="},"instruction":"x","editor":"e\u0000"}"#),
+            "editor"
+        );
+        // Tabs and line breaks are text.
+        assert!(parse(r#"{"image":{"base64":"aGk="},"instruction":"a\tb\nc"}"#).is_ok());
     }
 }

@@ -276,6 +276,20 @@ async fn insert(
         intake::check_webhook_address(&webhook.url, &state.limits).await?;
     }
     let digest = idempotency_key.map(|_| request_digest(&parsed));
+    // Everything that can refuse or replay the create is asked before the
+    // image is decoded or stored: a refused create and a replay store nothing.
+    let idempotency = idempotency_key.zip(digest.as_deref());
+    if let Some(outcome) = state
+        .store
+        .check_create(
+            &caller.tenant,
+            state.max_active_jobs_per_tenant,
+            idempotency,
+        )
+        .await?
+    {
+        return idempotent_outcome(state, outcome).await;
+    }
     let image = intake::validate_image(parsed.image, &state.limits).await?;
     let id = Uuid::now_v7();
     let source_key = BlobStore::source_key(id, image.format.extension());
@@ -303,30 +317,50 @@ async fn insert(
             .map(|w| serde_json::to_value(w).expect("webhook serializes")),
         traceparent,
     };
-    // On a replay the source stored above stays unreferenced; the retention
-    // sweep removes such blobs.
-    let (row, replayed) = match (idempotency_key, digest) {
-        (Some(key), Some(digest)) => match state.store.insert_job_idempotent(job, key, &digest).await? {
-            IdempotentInsert::Created(row) => (row, false),
-            IdempotentInsert::Replayed(row) => (row, true),
-            IdempotentInsert::KeyReused => {
-                return Err(ApiError::Invalid {
-                    code: "idempotency_key_reused",
-                    field: "Idempotency-Key".into(),
-                    rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
-                })
-            }
-        },
-        _ => (state.store.insert_job(job).await?, false),
+    let inserted = match idempotency {
+        Some((key, digest)) => state.store.insert_job_idempotent(job, key, digest).await,
+        None => state
+            .store
+            .insert_job(job)
+            .await
+            .map(IdempotentInsert::Created),
     };
-    if !replayed {
-        editthinker_core::metrics::job_created();
-        tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
-        return Ok((job_view(state, &row, &[]).await?, false));
+    let row = match inserted {
+        Ok(IdempotentInsert::Created(row)) => row,
+        // Refused or replayed after all (a concurrent create got in
+        // between the check and the insert): the image stored above
+        // belongs to no job.
+        other => {
+            if let Err(e) = state.blobs.delete_job(id).await {
+                tracing::warn!(job_id = %id, error = %e, "removing an unused source image failed; the retention sweep will");
+            }
+            return idempotent_outcome(state, other?).await;
+        }
+    };
+    editthinker_core::metrics::job_created();
+    tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
+    Ok((job_view(state, &row, &[]).await?, false))
+}
+
+/// The answer to a create whose idempotency key was seen before: the
+/// earlier job as it is now (it may have run since), or a refusal when the
+/// key was used for another request.
+async fn idempotent_outcome(
+    state: &AppState,
+    outcome: IdempotentInsert,
+) -> Result<(Job, bool), ApiError> {
+    match outcome {
+        // (A created job never comes here: the create answers it itself.)
+        IdempotentInsert::Replayed(row) | IdempotentInsert::Created(row) => {
+            let turns = state.store.list_turns(row.id).await?;
+            Ok((job_view(state, &row, &turns).await?, true))
+        }
+        IdempotentInsert::KeyReused => Err(ApiError::Invalid {
+            code: "idempotency_key_reused",
+            field: "Idempotency-Key".into(),
+            rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
+        }),
     }
-    // The earlier job may have run since: answer it as it is now.
-    let turns = state.store.list_turns(row.id).await?;
-    Ok((job_view(state, &row, &turns).await?, true))
 }
 
 /// The job JSON, with its place in the queue while it is queued.

@@ -502,10 +502,13 @@ async fn critique(
     })
 }
 
-/// `text` cut to at most `max` characters, at the last word boundary
-/// when there is one in the second half (a thinker that rambles must not
-/// make the editor reject the request for its length).
+/// `text` cleaned of the characters stored text never holds
+/// ([`crate::text`]: the editor gets what the turn records) and cut to at
+/// most `max` characters, at the last word boundary when there is one in
+/// the second half (a thinker that rambles must not make the editor reject
+/// the request for its length).
 pub fn cap_instruction(text: &str, max: usize) -> String {
+    let text = &*crate::text::clean_provider_text(text, usize::MAX);
     if text.chars().count() <= max {
         return text.to_string();
     }
@@ -1052,6 +1055,10 @@ mod tests {
         // No boundary in the second half: a hard cut.
         assert_eq!(cap_instruction("abcdefghij", 4), "abcd");
         assert_eq!(cap_instruction("ééééé", 3), "ééé");
+        assert_eq!(
+            cap_instruction("make\u{0} it \u{202e}red", 20),
+            "make it red"
+        );
     }
 
     #[test]

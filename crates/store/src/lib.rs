@@ -109,6 +109,19 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
         digest: &str,
     ) -> StoreResult<IdempotentInsert>;
+    /// What a create would meet, checked before anything is stored for
+    /// it: `Some` when its idempotency key (`(key, digest)`) replays an
+    /// earlier job or was used for another request;
+    /// [`StoreError::ActiveJobsLimit`] when the tenant is at
+    /// `active_limit`; `None` to go ahead. A replay is answered even at the
+    /// limit (it makes no job). The insert checks both again atomically;
+    /// this only keeps refused creates from storing their image.
+    async fn check_create(
+        &self,
+        tenant: &str,
+        active_limit: Option<u32>,
+        idempotency: Option<(&str, &str)>,
+    ) -> StoreResult<Option<IdempotentInsert>>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
     /// Puts a `failed` job back in the queue with `attempts` more attempts

@@ -302,6 +302,17 @@ async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) ->
     Ok(id)
 }
 
+/// The earlier job of an idempotency key (`row`: the key's
+/// `request_digest` and the job's columns), or a refusal when the key was
+/// used for another request.
+fn replay_or_reuse(row: &PgRow, digest: &str) -> StoreResult<IdempotentInsert> {
+    let same: String = row.try_get("request_digest")?;
+    if same != digest {
+        return Ok(IdempotentInsert::KeyReused);
+    }
+    Ok(IdempotentInsert::Replayed(job_from_row(row)?))
+}
+
 /// Advisory-lock namespace of the per-tenant active-jobs check (the first
 /// key of `pg_advisory_xact_lock(int, int)`).
 const ACTIVE_LIMIT_LOCK: i32 = 0x4554_0001;
@@ -525,11 +536,45 @@ impl Store for PgStore {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        let same: String = existing.try_get("request_digest")?;
-        if same != digest {
-            return Ok(IdempotentInsert::KeyReused);
+        replay_or_reuse(&existing, digest)
+    }
+
+    async fn check_create(
+        &self,
+        tenant: &str,
+        active_limit: Option<u32>,
+        idempotency: Option<(&str, &str)>,
+    ) -> StoreResult<Option<IdempotentInsert>> {
+        if let Some((key, digest)) = idempotency {
+            let existing = sqlx::query(
+                "SELECT k.request_digest, j.* FROM idempotency_keys k \
+                 JOIN jobs j ON j.id = k.job_id WHERE k.tenant = $2 AND k.key = $1 \
+                 AND k.created_at >= now() - $3 * interval '1 second'",
+            )
+            .bind(key)
+            .bind(tenant)
+            .bind(secs(IDEMPOTENCY_WINDOW))
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(existing) = existing {
+                return replay_or_reuse(&existing, digest).map(Some);
+            }
         }
-        Ok(IdempotentInsert::Replayed(job_from_row(&existing)?))
+        if let Some(limit) = active_limit {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE tenant = $1 AND status IN ('queued', 'running')",
+            )
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await?;
+            if active >= i64::from(limit) {
+                return Err(StoreError::ActiveJobsLimit {
+                    tenant: tenant.to_string(),
+                    limit,
+                });
+            }
+        }
+        Ok(None)
     }
 
     async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>> {

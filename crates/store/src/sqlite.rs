@@ -312,6 +312,18 @@ impl WriteTx {
     }
 }
 
+/// The earlier job of an idempotency key (`row`: the key's
+/// `request_digest` and the job's columns), or a refusal when the key was
+/// used for another request.
+fn replay_or_reuse(row: &SqliteRow, digest: &str) -> StoreResult<IdempotentInsert> {
+    let same: String = row.try_get("request_digest")?;
+    if same == digest {
+        Ok(IdempotentInsert::Replayed(job_from_row(row)?))
+    } else {
+        Ok(IdempotentInsert::KeyReused)
+    }
+}
+
 fn now_us() -> i64 {
     Utc::now().timestamp_micros()
 }
@@ -517,12 +529,7 @@ impl Store for SqliteStore {
         .fetch_optional(w.conn())
         .await?;
         if let Some(existing) = existing {
-            let same: String = existing.try_get("request_digest")?;
-            let outcome = if same == digest {
-                IdempotentInsert::Replayed(job_from_row(&existing)?)
-            } else {
-                IdempotentInsert::KeyReused
-            };
+            let outcome = replay_or_reuse(&existing, digest)?;
             self.commit(w).await?;
             return Ok(outcome);
         }
@@ -540,6 +547,44 @@ impl Store for SqliteStore {
         .await?;
         self.commit(w).await?;
         Ok(IdempotentInsert::Created(row))
+    }
+
+    async fn check_create(
+        &self,
+        tenant: &str,
+        active_limit: Option<u32>,
+        idempotency: Option<(&str, &str)>,
+    ) -> StoreResult<Option<IdempotentInsert>> {
+        if let Some((key, digest)) = idempotency {
+            let existing = sqlx::query(
+                "SELECT k.request_digest, j.* FROM idempotency_keys k \
+                 JOIN jobs j ON j.id = k.job_id WHERE k.tenant = ?2 AND k.key = ?1 \
+                 AND k.created_at >= ?3",
+            )
+            .bind(key)
+            .bind(tenant)
+            .bind(now_us() - micros(IDEMPOTENCY_WINDOW))
+            .fetch_optional(&self.pool)
+            .await?;
+            if let Some(existing) = existing {
+                return replay_or_reuse(&existing, digest).map(Some);
+            }
+        }
+        if let Some(limit) = active_limit {
+            let active: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs WHERE tenant = ?1 AND status IN ('queued', 'running')",
+            )
+            .bind(tenant)
+            .fetch_one(&self.pool)
+            .await?;
+            if active >= i64::from(limit) {
+                return Err(StoreError::ActiveJobsLimit {
+                    tenant: tenant.to_string(),
+                    limit,
+                });
+            }
+        }
+        Ok(None)
     }
 
     async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>> {

@@ -706,15 +706,19 @@ impl StoreObserver {
     }
 
     /// Writes what a paid edit or a finished critique produced, retrying
-    /// with backoff for as long as the lease holds: our own storage failing
-    /// must not throw the work away (the next attempt would buy it again).
-    /// Only a lost lease or a write that can never succeed ends it early.
+    /// with backoff while the lease holds, up to [`PERSIST_RETRY`]'s
+    /// attempts and [`PERSIST_PATIENCE`]: our own storage failing briefly
+    /// must not throw the work away (the next attempt would buy it again),
+    /// but a write that keeps failing must not hold the worker's slot for
+    /// ever (the heartbeat would keep the lease). A lost lease or a write
+    /// that can never succeed ends it at once.
     async fn persist<F, Fut>(&self, what: &str, mut write: F) -> Result<(), String>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<(), PersistError>>,
     {
         let mut retry = 0;
+        let started = tokio::time::Instant::now();
         loop {
             let error = match self.clock.guard(write()).await {
                 None => return Err(format!("{what}: the lease ran out")),
@@ -722,6 +726,13 @@ impl StoreObserver {
                 Some(Err(PersistError::Final(e))) => return Err(format!("{what}: {e}")),
                 Some(Err(PersistError::Passing(e))) => e,
             };
+            if retry >= PERSIST_RETRY.max_retries || started.elapsed() >= PERSIST_PATIENCE {
+                return Err(format!(
+                    "{what}: {error}; still failing after {} tries in {} s",
+                    retry + 1,
+                    started.elapsed().as_secs()
+                ));
+            }
             retry += 1;
             let delay = PERSIST_RETRY.backoff(retry);
             warn!(%error, ?delay, retry, "{what} failed; retrying while the lease holds");
@@ -732,13 +743,16 @@ impl StoreObserver {
     }
 }
 
-/// Backoff of [`StoreObserver::persist`]; it retries until the lease is over.
+/// Backoff and most retries of [`StoreObserver::persist`].
 const PERSIST_RETRY: RetryPolicy = RetryPolicy {
-    max_retries: u32::MAX,
+    max_retries: 40,
     base: Duration::from_millis(100),
     max_delay: Duration::from_secs(2),
     max_retry_after: Duration::ZERO,
 };
+
+/// Longest [`StoreObserver::persist`] keeps trying one write.
+const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 
 /// A failed write, by whether trying again can help.
 enum PersistError {
