@@ -446,9 +446,11 @@ impl Image {
             return Ok(self.clone());
         }
         // The encoder's output, at worst as large as the pixels.
-        self.with_pixels(decode_budget(), |decoded, _| decoded, |p| {
-            Ok(Self::from_pixels(&p))
-        })
+        self.with_pixels(
+            decode_budget(),
+            |decoded, _| decoded,
+            |p| Ok(Self::from_pixels(&p)),
+        )
     }
 
     /// PNG resized down so both sides are multiples of `multiple` (for editors
@@ -730,7 +732,10 @@ mod tests {
     #[test]
     fn the_crafted_rle8_bmp_is_a_real_image() {
         let small = Image::validate(rle8_bmp(16, 8), 1 << 20).unwrap();
-        assert_eq!((small.format, small.width, small.height), (ImageFormat::Bmp, 16, 8));
+        assert_eq!(
+            (small.format, small.width, small.height),
+            (ImageFormat::Bmp, 16, 8)
+        );
         let pixels = small.decode().unwrap().to_rgb8();
         // Bottom-up: the first row in the file is the last one.
         assert_eq!(pixels.get_pixel(0, 7).0, [0x10, 0x20, 0x30]);

@@ -20,7 +20,11 @@ type V6Range = (Ipv6Addr, u8, &'static str);
 const FORBIDDEN_V4: &[V4Range] = &[
     (Ipv4Addr::new(0, 0, 0, 0), 8, "this network"),
     (Ipv4Addr::new(10, 0, 0, 0), 8, "private use"),
-    (Ipv4Addr::new(100, 64, 0, 0), 10, "shared address space (CGN)"),
+    (
+        Ipv4Addr::new(100, 64, 0, 0),
+        10,
+        "shared address space (CGN)",
+    ),
     (Ipv4Addr::new(127, 0, 0, 0), 8, "loopback"),
     (
         Ipv4Addr::new(169, 254, 0, 0),
@@ -29,12 +33,24 @@ const FORBIDDEN_V4: &[V4Range] = &[
     ),
     (Ipv4Addr::new(172, 16, 0, 0), 12, "private use"),
     (Ipv4Addr::new(192, 0, 0, 0), 24, "IETF protocol assignments"),
-    (Ipv4Addr::new(192, 0, 2, 0), 24, "documentation (TEST-NET-1)"),
+    (
+        Ipv4Addr::new(192, 0, 2, 0),
+        24,
+        "documentation (TEST-NET-1)",
+    ),
     (Ipv4Addr::new(192, 88, 99, 0), 24, "6to4 relay anycast"),
     (Ipv4Addr::new(192, 168, 0, 0), 16, "private use"),
     (Ipv4Addr::new(198, 18, 0, 0), 15, "benchmarking"),
-    (Ipv4Addr::new(198, 51, 100, 0), 24, "documentation (TEST-NET-2)"),
-    (Ipv4Addr::new(203, 0, 113, 0), 24, "documentation (TEST-NET-3)"),
+    (
+        Ipv4Addr::new(198, 51, 100, 0),
+        24,
+        "documentation (TEST-NET-2)",
+    ),
+    (
+        Ipv4Addr::new(203, 0, 113, 0),
+        24,
+        "documentation (TEST-NET-3)",
+    ),
     (Ipv4Addr::new(224, 0, 0, 0), 4, "multicast"),
     (Ipv4Addr::new(240, 0, 0, 0), 4, "reserved"),
     (Ipv4Addr::new(255, 255, 255, 255), 32, "limited broadcast"),
@@ -60,7 +76,11 @@ const FORBIDDEN_V6: &[V6Range] = &[
         48,
         "local-use IPv4/IPv6 translation",
     ),
-    (Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0), 64, "discard only"),
+    (
+        Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0),
+        64,
+        "discard only",
+    ),
     (
         Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0),
         23,
@@ -71,9 +91,21 @@ const FORBIDDEN_V6: &[V6Range] = &[
         32,
         "documentation",
     ),
-    (Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20, "documentation"),
-    (Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0), 16, "segment routing SIDs"),
-    (Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0), 7, "unique local"),
+    (
+        Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0),
+        20,
+        "documentation",
+    ),
+    (
+        Ipv6Addr::new(0x5f00, 0, 0, 0, 0, 0, 0, 0),
+        16,
+        "segment routing SIDs",
+    ),
+    (
+        Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0),
+        7,
+        "unique local",
+    ),
     (Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0), 10, "link local"),
     (
         Ipv6Addr::new(0xfec0, 0, 0, 0, 0, 0, 0, 0),
@@ -208,7 +240,10 @@ mod tests {
             ("64:ff9b:1:ffff::1", "local-use NAT64, whole /48"),
             ("100::1", "discard only"),
             ("2001::1", "Teredo"),
-            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "Teredo, public client"),
+            (
+                "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+                "Teredo, public client",
+            ),
             ("2001:2::1", "benchmarking"),
             ("2001:1ff:ffff::1", "IETF protocol assignments"),
             ("2001:db8::1", "documentation"),
