@@ -156,27 +156,36 @@ pub const INFLATION_FREE_BYTES: u64 = 64 << 20;
 /// once they are this large, since a legitimate large image carries detail.
 pub const MAX_INFLATION: u64 = 2048;
 
-/// Default for the process-wide decode memory budget: 1 GiB, room for one
-/// worst-case resize of an image at the default limits (about 870 MB for
-/// 40 Mpx of 8-bit RGB) or several ordinary decodes at once.
+/// Default for the process-wide decode memory budget: 1 GiB, room for the
+/// costliest conversion of an image at the default limits (about 990 MB to
+/// resize 6000×6600 8-bit RGB to multiples of 16, most of it the resize's
+/// f32 buffer) or for several ordinary decodes at once.
 pub const DEFAULT_DECODE_MEMORY_BUDGET: u64 = 1 << 30;
 
 /// A memory budget, in bytes, shared by image decodes: each acquires its
-/// estimated bytes before allocating pixels and gives them back when its
-/// pixels are dropped. A decode needing more than the whole budget is
-/// refused; others wait (blocking the thread: decodes run on blocking
-/// threads, see [`off_thread`]) until enough is free.
+/// estimated bytes from the header before any pixel buffer is allocated.
+/// [`Image::decode`] holds its share while decoding (the caller then owns
+/// the pixels); the conversions ([`Image::to_png`], [`Image::resized_to`],
+/// [`Image::to_png_multiple_of`], [`Image::for_vision_model`]) hold theirs,
+/// sized for their working buffers too, until they are done. A decode
+/// needing more than the whole budget is refused; others wait, first come
+/// first served so a large one is not starved by a stream of small ones,
+/// blocking their thread (decodes run on blocking threads, see
+/// [`off_thread`]).
 #[derive(Debug)]
 pub struct DecodeBudget {
     state: Mutex<BudgetState>,
-    freed: Condvar,
+    changed: Condvar,
 }
 
 #[derive(Debug)]
 struct BudgetState {
     capacity: u64,
     in_use: u64,
-    waiting: usize,
+    /// The ticket the next acquirer gets.
+    next_ticket: u64,
+    /// The ticket whose turn it is.
+    serving: u64,
 }
 
 /// A share of a [`DecodeBudget`], given back on drop.
@@ -194,15 +203,17 @@ impl DecodeBudget {
             state: Mutex::new(BudgetState {
                 capacity,
                 in_use: 0,
-                waiting: 0,
+                next_ticket: 0,
+                serving: 0,
             }),
-            freed: Condvar::new(),
+            changed: Condvar::new(),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, BudgetState> {
-        // The state is two counters updated in one step each: a panic
-        // elsewhere cannot leave them half-written.
+        // Every update is a few counters changed under the lock without
+        // anything that can panic in between: a poisoned lock holds
+        // consistent state.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -210,7 +221,7 @@ impl DecodeBudget {
     /// re-checked against the new capacity.
     pub fn set_capacity(&self, bytes: u64) {
         self.lock().capacity = bytes;
-        self.freed.notify_all();
+        self.changed.notify_all();
     }
 
     /// The capacity in bytes.
@@ -224,8 +235,9 @@ impl DecodeBudget {
     }
 
     /// Decodes waiting for room now.
-    pub fn waiting(&self) -> usize {
-        self.lock().waiting
+    pub fn waiting(&self) -> u64 {
+        let state = self.lock();
+        state.next_ticket - state.serving
     }
 
     /// Waits until `bytes` are free and takes them; refuses at once, with
@@ -244,33 +256,39 @@ impl DecodeBudget {
         decoded: u64,
         working: u64,
     ) -> Result<DecodePermit<'_>, ImageError> {
+        let over = |capacity| ImageError::OverMemoryBudget {
+            bytes: decoded,
+            budget: capacity,
+        };
         let mut state = self.lock();
         if decoded > state.capacity {
-            return Err(ImageError::OverMemoryBudget {
-                bytes: decoded,
-                budget: state.capacity,
-            });
+            return Err(over(state.capacity));
         }
-        let wanted = working.max(decoded);
-        state.waiting += 1;
+        let ticket = state.next_ticket;
+        state.next_ticket += 1;
         loop {
-            let take = wanted.min(state.capacity);
-            if decoded > state.capacity {
-                state.waiting -= 1;
-                return Err(ImageError::OverMemoryBudget {
-                    bytes: decoded,
-                    budget: state.capacity,
-                });
+            if ticket == state.serving {
+                let take = working.max(decoded).min(state.capacity);
+                // The capacity may have shrunk while this one waited.
+                let outcome = if decoded > state.capacity {
+                    Err(over(state.capacity))
+                } else if state.in_use.saturating_add(take) <= state.capacity {
+                    state.in_use += take;
+                    Ok(DecodePermit {
+                        budget: self,
+                        bytes: take,
+                    })
+                } else {
+                    state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                    continue;
+                };
+                state.serving += 1;
+                drop(state);
+                // The next in line may fit in what is left.
+                self.changed.notify_all();
+                return outcome;
             }
-            if state.in_use.saturating_add(take) <= state.capacity {
-                state.waiting -= 1;
-                state.in_use += take;
-                return Ok(DecodePermit {
-                    budget: self,
-                    bytes: take,
-                });
-            }
-            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
     }
 }
@@ -285,7 +303,7 @@ impl DecodePermit<'_> {
 impl Drop for DecodePermit<'_> {
     fn drop(&mut self) {
         self.budget.lock().in_use -= self.bytes;
-        self.budget.freed.notify_all();
+        self.budget.changed.notify_all();
     }
 }
 
@@ -811,6 +829,39 @@ mod tests {
             assert_eq!(pixels.dimensions(), (64, 64));
         });
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn waiters_are_served_in_order_so_a_large_one_is_not_starved() {
+        let budget = &DecodeBudget::new(100);
+        let held = budget.acquire(60).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let until_waiting = |n| {
+                while budget.waiting() < n {
+                    std::thread::yield_now();
+                }
+            };
+            let large = tx.clone();
+            scope.spawn(move || {
+                let permit = budget.acquire(100).unwrap();
+                large.send(("large", permit.bytes())).unwrap();
+            });
+            until_waiting(1);
+            // 10 bytes would fit beside the 60 held, but the large one
+            // came first.
+            let small = tx.clone();
+            scope.spawn(move || {
+                let permit = budget.acquire(10).unwrap();
+                small.send(("small", permit.bytes())).unwrap();
+            });
+            until_waiting(2);
+            assert!(rx.try_recv().is_err());
+            drop(held);
+            assert_eq!(rx.recv().unwrap(), ("large", 100));
+            assert_eq!(rx.recv().unwrap(), ("small", 10));
+        });
+        assert_eq!((budget.in_use(), budget.waiting()), (0, 0));
     }
 
     #[test]
