@@ -531,6 +531,10 @@ fn image_error(e: ImageError) -> ApiError {
         ImageError::UnknownFormat => "image_unsupported",
         ImageError::Undecodable(_) | ImageError::Empty => "image_undecodable",
         ImageError::TooManyPixels { .. } => "image_too_many_pixels",
+        ImageError::TooManyBytes { .. } | ImageError::OverMemoryBudget { .. } => {
+            "image_too_large_decoded"
+        }
+        ImageError::TooCompressed { .. } => "image_too_compressed",
     };
     ApiError::Invalid {
         code,
