@@ -130,6 +130,10 @@ pub struct LimitsConfig {
     pub body_read_timeout_seconds: u64,
     /// Image decodes at once per process (default: one per core).
     pub max_concurrent_decodes: usize,
+    /// Memory all image decodes and conversions in one process may hold at
+    /// once, in bytes (default 1 GiB); a larger decode is refused, others
+    /// wait for their share.
+    pub decode_memory_budget_bytes: u64,
     /// Sustained requests per second per API key (gateway mode: per
     /// tenant), per replica; 0: no limit. Not applied in auth mode `none`.
     pub requests_per_second: u32,
@@ -159,6 +163,7 @@ impl Default for LimitsConfig {
             header_read_timeout_seconds: editthinker_api::server::HEADER_READ_TIMEOUT.as_secs(),
             body_read_timeout_seconds: d.body_read_timeout.as_secs(),
             max_concurrent_decodes: editthinker_api::intake::default_decode_slots(),
+            decode_memory_budget_bytes: editthinker_core::imaging::DEFAULT_DECODE_MEMORY_BUDGET,
             requests_per_second: c.requests_per_second,
             burst: c.burst,
             max_active_jobs_per_tenant: 100,
@@ -433,6 +438,10 @@ impl Config {
             (
                 "limits.max_concurrent_decodes",
                 l.max_concurrent_decodes as u64,
+            ),
+            (
+                "limits.decode_memory_budget_bytes",
+                l.decode_memory_budget_bytes,
             ),
         ];
         for (key, value) in at_least_one {

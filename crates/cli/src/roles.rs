@@ -28,6 +28,9 @@ struct Parts {
 }
 
 async fn build(config: &Config) -> anyhow::Result<Parts> {
+    // Every role decodes images (the API validates uploads, the worker
+    // converts them for the providers): one budget per process.
+    editthinker_core::imaging::set_decode_memory_budget(config.limits.decode_memory_budget_bytes);
     let editors = EditorRegistry::describe(&config.editors).context("editors")?;
     let blobs = Arc::new(BlobStore::from_url(&config.blob_url).context("blob_url")?);
     let store = editthinker_store::connect(&config.database_url)
