@@ -61,6 +61,9 @@ async fn schemathesis_finds_nothing() {
             .arg("--report-ndjson-path")
             .arg(&report)
             .env("SCHEMATHESIS_HOOKS", "")
+            // Its example cache goes to the test's own folder, never the
+            // repository's.
+            .current_dir(env.dir.path())
             .output()
             .expect("running schemathesis")
     };
