@@ -80,7 +80,7 @@ async fn retention_deletes_old_jobs_and_orphaned_blobs(backend: Backend) {
     let backends = backends_config(&thinker, &editor, env.dir.path());
     let config = env.config(
         "serve",
-        &format!("[retention]\ndays = 1\nsweep_interval_seconds = 1\n{backends}"),
+        &format!("[retention]\ndays = 1\nsweep_interval_seconds = 1\norphan_interval_seconds = 1\n{backends}"),
     );
     let service = Service::start("serve", &config);
     let body = || job_body(&png(16, 16, [1, 2, 3]), "keep me", json!({"max_turns": 1}));

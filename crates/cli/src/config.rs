@@ -179,8 +179,11 @@ pub struct RetentionConfig {
     /// Days a finished job is kept (with its turns, events, deliveries,
     /// keys and blobs); 0 keeps them for ever.
     pub days: u32,
-    /// Seconds between sweeps.
+    /// Seconds between sweeps of finished jobs.
     pub sweep_interval_seconds: u64,
+    /// Seconds between passes over the blob store for folders whose job
+    /// does not exist (each lists every job folder).
+    pub orphan_interval_seconds: u64,
 }
 
 impl Default for RetentionConfig {
@@ -188,6 +191,7 @@ impl Default for RetentionConfig {
         Self {
             days: 7,
             sweep_interval_seconds: 300,
+            orphan_interval_seconds: 3600,
         }
     }
 }

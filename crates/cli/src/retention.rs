@@ -29,24 +29,34 @@ pub struct Retention {
     pub blobs: Arc<BlobStore>,
     /// How long finished jobs are kept; `None`: for ever.
     pub keep: Option<Duration>,
-    /// Time between passes.
+    /// Time between passes over finished jobs.
     pub every: Duration,
+    /// Time between orphan passes: each lists every job folder of the blob
+    /// store, which costs far more than a pass over rows, and orphans are
+    /// rare and harmless for a while.
+    pub orphans_every: Duration,
 }
 
 impl Retention {
-    /// Runs a pass every `every` until `shutdown`.
+    /// Runs a pass over finished jobs every `every` and an orphan pass
+    /// every `orphans_every`, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticker = |every| {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks
+        };
+        let (mut jobs, mut orphans) = (ticker(self.every), ticker(self.orphans_every));
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
+                _ = jobs.tick() => {
+                    if let Some(keep) = self.keep {
+                        self.delete_expired(keep, &shutdown).await;
+                    }
+                }
+                _ = orphans.tick() => self.delete_orphans().await,
             }
-            if let Some(keep) = self.keep {
-                self.delete_expired(keep, &shutdown).await;
-            }
-            self.delete_orphans().await;
         }
     }
 

@@ -71,6 +71,7 @@ fn start_retention(
         blobs: parts.blobs.clone(),
         keep: config.retention.keep(),
         every: Duration::from_secs(config.retention.sweep_interval_seconds),
+        orphans_every: Duration::from_secs(config.retention.orphan_interval_seconds),
     };
     tokio::spawn(retention.run(shutdown))
 }
