@@ -157,25 +157,28 @@ impl Auth {
     }
 
     /// The address failed authentications count against: the configured
-    /// gateway header's last address, else the connection's peer. `None`
-    /// when neither is known (a router served without the API's server).
+    /// gateway header's last address, else (no such header, or not an
+    /// address) the connection's peer. `None` when neither is known (a
+    /// router served without the API's server).
     fn client_address(&self, request: &Request) -> Option<IpAddr> {
-        if let Some(name) = &self.client_address_header {
+        let forwarded = self.client_address_header.as_ref().and_then(|name| {
             // The last entry is the one the gateway itself appended (a
             // client may send earlier ones).
-            return request
+            request
                 .headers()
                 .get_all(name)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(|v| v.split(','))
                 .next_back()
-                .and_then(|a| a.trim().parse().ok());
-        }
-        request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
+                .and_then(|a| a.trim().parse().ok())
+        });
+        forwarded.or_else(|| {
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip())
+        })
     }
 
     /// The configured mode.
@@ -809,6 +812,14 @@ mod tests {
             auth.client_address(&request()),
             Some("198.51.100.4".parse().unwrap())
         );
+        // Without the header, or with junk in it: the peer.
+        let mut bare = request();
+        bare.headers_mut().remove("x-forwarded-for");
+        assert_eq!(auth.client_address(&bare), Some(peer.ip()));
+        let mut junk = request();
+        junk.headers_mut()
+            .insert("x-forwarded-for", "not-an-address".parse().unwrap());
+        assert_eq!(auth.client_address(&junk), Some(peer.ip()));
     }
 
     #[test]
