@@ -131,9 +131,9 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Authentication in `mode` with `limits`.
-    /// Failed authentications are limited by [`FailedAuthLimits`]'s
-    /// defaults; see [`Auth::with_failed_auth_limits`].
+    /// Authentication in `mode` with `limits`; failed authentications are
+    /// limited by [`FailedAuthLimits`]'s defaults until
+    /// [`Auth::with_failed_auth_limits`] says otherwise.
     pub fn new(mode: AuthMode, limits: &CallerLimits) -> Self {
         editthinker_core::metrics::auth_registered();
         let guard = FailedAuthLimits::default();
@@ -524,8 +524,8 @@ impl FailureLimiter {
         f64::from(self.per_minute) / 60.0
     }
 
-    /// The tokens `address` has at `now`, refilled (a stored bucket is
-    /// not changed).
+    /// The tokens `bucket` holds at `now`, refilled up to the limit (the
+    /// stored bucket is not changed).
     fn tokens(&self, bucket: &Bucket, now: Instant) -> f64 {
         (bucket.tokens + now.saturating_duration_since(bucket.at).as_secs_f64() * self.rate())
             .min(f64::from(self.per_minute))
