@@ -369,6 +369,27 @@ fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
     skipped
 }
 
+/// `bufs` with hyper's own bare error answers given problem bodies
+/// ([`crate::error::bare_error_answer`]); `None` when there is none, which
+/// a prefix check tells for every other write.
+fn with_problem_bodies(bufs: &[io::IoSlice<'_>]) -> Option<Bytes> {
+    if !bufs.iter().any(|b| b.starts_with(b"HTTP/1.1 4")) {
+        return None;
+    }
+    let answers: Vec<Option<Vec<u8>>> = bufs
+        .iter()
+        .map(|b| crate::error::bare_error_answer(b))
+        .collect();
+    if answers.iter().all(Option::is_none) {
+        return None;
+    }
+    let mut all = Vec::new();
+    for (buf, answer) in bufs.iter().zip(&answers) {
+        all.extend_from_slice(answer.as_deref().unwrap_or(buf));
+    }
+    Some(all.into())
+}
+
 /// One `write` once the socket is writable; registers the waker otherwise.
 fn write_ready(
     stream: &TcpStream,
@@ -439,6 +460,13 @@ impl AsyncWrite for ConnIo {
         let skipped = skip_written_ahead(&mut out, bufs);
         if skipped > 0 {
             return Poll::Ready(Ok(skipped));
+        }
+        if let Some(answer) = with_problem_bodies(bufs) {
+            // Queued whole and reported written: the flush that follows
+            // (or the shutdown) drains it.
+            let written = bufs.iter().map(|b| b.len()).sum();
+            out.queue.push(answer);
+            return Poll::Ready(Ok(written));
         }
         write_ready(&socket.stream, cx, |stream| stream.try_write_vectored(bufs))
     }

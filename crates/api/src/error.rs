@@ -241,3 +241,110 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+/// Hyper answers the requests its parser refuses itself, before any of
+/// our code runs and with no hook to change the answer: `400` (a NUL or
+/// other control byte in a header, a bad request line), `431` (more
+/// header fields than `server::MAX_PARSED_HEADERS`, a head over the read
+/// buffer) or `414`, each with an empty body. Its head always starts with
+/// the status line, then `connection: close` and `content-length: 0`;
+/// the router never answers an error with an empty body, so a head like
+/// that is hyper's. Given such a head, this returns the same answer with
+/// a problem body and the edge headers (issue 20, finding 11), for the
+/// connection's IO to write instead.
+pub(crate) fn bare_error_answer(head: &[u8]) -> Option<Vec<u8>> {
+    const PREFIX: &[u8] = b"HTTP/1.1 4";
+    const BARE: &[u8] = b"connection: close\r\ncontent-length: 0\r\n";
+    if !head.starts_with(PREFIX) || !head.ends_with(b"\r\n\r\n") {
+        return None;
+    }
+    let line_end = head.windows(2).position(|w| w == b"\r\n")? + 2;
+    let rest = head[line_end..].strip_prefix(BARE)?;
+    let (status, code, title, detail) = match &head[PREFIX.len() - 1..PREFIX.len() + 2] {
+        b"400" => (
+            400,
+            "malformed_request",
+            "Malformed request",
+            "the request head is not valid HTTP/1.1: a control character (such as NUL) in a \
+             header, or a bad request line or header line",
+        ),
+        b"431" => (
+            431,
+            "headers_too_large",
+            "Request header fields too large",
+            "the request head has more than 128 header fields or is over 64 KiB",
+        ),
+        b"414" => (
+            414,
+            "uri_too_long",
+            "URI too long",
+            "the request's URI is too long",
+        ),
+        _ => return None,
+    };
+    let problem = Problem {
+        kind: format!("https://editthinker.dev/problems/{code}"),
+        title: title.into(),
+        status,
+        detail: detail.into(),
+        code: code.into(),
+        field: None,
+    };
+    let body = serde_json::to_vec(&problem).expect("problem serializes");
+    let mut answer = Vec::with_capacity(head.len() + body.len() + 160);
+    answer.extend_from_slice(&head[..line_end]);
+    answer.extend_from_slice(b"connection: close\r\ncontent-type: application/problem+json\r\n");
+    answer
+        .extend_from_slice(b"x-content-type-options: nosniff\r\nreferrer-policy: no-referrer\r\n");
+    answer.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    // Hyper's remaining headers (its `date`) and the blank line.
+    answer.extend_from_slice(rest);
+    answer.extend_from_slice(&body);
+    Some(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypers_bare_errors_get_a_problem_body() {
+        let head = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Sun, 06 Dec 2026 22:18:13 GMT\r\n\r\n";
+        let answer = String::from_utf8(bare_error_answer(head).unwrap()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head}");
+        for line in [
+            "content-type: application/problem+json",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+            "connection: close",
+            "date: Sun, 06 Dec 2026 22:18:13 GMT",
+        ] {
+            assert!(head.contains(line), "{line} in {head}");
+        }
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let problem: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(problem["code"], "malformed_request");
+        assert_eq!(problem["status"], 400);
+
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n";
+        let answer = String::from_utf8(bare_error_answer(head).unwrap()).unwrap();
+        assert!(
+            answer.contains("\"code\":\"headers_too_large\""),
+            "{answer}"
+        );
+    }
+
+    #[test]
+    fn other_answers_are_left_alone() {
+        for head in [
+            &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"[..],
+            b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 10\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n",
+            b"3\r\n:\n\n\r\n",
+        ] {
+            assert!(bare_error_answer(head).is_none(), "{:?}", String::from_utf8_lossy(head));
+        }
+    }
+}

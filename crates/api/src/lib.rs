@@ -254,7 +254,31 @@ pub fn router(state: AppState) -> Router {
         .layer(cors(&state.cors_allowed_origins))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .layer(axum::middleware::from_fn(count_request))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// Adds the headers every response carries (issue 20, finding 11):
+/// `X-Content-Type-Options: nosniff`, so a browser never runs an image or
+/// a JSON body as something else, and `Referrer-Policy: no-referrer`, so
+/// the viewer's URLs (job ids) never leave in a `Referer`. Outermost, so
+/// problem bodies, images, SSE heads and 404s all get them; the metrics
+/// listener uses it too.
+pub async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        axum::http::header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
 }
 
 /// The span of one request (`http.request`): a child of the caller's
@@ -266,7 +290,7 @@ fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Spa
         .map_or(UNMATCHED_ROUTE, |p| p.as_str());
     let span = tracing::info_span!(
         "http.request",
-        otel.name = %format!("{} {route}", request.method()),
+        otel.name = %format!("{} {route}", editthinker_core::metrics::method_label(request.method().as_str())),
         otel.kind = "server",
         http.request.method = %request.method(),
         http.route = route,

@@ -34,6 +34,12 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// 431 itself; hyper cuts off the ones over this with a bare 431).
 const MAX_READ_BUFFER: usize = 64 * 1024;
 
+/// Header fields hyper parses before it answers a bare 431 itself: above
+/// [`crate::auth::MAX_HEADER_FIELDS`], so requests just over the API's
+/// limit reach the router and get a problem body. Hyper allocates this
+/// many slots per request head, so it is not raised further.
+pub const MAX_PARSED_HEADERS: usize = 128;
+
 /// Serves `router` on `listener` until `shutdown` fires, then stops
 /// accepting and waits (up to [`SHUTDOWN_GRACE`]) for open connections.
 /// A client that takes longer than `header_read_timeout` to send a
@@ -49,6 +55,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .max_buf_size(MAX_READ_BUFFER)
+        .max_headers(MAX_PARSED_HEADERS)
         .header_read_timeout(header_read_timeout);
     loop {
         let (stream, peer) = tokio::select! {
@@ -72,6 +79,10 @@ pub async fn serve(
         // event stream can be handed to the hub (crates/api/src/direct.rs).
         let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
             request.extensions_mut().insert(handle.clone());
+            // The peer address, for the failed-authentication limit.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
             router.clone().call(request)
         });
         let connection = builder.serve_connection(TokioIo::new(ConnIo(socket)), service);

@@ -108,6 +108,13 @@ function sleep(ms) { return new Promise(r => setTimeout(r, ms)); }
 
 // ---- helpers -------------------------------------------------------------------
 
+// Bidirectional embedding, override and isolate controls: in client or
+// model text they can make an instruction read differently from what the
+// editor got (issue 20, finding 11), so the viewer never shows them.
+const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069]/g;
+function plain(text) { return String(text).replace(BIDI_CONTROLS, ""); }
+
+// Every text node goes through plain().
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -117,7 +124,7 @@ function el(tag, attrs, ...children) {
   }
   for (const child of children) {
     if (child === null || child === undefined) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    node.append(child instanceof Node ? child : document.createTextNode(plain(child)));
   }
   return node;
 }
@@ -129,7 +136,9 @@ function fmt(score) {
 
 // The instruction with the words that are new since the previous one marked.
 function diffInstruction(previous, current) {
-  const node = el("span", { class: "instruction" });
+  const node = el("span", { class: "instruction", dir: "auto" });
+  current = plain(current);
+  previous = previous === null ? null : plain(previous);
   const before = new Set((previous || "").toLowerCase().split(/\s+/).filter(Boolean));
   current.split(/(\s+)/).forEach(part => {
     if (/^\s+$/.test(part) || !part) node.append(part);
@@ -207,7 +216,7 @@ async function home() {
     setImage(img, job.status === "succeeded" ? "/v1/jobs/" + job.id + "/result" : "/v1/jobs/" + job.id + "/source");
     return el("a", { href: BASE + "/ui/jobs/" + job.id, class: "card" }, img,
       el("div", {}, el("span", { class: "status " + job.status }, job.status)),
-      el("div", { class: "muted" }, job.instruction));
+      el("div", { class: "muted", dir: "auto" }, job.instruction));
   }));
   app.replaceChildren(form, el("h2", {}, "Recent jobs"), list.jobs.length ? jobs : el("p", { class: "muted" }, "No jobs yet."));
 }
@@ -221,7 +230,7 @@ async function jobPage(id) {
   const sourceImg = el("img", { alt: "source" });
   setImage(sourceImg, "/v1/jobs/" + id + "/source");
   const grid = el("div", { class: "turns", id: "turns" },
-    el("div", { class: "card source" }, el("h2", {}, "Source"), sourceImg, el("p", {}, job.instruction)));
+    el("div", { class: "card source" }, el("h2", {}, "Source"), sourceImg, el("p", { dir: "auto" }, job.instruction)));
   const chart = el("div", { id: "chart" });
   const download = el("a", { id: "download", hidden: "", download: "editthinker-" + id + ".png" }, el("button", { type: "button" }, "Download result"));
   const cancel = el("button", {
@@ -313,7 +322,7 @@ async function jobPage(id) {
       }
       case "turn.thinking": {
         const t = card(data.turn);
-        if (!t.critique) t.reasoning.textContent += data.delta || "";
+        if (!t.critique) t.reasoning.textContent += plain(data.delta || "");
         break;
       }
       case "turn.critiqued": {
@@ -324,7 +333,7 @@ async function jobPage(id) {
           el("span", { class: "semantic" }, "semantic " + fmt(c.semantic)),
           el("span", { class: "quality" }, "quality " + fmt(c.quality)),
           el("strong", { class: "overall" }, "overall " + fmt(c.overall)));
-        t.reasoning.textContent = c.reasoning || t.reasoning.textContent;
+        t.reasoning.textContent = plain(c.reasoning || t.reasoning.textContent);
         drawChart(chart, [...state.turns.values()]);
         break;
       }
@@ -333,7 +342,7 @@ async function jobPage(id) {
         state.failures++;
         statusBadge.dataset.failures = state.failures;
         setStatus("failed");
-        info.textContent = "Failed: " + data.code + ": " + data.message;
+        info.textContent = plain("Failed: " + data.code + ": " + data.message);
         state.done = true;
         break;
       case "job.canceled": setStatus("canceled"); state.done = true; break;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use editthinker_api::auth::{AuthMode, CallerLimits};
+use editthinker_api::auth::{AuthMode, CallerLimits, FailedAuthLimits};
 use editthinker_api::Limits;
 use editthinker_editors::EditorProfile;
 use editthinker_thinker::ThinkerConfig;
@@ -91,13 +91,29 @@ pub struct AuthConfig {
     pub mode: String,
     /// The header a gateway puts the tenant in (mode `gateway`).
     pub tenant_header: String,
+    /// Mode `api_keys`: failed authentications a client address may make
+    /// per minute (and at once) before it is answered 429 without a key
+    /// lookup (default 60); 0: no limit.
+    pub failed_auth_per_minute_per_address: u32,
+    /// Mode `api_keys`: seconds a key found unknown is answered from
+    /// memory without a lookup (default 30); 0: not remembered.
+    pub negative_cache_seconds: u64,
+    /// The header a gateway puts the client's address in (e.g.
+    /// `X-Forwarded-For`, last entry used); empty (default): the peer of
+    /// the connection. Set it only when every request comes through that
+    /// gateway, which must append the address it saw.
+    pub client_address_header: String,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
+        let guard = editthinker_api::auth::FailedAuthLimits::default();
         Self {
             mode: "none".into(),
             tenant_header: "X-Tenant-Id".into(),
+            failed_auth_per_minute_per_address: guard.per_minute_per_address,
+            negative_cache_seconds: guard.negative_cache.as_secs(),
+            client_address_header: String::new(),
         }
     }
 }
@@ -485,6 +501,26 @@ impl Config {
                 rule: format!("{other:?} must be \"none\", \"api_keys\" or \"gateway\""),
             }),
         }
+    }
+
+    /// `[auth]`'s limits on failed authentications.
+    pub fn failed_auth_limits(&self) -> Result<FailedAuthLimits, ConfigError> {
+        let header = self.auth.client_address_header.trim();
+        let client_address_header = if header.is_empty() {
+            None
+        } else {
+            Some(
+                axum::http::HeaderName::try_from(header).map_err(|_| ConfigError::Invalid {
+                    key: "auth.client_address_header",
+                    rule: format!("{header:?} is not a header name"),
+                })?,
+            )
+        };
+        Ok(FailedAuthLimits {
+            per_minute_per_address: self.auth.failed_auth_per_minute_per_address,
+            negative_cache: Duration::from_secs(self.auth.negative_cache_seconds),
+            client_address_header,
+        })
     }
 
     /// The per-caller limits of each API process.

@@ -97,6 +97,8 @@ pub async fn start(
                 }
             }),
         );
+        // The API's response headers (nosniff, no referrer) here too.
+        let app = app.layer(axum::middleware::from_fn(editthinker_api::security_headers));
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await;

@@ -169,10 +169,10 @@ async fn run_api(
         retention: config.retention.keep(),
         limits: config.limits(),
         max_attempts: config.worker.max_attempts,
-        auth: Arc::new(editthinker_api::auth::Auth::new(
-            config.auth_mode()?,
-            &config.caller_limits(),
-        )),
+        auth: Arc::new(
+            editthinker_api::auth::Auth::new(config.auth_mode()?, &config.caller_limits())
+                .with_failed_auth_limits(config.failed_auth_limits()?),
+        ),
         max_active_jobs_per_tenant: Some(config.limits.max_active_jobs_per_tenant)
             .filter(|n| *n > 0),
         hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),

@@ -37,6 +37,12 @@ pub const SSE_STREAMS: &str = "editthinker_sse_streams";
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "editthinker_webhook_deliveries_total";
 /// `{reason}`: jobs sent back to the queue (`job.retrying` reasons).
 pub const JOB_RETRIES_TOTAL: &str = "editthinker_job_retries_total";
+/// `{result="found"|"unknown"}`: API keys looked up in the database (cache
+/// hits and throttled requests are not lookups).
+pub const AUTH_KEY_LOOKUPS_TOTAL: &str = "editthinker_auth_key_lookups_total";
+/// Requests refused with 429 because their client address failed to
+/// authenticate too often (`[auth] failed_auth_per_minute_per_address`).
+pub const AUTH_THROTTLED_TOTAL: &str = "editthinker_auth_throttled_total";
 
 /// The `stop_reason` label of a job that finished without one (failed or
 /// canceled).
@@ -106,12 +112,49 @@ impl ProviderOutcome {
     }
 }
 
+/// The `method` label of methods outside [`STANDARD_METHODS`]: a client
+/// may send any token as a method, and each distinct value would otherwise
+/// be a new series (issue 20, finding 3).
+pub const OTHER_METHOD: &str = "other";
+
+/// The methods of RFC 9110 and PATCH: the only `method` label values
+/// besides [`OTHER_METHOD`].
+pub const STANDARD_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The `method` label of a request method: itself when standard, else
+/// [`OTHER_METHOD`]. Methods are case-sensitive (RFC 9110 §9.1), so `get`
+/// is another method.
+pub fn method_label(method: &str) -> &'static str {
+    STANDARD_METHODS
+        .iter()
+        .find(|m| **m == method)
+        .copied()
+        .unwrap_or(OTHER_METHOD)
+}
+
+/// The `status` label of a response status: the code when it is one of
+/// the classes 1xx to 5xx, else `other` (hyper accepts any code from 100
+/// to 999; only our own handlers choose codes, but the label stays bounded
+/// whatever they do).
+pub fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    if (100..600).contains(&status) {
+        status.to_string().into()
+    } else {
+        "other".into()
+    }
+}
+
 /// Counts one answered HTTP request; `route` is the route template (never
-/// the raw path, which would make a series per job).
+/// the raw path, which would make a series per job). The method and the
+/// status are bounded here ([`method_label`], [`status_label`]), so the
+/// caller may pass what the client sent.
 pub fn http_request(route: &str, method: &str, status: u16, took: Duration) {
-    counter!(HTTP_REQUESTS_TOTAL, "route" => route.to_owned(), "method" => method.to_owned(), "status" => status.to_string())
+    let method = method_label(method);
+    counter!(HTTP_REQUESTS_TOTAL, "route" => route.to_owned(), "method" => method, "status" => status_label(status))
         .increment(1);
-    histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned(), "method" => method.to_owned())
+    histogram!(HTTP_REQUEST_DURATION_SECONDS, "route" => route.to_owned(), "method" => method)
         .record(took.as_secs_f64());
 }
 
@@ -153,6 +196,26 @@ pub fn edit_done(editor: &str, kind: &str, took: Duration) {
 /// Counts one webhook delivery attempt (`delivered`, `failed`, `gave_up`).
 pub fn webhook_delivery(outcome: &'static str) {
     counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// Registers the authentication series at 0, so a scrape shows them (and
+/// rates over them work) before the first lookup or refusal.
+pub fn auth_registered() {
+    for result in ["found", "unknown"] {
+        counter!(AUTH_KEY_LOOKUPS_TOTAL, "result" => result).increment(0);
+    }
+    counter!(AUTH_THROTTLED_TOTAL).increment(0);
+}
+
+/// Counts one API key looked up in the database.
+pub fn auth_key_lookup(found: bool) {
+    let result = if found { "found" } else { "unknown" };
+    counter!(AUTH_KEY_LOOKUPS_TOTAL, "result" => result).increment(1);
+}
+
+/// Counts one request refused for its address's failed authentications.
+pub fn auth_throttled() {
+    counter!(AUTH_THROTTLED_TOTAL).increment(1);
 }
 
 /// One open SSE stream: counted in [`SSE_STREAMS`] from creation to drop.
@@ -261,4 +324,37 @@ pub fn describe() {
         "Webhook delivery attempts, by outcome"
     );
     describe_counter!(JOB_RETRIES_TOTAL, "Jobs sent back to the queue, by reason");
+    describe_counter!(
+        AUTH_KEY_LOOKUPS_TOTAL,
+        "API keys looked up in the database, by result (cache hits excluded)"
+    );
+    describe_counter!(
+        AUTH_THROTTLED_TOTAL,
+        "Requests refused (429) because their address failed to authenticate too often"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_outside_the_standard_set_share_one_label() {
+        for method in STANDARD_METHODS {
+            assert_eq!(method_label(method), method);
+        }
+        for made_up in ["get", "FOO", "X-RANDOM-12345", "", "GETT", "PROPFIND"] {
+            assert_eq!(method_label(made_up), OTHER_METHOD, "{made_up:?}");
+        }
+    }
+
+    #[test]
+    fn status_labels_are_bounded() {
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(431), "431");
+        assert_eq!(status_label(599), "599");
+        assert_eq!(status_label(600), "other");
+        assert_eq!(status_label(999), "other");
+        assert_eq!(status_label(42), "other");
+    }
 }
