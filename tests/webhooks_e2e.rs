@@ -101,6 +101,16 @@ async fn receive(
                 500
             }
             "fail" => 500,
+            // A receiver that fails the first event and is gone by the next.
+            "gone" => match serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|b| b["type"].as_str().map(str::to_owned))
+                .as_deref()
+            {
+                Some("job.queued") => 500,
+                Some("turn.edited") => 410,
+                _ => 204,
+            },
             "hang" if s.hang => 0,
             _ => 204,
         };
@@ -284,6 +294,107 @@ async fn webhook_deliveries_are_signed_retried_and_listed(backend: Backend) {
     assert!(delivery["next_attempt_at"].is_null());
     let to_fail = receiver.got().iter().filter(|r| r.path == "fail").count();
     assert_eq!(to_fail, 4);
+}
+
+/// A receiver answering 410 Gone gets no more of that job's events: that
+/// delivery is not retried, one waiting for its retry is ended at once, one
+/// written later is ended before it is sent, and each record says why.
+async fn a_410_ends_the_jobs_deliveries_to_that_receiver(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    thinker.on("add a hat", said(9, 9, "add a hat"));
+    // The edit and the critique each take a second, so every delivery is
+    // decided before the next wanted event is written.
+    editor.set_delay(Duration::from_secs(1));
+    thinker.set_delay(Duration::from_secs(1));
+    let receiver = Receiver::start(0).await;
+    let backends = backends_config(&thinker, &editor, env.dir.path());
+    // The retry of the failed first event is due long after the 410, so
+    // only ending it keeps it from being sent.
+    let config = env.config("serve", &webhook_config("[8, 8]", &backends));
+    let service = Service::start_with_env("serve", &config, &[("WEBHOOK_SECRET", SECRET)]);
+
+    let mut body = job_body(
+        &png(32, 32, [9, 9, 9]),
+        "add a hat",
+        json!({"max_turns": 2}),
+    );
+    body["webhook"] = json!({
+        "url": format!("{}/gone", receiver.url),
+        "events": ["job.queued", "turn.edited", "job.succeeded"],
+    });
+    let created = tokio::time::Instant::now();
+    let id = create_job(&service, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for_job(&service, &id, LIMIT, |j| j["status"] == "succeeded").await;
+
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let deliveries = loop {
+        let (_, list) = get_json(&service.url(&format!("/v1/jobs/{id}/webhooks"))).await;
+        let deliveries = list["deliveries"].as_array().unwrap().clone();
+        if deliveries.len() == 3 && deliveries.iter().all(|d| d["status"] != "pending") {
+            break deliveries;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries still pending: {list:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Before the retry (8 s less 20 % jitter after the first attempt) was
+    // due: it was ended, not found gone when claimed.
+    assert!(
+        created.elapsed() < Duration::from_secs(6),
+        "the deliveries ended only after {:?}",
+        created.elapsed()
+    );
+    let of = |kind: &str| {
+        deliveries
+            .iter()
+            .find(|d| d["type"] == kind)
+            .unwrap_or_else(|| panic!("no {kind} delivery: {deliveries:#?}"))
+    };
+    let edited = of("turn.edited");
+    assert_eq!(edited["status"], "failed", "{edited:#}");
+    assert_eq!(edited["attempts"], 1, "not retried: {edited:#}");
+    assert_eq!(edited["last_status_code"], 410);
+    assert_eq!(edited["last_error"], "HTTP 410 Gone");
+    let reason = format!(
+        "not sent: delivery {} to this URL was answered 410 Gone",
+        edited["id"].as_str().unwrap()
+    );
+    // Failed once with a 500 and waiting for its retry when the 410 came.
+    let queued = of("job.queued");
+    assert_eq!(queued["status"], "failed", "{queued:#}");
+    assert_eq!(queued["attempts"], 1, "{queued:#}");
+    assert_eq!(queued["last_status_code"], 500);
+    assert_eq!(queued["last_error"], reason.as_str());
+    assert!(queued["next_attempt_at"].is_null(), "{queued:#}");
+    // Written after the 410: never sent.
+    let succeeded = of("job.succeeded");
+    assert_eq!(succeeded["status"], "failed", "{succeeded:#}");
+    assert_eq!(succeeded["attempts"], 0, "{succeeded:#}");
+    assert!(succeeded["last_status_code"].is_null(), "{succeeded:#}");
+    assert_eq!(succeeded["last_error"], reason.as_str());
+
+    let got: Vec<(String, u16)> = receiver
+        .got()
+        .iter()
+        .map(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            (body["type"].as_str().unwrap().to_string(), r.answered)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("job.queued".to_string(), 500),
+            ("turn.edited".to_string(), 410)
+        ]
+    );
 }
 
 async fn deliveries_survive_a_sigkill_of_the_delivering_process(backend: Backend) {
@@ -513,6 +624,7 @@ async fn a_tenants_own_secret_signs_its_deliveries(backend: Backend) {
 }
 
 both_backends!(
+    a_410_ends_the_jobs_deliveries_to_that_receiver,
     a_tenants_own_secret_signs_its_deliveries,
     webhook_deliveries_are_signed_retried_and_listed,
     deliveries_survive_a_sigkill_of_the_delivering_process,

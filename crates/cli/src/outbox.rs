@@ -5,11 +5,16 @@
 //!
 //! At least once: a row is locked while its attempt runs; a process that
 //! dies mid-attempt lets the lock lapse and any process takes the row over.
+//!
+//! A `410 Gone` answer ends that delivery and the job's other pending
+//! deliveries to the same URL (`failed`, the reason in `last_error`); a
+//! delivery of the job to that URL claimed later is ended the same way
+//! before it is sent, since its row may be written after the 410.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use editthinker_store::{DeliveryAttempt, DueDelivery, Notice, Store};
+use editthinker_store::{DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery, Notice, Store};
 use editthinker_webhooks::{Deliverer, DeliveryRequest, Outcome, RetrySchedule, Secret};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::Semaphore;
@@ -118,6 +123,10 @@ impl Outbox {
 
     async fn attempt(&self, due: DueDelivery) {
         let delivery = &due.delivery;
+        if let Some(gone) = self.gone_before(delivery).await {
+            self.cancel(delivery, &gone_reason(gone)).await;
+            return;
+        }
         let outcome = match self.secret_for(&due) {
             Ok(secret) => self.deliverer.deliver(&self.request(&due, secret)).await,
             Err(error) => Outcome::Failed {
@@ -125,7 +134,49 @@ impl Outbox {
                 error,
             },
         };
+        let gone = matches!(outcome, Outcome::Gone { .. });
         self.record(delivery, outcome).await;
+        if gone {
+            self.cancel(delivery, &gone_reason(delivery.id)).await;
+        }
+    }
+
+    /// Another delivery of `delivery`'s job to the same URL that was
+    /// answered 410 Gone, if any. On a store error the attempt goes ahead:
+    /// one unwanted request is better than a lost event.
+    async fn gone_before(&self, delivery: &DeliveryRow) -> Option<uuid::Uuid> {
+        match self.store.list_deliveries(delivery.job_id).await {
+            Ok(rows) => rows
+                .iter()
+                .find(|d| {
+                    d.id != delivery.id
+                        && d.url == delivery.url
+                        && d.status == DeliveryStatus::Failed
+                        && d.last_status_code == Some(410)
+                })
+                .map(|d| d.id),
+            Err(e) => {
+                tracing::warn!(error = %e, delivery_id = %delivery.id, "listing a job's webhook deliveries failed");
+                None
+            }
+        }
+    }
+
+    /// Ends the job's pending deliveries to `delivery`'s URL.
+    async fn cancel(&self, delivery: &DeliveryRow, reason: &str) {
+        match self
+            .store
+            .cancel_deliveries(delivery.job_id, &delivery.url, reason)
+            .await
+        {
+            Ok(ended) => tracing::info!(
+                job_id = %delivery.job_id, ended, "webhook receiver answered 410 Gone; pending deliveries to it ended"
+            ),
+            // Those rows stay pending; when claimed they are ended then.
+            Err(e) => {
+                tracing::warn!(error = %e, job_id = %delivery.job_id, "ending deliveries after a 410 failed")
+            }
+        }
     }
 
     fn request(&self, due: &DueDelivery, secret: Secret) -> DeliveryRequest {
@@ -146,6 +197,13 @@ impl Outbox {
                 delivered: true,
                 status_code: Some(status),
                 error: None,
+                retry_at: None,
+            },
+            // No retry: the receiver said it wants no more.
+            Outcome::Gone { error } => DeliveryAttempt {
+                delivered: false,
+                status_code: Some(410),
+                error: Some(error),
                 retry_at: None,
             },
             Outcome::Failed { status, error } => {
@@ -179,4 +237,10 @@ impl Outbox {
             tracing::warn!(error = %e, delivery_id = %delivery.id, "recording a webhook attempt failed");
         }
     }
+}
+
+/// The `last_error` of a delivery ended because delivery `gone` of the same
+/// job to the same URL was answered 410 Gone.
+fn gone_reason(gone: uuid::Uuid) -> String {
+    format!("not sent: delivery {gone} to this URL was answered 410 Gone")
 }

@@ -140,6 +140,11 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_deliveries(&self, limit: u32, lock: Duration) -> StoreResult<Vec<DueDelivery>>;
     /// Records one attempt of a claimed delivery.
     async fn record_delivery(&self, id: Uuid, attempt: DeliveryAttempt) -> StoreResult<()>;
+    /// Ends a job's pending deliveries to `url` without another attempt:
+    /// `failed`, with `reason` as their `last_error` and their attempts and
+    /// last status left as they were (the receiver answered 410 Gone).
+    /// Returns how many it ended.
+    async fn cancel_deliveries(&self, job_id: Uuid, url: &str, reason: &str) -> StoreResult<u64>;
     /// A tenant's jobs, newest first (by id, which is a UUIDv7), optionally
     /// filtered by status, starting after `cursor` (exclusive).
     async fn list_jobs(

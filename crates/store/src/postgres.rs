@@ -646,6 +646,20 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn cancel_deliveries(&self, job_id: Uuid, url: &str, reason: &str) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = $3, \
+             next_attempt_at = NULL, locked_until = NULL \
+             WHERE job_id = $1 AND url = $2 AND status = 'pending'",
+        )
+        .bind(job_id)
+        .bind(url)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     async fn retry_failed(&self, id: Uuid, attempts: u32) -> StoreResult<JobRow> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(

@@ -672,6 +672,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn cancel_deliveries(&self, job_id: Uuid, url: &str, reason: &str) -> StoreResult<u64> {
+        let mut w = self.write().await?;
+        let done = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'failed', last_error = ?3, \
+             next_attempt_at = NULL, locked_until = NULL \
+             WHERE job_id = ?1 AND url = ?2 AND status = 'pending'",
+        )
+        .bind(job_id.to_string())
+        .bind(url)
+        .bind(reason)
+        .execute(w.conn())
+        .await?;
+        self.commit(w).await?;
+        Ok(done.rows_affected())
+    }
+
     async fn retry_failed(&self, id: Uuid, attempts: u32) -> StoreResult<JobRow> {
         let mut w = self.write().await?;
         let now = w.now;

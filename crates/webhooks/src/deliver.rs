@@ -1,9 +1,9 @@
 //! One delivery attempt: a signed POST to a checked, pinned destination.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use editthinker_core::net::is_forbidden;
@@ -21,6 +21,14 @@ pub const USER_AGENT: &str = "editthinker-webhooks";
 /// The longest webhook URL [`check_url`] accepts, in characters; anything
 /// longer is almost certainly a mistake or an attempt to bloat our rows.
 pub const MAX_URL_LEN: usize = 2048;
+
+/// Destinations whose HTTP client (and its open connections) a [`Deliverer`]
+/// keeps at once; past it the least recently used is dropped.
+pub const MAX_CACHED_CLIENTS: usize = 256;
+
+/// How long a destination's client is kept without a delivery; its idle
+/// connections are closed after the same time.
+pub const CLIENT_IDLE: Duration = Duration::from_secs(90);
 
 /// One event to deliver to one URL. The same request is passed again for
 /// every retry.
@@ -51,6 +59,12 @@ pub enum Outcome {
         /// The HTTP status the receiver answered.
         status: u16,
     },
+    /// The receiver answered `410 Gone`: it wants no more of these events,
+    /// so the caller should neither retry nor send it the job's other events.
+    Gone {
+        /// A short reason, like [`Outcome::Failed`]'s.
+        error: String,
+    },
     /// Anything else: a non-2xx answer (3xx included, since redirects are
     /// not followed), a timeout, a refused or unreachable destination.
     Failed {
@@ -80,6 +94,54 @@ pub struct Deliverer {
     /// `max_per_host` of our delivery tasks. Entries are removed when no
     /// attempt uses them, so the map does not grow with every host ever seen.
     hosts: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// One client per destination, so consecutive deliveries reuse its
+    /// connections; each is pinned to the addresses checked when it was made.
+    clients: Mutex<HashMap<Destination, Pinned>>,
+    max_clients: usize,
+    client_idle: Duration,
+    /// [`is_forbidden`], replaced only by this file's tests so that a
+    /// loopback receiver can stand in for a public address.
+    forbidden: fn(IpAddr) -> bool,
+    /// Name lookups; the tests in this file script the answers.
+    resolver: Resolver,
+}
+
+/// Where a cached client sends: the URL's scheme, host and port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Destination {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+/// A cached client and the checked addresses it may connect to.
+#[derive(Debug)]
+struct Pinned {
+    addrs: Vec<SocketAddr>,
+    client: reqwest::Client,
+    last_used: Instant,
+}
+
+#[derive(Debug)]
+enum Resolver {
+    System,
+    #[cfg(test)]
+    Scripted(Arc<Mutex<Vec<IpAddr>>>),
+}
+
+impl Resolver {
+    async fn lookup(&self, domain: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        match self {
+            Resolver::System => Ok(tokio::net::lookup_host((domain, port)).await?.collect()),
+            #[cfg(test)]
+            Resolver::Scripted(ips) => Ok(ips
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()),
+        }
+    }
 }
 
 impl Deliverer {
@@ -94,6 +156,11 @@ impl Deliverer {
             allow_private,
             max_per_host: max_per_host.clamp(1, Semaphore::MAX_PERMITS),
             hosts: Mutex::new(HashMap::new()),
+            clients: Mutex::new(HashMap::new()),
+            max_clients: MAX_CACHED_CLIENTS,
+            client_idle: CLIENT_IDLE,
+            forbidden: is_forbidden,
+            resolver: Resolver::System,
         }
     }
 
@@ -122,21 +189,9 @@ impl Deliverer {
             Ok(addrs) => addrs,
             Err(e) => return failed(e),
         };
-        // A client per attempt, because the pinned addresses are a client
-        // setting. No proxy: a proxy would resolve the name itself and defeat
-        // the check above.
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(USER_AGENT);
-        if let Some(Host::Domain(domain)) = url.host() {
-            // Connect only to the addresses just checked, so a DNS answer
-            // that changes between check and connect cannot point us inside.
-            builder = builder.resolve_to_addrs(domain, &addrs);
-        }
-        let client = match builder.build() {
+        let client = match self.client_for(url, addrs) {
             Ok(client) => client,
-            Err(e) => return failed(describe(&e)),
+            Err(e) => return failed(e),
         };
 
         let body = envelope(&req.kind, req.timestamp, &req.data);
@@ -166,13 +221,20 @@ impl Deliverer {
             Some(Host::Ipv4(ip)) => (ip.to_string(), vec![SocketAddr::new(ip.into(), port)]),
             Some(Host::Ipv6(ip)) => (ip.to_string(), vec![SocketAddr::new(ip.into(), port)]),
             Some(Host::Domain(domain)) => {
-                let found = tokio::net::lookup_host((domain, port))
+                let found = self
+                    .resolver
+                    .lookup(domain, port)
                     .await
                     .map_err(|e| format!("resolve {domain}: {e}"))?;
-                (domain.to_owned(), found.collect())
+                (domain.to_owned(), found)
             }
             None => return Err("webhook URL has no host".into()),
         };
+        let mut addrs = addrs;
+        // In order, so that a resolver rotating its answers still matches
+        // the cached client's pin.
+        addrs.sort_unstable();
+        addrs.dedup();
         if addrs.is_empty() {
             return Err(format!("resolve {name}: no addresses"));
         }
@@ -180,7 +242,7 @@ impl Deliverer {
             if let Some(bad) = addrs
                 .iter()
                 .map(SocketAddr::ip)
-                .find(|ip| is_forbidden(*ip))
+                .find(|ip| (self.forbidden)(*ip))
             {
                 let shown = if name == bad.to_string() {
                     name
@@ -193,6 +255,62 @@ impl Deliverer {
             }
         }
         Ok(addrs)
+    }
+
+    /// The client for `url`'s destination, pinned to `addrs` (just resolved
+    /// and checked): the cached one when it is pinned to exactly these
+    /// addresses, else a new one that replaces it, so a changed DNS answer
+    /// never reaches a connection made for the old one.
+    fn client_for(&self, url: &Url, addrs: Vec<SocketAddr>) -> Result<reqwest::Client, String> {
+        let key = Destination {
+            scheme: url.scheme().to_owned(),
+            host: url.host_str().unwrap_or_default().to_owned(),
+            port: url.port_or_known_default().unwrap_or(80),
+        };
+        let now = Instant::now();
+        {
+            let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(pinned) = clients.get_mut(&key) {
+                if pinned.addrs == addrs {
+                    pinned.last_used = now;
+                    return Ok(pinned.client.clone());
+                }
+            }
+        }
+        // No proxy: a proxy would resolve the name itself and defeat the
+        // check. Idle connections go when the cache would forget the client.
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .pool_idle_timeout(self.client_idle)
+            .user_agent(USER_AGENT);
+        if let Some(Host::Domain(domain)) = url.host() {
+            // Connect only to the addresses just checked, so a DNS answer
+            // that changes between check and connect cannot point us inside.
+            builder = builder.resolve_to_addrs(domain, &addrs);
+        }
+        let client = builder.build().map_err(|e| describe(&e))?;
+
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        clients.retain(|_, p| now.saturating_duration_since(p.last_used) < self.client_idle);
+        if clients.len() >= self.max_clients && !clients.contains_key(&key) {
+            let oldest = clients
+                .iter()
+                .min_by_key(|(_, p)| p.last_used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                clients.remove(&oldest);
+            }
+        }
+        clients.insert(
+            key,
+            Pinned {
+                addrs,
+                client: client.clone(),
+                last_used: now,
+            },
+        );
+        Ok(client)
     }
 
     /// Waits for one of `host`'s `max_per_host` slots.
@@ -245,6 +363,10 @@ fn classify(status: StatusCode) -> Outcome {
     let code = status.as_u16();
     if status.is_success() {
         Outcome::Delivered { status: code }
+    } else if status == StatusCode::GONE {
+        Outcome::Gone {
+            error: "HTTP 410 Gone".into(),
+        }
     } else if status.is_redirection() {
         Outcome::Failed {
             status: Some(code),
@@ -361,6 +483,16 @@ mod tests {
     }
 
     #[test]
+    fn a_410_is_gone_not_failed() {
+        assert_eq!(
+            classify(StatusCode::GONE),
+            Outcome::Gone {
+                error: "HTTP 410 Gone".into()
+            }
+        );
+    }
+
+    #[test]
     fn durations_read_naturally() {
         assert_eq!(human(Duration::from_secs(10)), "10 s");
         assert_eq!(human(Duration::from_millis(250)), "250 ms");
@@ -393,5 +525,137 @@ mod tests {
             d.deliver(&req).await,
             Outcome::Failed { status: None, ref error } if error.contains("http or https")
         ));
+    }
+
+    /// A deliverer for `http://hooks.test:{port}/`, whose name resolves to
+    /// what the returned list holds at each attempt. 127.0.0.1 and 127.0.0.2
+    /// stand in for public addresses; every other forbidden address stays
+    /// forbidden.
+    fn scripted(answer: &[IpAddr]) -> (Deliverer, Arc<Mutex<Vec<IpAddr>>>) {
+        let answers = Arc::new(Mutex::new(answer.to_vec()));
+        let mut d = Deliverer::new(Duration::from_secs(5), false, 4);
+        d.resolver = Resolver::Scripted(answers.clone());
+        d.forbidden =
+            |ip| is_forbidden(ip) && !matches!(ip.to_string().as_str(), "127.0.0.1" | "127.0.0.2");
+        (d, answers)
+    }
+
+    /// A receiver on `ip:port` answering 204 and counting requests.
+    async fn receiver(ip: &str, port: u16) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind((ip, port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        let app = axum::Router::new().fallback(move || {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (port, count)
+    }
+
+    fn to(url: String) -> DeliveryRequest {
+        DeliveryRequest {
+            id: "msg_1".into(),
+            url,
+            kind: "k".into(),
+            timestamp: Utc::now(),
+            data: serde_json::Value::Null,
+            secret: Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap(),
+        }
+    }
+
+    fn pinned(d: &Deliverer) -> Vec<Vec<SocketAddr>> {
+        let clients = d.clients.lock().unwrap();
+        clients.values().map(|p| p.addrs.clone()).collect()
+    }
+
+    fn count(n: &std::sync::atomic::AtomicUsize) -> usize {
+        n.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    const LOCAL_1: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const LOCAL_2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    #[tokio::test]
+    async fn a_changed_dns_answer_replaces_the_pinned_client() {
+        let (port, first) = receiver("127.0.0.1", 0).await;
+        let (_, second) = receiver("127.0.0.2", port).await;
+        let (d, answers) = scripted(&[LOCAL_1]);
+        let req = to(format!("http://hooks.test:{port}/h"));
+
+        assert_eq!(d.deliver(&req).await, Outcome::Delivered { status: 204 });
+        assert_eq!(d.deliver(&req).await, Outcome::Delivered { status: 204 });
+        assert_eq!(pinned(&d), [vec![SocketAddr::new(LOCAL_1, port)]]);
+
+        // The old client still holds an open connection to 127.0.0.1; the
+        // new answer must be what is connected to.
+        *answers.lock().unwrap() = vec![LOCAL_2];
+        assert_eq!(d.deliver(&req).await, Outcome::Delivered { status: 204 });
+        assert_eq!((count(&first), count(&second)), (2, 1));
+        assert_eq!(pinned(&d), [vec![SocketAddr::new(LOCAL_2, port)]]);
+    }
+
+    #[tokio::test]
+    async fn a_cached_destination_now_resolving_to_a_forbidden_address_is_refused() {
+        let (port, hits) = receiver("127.0.0.1", 0).await;
+        let (d, answers) = scripted(&[LOCAL_1]);
+        let req = to(format!("http://hooks.test:{port}/h"));
+        assert_eq!(d.deliver(&req).await, Outcome::Delivered { status: 204 });
+        assert_eq!(pinned(&d).len(), 1, "the client is cached");
+
+        // The cached client's address is still in the answer, but the
+        // answer as a whole is not acceptable any more.
+        let metadata: IpAddr = "169.254.169.254".parse().unwrap();
+        *answers.lock().unwrap() = vec![LOCAL_1, metadata];
+        let Outcome::Failed {
+            status: None,
+            error,
+        } = d.deliver(&req).await
+        else {
+            panic!("a forbidden answer was delivered to");
+        };
+        assert!(
+            error.contains("hooks.test (169.254.169.254) is a private address"),
+            "{error}"
+        );
+        *answers.lock().unwrap() = vec!["127.0.0.3".parse().unwrap()];
+        assert!(matches!(
+            d.deliver(&req).await,
+            Outcome::Failed { status: None, ref error } if error.contains("private address")
+        ));
+        assert_eq!(count(&hits), 1, "only the first attempt was sent");
+    }
+
+    #[tokio::test]
+    async fn the_client_cache_is_bounded_in_size_and_age() {
+        let mut d = Deliverer::new(Duration::from_secs(5), true, 4);
+        d.max_clients = 2;
+        d.client_idle = Duration::from_millis(500);
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let (port, _) = receiver("127.0.0.1", 0).await;
+            ports.push(port);
+        }
+        let addr = |port: u16| vec![SocketAddr::new(LOCAL_1, port)];
+        for port in &ports {
+            let req = to(format!("http://127.0.0.1:{port}/h"));
+            assert_eq!(d.deliver(&req).await, Outcome::Delivered { status: 204 });
+        }
+        // The least recently used (the first) made room for the third.
+        let mut kept = pinned(&d);
+        kept.sort();
+        let mut want = vec![addr(ports[1]), addr(ports[2])];
+        want.sort();
+        assert_eq!(kept, want);
+
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let req = to(format!("http://127.0.0.1:{}/h", ports[0]));
+        assert_eq!(d.deliver(&req).await, Outcome::Delivered { status: 204 });
+        assert_eq!(pinned(&d), [addr(ports[0])], "idle clients were dropped");
     }
 }

@@ -11,7 +11,8 @@
 //!   signature over `{id}.{timestamp}.{body}`;
 //! - [`envelope`]: the JSON body `{"type", "timestamp", "data"}`;
 //! - [`Deliverer`]: one signed POST, refused for private destinations, pinned
-//!   to the addresses it checked, bounded in time and in per-host concurrency;
+//!   to the addresses it checked, bounded in time and in per-host concurrency,
+//!   reusing one client per destination while its addresses stay the same;
 //! - [`check_url`]: the same URL rules, for validating a webhook when it is
 //!   created rather than at its first delivery.
 
@@ -20,7 +21,10 @@ mod envelope;
 mod schedule;
 mod secret;
 
-pub use deliver::{check_url, Deliverer, DeliveryRequest, Outcome, MAX_URL_LEN, USER_AGENT};
+pub use deliver::{
+    check_url, Deliverer, DeliveryRequest, Outcome, CLIENT_IDLE, MAX_CACHED_CLIENTS, MAX_URL_LEN,
+    USER_AGENT,
+};
 pub use envelope::envelope;
 pub use schedule::RetrySchedule;
 pub use secret::{sign, Secret, SecretError};

@@ -42,6 +42,8 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// TCP connections accepted, to see whether requests share them.
+    connections: AtomicUsize,
     /// `/together` answers 200 only once two requests are in it at once.
     together: Option<Barrier>,
 }
@@ -66,6 +68,10 @@ impl Receiver {
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let counted = shared.clone();
+        let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+            counted.connections.fetch_add(1, Ordering::SeqCst);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver {
             base: format!("http://127.0.0.1:{port}"),
@@ -373,4 +379,45 @@ async fn two_per_host_do_run_together() {
 
     assert_eq!(a, Outcome::Delivered { status: 200 });
     assert_eq!(b, Outcome::Delivered { status: 200 });
+}
+
+#[tokio::test]
+async fn a_410_is_gone_rather_than_failed() {
+    let rx = Receiver::start(&[410]).await;
+    let outcome = deliverer(10 * SECOND, true, 4)
+        .deliver(&request(rx.url("/hook")))
+        .await;
+    assert_eq!(
+        outcome,
+        Outcome::Gone {
+            error: "HTTP 410 Gone".into()
+        }
+    );
+    assert_eq!(rx.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn consecutive_deliveries_to_one_endpoint_share_connections() {
+    const N: usize = 8;
+    let rx = Receiver::start(&[]).await;
+    let d = deliverer(10 * SECOND, true, 4);
+    // By name as well as by address: both go through the client cache.
+    for url in [
+        rx.url("/hook"),
+        rx.url("/hook").replace("127.0.0.1", "localhost"),
+    ] {
+        let before = rx.shared.connections.load(Ordering::SeqCst);
+        for _ in 0..N {
+            assert_eq!(
+                d.deliver(&request(url.clone())).await,
+                Outcome::Delivered { status: 200 }
+            );
+        }
+        let opened = rx.shared.connections.load(Ordering::SeqCst) - before;
+        assert!(
+            (1..N).contains(&opened),
+            "{N} deliveries to {url} opened {opened} connections"
+        );
+    }
+    assert_eq!(rx.seen().len(), 2 * N);
 }
