@@ -58,8 +58,9 @@ const MAX_ASPECT: f64 = 200.0;
 /// A `Retry-After` longer than this is not waited out inside one call: the
 /// job is better requeued than a worker slot held.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
-/// Longest silence allowed between two events of a streamed answer once it
-/// has started (capped by the total timeout). Before the first event only
+/// The default of `thinker.stream_idle_timeout_seconds`: the longest
+/// silence allowed between two events of a streamed answer once it has
+/// started (capped by the total timeout). Before the first event only
 /// the total timeout applies: a busy server may queue the request a while.
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
