@@ -54,7 +54,7 @@ impl RetryPolicy {
 }
 
 /// What a failed attempt at a provider call says about the work behind it
-/// (crates/editors/src/http_common.rs explains what each class allows).
+/// (crates/editors/src/http_common/mod.rs explains what each class allows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {
     /// The provider never saw the request (connect errors: DNS, refused,

@@ -57,6 +57,13 @@ pub struct ThinkerConfig {
     /// `kind = "openai"`: ask for a streamed answer, so the reasoning reaches
     /// clients live (`turn.thinking` events). Servers that ignore it still work.
     pub stream: bool,
+    /// `kind = "openai"`: longest silence, in seconds, between two events
+    /// of a streamed answer once its first event has arrived (default 60);
+    /// a stream quiet for longer is retried like a broken one. Before the
+    /// first event only `timeout_seconds` applies (a busy server may queue
+    /// the request a while), and `timeout_seconds` bounds the call
+    /// regardless.
+    pub stream_idle_timeout_seconds: u64,
     /// `kind = "local"` only: Hugging Face revision (branch, tag or commit)
     /// of `model`; the default branch when unset.
     pub revision: Option<String>,
@@ -97,6 +104,7 @@ impl Default for ThinkerConfig {
             retry_base_ms: 500,
             structured: true,
             stream: true,
+            stream_idle_timeout_seconds: crate::openai::DEFAULT_STREAM_IDLE_TIMEOUT.as_secs(),
             revision: None,
             dtype: None,
             isq: None,
@@ -309,6 +317,12 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
     };
 
     let template = check_shared(cfg)?;
+    if cfg.stream_idle_timeout_seconds == 0 {
+        return Err(E::invalid(
+            "thinker.stream_idle_timeout_seconds",
+            "must be at least 1",
+        ));
+    }
 
     Ok(OpenAiSettings {
         base_url,
@@ -326,7 +340,7 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
         ),
         structured: cfg.structured,
         stream: cfg.stream,
-        stream_idle_timeout: crate::openai::DEFAULT_STREAM_IDLE_TIMEOUT,
+        stream_idle_timeout: Duration::from_secs(cfg.stream_idle_timeout_seconds),
     })
 }
 
@@ -359,6 +373,11 @@ mod tests {
         assert_eq!(cfg.retry_base_ms, 500);
         assert!(cfg.structured);
         assert!(cfg.stream);
+        assert_eq!(cfg.stream_idle_timeout_seconds, 60);
+        assert_eq!(
+            resolve(&cfg).unwrap().stream_idle_timeout,
+            Duration::from_secs(60)
+        );
         assert_eq!(cfg.temperature, None);
         let thinker = build_thinker(&cfg).unwrap();
         assert_eq!(thinker.protocol(), Protocol::Editthinker);
@@ -390,9 +409,18 @@ mod tests {
             "model": "gpt-4.1", "api_key_env": "X", "prompt_template_file": "/tmp/t.txt",
             "max_image_edge": 512, "temperature": 0.3, "max_tokens": 100,
             "timeout_seconds": 5, "max_retries": 1, "retry_base_ms": 10, "structured": false,
-            "stream": false
+            "stream": false, "stream_idle_timeout_seconds": 15
         }))
         .unwrap();
+        assert_eq!(cfg.stream_idle_timeout_seconds, 15);
+        let idle = ThinkerConfig {
+            stream_idle_timeout_seconds: 15,
+            ..ThinkerConfig::default()
+        };
+        assert_eq!(
+            resolve(&idle).unwrap().stream_idle_timeout,
+            Duration::from_secs(15)
+        );
         assert_eq!(cfg.protocol, Protocol::Expert);
         assert_eq!(cfg.temperature, Some(0.3));
         assert!(!cfg.structured);
@@ -552,6 +580,13 @@ mod tests {
                     ..Default::default()
                 },
                 "thinker.timeout_seconds",
+            ),
+            (
+                ThinkerConfig {
+                    stream_idle_timeout_seconds: 0,
+                    ..Default::default()
+                },
+                "thinker.stream_idle_timeout_seconds",
             ),
             (
                 ThinkerConfig {

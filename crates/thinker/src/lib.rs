@@ -18,6 +18,7 @@ mod config;
 #[cfg(feature = "local")]
 pub mod local;
 mod openai;
+mod sse;
 #[cfg(feature = "test-support")]
 pub mod tiny_model;
 

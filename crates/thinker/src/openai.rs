@@ -38,8 +38,10 @@ use editthinker_core::{
     CritiqueRequest, FailureClass, Image, PromptTemplate, Protocol, RetryPolicy, Thinker,
     ThinkerError, ThinkingSink,
 };
+use editthinker_provider_http::{
+    describe_error, excerpt, provider_policy, retry_after, run, Call, Failure, GiveUp, Step,
+};
 use futures::StreamExt as _;
-use reqwest::header::{HeaderMap, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use url::Url;
@@ -47,20 +49,18 @@ use url::Url;
 use editthinker_core::metrics::{self, ProviderOutcome};
 
 use crate::config::ThinkerConfigError;
+use crate::sse::{is_event_stream, looks_like_event_stream, SseEvent, SseParser};
 
 /// Smallest image side a Qwen3-VL thinker accepts (patch 16 × merge 2).
 const MIN_IMAGE_SIDE: u32 = 32;
 /// Largest aspect ratio a Qwen-VL preprocessor accepts.
 const MAX_ASPECT: f64 = 200.0;
-/// Longest exponential backoff step.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// A `Retry-After` longer than this is not waited out inside one call: the
 /// job is better requeued than a worker slot held.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
-/// How much of an error body we quote in messages.
-const MAX_QUOTED_BODY: usize = 500;
-/// Longest silence allowed between two events of a streamed answer once it
-/// has started (capped by the total timeout). Before the first event only
+/// The default of `thinker.stream_idle_timeout_seconds`: the longest
+/// silence allowed between two events of a streamed answer once it has
+/// started (capped by the total timeout). Before the first event only
 /// the total timeout applies: a busy server may queue the request a while.
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -104,12 +104,7 @@ impl OpenAiSettings {
     /// `Retry-After` of more than two minutes ends the retries (the worker
     /// requeues the job rather than hold a slot that long).
     pub fn retry_policy(max_retries: u32, base: Duration) -> RetryPolicy {
-        RetryPolicy {
-            max_retries,
-            base,
-            max_delay: MAX_BACKOFF,
-            max_retry_after: MAX_RETRY_AFTER,
-        }
+        provider_policy(max_retries, base, MAX_RETRY_AFTER)
     }
 }
 
@@ -141,33 +136,12 @@ pub struct OpenAiThinker {
     client: reqwest::Client,
 }
 
-/// What one HTTP attempt came to.
-enum Attempt {
-    /// The answer text, and the server's token counts (prompt, generated)
-    /// when it sent them.
-    Done(String, Option<(u64, u64)>),
-    /// Worth another try, after at least the server's `Retry-After`.
-    /// `class` only feeds `editthinker_provider_requests_total`: a critique
-    /// costs no provider money, so every class is retried.
-    Retry {
-        class: FailureClass,
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    /// Final.
-    Fail(ThinkerError),
-}
-
-impl Attempt {
-    /// What this attempt counts as in `editthinker_provider_requests_total`.
-    fn metric(&self) -> ProviderOutcome {
-        match self {
-            Self::Done(..) => ProviderOutcome::Ok,
-            Self::Retry { class, .. } => ProviderOutcome::of_failure(*class),
-            Self::Fail(error) => ProviderOutcome::of_thinker_error(error),
-        }
-    }
-}
+/// What one HTTP attempt came to: the answer text and the server's token
+/// counts (prompt, generated) when it sent them, a final error, or a
+/// failure worth another try. A critique costs no provider money, so every
+/// [`FailureClass`] is retried; the class only feeds
+/// `editthinker_provider_requests_total`.
+type Attempt = Step<(String, Option<(u64, u64)>), ThinkerError>;
 
 /// The `thinker` label of this thinker's critique metrics.
 const THINKER_LABEL: &str = "openai";
@@ -238,17 +212,7 @@ impl OpenAiThinker {
         let response = match request.send().await {
             Ok(r) => r,
             // Connection refused/reset, DNS, timeouts: all worth retrying.
-            Err(e) => {
-                return Attempt::Retry {
-                    class: if e.is_connect() {
-                        FailureClass::NotSent
-                    } else {
-                        FailureClass::Ambiguous
-                    },
-                    message: describe_reqwest_error(&e),
-                    retry_after: None,
-                }
-            }
+            Err(e) => return Step::Retry(Failure::transport(&e)),
         };
         let status = response.status();
         let retry_after = retry_after(response.headers());
@@ -258,11 +222,10 @@ impl OpenAiThinker {
         let text = match response.text().await {
             Ok(t) => t,
             Err(e) => {
-                return Attempt::Retry {
-                    class: FailureClass::Ambiguous,
-                    message: format!("reading the response: {}", describe_reqwest_error(&e)),
-                    retry_after: None,
-                }
+                return Step::Retry(Failure::ambiguous(format!(
+                    "reading the response: {}",
+                    describe_error(&e)
+                )))
             }
         };
         if !status.is_success() {
@@ -282,20 +245,20 @@ impl OpenAiThinker {
             return answer.end_of_stream(sink);
         }
         match answer_text(&text, self.settings.protocol) {
-            Some(answer) => Attempt::Done(
+            Some(answer) => Step::Done((
                 answer,
                 serde_json::from_str::<Value>(&text)
                     .ok()
                     .as_ref()
                     .and_then(usage),
-            ),
+            )),
             None => match serde_json::from_str::<Value>(&text) {
                 Ok(value) if is_error_object(&value) => {
                     self.error_object(&value, "error body with HTTP 200")
                 }
-                _ => Attempt::Fail(ThinkerError::Transient(format!(
+                _ => Step::Fail(ThinkerError::Transient(format!(
                     "HTTP {status} without choices[0].message.content: {}",
-                    quote(&text)
+                    excerpt(&text)
                 ))),
             },
         }
@@ -314,14 +277,10 @@ impl OpenAiThinker {
                 match tokio::time::timeout(idle, chunks.next()).await {
                     Ok(next) => next,
                     Err(_) => {
-                        return Attempt::Retry {
-                            class: FailureClass::Ambiguous,
-                            message: format!(
-                                "the stream went idle for {idle:?} after {} characters",
-                                answer.text.chars().count()
-                            ),
-                            retry_after: None,
-                        }
+                        return Step::Retry(Failure::ambiguous(format!(
+                            "the stream went idle for {idle:?} after {} characters",
+                            answer.text.chars().count()
+                        )))
                     }
                 }
             } else {
@@ -331,15 +290,11 @@ impl OpenAiThinker {
             let events = match next {
                 Some(Ok(bytes)) => parser.push(&bytes),
                 Some(Err(e)) => {
-                    return Attempt::Retry {
-                        class: FailureClass::Ambiguous,
-                        message: format!(
-                            "the stream broke after {} characters: {}",
-                            answer.text.chars().count(),
-                            describe_reqwest_error(&e)
-                        ),
-                        retry_after: None,
-                    }
+                    return Step::Retry(Failure::ambiguous(format!(
+                        "the stream broke after {} characters: {}",
+                        answer.text.chars().count(),
+                        describe_error(&e)
+                    )))
                 }
                 None => parser.finish(),
             };
@@ -363,13 +318,13 @@ impl OpenAiThinker {
     ) -> Attempt {
         let server = server_message(body);
         if let Some(class) = FailureClass::of_status(status.as_u16()) {
-            return Attempt::Retry {
+            return Step::Retry(Failure::answered(
                 class,
-                message: format!("HTTP {status}: {server}"),
+                format!("HTTP {status}: {server}"),
                 retry_after,
-            };
+            ));
         }
-        Attempt::Fail(self.rejection(status.as_u16(), &server))
+        Step::Fail(self.rejection(status.as_u16(), &server))
     }
 
     /// The permanent error for a rejection with HTTP status `code` (also used
@@ -433,7 +388,7 @@ impl OpenAiThinker {
             .get("message")
             .and_then(Value::as_str)
             .or_else(|| value.get("error").and_then(Value::as_str))
-            .map_or_else(|| quote(&value.to_string()), quote);
+            .map_or_else(|| excerpt(&value.to_string()), excerpt);
         let code = ["code", "status"]
             .iter()
             .filter_map(|k| error.get(*k))
@@ -448,23 +403,25 @@ impl OpenAiThinker {
             .collect::<Vec<_>>()
             .join(" ")
             .to_ascii_lowercase();
-        let retry = |class| Attempt::Retry {
-            class,
-            message: format!("{context}: {server}"),
-            retry_after: None,
+        let retry = |class| {
+            Step::Retry(Failure::answered(
+                class,
+                format!("{context}: {server}"),
+                None,
+            ))
         };
         let server_said = format!("{server} ({context})");
         match code.map(|c| (c, FailureClass::of_status(c))) {
             Some((_, Some(class))) => retry(class),
             Some((c, None)) if c >= 500 => retry(FailureClass::Ambiguous),
             Some((c, None)) if (400..500).contains(&c) => {
-                Attempt::Fail(self.rejection(c, &server_said))
+                Step::Fail(self.rejection(c, &server_said))
             }
             _ if kind.contains("auth") || kind.contains("api_key") => {
-                Attempt::Fail(self.rejection(401, &server_said))
+                Step::Fail(self.rejection(401, &server_said))
             }
             _ if kind.contains("invalid_request") || kind.contains("badrequest") => {
-                Attempt::Fail(self.rejection(400, &server_said))
+                Step::Fail(self.rejection(400, &server_said))
             }
             // An unknown error counts as a server failure.
             _ => retry(FailureClass::Ambiguous),
@@ -513,45 +470,57 @@ impl OpenAiThinker {
         body: &Value,
         request: &CritiqueRequest<'_>,
     ) -> Result<(String, Option<(u64, u64)>), ThinkerError> {
-        let policy = self.settings.retry;
-        // Retry number `retry` (from 1) follows attempt number `retry`.
-        let mut retry = 1;
-        loop {
-            let attempt = self.attempt(body, request.thinking).await;
-            metrics::provider_request(PROVIDER_LABEL, attempt.metric());
-            let (message, retry_after) = match attempt {
-                Attempt::Done(answer, tokens) => return Ok((answer, tokens)),
-                Attempt::Fail(e) => return Err(e),
-                Attempt::Retry {
-                    message,
-                    retry_after,
-                    ..
-                } => (message, retry_after),
-            };
-            if !policy.allows(retry) {
-                return Err(ThinkerError::Transient(format!(
-                    "{} after {retry} attempt(s): {message}",
-                    self.endpoint,
-                )));
+        let mut call = CritiqueCall {
+            thinker: self,
+            body,
+            sink: request.thinking,
+            turn: request.turn,
+        };
+        run(self.settings.retry, &mut call).await
+    }
+}
+
+/// One critique call as the retry loop runs it.
+struct CritiqueCall<'a> {
+    thinker: &'a OpenAiThinker,
+    body: &'a Value,
+    sink: &'a dyn ThinkingSink,
+    turn: u32,
+}
+
+impl Call for CritiqueCall<'_> {
+    type Output = (String, Option<(u64, u64)>);
+    type Error = ThinkerError;
+
+    async fn attempt(&mut self, _: u32) -> Attempt {
+        let attempt = self.thinker.attempt(self.body, self.sink).await;
+        metrics::provider_request(
+            PROVIDER_LABEL,
+            attempt.outcome(ProviderOutcome::of_thinker_error),
+        );
+        attempt
+    }
+
+    fn give_up(&mut self, failure: Failure, attempts: u32, why: GiveUp) -> ThinkerError {
+        let endpoint = &self.thinker.endpoint;
+        let message = failure.message;
+        ThinkerError::Transient(match why {
+            GiveUp::Exhausted => format!("{endpoint} after {attempts} attempt(s): {message}"),
+            GiveUp::RetryAfterTooLong(asked) => {
+                format!("{endpoint}: server asked to retry after {asked:?}: {message}")
             }
-            let Some(delay) = policy.delay(retry, retry_after) else {
-                return Err(ThinkerError::Transient(format!(
-                    "{}: server asked to retry after {:?}: {message}",
-                    self.endpoint,
-                    retry_after.unwrap_or_default()
-                )));
-            };
-            tracing::warn!(
-                endpoint = %self.endpoint,
-                turn = request.turn,
-                attempt = retry,
-                delay_ms = delay.as_millis() as u64,
-                error = %message,
-                "thinker call failed; retrying"
-            );
-            tokio::time::sleep(delay).await;
-            retry += 1;
-        }
+        })
+    }
+
+    fn retrying(&mut self, failure: &Failure, number: u32, delay: Duration) {
+        tracing::warn!(
+            endpoint = %self.thinker.endpoint,
+            turn = self.turn,
+            attempt = number,
+            delay_ms = delay.as_millis() as u64,
+            error = %failure.message,
+            "thinker call failed; retrying"
+        );
     }
 }
 
@@ -639,121 +608,6 @@ const STREAM_ERROR: &str = "error event in the stream";
 fn is_error_object(value: &Value) -> bool {
     value.get("error").is_some_and(|e| !e.is_null())
         || value.get("object").and_then(Value::as_str) == Some("error")
-}
-
-/// Whether the response is a server-sent event stream.
-fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().contains("text/event-stream"))
-}
-
-/// Whether a body labelled otherwise is really server-sent events: its first
-/// non-blank line is an SSE field or comment, where JSON would start with `{`.
-fn looks_like_event_stream(body: &str) -> bool {
-    body.lines()
-        .map(str::trim)
-        .find(|line| !line.is_empty())
-        .is_some_and(|line| {
-            line.starts_with(':')
-                || ["data:", "event:", "id:"]
-                    .iter()
-                    .any(|f| line.starts_with(f))
-        })
-}
-
-/// One server-sent event: its `event:` name (if any) and its data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SseEvent {
-    name: Option<String>,
-    data: String,
-}
-
-/// An incremental parser for `text/event-stream` bodies.
-///
-/// Lines end in `\n` (a `\r` before it is dropped); `data:` lines of one
-/// event are joined with `\n` and the event ends at a blank line, as the
-/// SSE format says. As a leniency for servers that omit the blank lines, a
-/// `data:` line that follows a complete JSON value or `[DONE]` starts a new
-/// event. Comments (`:`) and other fields (`id:`, `retry:`) are ignored.
-#[derive(Debug, Default)]
-struct SseParser {
-    buffer: Vec<u8>,
-    name: Option<String>,
-    data: Option<String>,
-}
-
-impl SseParser {
-    /// Feeds a chunk of the body; returns the events it completed.
-    fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buffer.extend_from_slice(chunk);
-        let mut events = Vec::new();
-        let mut consumed = 0;
-        while let Some(end) = self.buffer[consumed..].iter().position(|b| *b == b'\n') {
-            let line = &self.buffer[consumed..consumed + end];
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            // A line never splits a UTF-8 sequence: `\n` cannot occur inside one.
-            let line = String::from_utf8_lossy(line).into_owned();
-            consumed += end + 1;
-            self.line(&line, &mut events);
-        }
-        self.buffer.drain(..consumed);
-        events
-    }
-
-    /// The body ended: the events still pending, including an unterminated
-    /// last line.
-    fn finish(&mut self) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        if !self.buffer.is_empty() {
-            let rest = std::mem::take(&mut self.buffer);
-            let line = String::from_utf8_lossy(&rest).into_owned();
-            self.line(line.trim_end_matches('\r'), &mut events);
-        }
-        self.dispatch(&mut events);
-        events
-    }
-
-    fn line(&mut self, line: &str, events: &mut Vec<SseEvent>) {
-        if line.is_empty() {
-            self.dispatch(events);
-            return;
-        }
-        if line.starts_with(':') {
-            return;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
-            None => (line, ""),
-        };
-        match field {
-            "data" => {
-                if let Some(pending) = &self.data {
-                    let pending = pending.trim();
-                    if pending == "[DONE]" || serde_json::from_str::<Value>(pending).is_ok() {
-                        self.dispatch(events);
-                    }
-                }
-                match &mut self.data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(value);
-                    }
-                    None => self.data = Some(value.to_string()),
-                }
-            }
-            "event" => self.name = Some(value.to_string()),
-            _ => {}
-        }
-    }
-
-    fn dispatch(&mut self, events: &mut Vec<SseEvent>) {
-        let name = self.name.take();
-        if let Some(data) = self.data.take() {
-            events.push(SseEvent { name, data });
-        }
-    }
 }
 
 /// A streamed answer being put together.
@@ -848,9 +702,9 @@ impl StreamAnswer {
                 return Some(thinker.error_object(&json!({ "message": data }), STREAM_ERROR))
             }
             Err(e) => {
-                return Some(Attempt::Fail(ThinkerError::Transient(format!(
+                return Some(Step::Fail(ThinkerError::Transient(format!(
                     "malformed event in the answer stream ({e}): {}",
-                    quote(data)
+                    excerpt(data)
                 ))))
             }
         };
@@ -896,27 +750,23 @@ impl StreamAnswer {
     /// `[DONE]` arrived.
     fn done(&mut self, sink: &dyn ThinkingSink) -> Attempt {
         if !self.started {
-            return Attempt::Fail(ThinkerError::Transient(
+            return Step::Fail(ThinkerError::Transient(
                 "the answer stream ended without any choices".into(),
             ));
         }
-        Attempt::Done(self.take_text(sink), self.usage)
+        Step::Done((self.take_text(sink), self.usage))
     }
 
     /// The body ended without `[DONE]`: complete if the server said why it
     /// finished, else the stream was cut.
     fn end_of_stream(&mut self, sink: &dyn ThinkingSink) -> Attempt {
         if self.finish_reason.is_some() {
-            return Attempt::Done(self.take_text(sink), self.usage);
+            return Step::Done((self.take_text(sink), self.usage));
         }
-        Attempt::Retry {
-            class: FailureClass::Ambiguous,
-            message: format!(
-                "the stream ended without [DONE] after {} characters",
-                self.text.chars().count()
-            ),
-            retry_after: None,
-        }
+        Step::Retry(Failure::ambiguous(format!(
+            "the stream ended without [DONE] after {} characters",
+            self.text.chars().count()
+        )))
     }
 
     /// The finished answer (closing a `<think>` that no content followed).
@@ -924,13 +774,6 @@ impl StreamAnswer {
         self.close_think(sink);
         std::mem::take(&mut self.text)
     }
-}
-
-/// `Retry-After` in whole seconds (the HTTP-date form is not used by the
-/// servers we target, and is ignored: plain backoff applies).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// The server's own error text: OpenAI-style `error.message`, else the body.
@@ -944,35 +787,10 @@ fn server_message(body: &str) -> String {
             .and_then(Value::as_str)
     });
     match message {
-        Some(m) => quote(m),
+        Some(m) => excerpt(m),
         None if body.trim().is_empty() => "(empty body)".into(),
-        None => quote(body),
+        None => excerpt(body),
     }
-}
-
-/// `text`, trimmed and cut to a length fit for an error message.
-fn quote(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(MAX_QUOTED_BODY) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_string(),
-    }
-}
-
-fn describe_reqwest_error(e: &reqwest::Error) -> String {
-    // reqwest's Display omits the cause ("error sending request"); the chain says why.
-    let mut message = if e.is_timeout() {
-        format!("timed out: {e}")
-    } else {
-        e.to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]
@@ -1018,66 +836,9 @@ mod tests {
         assert_eq!(server_message(r#"{"detail":"Not Found"}"#), "Not Found");
         assert_eq!(server_message("plain text"), "plain text");
         assert_eq!(server_message(""), "(empty body)");
-        assert!(quote(&"x".repeat(2000)).chars().count() <= MAX_QUOTED_BODY + 1);
-    }
-
-    #[test]
-    fn sse_parser_handles_split_chunks_and_fields() {
-        let body = "event: message\r\ndata: {\"a\":\"é\"}\r\n\r\n: comment\n\ndata: line one\ndata: line two\nid: 7\n\ndata: [DONE]";
-        // Every split point, including inside the two-byte `é`.
-        for cut in 0..body.len() {
-            let mut parser = SseParser::default();
-            let mut events = parser.push(&body.as_bytes()[..cut]);
-            events.extend(parser.push(&body.as_bytes()[cut..]));
-            events.extend(parser.finish());
-            assert_eq!(
-                events,
-                vec![
-                    SseEvent {
-                        name: Some("message".into()),
-                        data: "{\"a\":\"é\"}".into()
-                    },
-                    SseEvent {
-                        name: None,
-                        data: "line one\nline two".into()
-                    },
-                    SseEvent {
-                        name: None,
-                        data: "[DONE]".into()
-                    },
-                ],
-                "cut at {cut}"
-            );
-        }
-    }
-
-    #[test]
-    fn sse_parser_splits_json_events_without_blank_lines() {
-        let mut parser = SseParser::default();
-        let mut events = parser.push(b"data: {\"n\":1}\ndata: {\"n\":2}\ndata:[DONE]\n");
-        events.extend(parser.finish());
-        let data: Vec<_> = events.into_iter().map(|e| e.data).collect();
-        assert_eq!(data, ["{\"n\":1}", "{\"n\":2}", "[DONE]"]);
-    }
-
-    #[test]
-    fn event_stream_sniffing() {
-        assert!(looks_like_event_stream("\n\ndata: {}"));
-        assert!(looks_like_event_stream(": ping\n"));
-        assert!(!looks_like_event_stream("{\"choices\": []}"));
-        assert!(!looks_like_event_stream(""));
-    }
-
-    #[test]
-    fn retry_after_seconds() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert(RETRY_AFTER, "7".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
-        h.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        assert!(
+            server_message(&"x".repeat(2000)).chars().count()
+                <= editthinker_provider_http::BODY_EXCERPT_CHARS + 1
         );
-        assert_eq!(retry_after(&h), None);
     }
 }

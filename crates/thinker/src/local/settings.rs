@@ -124,9 +124,9 @@ impl LocalSettings {
     ///
     /// Keys of the remote kind are refused when they can be told apart from
     /// their defaults (`api_key_env`) and otherwise ignored (`base_url`,
-    /// `max_retries`, `retry_base_ms`, `structured`, `stream`: the local
-    /// thinker always streams, and a failed critique is retried by the
-    /// worker).
+    /// `max_retries`, `retry_base_ms`, `structured`, `stream`,
+    /// `stream_idle_timeout_seconds`: the local thinker always streams, and
+    /// a failed critique is retried by the worker).
     pub fn from_config(cfg: &ThinkerConfig) -> Result<Self, ThinkerConfigError> {
         use ThinkerConfigError as E;
 
