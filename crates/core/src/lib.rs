@@ -13,8 +13,8 @@ pub mod options;
 pub mod parse;
 pub mod prompt;
 pub mod retry;
-pub mod text;
 pub mod run;
+pub mod text;
 pub mod trace;
 pub mod traits;
 

@@ -62,8 +62,7 @@ pub fn check_client_json(value: &serde_json::Value) -> Result<(), (String, Strin
                 let len = path.len();
                 path.push('.');
                 path.push_str(k);
-                check_client_text(k)
-                    .map_err(|rule| (path.clone(), format!("key {rule}")))?;
+                check_client_text(k).map_err(|rule| (path.clone(), format!("key {rule}")))?;
                 walk(v, path)?;
                 path.truncate(len);
                 Ok(())
@@ -87,7 +86,10 @@ pub fn clean_provider_text(text: &str, max_chars: usize) -> Cow<'_, str> {
         None => clean,
         Some(_) => {
             let keep = max_chars.saturating_sub(TRUNCATION_MARK.chars().count());
-            let end = clean.char_indices().nth(keep).map_or(clean.len(), |(i, _)| i);
+            let end = clean
+                .char_indices()
+                .nth(keep)
+                .map_or(clean.len(), |(i, _)| i);
             Cow::Owned(format!("{}{TRUNCATION_MARK}", &clean[..end]))
         }
     }
@@ -126,7 +128,9 @@ mod tests {
 
     #[test]
     fn refused_characters() {
-        for c in ['\0', '\u{1}', '\u{1b}', '\u{7f}', '\u{85}', '\u{202e}', '\u{2066}'] {
+        for c in [
+            '\0', '\u{1}', '\u{1b}', '\u{7f}', '\u{85}', '\u{202e}', '\u{2066}',
+        ] {
             assert!(is_refused(c), "U+{:04X}", c as u32);
         }
         for c in ['\t', '\n', '\r', ' ', 'é', '\u{200d}', '\u{2065}'] {
@@ -155,7 +159,10 @@ mod tests {
 
     #[test]
     fn provider_text_is_cleaned_and_capped() {
-        assert!(matches!(clean_provider_text("fine", 10), Cow::Borrowed("fine")));
+        assert!(matches!(
+            clean_provider_text("fine", 10),
+            Cow::Borrowed("fine")
+        ));
         assert_eq!(clean_provider_text("a\0b\u{202e}c", 10), "abc");
         let long = "é".repeat(50);
         let capped = clean_provider_text(&long, 20);
