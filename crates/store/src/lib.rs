@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 mod blobs;
+mod classify;
+mod clean;
 mod model;
 mod payload;
 mod postgres;
@@ -30,9 +32,21 @@ pub use sqlite::SqliteStore;
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed or is unreachable.
+    /// The database is unreachable or refused the statement for a reason
+    /// that passes (lost connection, pool exhausted, serialization failure,
+    /// deadlock, shutdown, busy): the same write may succeed later.
+    /// [`StoreError::is_transient`].
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The database refused the data itself (an encoding it cannot store,
+    /// a constraint, a value too long or out of range, one that does not
+    /// decode): the same write fails every time, so it is never retried.
+    #[error("data refused by the database: {0}")]
+    Data(String),
+    /// Any other database error (a statement or schema the database does
+    /// not accept): a bug or a mismatched schema, not retried either.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -77,6 +91,15 @@ pub enum StoreError {
     /// A live event too large to deliver.
     #[error("live event of {0} bytes is over the limit of {MAX_LIVE_PAYLOAD}")]
     LiveTooLarge(usize),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if made again later: only
+    /// [`StoreError::Unavailable`]. Everything else (refused data, a lost
+    /// lease, a conflict, a bug) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// Result alias for the store.

@@ -787,6 +787,7 @@ impl Store for PgStore {
     }
 
     async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
+        let turn = crate::clean::turn(turn);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         // A recorded turn is never replaced: its image may already be cached
@@ -841,6 +842,12 @@ impl Store for PgStore {
         raw_output: &str,
         parse_error: Option<&str>,
     ) -> StoreResult<()> {
+        let clean = crate::clean::critique(critique, raw_output, parse_error);
+        let (critique, raw_output, parse_error) = (
+            &clean.value,
+            &*clean.raw_output,
+            clean.parse_error.as_deref(),
+        );
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         let updated = sqlx::query(
@@ -878,6 +885,7 @@ impl Store for PgStore {
         lease: &Lease,
         pending: &PendingEditRecord,
     ) -> StoreResult<()> {
+        let pending = &crate::clean::pending(pending);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         sqlx::query("UPDATE jobs SET pending_edit = $2 WHERE id = $1")
@@ -896,6 +904,8 @@ impl Store for PgStore {
         refusal: Option<&RefusalRecord>,
         stop: StopReason,
     ) -> StoreResult<()> {
+        let refusal = refusal.map(crate::clean::refusal);
+        let refusal = refusal.as_ref();
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         let refusal = refusal.map(payload::to_json);
@@ -925,6 +935,7 @@ impl Store for PgStore {
     }
 
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
+        let message = &*crate::clean::message(message);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         finish(
@@ -946,6 +957,7 @@ impl Store for PgStore {
         message: &str,
         delay: Duration,
     ) -> StoreResult<JobStatus> {
+        let message = &*crate::clean::message(message);
         let mut tx = self.pool.begin().await?;
         let job = fence(&mut tx, lease).await?;
         let give = GiveBack::transient(code, message, delay);
@@ -1180,6 +1192,7 @@ impl Store for PgStore {
     }
 
     async fn publish_live(&self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<()> {
+        let data = crate::clean::json(&data);
         let body = payload::live_payload(job_id, kind, &data);
         if body.len() > payload::MAX_LIVE_PAYLOAD {
             return Err(StoreError::LiveTooLarge(body.len()));

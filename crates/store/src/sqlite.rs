@@ -815,6 +815,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
+        let turn = crate::clean::turn(turn);
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let now = w.now;
@@ -869,6 +870,12 @@ impl Store for SqliteStore {
         raw_output: &str,
         parse_error: Option<&str>,
     ) -> StoreResult<()> {
+        let clean = crate::clean::critique(critique, raw_output, parse_error);
+        let (critique, raw_output, parse_error) = (
+            &clean.value,
+            &*clean.raw_output,
+            clean.parse_error.as_deref(),
+        );
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let updated = sqlx::query(
@@ -904,6 +911,7 @@ impl Store for SqliteStore {
         lease: &Lease,
         pending: &PendingEditRecord,
     ) -> StoreResult<()> {
+        let pending = &crate::clean::pending(pending);
         let mut w = self.write().await?;
         w.fence(lease).await?;
         sqlx::query("UPDATE jobs SET pending_edit = ?2 WHERE id = ?1")
@@ -921,6 +929,8 @@ impl Store for SqliteStore {
         refusal: Option<&RefusalRecord>,
         stop: StopReason,
     ) -> StoreResult<()> {
+        let refusal = refusal.map(crate::clean::refusal);
+        let refusal = refusal.as_ref();
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let now = w.now;
@@ -951,6 +961,7 @@ impl Store for SqliteStore {
     }
 
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
+        let message = &*crate::clean::message(message);
         let mut w = self.write().await?;
         w.fence(lease).await?;
         w.finish(lease.job_id, JobStatus::Failed, Some((code, message)))
@@ -967,6 +978,7 @@ impl Store for SqliteStore {
         message: &str,
         delay: Duration,
     ) -> StoreResult<JobStatus> {
+        let message = &*crate::clean::message(message);
         let mut w = self.write().await?;
         let job = w.fence(lease).await?;
         let give = GiveBack::transient(code, message, delay);
@@ -1229,6 +1241,7 @@ impl Store for SqliteStore {
     }
 
     async fn publish_live(&self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<()> {
+        let data = crate::clean::json(&data);
         // One process: the in-process broadcast is every subscriber. The
         // size limit is Postgres's, kept here so both backends agree.
         let size = payload::live_payload(job_id, kind, &data).len();

@@ -167,6 +167,8 @@ conformance!(
     deliveries_carry_their_tenants_secret,
     queue_stats_count_queued_and_running_and_age_the_oldest_due,
     traceparent_is_stored_with_the_job,
+    provider_text_is_cleaned_before_it_is_stored,
+    refused_data_is_a_permanent_error,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -1562,4 +1564,198 @@ async fn traceparent_is_stored_with_the_job(store: Arc<dyn Store>) {
         Some(traceparent)
     );
     assert_eq!(insert(&store, 0, 3).await.traceparent, None);
+}
+
+// ---- provider text and error classes -------------------------------------------
+
+/// NUL, ESC and RIGHT-TO-LEFT OVERRIDE: Postgres refuses the first, and
+/// none of them may reach a reader.
+const DIRTY: &str = "a\u{0}b\u{1b}[31mc\u{202e}d";
+const CLEANED: &str = "ab[31mcd";
+
+async fn provider_text_is_cleaned_before_it_is_stored(store: Arc<dyn Store>) {
+    use editthinker_core::text::{MAX_PROVIDER_MESSAGE_CHARS, TRUNCATION_MARK};
+
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    store
+        .record_turn(
+            &lease,
+            NewTurn {
+                index: 1,
+                instruction: format!("instruction {DIRTY}"),
+                image_key: format!("jobs/{id}/turns/1.png"),
+                image_mime: "image/png".into(),
+                editor_ms: 10,
+                provider_request_id: None,
+            },
+        )
+        .await
+        .expect("a turn whose instruction holds NUL is recorded");
+    let critique = json!({"reasoning": DIRTY, format!("k{DIRTY}"): [DIRTY, 1]});
+    store
+        .record_critique(&lease, 1, &critique, 5, DIRTY, Some(DIRTY))
+        .await
+        .expect("a critique holding NUL is recorded");
+    let turns = store.list_turns(id).await.unwrap();
+    assert_eq!(turns[0].instruction, format!("instruction {CLEANED}"));
+    let cleaned = json!({"reasoning": CLEANED, format!("k{CLEANED}"): [CLEANED, 1]});
+    assert_eq!(turns[0].critique, Some(cleaned.clone()));
+    assert_eq!(turns[0].raw_output.as_deref(), Some(CLEANED));
+    assert_eq!(turns[0].parse_error.as_deref(), Some(CLEANED));
+    let ev = events(&store, id).await;
+    let edited = ev
+        .iter()
+        .find(|e| e.kind == event_type::TURN_EDITED)
+        .unwrap();
+    assert_eq!(edited.data["instruction"], format!("instruction {CLEANED}"));
+    let critiqued = ev
+        .iter()
+        .find(|e| e.kind == event_type::TURN_CRITIQUED)
+        .unwrap();
+    assert_eq!(critiqued.data["critique"], cleaned);
+
+    // An editor's 100 KB error page is kept capped, in the row and the event.
+    let page = format!("{DIRTY}{}", "e".repeat(100 * 1024));
+    let status = store
+        .retry_later(&lease, "editor_error", &page, Duration::ZERO)
+        .await
+        .expect("retry_later");
+    assert_eq!(status, JobStatus::Queued);
+    let row = job(&store, id).await;
+    let message = row.error_message.expect("error kept");
+    assert_eq!(message.chars().count(), MAX_PROVIDER_MESSAGE_CHARS);
+    assert!(message.starts_with(CLEANED), "{}", &message[..20]);
+    assert!(message.ends_with(TRUNCATION_MARK));
+
+    let lease = claim_one(&store, "w", LEASE, id).await;
+    store
+        .fail(&lease, "editor_error", &format!("failed: {DIRTY}"))
+        .await
+        .expect("fail with NUL in its message");
+    let row = job(&store, id).await;
+    assert_eq!(
+        row.error_message.as_deref(),
+        Some(&*format!("failed: {CLEANED}"))
+    );
+    let ev = events(&store, id).await;
+    let failed = ev.last().unwrap();
+    assert_eq!(failed.kind, event_type::JOB_FAILED);
+    assert_eq!(failed.data["message"], format!("failed: {CLEANED}"));
+
+    // A live event is cleaned too.
+    let mut rx = store.subscribe();
+    store
+        .publish_live(id, event_type::TURN_THINKING, json!({"delta": DIRTY}))
+        .await
+        .expect("publish_live with NUL");
+    let data = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Notice::Live { data, .. } = rx.recv().await.expect("notice channel open") {
+                return data;
+            }
+        }
+    })
+    .await
+    .expect("a live notice within 10 s");
+    assert_eq!(data, json!({"delta": CLEANED}));
+}
+
+/// A write the database refuses for its data (here a duplicate key) is a
+/// permanent error, the same class on both backends.
+async fn refused_data_is_a_permanent_error(store: Arc<dyn Store>) {
+    let job = new_job(0, 3);
+    store.insert_job(job.clone()).await.unwrap();
+    let err = store.insert_job(job).await.expect_err("duplicate id");
+    assert!(matches!(err, StoreError::Data(_)), "{err:?}");
+    assert!(!err.is_transient());
+}
+
+mod error_classes {
+    use editthinker_store::{Store, StoreError};
+    use uuid::Uuid;
+
+    use crate::harness;
+
+    fn assert_data(e: sqlx::Error) {
+        let e = StoreError::from(e);
+        assert!(matches!(e, StoreError::Data(_)), "{e:?}");
+        assert!(!e.is_transient());
+    }
+
+    /// A NUL in a text column and `\u0000` in a jsonb one (the thinker
+    /// answer that was retried for ever) are refused data, not an outage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_refused_text_is_data_and_a_closed_pool_is_transient() {
+        let db = harness::pg().await;
+        let pool = db.store.pool().clone();
+        let e = sqlx::query("UPDATE jobs SET instruction = $1 WHERE id = $2")
+            .bind("a\u{0}b")
+            .bind(Uuid::now_v7())
+            .execute(&pool)
+            .await
+            .expect_err("NUL in text");
+        assert_data(e);
+        let e = sqlx::query("SELECT $1::text::jsonb")
+            .bind(r#"{"reasoning": "a\u0000b"}"#)
+            .execute(&pool)
+            .await
+            .expect_err("\\u0000 in jsonb");
+        assert_data(e);
+        let e = sqlx::query("SELECT repeat('x', 3)::varchar(2)::int")
+            .execute(&pool)
+            .await
+            .expect_err("not a number");
+        assert_data(e);
+        // A statement the database does not know is neither.
+        let e = StoreError::from(
+            sqlx::query("SELECT * FROM no_such_table")
+                .execute(&pool)
+                .await
+                .expect_err("no table"),
+        );
+        assert!(matches!(e, StoreError::Database(_)), "{e:?}");
+        assert!(!e.is_transient());
+
+        pool.close().await;
+        let e = db
+            .store
+            .get_job(Uuid::now_v7())
+            .await
+            .expect_err("pool closed");
+        assert!(e.is_transient(), "{e:?}");
+        db.cleanup().await;
+    }
+
+    /// A terminated connection (admin shutdown) is transient.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_terminated_connection_is_transient() {
+        let db = harness::pg().await;
+        let mut conn = db.store.pool().acquire().await.unwrap();
+        let e = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .execute(&mut *conn)
+            .await
+            .expect_err("own backend terminated");
+        let e = StoreError::from(e);
+        assert!(e.is_transient(), "{e:?}");
+        drop(conn);
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_refused_data_is_data_and_a_closed_pool_is_transient() {
+        let (store, _dir) = harness::sqlite().await;
+        let pool = store.pool().clone();
+        let e = sqlx::query("INSERT INTO jobs (id) VALUES (NULL)")
+            .execute(&pool)
+            .await
+            .expect_err("NOT NULL");
+        assert_data(e);
+        pool.close().await;
+        let e = store
+            .get_job(Uuid::now_v7())
+            .await
+            .expect_err("pool closed");
+        assert!(e.is_transient(), "{e:?}");
+    }
 }
