@@ -17,9 +17,9 @@ use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
-    PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult,
-    TurnRow, IDEMPOTENCY_WINDOW,
+    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn,
+    Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
+    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -356,6 +356,54 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     emit(conn, job.id, event_type::JOB_QUEUED, payload::queued()).await?;
     Ok(job)
 }
+
+/// Claims in age order ([`Fairness::None`]). MATERIALIZED keeps the
+/// locking subquery from being inlined and re-evaluated; SKIP LOCKED lets
+/// concurrent claimers pass each other.
+const CLAIM_OLDEST: &str = "WITH picked AS MATERIALIZED ( \
+         SELECT id FROM jobs WHERE status = 'queued' AND run_at <= now() \
+         ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED \
+     ), claimed AS ( \
+         UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
+             lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
+             heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
+         FROM picked WHERE j.id = picked.id RETURNING j.* \
+     ) SELECT * FROM claimed ORDER BY priority DESC, run_at, id";
+
+/// Claims round-robin between tenants ([`Fairness::Tenant`]): a job's
+/// turn is its tenant's running jobs of its priority plus its rank among
+/// its tenant's due queued jobs of that priority. A window
+/// function cannot be combined with FOR UPDATE, so the ranking picks `$4`
+/// candidates first (more than `$1`, so that rows another claimer holds
+/// locked can be passed), and the rows are then locked by id, in rank
+/// order, skipping locked ones. FOR UPDATE re-checks `status` on the
+/// latest row version, so a candidate claimed meanwhile is not taken twice.
+const CLAIM_FAIR: &str = "WITH running AS ( \
+         SELECT tenant, priority, count(*) AS n FROM jobs WHERE status = 'running' \
+         GROUP BY tenant, priority \
+     ), ranked AS ( \
+         SELECT q.id, q.priority, q.run_at, coalesce(r.n, 0) + row_number() OVER \
+             (PARTITION BY q.priority, q.tenant ORDER BY q.run_at, q.id) AS turn \
+         FROM jobs q LEFT JOIN running r ON r.tenant = q.tenant AND r.priority = q.priority \
+         WHERE q.status = 'queued' AND q.run_at <= now() \
+     ), candidates AS MATERIALIZED ( \
+         SELECT id, priority, run_at, turn FROM ranked \
+         ORDER BY priority DESC, turn, run_at, id LIMIT $4 \
+     ), picked AS MATERIALIZED ( \
+         SELECT j.id, c.turn FROM jobs j JOIN candidates c ON c.id = j.id \
+         WHERE j.status = 'queued' \
+         ORDER BY c.priority DESC, c.turn, c.run_at, c.id LIMIT $1 \
+         FOR UPDATE OF j SKIP LOCKED \
+     ), claimed AS ( \
+         UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
+             lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
+             heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
+         FROM picked WHERE j.id = picked.id RETURNING j.*, picked.turn \
+     ) SELECT * FROM claimed ORDER BY priority DESC, turn, run_at, id";
+
+/// Candidates a tenant-fair claim ranks beyond twice its limit: room to
+/// pass rows that concurrent claimers hold locked.
+const FAIR_CANDIDATE_SLACK: i64 = 16;
 
 async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<RunningJob> {
     let row = sqlx::query(FENCE)
@@ -724,29 +772,24 @@ impl Store for PgStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        fairness: Fairness,
     ) -> StoreResult<Vec<ClaimedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        // MATERIALIZED keeps the locking subquery from being inlined and
-        // re-evaluated; SKIP LOCKED lets concurrent claimers pass each other.
-        let rows = sqlx::query(
-            "WITH picked AS MATERIALIZED ( \
-                 SELECT id FROM jobs WHERE status = 'queued' AND run_at <= now() \
-                 ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED \
-             ), claimed AS ( \
-                 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
-                     lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
-                     heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
-                 FROM picked WHERE j.id = picked.id RETURNING j.* \
-             ) SELECT * FROM claimed ORDER BY priority DESC, run_at, id",
-        )
+        let query = match fairness {
+            Fairness::Tenant => sqlx::query(CLAIM_FAIR),
+            Fairness::None => sqlx::query(CLAIM_OLDEST),
+        }
         .bind(i64::from(limit))
         .bind(owner)
-        .bind(secs(lease))
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(secs(lease));
+        let query = match fairness {
+            Fairness::Tenant => query.bind(i64::from(limit) * 2 + FAIR_CANDIDATE_SLACK),
+            Fairness::None => query,
+        };
+        let rows = query.fetch_all(&mut *tx).await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;

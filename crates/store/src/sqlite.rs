@@ -23,9 +23,9 @@ use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
-    PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult,
-    TurnRow, IDEMPOTENCY_WINDOW,
+    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn,
+    Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
+    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -750,16 +750,34 @@ impl Store for SqliteStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        fairness: Fairness,
     ) -> StoreResult<Vec<ClaimedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut w = self.write().await?;
         let now = w.now;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?1 \
-             ORDER BY priority DESC, run_at, id LIMIT ?2",
-        )
+        // The write transaction holds the database's one write lock, so the
+        // ranked rows cannot change before they are updated: no locking
+        // dance as on Postgres.
+        let ids: Vec<String> = sqlx::query_scalar(match fairness {
+            Fairness::Tenant => {
+                // As on Postgres (CLAIM_FAIR): running jobs of the tenant
+                // at this priority, plus rank in its due queue.
+                "WITH running AS (SELECT tenant, priority, count(*) AS n FROM jobs \
+                     WHERE status = 'running' GROUP BY tenant, priority) \
+                 SELECT id FROM (SELECT q.id, q.priority, q.run_at, \
+                     coalesce(r.n, 0) + row_number() OVER \
+                     (PARTITION BY q.priority, q.tenant ORDER BY q.run_at, q.id) AS turn \
+                 FROM jobs q LEFT JOIN running r ON r.tenant = q.tenant AND r.priority = q.priority \
+                 WHERE q.status = 'queued' AND q.run_at <= ?1) \
+                 ORDER BY priority DESC, turn, run_at, id LIMIT ?2"
+            }
+            Fairness::None => {
+                "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?1 \
+                 ORDER BY priority DESC, run_at, id LIMIT ?2"
+            }
+        })
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(w.conn())
