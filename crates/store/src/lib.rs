@@ -134,6 +134,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<IdempotentInsert>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
+    /// One job, only when it belongs to `tenant`: another tenant's job is
+    /// `None` exactly as a missing one is, from the same query, so that
+    /// neither the answer nor its timing tells the two apart.
+    async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>>;
     /// Puts a `failed` job back in the queue with `attempts` more attempts
     /// (`job.queued` event); its recorded turns stay, so it resumes after
     /// the last one. [`StoreError::Conflict`] when it is not failed.

@@ -696,6 +696,17 @@ impl Store for PgStore {
             .transpose()
     }
 
+    async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = $1 AND tenant = $2")
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
     async fn list_jobs(
         &self,
         tenant: &str,

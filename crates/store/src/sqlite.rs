@@ -677,6 +677,17 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = ?1 AND tenant = ?2")
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
     async fn list_jobs(
         &self,
         tenant: &str,

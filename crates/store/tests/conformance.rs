@@ -172,6 +172,7 @@ conformance!(
     a_deep_queue_does_not_delay_another_tenant,
     without_fairness_claims_are_oldest_first,
     tenant_fair_order_matches_queue_position,
+    a_job_is_fetched_only_for_its_tenant,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -1886,4 +1887,25 @@ async fn tenant_fair_order_matches_queue_position(store: Arc<dyn Store>) {
         .map(|c| c.job.id)
         .collect();
     assert_eq!(batch, [other[0], again[0], again[1]]);
+}
+
+/// `get_job_for_tenant`: the owner gets the row, another tenant gets what
+/// a missing id gets.
+async fn a_job_is_fetched_only_for_its_tenant(store: Arc<dyn Store>) {
+    let id = store.insert_job(job_of("owner")).await.unwrap().id;
+    let row = store
+        .get_job_for_tenant(id, "owner")
+        .await
+        .unwrap()
+        .expect("the owner sees its job");
+    assert_eq!(row, job(&store, id).await);
+    assert_eq!(store.get_job_for_tenant(id, "other").await.unwrap(), None);
+    assert_eq!(store.get_job_for_tenant(id, "").await.unwrap(), None);
+    assert_eq!(
+        store
+            .get_job_for_tenant(Uuid::now_v7(), "owner")
+            .await
+            .unwrap(),
+        None
+    );
 }
