@@ -189,9 +189,12 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// The fairness is the caller's (the worker's `[worker] fairness`),
     /// not the store's, so that every worker states the order it claims
-    /// in. A tenant-fair claim ranks every due queued job (one ordered
-    /// scan of the `jobs_fair_claim_idx` index), so its cost grows with the
-    /// queue's depth; [`Fairness::None`] reads only the first rows.
+    /// in. On Postgres a tenant-fair claim reads, on the
+    /// `jobs_fair_claim_idx` index, one entry per (priority, tenant) with
+    /// queued jobs and a few jobs of each: its cost grows with the number
+    /// of tenants, not the depth of their queues. SQLite (one process)
+    /// ranks every due queued job. [`Fairness::None`] reads only the first
+    /// rows.
     async fn claim(
         &self,
         owner: &str,

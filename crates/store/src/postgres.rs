@@ -372,23 +372,41 @@ const CLAIM_OLDEST: &str = "WITH picked AS MATERIALIZED ( \
 
 /// Claims round-robin between tenants ([`Fairness::Tenant`]): a job's
 /// turn is its tenant's running jobs of its priority plus its rank among
-/// its tenant's due queued jobs of that priority. A window
-/// function cannot be combined with FOR UPDATE, so the ranking picks `$4`
-/// candidates first (more than `$1`, so that rows another claimer holds
-/// locked can be passed), and the rows are then locked by id, in rank
-/// order, skipping locked ones. FOR UPDATE re-checks `status` on the
-/// latest row version, so a candidate claimed meanwhile is not taken twice.
-const CLAIM_FAIR: &str = "WITH running AS ( \
+/// its tenant's due queued jobs of that priority.
+///
+/// Kept cheap on a deep queue: only the first `$4` queued jobs of each
+/// (priority, tenant) can be among the `$4` candidates (a tenant's turns
+/// grow with its rank), so `groups` walks the distinct (priority, tenant)
+/// pairs of queued jobs on `jobs_fair_claim_idx` (one index probe each, a
+/// loose index scan), and each pair reads at most `$4` of its jobs from the
+/// same index. The cost grows with the number of tenants, not the depth of
+/// their queues.
+///
+/// A window function cannot be combined with FOR UPDATE, so the candidates
+/// (more than `$1`, so that rows another claimer holds locked can be
+/// passed) are then locked by id, in turn order, skipping locked ones. FOR
+/// UPDATE re-checks `status` on the latest row version, so a candidate
+/// claimed meanwhile is not taken twice.
+const CLAIM_FAIR: &str = "WITH RECURSIVE groups AS ( \
+         (SELECT priority, tenant FROM jobs WHERE status = 'queued' \
+          ORDER BY priority, tenant LIMIT 1) \
+         UNION ALL \
+         SELECT n.priority, n.tenant FROM groups g CROSS JOIN LATERAL ( \
+             SELECT priority, tenant FROM jobs \
+             WHERE status = 'queued' AND (priority, tenant) > (g.priority, g.tenant) \
+             ORDER BY priority, tenant LIMIT 1) n \
+     ), running AS ( \
          SELECT tenant, priority, count(*) AS n FROM jobs WHERE status = 'running' \
          GROUP BY tenant, priority \
-     ), ranked AS ( \
-         SELECT q.id, q.priority, q.run_at, coalesce(r.n, 0) + row_number() OVER \
-             (PARTITION BY q.priority, q.tenant ORDER BY q.run_at, q.id) AS turn \
-         FROM jobs q LEFT JOIN running r ON r.tenant = q.tenant AND r.priority = q.priority \
-         WHERE q.status = 'queued' AND q.run_at <= now() \
      ), candidates AS MATERIALIZED ( \
-         SELECT id, priority, run_at, turn FROM ranked \
-         ORDER BY priority DESC, turn, run_at, id LIMIT $4 \
+         SELECT q.id, g.priority, q.run_at, coalesce(r.n, 0) + q.rank AS turn \
+         FROM groups g CROSS JOIN LATERAL ( \
+             SELECT id, run_at, row_number() OVER (ORDER BY run_at, id) AS rank FROM jobs \
+             WHERE status = 'queued' AND priority = g.priority AND tenant = g.tenant \
+               AND run_at <= now() \
+             ORDER BY run_at, id LIMIT $4) q \
+         LEFT JOIN running r ON r.tenant = g.tenant AND r.priority = g.priority \
+         ORDER BY g.priority DESC, turn, q.run_at, q.id LIMIT $4 \
      ), picked AS MATERIALIZED ( \
          SELECT j.id, c.turn FROM jobs j JOIN candidates c ON c.id = j.id \
          WHERE j.status = 'queued' \
