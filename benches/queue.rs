@@ -17,14 +17,23 @@
 //! BENCH_PGBENCH_CLIENTS (8), BENCH_PGBENCH_THREADS (2),
 //! BENCH_PGBENCH_SECONDS (10). Without pgbench the figure is skipped, with
 //! the reason printed.
+//!
+//! Then claim throughput of the store itself, tenant-fair and oldest-first
+//! side by side (`[worker] fairness`), each on its own fresh database in the
+//! same run: BENCH_CLAIM_JOBS (2000) queued jobs, half of them one tenant's
+//! deep queue and the rest spread over BENCH_CLAIM_TENANTS - 1 (9) others,
+//! drained by BENCH_CONCURRENCY claimers taking one job per claim.
+//! BENCH_CLAIMS_ONLY=1 runs only this part.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use editthinker_store::{Fairness, NewJob, PgStore, Store};
 use serde_json::json;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -58,6 +67,21 @@ fn load_average() -> String {
 #[tokio::main]
 async fn main() {
     let load_before = load_average();
+    if std::env::var("BENCH_CLAIMS_ONLY").is_ok_and(|v| v == "1") {
+        claims().await;
+    } else {
+        queue().await;
+        claims().await;
+    }
+    println!(
+        "machine                {} CPUs; 1-min load average {load_before} before, {} after (other work on the machine skews both figures)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+}
+
+/// Jobs through the real binaries, request latencies, and pgbench.
+async fn queue() {
     let jobs = env_or("BENCH_JOBS", 200);
     let concurrency = env_or("BENCH_CONCURRENCY", 8).to_string();
     let env = TestEnv::new(Backend::Postgres).await;
@@ -141,11 +165,84 @@ async fn main() {
         }
         Err(why) => println!("pgbench -N             skipped: {why}"),
     }
+}
+
+/// Claim throughput with and without tenant fairness, printed side by side.
+async fn claims() {
+    let jobs = env_or("BENCH_CLAIM_JOBS", 2000);
+    let tenants = env_or("BENCH_CLAIM_TENANTS", 10).max(2);
+    let claimers = env_or("BENCH_CONCURRENCY", 8);
+    let fair = claim_throughput(Fairness::Tenant, jobs, tenants, claimers).await;
+    let oldest = claim_throughput(Fairness::None, jobs, tenants, claimers).await;
     println!(
-        "machine                {} CPUs; 1-min load average {load_before} before, {} after (other work on the machine skews both figures)",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average()
+        "claim throughput       fairness tenant {fair:.1} claims/s | none {oldest:.1} claims/s ({:.0} %), {jobs} queued jobs of {tenants} tenants (one holds half), {claimers} claimers, 1 job per claim",
+        fair / oldest * 100.0
     );
+}
+
+/// Claims per second draining `jobs` queued jobs with `claimers` concurrent
+/// claimers, on a fresh database.
+async fn claim_throughput(fairness: Fairness, jobs: usize, tenants: usize, claimers: usize) -> f64 {
+    let url = fresh_postgres_database().await;
+    let store = Arc::new(PgStore::connect(&url).await.unwrap());
+    store.migrate().await.unwrap();
+    for n in 0..jobs {
+        // Every other job is tenant 0's: its queue is the deep one.
+        let tenant = if n % 2 == 0 {
+            0
+        } else {
+            1 + (n / 2) % (tenants - 1)
+        };
+        store.insert_job(bench_job(tenant)).await.unwrap();
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..claimers {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let owner = format!("bench-{c}");
+            let mut claimed = 0;
+            loop {
+                let got = store
+                    .claim(&owner, 1, Duration::from_secs(600), fairness)
+                    .await
+                    .unwrap();
+                // Empty can mean the rows left are locked by other claimers.
+                if got.is_empty() && store.queue_stats().await.unwrap().queued == 0 {
+                    break claimed;
+                }
+                claimed += got.len();
+            }
+        });
+    }
+    let claimed: usize = tasks.join_all().await.into_iter().sum();
+    let elapsed = started.elapsed();
+    assert_eq!(claimed, jobs, "every job claimed once");
+    store.pool().close().await;
+    drop(store);
+    drop_database(&url).await;
+    claimed as f64 / elapsed.as_secs_f64()
+}
+
+/// A queued job of tenant `n`.
+fn bench_job(n: usize) -> NewJob {
+    let id = uuid::Uuid::now_v7();
+    NewJob {
+        id,
+        tenant: format!("tenant-{n}"),
+        active_limit: None,
+        instruction: "make it brighter".into(),
+        editor: "fake".into(),
+        options: json!({"max_turns": 2}),
+        metadata: json!({}),
+        source_key: format!("jobs/{id}/source.png"),
+        source_mime: "image/png".into(),
+        max_attempts: 3,
+        priority: 0,
+        webhook: None,
+        deadline_seconds: None,
+        traceparent: None,
+    }
 }
 
 /// A `pgbench -N` run.

@@ -302,6 +302,9 @@ pub struct WorkerConfig {
     pub retry_base_ms: u64,
     /// Thinker calls per critique when the answer does not parse.
     pub parse_attempts: u32,
+    /// Claim order within a priority: `"tenant"` (round-robin between
+    /// tenants) or `"none"` (oldest first).
+    pub fairness: editthinker_store::Fairness,
 }
 
 impl Default for WorkerConfig {
@@ -315,6 +318,7 @@ impl Default for WorkerConfig {
             shutdown_grace_seconds: 30,
             retry_base_ms: 5000,
             parse_attempts: 3,
+            fairness: editthinker_store::Fairness::Tenant,
         }
     }
 }
@@ -605,6 +609,7 @@ impl Config {
             poll_interval: Duration::from_millis(w.poll_interval_ms),
             shutdown_grace: Duration::from_secs(w.shutdown_grace_seconds),
             retry_base: Duration::from_millis(w.retry_base_ms),
+            fairness: w.fairness,
             loop_config: editthinker_core::LoopConfig {
                 parse_attempts: w.parse_attempts,
             },

@@ -8,6 +8,8 @@
 #![warn(missing_docs)]
 
 mod blobs;
+mod classify;
+mod clean;
 mod model;
 mod payload;
 mod postgres;
@@ -30,9 +32,21 @@ pub use sqlite::SqliteStore;
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database failed or is unreachable.
+    /// The database is unreachable or refused the statement for a reason
+    /// that passes (lost connection, pool exhausted, serialization failure,
+    /// deadlock, shutdown, busy): the same write may succeed later.
+    /// [`StoreError::is_transient`].
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The database refused the data itself (an encoding it cannot store,
+    /// a constraint, a value too long or out of range, one that does not
+    /// decode): the same write fails every time, so it is never retried.
+    #[error("data refused by the database: {0}")]
+    Data(String),
+    /// Any other database error (a statement or schema the database does
+    /// not accept): a bug or a mismatched schema, not retried either.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -77,6 +91,15 @@ pub enum StoreError {
     /// A live event too large to deliver.
     #[error("live event of {0} bytes is over the limit of {MAX_LIVE_PAYLOAD}")]
     LiveTooLarge(usize),
+}
+
+impl StoreError {
+    /// Whether the same call may succeed if made again later: only
+    /// [`StoreError::Unavailable`]. Everything else (refused data, a lost
+    /// lease, a conflict, a bug) fails the same way every time.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
 }
 
 /// Result alias for the store.
@@ -124,12 +147,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Option<IdempotentInsert>>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
+    /// One job, only when it belongs to `tenant`: another tenant's job is
+    /// `None` exactly as a missing one is, from the same query, so that
+    /// neither the answer nor its timing tells the two apart.
+    async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>>;
     /// Puts a `failed` job back in the queue with `attempts` more attempts
     /// (`job.queued` event); its recorded turns stay, so it resumes after
     /// the last one. [`StoreError::Conflict`] when it is not failed.
     async fn retry_failed(&self, id: Uuid, attempts: u32) -> StoreResult<JobRow>;
-    /// How many queued jobs a claim takes before this one (claim order:
-    /// priority, then due time, then id), counted on the queued-jobs index;
+    /// About how many queued jobs claims take before this one, in the
+    /// default claim order ([`Fairness::Tenant`]): every queued job of a
+    /// higher priority, plus, at its priority, every job with an earlier
+    /// turn (or the same turn and older). Claims leave turns as they are (a
+    /// claimed job moves from its tenant's queue to its running jobs), so
+    /// the estimate holds until something else changes: a job finishing
+    /// moves its tenant's later jobs one turn up, a new tenant's or a
+    /// higher priority's job can pass this one, jobs waiting out a retry
+    /// backoff count as if due, and workers running with
+    /// `fairness = "none"` claim in plain age order instead.
     /// `None` when the job is not queued.
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>>;
     /// A job's webhook deliveries, in event order.
@@ -162,11 +197,29 @@ pub trait Store: Send + Sync + 'static {
     async fn request_cancel(&self, id: Uuid) -> StoreResult<JobRow>;
 
     /// Claims up to `limit` queued jobs whose `run_at` is due, highest
-    /// priority first, then oldest `run_at`, then id: status running,
-    /// `attempt + 1`, lease owner `owner` until now + `lease`, `started_at`
-    /// set if unset, `job.started` event.
-    async fn claim(&self, owner: &str, limit: u32, lease: Duration)
-        -> StoreResult<Vec<ClaimedJob>>;
+    /// priority first; within a priority, by `fairness`: with
+    /// [`Fairness::Tenant`] by turn (the tenant's running jobs of that
+    /// priority plus the job's rank in its tenant's due queue; ties by
+    /// `run_at`, then id), with [`Fairness::None`] oldest `run_at`, then id. Each
+    /// claimed job: status running, `attempt + 1`, lease owner `owner`
+    /// until now + `lease`, `started_at` set if unset, `job.started` event.
+    /// Returned in claim order.
+    ///
+    /// The fairness is the caller's (the worker's `[worker] fairness`),
+    /// not the store's, so that every worker states the order it claims
+    /// in. On Postgres a tenant-fair claim reads, on the
+    /// `jobs_fair_claim_idx` index, one entry per (priority, tenant) with
+    /// queued jobs and a few jobs of each: its cost grows with the number
+    /// of tenants, not the depth of their queues. SQLite (one process)
+    /// ranks every due queued job. [`Fairness::None`] reads only the first
+    /// rows.
+    async fn claim(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        fairness: Fairness,
+    ) -> StoreResult<Vec<ClaimedJob>>;
     /// Extends the lease to now + `lease`; returns whether cancel was requested.
     async fn heartbeat(&self, lease: &Lease, extend: Duration) -> StoreResult<bool>;
     /// Records a new turn (critique empty) and its `turn.edited` event.
@@ -288,21 +341,34 @@ pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
     }
 }
 
-/// A turn found already recorded: fine when it is this very write retried
-/// (same image key), an error otherwise (it would change a recorded turn).
 /// The query behind [`Store::jobs_ahead`] for both backends (`param` is
-/// the job id's placeholder): queued jobs a claim takes first, in claim
-/// order (priority, then due time, then id), and whether the job is queued.
+/// the job id's placeholder): `ahead`, the queued jobs the tenant-fair claim
+/// order puts first (higher priority; at the same priority, an earlier
+/// turn, or the same turn and older; a turn being the tenant's running jobs
+/// of that priority plus the job's rank in its tenant's queue), and
+/// `queued`, whether the job is queued. Only the job's own priority is
+/// ranked, on the `jobs_fair_claim_idx` index.
 fn jobs_ahead_sql(param: &str) -> String {
     format!(
-        "SELECT count(q.id) AS ahead, count(DISTINCT j.id) AS queued \
-         FROM jobs j LEFT JOIN jobs q ON q.status = 'queued' \
-           AND (q.priority > j.priority OR (q.priority = j.priority \
-                AND (q.run_at < j.run_at OR (q.run_at = j.run_at AND q.id < j.id)))) \
-         WHERE j.id = {param} AND j.status = 'queued'"
+        "WITH me AS (SELECT id, priority FROM jobs WHERE id = {param} AND status = 'queued'), \
+         running AS (SELECT q.tenant, count(*) AS n FROM jobs q JOIN me ON q.priority = me.priority \
+                     WHERE q.status = 'running' GROUP BY q.tenant), \
+         same AS (SELECT q.id, q.run_at, coalesce(r.n, 0) + \
+                  row_number() OVER (PARTITION BY q.tenant ORDER BY q.run_at, q.id) AS turn \
+                  FROM jobs q JOIN me ON q.priority = me.priority \
+                  LEFT JOIN running r ON r.tenant = q.tenant WHERE q.status = 'queued'), \
+         mine AS (SELECT s.id, s.run_at, s.turn FROM same s JOIN me ON s.id = me.id) \
+         SELECT (SELECT count(*) FROM jobs q JOIN me ON q.priority > me.priority \
+                 WHERE q.status = 'queued') \
+              + (SELECT count(*) FROM same s JOIN mine m ON s.turn < m.turn \
+                 OR (s.turn = m.turn AND (s.run_at < m.run_at \
+                     OR (s.run_at = m.run_at AND s.id < m.id)))) AS ahead, \
+                (SELECT count(*) FROM me) AS queued"
     )
 }
 
+/// A turn found already recorded: fine when it is this very write retried
+/// (same image key), an error otherwise (it would change a recorded turn).
 fn same_turn(lease: &Lease, index: u32, existing: &str, ours: &str) -> StoreResult<()> {
     if existing == ours {
         Ok(())

@@ -6,6 +6,24 @@ use uuid::Uuid;
 
 pub use editthinker_core::StopReason;
 
+/// How [`Store::claim`](crate::Store::claim) orders queued jobs of equal
+/// priority.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fairness {
+    /// Round-robin between tenants: a job's turn is its tenant's running
+    /// jobs of its priority plus its rank among its tenant's queued jobs
+    /// (oldest first), and claims take lower turns first. A tenant with
+    /// many jobs in flight or queued waits while one with fewer is served:
+    /// a new job of an idle tenant waits behind at most one job per other
+    /// tenant with jobs queued at its priority, however deep their queues.
+    #[default]
+    Tenant,
+    /// Oldest due first, whoever queued it (a deep queue of one tenant
+    /// delays every other tenant's jobs behind it).
+    None,
+}
+
 /// A job's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

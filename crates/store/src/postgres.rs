@@ -17,9 +17,9 @@ use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
-    PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult,
-    TurnRow, IDEMPOTENCY_WINDOW,
+    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn,
+    Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
+    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -368,6 +368,72 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     Ok(job)
 }
 
+/// Claims in age order ([`Fairness::None`]). MATERIALIZED keeps the
+/// locking subquery from being inlined and re-evaluated; SKIP LOCKED lets
+/// concurrent claimers pass each other.
+const CLAIM_OLDEST: &str = "WITH picked AS MATERIALIZED ( \
+         SELECT id FROM jobs WHERE status = 'queued' AND run_at <= now() \
+         ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED \
+     ), claimed AS ( \
+         UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
+             lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
+             heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
+         FROM picked WHERE j.id = picked.id RETURNING j.* \
+     ) SELECT * FROM claimed ORDER BY priority DESC, run_at, id";
+
+/// Claims round-robin between tenants ([`Fairness::Tenant`]): a job's
+/// turn is its tenant's running jobs of its priority plus its rank among
+/// its tenant's due queued jobs of that priority.
+///
+/// Kept cheap on a deep queue: only the first `$4` queued jobs of each
+/// (priority, tenant) can be among the `$4` candidates (a tenant's turns
+/// grow with its rank), so `groups` walks the distinct (priority, tenant)
+/// pairs of queued jobs on `jobs_fair_claim_idx` (one index probe each, a
+/// loose index scan), and each pair reads at most `$4` of its jobs from the
+/// same index. The cost grows with the number of tenants, not the depth of
+/// their queues.
+///
+/// A window function cannot be combined with FOR UPDATE, so the candidates
+/// (more than `$1`, so that rows another claimer holds locked can be
+/// passed) are then locked by id, in turn order, skipping locked ones. FOR
+/// UPDATE re-checks `status` on the latest row version, so a candidate
+/// claimed meanwhile is not taken twice.
+const CLAIM_FAIR: &str = "WITH RECURSIVE groups AS ( \
+         (SELECT priority, tenant FROM jobs WHERE status = 'queued' \
+          ORDER BY priority, tenant LIMIT 1) \
+         UNION ALL \
+         SELECT n.priority, n.tenant FROM groups g CROSS JOIN LATERAL ( \
+             SELECT priority, tenant FROM jobs \
+             WHERE status = 'queued' AND (priority, tenant) > (g.priority, g.tenant) \
+             ORDER BY priority, tenant LIMIT 1) n \
+     ), running AS ( \
+         SELECT tenant, priority, count(*) AS n FROM jobs WHERE status = 'running' \
+         GROUP BY tenant, priority \
+     ), candidates AS MATERIALIZED ( \
+         SELECT q.id, g.priority, q.run_at, coalesce(r.n, 0) + q.rank AS turn \
+         FROM groups g CROSS JOIN LATERAL ( \
+             SELECT id, run_at, row_number() OVER (ORDER BY run_at, id) AS rank FROM jobs \
+             WHERE status = 'queued' AND priority = g.priority AND tenant = g.tenant \
+               AND run_at <= now() \
+             ORDER BY run_at, id LIMIT $4) q \
+         LEFT JOIN running r ON r.tenant = g.tenant AND r.priority = g.priority \
+         ORDER BY g.priority DESC, turn, q.run_at, q.id LIMIT $4 \
+     ), picked AS MATERIALIZED ( \
+         SELECT j.id, c.turn FROM jobs j JOIN candidates c ON c.id = j.id \
+         WHERE j.status = 'queued' \
+         ORDER BY c.priority DESC, c.turn, c.run_at, c.id LIMIT $1 \
+         FOR UPDATE OF j SKIP LOCKED \
+     ), claimed AS ( \
+         UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
+             lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
+             heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
+         FROM picked WHERE j.id = picked.id RETURNING j.*, picked.turn \
+     ) SELECT * FROM claimed ORDER BY priority DESC, turn, run_at, id";
+
+/// Candidates a tenant-fair claim ranks beyond twice its limit: room to
+/// pass rows that concurrent claimers hold locked.
+const FAIR_CANDIDATE_SLACK: i64 = 16;
+
 async fn fence(conn: &mut PgConnection, lease: &Lease) -> StoreResult<RunningJob> {
     let row = sqlx::query(FENCE)
         .bind(lease.job_id)
@@ -707,6 +773,17 @@ impl Store for PgStore {
             .transpose()
     }
 
+    async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = $1 AND tenant = $2")
+            .bind(id)
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
     async fn list_jobs(
         &self,
         tenant: &str,
@@ -783,29 +860,24 @@ impl Store for PgStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        fairness: Fairness,
     ) -> StoreResult<Vec<ClaimedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        // MATERIALIZED keeps the locking subquery from being inlined and
-        // re-evaluated; SKIP LOCKED lets concurrent claimers pass each other.
-        let rows = sqlx::query(
-            "WITH picked AS MATERIALIZED ( \
-                 SELECT id FROM jobs WHERE status = 'queued' AND run_at <= now() \
-                 ORDER BY priority DESC, run_at, id LIMIT $1 FOR UPDATE SKIP LOCKED \
-             ), claimed AS ( \
-                 UPDATE jobs j SET status = 'running', attempt = j.attempt + 1, \
-                     lease_owner = $2, lease_expires_at = now() + make_interval(secs => $3), \
-                     heartbeat_at = now(), started_at = coalesce(j.started_at, now()) \
-                 FROM picked WHERE j.id = picked.id RETURNING j.* \
-             ) SELECT * FROM claimed ORDER BY priority DESC, run_at, id",
-        )
+        let query = match fairness {
+            Fairness::Tenant => sqlx::query(CLAIM_FAIR),
+            Fairness::None => sqlx::query(CLAIM_OLDEST),
+        }
         .bind(i64::from(limit))
         .bind(owner)
-        .bind(secs(lease))
-        .fetch_all(&mut *tx)
-        .await?;
+        .bind(secs(lease));
+        let query = match fairness {
+            Fairness::Tenant => query.bind(i64::from(limit) * 2 + FAIR_CANDIDATE_SLACK),
+            Fairness::None => query,
+        };
+        let rows = query.fetch_all(&mut *tx).await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let job = job_from_row(row)?;
@@ -846,6 +918,7 @@ impl Store for PgStore {
     }
 
     async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
+        let turn = crate::clean::turn(turn);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         // A recorded turn is never replaced: its image may already be cached
@@ -900,6 +973,12 @@ impl Store for PgStore {
         raw_output: &str,
         parse_error: Option<&str>,
     ) -> StoreResult<()> {
+        let clean = crate::clean::critique(critique, raw_output, parse_error);
+        let (critique, raw_output, parse_error) = (
+            &clean.value,
+            &*clean.raw_output,
+            clean.parse_error.as_deref(),
+        );
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         let updated = sqlx::query(
@@ -937,6 +1016,7 @@ impl Store for PgStore {
         lease: &Lease,
         pending: &PendingEditRecord,
     ) -> StoreResult<()> {
+        let pending = &crate::clean::pending(pending);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         sqlx::query("UPDATE jobs SET pending_edit = $2 WHERE id = $1")
@@ -955,6 +1035,8 @@ impl Store for PgStore {
         refusal: Option<&RefusalRecord>,
         stop: StopReason,
     ) -> StoreResult<()> {
+        let refusal = refusal.map(crate::clean::refusal);
+        let refusal = refusal.as_ref();
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         let refusal = refusal.map(payload::to_json);
@@ -984,6 +1066,7 @@ impl Store for PgStore {
     }
 
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
+        let message = &*crate::clean::message(message);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
         finish(
@@ -1005,6 +1088,7 @@ impl Store for PgStore {
         message: &str,
         delay: Duration,
     ) -> StoreResult<JobStatus> {
+        let message = &*crate::clean::message(message);
         let mut tx = self.pool.begin().await?;
         let job = fence(&mut tx, lease).await?;
         let give = GiveBack::transient(code, message, delay);
@@ -1239,6 +1323,7 @@ impl Store for PgStore {
     }
 
     async fn publish_live(&self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<()> {
+        let data = crate::clean::json(&data);
         let body = payload::live_payload(job_id, kind, &data);
         if body.len() > payload::MAX_LIVE_PAYLOAD {
             return Err(StoreError::LiveTooLarge(body.len()));

@@ -23,9 +23,9 @@ use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn, Notice,
-    PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult,
-    TurnRow, IDEMPOTENCY_WINDOW,
+    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn,
+    Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
+    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -738,6 +738,17 @@ impl Store for SqliteStore {
             .transpose()
     }
 
+    async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>> {
+        sqlx::query("SELECT * FROM jobs WHERE id = ?1 AND tenant = ?2")
+            .bind(id.to_string())
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(job_from_row)
+            .transpose()
+    }
+
     async fn list_jobs(
         &self,
         tenant: &str,
@@ -811,16 +822,34 @@ impl Store for SqliteStore {
         owner: &str,
         limit: u32,
         lease: Duration,
+        fairness: Fairness,
     ) -> StoreResult<Vec<ClaimedJob>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut w = self.write().await?;
         let now = w.now;
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?1 \
-             ORDER BY priority DESC, run_at, id LIMIT ?2",
-        )
+        // The write transaction holds the database's one write lock, so the
+        // ranked rows cannot change before they are updated: no locking
+        // dance as on Postgres.
+        let ids: Vec<String> = sqlx::query_scalar(match fairness {
+            Fairness::Tenant => {
+                // As on Postgres (CLAIM_FAIR): running jobs of the tenant
+                // at this priority, plus rank in its due queue.
+                "WITH running AS (SELECT tenant, priority, count(*) AS n FROM jobs \
+                     WHERE status = 'running' GROUP BY tenant, priority) \
+                 SELECT id FROM (SELECT q.id, q.priority, q.run_at, \
+                     coalesce(r.n, 0) + row_number() OVER \
+                     (PARTITION BY q.priority, q.tenant ORDER BY q.run_at, q.id) AS turn \
+                 FROM jobs q LEFT JOIN running r ON r.tenant = q.tenant AND r.priority = q.priority \
+                 WHERE q.status = 'queued' AND q.run_at <= ?1) \
+                 ORDER BY priority DESC, turn, run_at, id LIMIT ?2"
+            }
+            Fairness::None => {
+                "SELECT id FROM jobs WHERE status = 'queued' AND run_at <= ?1 \
+                 ORDER BY priority DESC, run_at, id LIMIT ?2"
+            }
+        })
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(w.conn())
@@ -876,6 +905,7 @@ impl Store for SqliteStore {
     }
 
     async fn record_turn(&self, lease: &Lease, turn: NewTurn) -> StoreResult<()> {
+        let turn = crate::clean::turn(turn);
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let now = w.now;
@@ -930,6 +960,12 @@ impl Store for SqliteStore {
         raw_output: &str,
         parse_error: Option<&str>,
     ) -> StoreResult<()> {
+        let clean = crate::clean::critique(critique, raw_output, parse_error);
+        let (critique, raw_output, parse_error) = (
+            &clean.value,
+            &*clean.raw_output,
+            clean.parse_error.as_deref(),
+        );
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let updated = sqlx::query(
@@ -965,6 +1001,7 @@ impl Store for SqliteStore {
         lease: &Lease,
         pending: &PendingEditRecord,
     ) -> StoreResult<()> {
+        let pending = &crate::clean::pending(pending);
         let mut w = self.write().await?;
         w.fence(lease).await?;
         sqlx::query("UPDATE jobs SET pending_edit = ?2 WHERE id = ?1")
@@ -982,6 +1019,8 @@ impl Store for SqliteStore {
         refusal: Option<&RefusalRecord>,
         stop: StopReason,
     ) -> StoreResult<()> {
+        let refusal = refusal.map(crate::clean::refusal);
+        let refusal = refusal.as_ref();
         let mut w = self.write().await?;
         w.fence(lease).await?;
         let now = w.now;
@@ -1012,6 +1051,7 @@ impl Store for SqliteStore {
     }
 
     async fn fail(&self, lease: &Lease, code: &str, message: &str) -> StoreResult<()> {
+        let message = &*crate::clean::message(message);
         let mut w = self.write().await?;
         w.fence(lease).await?;
         w.finish(lease.job_id, JobStatus::Failed, Some((code, message)))
@@ -1028,6 +1068,7 @@ impl Store for SqliteStore {
         message: &str,
         delay: Duration,
     ) -> StoreResult<JobStatus> {
+        let message = &*crate::clean::message(message);
         let mut w = self.write().await?;
         let job = w.fence(lease).await?;
         let give = GiveBack::transient(code, message, delay);
@@ -1290,6 +1331,7 @@ impl Store for SqliteStore {
     }
 
     async fn publish_live(&self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<()> {
+        let data = crate::clean::json(&data);
         // One process: the in-process broadcast is every subscriber. The
         // size limit is Postgres's, kept here so both backends agree.
         let size = payload::live_payload(job_id, kind, &data).len();

@@ -764,9 +764,12 @@ enum PersistError {
 
 impl From<StoreError> for PersistError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Database(_) => Self::Passing(e.to_string()),
-            other => Self::Final(other.to_string()),
+        // The store decides what passes: refused data (a NUL the database
+        // will not take) fails the same way on every try.
+        if e.is_transient() {
+            Self::Passing(e.to_string())
+        } else {
+            Self::Final(e.to_string())
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct WorkerSettings {
     pub shutdown_grace: Duration,
     /// First retry delay after a transient failure; doubles per attempt.
     pub retry_base: Duration,
+    /// Claim order between tenants within a priority.
+    pub fairness: editthinker_store::Fairness,
     /// Loop settings.
     pub loop_config: LoopConfig,
 }
@@ -58,6 +60,7 @@ impl Default for WorkerSettings {
             poll_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(30),
             retry_base: Duration::from_secs(5),
+            fairness: editthinker_store::Fairness::Tenant,
             loop_config: LoopConfig::default(),
         }
     }
@@ -172,7 +175,12 @@ impl Worker {
                 let claimed_at = tokio::time::Instant::now();
                 match self
                     .store
-                    .claim(&self.owner, free as u32, self.settings.lease)
+                    .claim(
+                        &self.owner,
+                        free as u32,
+                        self.settings.lease,
+                        self.settings.fairness,
+                    )
                     .await
                 {
                     Ok(claimed) => {
