@@ -48,6 +48,9 @@ pub mod error_code {
     pub const UNKNOWN_EDITOR: &str = "unknown_editor";
     /// The stored job or its images could not be read or written.
     pub const STORAGE: &str = "storage_error";
+    /// The database refused what the job produced (data it can never
+    /// take): another attempt would pay for the same edit and fail again.
+    pub const STORAGE_REFUSED: &str = "storage_refused";
     /// The worker hit a bug (a panic) while running the job.
     pub const INTERNAL: &str = "internal";
 }
@@ -251,6 +254,7 @@ impl JobRunner {
             submitted,
             thinking: ThinkingPublisher::start(w.store.clone(), job.id, clock.clone()),
             editor: job.editor.clone(),
+            refused: Default::default(),
         };
         let editor = LeasedEditor {
             inner: editor.as_ref(),
@@ -274,7 +278,17 @@ impl JobRunner {
             &observer,
         )
         .await
-        .map_err(JobError::Loop)
+        .map_err(|error| match error {
+            LoopError::Persist(message)
+                if observer.refused.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                JobError::Permanent {
+                    code: error_code::STORAGE_REFUSED,
+                    message,
+                }
+            }
+            other => JobError::Loop(other),
+        })
     }
 
     /// Writes a decision. A lost lease is expected here (another worker
@@ -540,6 +554,9 @@ struct StoreObserver {
     thinking: ThinkingPublisher,
     /// The job's editor (the `editor` label of the turn counter).
     editor: String,
+    /// A write was refused for good ([`PersistError::Refused`]): the job
+    /// fails with [`error_code::STORAGE_REFUSED`] instead of retrying.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 /// The stored pending edit as the loop wants it. A record we cannot read is
@@ -724,6 +741,11 @@ impl StoreObserver {
                 None => return Err(format!("{what}: the lease ran out")),
                 Some(Ok(())) => return Ok(()),
                 Some(Err(PersistError::Final(e))) => return Err(format!("{what}: {e}")),
+                Some(Err(PersistError::Refused(e))) => {
+                    self.refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(format!("{what}: {e}"));
+                }
                 Some(Err(PersistError::Passing(e))) => e,
             };
             if retry >= PERSIST_RETRY.max_retries || started.elapsed() >= PERSIST_PATIENCE {
@@ -758,18 +780,20 @@ const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
 enum PersistError {
     /// The database or blob store failed: try again.
     Passing(String),
-    /// The lease is gone or the write is refused for good.
+    /// The lease is gone: stop writing.
     Final(String),
+    /// The database refuses the data itself: it fails the same way on
+    /// every try, in this attempt or any other.
+    Refused(String),
 }
 
 impl From<StoreError> for PersistError {
     fn from(e: StoreError) -> Self {
-        // The store decides what passes: refused data (a NUL the database
-        // will not take) fails the same way on every try.
-        if e.is_transient() {
-            Self::Passing(e.to_string())
-        } else {
-            Self::Final(e.to_string())
+        // The store decides what passes.
+        match e {
+            StoreError::LeaseLost(_) => Self::Final(e.to_string()),
+            e if e.is_transient() => Self::Passing(e.to_string()),
+            e => Self::Refused(e.to_string()),
         }
     }
 }
@@ -956,6 +980,16 @@ mod tests {
         let parts = chunks(&text, 3);
         assert!(parts.iter().all(|p| p.len() <= 3 && !p.is_empty()));
         assert_eq!(parts.concat(), text);
+    }
+
+    #[test]
+    fn refused_data_is_not_retried_and_a_lost_lease_stops_writing() {
+        let refused = PersistError::from(StoreError::Data("invalid byte sequence".into()));
+        assert!(matches!(refused, PersistError::Refused(_)));
+        let lost = PersistError::from(StoreError::LeaseLost(uuid::Uuid::nil()));
+        assert!(matches!(lost, PersistError::Final(_)));
+        let down = PersistError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        assert!(matches!(down, PersistError::Passing(_)));
     }
 
     fn failed(error: EditorError, turn: u32) -> Result<editthinker_core::LoopOutcome, JobError> {
