@@ -140,6 +140,26 @@ async fn refused_creates_and_replays_store_nothing(backend: Backend) {
     assert_eq!(first.status(), 202);
     let first: Value = first.json().await.unwrap();
     assert_eq!(stored_job_folders(env.dir.path()), 1);
+    // From here on the blob store cannot be written (a file stands where
+    // its folder was): a create that got as far as storing its image
+    // would answer 500, and one that stored and then removed it would
+    // still have tried.
+    let blobs = env.dir.path().join("blobs");
+    let kept = env.dir.path().join("blobs.kept");
+    std::fs::rename(&blobs, &kept).unwrap();
+    std::fs::write(&blobs, b"not a folder").unwrap();
+
+    // Refused before the image is even decoded: bytes that are no image
+    // still get the 429, not a 422.
+    let not_an_image =
+        json!({"image": {"base64": B64.encode(b"not an image")}, "instruction": "x"});
+    let resp = post(not_an_image, None).await.unwrap();
+    let (status, refusal) = problem(resp).await;
+    assert_eq!(
+        (status, refusal["code"].as_str()),
+        (429, Some("rate_limited")),
+        "{refusal}"
+    );
 
     for i in 0..5u8 {
         let resp = post(body([i, 2, 2]), None).await.unwrap();
@@ -167,6 +187,8 @@ async fn refused_creates_and_replays_store_nothing(backend: Backend) {
         (status, problem["code"].as_str()),
         (422, Some("idempotency_key_reused"))
     );
+    std::fs::remove_file(&blobs).unwrap();
+    std::fs::rename(&kept, &blobs).unwrap();
     assert_eq!(
         stored_job_folders(env.dir.path()),
         1,
