@@ -159,7 +159,7 @@ async fn bad_input_is_refused_with_problems(backend: Backend) {
             json!({"instruction": "x"}),
             422,
             "validation_failed",
-            "body",
+            "image",
         ),
         (
             json!({"image": {"base64": B64_OK.clone()}, "instruction": "x", "editor": "nope"}),
