@@ -155,6 +155,44 @@ async fn metrics_count_what_happened_across_api_and_worker() {
     );
     let api_scrape = format!("http://{api_metrics}/metrics");
 
+    // Series whose labels are known exist from the start, at 0.
+    let start = scrape(&api_scrape).await;
+    let known = [
+        ("editthinker_sse_streams", None),
+        (
+            "editthinker_job_retries_total",
+            Some(("reason", "transient")),
+        ),
+        (
+            "editthinker_job_retries_total",
+            Some(("reason", "lease_expired")),
+        ),
+        (
+            "editthinker_jobs_finished_total",
+            Some(("status", "failed")),
+        ),
+        (
+            "editthinker_jobs_finished_total",
+            Some(("stop_reason", "max_turns")),
+        ),
+        (
+            "editthinker_webhook_deliveries_total",
+            Some(("outcome", "gave_up")),
+        ),
+        ("editthinker_queue_depth", Some(("status", "running"))),
+    ];
+    for (name, label) in known {
+        let found = start.iter().find(|s| {
+            s.name == name
+                && label.is_none_or(|(k, v)| s.labels.get(k).and_then(|x| x.as_str()) == Some(v))
+        });
+        assert_eq!(
+            found.map(|s| s.value),
+            Some(0.0),
+            "{name} {label:?} at start"
+        );
+    }
+
     // Before any worker runs: one job waits, one is canceled while queued.
     let mut body = job_body(&png(32, 32, [9, 9, 9]), "add a hat", json!({}));
     body["webhook"] = json!({"url": hook_url, "events": ["job.succeeded"]});

@@ -122,6 +122,7 @@ fn recorder() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .context("installing the metrics recorder")?;
     editthinker_core::metrics::describe();
+    editthinker_core::metrics::register_known_series();
     Ok(handle)
 }
 

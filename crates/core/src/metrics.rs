@@ -198,6 +198,49 @@ pub fn webhook_delivery(outcome: &'static str) {
     counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(1);
 }
 
+/// The `reason` values of [`JOB_RETRIES_TOTAL`] (`job.retrying` reasons).
+pub const RETRY_REASONS: [&str; 3] = ["transient", "lease_expired", "released"];
+
+/// The `outcome` values of [`WEBHOOK_DELIVERIES_TOTAL`].
+pub const WEBHOOK_OUTCOMES: [&str; 3] = ["delivered", "failed", "gave_up"];
+
+/// Stop reasons a succeeded job is counted with in [`JOBS_FINISHED_TOTAL`].
+const SUCCESS_STOP_REASONS: [crate::StopReason; 5] = [
+    crate::StopReason::Satisfied,
+    crate::StopReason::MaxTurns,
+    crate::StopReason::Refusal,
+    crate::StopReason::InvalidRefinement,
+    crate::StopReason::Deadline,
+];
+
+/// Registers every series whose label values are known in advance, at 0,
+/// once the recorder is installed: dashboards and alerts then read 0, not
+/// "no data", before the first stream, retry or failure. (Series labelled
+/// by route, editor or provider appear with their first use.)
+pub fn register_known_series() {
+    counter!(JOBS_CREATED_TOTAL).increment(0);
+    for stop in SUCCESS_STOP_REASONS {
+        counter!(JOBS_FINISHED_TOTAL, "status" => "succeeded", "stop_reason" => stop.as_str())
+            .increment(0);
+    }
+    for status in ["failed", "canceled"] {
+        counter!(JOBS_FINISHED_TOTAL, "status" => status, "stop_reason" => NO_STOP_REASON)
+            .increment(0);
+    }
+    for reason in RETRY_REASONS {
+        counter!(JOB_RETRIES_TOTAL, "reason" => reason).increment(0);
+    }
+    for outcome in WEBHOOK_OUTCOMES {
+        counter!(WEBHOOK_DELIVERIES_TOTAL, "outcome" => outcome).increment(0);
+    }
+    for status in ["queued", "running"] {
+        gauge!(QUEUE_DEPTH, "status" => status).increment(0.0);
+    }
+    gauge!(QUEUE_OLDEST_AGE_SECONDS).increment(0.0);
+    gauge!(SSE_STREAMS).increment(0.0);
+    auth_registered();
+}
+
 /// Registers the authentication series at 0, so a scrape shows them (and
 /// rates over them work) before the first lookup or refusal.
 pub fn auth_registered() {

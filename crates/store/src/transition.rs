@@ -140,6 +140,21 @@ pub(crate) fn settle(job: RunningJob, give: &GiveBack<'_>) -> Settlement {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_requeue_reason_is_a_known_metric_label() {
+        for reason in [
+            RequeueReason::Transient,
+            RequeueReason::LeaseExpired,
+            RequeueReason::Released,
+        ] {
+            assert!(
+                editthinker_core::metrics::RETRY_REASONS.contains(&reason.as_str()),
+                "{reason:?}"
+            );
+        }
+    }
+
     use super::*;
 
     fn job(attempt: u32, max_attempts: u32, cancel_requested: bool) -> RunningJob {
