@@ -398,7 +398,7 @@ async fn metrics_count_what_happened_across_api_and_worker() {
         Some(FAKE_GENERATED_TOKENS as f64)
     );
     // The worker creates nothing and serves no HTTP API.
-    assert_eq!(at("editthinker_jobs_created_total", &[]), None);
+    assert_eq!(at("editthinker_jobs_created_total", &[]), Some(0.0));
     assert!(done
         .iter()
         .all(|s| s.name != "editthinker_http_requests_total"));
