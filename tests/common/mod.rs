@@ -832,3 +832,34 @@ impl Drop for Group {
         let _ = self.child.wait();
     }
 }
+
+/// CRC-32 (IEEE), as PNG chunks carry it: for image headers made by hand.
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xffff_ffffu32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// POSTs `body` as JSON to `service`'s `path`: the status and the JSON
+/// answer (`null` when there is none).
+pub async fn post_json(service: &Service, path: &str, body: &Value) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(service.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}

@@ -50,31 +50,6 @@ fn rle8_bmp(w: i32, h: i32) -> Vec<u8> {
     b
 }
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-async fn post(service: &Service, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(service.url("/v1/jobs"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 /// Issue 20, finding 5: a 16-bit RGBA PNG under the pixel limit but over
 /// the byte limit, and a 68-byte RLE8 BMP declaring 6000×6600 (39.6 Mpx,
 /// under the pixel limit), are refused from their headers at intake.
@@ -91,7 +66,12 @@ async fn images_that_decode_huge_from_small_files_are_refused() {
     // RGBA = 319.5 MB decoded, twice the 160 MB byte limit.
     let png16 = png16_rgba_header(6320, 6320);
     assert!(png16.len() < 100);
-    let (status, problem) = post(&service, &job_body(&png16, "add a hat", json!({}))).await;
+    let (status, problem) = post_json(
+        &service,
+        "/v1/jobs",
+        &job_body(&png16, "add a hat", json!({})),
+    )
+    .await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["code"], "image_too_large_decoded", "{problem}");
     assert_eq!(problem["field"], "image", "{problem}");
@@ -101,7 +81,12 @@ async fn images_that_decode_huge_from_small_files_are_refused() {
     );
 
     let bomb = rle8_bmp(6000, 6600);
-    let (status, problem) = post(&service, &job_body(&bomb, "add a hat", json!({}))).await;
+    let (status, problem) = post_json(
+        &service,
+        "/v1/jobs",
+        &job_body(&bomb, "add a hat", json!({})),
+    )
+    .await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["code"], "image_too_compressed", "{problem}");
     assert_eq!(problem["field"], "image", "{problem}");
@@ -109,10 +94,16 @@ async fn images_that_decode_huge_from_small_files_are_refused() {
     // The same BMP at a modest size is an ordinary image and accepted: the
     // refusal above is for its declared size, not its format.
     let small = rle8_bmp(600, 660);
-    let (status, job) = post(&service, &job_body(&small, "add a hat", json!({}))).await;
+    let (status, job) = post_json(
+        &service,
+        "/v1/jobs",
+        &job_body(&small, "add a hat", json!({})),
+    )
+    .await;
     assert_eq!(status, 202, "{job}");
     let ok = png(16, 16, [1, 2, 3]);
-    let (status, job) = post(&service, &job_body(&ok, "add a hat", json!({}))).await;
+    let (status, job) =
+        post_json(&service, "/v1/jobs", &job_body(&ok, "add a hat", json!({}))).await;
     assert_eq!(status, 202, "{job}");
 
     let (_, list) = get_json(&service.url("/v1/jobs")).await;

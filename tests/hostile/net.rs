@@ -11,16 +11,6 @@ use crate::common::{
 /// asking for webhooks get as far as the URL check.
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-async fn post(service: &Service, body: &Value) -> (u16, Value) {
-    let resp = reqwest::Client::new()
-        .post(service.url("/v1/jobs"))
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
-
 /// Issue 20, finding 7: IPv6 forms carrying a forbidden IPv4 address
 /// (NAT64, IPv4-translated, 6to4) and IPv4 ranges the old rule missed
 /// (benchmarking) are refused for image and webhook URLs, with private
@@ -49,7 +39,7 @@ async fn special_purpose_addresses_are_refused_for_images_and_webhooks() {
         "http://198.18.0.1:9/x.png",
     ] {
         let body = json!({"image": {"url": url}, "instruction": "add a hat"});
-        let (status, problem) = post(&service, &body).await;
+        let (status, problem) = post_json(&service, "/v1/jobs", &body).await;
         assert_eq!(status, 422, "{url}: {problem}");
         assert_eq!(problem["code"], "image_url_forbidden", "{url}: {problem}");
         assert_eq!(problem["field"], "image.url", "{url}: {problem}");
@@ -57,7 +47,7 @@ async fn special_purpose_addresses_are_refused_for_images_and_webhooks() {
 
     let mut body = job_body(&png(16, 16, [1, 2, 3]), "add a hat", json!({}));
     body["webhook"] = json!({"url": "http://[64:ff9b::a9fe:a9fe]/hook"});
-    let (status, problem) = post(&service, &body).await;
+    let (status, problem) = post_json(&service, "/v1/jobs", &body).await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["code"], "webhook_url_forbidden", "{problem}");
     assert_eq!(problem["field"], "webhook.url", "{problem}");
@@ -65,7 +55,7 @@ async fn special_purpose_addresses_are_refused_for_images_and_webhooks() {
     // The same create with a public webhook address is accepted: the
     // refusal above is the address's, not the request's.
     body["webhook"] = json!({"url": "http://[64:ff9b::808:808]/hook"});
-    let (status, job) = post(&service, &body).await;
+    let (status, job) = post_json(&service, "/v1/jobs", &body).await;
     assert_eq!(status, 202, "{job}");
 
     let (_, list) = get_json(&service.url("/v1/jobs")).await;
