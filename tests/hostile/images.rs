@@ -1,10 +1,8 @@
 //! Hostile cases for image decoding: small files that decode huge.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::common::{
-    backends_config, get_json, job_body, png, Backend, FakeEditor, FakeThinker, Service, TestEnv,
-};
+use crate::common::*;
 
 /// A PNG declaring `w`×`h` 16-bit RGBA (8 bytes a pixel) whose data is an
 /// empty zlib stream: a file of under 100 bytes.

@@ -1,11 +1,9 @@
 //! Hostile cases for outbound requests on a client's behalf: the
 //! special-purpose address ranges and environment proxies.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::common::{
-    backends_config, get_json, job_body, png, Backend, FakeEditor, FakeThinker, Service, TestEnv,
-};
+use crate::common::*;
 
 /// The signing secret (`whsec_` + base64 of 24 bytes), so that creates
 /// asking for webhooks get as far as the URL check.
