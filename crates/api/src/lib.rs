@@ -2,6 +2,7 @@
 //! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
 
 pub mod auth;
+pub mod contract;
 pub mod direct;
 pub mod error;
 pub mod events;
@@ -95,7 +96,10 @@ impl AppState {
     ),
     components(schemas(
         views::Job,
-        jobs::StatusFilter,
+        editthinker_store::JobStatus,
+        editthinker_store::DeliveryStatus,
+        editthinker_core::StopReason,
+        editthinker_core::ErrorCode,
         views::JobSummary,
         views::JobList,
         views::Turn,
@@ -105,6 +109,7 @@ impl AppState {
         views::EditorView,
         views::EditorList,
         intake::CreateJobRequest,
+        intake::CreateJobForm,
         intake::ImageInput,
         intake::WebhookInput,
         views::DeliveryList,
@@ -114,6 +119,19 @@ impl AppState {
         editthinker_core::JobOptions,
         editthinker_core::StopThresholds,
         editthinker_core::Selection,
+        views::RefusalView,
+        contract::EventType,
+        contract::RetryReason,
+        contract::JobQueuedData,
+        contract::JobStartedData,
+        contract::JobRetryingData,
+        contract::TurnEditedData,
+        contract::TurnCritiquedData,
+        contract::JobSucceededData,
+        contract::JobFailedData,
+        contract::JobCanceledData,
+        contract::TurnThinkingData,
+        contract::WebhookEvent,
     )),
     modifiers(&AuthDoc)
 )]
@@ -129,7 +147,7 @@ impl utoipa::Modify for AuthDoc {
         use utoipa::openapi::security::{
             HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
         };
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
@@ -172,9 +190,22 @@ impl utoipa::Modify for AuthDoc {
                     )
                     .into()
                 });
-                responses.entry("429".into()).or_insert_with(|| {
+                let limited = responses.entry("429".into()).or_insert_with(|| {
                     problem("A limit was reached (`rate_limited`); `Retry-After` says when to try again").into()
                 });
+                if let utoipa::openapi::RefOr::T(limited) = limited {
+                    limited.headers.insert(
+                        "Retry-After".into(),
+                        HeaderBuilder::new()
+                            .schema(
+                                utoipa::openapi::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                                    .minimum(Some(0)),
+                            )
+                            .description(Some("Seconds until a retry may succeed"))
+                            .build(),
+                    );
+                }
                 responses.entry("431".into()).or_insert_with(|| {
                     problem("The request's headers are over `[limits] max_header_bytes`").into()
                 });
@@ -219,6 +250,7 @@ fn add_job_links(doc: &mut serde_json::Value) {
 pub fn openapi_json() -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
     add_job_links(&mut doc);
+    contract::describe_events_and_images(&mut doc);
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }
 
