@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 /// A stable, machine-readable error code. Clients match on these; the
-/// README's error tables list exactly these members
-/// (`tests/error_codes.rs` checks it).
+/// README's error tables list exactly these members (a test below checks
+/// it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -207,5 +207,64 @@ mod tests {
             .collect();
         let all: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(members, all);
+    }
+
+    /// The codes in the README's "### Errors" tables: each table's `code`
+    /// column, backticks removed.
+    fn readme_codes() -> std::collections::BTreeSet<String> {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .expect("README.md");
+        let start = readme
+            .find("\n### Errors\n")
+            .expect("README has ### Errors");
+        let section = &readme[start + 1..];
+        let end = section[4..].find("\n### ").map_or(section.len(), |i| i + 4);
+        let mut codes = std::collections::BTreeSet::new();
+        let mut column = None;
+        let mut tables = 0;
+        for line in section[..end].lines() {
+            let cells: Vec<&str> = line
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
+            if !line.starts_with('|') {
+                column = None;
+                continue;
+            }
+            if column.is_none() {
+                column = cells.iter().position(|c| *c == "code" || *c == "`code`");
+                tables += usize::from(column.is_some());
+                continue;
+            }
+            let cell = cells[column.unwrap()];
+            if cell.starts_with("---") {
+                continue;
+            }
+            codes.insert(cell.trim_matches('`').to_string());
+        }
+        assert_eq!(tables, 2, "the API problem table and the job error table");
+        codes
+    }
+
+    #[test]
+    fn the_readme_tables_list_exactly_the_codes() {
+        let readme = readme_codes();
+        let ours: std::collections::BTreeSet<String> = ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str().to_string())
+            .collect();
+        let undocumented: Vec<_> = ours.difference(&readme).collect();
+        let unknown: Vec<_> = readme.difference(&ours).collect();
+        assert!(
+            undocumented.is_empty(),
+            "codes missing from README's error tables: {undocumented:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "README's error tables list codes ErrorCode lacks: {unknown:?}"
+        );
     }
 }
