@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A stable, machine-readable error code. Clients match on these; the
-/// README's error tables list exactly these members (a test below checks
-/// it).
+/// A stable, machine-readable error code, of an API problem or of a failed
+/// job. Clients match on these.
+// README.md's error tables list exactly these members (a test below checks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
