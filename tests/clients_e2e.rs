@@ -222,3 +222,74 @@ fn the_pinned_tools_match_ci() {
         );
     }
 }
+
+/// Parses an event's `data` with the type its document schema comes from
+/// (`crates/api/src/contract.rs`, which denies unknown fields).
+fn check_event_data(kind: &str, data: &Value) {
+    use editthinker_api::contract::*;
+    let data = data.clone();
+    let parsed = match kind {
+        "job.queued" => serde_json::from_value::<JobQueuedData>(data.clone()).map(drop),
+        "job.started" => serde_json::from_value::<JobStartedData>(data.clone()).map(drop),
+        "job.retrying" => serde_json::from_value::<JobRetryingData>(data.clone()).map(drop),
+        "turn.edited" => serde_json::from_value::<TurnEditedData>(data.clone()).map(drop),
+        "turn.critiqued" => serde_json::from_value::<TurnCritiquedData>(data.clone()).map(drop),
+        "job.succeeded" => serde_json::from_value::<JobSucceededData>(data.clone()).map(drop),
+        "job.failed" => serde_json::from_value::<JobFailedData>(data.clone()).map(drop),
+        "job.canceled" => serde_json::from_value::<JobCanceledData>(data.clone()).map(drop),
+        "turn.thinking" => serde_json::from_value::<TurnThinkingData>(data.clone()).map(drop),
+        other => panic!("event type {other} has no data schema"),
+    };
+    parsed.unwrap_or_else(|e| panic!("{kind} data {data} does not match its schema: {e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_matches_its_documented_data_schema() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    thinker.on("paint it red", said(4, 5, "paint the door red"));
+    thinker.on("paint the door red", said(9, 9, "paint the door red"));
+    let config = env.config(
+        "events",
+        &backends_config(&thinker, &editor, env.dir.path()),
+    );
+    let service = Service::start("serve", &config);
+    let created = create_job(
+        &service,
+        job_body(
+            &png(16, 16, [200, 20, 20]),
+            "paint it red",
+            json!({"max_turns": 3}),
+        ),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap();
+    let events = read_sse_all(
+        &service.url(&format!("/v1/jobs/{id}/events")),
+        None,
+        Duration::from_secs(30),
+    )
+    .await;
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(spec()).unwrap()).unwrap();
+    let documented = &doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"]["200"]["x-events"];
+    let mut kinds = std::collections::BTreeSet::new();
+    for event in &events {
+        assert!(
+            documented[&event.event]["$ref"].is_string(),
+            "{} has no data schema in the document",
+            event.event
+        );
+        check_event_data(&event.event, &event.data);
+        kinds.insert(event.event.as_str());
+    }
+    for kind in [
+        "job.queued",
+        "job.started",
+        "turn.edited",
+        "turn.critiqued",
+        "job.succeeded",
+    ] {
+        assert!(kinds.contains(kind), "no {kind} in {events:?}");
+    }
+}

@@ -4,7 +4,6 @@
 //! as JSON in the store (`crates/store/src/payload.rs`) and completed by
 //! `events::public_event_data`; these types describe that JSON, and a test
 //! below checks the two agree.
-#![allow(dead_code)]
 
 use chrono::{DateTime, Utc};
 use editthinker_core::{ErrorCode, StopReason};
