@@ -261,7 +261,9 @@ pub(crate) fn describe_events_and_images(doc: &mut serde_json::Value) {
             continue;
         };
         for response in responses.values_mut() {
-            let Some(content) = response["content"].as_object_mut() else {
+            // `get_mut`: indexing a `Value` mutably would add a null
+            // `content` to responses that have none (a 204).
+            let Some(content) = response.get_mut("content").and_then(|c| c.as_object_mut()) else {
                 continue;
             };
             for (media, body) in content.iter_mut() {
@@ -270,5 +272,23 @@ pub(crate) fn describe_events_and_images(doc: &mut serde_json::Value) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn responses_without_a_body_stay_without_content() {
+        let doc: serde_json::Value = serde_json::from_str(&crate::openapi_json()).unwrap();
+        let events = &doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"];
+        assert!(events["204"].is_object(), "{events}");
+        assert!(events["204"].get("content").is_none(), "{}", events["204"]);
+        assert_eq!(
+            events["200"]["content"]["text/event-stream"]["schema"]["type"],
+            "string"
+        );
+        let image = &doc["paths"]["/v1/jobs/{id}/result"]["get"]["responses"]["200"]["content"];
+        assert_eq!(image["image/png"]["schema"]["format"], "binary", "{image}");
+        assert!(!crate::openapi_json().contains("\"content\": null"));
     }
 }
