@@ -210,23 +210,45 @@ pub const EVENT_DATA: [(&str, &str); 9] = [
 /// Writes into the document (as JSON, like `add_job_links` in `lib.rs`)
 /// what utoipa's attributes cannot say:
 ///
-/// - the SSE stream's body is text, and each event type's `data` schema
-///   is named in an `x-events` map on that response (OpenAPI 3.1 has no
-///   way to give a schema per server-sent event);
+/// - the SSE stream's schema: before OpenAPI 3.2 a `text/event-stream`
+///   schema describes one event (`event`, `id`, `data`, as Schemathesis
+///   reads it), so it is one variant per event type whose `data` is JSON
+///   text (`contentMediaType`) of that type's schema (`contentSchema`);
 /// - the top-level `webhooks` entry `jobEvent`: the delivery body, whose
-///   `data` is one of those schemas;
+///   `data` is one of the stored events' schemas;
 /// - image responses are binary strings.
 pub(crate) fn describe_events_and_images(doc: &mut serde_json::Value) {
-    use serde_json::{json, Map, Value};
+    use serde_json::{json, Value};
     let data_ref = |name: &str| json!({"$ref": format!("#/components/schemas/{name}")});
-    let events: Map<String, Value> = EVENT_DATA
+    let variants: Vec<Value> = EVENT_DATA
         .iter()
-        .map(|(kind, name)| (kind.to_string(), data_ref(name)))
+        .map(|(kind, name)| {
+            // `turn.thinking` is live: it has no `id:`.
+            let required = if *kind == "turn.thinking" {
+                json!(["event", "data"])
+            } else {
+                json!(["event", "id", "data"])
+            };
+            json!({
+                "type": "object",
+                "title": kind,
+                "required": required,
+                "properties": {
+                    "event": {"const": kind},
+                    "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The stored event's id (resume with `Last-Event-ID`)"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": data_ref(name),
+                    },
+                },
+            })
+        })
         .collect();
-    let stream = &mut doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"]["200"];
-    if stream.is_object() {
-        stream["content"]["text/event-stream"]["schema"] = json!({"type": "string"});
-        stream["x-events"] = Value::Object(events);
+    if let Some(stream) = doc
+        .pointer_mut("/paths/~1v1~1jobs~1{id}~1events/get/responses/200/content/text~1event-stream")
+    {
+        stream["schema"] = json!({"oneOf": variants});
     }
     // Webhooks carry stored events only (`turn.thinking` is never sent).
     let stored: Vec<Value> = EVENT_DATA
@@ -277,15 +299,23 @@ pub(crate) fn describe_events_and_images(doc: &mut serde_json::Value) {
 
 #[cfg(test)]
 mod tests {
+    use super::EVENT_DATA;
+
     #[test]
     fn responses_without_a_body_stay_without_content() {
         let doc: serde_json::Value = serde_json::from_str(&crate::openapi_json()).unwrap();
         let events = &doc["paths"]["/v1/jobs/{id}/events"]["get"]["responses"];
         assert!(events["204"].is_object(), "{events}");
         assert!(events["204"].get("content").is_none(), "{}", events["204"]);
+        let variants = &events["200"]["content"]["text/event-stream"]["schema"]["oneOf"];
         assert_eq!(
-            events["200"]["content"]["text/event-stream"]["schema"]["type"],
-            "string"
+            variants.as_array().map(Vec::len),
+            Some(EVENT_DATA.len()),
+            "{variants}"
+        );
+        assert_eq!(
+            variants[0]["properties"]["data"]["contentSchema"]["$ref"],
+            "#/components/schemas/JobQueuedData"
         );
         let image = &doc["paths"]["/v1/jobs/{id}/result"]["get"]["responses"]["200"]["content"];
         assert_eq!(image["image/png"]["schema"]["format"], "binary", "{image}");
