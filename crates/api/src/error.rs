@@ -2,6 +2,7 @@
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+pub use editthinker_core::ErrorCode;
 use editthinker_store::{JobStatus, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -19,7 +20,7 @@ pub struct Problem {
     /// What went wrong in this case.
     pub detail: String,
     /// Stable machine-readable code.
-    pub code: String,
+    pub code: ErrorCode,
     /// The request field at fault, as a dotted path, when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
@@ -40,7 +41,7 @@ pub enum ApiError {
     #[error("{field}: {rule}")]
     Invalid {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// Dotted field path.
         field: String,
         /// The rule broken.
@@ -64,7 +65,7 @@ pub enum ApiError {
     #[error("{detail}")]
     Conflict {
         /// Stable code.
-        code: &'static str,
+        code: ErrorCode,
         /// What state it is in.
         detail: String,
     },
@@ -97,73 +98,83 @@ impl ApiError {
     /// An `Invalid` error with the generic `validation_failed` code.
     pub fn invalid(field: impl Into<String>, rule: impl Into<String>) -> Self {
         Self::Invalid {
-            code: "validation_failed",
+            code: ErrorCode::ValidationFailed,
             field: field.into(),
             rule: rule.into(),
         }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, &str, Option<&str>) {
+    /// The problem `code` this error answers with.
+    pub fn code(&self) -> ErrorCode {
+        self.parts().1
+    }
+
+    fn parts(&self) -> (StatusCode, ErrorCode, &str, Option<&str>) {
         match self {
             Self::Malformed { field, .. } => (
                 StatusCode::BAD_REQUEST,
-                "malformed_request",
+                ErrorCode::MalformedRequest,
                 "Malformed request",
                 field.as_deref(),
             ),
             Self::Invalid { code, field, .. } => (
                 StatusCode::UNPROCESSABLE_ENTITY,
-                code,
+                *code,
                 "Invalid request",
                 Some(field),
             ),
             Self::TooLarge { field, .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
+                ErrorCode::TooLarge,
                 "Payload too large",
                 Some(field),
             ),
             Self::UnsupportedMediaType(_) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "Unsupported media type",
                 None,
             ),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", "Not found", None),
-            Self::Conflict { code, .. } => (StatusCode::CONFLICT, code, "Conflict", None),
+            Self::NotFound(_) => (
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "Not found",
+                None,
+            ),
+            Self::Conflict { code, .. } => (StatusCode::CONFLICT, *code, "Conflict", None),
             Self::Unauthorized(_) => (
                 StatusCode::UNAUTHORIZED,
-                "unauthorized",
+                ErrorCode::Unauthorized,
                 "Unauthorized",
                 Some("Authorization"),
             ),
             Self::RateLimited { .. } => (
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                ErrorCode::RateLimited,
                 "Too many requests",
                 None,
             ),
             Self::HeadersTooLarge(_) => (
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
+                ErrorCode::HeadersTooLarge,
                 "Request header fields too large",
                 Some("headers"),
             ),
             Self::BodyTimeout(_) => (
                 StatusCode::REQUEST_TIMEOUT,
-                "request_timeout",
+                ErrorCode::RequestTimeout,
                 "Request timeout",
                 Some("body"),
             ),
             Self::NotConfigured(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                "not_configured",
+                ErrorCode::NotConfigured,
                 "Service not configured",
                 None,
             ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                ErrorCode::Internal,
                 "Internal server error",
                 None,
             ),
@@ -176,7 +187,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(id) => Self::NotFound(format!("job {id} not found")),
             StoreError::Conflict { id, status } => Self::Conflict {
-                code: "job_finished",
+                code: ErrorCode::JobFinished,
                 detail: format!("job {id} is already {status}"),
             },
             StoreError::ActiveJobsLimit { limit, .. } => Self::RateLimited {
@@ -198,7 +209,7 @@ pub const ACTIVE_JOBS_RETRY_AFTER: u64 = 10;
 /// A `Conflict` saying the job is not in the needed state.
 pub fn wrong_status(id: uuid::Uuid, status: JobStatus, needed: &str) -> ApiError {
     ApiError::Conflict {
-        code: "job_not_ready",
+        code: ErrorCode::JobNotReady,
         detail: format!("job {id} is {status}; {needed}"),
     }
 }
@@ -215,7 +226,7 @@ impl IntoResponse for ApiError {
             title: title.to_string(),
             status: status.as_u16(),
             detail: self.to_string(),
-            code: code.to_string(),
+            code,
             field: field.map(str::to_string),
         };
         let body = serde_json::to_vec(&problem).expect("problem serializes");
@@ -263,20 +274,20 @@ pub(crate) fn bare_error_answer(head: &[u8]) -> Option<Vec<u8>> {
     let (status, code, title, detail) = match &head[PREFIX.len() - 1..PREFIX.len() + 2] {
         b"400" => (
             400,
-            "malformed_request",
+            ErrorCode::MalformedRequest,
             "Malformed request",
             "the request head is not valid HTTP/1.1: a control character (such as NUL) in a \
              header, or a bad request line or header line",
         ),
         b"431" => (
             431,
-            "headers_too_large",
+            ErrorCode::HeadersTooLarge,
             "Request header fields too large",
             "the request head has more than 128 header fields or is over 64 KiB",
         ),
         b"414" => (
             414,
-            "uri_too_long",
+            ErrorCode::UriTooLong,
             "URI too long",
             "the request's URI is too long",
         ),
@@ -287,7 +298,7 @@ pub(crate) fn bare_error_answer(head: &[u8]) -> Option<Vec<u8>> {
         title: title.into(),
         status,
         detail: detail.into(),
-        code: code.into(),
+        code,
         field: None,
     };
     let body = serde_json::to_vec(&problem).expect("problem serializes");

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Limits on what clients may send.
 #[derive(Debug, Clone)]
@@ -92,11 +92,11 @@ pub struct CreateJobRequest {
     /// The source image: exactly one of `base64` or `url`.
     pub image: ImageInput,
     /// What to change, 1 to 4,000 characters.
+    #[schema(min_length = 1, max_length = 4000)]
     pub instruction: String,
     /// A configured editor name; the default editor when absent.
     pub editor: Option<String>,
     /// Loop options; server defaults for what is absent.
-    #[schema(value_type = Option<Object>)]
     pub options: Option<JobOptions>,
     /// Any JSON object, stored and returned as given.
     #[schema(value_type = Option<Object>)]
@@ -104,7 +104,38 @@ pub struct CreateJobRequest {
     /// Where to POST the job's events (Standard Webhooks).
     pub webhook: Option<WebhookInput>,
     /// −10 to 10 (default 0): higher runs first.
+    #[schema(minimum = -10, maximum = 10)]
     pub priority: Option<i32>,
+}
+
+/// `POST /v1/jobs` as `multipart/form-data` (the document's schema only;
+/// [`parse_multipart`] reads the parts): the image is a file part, the
+/// other fields are text parts, `options`, `metadata` and `webhook` JSON
+/// text.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct CreateJobForm {
+    /// The source image file.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// What to change, 1 to 4,000 characters.
+    #[schema(min_length = 1, max_length = 4000)]
+    instruction: String,
+    /// A configured editor name; the default editor when absent.
+    #[schema(nullable = false)]
+    editor: Option<String>,
+    /// Loop options (JSON text); server defaults for what is absent.
+    #[schema(nullable = false)]
+    options: Option<JobOptions>,
+    /// Any JSON object (JSON text), stored and returned as given.
+    #[schema(value_type = Option<Object>, nullable = false)]
+    metadata: Option<serde_json::Value>,
+    /// Where to POST the job's events (JSON text).
+    #[schema(nullable = false)]
+    webhook: Option<WebhookInput>,
+    /// −10 to 10 (default 0): higher runs first.
+    #[schema(minimum = -10, maximum = 10, nullable = false)]
+    priority: Option<i32>,
 }
 
 /// A job's webhook: its events are POSTed, signed, to `url`.
@@ -115,6 +146,7 @@ pub struct WebhookInput {
     pub url: String,
     /// Stored event types to deliver; default the terminal ones
     /// (`job.succeeded`, `job.failed`, `job.canceled`).
+    #[schema(value_type = Option<Vec<crate::contract::EventType>>, min_items = 1)]
     pub events: Option<Vec<String>>,
 }
 
@@ -439,20 +471,20 @@ pub async fn check_webhook_address(url: &str, limits: &Limits) -> Result<(), Api
 /// A kind of client-given URL, for the errors that name it.
 struct UrlRule {
     field: &'static str,
-    forbidden_code: &'static str,
+    forbidden_code: ErrorCode,
     /// The end of the "may not target" sentence.
     refusal: &'static str,
 }
 
 const IMAGE_URL: UrlRule = UrlRule {
     field: "image.url",
-    forbidden_code: "image_url_forbidden",
+    forbidden_code: ErrorCode::ImageUrlForbidden,
     refusal: "which image URLs may not target",
 };
 
 const WEBHOOK_URL: UrlRule = UrlRule {
     field: "webhook.url",
-    forbidden_code: "webhook_url_forbidden",
+    forbidden_code: ErrorCode::WebhookUrlForbidden,
     refusal: "which webhook URLs may not target (allow_private_webhook_urls)",
 };
 
@@ -528,13 +560,13 @@ pub async fn validate_image(bytes: Bytes, limits: &Limits) -> Result<Image, ApiE
 
 fn image_error(e: ImageError) -> ApiError {
     let code = match e {
-        ImageError::UnknownFormat => "image_unsupported",
-        ImageError::Undecodable(_) | ImageError::Empty => "image_undecodable",
-        ImageError::TooManyPixels { .. } => "image_too_many_pixels",
+        ImageError::UnknownFormat => ErrorCode::ImageUnsupported,
+        ImageError::Undecodable(_) | ImageError::Empty => ErrorCode::ImageUndecodable,
+        ImageError::TooManyPixels { .. } => ErrorCode::ImageTooManyPixels,
         ImageError::TooManyBytes { .. } | ImageError::OverMemoryBudget { .. } => {
-            "image_too_large_decoded"
+            ErrorCode::ImageTooLargeDecoded
         }
-        ImageError::TooCompressed { .. } => "image_too_compressed",
+        ImageError::TooCompressed { .. } => ErrorCode::ImageTooCompressed,
     };
     ApiError::Invalid {
         code,

@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::{wrong_status, ApiError, Problem};
+use crate::error::{wrong_status, ApiError, ErrorCode, Problem};
 use crate::fanout::Feed;
 use crate::intake::{self, ParsedCreate};
 use crate::views::{Delivery, DeliveryList, Job, JobList, JobSummary};
@@ -28,11 +28,18 @@ use crate::AppState;
     ),
     request_body(content(
         (intake::CreateJobRequest = "application/json"),
-        (intake::CreateJobRequest = "multipart/form-data"),
+        (intake::CreateJobForm = "multipart/form-data"),
     ), description = "JSON, or multipart with an `image` file part and `instruction`, `editor`, `options` (JSON text), `metadata` (JSON text) fields."),
     responses(
-        (status = 200, description = "Finished within `Prefer: wait=N` (1–60 s); `Preference-Applied: wait=N`", body = Job),
-        (status = 202, description = "Queued; `Location` names the job. `Idempotent-Replayed: true` when an `Idempotency-Key` returned an earlier job", body = Job),
+        (status = 200, description = "Finished within `Prefer: wait=N` (1–60 s); `Preference-Applied: wait=N`", body = Job, headers(
+            ("Location" = String, description = "The job's URL, `/v1/jobs/{id}`"),
+            ("Preference-Applied" = String, description = "`wait=N`, the `Prefer: wait` that was honoured"),
+            ("Idempotent-Replayed" = String, description = "`true` when an `Idempotency-Key` returned an earlier job"),
+        )),
+        (status = 202, description = "Queued; `Location` names the job. `Idempotent-Replayed: true` when an `Idempotency-Key` returned an earlier job", body = Job, headers(
+            ("Location" = String, description = "The job's URL, `/v1/jobs/{id}`"),
+            ("Idempotent-Replayed" = String, description = "`true` when an `Idempotency-Key` returned an earlier job"),
+        )),
         (status = 400, description = "Malformed body", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Image over the byte limit", body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The body did not arrive within `[limits] body_read_timeout_seconds`", body = Problem, content_type = "application/problem+json"),
@@ -356,7 +363,7 @@ async fn idempotent_outcome(
             Ok((job_view(state, &row, &turns).await?, true))
         }
         IdempotentInsert::KeyReused => Err(ApiError::Invalid {
-            code: "idempotency_key_reused",
+            code: ErrorCode::IdempotencyKeyReused,
             field: "Idempotency-Key".into(),
             rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
         }),
@@ -393,7 +400,7 @@ fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, A
             .find(|e| e.name == name)
             .map(|e| e.name.clone())
             .ok_or_else(|| ApiError::Invalid {
-                code: "unknown_editor",
+                code: ErrorCode::UnknownEditor,
                 field: "editor".into(),
                 rule: format!(
                     "no editor named {name:?}; configured editors: {}",
@@ -416,7 +423,7 @@ fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, A
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only jobs with this status.
-    #[param(value_type = Option<StatusFilter>)]
+    #[param(value_type = Option<JobStatus>)]
     status: Option<String>,
     /// Page size, 1..=100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -424,23 +431,6 @@ pub struct ListQuery {
     /// `next_cursor` of the previous page.
     #[param(value_type = Option<Uuid>)]
     cursor: Option<String>,
-}
-
-/// A job status to filter by (the document's spelling of [`JobStatus`]).
-#[derive(utoipa::ToSchema)]
-#[schema(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub enum StatusFilter {
-    /// Waiting to be claimed.
-    Queued,
-    /// Claimed by a worker.
-    Running,
-    /// Finished with a result.
-    Succeeded,
-    /// Finished without one.
-    Failed,
-    /// Canceled.
-    Canceled,
 }
 
 /// Lists jobs, newest first.
@@ -596,7 +586,7 @@ pub async fn retry_job(
     let row = match state.store.retry_failed(id, state.max_attempts).await {
         Err(StoreError::Conflict { id, status }) => {
             return Err(ApiError::Conflict {
-                code: "job_not_failed",
+                code: ErrorCode::JobNotFailed,
                 detail: format!("job {id} is {status}; only a failed job can be retried"),
             })
         }

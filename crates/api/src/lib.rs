@@ -2,6 +2,7 @@
 //! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
 
 pub mod auth;
+pub mod contract;
 pub mod direct;
 pub mod error;
 pub mod events;
@@ -17,12 +18,14 @@ use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Router;
 use editthinker_store::{BlobStore, Store};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::{ApiError, Problem};
 pub use intake::Limits;
@@ -78,24 +81,12 @@ impl AppState {
         title = "EditThinker Service",
         description = "Think-while-Edit jobs: an editor edits, a vision-language thinker critiques and refines the instruction, repeat until good. Every turn streams over SSE."
     ),
-    paths(
-        jobs::create_job,
-        jobs::list_jobs,
-        jobs::get_job,
-        jobs::cancel_job,
-        jobs::list_webhook_deliveries,
-        jobs::retry_job,
-        jobs::source_image,
-        jobs::turn_image,
-        jobs::result_image,
-        events::job_events,
-        system::list_editors,
-        system::healthz,
-        system::readyz,
-    ),
     components(schemas(
         views::Job,
-        jobs::StatusFilter,
+        editthinker_store::JobStatus,
+        editthinker_store::DeliveryStatus,
+        editthinker_core::StopReason,
+        editthinker_core::ErrorCode,
         views::JobSummary,
         views::JobList,
         views::Turn,
@@ -105,6 +96,7 @@ impl AppState {
         views::EditorView,
         views::EditorList,
         intake::CreateJobRequest,
+        intake::CreateJobForm,
         intake::ImageInput,
         intake::WebhookInput,
         views::DeliveryList,
@@ -114,8 +106,20 @@ impl AppState {
         editthinker_core::JobOptions,
         editthinker_core::StopThresholds,
         editthinker_core::Selection,
-    )),
-    modifiers(&AuthDoc)
+        views::RefusalView,
+        contract::EventType,
+        contract::RetryReason,
+        contract::JobQueuedData,
+        contract::JobStartedData,
+        contract::JobRetryingData,
+        contract::TurnEditedData,
+        contract::TurnCritiquedData,
+        contract::JobSucceededData,
+        contract::JobFailedData,
+        contract::JobCanceledData,
+        contract::TurnThinkingData,
+        contract::WebhookEvent,
+    ))
 )]
 pub struct ApiDoc;
 
@@ -129,7 +133,7 @@ impl utoipa::Modify for AuthDoc {
         use utoipa::openapi::security::{
             HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
         };
-        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
@@ -172,9 +176,22 @@ impl utoipa::Modify for AuthDoc {
                     )
                     .into()
                 });
-                responses.entry("429".into()).or_insert_with(|| {
+                let limited = responses.entry("429".into()).or_insert_with(|| {
                     problem("A limit was reached (`rate_limited`); `Retry-After` says when to try again").into()
                 });
+                if let utoipa::openapi::RefOr::T(limited) = limited {
+                    limited.headers.insert(
+                        "Retry-After".into(),
+                        HeaderBuilder::new()
+                            .schema(
+                                utoipa::openapi::ObjectBuilder::new()
+                                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                                    .minimum(Some(0)),
+                            )
+                            .description(Some("Seconds until a retry may succeed"))
+                            .build(),
+                    );
+                }
                 responses.entry("431".into()).or_insert_with(|| {
                     problem("The request's headers are over `[limits] max_header_bytes`").into()
                 });
@@ -215,10 +232,54 @@ fn add_job_links(doc: &mut serde_json::Value) {
     }
 }
 
+/// The routes, each API operation served and documented by one
+/// `routes!` line (its `#[utoipa::path]` names the path), so no handler is
+/// served undocumented; the pages in [`UNDOCUMENTED_ROUTES`] are added
+/// with plain `route`.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::create_job, jobs::list_jobs))
+        .routes(routes!(jobs::get_job))
+        .routes(routes!(jobs::cancel_job))
+        .routes(routes!(jobs::list_webhook_deliveries))
+        .routes(routes!(jobs::retry_job))
+        .routes(routes!(jobs::source_image))
+        .routes(routes!(jobs::turn_image))
+        .routes(routes!(jobs::result_image))
+        .routes(routes!(events::job_events))
+        .routes(routes!(system::list_editors))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .route("/openapi.json", get(system::openapi))
+        .route("/docs", get(ui::docs))
+        .route("/ui", get(ui::home))
+        .route("/ui/jobs/{id}", get(ui::job))
+        .route("/ui/assets/{name}", get(ui::asset))
+}
+
+/// Routes served but not in the document: the document itself and the
+/// browser pages (HTML and assets), none of them API operations.
+pub const UNDOCUMENTED_ROUTES: [&str; 5] = [
+    "/openapi.json",
+    "/docs",
+    "/ui",
+    "/ui/jobs/{id}",
+    "/ui/assets/{name}",
+];
+
+/// The OpenAPI document: [`ApiDoc`] with the paths of [`routes`] and
+/// what every authenticated route shares ([`AuthDoc`]).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = routes().split_for_parts();
+    utoipa::Modify::modify(&AuthDoc, &mut doc);
+    doc
+}
+
 /// The OpenAPI document as pretty JSON (what `openapi/openapi.json` holds).
 pub fn openapi_json() -> String {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    let mut doc = serde_json::to_value(openapi()).expect("the OpenAPI document serializes");
     add_job_links(&mut doc);
+    contract::describe_events_and_images(&mut doc);
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }
 
@@ -226,24 +287,8 @@ pub fn openapi_json() -> String {
 pub fn router(state: AppState) -> Router {
     // Room for a base64-encoded image at the byte limit plus the other fields.
     let body_limit = state.limits.max_image_bytes / 3 * 4 + 1024 * 1024;
-    Router::new()
-        .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
-        .route("/v1/jobs/{id}", get(jobs::get_job))
-        .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
-        .route("/v1/jobs/{id}/events", get(events::job_events))
-        .route("/v1/jobs/{id}/webhooks", get(jobs::list_webhook_deliveries))
-        .route("/v1/jobs/{id}/retry", post(jobs::retry_job))
-        .route("/v1/jobs/{id}/source", get(jobs::source_image))
-        .route("/v1/jobs/{id}/turns/{n}/image", get(jobs::turn_image))
-        .route("/v1/jobs/{id}/result", get(jobs::result_image))
-        .route("/v1/editors", get(system::list_editors))
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
-        .route("/openapi.json", get(system::openapi))
-        .route("/docs", get(ui::docs))
-        .route("/ui", get(ui::home))
-        .route("/ui/jobs/{id}", get(ui::job))
-        .route("/ui/assets/{name}", get(ui::asset))
+    let (routes, _) = routes().split_for_parts();
+    routes
         .fallback(system::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         // Inside CORS, so preflight requests need no credentials.
@@ -354,4 +399,66 @@ fn cors(origins: &[HeaderValue]) -> CorsLayer {
             HeaderName::from_static("preference-applied"),
         ])
         .max_age(std::time::Duration::from_secs(3600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// The paths a router serves, read from its `Debug` form (axum has no
+    /// other way to list them): every quoted string that starts with `/`
+    /// in the path router's part.
+    fn served_paths(router: &Router<AppState>) -> BTreeSet<String> {
+        let debug = format!("{router:?}");
+        let paths = debug
+            .split("fallback_router")
+            .next()
+            .expect("the path router comes first");
+        paths
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.starts_with('/'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Served paths missing from the document, less the known pages.
+    fn undocumented(routes: OpenApiRouter<AppState>) -> Vec<String> {
+        let (router, doc) = routes.split_for_parts();
+        let served = served_paths(&router);
+        assert!(served.contains("/v1/jobs/{id}/events"), "{served:?}");
+        served
+            .into_iter()
+            .filter(|p| !doc.paths.paths.contains_key(p))
+            .filter(|p| !UNDOCUMENTED_ROUTES.contains(&p.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn every_served_route_is_documented() {
+        assert_eq!(undocumented(routes()), Vec::<String>::new());
+        let (router, _) = routes().split_for_parts();
+        let served = served_paths(&router);
+        let documented: BTreeSet<String> = openapi().paths.paths.keys().cloned().collect();
+        let unserved: Vec<_> = documented.difference(&served).collect();
+        assert!(
+            unserved.is_empty(),
+            "documented but not served: {unserved:?}"
+        );
+        for page in UNDOCUMENTED_ROUTES {
+            assert!(
+                served.contains(page),
+                "{page} is listed as a page but not served"
+            );
+        }
+    }
+
+    #[test]
+    fn a_route_added_without_routes_is_reported() {
+        async fn hidden() {}
+        let routes = routes().route("/v1/hidden", get(hidden));
+        assert_eq!(undocumented(routes), vec!["/v1/hidden".to_string()]);
+    }
 }

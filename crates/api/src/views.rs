@@ -1,7 +1,7 @@
 //! Response bodies (README "HTTP API") and their conversion from stored rows.
 
 use chrono::{DateTime, Utc};
-use editthinker_core::{CritiqueRecord, JobOptions};
+use editthinker_core::{CritiqueRecord, ErrorCode, JobOptions};
 use editthinker_store::{JobRow, JobStatus, TurnRow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -13,14 +13,14 @@ pub struct Job {
     /// Job id (UUIDv7).
     pub id: Uuid,
     /// `queued`, `running`, `succeeded`, `failed` or `canceled`.
-    #[schema(value_type = String, example = "running")]
     pub status: JobStatus,
     /// The user's instruction.
+    #[schema(min_length = 1, max_length = 4000)]
     pub instruction: String,
     /// The editor's configured name.
     pub editor: String,
     /// Loop options in force.
-    #[schema(value_type = Object)]
+    #[schema(value_type = JobOptions)]
     pub options: serde_json::Value,
     /// Turns so far, in order.
     pub turns: Vec<Turn>,
@@ -36,9 +36,9 @@ pub struct Job {
     pub attempt: u32,
     /// Why the job stopped, once finished: `satisfied`, `max_turns`,
     /// `refusal`, `invalid_refinement`, `deadline`, `canceled` or `failed`.
-    #[schema(value_type = Option<String>, example = "satisfied")]
     pub stop_reason: Option<editthinker_core::StopReason>,
     /// Claim priority, −10 to 10: higher runs first.
+    #[schema(minimum = -10, maximum = 10)]
     pub priority: i32,
     /// While queued: 1 when the job is claimed next; `null` otherwise.
     pub queue_position: Option<u64>,
@@ -49,7 +49,7 @@ pub struct Job {
     /// days` after it finished); `null` while it runs or when kept for ever.
     pub expires_at: Option<DateTime<Utc>>,
     /// The job's webhook (`{"url", "events"}`), if it has one.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::intake::WebhookInput>)]
     pub webhook: Option<serde_json::Value>,
     /// Client metadata, as given.
     #[schema(value_type = Object)]
@@ -68,7 +68,6 @@ pub struct JobSummary {
     /// Job id.
     pub id: Uuid,
     /// Status.
-    #[schema(value_type = String)]
     pub status: JobStatus,
     /// The user's instruction.
     pub instruction: String,
@@ -79,7 +78,6 @@ pub struct JobSummary {
     /// Failure, if any.
     pub error: Option<JobErrorView>,
     /// Why the job stopped, once finished.
-    #[schema(value_type = Option<String>, example = "max_turns")]
     pub stop_reason: Option<editthinker_core::StopReason>,
     /// Claims so far.
     pub attempt: u32,
@@ -173,7 +171,7 @@ pub struct JobResult {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobErrorView {
     /// Stable code.
-    pub code: String,
+    pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
 }
@@ -217,7 +215,10 @@ fn result_of(row: &JobRow) -> Option<JobResult> {
 
 fn error_of(row: &JobRow) -> Option<JobErrorView> {
     row.error_code.as_ref().map(|code| JobErrorView {
-        code: code.clone(),
+        // Only the worker and the store write codes, all from
+        // `ErrorCode`; an unknown one (a row from a newer release) reads
+        // as `internal` rather than breaking the job's JSON.
+        code: ErrorCode::parse(code).unwrap_or(ErrorCode::Internal),
         message: row.error_message.clone().unwrap_or_default(),
     })
 }
@@ -337,9 +338,9 @@ pub struct Delivery {
     pub event_id: i64,
     /// The event type.
     #[serde(rename = "type")]
+    #[schema(value_type = crate::contract::EventType)]
     pub kind: String,
     /// `pending`, `delivered` or `failed`.
-    #[schema(value_type = String, example = "delivered")]
     pub status: editthinker_store::DeliveryStatus,
     /// Attempts made.
     pub attempts: u32,

@@ -6,6 +6,7 @@
 //! and [`parse`], and image geometry helpers in [`imaging`].
 
 pub mod critique;
+pub mod error_code;
 pub mod imaging;
 pub mod metrics;
 pub mod net;
@@ -19,6 +20,7 @@ pub mod trace;
 pub mod traits;
 
 pub use critique::{Critique, CritiqueRecord};
+pub use error_code::ErrorCode;
 pub use imaging::{Image, ImageError, ImageFormat};
 pub use options::{JobOptions, OptionsError, Selection, StopThresholds};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};

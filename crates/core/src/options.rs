@@ -20,39 +20,72 @@ pub enum Selection {
 }
 
 /// Scores at or above which the thinker's critique counts as satisfied.
+// Defaults are per field, not `#[serde(default)]` on the struct: utoipa
+// writes a struct-wide default into the document as each field's `default`,
+// which openapi-typescript then makes required (so a client could not send
+// `{"max_turns": 2}` alone). Field defaults only make the field optional.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct StopThresholds {
-    /// Minimum semantic score (0..=10).
+    /// Minimum semantic score, 0..=10 (default 8).
+    #[serde(default = "default_threshold")]
+    #[schema(minimum = 0, maximum = 10)]
     pub semantic: f64,
-    /// Minimum quality score (0..=10).
+    /// Minimum quality score, 0..=10 (default 8).
+    #[serde(default = "default_threshold")]
+    #[schema(minimum = 0, maximum = 10)]
     pub quality: f64,
+}
+
+fn default_threshold() -> f64 {
+    8.0
+}
+
+fn default_max_turns() -> u32 {
+    5
 }
 
 impl Default for StopThresholds {
     fn default() -> Self {
         Self {
-            semantic: 8.0,
-            quality: 8.0,
+            semantic: default_threshold(),
+            quality: default_threshold(),
         }
     }
 }
 
 /// Options a client may set per job; every field has a server default.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct JobOptions {
-    /// Editor calls at most, 1..=10.
+    /// Editor calls at most, 1..=10 (default 5).
+    #[serde(default = "default_max_turns")]
+    #[schema(minimum = 1, maximum = 10)]
     pub max_turns: u32,
-    /// Stop thresholds.
+    /// Stop thresholds (default 8 and 8).
+    // A plain reference: utoipa writes a defaulted reference as a `oneOf`
+    // with a `default`, which generated clients reject.
+    #[serde(default)]
+    #[schema(schema_with = stop_schema)]
     pub stop: StopThresholds,
-    /// Result selection rule.
+    /// Result selection rule (default `best`).
+    #[serde(default)]
+    #[schema(schema_with = selection_schema)]
     pub selection: Selection,
     /// Seconds after creation by which the job must be done, 1..=86400.
     /// When it passes, the job stops at once and succeeds with the best of
     /// its recorded turns, or fails with `deadline_exceeded` without one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 86400)]
     pub deadline_seconds: Option<u32>,
+}
+
+fn stop_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("StopThresholds")
+}
+
+fn selection_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("Selection")
 }
 
 /// Largest allowed `deadline_seconds` (a day).
@@ -61,7 +94,7 @@ pub const MAX_DEADLINE_SECONDS: u32 = 86_400;
 impl Default for JobOptions {
     fn default() -> Self {
         Self {
-            max_turns: 5,
+            max_turns: default_max_turns(),
             stop: StopThresholds::default(),
             selection: Selection::Best,
             deadline_seconds: None,

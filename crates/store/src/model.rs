@@ -25,7 +25,7 @@ pub enum Fairness {
 }
 
 /// A job's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     /// Waiting to be claimed (maybe not yet due).
@@ -246,7 +246,7 @@ pub struct JobRow {
 }
 
 /// Error code of a job that failed because its deadline passed.
-pub const DEADLINE_EXCEEDED: &str = "deadline_exceeded";
+pub const DEADLINE_EXCEEDED: &str = editthinker_core::ErrorCode::DeadlineExceeded.as_str();
 
 /// The error of a job whose deadline passed before any turn was recorded.
 pub fn deadline_failure() -> (&'static str, &'static str) {
@@ -425,7 +425,7 @@ pub enum IdempotentInsert {
 pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// Where a webhook delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Not delivered yet; attempts continue.

@@ -63,7 +63,7 @@ pub(crate) fn canceled() -> Value {
 }
 
 /// Error code written when a job's lease expired and its attempts are spent.
-pub(crate) const LEASE_EXPIRED: &str = "lease_expired";
+pub(crate) const LEASE_EXPIRED: &str = editthinker_core::ErrorCode::LeaseExpired.as_str();
 
 /// The `pg_notify` payload: ids only, NOTIFY payloads are size-limited.
 pub(crate) fn notify_payload(job_id: uuid::Uuid, event_id: i64, kind: &str) -> String {

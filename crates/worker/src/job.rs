@@ -23,36 +23,39 @@ use tracing::{info, warn};
 use crate::lease::{LeaseClock, LeasedEditor, LeasedThinker};
 use crate::Worker;
 
-/// Stable error codes a job can fail with (contract: clients match on them).
+/// Stable error codes a job can fail with (contract: clients match on
+/// them), spelled by [`ErrorCode`], the one list the API shares.
 pub mod error_code {
+    use editthinker_core::ErrorCode;
+
     /// The editor refused the user's own instruction (moderation, safety).
-    pub const EDITOR_REFUSED: &str = "editor_refused";
+    pub const EDITOR_REFUSED: &str = ErrorCode::EditorRefused.as_str();
     /// The editor rejected the request as invalid.
-    pub const EDITOR_INVALID: &str = "editor_invalid";
+    pub const EDITOR_INVALID: &str = ErrorCode::EditorInvalid.as_str();
     /// The editor rejected our credentials.
-    pub const EDITOR_AUTH: &str = "editor_auth";
+    pub const EDITOR_AUTH: &str = ErrorCode::EditorAuth.as_str();
     /// The editor stayed unavailable.
-    pub const EDITOR_UNAVAILABLE: &str = "editor_unavailable";
+    pub const EDITOR_UNAVAILABLE: &str = ErrorCode::EditorUnavailable.as_str();
     /// The editor may or may not have done (and billed) the edit: the job is
     /// requeued visibly rather than the request silently resent.
-    pub const EDITOR_AMBIGUOUS: &str = "editor_ambiguous";
+    pub const EDITOR_AMBIGUOUS: &str = ErrorCode::EditorAmbiguous.as_str();
     /// The editor answered with an image we cannot use.
-    pub const EDITOR_BAD_OUTPUT: &str = "editor_bad_output";
+    pub const EDITOR_BAD_OUTPUT: &str = ErrorCode::EditorBadOutput.as_str();
     /// The thinker stayed unavailable.
-    pub const THINKER_UNAVAILABLE: &str = "thinker_unavailable";
+    pub const THINKER_UNAVAILABLE: &str = ErrorCode::ThinkerUnavailable.as_str();
     /// The thinker rejected the request as invalid (e.g. unknown model).
-    pub const THINKER_INVALID: &str = "thinker_invalid";
+    pub const THINKER_INVALID: &str = ErrorCode::ThinkerInvalid.as_str();
     /// The thinker rejected our credentials.
-    pub const THINKER_AUTH: &str = "thinker_auth";
+    pub const THINKER_AUTH: &str = ErrorCode::ThinkerAuth.as_str();
     /// The job names an editor this worker does not have.
-    pub const UNKNOWN_EDITOR: &str = "unknown_editor";
+    pub const UNKNOWN_EDITOR: &str = ErrorCode::UnknownEditor.as_str();
     /// The stored job or its images could not be read or written.
-    pub const STORAGE: &str = "storage_error";
+    pub const STORAGE: &str = ErrorCode::StorageError.as_str();
     /// The database refused what the job produced (data it can never
     /// take): another attempt would pay for the same edit and fail again.
-    pub const STORAGE_REFUSED: &str = "storage_refused";
+    pub const STORAGE_REFUSED: &str = ErrorCode::StorageRefused.as_str();
     /// The worker hit a bug (a panic) while running the job.
-    pub const INTERNAL: &str = "internal";
+    pub const INTERNAL: &str = ErrorCode::Internal.as_str();
 }
 
 pub(crate) struct JobRunner {
