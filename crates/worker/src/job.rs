@@ -5,22 +5,21 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use editthinker_core::imaging::off_thread;
 use editthinker_core::{
     run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, PendingEdit, Progress,
-    ProviderRequest, RetryPolicy, ThinkerError, TurnObserver, TurnRecord,
+    ProviderRequest, ThinkerError, TurnRecord,
 };
 use editthinker_store::{
-    event_type, BlobStore, ClaimedJob, Lease, NewTurn, PendingEditRecord, RefusalRecord, Store,
-    StoreError, TurnRow,
+    BlobError, BlobStore, ClaimedJob, Lease, PendingEditRecord, RefusalRecord, StoreError, TurnRow,
 };
 use futures::FutureExt;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::heartbeat::heartbeat;
 use crate::lease::{LeaseClock, LeasedEditor, LeasedThinker};
+use crate::observer::StoreObserver;
+use crate::thinking::ThinkingPublisher;
 use crate::Worker;
 
 /// Stable error codes a job can fail with (contract: clients match on
@@ -67,7 +66,7 @@ pub(crate) struct JobRunner {
 
 /// What stopped a job from the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Interrupt {
+pub(crate) enum Interrupt {
     CancelRequested,
     /// The job's deadline passed.
     Deadline,
@@ -76,7 +75,7 @@ enum Interrupt {
 }
 
 /// The asynchronous provider request in flight: (turn, request).
-type Submitted = Arc<std::sync::Mutex<Option<(u32, ProviderRequest)>>>;
+pub(crate) type Submitted = Arc<std::sync::Mutex<Option<(u32, ProviderRequest)>>>;
 
 /// Aborts a task when dropped, so no unwind can leave a heartbeat running.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -454,7 +453,7 @@ impl JobError {
 }
 
 /// Internal reason the loop was interrupted from outside.
-const INTERRUPTED: &str = "interrupted";
+pub(crate) const INTERRUPTED: &str = "interrupted";
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -495,71 +494,12 @@ fn storage_error(message: String) -> JobError {
     }
 }
 
-fn set_interrupt(slot: &std::sync::Mutex<Option<Interrupt>>, value: Interrupt) {
+pub(crate) fn set_interrupt(slot: &std::sync::Mutex<Option<Interrupt>>, value: Interrupt) {
     let mut slot = slot.lock().expect("interrupt lock");
     // Cancel and lease loss outrank a shutdown.
     if slot.is_none() || value != Interrupt::Shutdown {
         *slot = Some(value);
     }
-}
-
-/// Renews the lease every `heartbeat`, each renewal bounded by a timeout
-/// shorter than the interval, so a hung connection cannot hold it up; the
-/// clock then runs out by itself and the job stops.
-async fn heartbeat(
-    store: Arc<dyn Store>,
-    lease: Lease,
-    settings: crate::WorkerSettings,
-    clock: LeaseClock,
-    interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
-    stop_loop: CancellationToken,
-) {
-    let timeout = settings.heartbeat.mul_f64(0.8);
-    let mut wait = settings.heartbeat;
-    loop {
-        tokio::time::sleep(wait).await;
-        // A failed renewal is tried again soon: a dropped connection must
-        // not cost the lease (and with it a paid edit in flight).
-        wait = settings.heartbeat / 4;
-        if !clock.holds() {
-            return;
-        }
-        let sent = tokio::time::Instant::now();
-        match tokio::time::timeout(timeout, store.heartbeat(&lease, settings.lease)).await {
-            Ok(Ok(false)) => {
-                clock.renewed(sent);
-                wait = settings.heartbeat;
-            }
-            Ok(Ok(true)) => {
-                clock.renewed(sent);
-                set_interrupt(&interrupt, Interrupt::CancelRequested);
-                stop_loop.cancel();
-                return;
-            }
-            Ok(Err(StoreError::LeaseLost(_))) => {
-                set_interrupt(&interrupt, Interrupt::LeaseLost);
-                stop_loop.cancel();
-                return;
-            }
-            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
-            Err(_) => warn!(?timeout, "heartbeat timed out"),
-        }
-    }
-}
-
-struct StoreObserver {
-    store: Arc<dyn Store>,
-    blobs: Arc<BlobStore>,
-    lease: Lease,
-    clock: LeaseClock,
-    interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
-    submitted: Submitted,
-    thinking: ThinkingPublisher,
-    /// The job's editor (the `editor` label of the turn counter).
-    editor: String,
-    /// A write was refused for good ([`PersistError::Refused`]): the job
-    /// fails with [`error_code::STORAGE_REFUSED`] instead of retrying.
-    refused: std::sync::atomic::AtomicBool,
 }
 
 /// The stored pending edit as the loop wants it. A record we cannot read is
@@ -586,325 +526,16 @@ fn pending_edit(stored: Option<&serde_json::Value>) -> Option<PendingEdit> {
     }
 }
 
-/// How often live reasoning goes out: a few events a second, whatever the
-/// token rate.
-const THINKING_FLUSH: Duration = Duration::from_millis(250);
-/// Largest delta text in one `turn.thinking` event (NOTIFY payloads are
-/// limited to 8000 bytes, JSON escaping can double the size).
-const THINKING_CHUNK_BYTES: usize = 3000;
-
-/// Forwards a thinker's deltas to [`Store::publish_live`], coalesced, from
-/// a task of its own so the generation path never waits on the database.
-/// The task ends, after a last flush, when the publisher is dropped.
-struct ThinkingPublisher {
-    tx: mpsc::UnboundedSender<ThinkingMessage>,
-}
-
-enum ThinkingMessage {
-    Delta(u32, String),
-    /// Publish what is buffered now, then answer.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-impl ThinkingPublisher {
-    fn start(store: Arc<dyn Store>, job_id: uuid::Uuid, clock: LeaseClock) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(publish_thinking(store, job_id, clock, rx));
-        Self { tx }
-    }
-
-    fn send(&self, turn: u32, delta: &str) {
-        // A closed channel only means nobody is publishing any more.
-        let _ = self.tx.send(ThinkingMessage::Delta(turn, delta.to_owned()));
-    }
-
-    /// Waits until every delta sent so far is published, so that live
-    /// reasoning reaches subscribers before the critique it led to.
-    async fn flush(&self) {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.tx.send(ThinkingMessage::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
-    }
-}
-
-async fn publish_thinking(
-    store: Arc<dyn Store>,
-    job_id: uuid::Uuid,
-    clock: LeaseClock,
-    mut rx: mpsc::UnboundedReceiver<ThinkingMessage>,
-) {
-    let flush_thinking = |pending| flush_thinking(&*store, job_id, &clock, pending);
-    let mut open = true;
-    while open {
-        // Wait for the first delta, then gather for one flush interval.
-        let mut pending = match rx.recv().await {
-            Some(ThinkingMessage::Delta(turn, text)) => Some((turn, text)),
-            Some(ThinkingMessage::Flush(done)) => {
-                let _ = done.send(());
-                continue;
-            }
-            None => break,
-        };
-        let deadline = tokio::time::sleep(THINKING_FLUSH);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                next = rx.recv() => match next {
-                    Some(ThinkingMessage::Delta(turn, text)) => match &mut pending {
-                        Some((t, buf)) if *t == turn => buf.push_str(&text),
-                        _ => {
-                            flush_thinking(pending.take()).await;
-                            pending = Some((turn, text));
-                        }
-                    },
-                    Some(ThinkingMessage::Flush(done)) => {
-                        flush_thinking(pending.take()).await;
-                        let _ = done.send(());
-                        break;
-                    }
-                    None => {
-                        open = false;
-                        break;
-                    }
-                },
-            }
-        }
-        flush_thinking(pending.take()).await;
-    }
-}
-
-async fn flush_thinking(
-    store: &dyn Store,
-    job_id: uuid::Uuid,
-    clock: &LeaseClock,
-    pending: Option<(u32, String)>,
-) {
-    let Some((turn, text)) = pending else {
-        return;
-    };
-    // A job past its lease says nothing more, live events included.
-    if !clock.holds() {
-        return;
-    }
-    for delta in chunks(&text, THINKING_CHUNK_BYTES) {
-        let data = serde_json::json!({ "turn": turn, "delta": delta });
-        if let Err(e) = store
-            .publish_live(job_id, event_type::TURN_THINKING, data)
-            .await
-        {
-            // Live reasoning is best effort: the critique itself is stored.
-            tracing::debug!(error = %e, "could not publish live reasoning");
-        }
-    }
-}
-
-/// `text` cut into pieces of at most `max` bytes, on character boundaries.
-fn chunks(text: &str, max: usize) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let mut cut = rest.len().min(max);
-        while !rest.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let (head, tail) = rest.split_at(cut);
-        out.push(head);
-        rest = tail;
-    }
-    out
-}
-
-impl StoreObserver {
-    /// After each durable step, stop if a cancel or shutdown is pending.
-    fn check_interrupt(&self) -> Result<(), String> {
-        match *self.interrupt.lock().expect("interrupt lock") {
-            Some(_) => Err(INTERRUPTED.into()),
-            None => Ok(()),
-        }
-    }
-
-    /// Writes what a paid edit or a finished critique produced, retrying
-    /// with backoff while the lease holds, up to [`PERSIST_RETRY`]'s
-    /// attempts and [`PERSIST_PATIENCE`]: our own storage failing briefly
-    /// must not throw the work away (the next attempt would buy it again),
-    /// but a write that keeps failing must not hold the worker's slot for
-    /// ever (the heartbeat would keep the lease). A lost lease or a write
-    /// that can never succeed ends it at once.
-    async fn persist<F, Fut>(&self, what: &str, mut write: F) -> Result<(), String>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), PersistError>>,
-    {
-        let mut retry = 0;
-        let started = tokio::time::Instant::now();
-        loop {
-            let error = match self.clock.guard(write()).await {
-                None => return Err(format!("{what}: the lease ran out")),
-                Some(Ok(())) => return Ok(()),
-                Some(Err(PersistError::Final(e))) => return Err(format!("{what}: {e}")),
-                Some(Err(PersistError::Refused(e))) => {
-                    self.refused
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Err(format!("{what}: {e}"));
-                }
-                Some(Err(PersistError::Passing(e))) => e,
-            };
-            if retry >= PERSIST_RETRY.max_retries || started.elapsed() >= PERSIST_PATIENCE {
-                return Err(format!(
-                    "{what}: {error}; still failing after {} tries in {} s",
-                    retry + 1,
-                    started.elapsed().as_secs()
-                ));
-            }
-            retry += 1;
-            let delay = PERSIST_RETRY.backoff(retry);
-            warn!(%error, ?delay, retry, "{what} failed; retrying while the lease holds");
-            if self.clock.guard(tokio::time::sleep(delay)).await.is_none() {
-                return Err(format!("{what}: {error}; the lease ran out while retrying"));
-            }
-        }
-    }
-}
-
-/// Backoff and most retries of [`StoreObserver::persist`].
-const PERSIST_RETRY: RetryPolicy = RetryPolicy {
-    max_retries: 40,
-    base: Duration::from_millis(100),
-    max_delay: Duration::from_secs(2),
-    max_retry_after: Duration::ZERO,
-};
-
-/// Longest [`StoreObserver::persist`] keeps trying one write.
-const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
-
-/// A failed write, by whether trying again can help.
-enum PersistError {
-    /// The database or blob store failed: try again.
-    Passing(String),
-    /// The lease is gone: stop writing.
-    Final(String),
-    /// The database refuses the data itself: it fails the same way on
-    /// every try, in this attempt or any other.
-    Refused(String),
-}
-
-impl From<StoreError> for PersistError {
-    fn from(e: StoreError) -> Self {
-        // The store decides what passes.
-        match e {
-            StoreError::LeaseLost(_) => Self::Final(e.to_string()),
-            e if e.is_transient() => Self::Passing(e.to_string()),
-            e => Self::Refused(e.to_string()),
-        }
-    }
-}
-
-#[async_trait]
-impl TurnObserver for StoreObserver {
-    async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
-        let image = turn.image.clone().ok_or("an edited turn has its image")?;
-        let png = off_thread(move || image.to_png())
-            .await
-            .map_err(|e| e.to_string())?;
-        // One key for every retry of this write: a retried commit that went
-        // through is then recognised as the same turn.
-        let key = BlobStore::turn_key(self.lease.job_id, turn.index, self.lease.attempt);
-        let provider_request_id = self
-            .submitted
-            .lock()
-            .expect("submitted lock")
-            .as_ref()
-            .filter(|(t, _)| *t == turn.index)
-            .map(|(_, r)| r.id.clone());
-        self.persist("storing the turn image", || async {
-            self.blobs
-                .put(&key, png.bytes.clone())
-                .await
-                .map_err(|e| PersistError::Passing(e.to_string()))
-        })
-        .await?;
-        let new_turn = NewTurn {
-            index: turn.index,
-            instruction: turn.instruction.clone(),
-            image_key: key.clone(),
-            image_mime: png.format.mime().to_string(),
-            editor_ms: turn.editor_ms,
-            provider_request_id,
-        };
-        self.persist("recording the turn", || async {
-            Ok(self
-                .store
-                .record_turn(&self.lease, new_turn.clone())
-                .await?)
-        })
-        .await?;
-        self.submitted
-            .lock()
-            .expect("submitted lock")
-            .take_if(|(t, _)| *t == turn.index);
-        editthinker_core::metrics::turn_recorded(&self.editor);
-        info!(turn = turn.index, editor_ms = turn.editor_ms, "turn edited");
-        self.check_interrupt()
-    }
-
-    async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String> {
-        self.thinking.flush().await;
-        let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
-        self.persist("recording the critique", || async {
-            Ok(self
-                .store
-                .record_critique(
-                    &self.lease,
-                    turn,
-                    &json,
-                    critique.thinker_ms,
-                    &critique.raw_output,
-                    critique.error.as_deref(),
-                )
-                .await?)
-        })
-        .await?;
-        info!(
-            turn,
-            satisfied = critique.satisfied,
-            overall = critique.overall(),
-            "turn critiqued"
-        );
-        self.check_interrupt()
-    }
-
-    async fn edit_submitted(
-        &self,
-        turn: u32,
-        instruction: &str,
-        request: &ProviderRequest,
-    ) -> Result<(), String> {
-        let record = PendingEditRecord {
-            turn,
-            instruction: instruction.to_owned(),
-            request: serde_json::to_value(request).map_err(|e| e.to_string())?,
-        };
-        *self.submitted.lock().expect("submitted lock") = Some((turn, request.clone()));
-        self.persist("recording the provider request", || async {
-            Ok(self.store.record_pending_edit(&self.lease, &record).await?)
-        })
-        .await?;
-        info!(turn, provider_request_id = %request.id, "edit submitted; waiting for the provider");
-        Ok(())
-    }
-
-    fn thinking(&self, turn: u32, delta: &str) {
-        self.thinking.send(turn, delta);
-    }
-}
-
 async fn load_image(blobs: &BlobStore, key: &str) -> Result<Image, JobError> {
-    let bytes = blobs
-        .get(key)
-        .await
-        .map_err(|e| storage_error(format!("{key}: {e}")))?;
+    let bytes = blobs.get(key).await.map_err(|e| match e {
+        // A row naming an image that is not there is a bug or a manual
+        // edit, not a passing failure: another attempt finds it missing too.
+        BlobError::NotFound(_) => JobError::Permanent {
+            code: error_code::INTERNAL,
+            message: format!("the stored image {key} is missing"),
+        },
+        e => storage_error(format!("{key}: {e}")),
+    })?;
     Image::probe(bytes, u64::MAX).map_err(|e| JobError::Permanent {
         code: error_code::STORAGE,
         message: format!("{key}: {e}"),
@@ -975,24 +606,18 @@ async fn until(at: Option<tokio::time::Instant>) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn chunks_respect_size_and_char_boundaries() {
-        assert!(chunks("", 4).is_empty());
-        assert_eq!(chunks("abcdefg", 3), vec!["abc", "def", "g"]);
-        let text = "é".repeat(5); // 2 bytes each
-        let parts = chunks(&text, 3);
-        assert!(parts.iter().all(|p| p.len() <= 3 && !p.is_empty()));
-        assert_eq!(parts.concat(), text);
-    }
-
-    #[test]
-    fn refused_data_is_not_retried_and_a_lost_lease_stops_writing() {
-        let refused = PersistError::from(StoreError::Data("invalid byte sequence".into()));
-        assert!(matches!(refused, PersistError::Refused(_)));
-        let lost = PersistError::from(StoreError::LeaseLost(uuid::Uuid::nil()));
-        assert!(matches!(lost, PersistError::Final(_)));
-        let down = PersistError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
-        assert!(matches!(down, PersistError::Passing(_)));
+    #[tokio::test]
+    async fn a_missing_image_is_an_internal_error_not_a_storage_retry() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = BlobStore::from_url(&format!("file://{}", dir.path().display())).unwrap();
+        let key = BlobStore::source_key(uuid::Uuid::now_v7(), "png");
+        match load_image(&blobs, &key).await {
+            Err(JobError::Permanent { code, message }) => {
+                assert_eq!(code, error_code::INTERNAL);
+                assert!(message.contains("missing"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     fn failed(error: EditorError, turn: u32) -> Result<editthinker_core::LoopOutcome, JobError> {

@@ -1,8 +1,11 @@
 //! The worker role: claims jobs, runs the Think-while-Edit loop with
 //! store-backed persistence, heartbeats its leases, and shuts down gracefully.
 
+mod heartbeat;
 mod job;
 mod lease;
+mod observer;
+mod thinking;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

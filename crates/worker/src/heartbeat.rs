@@ -1,0 +1,55 @@
+//! The lease's heartbeat: renewals bounded in time, and the cancel flag
+//! they bring back.
+
+use std::sync::Arc;
+
+use editthinker_store::{Lease, Store, StoreError};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::job::{set_interrupt, Interrupt};
+use crate::lease::LeaseClock;
+
+/// Renews the lease every `heartbeat`, each renewal bounded by a timeout
+/// shorter than the interval, so a hung connection cannot hold it up; the
+/// clock then runs out by itself and the job stops.
+pub(crate) async fn heartbeat(
+    store: Arc<dyn Store>,
+    lease: Lease,
+    settings: crate::WorkerSettings,
+    clock: LeaseClock,
+    interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
+    stop_loop: CancellationToken,
+) {
+    let timeout = settings.heartbeat.mul_f64(0.8);
+    let mut wait = settings.heartbeat;
+    loop {
+        tokio::time::sleep(wait).await;
+        // A failed renewal is tried again soon: a dropped connection must
+        // not cost the lease (and with it a paid edit in flight).
+        wait = settings.heartbeat / 4;
+        if !clock.holds() {
+            return;
+        }
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(timeout, store.heartbeat(&lease, settings.lease)).await {
+            Ok(Ok(false)) => {
+                clock.renewed(sent);
+                wait = settings.heartbeat;
+            }
+            Ok(Ok(true)) => {
+                clock.renewed(sent);
+                set_interrupt(&interrupt, Interrupt::CancelRequested);
+                stop_loop.cancel();
+                return;
+            }
+            Ok(Err(StoreError::LeaseLost(_))) => {
+                set_interrupt(&interrupt, Interrupt::LeaseLost);
+                stop_loop.cancel();
+                return;
+            }
+            Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),
+            Err(_) => warn!(?timeout, "heartbeat timed out"),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The loop's observer backed by the store: each paid edit and each
+//! critique is written before the loop goes on, retried while the storage
+//! fails briefly, and a stop from outside is seen after each durable step.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use editthinker_core::imaging::off_thread;
+use editthinker_core::{CritiqueRecord, ProviderRequest, RetryPolicy, TurnObserver, TurnRecord};
+use editthinker_store::{BlobStore, Lease, NewTurn, PendingEditRecord, Store, StoreError};
+use tracing::{info, warn};
+
+use crate::job::{Interrupt, Submitted, INTERRUPTED};
+use crate::lease::LeaseClock;
+use crate::thinking::ThinkingPublisher;
+
+pub(crate) struct StoreObserver {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) blobs: Arc<BlobStore>,
+    pub(crate) lease: Lease,
+    pub(crate) clock: LeaseClock,
+    pub(crate) interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
+    pub(crate) submitted: Submitted,
+    pub(crate) thinking: ThinkingPublisher,
+    /// The job's editor (the `editor` label of the turn counter).
+    pub(crate) editor: String,
+    /// A write was refused for good ([`PersistError::Refused`]): the job
+    /// fails with [`crate::job::error_code::STORAGE_REFUSED`] instead of retrying.
+    pub(crate) refused: std::sync::atomic::AtomicBool,
+}
+
+impl StoreObserver {
+    /// After each durable step, stop if a cancel or shutdown is pending.
+    fn check_interrupt(&self) -> Result<(), String> {
+        match *self.interrupt.lock().expect("interrupt lock") {
+            Some(_) => Err(INTERRUPTED.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes what a paid edit or a finished critique produced, retrying
+    /// with backoff while the lease holds, up to [`PERSIST_RETRY`]'s
+    /// attempts and [`PERSIST_PATIENCE`]: our own storage failing briefly
+    /// must not throw the work away (the next attempt would buy it again),
+    /// but a write that keeps failing must not hold the worker's slot for
+    /// ever (the heartbeat would keep the lease). A lost lease or a write
+    /// that can never succeed ends it at once.
+    async fn persist<F, Fut>(&self, what: &str, mut write: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), PersistError>>,
+    {
+        let mut retry = 0;
+        let started = tokio::time::Instant::now();
+        loop {
+            let error = match self.clock.guard(write()).await {
+                None => return Err(format!("{what}: the lease ran out")),
+                Some(Ok(())) => return Ok(()),
+                Some(Err(PersistError::Final(e))) => return Err(format!("{what}: {e}")),
+                Some(Err(PersistError::Refused(e))) => {
+                    self.refused
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(format!("{what}: {e}"));
+                }
+                Some(Err(PersistError::Passing(e))) => e,
+            };
+            if retry >= PERSIST_RETRY.max_retries || started.elapsed() >= PERSIST_PATIENCE {
+                return Err(format!(
+                    "{what}: {error}; still failing after {} tries in {} s",
+                    retry + 1,
+                    started.elapsed().as_secs()
+                ));
+            }
+            retry += 1;
+            let delay = PERSIST_RETRY.backoff(retry);
+            warn!(%error, ?delay, retry, "{what} failed; retrying while the lease holds");
+            if self.clock.guard(tokio::time::sleep(delay)).await.is_none() {
+                return Err(format!("{what}: {error}; the lease ran out while retrying"));
+            }
+        }
+    }
+}
+
+/// Backoff and most retries of [`StoreObserver::persist`].
+const PERSIST_RETRY: RetryPolicy = RetryPolicy {
+    max_retries: 40,
+    base: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    max_retry_after: Duration::ZERO,
+};
+
+/// Longest [`StoreObserver::persist`] keeps trying one write.
+const PERSIST_PATIENCE: Duration = Duration::from_secs(60);
+
+/// A failed write, by whether trying again can help.
+enum PersistError {
+    /// The database or blob store failed: try again.
+    Passing(String),
+    /// The lease is gone: stop writing.
+    Final(String),
+    /// The database refuses the data itself: it fails the same way on
+    /// every try, in this attempt or any other.
+    Refused(String),
+}
+
+impl From<StoreError> for PersistError {
+    fn from(e: StoreError) -> Self {
+        // The store decides what passes.
+        match e {
+            StoreError::LeaseLost(_) => Self::Final(e.to_string()),
+            e if e.is_transient() => Self::Passing(e.to_string()),
+            e => Self::Refused(e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl TurnObserver for StoreObserver {
+    async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
+        let image = turn.image.clone().ok_or("an edited turn has its image")?;
+        let png = off_thread(move || image.to_png())
+            .await
+            .map_err(|e| e.to_string())?;
+        // One key for every retry of this write: a retried commit that went
+        // through is then recognised as the same turn.
+        let key = BlobStore::turn_key(self.lease.job_id, turn.index, self.lease.attempt);
+        let provider_request_id = self
+            .submitted
+            .lock()
+            .expect("submitted lock")
+            .as_ref()
+            .filter(|(t, _)| *t == turn.index)
+            .map(|(_, r)| r.id.clone());
+        self.persist("storing the turn image", || async {
+            self.blobs
+                .put(&key, png.bytes.clone())
+                .await
+                .map_err(|e| PersistError::Passing(e.to_string()))
+        })
+        .await?;
+        let new_turn = NewTurn {
+            index: turn.index,
+            instruction: turn.instruction.clone(),
+            image_key: key.clone(),
+            image_mime: png.format.mime().to_string(),
+            editor_ms: turn.editor_ms,
+            provider_request_id,
+        };
+        self.persist("recording the turn", || async {
+            Ok(self
+                .store
+                .record_turn(&self.lease, new_turn.clone())
+                .await?)
+        })
+        .await?;
+        self.submitted
+            .lock()
+            .expect("submitted lock")
+            .take_if(|(t, _)| *t == turn.index);
+        editthinker_core::metrics::turn_recorded(&self.editor);
+        info!(turn = turn.index, editor_ms = turn.editor_ms, "turn edited");
+        self.check_interrupt()
+    }
+
+    async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String> {
+        self.thinking.flush().await;
+        let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
+        self.persist("recording the critique", || async {
+            Ok(self
+                .store
+                .record_critique(
+                    &self.lease,
+                    turn,
+                    &json,
+                    critique.thinker_ms,
+                    &critique.raw_output,
+                    critique.error.as_deref(),
+                )
+                .await?)
+        })
+        .await?;
+        info!(
+            turn,
+            satisfied = critique.satisfied,
+            overall = critique.overall(),
+            "turn critiqued"
+        );
+        self.check_interrupt()
+    }
+
+    async fn edit_submitted(
+        &self,
+        turn: u32,
+        instruction: &str,
+        request: &ProviderRequest,
+    ) -> Result<(), String> {
+        let record = PendingEditRecord {
+            turn,
+            instruction: instruction.to_owned(),
+            request: serde_json::to_value(request).map_err(|e| e.to_string())?,
+        };
+        *self.submitted.lock().expect("submitted lock") = Some((turn, request.clone()));
+        self.persist("recording the provider request", || async {
+            Ok(self.store.record_pending_edit(&self.lease, &record).await?)
+        })
+        .await?;
+        info!(turn, provider_request_id = %request.id, "edit submitted; waiting for the provider");
+        Ok(())
+    }
+
+    fn thinking(&self, turn: u32, delta: &str) {
+        self.thinking.send(turn, delta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_data_is_not_retried_and_a_lost_lease_stops_writing() {
+        let refused = PersistError::from(StoreError::Data("invalid byte sequence".into()));
+        assert!(matches!(refused, PersistError::Refused(_)));
+        let lost = PersistError::from(StoreError::LeaseLost(uuid::Uuid::nil()));
+        assert!(matches!(lost, PersistError::Final(_)));
+        let down = PersistError::from(StoreError::Unavailable(sqlx::Error::PoolTimedOut));
+        assert!(matches!(down, PersistError::Passing(_)));
+    }
+}
