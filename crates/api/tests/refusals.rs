@@ -1,0 +1,350 @@
+//! Bad input answered in process (the router through `oneshot`, a real
+//! SQLite store in a temporary folder): each refusal its own small test,
+//! checking the status, the problem's `code` and the field it names.
+//! Child-process tests (`tests/` at the root) keep what needs a socket, a
+//! signal or a fault.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use base64::Engine;
+use editthinker_api::auth::{Auth, AuthMode, CallerLimits};
+use editthinker_api::fanout::EventHub;
+use editthinker_api::intake::Limits;
+use editthinker_api::views::EditorView;
+use editthinker_api::AppState;
+use editthinker_store::{BlobStore, SqliteStore, Store};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// A 1×1 PNG.
+const PNG_1X1: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
+
+/// The router over a fresh SQLite store and blob folder, with one editor
+/// (`fake`), a thinker configured and no webhook secret.
+async fn app() -> (Router, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::connect(&format!("sqlite://{}/et.db", dir.path().display()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let blobs =
+        Arc::new(BlobStore::from_url(&format!("file://{}/blobs", dir.path().display())).unwrap());
+    let state = AppState {
+        hub: EventHub::start(store.clone(), CancellationToken::new()),
+        store,
+        blobs,
+        editors: Arc::new(vec![EditorView {
+            name: "fake".into(),
+            kind: "http".into(),
+            model: None,
+            default: true,
+        }]),
+        thinker_configured: true,
+        webhooks_configured: false,
+        retention: None,
+        cors_allowed_origins: Vec::new(),
+        limits: Limits::default(),
+        max_attempts: 3,
+        auth: Arc::new(Auth::new(AuthMode::None, &CallerLimits::default())),
+        max_active_jobs_per_tenant: None,
+    };
+    (editthinker_api::router(state), dir)
+}
+
+/// Sends `request`; the status and the body as JSON (after checking that
+/// an error is a problem body).
+async fn send(request: Request<Body>) -> (StatusCode, Value) {
+    let (router, _dir) = app().await;
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    if !status.is_success() {
+        assert_eq!(content_type, "application/problem+json", "{status}");
+    }
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn post(content_type: &str, body: impl Into<Body>) -> Request<Body> {
+    Request::post("/v1/jobs")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .unwrap()
+}
+
+/// A valid create body with `change` applied to it.
+fn create(change: impl FnOnce(&mut Value)) -> Request<Body> {
+    let mut body = json!({"image": {"base64": PNG_1X1}, "instruction": "make it red"});
+    change(&mut body);
+    post("application/json", body.to_string())
+}
+
+/// Checks a problem: its status, `code`, `field`, and that its `status`
+/// member agrees with the answer's.
+fn assert_problem(
+    (status, problem): (StatusCode, Value),
+    expected: StatusCode,
+    code: &str,
+    field: Option<&str>,
+) {
+    assert_eq!(status, expected, "{problem}");
+    assert_eq!(problem["status"], expected.as_u16(), "{problem}");
+    assert_eq!(problem["code"], code, "{problem}");
+    assert_eq!(problem["field"].as_str(), field, "{problem}");
+    assert!(
+        problem["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{problem}"
+    );
+}
+
+#[tokio::test]
+async fn a_valid_create_is_accepted() {
+    let (status, job) = send(create(|_| {})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["status"], "queued");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json() {
+    let answer = send(post("application/json", "{not json")).await;
+    assert_problem(answer, StatusCode::BAD_REQUEST, "malformed_request", None);
+}
+
+#[tokio::test]
+async fn text_after_the_object() {
+    let body = json!({"image": {"base64": PNG_1X1}, "instruction": "x"}).to_string() + "GARBAGE";
+    let answer = send(post("application/json", body)).await;
+    assert_problem(answer, StatusCode::BAD_REQUEST, "malformed_request", None);
+}
+
+#[tokio::test]
+async fn neither_json_nor_multipart() {
+    let answer = send(post("text/plain", "make it red")).await;
+    assert_problem(
+        answer,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_field() {
+    let answer = send(create(|b| b["colour"] = json!("red"))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("colour"),
+    );
+}
+
+#[tokio::test]
+async fn a_missing_instruction() {
+    let answer = send(create(|b| {
+        b.as_object_mut().unwrap().remove("instruction");
+    }))
+    .await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("instruction"),
+    );
+}
+
+#[tokio::test]
+async fn a_blank_instruction() {
+    let answer = send(create(|b| b["instruction"] = json!("   "))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("instruction"),
+    );
+}
+
+#[tokio::test]
+async fn an_instruction_over_4000_characters() {
+    let answer = send(create(|b| b["instruction"] = json!("é".repeat(4001)))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("instruction"),
+    );
+}
+
+#[tokio::test]
+async fn a_nul_in_the_instruction() {
+    let answer = send(create(|b| b["instruction"] = json!("make\u{0} it red"))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("instruction"),
+    );
+}
+
+#[tokio::test]
+async fn max_turns_out_of_range() {
+    let answer = send(create(|b| b["options"] = json!({"max_turns": 0}))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("options.max_turns"),
+    );
+}
+
+#[tokio::test]
+async fn options_given_as_an_array() {
+    let answer = send(create(|b| b["options"] = json!([1]))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("options"),
+    );
+}
+
+#[tokio::test]
+async fn priority_out_of_range() {
+    let answer = send(create(|b| b["priority"] = json!(11))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("priority"),
+    );
+}
+
+#[tokio::test]
+async fn both_base64_and_url() {
+    let answer = send(create(|b| {
+        b["image"]["url"] = json!("https://example.com/a.png");
+    }))
+    .await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("image"),
+    );
+}
+
+#[tokio::test]
+async fn base64_that_does_not_decode() {
+    let answer = send(create(|b| b["image"]["base64"] = json!("!!"))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("image.base64"),
+    );
+}
+
+#[tokio::test]
+async fn bytes_that_are_no_image() {
+    let text = base64::engine::general_purpose::STANDARD.encode(b"hello, not an image");
+    let answer = send(create(|b| b["image"]["base64"] = json!(text))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "image_unsupported",
+        Some("image"),
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_editor() {
+    let answer = send(create(|b| b["editor"] = json!("nope"))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown_editor",
+        Some("editor"),
+    );
+}
+
+#[tokio::test]
+async fn metadata_that_is_not_an_object() {
+    let answer = send(create(|b| b["metadata"] = json!("x"))).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("metadata"),
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_without_a_signing_secret() {
+    let answer = send(create(|b| {
+        b["webhook"] = json!({"url": "https://example.com/hook"});
+    }))
+    .await;
+    assert_problem(
+        answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_configured",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn a_bad_idempotency_key() {
+    let mut request = create(|_| {});
+    request
+        .headers_mut()
+        .insert("idempotency-key", "has space".parse().unwrap());
+    let answer = send(request).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("Idempotency-Key"),
+    );
+}
+
+#[tokio::test]
+async fn a_job_that_does_not_exist() {
+    let request = Request::get(format!("/v1/jobs/{}", uuid::Uuid::now_v7()))
+        .body(Body::empty())
+        .unwrap();
+    assert_problem(
+        send(request).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+        None,
+    );
+}
+
+#[tokio::test]
+async fn a_list_page_size_of_zero() {
+    let request = Request::get("/v1/jobs?limit=0")
+        .body(Body::empty())
+        .unwrap();
+    let answer = send(request).await;
+    assert_problem(
+        answer,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("limit"),
+    );
+}
