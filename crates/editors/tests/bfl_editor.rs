@@ -15,12 +15,8 @@ const POLL: &str = "/eu1/v1/get_result";
 
 /// A profile against `server` with small retry and poll delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
-    let mut p = EditorProfile::new(EditorKind::Bfl);
-    p.base_url = Some(server.url.clone());
-    p.api_key_env = Some(api_key(key_var, &format!("bfl-{key_var}")));
-    p.retry_base_ms = 5;
-    p.poll_interval_ms = Some(20);
-    p
+    let key = format!("bfl-{key_var}");
+    support::test_profile(EditorKind::Bfl, server.url.clone(), key_var, &key)
 }
 
 async fn edit_with(

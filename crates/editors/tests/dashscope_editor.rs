@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
+use editthinker_core::{Editor, EditorError, Image};
 use editthinker_editors::{DashscopeEditor, EditorKind, EditorProfile};
 use serde_json::json;
 use support::{api_key, png_info, red_png, source, Answer, FakeProvider};
@@ -14,24 +14,17 @@ const PATH: &str = "/api/v1/services/aigc/multimodal-generation/generation";
 
 /// A profile against `server` with small retry delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
-    let mut p = EditorProfile::new(EditorKind::Dashscope);
-    p.base_url = Some(format!("{}/api/v1", server.url));
-    p.api_key_env = Some(api_key(key_var, &format!("sk-{key_var}")));
-    p.retry_base_ms = 5;
-    p
+    let key = format!("sk-{key_var}");
+    support::test_profile(
+        EditorKind::Dashscope,
+        format!("{}/api/v1", server.url),
+        key_var,
+        &key,
+    )
 }
 
 async fn edit(p: &EditorProfile, src: &Image, prompt: &str) -> Result<Image, EditorError> {
-    DashscopeEditor::from_profile("d", p)
-        .unwrap()
-        .edit(EditRequest {
-            source: src,
-            instruction: prompt,
-            turn: 1,
-            resume: None,
-            checkpoint: &NoCheckpoint,
-        })
-        .await
+    support::edit_prompt(&DashscopeEditor::from_profile("d", p).unwrap(), src, prompt).await
 }
 
 /// Serves a red `w`×`h` PNG and answers with its URL.

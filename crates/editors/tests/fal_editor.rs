@@ -23,12 +23,8 @@ fn response_path(id: &str) -> String {
 
 /// A profile against `server` with small retry and poll delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
-    let mut p = EditorProfile::new(EditorKind::Fal);
-    p.base_url = Some(server.url.clone());
-    p.api_key_env = Some(api_key(key_var, &format!("fal-{key_var}")));
-    p.retry_base_ms = 5;
-    p.poll_interval_ms = Some(20);
-    p
+    let key = format!("fal-{key_var}");
+    support::test_profile(EditorKind::Fal, server.url.clone(), key_var, &key)
 }
 
 async fn edit_with(

@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
+use editthinker_core::{EditorError, Image};
 use editthinker_editors::{EditorKind, EditorProfile, GeminiEditor};
 use serde_json::{json, Value};
 use support::{api_key, b64, png_info, red_png, source, Answer, FakeProvider};
@@ -13,24 +13,12 @@ const PATH: &str = "/v1beta/models/gemini-2.5-flash-image:generateContent";
 
 /// A profile against `server` with small retry delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
-    let mut p = EditorProfile::new(EditorKind::Gemini);
-    p.base_url = Some(server.url.clone());
-    p.api_key_env = Some(api_key(key_var, &format!("AIza-{key_var}")));
-    p.retry_base_ms = 5;
-    p
+    let key = format!("AIza-{key_var}");
+    support::test_profile(EditorKind::Gemini, server.url.clone(), key_var, &key)
 }
 
 async fn edit(p: &EditorProfile, src: &Image, prompt: &str) -> Result<Image, EditorError> {
-    GeminiEditor::from_profile("g", p)
-        .unwrap()
-        .edit(EditRequest {
-            source: src,
-            instruction: prompt,
-            turn: 1,
-            resume: None,
-            checkpoint: &NoCheckpoint,
-        })
-        .await
+    support::edit_prompt(&GeminiEditor::from_profile("g", p).unwrap(), src, prompt).await
 }
 
 /// A candidate with `parts` and `finishReason`.

@@ -8,31 +8,24 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart};
 use axum::http::Request;
-use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
+use editthinker_core::{Editor, EditorError, Image};
 use editthinker_editors::{EditorKind, EditorProfile, OpenAiEditor};
 use serde_json::json;
 use support::{api_key, b64, image_info, red_png, source, Answer, FakeProvider, RawRequest};
 
 /// A profile against `server` with small retry delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
-    let mut p = EditorProfile::new(EditorKind::Openai);
-    p.base_url = Some(format!("{}/v1", server.url));
-    p.api_key_env = Some(api_key(key_var, &format!("sk-{key_var}")));
-    p.retry_base_ms = 5;
-    p
+    let key = format!("sk-{key_var}");
+    support::test_profile(
+        EditorKind::Openai,
+        format!("{}/v1", server.url),
+        key_var,
+        &key,
+    )
 }
 
 async fn edit(p: &EditorProfile, src: &Image, prompt: &str) -> Result<Image, EditorError> {
-    OpenAiEditor::from_profile("o", p)
-        .unwrap()
-        .edit(EditRequest {
-            source: src,
-            instruction: prompt,
-            turn: 1,
-            resume: None,
-            checkpoint: &NoCheckpoint,
-        })
-        .await
+    support::edit_prompt(&OpenAiEditor::from_profile("o", p).unwrap(), src, prompt).await
 }
 
 fn edited(w: u32, h: u32) -> Answer {

@@ -21,12 +21,13 @@ fn get_path(id: &str) -> String {
 
 /// A profile against `server` with small retry and poll delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
-    let mut p = EditorProfile::new(EditorKind::Replicate);
-    p.base_url = Some(format!("{}/v1", server.url));
-    p.api_key_env = Some(api_key(key_var, &format!("r8_{key_var}")));
-    p.retry_base_ms = 5;
-    p.poll_interval_ms = Some(20);
-    p
+    let key = format!("r8_{key_var}");
+    support::test_profile(
+        EditorKind::Replicate,
+        format!("{}/v1", server.url),
+        key_var,
+        &key,
+    )
 }
 
 async fn edit_with(

@@ -540,3 +540,40 @@ pub async fn edit_once(
         })
         .await
 }
+
+/// A profile of `kind` against `base_url`, its key `key` in the variable
+/// `key_var`, with small retry delays (and poll delays for the
+/// asynchronous kinds).
+pub fn test_profile(
+    kind: editthinker_editors::EditorKind,
+    base_url: String,
+    key_var: &str,
+    key: &str,
+) -> editthinker_editors::EditorProfile {
+    let mut p = editthinker_editors::EditorProfile::new(kind);
+    p.base_url = Some(base_url);
+    p.api_key_env = Some(api_key(key_var, key));
+    p.retry_base_ms = 5;
+    if kind.is_async() {
+        p.poll_interval_ms = Some(20);
+    }
+    p
+}
+
+/// One edit of `src` with `prompt`: turn 1, nothing to resume, nothing
+/// recorded.
+pub async fn edit_prompt(
+    editor: &dyn editthinker_core::Editor,
+    src: &Image,
+    prompt: &str,
+) -> Result<Image, editthinker_core::EditorError> {
+    editor
+        .edit(editthinker_core::EditRequest {
+            source: src,
+            instruction: prompt,
+            turn: 1,
+            resume: None,
+            checkpoint: &editthinker_core::NoCheckpoint,
+        })
+        .await
+}
