@@ -27,11 +27,11 @@ pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
 pub use retry::{FailureClass, RetryPolicy};
 pub use run::{
-    cap_instruction, run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopOutcome,
-    PendingEdit, Progress, RefusalKind, StopReason, TurnRecord,
+    cap_instruction, run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopJob,
+    LoopOutcome, LoopParts, PendingEdit, Progress, RefusalKind, StopReason, TurnRecord,
 };
 pub use traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, NoCheckpoint, NoThinking,
-    ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
+    ObserverError, ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
     DEFAULT_MAX_INSTRUCTION_CHARS,
 };

@@ -200,9 +200,21 @@ pub enum LoopError {
         /// What was wrong.
         message: String,
     },
-    /// Recording progress failed (e.g. the lease was lost).
+    /// Recording progress failed.
     #[error("could not record progress: {0}")]
     Persist(String),
+    /// The observer reported a stop from outside at a step boundary.
+    #[error("stopped from outside")]
+    Stopped,
+}
+
+impl From<crate::ObserverError> for LoopError {
+    fn from(error: crate::ObserverError) -> Self {
+        match error {
+            crate::ObserverError::Stopped => Self::Stopped,
+            crate::ObserverError::Failed(message) => Self::Persist(message),
+        }
+    }
 }
 
 /// Whether `critique` stops the loop, given the instruction it judged.
@@ -243,21 +255,50 @@ pub fn select_turn(turns: &[TurnRecord], selection: Selection) -> u32 {
     turns.iter().find(satisfied).unwrap_or(last).index
 }
 
-/// Runs the loop from wherever `prior` left it (empty for a new job).
+/// One run of the loop: the job it works on and where the job stands.
+#[derive(Debug)]
+pub struct LoopJob<'a> {
+    /// The source image.
+    pub source: &'a Image,
+    /// The client's instruction.
+    pub instruction: &'a str,
+    /// The job's options.
+    pub options: &'a JobOptions,
+    /// The server's loop settings.
+    pub config: &'a LoopConfig,
+    /// What earlier attempts recorded (empty for a new job).
+    pub progress: Progress,
+}
+
+/// Who the loop works with.
+#[derive(Clone, Copy)]
+pub struct LoopParts<'a> {
+    /// Makes the edits.
+    pub editor: &'a dyn Editor,
+    /// Critiques them.
+    pub thinker: &'a dyn Thinker,
+    /// Records each step before the next begins.
+    pub observer: &'a dyn TurnObserver,
+}
+
+/// Runs the loop from wherever `job.progress` left it (empty for a new
+/// job).
 ///
-/// Each step is reported to `observer` before the next begins, so a job
+/// Each step is reported to the observer before the next begins, so a job
 /// resumed with the recorded turns never repeats a finished edit or critique.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_loop(
-    source: &Image,
-    instruction: &str,
-    options: &JobOptions,
-    config: &LoopConfig,
-    prior: Progress,
-    editor: &dyn Editor,
-    thinker: &dyn Thinker,
-    observer: &dyn TurnObserver,
-) -> Result<LoopOutcome, LoopError> {
+pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutcome, LoopError> {
+    let LoopJob {
+        source,
+        instruction,
+        options,
+        config,
+        progress: prior,
+    } = job;
+    let LoopParts {
+        editor,
+        thinker,
+        observer,
+    } = parts;
     let Progress {
         mut turns,
         pending_edit,
@@ -293,10 +334,7 @@ pub async fn run_loop(
                 observer,
             )
             .await?;
-            observer
-                .turn_critiqued(last.index, &record)
-                .await
-                .map_err(LoopError::Persist)?;
+            observer.turn_critiqued(last.index, &record).await?;
             last.critique = Some(record);
         }
         let record = last.critique.as_ref().expect("critiqued above");
@@ -401,10 +439,7 @@ impl Edits<'_> {
             editor_ms: elapsed_ms(started),
             critique: None,
         };
-        self.observer
-            .turn_edited(&turn)
-            .await
-            .map_err(LoopError::Persist)?;
+        self.observer.turn_edited(&turn).await?;
         Ok(turn)
     }
 }
@@ -611,11 +646,15 @@ mod tests {
 
     #[async_trait]
     impl TurnObserver for Recorder {
-        async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
+        async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), crate::ObserverError> {
             self.edited.lock().unwrap().push(turn.index);
             Ok(())
         }
-        async fn turn_critiqued(&self, turn: u32, _: &CritiqueRecord) -> Result<(), String> {
+        async fn turn_critiqued(
+            &self,
+            turn: u32,
+            _: &CritiqueRecord,
+        ) -> Result<(), crate::ObserverError> {
             self.critiqued.lock().unwrap().push(turn);
             Ok(())
         }
@@ -930,14 +969,18 @@ mod tests {
             let recorder = Recorder::default();
             let prior_len = c.prior.len() as u32;
             let outcome = block_on(run_loop(
-                &source,
-                "T0",
-                &c.options,
-                &LoopConfig::default(),
-                c.prior.into(),
-                &editor,
-                &thinker,
-                &recorder,
+                LoopJob {
+                    source: &source,
+                    instruction: "T0",
+                    options: &c.options,
+                    config: &LoopConfig::default(),
+                    progress: c.prior.into(),
+                },
+                LoopParts {
+                    editor: &editor,
+                    thinker: &thinker,
+                    observer: &recorder,
+                },
             ))
             .unwrap_or_else(|e| panic!("{}: {e}", c.name));
             let edits: Vec<String> = editor
@@ -1025,14 +1068,18 @@ mod tests {
             seen: Mutex::default(),
         };
         let outcome = block_on(run_loop(
-            &solid(64, 48, 0),
-            "T0",
-            &JobOptions::default(),
-            &LoopConfig::default(),
-            Progress::default(),
-            &editor,
-            &thinker,
-            &Recorder::default(),
+            LoopJob {
+                source: &solid(64, 48, 0),
+                instruction: "T0",
+                options: &JobOptions::default(),
+                config: &LoopConfig::default(),
+                progress: Progress::default(),
+            },
+            LoopParts {
+                editor: &editor,
+                thinker: &thinker,
+                observer: &Recorder::default(),
+            },
         ))
         .unwrap();
         assert_eq!(outcome.selected, 1);
@@ -1074,14 +1121,18 @@ mod tests {
             seen: Mutex::default(),
         };
         let err = block_on(run_loop(
-            &solid(64, 48, 0),
-            "T0",
-            &JobOptions::default(),
-            &LoopConfig::default(),
-            Progress::default(),
-            &editor,
-            &thinker,
-            &Recorder::default(),
+            LoopJob {
+                source: &solid(64, 48, 0),
+                instruction: "T0",
+                options: &JobOptions::default(),
+                config: &LoopConfig::default(),
+                progress: Progress::default(),
+            },
+            LoopParts {
+                editor: &editor,
+                thinker: &thinker,
+                observer: &Recorder::default(),
+            },
         ))
         .unwrap_err();
         assert_eq!(
@@ -1106,14 +1157,18 @@ mod tests {
             seen: Mutex::default(),
         };
         let outcome = block_on(run_loop(
-            &solid(64, 48, 0),
-            "T0",
-            &opts(1, Selection::Last),
-            &LoopConfig::default(),
-            Progress::default(),
-            &editor,
-            &thinker,
-            &Recorder::default(),
+            LoopJob {
+                source: &solid(64, 48, 0),
+                instruction: "T0",
+                options: &opts(1, Selection::Last),
+                config: &LoopConfig::default(),
+                progress: Progress::default(),
+            },
+            LoopParts {
+                editor: &editor,
+                thinker: &thinker,
+                observer: &Recorder::default(),
+            },
         ))
         .unwrap();
         assert_eq!(
@@ -1164,10 +1219,14 @@ mod tests {
 
     #[async_trait]
     impl TurnObserver for CheckpointRecorder {
-        async fn turn_edited(&self, _: &TurnRecord) -> Result<(), String> {
+        async fn turn_edited(&self, _: &TurnRecord) -> Result<(), crate::ObserverError> {
             Ok(())
         }
-        async fn turn_critiqued(&self, _: u32, _: &CritiqueRecord) -> Result<(), String> {
+        async fn turn_critiqued(
+            &self,
+            _: u32,
+            _: &CritiqueRecord,
+        ) -> Result<(), crate::ObserverError> {
             Ok(())
         }
         async fn edit_submitted(
@@ -1175,7 +1234,7 @@ mod tests {
             turn: u32,
             instruction: &str,
             request: &ProviderRequest,
-        ) -> Result<(), String> {
+        ) -> Result<(), crate::ObserverError> {
             if self.fail_submissions {
                 return Err("lease lost".into());
             }
@@ -1225,14 +1284,18 @@ mod tests {
                 pending_edit: Some(pending(pending_instruction)),
             };
             block_on(run_loop(
-                &solid(64, 48, 0),
-                "T0",
-                &opts(3, Selection::Last),
-                &LoopConfig::default(),
-                prior,
-                &editor,
-                &StreamingThinker,
-                &observer,
+                LoopJob {
+                    source: &solid(64, 48, 0),
+                    instruction: "T0",
+                    options: &opts(3, Selection::Last),
+                    config: &LoopConfig::default(),
+                    progress: prior,
+                },
+                LoopParts {
+                    editor: &editor,
+                    thinker: &StreamingThinker,
+                    observer: &observer,
+                },
             ))
             .unwrap();
             let resumed = editor.resumed.lock().unwrap().clone();
@@ -1269,14 +1332,18 @@ mod tests {
             ..CheckpointRecorder::default()
         };
         let err = block_on(run_loop(
-            &solid(64, 48, 0),
-            "T0",
-            &opts(1, Selection::Last),
-            &LoopConfig::default(),
-            Progress::default(),
-            &AsyncEditor::default(),
-            &StreamingThinker,
-            &observer,
+            LoopJob {
+                source: &solid(64, 48, 0),
+                instruction: "T0",
+                options: &opts(1, Selection::Last),
+                config: &LoopConfig::default(),
+                progress: Progress::default(),
+            },
+            LoopParts {
+                editor: &AsyncEditor::default(),
+                thinker: &StreamingThinker,
+                observer: &observer,
+            },
         ))
         .unwrap_err();
         assert!(

@@ -185,14 +185,43 @@ pub trait Thinker: Send + Sync {
     async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError>;
 }
 
+/// Why an observer did not record a step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ObserverError {
+    /// The job was stopped from outside (a cancel, a shutdown, its
+    /// deadline, a lost lease): the loop ends at this step boundary, and
+    /// whoever stopped it decides what becomes of the job.
+    #[error("stopped from outside")]
+    Stopped,
+    /// The step could not be recorded.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<String> for ObserverError {
+    fn from(message: String) -> Self {
+        Self::Failed(message)
+    }
+}
+
+impl From<&str> for ObserverError {
+    fn from(message: &str) -> Self {
+        Self::Failed(message.to_owned())
+    }
+}
+
 /// Persists loop progress. Each call must be durable before it returns, so
 /// a resumed job continues after the last recorded step.
 #[async_trait]
 pub trait TurnObserver: Send + Sync {
     /// A new turn's image exists (its critique is still `None`).
-    async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String>;
+    async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), ObserverError>;
     /// `turn`'s critique is known.
-    async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String>;
+    async fn turn_critiqued(
+        &self,
+        turn: u32,
+        critique: &CritiqueRecord,
+    ) -> Result<(), ObserverError>;
     /// The editor accepted `request` for turn `turn` with `instruction`;
     /// must be durable before it returns (see [`EditCheckpoint`]).
     async fn edit_submitted(
@@ -200,7 +229,7 @@ pub trait TurnObserver: Send + Sync {
         turn: u32,
         instruction: &str,
         request: &ProviderRequest,
-    ) -> Result<(), String> {
+    ) -> Result<(), ObserverError> {
         let _ = (turn, instruction, request);
         Ok(())
     }

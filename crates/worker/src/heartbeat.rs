@@ -4,11 +4,10 @@
 use std::sync::Arc;
 
 use editthinker_store::{Lease, Store, StoreError};
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::job::{set_interrupt, Interrupt};
 use crate::lease::LeaseClock;
+use crate::stop::{Interrupt, Stop};
 
 /// Renews the lease every `heartbeat`, each renewal bounded by a timeout
 /// shorter than the interval, so a hung connection cannot hold it up; the
@@ -18,8 +17,7 @@ pub(crate) async fn heartbeat(
     lease: Lease,
     settings: crate::WorkerSettings,
     clock: LeaseClock,
-    interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
-    stop_loop: CancellationToken,
+    stop: Stop,
 ) {
     let timeout = settings.heartbeat.mul_f64(0.8);
     let mut wait = settings.heartbeat;
@@ -39,13 +37,11 @@ pub(crate) async fn heartbeat(
             }
             Ok(Ok(true)) => {
                 clock.renewed(sent);
-                set_interrupt(&interrupt, Interrupt::CancelRequested);
-                stop_loop.cancel();
+                stop.now(Interrupt::CancelRequested);
                 return;
             }
             Ok(Err(StoreError::LeaseLost(_))) => {
-                set_interrupt(&interrupt, Interrupt::LeaseLost);
-                stop_loop.cancel();
+                stop.now(Interrupt::LeaseLost);
                 return;
             }
             Ok(Err(e)) => warn!(error = %e, "heartbeat failed"),

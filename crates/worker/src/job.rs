@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use editthinker_core::{
-    run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, PendingEdit, Progress,
-    ProviderRequest, ThinkerError, TurnRecord,
+    run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, LoopJob, LoopParts,
+    PendingEdit, Progress, ProviderRequest, ThinkerError, TurnRecord,
 };
 use editthinker_store::{
     BlobError, BlobStore, ClaimedJob, Lease, PendingEditRecord, RefusalRecord, StoreError, TurnRow,
@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::heartbeat::heartbeat;
 use crate::lease::{LeaseClock, LeasedEditor, LeasedThinker};
 use crate::observer::StoreObserver;
+use crate::stop::{Interrupt, Stop};
 use crate::thinking::ThinkingPublisher;
 use crate::Worker;
 
@@ -64,16 +65,6 @@ pub(crate) struct JobRunner {
     pub claimed_at: tokio::time::Instant,
 }
 
-/// What stopped a job from the outside.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Interrupt {
-    CancelRequested,
-    /// The job's deadline passed.
-    Deadline,
-    LeaseLost,
-    Shutdown,
-}
-
 /// The asynchronous provider request in flight: (turn, request).
 pub(crate) type Submitted = Arc<std::sync::Mutex<Option<(u32, ProviderRequest)>>>;
 
@@ -91,15 +82,13 @@ impl JobRunner {
         let store = self.worker.store.clone();
         let settings = &self.worker.settings;
         let clock = LeaseClock::new(self.claimed_at, settings.lease);
-        let interrupt = Arc::new(std::sync::Mutex::new(None::<Interrupt>));
-        let stop_loop = CancellationToken::new();
+        let stop = Stop::default();
         let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(
             store.clone(),
             claimed.lease.clone(),
             settings.clone(),
             clock.clone(),
-            interrupt.clone(),
-            stop_loop.clone(),
+            stop.clone(),
         )));
         // A shutdown lets the step in progress finish: the observer stops
         // the loop at the next step boundary; after the grace period the
@@ -107,13 +96,12 @@ impl JobRunner {
         let shutdown = self.shutdown.clone();
         let grace = settings.shutdown_grace;
         let _grace_timer = {
-            let interrupt = interrupt.clone();
-            let stop_loop = stop_loop.clone();
+            let stop = stop.clone();
             AbortOnDrop(tokio::spawn(async move {
                 shutdown.cancelled().await;
-                set_interrupt(&interrupt, Interrupt::Shutdown);
+                stop.request(Interrupt::Shutdown);
                 tokio::time::sleep(grace).await;
-                stop_loop.cancel();
+                stop.abandon();
             }))
         };
         let submitted: Submitted = Arc::new(std::sync::Mutex::new(
@@ -123,26 +111,25 @@ impl JobRunner {
         // A panic anywhere in the job's work is caught here, so the job is
         // given back (counted) instead of keeping a lease nobody serves.
         let work =
-            AssertUnwindSafe(self.execute(&claimed, &clock, interrupt.clone(), submitted.clone()))
+            AssertUnwindSafe(self.execute(&claimed, &clock, stop.clone(), submitted.clone()))
                 .catch_unwind();
         let deadline = deadline_instant(claimed.job.deadline_at);
         let result = tokio::select! {
             biased;
             _ = clock.expired() => {
-                set_interrupt(&interrupt, Interrupt::LeaseLost);
+                stop.now(Interrupt::LeaseLost);
                 Err(JobError::Interrupted)
             }
-            _ = stop_loop.cancelled() => Err(JobError::Interrupted),
+            _ = stop.abandoned() => Err(JobError::Interrupted),
             // The in-flight editor or thinker call is dropped right here.
             _ = until(deadline) => {
-                set_interrupt(&interrupt, Interrupt::Deadline);
+                stop.now(Interrupt::Deadline);
                 Err(JobError::Interrupted)
             }
             r = work => r.unwrap_or_else(|panic| Err(JobError::Panicked(panic_message(panic.as_ref())))),
         };
         drop(_heartbeat);
-        let interrupted = *interrupt.lock().expect("interrupt lock");
-        let decision = decide(result, interrupted, settings, claimed.lease.attempt);
+        let decision = decide(result, stop.reason(), settings, claimed.lease.attempt);
         if matches!(decision, Decision::Cancel | Decision::Deadline) {
             self.cancel_provider_request(&claimed, &submitted).await;
         }
@@ -209,7 +196,7 @@ impl JobRunner {
         &self,
         claimed: &ClaimedJob,
         clock: &LeaseClock,
-        interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
+        stop: Stop,
         submitted: Submitted,
     ) -> Result<editthinker_core::LoopOutcome, JobError> {
         let w = &self.worker;
@@ -252,7 +239,7 @@ impl JobRunner {
             blobs: w.blobs.clone(),
             lease: claimed.lease.clone(),
             clock: clock.clone(),
-            interrupt,
+            stop,
             submitted,
             thinking: ThinkingPublisher::start(w.store.clone(), job.id, clock.clone()),
             editor: job.editor.clone(),
@@ -267,17 +254,21 @@ impl JobRunner {
             clock,
         };
         run_loop(
-            &source,
-            &job.instruction,
-            &options,
-            &w.settings.loop_config,
-            Progress {
-                turns: prior,
-                pending_edit,
+            LoopJob {
+                source: &source,
+                instruction: &job.instruction,
+                options: &options,
+                config: &w.settings.loop_config,
+                progress: Progress {
+                    turns: prior,
+                    pending_edit,
+                },
             },
-            &editor,
-            &thinker,
-            &observer,
+            LoopParts {
+                editor: &editor,
+                thinker: &thinker,
+                observer: &observer,
+            },
         )
         .await
         .map_err(|error| match error {
@@ -402,6 +393,11 @@ fn decide(
         (Err(_), Some(Interrupt::CancelRequested)) => Decision::Cancel,
         (Err(_), Some(Interrupt::Deadline)) => Decision::Deadline,
         (Err(_), Some(Interrupt::Shutdown)) => Decision::Release,
+        // A stop always records its reason first; without one, give the
+        // job back without spending the attempt rather than guess.
+        (Err(JobError::Interrupted | JobError::Loop(LoopError::Stopped)), None) => {
+            Decision::Release
+        }
         (Err(error), None) => {
             let (code, message, transient) = error.classify();
             if transient {
@@ -428,7 +424,7 @@ enum JobError {
     Transient { code: &'static str, message: String },
     /// Something in the job's work panicked (a bug): retried, counted.
     Panicked(String),
-    /// Stopped from outside (cancel, shutdown, lease); the interrupt says which.
+    /// Stopped from outside; the [`Stop`]'s reason says why.
     Interrupted,
 }
 
@@ -443,7 +439,11 @@ impl JobError {
                 format!("the worker hit a bug while running the job: {message}"),
                 true,
             ),
-            JobError::Interrupted => (error_code::STORAGE, INTERRUPTED.into(), true),
+            JobError::Interrupted => (
+                error_code::INTERNAL,
+                "stopped from outside without a reason".into(),
+                true,
+            ),
             JobError::Loop(error) => {
                 let (code, transient) = loop_error_class(&error);
                 (code, error.to_string(), transient)
@@ -451,9 +451,6 @@ impl JobError {
         }
     }
 }
-
-/// Internal reason the loop was interrupted from outside.
-pub(crate) const INTERRUPTED: &str = "interrupted";
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
@@ -484,6 +481,8 @@ fn loop_error_class(error: &LoopError) -> (&'static str, bool) {
         },
         LoopError::BadEditorImage { .. } => (error_code::EDITOR_BAD_OUTPUT, true),
         LoopError::Persist(_) => (error_code::STORAGE, true),
+        // Only reaches here without a recorded reason (see `decide`).
+        LoopError::Stopped => (error_code::INTERNAL, true),
     }
 }
 
@@ -491,14 +490,6 @@ fn storage_error(message: String) -> JobError {
     JobError::Transient {
         code: error_code::STORAGE,
         message,
-    }
-}
-
-pub(crate) fn set_interrupt(slot: &std::sync::Mutex<Option<Interrupt>>, value: Interrupt) {
-    let mut slot = slot.lock().expect("interrupt lock");
-    // Cancel and lease loss outrank a shutdown.
-    if slot.is_none() || value != Interrupt::Shutdown {
-        *slot = Some(value);
     }
 }
 

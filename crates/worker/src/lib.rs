@@ -5,6 +5,7 @@ mod heartbeat;
 mod job;
 mod lease;
 mod observer;
+mod stop;
 mod thinking;
 
 use std::collections::BTreeMap;

@@ -7,12 +7,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
-use editthinker_core::{CritiqueRecord, ProviderRequest, RetryPolicy, TurnObserver, TurnRecord};
+use editthinker_core::{
+    CritiqueRecord, ObserverError, ProviderRequest, RetryPolicy, TurnObserver, TurnRecord,
+};
 use editthinker_store::{BlobStore, Lease, NewTurn, PendingEditRecord, Store, StoreError};
 use tracing::{info, warn};
 
-use crate::job::{Interrupt, Submitted, INTERRUPTED};
+use crate::job::Submitted;
 use crate::lease::LeaseClock;
+use crate::stop::Stop;
 use crate::thinking::ThinkingPublisher;
 
 pub(crate) struct StoreObserver {
@@ -20,7 +23,7 @@ pub(crate) struct StoreObserver {
     pub(crate) blobs: Arc<BlobStore>,
     pub(crate) lease: Lease,
     pub(crate) clock: LeaseClock,
-    pub(crate) interrupt: Arc<std::sync::Mutex<Option<Interrupt>>>,
+    pub(crate) stop: Stop,
     pub(crate) submitted: Submitted,
     pub(crate) thinking: ThinkingPublisher,
     /// The job's editor (the `editor` label of the turn counter).
@@ -32,9 +35,9 @@ pub(crate) struct StoreObserver {
 
 impl StoreObserver {
     /// After each durable step, stop if a cancel or shutdown is pending.
-    fn check_interrupt(&self) -> Result<(), String> {
-        match *self.interrupt.lock().expect("interrupt lock") {
-            Some(_) => Err(INTERRUPTED.into()),
+    fn check_stop(&self) -> Result<(), ObserverError> {
+        match self.stop.reason() {
+            Some(_) => Err(ObserverError::Stopped),
             None => Ok(()),
         }
     }
@@ -117,7 +120,7 @@ impl From<StoreError> for PersistError {
 
 #[async_trait]
 impl TurnObserver for StoreObserver {
-    async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), String> {
+    async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), ObserverError> {
         let image = turn.image.clone().ok_or("an edited turn has its image")?;
         let png = off_thread(move || image.to_png())
             .await
@@ -160,10 +163,14 @@ impl TurnObserver for StoreObserver {
             .take_if(|(t, _)| *t == turn.index);
         editthinker_core::metrics::turn_recorded(&self.editor);
         info!(turn = turn.index, editor_ms = turn.editor_ms, "turn edited");
-        self.check_interrupt()
+        self.check_stop()
     }
 
-    async fn turn_critiqued(&self, turn: u32, critique: &CritiqueRecord) -> Result<(), String> {
+    async fn turn_critiqued(
+        &self,
+        turn: u32,
+        critique: &CritiqueRecord,
+    ) -> Result<(), ObserverError> {
         self.thinking.flush().await;
         let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
         self.persist("recording the critique", || async {
@@ -186,7 +193,7 @@ impl TurnObserver for StoreObserver {
             overall = critique.overall(),
             "turn critiqued"
         );
-        self.check_interrupt()
+        self.check_stop()
     }
 
     async fn edit_submitted(
@@ -194,7 +201,7 @@ impl TurnObserver for StoreObserver {
         turn: u32,
         instruction: &str,
         request: &ProviderRequest,
-    ) -> Result<(), String> {
+    ) -> Result<(), ObserverError> {
         let record = PendingEditRecord {
             turn,
             instruction: instruction.to_owned(),
