@@ -832,3 +832,36 @@ impl Drop for Group {
         let _ = self.child.wait();
     }
 }
+
+/// Reads one gauge or counter (no labels) from a Prometheus scrape at
+/// `url`; `None` when it is not there.
+pub async fn metric(url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Reads a raw HTTP/1.1 response head from `stream` (up to the blank
+/// line); returns it and whatever body bytes came with it.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+            return (head, buf[at + 4..].to_vec());
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response head within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the connection closed before a response head: {buf:?}"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

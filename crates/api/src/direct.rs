@@ -7,8 +7,17 @@
 //! event hub, and the hub's writer threads ([`Writers`]) write each event,
 //! already framed as an HTTP/1.1 chunk, to every socket of the job in a
 //! tight loop. Hyper still owns the connection: it sent the head and the
-//! replay, it reads (and so notices a client that leaves), and it writes
-//! the end of the body when the stream ends.
+//! replay, it reads, and it writes the end of the body when the stream ends.
+//!
+//! A client that leaves is noticed without hyper's read side, which stops
+//! looking while a pipelined request waits in its buffer: a failed hub
+//! write ends the stream ([`End::Broken`]: its body fails, so hyper closes
+//! the connection), and every stream's body also waits for the socket's
+//! error readiness ([`Socket::failed`]), so a reset ends it even when no
+//! event is being written. Pipelined requests are left to hyper: they are
+//! answered once the stream ends, and never keep a stream alive. (Refusing
+//! the hand-off instead would need hyper's read buffer, which it does not
+//! expose, and would still leave the stock path blind to a reset.)
 //!
 //! Every byte for the socket passes through one [`Socket`] and its queue,
 //! so hyper's bytes and the hub's never interleave:
@@ -67,6 +76,11 @@ pub enum End {
         /// Id of the last stored event written (or queued) to the socket.
         last: i64,
     },
+    /// A write to the socket failed: the client is gone. The body fails,
+    /// so hyper closes the connection at once instead of waiting for its
+    /// read side, which does not look while a pipelined request sits in
+    /// its buffer.
+    Broken,
 }
 
 /// A handed-off stream's state, kept with its socket.
@@ -262,6 +276,10 @@ impl Socket {
                     &frame.last_chunk,
                     wakes,
                 );
+                if handed.end.is_some() {
+                    // The write failed: nothing was written ahead.
+                    return;
+                }
                 if handed.armed {
                     out.written_ahead = END_CHUNK;
                 } else {
@@ -272,6 +290,17 @@ impl Socket {
             }
             send(&self.stream, &mut out.queue, handed, &frame.chunk, wakes);
         }
+    }
+
+    /// Resolves once the socket reports an error (a reset, or a write the
+    /// peer refused), whether or not anyone reads or writes it: a stream's
+    /// body waits on this so that a client gone while hyper does not read
+    /// (a pipelined request in its buffer) is noticed at once.
+    pub(crate) async fn failed(self: Arc<Self>) {
+        // Only the error readiness: readable data (a pipelined request the
+        // kernel still holds) must not end the stream. A peer that closes
+        // with a FIN is noticed at the next write, whose answer is a reset.
+        let _ = self.stream.ready(tokio::io::Interest::ERROR).await;
     }
 
     /// Writes a keep-alive comment if the stream is armed and has been
@@ -332,8 +361,12 @@ fn send(
             Ok(n) if n == chunk.len() => return,
             Ok(n) => chunk.slice(n..),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => chunk.clone(),
-            // A broken connection: hyper's read side notices and ends it.
-            Err(_) => return,
+            // A broken connection: the stream ends now (its body fails and
+            // hyper drops the connection), whatever hyper's read side does.
+            Err(_) => {
+                end_handed(handed, End::Broken, wakes);
+                return;
+            }
         }
     } else {
         chunk.clone()
@@ -714,5 +747,24 @@ mod tests {
             COMMENT_CHUNK
         );
         assert!(wakes.is_empty(), "nothing was queued, so nothing to drain");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_stream_at_once() {
+        let (socket, client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let handed = socket.hand_off(0);
+        io.flush().await.unwrap();
+        client.set_zero_linger().unwrap();
+        drop(client);
+        // The reset is reported as an error on the socket, with nothing read.
+        tokio::time::timeout(Duration::from_secs(2), socket.clone().failed())
+            .await
+            .expect("the socket reports the reset");
+        let mut wakes = Vec::new();
+        let events = frames(&[(1, "job.queued"), (2, "job.started")]);
+        socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
+        let end = std::future::poll_fn(|cx| Poll::Ready(socket.poll_end(cx))).await;
+        assert_eq!(end, Poll::Ready(End::Broken));
     }
 }

@@ -2,7 +2,6 @@
 //! then live ones, until the terminal event (docs/architecture.md §4).
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -91,9 +90,13 @@ pub async fn job_events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     // Only a chunked GET body can be written by the hub (crates/api/src/direct.rs).
-    let socket = conn
-        .filter(|_| method == Method::GET && version == Version::HTTP_11)
-        .map(|Extension(ConnHandle(socket))| socket);
+    let conn = conn.map(|Extension(ConnHandle(socket))| socket);
+    // A socket error ends the stream whoever is writing it, so a client
+    // gone while hyper does not read is noticed at once.
+    let failed = conn
+        .clone()
+        .map(|socket| -> SocketFailed { Box::pin(socket.failed()) });
+    let socket = conn.filter(|_| method == Method::GET && version == Version::HTTP_11);
     let cursor = Cursor {
         store: state.store.clone(),
         job: id,
@@ -118,6 +121,7 @@ pub async fn job_events(
         Body::new(EventBody {
             next: ReusableBoxFuture::new(cursor.next_bytes()),
             handed: None,
+            failed,
             ended: false,
         }),
     )
@@ -134,7 +138,22 @@ struct EventBody {
     next: ReusableBoxFuture<'static, (Next, Cursor)>,
     /// While the hub writes the stream: the parked cursor and the socket.
     handed: Option<(Cursor, Arc<Socket>)>,
+    /// Resolves when the connection's socket reports an error.
+    failed: Option<SocketFailed>,
     ended: bool,
+}
+
+/// The wait for a socket error ([`Socket::failed`]).
+type SocketFailed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The error a stream's body fails with when its client is gone: hyper
+/// then closes the connection, and dropping the body frees the stream's
+/// slot and subscription.
+fn client_gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "the event stream's client is gone",
+    )
 }
 
 /// What a [`Cursor`] came to.
@@ -155,21 +174,31 @@ struct Chunk {
 
 impl http_body::Body for EventBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
         loop {
             if self.ended {
                 return std::task::Poll::Ready(None);
+            }
+            if let Some(failed) = self.failed.as_mut() {
+                if failed.as_mut().poll(cx).is_ready() {
+                    self.ended = true;
+                    return std::task::Poll::Ready(Some(Err(client_gone())));
+                }
             }
             if let Some((_, socket)) = &self.handed {
                 match std::task::ready!(socket.poll_end(cx)) {
                     End::Finished | End::Shutdown => {
                         self.ended = true;
                         return std::task::Poll::Ready(None);
+                    }
+                    End::Broken => {
+                        self.ended = true;
+                        return std::task::Poll::Ready(Some(Err(client_gone())));
                     }
                     End::Lagged { last } => {
                         let (cursor, _) = self.handed.take().expect("handed");
