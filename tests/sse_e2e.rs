@@ -23,7 +23,7 @@ struct Api {
 }
 
 impl Api {
-    async fn start() -> Self {
+    async fn start(mode: SseMode) -> Self {
         let env = TestEnv::new(Backend::Sqlite).await;
         env.migrate();
         let editor = FakeEditor::start().await;
@@ -33,7 +33,10 @@ impl Api {
         let service = Service::start_with_env(
             "api",
             &config,
-            &[("EDITTHINKER_METRICS__LISTEN", metrics.as_str())],
+            &[
+                ("EDITTHINKER_METRICS__LISTEN", metrics.as_str()),
+                mode.env(),
+            ],
         );
         Self {
             service,
@@ -72,6 +75,22 @@ impl Api {
         }
     }
 
+    /// Streams handed to the hub's writers so far.
+    async fn handoffs(&self) -> f64 {
+        metric(&self.scrape, "editthinker_sse_handoffs_total")
+            .await
+            .expect("the counter is registered at start")
+    }
+
+    /// The hand-offs `mode` allows: `streams` with direct writes, else none.
+    async fn check_handoffs(&self, mode: SseMode, streams: f64) {
+        let handed = self.handoffs().await;
+        match mode {
+            SseMode::Direct => assert!(handed >= streams, "{handed} of {streams} handed off"),
+            SseMode::Hyper => assert_eq!(handed, 0.0, "the switch is off"),
+        }
+    }
+
     async fn connect(&self) -> TcpStream {
         TcpStream::connect(self.service.addr.unwrap())
             .await
@@ -94,9 +113,8 @@ fn reset(stream: TcpStream) {
 /// second request waits in its buffer, so only the stream's own watch on
 /// the socket notices: every stream must be gone within 2 s, long before
 /// a keep-alive comment (15 s) would be written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pipelined_streams_end_when_their_client_resets() {
-    let api = Api::start().await;
+async fn pipelined_streams_end_when_their_client_resets(mode: SseMode) {
+    let api = Api::start(mode).await;
     let id = api.queued_job().await;
     let mut clients = Vec::new();
     for _ in 0..20 {
@@ -114,6 +132,7 @@ async fn pipelined_streams_end_when_their_client_resets() {
         api.streams_become(20.0, Duration::from_secs(10)).await,
         20.0
     );
+    api.check_handoffs(mode, 20.0).await;
     for stream in clients {
         reset(stream);
     }
@@ -123,3 +142,5 @@ async fn pipelined_streams_end_when_their_client_resets() {
         "streams still open 2 s after their clients reset"
     );
 }
+
+both_sse_modes!(pipelined_streams_end_when_their_client_resets);

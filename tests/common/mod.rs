@@ -865,3 +865,48 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) 
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// How the API writes event streams (`[http] sse_direct_writes`): SSE
+/// tests run in both modes (`both_sse_modes!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseMode {
+    /// Streams are handed to the event hub's writer threads after their replay.
+    Direct,
+    /// Hyper writes every event (`sse_direct_writes = false`).
+    Hyper,
+}
+
+impl SseMode {
+    /// The environment setting that selects this mode for a service.
+    pub fn env(self) -> (&'static str, &'static str) {
+        let value = match self {
+            SseMode::Direct => "true",
+            SseMode::Hyper => "false",
+        };
+        ("EDITTHINKER_HTTP__SSE_DIRECT_WRITES", value)
+    }
+}
+
+/// Defines `direct_writes` and `hyper_writes` variants of async tests
+/// written as `async fn name(mode: SseMode)`.
+#[macro_export]
+macro_rules! both_sse_modes {
+    ($($name:ident),* $(,)?) => {
+        mod direct_writes {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::SseMode::Direct).await
+                }
+            )*
+        }
+        mod hyper_writes {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::SseMode::Hyper).await
+                }
+            )*
+        }
+    };
+}

@@ -96,7 +96,9 @@ pub async fn job_events(
     let failed = conn
         .clone()
         .map(|socket| -> SocketFailed { Box::pin(socket.failed()) });
-    let socket = conn.filter(|_| method == Method::GET && version == Version::HTTP_11);
+    let socket = conn.filter(|_| {
+        state.sse_direct_writes && method == Method::GET && version == Version::HTTP_11
+    });
     let cursor = Cursor {
         store: state.store.clone(),
         job: id,
@@ -379,6 +381,11 @@ impl Cursor {
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the hub: catch up from the table.
                         let last = self.position.last;
+                        tracing::info!(
+                            job_id = %self.job,
+                            last_event_id = last,
+                            "a stream fell behind the hub's feed; it catches up from the table"
+                        );
                         match self.store.events_after(self.job, last).await {
                             Ok(rows) => self
                                 .position

@@ -111,6 +111,7 @@ impl Subscription {
         feed.direct[socket.shard(self.hub.writers.count())].push(handed.clone());
         self.receiver = None;
         self.direct = Some(handed);
+        editthinker_core::metrics::sse_handoff();
         true
     }
 
@@ -162,6 +163,7 @@ impl EventHub {
     pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<Self> {
         // Subscribe before anything can watch a job, so no notice is missed.
         let notices = store.subscribe();
+        editthinker_core::metrics::sse_registered();
         let (reads, done) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             store,
