@@ -132,6 +132,9 @@ struct Out {
     /// The end of the chunked body, already written by the hub with the
     /// terminal event: hyper's own copy of it is not written again.
     written_ahead: &'static [u8],
+    /// Hyper's bytes differed from what was written ahead: nothing more
+    /// is written to this connection.
+    broken: bool,
 }
 
 /// One accepted connection's socket, shared by hyper (through [`ConnIo`])
@@ -380,9 +383,16 @@ fn send(
 
 /// How many leading bytes of `bufs` the hub already wrote (the end of a
 /// body it wrote with the terminal event); those are reported written.
-fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
+///
+/// Hyper's next bytes must be exactly that end ([`END_CHUNK`], which the
+/// test `hyper_ends_a_chunked_body_as_the_hub_does` checks against the
+/// hyper in Cargo.lock). Anything else is a framing mismatch: the client
+/// already has a complete body, so the connection is closed rather than
+/// risk writing what would follow a body twice ended; it is logged and
+/// counted in `editthinker_sse_framing_mismatches_total`.
+fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     if out.written_ahead.is_empty() {
-        return 0;
+        return Ok(0);
     }
     let mut skipped = 0;
     for byte in bufs.iter().flat_map(|b| b.iter()) {
@@ -394,12 +404,33 @@ fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
             _ => break,
         }
     }
-    if skipped == 0 {
-        // Hyper wrote something else first: nothing was written ahead of it.
-        debug_assert!(false, "expected the end of the body from hyper");
+    if skipped == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        let got: Vec<u8> = bufs
+            .iter()
+            .flat_map(|b| b.iter())
+            .take(16)
+            .copied()
+            .collect();
+        tracing::warn!(
+            expected = ?String::from_utf8_lossy(out.written_ahead),
+            got = ?String::from_utf8_lossy(&got),
+            "hyper's end of an event stream's body is not what the hub wrote for it; closing the connection"
+        );
+        editthinker_core::metrics::sse_framing_mismatch();
         out.written_ahead = &[];
+        out.broken = true;
+        return Err(framing_mismatch());
     }
-    skipped
+    Ok(skipped)
+}
+
+/// The error hyper gets for every write after a framing mismatch, so that
+/// it closes the connection.
+fn framing_mismatch() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "SSE framing mismatch: the connection is closed",
+    )
 }
 
 /// `bufs` with hyper's own bare error answers given problem bodies
@@ -489,8 +520,11 @@ impl AsyncWrite for ConnIo {
     ) -> Poll<io::Result<usize>> {
         let socket = &self.0;
         let mut out = socket.out();
+        if out.broken {
+            return Poll::Ready(Err(framing_mismatch()));
+        }
         std::task::ready!(socket.drain(&mut out, cx))?;
-        let skipped = skip_written_ahead(&mut out, bufs);
+        let skipped = skip_written_ahead(&mut out, bufs)?;
         if skipped > 0 {
             return Poll::Ready(Ok(skipped));
         }
@@ -766,5 +800,92 @@ mod tests {
         socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
         let end = std::future::poll_fn(|cx| Poll::Ready(socket.poll_end(cx))).await;
         assert_eq!(end, Poll::Ready(End::Broken));
+    }
+
+    #[tokio::test]
+    async fn other_bytes_where_the_end_of_the_body_was_written_close_the_connection() {
+        let (socket, mut client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let handed = socket.hand_off(0);
+        io.flush().await.unwrap();
+        let mut wakes = Vec::new();
+        let events = frames(&[(1, "job.canceled")]);
+        socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
+        let sent = &events[0].last_chunk;
+        assert_eq!(read_exactly(&mut client, sent.len()).await, sent[..]);
+        // Hyper writes something other than the end of the body it owes.
+        let error = io.write_all(b"1\r\nX\r\n").await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // And nothing after that reaches the client either.
+        assert!(io.write_all(END_CHUNK).await.is_err());
+        socket.take_back(handed.generation);
+        drop((io, handed, socket));
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    }
+
+    /// A body of data frames and then its end.
+    struct Frames(VecDeque<Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    /// The hub writes chunks and the end of a chunked body in the bytes
+    /// hyper uses, and skips hyper's own end: if the hyper in Cargo.lock
+    /// frames a body differently, this fails (and so would the skip, which
+    /// then closes connections and counts framing mismatches).
+    #[tokio::test]
+    async fn hyper_ends_a_chunked_body_as_the_hub_does() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = frames(&[(1, "job.queued"), (2, "job.succeeded")]);
+        let texts: VecDeque<Bytes> = events.iter().map(|f| f.bytes.clone()).collect();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |_| {
+                let body = Frames(texts.clone());
+                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+                .unwrap();
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut response))
+            .await
+            .expect("the response ends")
+            .unwrap();
+        let at = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let head = String::from_utf8_lossy(&response[..at]).to_ascii_lowercase();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let body = &response[at + 4..];
+        let expected = [&events[0].chunk[..], &events[1].last_chunk[..]].concat();
+        assert_eq!(
+            String::from_utf8_lossy(body),
+            String::from_utf8_lossy(&expected)
+        );
+        assert!(body.ends_with(END_CHUNK));
     }
 }
