@@ -35,14 +35,19 @@
 //!   write, and hyper's own copy of that end ([`END_CHUNK`]) is skipped;
 //!   the body's task is woken only then, after the writer's whole batch.
 //!
-//! Only a `GET` over HTTP/1.1 with no layer that rewrites the body is handed
-//! off (a `HEAD` has no body, and HTTP/1.0 bodies are not chunked); the
-//! router has no such layer.
+//! Only a `GET` over HTTP/1.1 is handed off (a `HEAD` has no body, and
+//! HTTP/1.0 bodies are not chunked), and only when hyper sends the body's
+//! own bytes: [`checked`] wraps every response as it leaves the router and
+//! [`Untouched`] compares each data frame hyper gets with the one the
+//! stream's body made. A response with `Content-Encoding` or
+//! `Content-Length`, or whose frames a layer replaced (a compression layer,
+//! say), is never handed off and streams through hyper. Layers that pass
+//! frames through as they are (tracing) do not prevent the hand-off.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -573,6 +578,104 @@ impl AsyncWrite for ConnIo {
         std::task::ready!(socket.drain(&mut out, cx))?;
         Poll::Ready(socket2::SockRef::from(&socket.stream).shutdown(std::net::Shutdown::Write))
     }
+}
+
+/// Whether a stream's body reaches hyper as the body made it: shared by the
+/// body (in `crates/api/src/events.rs`) and, through the response's
+/// extensions, by [`checked`]. A stream may be handed off only once this
+/// is verified, since the hub writes to the socket what the body would
+/// have produced, bypassing every layer.
+#[derive(Debug, Default)]
+pub struct Untouched {
+    /// Address and length of the last data frame the body produced.
+    last_ptr: AtomicUsize,
+    last_len: AtomicUsize,
+    /// 0 until hyper gets a data frame, then [`VERIFIED`] or [`REWRITTEN`]
+    /// (which is final).
+    state: AtomicU8,
+}
+
+const VERIFIED: u8 = 1;
+const REWRITTEN: u8 = 2;
+
+impl Untouched {
+    /// The body produces `bytes` as its next data frame.
+    pub(crate) fn produced(&self, bytes: &Bytes) {
+        self.last_ptr
+            .store(bytes.as_ptr() as usize, Ordering::Relaxed);
+        self.last_len.store(bytes.len(), Ordering::Relaxed);
+    }
+
+    /// Hyper gets `bytes` as the response's next data frame: the very
+    /// frame the body produced last (the same memory), or a rewrite.
+    fn reached_hyper(&self, bytes: &Bytes) {
+        let same = self.last_ptr.load(Ordering::Relaxed) == bytes.as_ptr() as usize
+            && self.last_len.load(Ordering::Relaxed) == bytes.len();
+        let next = if same { VERIFIED } else { REWRITTEN };
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
+                (state != REWRITTEN).then_some(next)
+            });
+    }
+
+    fn rewritten(&self) {
+        self.state.store(REWRITTEN, Ordering::Relaxed);
+    }
+
+    /// Every frame hyper got so far was the body's own (and there was one).
+    pub(crate) fn verified(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == VERIFIED
+    }
+}
+
+/// A response body as hyper gets it (see [`checked`]).
+pub struct Checked {
+    body: axum::body::Body,
+    untouched: Option<Arc<Untouched>>,
+}
+
+impl http_body::Body for Checked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if let (Some(untouched), Some(Ok(frame))) = (&self.untouched, &frame) {
+            if let Some(data) = frame.data_ref() {
+                untouched.reached_hyper(data);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Wraps a response as it leaves the router for hyper: an event stream
+/// (an [`Untouched`] in its extensions) is checked frame by frame, and one
+/// whose headers say a layer re-encoded it is marked rewritten at once.
+pub fn checked(response: axum::response::Response) -> hyper::Response<Checked> {
+    let (mut parts, body) = response.into_parts();
+    let untouched = parts.extensions.remove::<Arc<Untouched>>();
+    if let Some(untouched) = &untouched {
+        let headers = &parts.headers;
+        if headers.contains_key(axum::http::header::CONTENT_ENCODING)
+            || headers.contains_key(axum::http::header::CONTENT_LENGTH)
+        {
+            untouched.rewritten();
+        }
+    }
+    hyper::Response::from_parts(parts, Checked { body, untouched })
 }
 
 /// A connection's socket, for handlers (a request extension): an event

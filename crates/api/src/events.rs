@@ -20,7 +20,7 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{Caller, StreamSlot};
-use crate::direct::{ConnHandle, End, Socket};
+use crate::direct::{ConnHandle, End, Socket, Untouched};
 use crate::error::ApiError;
 use crate::fanout::{Feed, Subscription};
 use crate::jobs::{job_id, owned_row};
@@ -99,11 +99,13 @@ pub async fn job_events(
     let socket = conn.filter(|_| {
         state.sse_direct_writes && method == Method::GET && version == Version::HTTP_11
     });
+    let untouched = Arc::new(Untouched::default());
     let cursor = Cursor {
         store: state.store.clone(),
         job: id,
         feed,
         socket,
+        untouched: untouched.clone(),
         _slot: slot,
         _open: editthinker_core::metrics::OpenStream::open(),
         position: Position {
@@ -114,6 +116,9 @@ pub async fn job_events(
         keep_alive: keep_alive_timer(),
     };
     Ok((
+        // For crates/api/src/direct.rs's `checked`: no hand-off unless
+        // hyper gets this body's own frames.
+        Extension(untouched.clone()),
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -124,6 +129,7 @@ pub async fn job_events(
             next: ReusableBoxFuture::new(cursor.next_bytes()),
             handed: None,
             failed,
+            untouched,
             ended: false,
         }),
     )
@@ -142,6 +148,8 @@ struct EventBody {
     handed: Option<(Cursor, Arc<Socket>)>,
     /// Resolves when the connection's socket reports an error.
     failed: Option<SocketFailed>,
+    /// Told each data frame, to check that hyper gets it as it is.
+    untouched: Arc<Untouched>,
     ended: bool,
 }
 
@@ -217,6 +225,7 @@ impl http_body::Body for EventBody {
                         // The cursor moves into the next wait.
                         self.next.set(cursor.next_bytes());
                     }
+                    self.untouched.produced(&chunk.bytes);
                     std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk.bytes))))
                 }
                 Next::End => {
@@ -244,6 +253,9 @@ struct Cursor {
     /// The connection's socket, while the stream may still be handed to
     /// the hub.
     socket: Option<Arc<Socket>>,
+    /// Whether hyper gets this stream's frames as they are: the hand-off
+    /// waits for that (crates/api/src/direct.rs).
+    untouched: Arc<Untouched>,
     /// The tenant's stream slot in this process, freed when the stream ends.
     _slot: StreamSlot,
     /// Counts the stream in `editthinker_sse_streams` while it is open.
@@ -364,7 +376,7 @@ impl Cursor {
                 Step::End => return (Next::End, self),
                 Step::Wait => {}
             }
-            if let Some(socket) = &self.socket {
+            if let Some(socket) = self.socket.as_ref().filter(|_| self.untouched.verified()) {
                 if self.feed.hand_off(socket, self.position.last) {
                     let socket = socket.clone();
                     return (Next::HandOff(socket), self);
