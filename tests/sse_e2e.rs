@@ -233,8 +233,8 @@ async fn a_connection_is_reused_after_a_stream_and_a_204(mode: SseMode) {
     let text = String::from_utf8_lossy(&body).into_owned();
     let last_id: i64 = text
         .lines()
-        .filter_map(|l| l.strip_prefix("id: "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("id: "))
         .unwrap()
         .parse()
         .unwrap();
