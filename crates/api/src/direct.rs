@@ -56,7 +56,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::events::{Frame, KEEP_ALIVE};
+pub(crate) use crate::frames::END_CHUNK;
+use crate::frames::{ends_stream, Frame, KEEP_ALIVE};
 
 /// Bytes the hub may queue for one slow socket before that stream falls
 /// back to its body's own pace (reading from the table).
@@ -64,9 +65,6 @@ pub const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
 /// A keep-alive comment, framed as a chunk.
 const COMMENT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
-
-/// The end of a chunked body (no trailers), as hyper writes it.
-pub(crate) const END_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Why a handed-off stream stopped taking events from the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,7 +272,7 @@ impl Socket {
                 handed.last = id;
             }
             handed.wrote_at = now;
-            if crate::events::ends_stream(frames, index) {
+            if ends_stream(frames, index) {
                 // The terminal event and the end of the body in one write;
                 // hyper's end of the body is then not written again.
                 send(
@@ -759,7 +757,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::events::stored_frame;
+    use crate::frames::stored_frame;
 
     /// A connection's socket and the client's end of it.
     async fn connection() -> (Arc<Socket>, TcpStream) {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use editthinker_store::{EventRow, Notice, Store};
 
 use crate::direct::{End, HandedStream, Socket, Work, Writers};
-use crate::events::{live_frame, stored_frame, Frame, KEEP_ALIVE};
+use crate::frames::{live_frame, stored_frame, Frame, KEEP_ALIVE};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

@@ -6,6 +6,7 @@ pub mod direct;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod frames;
 pub mod intake;
 mod jobs;
 pub mod server;
