@@ -26,7 +26,11 @@
 //! api, the bench and everything else used during the event phase, and a
 //! WARNING when other work took more than a fifth of the machine.
 //!
+//! It runs twice, once per `[http] sse_direct_writes` mode (hub writes,
+//! then hyper's path), and ends with both modes' figures side by side.
+//!
 //! Knobs (environment):
+//! - BENCH_MODES (both): `direct` or `hyper` runs only that mode;
 //! - BENCH_STREAMS (10000), BENCH_JOBS (1), BENCH_EVENTS (5);
 //! - BENCH_IDLE_SECS (20): the idle window; BENCH_BASELINE_SECS (10): the
 //!   window with no stream open (0 skips it); BENCH_SETTLE_SECS (12): the
@@ -175,7 +179,7 @@ struct Api {
 }
 
 impl Api {
-    fn start(config: &Path) -> Self {
+    fn start(config: &Path, mode: SseMode) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_editthinker"));
         // SAFETY: only an async-signal-safe libc call between fork and exec.
         unsafe {
@@ -195,6 +199,7 @@ impl Api {
             .env("RUST_LOG", "warn,editthinker::roles=info")
             .env("NO_COLOR", "1")
             .env("EDITTHINKER_METRICS__LISTEN", "127.0.0.1:0")
+            .env(mode.env().0, mode.env().1)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -1073,7 +1078,99 @@ fn niceness_of(pid: u32) -> String {
 
 // ---------------------------------------------------------------- the run
 
+/// The figures compared across modes.
+struct Summary {
+    mode: SseMode,
+    opened: usize,
+    idle_tps: f64,
+    idle_cpu_percent: f64,
+    /// Worst and median per-event p99 spread (kernel receive timestamps).
+    rx_p99_worst: Option<Duration>,
+    rx_p99_median: Option<Duration>,
+    /// Worst per-event p99 of (kernel receive − send).
+    since_send_p99_worst: Option<Duration>,
+    missing: usize,
+    api_ms_per_event: f64,
+    rss_mb: f64,
+    hwm_mb: f64,
+    busy_machine: bool,
+}
+
+/// Runs the bench once per mode in BENCH_MODES (`both`, the default,
+/// `direct` or `hyper`), each on a fresh database and api process, then
+/// prints their figures side by side.
 async fn run() {
+    let (soft, hard) = raise_nofile();
+    println!("RLIMIT_NOFILE: soft {soft}, hard {hard} (the api process inherits it)");
+    let modes = match std::env::var("BENCH_MODES").as_deref() {
+        Ok("direct") => vec![SseMode::Direct],
+        Ok("hyper") => vec![SseMode::Hyper],
+        _ => vec![SseMode::Direct, SseMode::Hyper],
+    };
+    let mut summaries = Vec::new();
+    for mode in modes {
+        println!();
+        println!(
+            "======== [http] sse_direct_writes = {} ========",
+            mode.env().1
+        );
+        summaries.push(run_mode(mode, soft).await);
+    }
+    println!();
+    println!("Both modes, side by side (each on its own fresh database and api process):");
+    print!("{:<44}", "figure");
+    for s in &summaries {
+        print!(" {:>22}", format!("sse_direct_writes={}", s.mode.env().1));
+    }
+    println!();
+    let row = |name: &str, f: &dyn Fn(&Summary) -> String| {
+        print!("{name:<44}");
+        for s in &summaries {
+            print!(" {:>22}", f(s));
+        }
+        println!();
+    };
+    let d = |d: Option<Duration>| d.map_or("-".to_owned(), fmt_d);
+    row("streams opened", &|s| s.opened.to_string());
+    row("DB tx/s, idle with streams", &|s| {
+        format!("{:.1}", s.idle_tps)
+    });
+    row("api CPU, idle with streams", &|s| {
+        format!("{:.1} %", s.idle_cpu_percent)
+    });
+    row(
+        "fan-out p99 after first (rx), worst",
+        &|s| d(s.rx_p99_worst),
+    );
+    row("fan-out p99 after first (rx), median", &|s| {
+        d(s.rx_p99_median)
+    });
+    row("rx − send p99, worst event", &|s| {
+        d(s.since_send_p99_worst)
+    });
+    row("stream × event deliveries missing", &|s| {
+        s.missing.to_string()
+    });
+    row("api CPU per event (event phase)", &|s| {
+        format!("{:.0} ms", s.api_ms_per_event)
+    });
+    row("api VmRSS, idle with streams", &|s| {
+        format!("{:.1} MB", s.rss_mb)
+    });
+    row("api VmHWM (peak) at the end", &|s| {
+        format!("{:.1} MB", s.hwm_mb)
+    });
+    row("other load during the event phase", &|s| {
+        if s.busy_machine {
+            "BUSY (see above)"
+        } else {
+            "quiet"
+        }
+        .to_owned()
+    });
+}
+
+async fn run_mode(mode: SseMode, soft: libc::rlim_t) -> Summary {
     let streams: usize = env_or("BENCH_STREAMS", 10_000);
     let jobs: usize = env_or::<usize>("BENCH_JOBS", 1).clamp(1, streams.max(1));
     let events: usize = env_or("BENCH_EVENTS", 5);
@@ -1086,8 +1183,6 @@ async fn run() {
     let settle = Duration::from_secs(env_or("BENCH_SETTLE_SECS", 12));
     let keep_db = std::env::var("BENCH_KEEP_DB").is_ok_and(|v| v == "1");
 
-    let (soft, hard) = raise_nofile();
-    println!("RLIMIT_NOFILE: soft {soft}, hard {hard} (the api process inherits it)");
     let need = streams as libc::rlim_t + 256;
     if soft < need {
         eprintln!(
@@ -1108,7 +1203,7 @@ async fn run() {
     let backends = backends_config(&thinker, &editor, env.dir.path());
     // One tenant opens every stream: no per-tenant stream limit.
     let backends = format!("{backends}\n[limits]\nmax_streams_per_tenant = 0\n");
-    let mut api = Api::start(&env.config("api", &backends));
+    let mut api = Api::start(&env.config("api", &backends), mode);
     let pid = api.pid();
     println!(
         "api pid {pid} at {}; database {db_name}; {streams} streams over {jobs} job(s)",
@@ -1404,6 +1499,7 @@ async fn run() {
         "read−rx p99"
     );
     let mut rx_p99s: Vec<Duration> = Vec::new();
+    let mut since_send_p99s: Vec<Duration> = Vec::new();
     let mut read_p99s: Vec<Duration> = Vec::new();
     let mut missing_total = 0usize;
     let mut unstamped = 0usize;
@@ -1446,7 +1542,11 @@ async fn run() {
             r.arrivals.len(),
             fmt_p(rx_spread),
             fmt_p(read_spread),
-            fmt_p(pcts(rx_since_send)),
+            fmt_p({
+                let p = pcts(rx_since_send);
+                since_send_p99s.extend(p.as_ref().map(|p| p.p99));
+                p
+            }),
             pcts(read_lag).map_or("-".into(), |p| fmt_d(p.p99))
         );
     }
@@ -1594,6 +1694,20 @@ async fn run() {
     }
     drop(editor);
     drop(thinker);
+    Summary {
+        mode,
+        opened: collector.opened,
+        idle_tps: idle.delta_per_s,
+        idle_cpu_percent: idle.cpu_percent,
+        rx_p99_worst: rx_p99s.iter().max().copied(),
+        rx_p99_median: pcts(rx_p99s.clone()).map(|p| p.p50),
+        since_send_p99_worst: since_send_p99s.iter().max().copied(),
+        missing: missing_total,
+        api_ms_per_event: fanout_api_cpu / per_event * 1e3,
+        rss_mb: mb(idle_stats.rss_kb),
+        hwm_mb: mb(after.hwm_kb),
+        busy_machine,
+    }
 }
 
 /// Drops the bench database (best effort).

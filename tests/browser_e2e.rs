@@ -49,8 +49,7 @@ const EVENT_TYPES: [&str; 10] = [
     "job.canceled",
 ];
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_event_source_stops_reconnecting_after_a_finished_job() {
+async fn browser_event_source_stops_reconnecting_after_a_finished_job(mode: SseMode) {
     let Some(tools) = Tools::find() else {
         return;
     };
@@ -65,7 +64,7 @@ async fn browser_event_source_stops_reconnecting_after_a_finished_job() {
     );
     thinker.on("make only the sky deep purple", said(9, 9, ""));
     let config = env.config("serve", &backends_config(&thinker, &editor, env.dir.path()));
-    let service = Service::start("serve", &config);
+    let service = Service::start_with_env("serve", &config, &[mode.env()]);
     let job = create_job(
         &service,
         job_body(
@@ -603,3 +602,5 @@ impl Browser {
         }
     }
 }
+
+both_sse_modes!(browser_event_source_stops_reconnecting_after_a_finished_job);

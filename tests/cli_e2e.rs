@@ -16,6 +16,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A two-turn job: the first turn is refined, the second satisfies.
 async fn two_turn_service(env: &TestEnv) -> (Service, FakeEditor, FakeThinker) {
+    two_turn_service_in(env, SseMode::Direct).await
+}
+
+/// [`two_turn_service`] with its event streams written in `mode`.
+async fn two_turn_service_in(env: &TestEnv, mode: SseMode) -> (Service, FakeEditor, FakeThinker) {
     env.migrate();
     let editor = FakeEditor::start().await;
     // Slow enough that the client watches the job run.
@@ -27,7 +32,11 @@ async fn two_turn_service(env: &TestEnv) -> (Service, FakeEditor, FakeThinker) {
         said(9, 9, "make the door bright red"),
     );
     let config = env.config("cli", &backends_config(&thinker, &editor, env.dir.path()));
-    (Service::start("serve", &config), editor, thinker)
+    (
+        Service::start_with_env("serve", &config, &[mode.env()]),
+        editor,
+        thinker,
+    )
 }
 
 fn cli(args: &[&str], server: &str) -> Output {
@@ -271,10 +280,9 @@ async fn cutting_proxy(upstream: std::net::SocketAddr) -> (String, Seen) {
     (url, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submit_resumes_the_stream_after_the_connection_drops() {
+async fn submit_resumes_the_stream_after_the_connection_drops(mode: SseMode) {
     let env = TestEnv::new(Backend::Sqlite).await;
-    let (service, _editor, _thinker) = two_turn_service(&env).await;
+    let (service, _editor, _thinker) = two_turn_service_in(&env, mode).await;
     let (proxy, seen) = cutting_proxy(service.addr.unwrap()).await;
     let image = write_source(env.dir.path());
     let out = tokio::task::spawn_blocking(move || {
@@ -480,3 +488,5 @@ async fn ctrl_c_asks_whether_to_cancel_the_job() {
     let (_, job) = get_json(&service.url(&format!("/v1/jobs/{id}"))).await;
     assert_eq!(job["status"], "canceled", "{job:#}");
 }
+
+both_sse_modes!(submit_resumes_the_stream_after_the_connection_drops);

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_names_the_tenant_and_clients_cannot() {
+async fn the_gateway_names_the_tenant_and_clients_cannot(mode: SseMode) {
     let Some(nginx) = which("nginx") else {
         tool_missing("gateway_e2e", "nginx (Debian: nginx-light)");
         return;
@@ -34,7 +33,7 @@ async fn the_gateway_names_the_tenant_and_clients_cannot() {
             backends_config(&thinker, &editor, env.dir.path())
         ),
     );
-    let api = Service::start("api", &config);
+    let api = Service::start_with_env("api", &config, &[mode.env()]);
     let (gateway, _nginx) = start_gateway(&nginx, env.dir.path(), api.addr.unwrap()).await;
 
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -108,7 +107,40 @@ async fn the_gateway_names_the_tenant_and_clients_cannot() {
         .await
         .unwrap();
     assert_eq!(listed["jobs"], json!([]));
+
+    // alice's event stream through nginx: open while the job waits, then
+    // ended by its terminal event after a cancel, well formed.
+    let id = job["id"].as_str().unwrap();
+    let events = as_user("alice", &format!("/v1/jobs/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    let reading = tokio::spawn(async move {
+        tokio::time::timeout(Duration::from_secs(30), events.text())
+            .await
+            .expect("the stream ends after its terminal event")
+            .expect("a well-formed chunked body")
+    });
+    // The stream is open (replayed, and handed off where that is on)
+    // before the job ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let canceled = client
+        .post(format!("{gateway}{path}/cancel"))
+        .basic_auth("alice", Some("secret"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(canceled.status(), 202, "a cancel is accepted");
+    let text = reading.await.unwrap();
+    let kinds: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(kinds, ["job.queued", "job.canceled"], "{text}");
 }
+
+both_sse_modes!(the_gateway_names_the_tenant_and_clients_cannot);
 
 /// Runs `deploy/kubernetes/gateway/gateway.conf` in front of `upstream`; its
 /// base URL.

@@ -863,3 +863,81 @@ pub async fn post_json(service: &Service, path: &str, body: &Value) -> (u16, Val
         resp.json().await.unwrap_or(Value::Null),
     )
 }
+
+/// Reads one gauge or counter (no labels) from a Prometheus scrape at
+/// `url`; `None` when it is not there.
+pub async fn metric(url: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (key, value) = l.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// Reads a raw HTTP/1.1 response head from `stream` (up to the blank
+/// line); returns it and whatever body bytes came with it.
+pub async fn read_head(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+            return (head, buf[at + 4..].to_vec());
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("a response head within 10 s")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the connection closed before a response head: {buf:?}"
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// How the API writes event streams (`[http] sse_direct_writes`): SSE
+/// tests run in both modes (`both_sse_modes!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SseMode {
+    /// Streams are handed to the event hub's writer threads after their replay.
+    Direct,
+    /// Hyper writes every event (`sse_direct_writes = false`).
+    Hyper,
+}
+
+impl SseMode {
+    /// The environment setting that selects this mode for a service.
+    pub fn env(self) -> (&'static str, &'static str) {
+        let value = match self {
+            SseMode::Direct => "true",
+            SseMode::Hyper => "false",
+        };
+        ("EDITTHINKER_HTTP__SSE_DIRECT_WRITES", value)
+    }
+}
+
+/// Defines `direct_writes` and `hyper_writes` variants of async tests
+/// written as `async fn name(mode: SseMode)`.
+#[macro_export]
+macro_rules! both_sse_modes {
+    ($($name:ident),* $(,)?) => {
+        mod direct_writes {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::SseMode::Direct).await
+                }
+            )*
+        }
+        mod hyper_writes {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::SseMode::Hyper).await
+                }
+            )*
+        }
+    };
+}

@@ -7,8 +7,17 @@
 //! event hub, and the hub's writer threads ([`Writers`]) write each event,
 //! already framed as an HTTP/1.1 chunk, to every socket of the job in a
 //! tight loop. Hyper still owns the connection: it sent the head and the
-//! replay, it reads (and so notices a client that leaves), and it writes
-//! the end of the body when the stream ends.
+//! replay, it reads, and it writes the end of the body when the stream ends.
+//!
+//! A client that leaves is noticed without hyper's read side, which stops
+//! looking while a pipelined request waits in its buffer: a failed hub
+//! write ends the stream ([`End::Broken`]: its body fails, so hyper closes
+//! the connection), and every stream's body also waits for the socket's
+//! error readiness ([`Socket::failed`]), so a reset ends it even when no
+//! event is being written. Pipelined requests are left to hyper: they are
+//! answered once the stream ends, and never keep a stream alive. (Refusing
+//! the hand-off instead would need hyper's read buffer, which it does not
+//! expose, and would still leave the stock path blind to a reset.)
 //!
 //! Every byte for the socket passes through one [`Socket`] and its queue,
 //! so hyper's bytes and the hub's never interleave:
@@ -26,14 +35,19 @@
 //!   write, and hyper's own copy of that end ([`END_CHUNK`]) is skipped;
 //!   the body's task is woken only then, after the writer's whole batch.
 //!
-//! Only a `GET` over HTTP/1.1 with no layer that rewrites the body is handed
-//! off (a `HEAD` has no body, and HTTP/1.0 bodies are not chunked); the
-//! router has no such layer.
+//! Only a `GET` over HTTP/1.1 is handed off (a `HEAD` has no body, and
+//! HTTP/1.0 bodies are not chunked), and only when hyper sends the body's
+//! own bytes: [`checked`] wraps every response as it leaves the router and
+//! [`Untouched`] compares each data frame hyper gets with the one the
+//! stream's body made. A response with `Content-Encoding` or
+//! `Content-Length`, or whose frames a layer replaced (a compression layer,
+//! say), is never handed off and streams through hyper. Layers that pass
+//! frames through as they are (tracing) do not prevent the hand-off.
 
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -42,7 +56,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::events::{Frame, KEEP_ALIVE};
+pub(crate) use crate::frames::END_CHUNK;
+use crate::frames::{ends_stream, Frame, KEEP_ALIVE};
 
 /// Bytes the hub may queue for one slow socket before that stream falls
 /// back to its body's own pace (reading from the table).
@@ -50,9 +65,6 @@ pub const MAX_QUEUED_BYTES: usize = 256 * 1024;
 
 /// A keep-alive comment, framed as a chunk.
 const COMMENT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
-
-/// The end of a chunked body (no trailers), as hyper writes it.
-pub(crate) const END_CHUNK: &[u8] = b"0\r\n\r\n";
 
 /// Why a handed-off stream stopped taking events from the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +79,11 @@ pub enum End {
         /// Id of the last stored event written (or queued) to the socket.
         last: i64,
     },
+    /// A write to the socket failed: the client is gone. The body fails,
+    /// so hyper closes the connection at once instead of waiting for its
+    /// read side, which does not look while a pipelined request sits in
+    /// its buffer.
+    Broken,
 }
 
 /// A handed-off stream's state, kept with its socket.
@@ -118,6 +135,9 @@ struct Out {
     /// The end of the chunked body, already written by the hub with the
     /// terminal event: hyper's own copy of it is not written again.
     written_ahead: &'static [u8],
+    /// Hyper's bytes differed from what was written ahead: nothing more
+    /// is written to this connection.
+    broken: bool,
 }
 
 /// One accepted connection's socket, shared by hyper (through [`ConnIo`])
@@ -252,7 +272,7 @@ impl Socket {
                 handed.last = id;
             }
             handed.wrote_at = now;
-            if crate::events::ends_stream(frames, index) {
+            if ends_stream(frames, index) {
                 // The terminal event and the end of the body in one write;
                 // hyper's end of the body is then not written again.
                 send(
@@ -262,6 +282,10 @@ impl Socket {
                     &frame.last_chunk,
                     wakes,
                 );
+                if handed.end.is_some() {
+                    // The write failed: nothing was written ahead.
+                    return;
+                }
                 if handed.armed {
                     out.written_ahead = END_CHUNK;
                 } else {
@@ -272,6 +296,17 @@ impl Socket {
             }
             send(&self.stream, &mut out.queue, handed, &frame.chunk, wakes);
         }
+    }
+
+    /// Resolves once the socket reports an error (a reset, or a write the
+    /// peer refused), whether or not anyone reads or writes it: a stream's
+    /// body waits on this so that a client gone while hyper does not read
+    /// (a pipelined request in its buffer) is noticed at once.
+    pub(crate) async fn failed(self: Arc<Self>) {
+        // Only the error readiness: readable data (a pipelined request the
+        // kernel still holds) must not end the stream. A peer that closes
+        // with a FIN is noticed at the next write, whose answer is a reset.
+        let _ = self.stream.ready(tokio::io::Interest::ERROR).await;
     }
 
     /// Writes a keep-alive comment if the stream is armed and has been
@@ -332,8 +367,12 @@ fn send(
             Ok(n) if n == chunk.len() => return,
             Ok(n) => chunk.slice(n..),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => chunk.clone(),
-            // A broken connection: hyper's read side notices and ends it.
-            Err(_) => return,
+            // A broken connection: the stream ends now (its body fails and
+            // hyper drops the connection), whatever hyper's read side does.
+            Err(_) => {
+                end_handed(handed, End::Broken, wakes);
+                return;
+            }
         }
     } else {
         chunk.clone()
@@ -347,9 +386,16 @@ fn send(
 
 /// How many leading bytes of `bufs` the hub already wrote (the end of a
 /// body it wrote with the terminal event); those are reported written.
-fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
+///
+/// Hyper's next bytes must be exactly that end ([`END_CHUNK`], which the
+/// test `hyper_ends_a_chunked_body_as_the_hub_does` checks against the
+/// hyper in Cargo.lock). Anything else is a framing mismatch: the client
+/// already has a complete body, so the connection is closed rather than
+/// risk writing what would follow a body twice ended; it is logged and
+/// counted in `editthinker_sse_framing_mismatches_total`.
+fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     if out.written_ahead.is_empty() {
-        return 0;
+        return Ok(0);
     }
     let mut skipped = 0;
     for byte in bufs.iter().flat_map(|b| b.iter()) {
@@ -361,12 +407,33 @@ fn skip_written_ahead(out: &mut Out, bufs: &[io::IoSlice<'_>]) -> usize {
             _ => break,
         }
     }
-    if skipped == 0 {
-        // Hyper wrote something else first: nothing was written ahead of it.
-        debug_assert!(false, "expected the end of the body from hyper");
+    if skipped == 0 && bufs.iter().any(|b| !b.is_empty()) {
+        let got: Vec<u8> = bufs
+            .iter()
+            .flat_map(|b| b.iter())
+            .take(16)
+            .copied()
+            .collect();
+        tracing::warn!(
+            expected = ?String::from_utf8_lossy(out.written_ahead),
+            got = ?String::from_utf8_lossy(&got),
+            "hyper's end of an event stream's body is not what the hub wrote for it; closing the connection"
+        );
+        editthinker_core::metrics::sse_framing_mismatch();
         out.written_ahead = &[];
+        out.broken = true;
+        return Err(framing_mismatch());
     }
-    skipped
+    Ok(skipped)
+}
+
+/// The error hyper gets for every write after a framing mismatch, so that
+/// it closes the connection.
+fn framing_mismatch() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        "SSE framing mismatch: the connection is closed",
+    )
 }
 
 /// `bufs` with hyper's own bare error answers given problem bodies
@@ -456,8 +523,11 @@ impl AsyncWrite for ConnIo {
     ) -> Poll<io::Result<usize>> {
         let socket = &self.0;
         let mut out = socket.out();
+        if out.broken {
+            return Poll::Ready(Err(framing_mismatch()));
+        }
         std::task::ready!(socket.drain(&mut out, cx))?;
-        let skipped = skip_written_ahead(&mut out, bufs);
+        let skipped = skip_written_ahead(&mut out, bufs)?;
         if skipped > 0 {
             return Poll::Ready(Ok(skipped));
         }
@@ -506,6 +576,104 @@ impl AsyncWrite for ConnIo {
         std::task::ready!(socket.drain(&mut out, cx))?;
         Poll::Ready(socket2::SockRef::from(&socket.stream).shutdown(std::net::Shutdown::Write))
     }
+}
+
+/// Whether a stream's body reaches hyper as the body made it: shared by the
+/// body (in `crates/api/src/events.rs`) and, through the response's
+/// extensions, by [`checked`]. A stream may be handed off only once this
+/// is verified, since the hub writes to the socket what the body would
+/// have produced, bypassing every layer.
+#[derive(Debug, Default)]
+pub struct Untouched {
+    /// Address and length of the last data frame the body produced.
+    last_ptr: AtomicUsize,
+    last_len: AtomicUsize,
+    /// 0 until hyper gets a data frame, then [`VERIFIED`] or [`REWRITTEN`]
+    /// (which is final).
+    state: AtomicU8,
+}
+
+const VERIFIED: u8 = 1;
+const REWRITTEN: u8 = 2;
+
+impl Untouched {
+    /// The body produces `bytes` as its next data frame.
+    pub(crate) fn produced(&self, bytes: &Bytes) {
+        self.last_ptr
+            .store(bytes.as_ptr() as usize, Ordering::Relaxed);
+        self.last_len.store(bytes.len(), Ordering::Relaxed);
+    }
+
+    /// Hyper gets `bytes` as the response's next data frame: the very
+    /// frame the body produced last (the same memory), or a rewrite.
+    fn reached_hyper(&self, bytes: &Bytes) {
+        let same = self.last_ptr.load(Ordering::Relaxed) == bytes.as_ptr() as usize
+            && self.last_len.load(Ordering::Relaxed) == bytes.len();
+        let next = if same { VERIFIED } else { REWRITTEN };
+        let _ = self
+            .state
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |state| {
+                (state != REWRITTEN).then_some(next)
+            });
+    }
+
+    fn rewritten(&self) {
+        self.state.store(REWRITTEN, Ordering::Relaxed);
+    }
+
+    /// Every frame hyper got so far was the body's own (and there was one).
+    pub(crate) fn verified(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == VERIFIED
+    }
+}
+
+/// A response body as hyper gets it (see [`checked`]).
+pub struct Checked {
+    body: axum::body::Body,
+    untouched: Option<Arc<Untouched>>,
+}
+
+impl http_body::Body for Checked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        if let (Some(untouched), Some(Ok(frame))) = (&self.untouched, &frame) {
+            if let Some(data) = frame.data_ref() {
+                untouched.reached_hyper(data);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Wraps a response as it leaves the router for hyper: an event stream
+/// (an [`Untouched`] in its extensions) is checked frame by frame, and one
+/// whose headers say a layer re-encoded it is marked rewritten at once.
+pub fn checked(response: axum::response::Response) -> hyper::Response<Checked> {
+    let (mut parts, body) = response.into_parts();
+    let untouched = parts.extensions.remove::<Arc<Untouched>>();
+    if let Some(untouched) = &untouched {
+        let headers = &parts.headers;
+        if headers.contains_key(axum::http::header::CONTENT_ENCODING)
+            || headers.contains_key(axum::http::header::CONTENT_LENGTH)
+        {
+            untouched.rewritten();
+        }
+    }
+    hyper::Response::from_parts(parts, Checked { body, untouched })
 }
 
 /// A connection's socket, for handlers (a request extension): an event
@@ -589,7 +757,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::events::stored_frame;
+    use crate::frames::stored_frame;
 
     /// A connection's socket and the client's end of it.
     async fn connection() -> (Arc<Socket>, TcpStream) {
@@ -714,5 +882,111 @@ mod tests {
             COMMENT_CHUNK
         );
         assert!(wakes.is_empty(), "nothing was queued, so nothing to drain");
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_stream_at_once() {
+        let (socket, client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let handed = socket.hand_off(0);
+        io.flush().await.unwrap();
+        client.set_zero_linger().unwrap();
+        drop(client);
+        // The reset is reported as an error on the socket, with nothing read.
+        tokio::time::timeout(Duration::from_secs(2), socket.clone().failed())
+            .await
+            .expect("the socket reports the reset");
+        let mut wakes = Vec::new();
+        let events = frames(&[(1, "job.queued"), (2, "job.started")]);
+        socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
+        let end = std::future::poll_fn(|cx| Poll::Ready(socket.poll_end(cx))).await;
+        assert_eq!(end, Poll::Ready(End::Broken));
+    }
+
+    #[tokio::test]
+    async fn other_bytes_where_the_end_of_the_body_was_written_close_the_connection() {
+        let (socket, mut client) = connection().await;
+        let mut io = ConnIo(socket.clone());
+        let handed = socket.hand_off(0);
+        io.flush().await.unwrap();
+        let mut wakes = Vec::new();
+        let events = frames(&[(1, "job.canceled")]);
+        socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
+        let sent = &events[0].last_chunk;
+        assert_eq!(read_exactly(&mut client, sent.len()).await, sent[..]);
+        // Hyper writes something other than the end of the body it owes.
+        let error = io.write_all(b"1\r\nX\r\n").await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        // And nothing after that reaches the client either.
+        assert!(io.write_all(END_CHUNK).await.is_err());
+        socket.take_back(handed.generation);
+        drop((io, handed, socket));
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest))
+            .await
+            .expect("the connection is closed")
+            .unwrap();
+        assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+    }
+
+    /// A body of data frames and then its end.
+    struct Frames(VecDeque<Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    /// The hub writes chunks and the end of a chunked body in the bytes
+    /// hyper uses, and skips hyper's own end: if the hyper in Cargo.lock
+    /// frames a body differently, this fails (and so would the skip, which
+    /// then closes connections and counts framing mismatches).
+    #[tokio::test]
+    async fn hyper_ends_a_chunked_body_as_the_hub_does() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let events = frames(&[(1, "job.queued"), (2, "job.succeeded")]);
+        let texts: VecDeque<Bytes> = events.iter().map(|f| f.bytes.clone()).collect();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(move |_| {
+                let body = Frames(texts.clone());
+                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await
+                .unwrap();
+        });
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut response))
+            .await
+            .expect("the response ends")
+            .unwrap();
+        let at = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head");
+        let head = String::from_utf8_lossy(&response[..at]).to_ascii_lowercase();
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        let body = &response[at + 4..];
+        let expected = [&events[0].chunk[..], &events[1].last_chunk[..]].concat();
+        assert_eq!(
+            String::from_utf8_lossy(body),
+            String::from_utf8_lossy(&expected)
+        );
+        assert!(body.ends_with(END_CHUNK));
     }
 }

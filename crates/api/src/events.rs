@@ -2,7 +2,6 @@
 //! then live ones, until the terminal event (docs/architecture.md §4).
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -13,7 +12,7 @@ use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
-use editthinker_store::{event_type, EventRow, Store};
+use editthinker_store::Store;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::ReusableBoxFuture;
@@ -21,13 +20,13 @@ use utoipa::IntoParams;
 use uuid::Uuid;
 
 use crate::auth::{Caller, StreamSlot};
-use crate::direct::{ConnHandle, End, Socket};
+use crate::direct::{ConnHandle, End, Socket, Untouched};
 use crate::error::ApiError;
 use crate::fanout::{Feed, Subscription};
+pub use crate::frames::public_event_data;
+use crate::frames::{ends_stream_at, stored_frame, Frame, KEEP_ALIVE};
 use crate::jobs::{job_id, owned_row};
-use crate::views::{result_url, turn_image_url, CritiqueView};
 use crate::AppState;
-use editthinker_core::CritiqueRecord;
 
 /// Query of the events endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -91,14 +90,22 @@ pub async fn job_events(
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     // Only a chunked GET body can be written by the hub (crates/api/src/direct.rs).
-    let socket = conn
-        .filter(|_| method == Method::GET && version == Version::HTTP_11)
-        .map(|Extension(ConnHandle(socket))| socket);
+    let conn = conn.map(|Extension(ConnHandle(socket))| socket);
+    // A socket error ends the stream whoever is writing it, so a client
+    // gone while hyper does not read is noticed at once.
+    let failed = conn
+        .clone()
+        .map(|socket| -> SocketFailed { Box::pin(socket.failed()) });
+    let socket = conn.filter(|_| {
+        state.sse_direct_writes && method == Method::GET && version == Version::HTTP_11
+    });
+    let untouched = Arc::new(Untouched::default());
     let cursor = Cursor {
         store: state.store.clone(),
         job: id,
         feed,
         socket,
+        untouched: untouched.clone(),
         _slot: slot,
         _open: editthinker_core::metrics::OpenStream::open(),
         position: Position {
@@ -109,6 +116,9 @@ pub async fn job_events(
         keep_alive: keep_alive_timer(),
     };
     Ok((
+        // For crates/api/src/direct.rs's `checked`: no hand-off unless
+        // hyper gets this body's own frames.
+        Extension(untouched.clone()),
         [
             (header::CONTENT_TYPE, "text/event-stream"),
             (header::CACHE_CONTROL, "no-cache"),
@@ -118,6 +128,8 @@ pub async fn job_events(
         Body::new(EventBody {
             next: ReusableBoxFuture::new(cursor.next_bytes()),
             handed: None,
+            failed,
+            untouched,
             ended: false,
         }),
     )
@@ -134,7 +146,24 @@ struct EventBody {
     next: ReusableBoxFuture<'static, (Next, Cursor)>,
     /// While the hub writes the stream: the parked cursor and the socket.
     handed: Option<(Cursor, Arc<Socket>)>,
+    /// Resolves when the connection's socket reports an error.
+    failed: Option<SocketFailed>,
+    /// Told each data frame, to check that hyper gets it as it is.
+    untouched: Arc<Untouched>,
     ended: bool,
+}
+
+/// The wait for a socket error ([`Socket::failed`]).
+type SocketFailed = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// The error a stream's body fails with when its client is gone: hyper
+/// then closes the connection, and dropping the body frees the stream's
+/// slot and subscription.
+fn client_gone() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "the event stream's client is gone",
+    )
 }
 
 /// What a [`Cursor`] came to.
@@ -155,21 +184,31 @@ struct Chunk {
 
 impl http_body::Body for EventBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, std::io::Error>>> {
         loop {
             if self.ended {
                 return std::task::Poll::Ready(None);
+            }
+            if let Some(failed) = self.failed.as_mut() {
+                if failed.as_mut().poll(cx).is_ready() {
+                    self.ended = true;
+                    return std::task::Poll::Ready(Some(Err(client_gone())));
+                }
             }
             if let Some((_, socket)) = &self.handed {
                 match std::task::ready!(socket.poll_end(cx)) {
                     End::Finished | End::Shutdown => {
                         self.ended = true;
                         return std::task::Poll::Ready(None);
+                    }
+                    End::Broken => {
+                        self.ended = true;
+                        return std::task::Poll::Ready(Some(Err(client_gone())));
                     }
                     End::Lagged { last } => {
                         let (cursor, _) = self.handed.take().expect("handed");
@@ -186,6 +225,7 @@ impl http_body::Body for EventBody {
                         // The cursor moves into the next wait.
                         self.next.set(cursor.next_bytes());
                     }
+                    self.untouched.produced(&chunk.bytes);
                     std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk.bytes))))
                 }
                 Next::End => {
@@ -213,6 +253,9 @@ struct Cursor {
     /// The connection's socket, while the stream may still be handed to
     /// the hub.
     socket: Option<Arc<Socket>>,
+    /// Whether hyper gets this stream's frames as they are: the hand-off
+    /// waits for that (crates/api/src/direct.rs).
+    untouched: Arc<Untouched>,
     /// The tenant's stream slot in this process, freed when the stream ends.
     _slot: StreamSlot,
     /// Counts the stream in `editthinker_sse_streams` while it is open.
@@ -294,10 +337,18 @@ impl Position {
             let bytes = frame.bytes.clone();
             // A terminal event followed by a stored `job.queued` was a
             // failure retried (`POST /v1/jobs/{id}/retry`): the stream goes on.
-            if frame.terminal && !self.requeued_after(id) {
-                self.done = true;
-                self.pending.clear();
-                self.live.clear();
+            // (Only a terminal frame is cloned, to look past it.)
+            let terminal = frame.terminal.then(|| frame.clone());
+            if let Some(frame) = terminal {
+                let buffered = self
+                    .pending
+                    .iter()
+                    .flat_map(|batch| batch.frames[batch.taken..].iter());
+                if ends_stream_at(&frame, buffered) {
+                    self.done = true;
+                    self.pending.clear();
+                    self.live.clear();
+                }
             }
             return Step::Send {
                 bytes,
@@ -305,15 +356,6 @@ impl Position {
             };
         }
         Step::Wait
-    }
-
-    /// Whether a `job.queued` stored after `id` (a retry) is buffered.
-    fn requeued_after(&self, id: i64) -> bool {
-        self.pending.iter().any(|batch| {
-            batch.frames[batch.taken..]
-                .iter()
-                .any(|f| f.queued && f.id.is_some_and(|later| later > id))
-        })
     }
 
     fn take(&mut self, feed: Feed) {
@@ -333,7 +375,7 @@ impl Cursor {
                 Step::End => return (Next::End, self),
                 Step::Wait => {}
             }
-            if let Some(socket) = &self.socket {
+            if let Some(socket) = self.socket.as_ref().filter(|_| self.untouched.verified()) {
                 if self.feed.hand_off(socket, self.position.last) {
                     let socket = socket.clone();
                     return (Next::HandOff(socket), self);
@@ -350,6 +392,11 @@ impl Cursor {
                     Err(RecvError::Lagged(_)) => {
                         // Fell behind the hub: catch up from the table.
                         let last = self.position.last;
+                        tracing::info!(
+                            job_id = %self.job,
+                            last_event_id = last,
+                            "a stream fell behind the hub's feed; it catches up from the table"
+                        );
                         match self.store.events_after(self.job, last).await {
                             Ok(rows) => self
                                 .position
@@ -396,126 +443,11 @@ impl Cursor {
     }
 }
 
-/// Keep-alive comment interval of an idle stream.
-pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
-
-/// One event as it goes on the wire, rendered once per process and shared
-/// by every stream that sends it.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    /// The stored event's id; `None` for a live event.
-    pub id: Option<i64>,
-    /// Whether the stream ends after it.
-    pub terminal: bool,
-    /// A stored `job.queued`: after a terminal event, the job was retried.
-    pub queued: bool,
-    /// `id:`, `event:` and `data:` lines and the blank line.
-    pub bytes: Bytes,
-    /// The same bytes framed as one HTTP/1.1 chunk, as the hub writes them
-    /// to handed-off streams (`bytes` is a slice of it).
-    pub chunk: Bytes,
-    /// For a terminal event: `chunk` and the end of the chunked body, which
-    /// the hub writes in one go (empty for other events).
-    pub last_chunk: Bytes,
-}
-
-/// Whether the stream ends after `frames[index]`: a terminal event, unless
-/// a later `job.queued` among `frames` says the job was retried.
-pub(crate) fn ends_stream(frames: &[Frame], index: usize) -> bool {
-    let frame = &frames[index];
-    frame.terminal
-        && !frames[index + 1..]
-            .iter()
-            .any(|f| f.queued && f.id > frame.id)
-}
-
-fn frame(id: Option<i64>, kind: &str, data: &serde_json::Value) -> Frame {
-    // Compact JSON has no newline, so the data fits on one `data:` line.
-    let mut text = String::new();
-    if let Some(id) = id {
-        text.push_str(&format!("id: {id}\n"));
-    }
-    text.push_str(&format!("event: {kind}\ndata: {data}\n\n"));
-    let head = format!("{:x}\r\n", text.len());
-    let chunk = Bytes::from(format!("{head}{text}\r\n"));
-    let terminal = id.is_some() && is_terminal(kind);
-    let last_chunk = if terminal {
-        Bytes::from([&chunk[..], crate::direct::END_CHUNK].concat())
-    } else {
-        Bytes::new()
-    };
-    Frame {
-        id,
-        terminal,
-        last_chunk,
-        queued: id.is_some() && kind == event_type::JOB_QUEUED,
-        bytes: chunk.slice(head.len()..head.len() + text.len()),
-        chunk,
-    }
-}
-
-fn is_terminal(kind: &str) -> bool {
-    matches!(
-        kind,
-        event_type::JOB_SUCCEEDED | event_type::JOB_FAILED | event_type::JOB_CANCELED
-    )
-}
-
-/// A live event (`turn.thinking`): no `id:`, so it never moves a client's
-/// `Last-Event-ID`.
-pub(crate) fn live_frame(job_id: Uuid, kind: &str, mut data: serde_json::Value) -> Frame {
-    if let Some(map) = data.as_object_mut() {
-        map.insert("job_id".into(), job_id.to_string().into());
-    }
-    frame(None, kind, &data)
-}
-
-/// A stored event as sent on the stream.
-pub(crate) fn stored_frame(row: &EventRow) -> Frame {
-    frame(Some(row.id), &row.kind, &public_event_data(row))
-}
-
-/// A stored event's data as clients see it, on the stream and in webhook
-/// deliveries: the stored data plus the job id and image URLs.
-pub fn public_event_data(row: &EventRow) -> serde_json::Value {
-    let mut data = row.data.clone();
-    if let Some(map) = data.as_object_mut() {
-        map.insert("job_id".into(), row.job_id.to_string().into());
-        match row.kind.as_str() {
-            event_type::TURN_EDITED => {
-                if let Some(turn) = map.get("turn").and_then(|t| t.as_u64()) {
-                    map.insert(
-                        "image_url".into(),
-                        turn_image_url(row.job_id, turn as u32).into(),
-                    );
-                }
-            }
-            event_type::TURN_CRITIQUED => {
-                // Same shape as a turn's critique in the job JSON.
-                let view = map
-                    .get("critique")
-                    .cloned()
-                    .and_then(|c| serde_json::from_value::<CritiqueRecord>(c).ok())
-                    .map(|record| CritiqueView::from_record(&record));
-                if let Some(view) = view {
-                    map.insert(
-                        "critique".into(),
-                        serde_json::to_value(view).expect("critique view serializes"),
-                    );
-                }
-            }
-            event_type::JOB_SUCCEEDED => {
-                map.insert("image_url".into(), result_url(row.job_id).into());
-            }
-            _ => {}
-        }
-    }
-    data
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::live_frame;
+    use editthinker_store::EventRow;
 
     fn row(id: i64, kind: &str) -> EventRow {
         EventRow {

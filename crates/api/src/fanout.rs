@@ -16,13 +16,13 @@
 //! and the stream's own task wakes only when the stream ends or lags.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use editthinker_store::{EventRow, Notice, Store};
 
 use crate::direct::{End, HandedStream, Socket, Work, Writers};
-use crate::events::{live_frame, stored_frame, Frame, KEEP_ALIVE};
+use crate::frames::{live_frame, stored_frame, Frame, KEEP_ALIVE};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -65,6 +65,37 @@ impl JobFeed {
     }
 }
 
+/// Shards of the job feeds, by job: a job's subscribe, fan-out and
+/// unsubscribe lock only its shard, so no lock is held over every job's
+/// subscribers while one job's events go out.
+struct Feeds {
+    shards: Box<[Mutex<HashMap<Uuid, JobFeed>>]>,
+}
+
+/// Feed shards: many more than cores, so two busy jobs rarely share one.
+const FEED_SHARDS: usize = 64;
+
+impl Feeds {
+    fn new() -> Self {
+        Self {
+            shards: (0..FEED_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// The shard of `job`, locked. Job ids (v7) end in random bits.
+    fn of(&self, job: Uuid) -> MutexGuard<'_, HashMap<Uuid, JobFeed>> {
+        let shard = (job.as_u64_pair().1 as usize) % self.shards.len();
+        self.shards[shard].lock().expect("hub lock")
+    }
+
+    /// Every shard in turn, each locked only while `f` runs on it.
+    fn each(&self, mut f: impl FnMut(&mut HashMap<Uuid, JobFeed>)) {
+        for shard in self.shards.iter() {
+            f(&mut shard.lock().expect("hub lock"));
+        }
+    }
+}
+
 /// The result of one read, handed back to the pump.
 struct ReadDone {
     job: Uuid,
@@ -78,7 +109,7 @@ pub struct EventHub {
     /// stream (streams need no shutdown watch of their own, which would be
     /// one more shared waiter list touched by every stream at every event).
     shutdown: CancellationToken,
-    feeds: Mutex<HashMap<Uuid, JobFeed>>,
+    feeds: Feeds,
     reads: mpsc::UnboundedSender<ReadDone>,
     writers: Writers,
 }
@@ -98,19 +129,20 @@ impl Subscription {
     /// starting after stored event `last`. Refused (false) while messages
     /// for this subscriber are still buffered: it sends those first.
     pub fn hand_off(&mut self, socket: &Arc<Socket>, last: i64) -> bool {
-        let mut feeds = self.hub.feeds.lock().expect("hub lock");
+        let mut feeds = self.hub.feeds.of(self.job);
         let Some(feed) = feeds.get_mut(&self.job) else {
             return false;
         };
         if self.receiver.as_ref().is_none_or(|r| !r.is_empty()) {
             return false;
         }
-        // Under the hub lock: every read from now on reaches the socket,
+        // Under the job's lock: every read from now on reaches the socket,
         // and none before it is lost (the receiver was empty).
         let handed = socket.hand_off(last);
         feed.direct[socket.shard(self.hub.writers.count())].push(handed.clone());
         self.receiver = None;
         self.direct = Some(handed);
+        editthinker_core::metrics::sse_handoff();
         true
     }
 
@@ -135,7 +167,7 @@ impl Drop for Subscription {
         drop(self.receiver.take());
         let direct = self.direct.take();
         let shards = self.hub.writers.count();
-        let mut feeds = self.hub.feeds.lock().expect("hub lock");
+        let mut feeds = self.hub.feeds.of(self.job);
         if let Some(feed) = feeds.get_mut(&self.job) {
             if let Some(handed) = &direct {
                 let streams = &mut feed.direct[handed.socket.shard(shards)];
@@ -162,11 +194,12 @@ impl EventHub {
     pub fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Arc<Self> {
         // Subscribe before anything can watch a job, so no notice is missed.
         let notices = store.subscribe();
+        editthinker_core::metrics::sse_registered();
         let (reads, done) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             store,
             shutdown: shutdown.clone(),
-            feeds: Mutex::new(HashMap::new()),
+            feeds: Feeds::new(),
             reads,
             writers: Writers::start(),
         });
@@ -177,7 +210,7 @@ impl EventHub {
     /// Watches `job`'s events from now on. `after` is the subscriber's
     /// cursor: a job watched for the first time is read from there.
     pub fn subscribe(self: &Arc<Self>, job: Uuid, after: i64) -> Subscription {
-        let mut feeds = self.feeds.lock().expect("hub lock");
+        let mut feeds = self.feeds.of(job);
         if self.shutdown.is_cancelled() {
             // Shutting down: a feed that is closed from the start.
             return Subscription {
@@ -204,7 +237,7 @@ impl EventHub {
     }
 
     /// Hands `frames` to the writer threads for the job's handed-off
-    /// streams (called under the hub lock, so the order of reads holds).
+    /// streams (called under the job's lock, so the order of reads holds).
     fn write_direct(&self, feed: &JobFeed, frames: &Arc<[Frame]>) {
         for (shard, sockets) in feed.direct.iter().enumerate() {
             if !sockets.is_empty() {
@@ -217,28 +250,33 @@ impl EventHub {
     /// A keep-alive comment to every handed-off stream that has been quiet
     /// for [`KEEP_ALIVE`].
     fn comment(&self) {
-        let feeds = self.feeds.lock().expect("hub lock");
-        for shard in 0..self.writers.count() {
-            let sockets: Vec<HandedStream> = feeds
-                .values()
-                .flat_map(|f| f.direct[shard].iter().cloned())
-                .collect();
+        let mut per_writer: Vec<Vec<HandedStream>> = vec![Vec::new(); self.writers.count()];
+        self.feeds.each(|feeds| {
+            for feed in feeds.values() {
+                for (writer, streams) in feed.direct.iter().enumerate() {
+                    per_writer[writer].extend(streams.iter().cloned());
+                }
+            }
+        });
+        for (writer, sockets) in per_writer.into_iter().enumerate() {
             if !sockets.is_empty() {
-                self.writers.send(shard, Work::Comment(sockets));
+                self.writers.send(writer, Work::Comment(sockets));
             }
         }
     }
 
     /// How many jobs have subscribers (for tests and metrics).
     pub fn watched_jobs(&self) -> usize {
-        self.feeds.lock().expect("hub lock").len()
+        let mut watched = 0;
+        self.feeds.each(|feeds| watched += feeds.len());
+        watched
     }
 
     /// Reads `job`'s rows after what was delivered, unless a read is under
     /// way (then it reads once more when that one is done).
     fn read(self: &Arc<Self>, job: Uuid) {
         let after = {
-            let mut feeds = self.feeds.lock().expect("hub lock");
+            let mut feeds = self.feeds.of(job);
             let Some(feed) = feeds.get_mut(&job) else {
                 return;
             };
@@ -262,7 +300,7 @@ impl EventHub {
 
     fn read_done(self: &Arc<Self>, done: ReadDone) {
         let again = {
-            let mut feeds = self.feeds.lock().expect("hub lock");
+            let mut feeds = self.feeds.of(done.job);
             let Some(feed) = feeds.get_mut(&done.job) else {
                 return;
             };
@@ -290,7 +328,7 @@ impl EventHub {
     }
 
     fn live(&self, job: Uuid, kind: String, data: serde_json::Value) {
-        let feeds = self.feeds.lock().expect("hub lock");
+        let feeds = self.feeds.of(job);
         if let Some(feed) = feeds.get(&job) {
             let frame = live_frame(job, &kind, data);
             if feed.has_direct() {
@@ -303,10 +341,9 @@ impl EventHub {
     /// One query for the newest event of every watched job; reads the jobs
     /// that have more than was delivered.
     async fn catch_up(self: &Arc<Self>) {
-        let watched: Vec<(Uuid, i64)> = {
-            let feeds = self.feeds.lock().expect("hub lock");
-            feeds.iter().map(|(id, f)| (*id, f.delivered)).collect()
-        };
+        let mut watched: Vec<(Uuid, i64)> = Vec::new();
+        self.feeds
+            .each(|feeds| watched.extend(feeds.iter().map(|(id, f)| (*id, f.delivered))));
         if watched.is_empty() {
             return;
         }
@@ -323,6 +360,12 @@ impl EventHub {
             Err(e) => tracing::warn!(error = %e, "event safety-net check failed"),
         }
     }
+}
+
+/// Runs [`EventHub::catch_up`] as its own task.
+fn spawn_catch_up(hub: &Arc<EventHub>) {
+    let hub = hub.clone();
+    tokio::spawn(async move { hub.catch_up().await });
 }
 
 async fn pump(
@@ -345,22 +388,24 @@ async fn pump(
             _ = shutdown.cancelled() => {
                 // Closes every subscriber's feed and ends every handed-off
                 // stream: their bodies end.
-                let mut feeds = hub.feeds.lock().expect("hub lock");
-                for handed in feeds.values().flat_map(|f| f.direct.iter().flatten()) {
-                    handed.socket.finish(End::Shutdown);
-                }
-                feeds.clear();
+                hub.feeds.each(|feeds| {
+                    for handed in feeds.values().flat_map(|f| f.direct.iter().flatten()) {
+                        handed.socket.finish(End::Shutdown);
+                    }
+                    feeds.clear();
+                });
                 return;
             }
             _ = keep_alive.tick() => hub.comment(),
             Some(read) = done.recv() => hub.read_done(read),
-            _ = safety_net.tick() => hub.catch_up().await,
+            // The catch-up query runs beside the pump, so the fan-out of
+            // every other job's notices and reads goes on meanwhile.
+            _ = safety_net.tick() => spawn_catch_up(&hub),
             notice = notices.recv(), if notices_open => match notice {
                 Ok(Notice::Event { job_id, event_id, .. }) => {
                     let behind = hub
                         .feeds
-                        .lock()
-                        .expect("hub lock")
+                        .of(job_id)
                         .get(&job_id)
                         .is_some_and(|f| event_id > f.delivered);
                     if behind {
@@ -369,7 +414,7 @@ async fn pump(
                 }
                 Ok(Notice::Live { job_id, kind, data }) => hub.live(job_id, kind, data),
                 Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    hub.catch_up().await;
+                    spawn_catch_up(&hub);
                 }
                 Err(broadcast::error::RecvError::Closed) => {
                     // The store stopped sending notices: only the safety net is left.
@@ -468,5 +513,28 @@ mod tests {
         }
         // The slow one is told it fell behind (it then re-reads the table).
         assert!(matches!(slow.recv().await, Err(RecvError::Lagged(_))));
+    }
+
+    #[tokio::test]
+    async fn a_job_subscribes_while_another_jobs_feeds_are_locked() {
+        let (store, id) = store_with_job().await;
+        let hub = EventHub::start(store, CancellationToken::new());
+        // A job in another shard than `id`'s.
+        let shard = |job: Uuid| job.as_u64_pair().1 as usize % FEED_SHARDS;
+        let other = std::iter::repeat_with(Uuid::now_v7)
+            .find(|job| shard(*job) != shard(id))
+            .unwrap();
+        let held = hub.feeds.of(other);
+        let (done, subscribed) = std::sync::mpsc::channel();
+        let subscriber = hub.clone();
+        std::thread::spawn(move || {
+            let subscription = subscriber.subscribe(id, 0);
+            let _ = done.send(subscription.job);
+        });
+        let job = subscribed
+            .recv_timeout(Duration::from_secs(5))
+            .expect("subscribing waits for no other job's lock");
+        assert_eq!(job, id);
+        drop(held);
     }
 }

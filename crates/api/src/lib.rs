@@ -7,6 +7,7 @@ pub mod direct;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod frames;
 pub mod intake;
 mod jobs;
 pub mod server;
@@ -61,6 +62,10 @@ pub struct AppState {
     /// This process's fan-out of job events to SSE streams (they end when
     /// the hub's shutdown token fires).
     pub hub: Arc<fanout::EventHub>,
+    /// Whether event streams may be handed to the hub's writer threads
+    /// once their replay is sent (`[http] sse_direct_writes`); `false`:
+    /// hyper writes every event.
+    pub sse_direct_writes: bool,
 }
 
 impl AppState {

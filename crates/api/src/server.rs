@@ -83,7 +83,10 @@ pub async fn serve(
             request
                 .extensions_mut()
                 .insert(axum::extract::ConnectInfo(peer));
-            router.clone().call(request)
+            let response = router.clone().call(request);
+            // What hyper gets is checked against what an event stream's
+            // body made, before that stream may be handed off.
+            async move { response.await.map(crate::direct::checked) }
         });
         let connection = builder.serve_connection(TokioIo::new(ConnIo(socket)), service);
         let connection = graceful.watch(connection);

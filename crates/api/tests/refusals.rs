@@ -53,6 +53,7 @@ async fn app() -> (Router, tempfile::TempDir) {
         max_attempts: 3,
         auth: Arc::new(Auth::new(AuthMode::None, &CallerLimits::default())),
         max_active_jobs_per_tenant: None,
+        sse_direct_writes: true,
     };
     (editthinker_api::router(state), dir)
 }

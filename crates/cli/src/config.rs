@@ -220,12 +220,25 @@ impl RetentionConfig {
 }
 
 /// `[http]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Origins (`https://app.example`) whose pages may call the API from a
     /// browser (CORS); default none.
     pub cors_allowed_origins: Vec<String>,
+    /// Whether an event stream that has sent its replay is handed to the
+    /// event hub's writer threads (crates/api/src/direct.rs); `false`
+    /// keeps every stream on hyper's own path. Default `true`.
+    pub sse_direct_writes: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            cors_allowed_origins: Vec::new(),
+            sse_direct_writes: true,
+        }
+    }
 }
 
 /// `[webhooks]`: how job events are signed and delivered.

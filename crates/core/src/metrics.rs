@@ -33,6 +33,11 @@ pub const PROVIDER_REQUESTS_TOTAL: &str = "editthinker_provider_requests_total";
 pub const THINKER_TOKENS_TOTAL: &str = "editthinker_thinker_tokens_total";
 /// Open SSE streams in this process (gauge).
 pub const SSE_STREAMS: &str = "editthinker_sse_streams";
+/// Event streams handed to the event hub's writer threads (counter).
+pub const SSE_HANDOFFS_TOTAL: &str = "editthinker_sse_handoffs_total";
+/// Connections closed because hyper's end of a chunked body was not the
+/// bytes the event hub had already written for it (counter).
+pub const SSE_FRAMING_MISMATCHES_TOTAL: &str = "editthinker_sse_framing_mismatches_total";
 /// `{outcome}`: webhook delivery attempts.
 pub const WEBHOOK_DELIVERIES_TOTAL: &str = "editthinker_webhook_deliveries_total";
 /// `{reason}`: jobs sent back to the queue (`job.retrying` reasons).
@@ -261,6 +266,24 @@ pub fn auth_throttled() {
     counter!(AUTH_THROTTLED_TOTAL).increment(1);
 }
 
+/// Registers the SSE series at 0, so a scrape shows them (and alerts on
+/// them work) before the first stream.
+pub fn sse_registered() {
+    gauge!(SSE_STREAMS).increment(0.0);
+    counter!(SSE_HANDOFFS_TOTAL).increment(0);
+    counter!(SSE_FRAMING_MISMATCHES_TOTAL).increment(0);
+}
+
+/// Counts one stream handed to the event hub's writers.
+pub fn sse_handoff() {
+    counter!(SSE_HANDOFFS_TOTAL).increment(1);
+}
+
+/// Counts one connection closed for a framing mismatch.
+pub fn sse_framing_mismatch() {
+    counter!(SSE_FRAMING_MISMATCHES_TOTAL).increment(1);
+}
+
 /// One open SSE stream: counted in [`SSE_STREAMS`] from creation to drop.
 #[derive(Debug)]
 pub struct OpenStream(());
@@ -362,6 +385,14 @@ pub fn describe() {
         "Tokens the thinker reported, prompt and generated"
     );
     describe_gauge!(SSE_STREAMS, "Open SSE streams in this process");
+    describe_counter!(
+        SSE_HANDOFFS_TOTAL,
+        "SSE streams handed to the event hub's writer threads"
+    );
+    describe_counter!(
+        SSE_FRAMING_MISMATCHES_TOTAL,
+        "Connections closed because hyper's end of an SSE body differed from what the hub wrote for it"
+    );
     describe_counter!(
         WEBHOOK_DELIVERIES_TOTAL,
         "Webhook delivery attempts, by outcome"
