@@ -19,7 +19,7 @@ object against its schema:
 Prints one JSON object: {"valid", "kubernetes_version", "objects",
 "errors"}, plus "documents" (every object as parsed) with --dump.
 Exit status: 0 valid, 1 invalid, 2 unusable input or missing modules.
-tests/deploy_e2e.rs runs it on both overlays and on broken objects.
+tests/e2e/deploy.rs runs it on both overlays and on broken objects.
 """
 
 import argparse

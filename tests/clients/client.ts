@@ -1,5 +1,5 @@
 // A small client written against the types openapi-typescript generates
-// from openapi/openapi.json (tests/clients_e2e.rs generates them into
+// from openapi/openapi.json (tests/e2e/clients.rs generates them into
 // ./generated/api.d.ts of a temporary copy of this folder and runs strict
 // tsc). It compiles only while the document types what clients need.
 import type { components, paths } from "./generated/api";

@@ -1,5 +1,5 @@
 """Parses a Prometheus text exposition on stdin with the reference parser
-(prometheus_client) and prints every sample as JSON, for tests/metrics_e2e.rs.
+(prometheus_client) and prints every sample as JSON, for tests/e2e/metrics.rs.
 
 A malformed exposition makes the parser raise, and this script exit non-zero.
 """

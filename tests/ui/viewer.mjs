@@ -1,6 +1,6 @@
 // Drives the web viewer in Debian's Chromium with playwright-core, the way
 // a person uses it, and prints what it saw as one JSON line for
-// tests/viewer_e2e.rs to check. Arguments: base URL, API key, image file,
+// tests/e2e/viewer.rs to check. Arguments: base URL, API key, image file,
 // screenshot folder.
 import { chromium } from "playwright-core";
 

@@ -3,11 +3,9 @@
 //! where they stand, then a one-slot worker runs them in priority order),
 //! and CORS for browser apps.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -362,7 +360,7 @@ async fn deadlines_stop_running_and_queued_jobs(backend: Backend) {
     assert_eq!(problem["field"], "options.deadline_seconds", "{problem}");
 }
 
-both_backends!(
+crate::both_backends!(
     deadlines_stop_running_and_queued_jobs,
     priority_orders_the_queue_and_positions_show_it,
     prefer_wait_answers_the_finished_job_with_api_and_worker_apart,

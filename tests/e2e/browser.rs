@@ -17,14 +17,12 @@
 //! missing the test prints why and returns early (passes) — unless the `CI`
 //! environment variable is set (non-empty), where it fails instead.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -603,4 +601,4 @@ impl Browser {
     }
 }
 
-both_sse_modes!(browser_event_source_stops_reconnecting_after_a_finished_job);
+crate::both_sse_modes!(browser_event_source_stops_reconnecting_after_a_finished_job);

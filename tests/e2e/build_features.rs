@@ -4,9 +4,7 @@
 //! remote thinker.
 #![cfg(not(feature = "local-thinker"))]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[tokio::test]
 async fn kind_local_without_the_feature_fails_at_start_naming_it() {

@@ -5,16 +5,14 @@
 //! SIGKILL of the delivering process; one `Idempotency-Key` makes one job
 //! even for concurrent creates.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine;
-use common::*;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -623,7 +621,7 @@ async fn a_tenants_own_secret_signs_its_deliveries(backend: Backend) {
     verify_with_reference_library(globex, SECRET);
 }
 
-both_backends!(
+crate::both_backends!(
     a_410_ends_the_jobs_deliveries_to_that_receiver,
     a_tenants_own_secret_signs_its_deliveries,
     webhook_deliveries_are_signed_retried_and_listed,

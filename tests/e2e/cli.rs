@@ -3,15 +3,13 @@
 //! backends, through a loopback proxy that can cut the event stream, with
 //! and without a pseudo-terminal.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A two-turn job: the first turn is refined, the second satisfies.
@@ -489,4 +487,4 @@ async fn ctrl_c_asks_whether_to_cancel_the_job() {
     assert_eq!(job["status"], "canceled", "{job:#}");
 }
 
-both_sse_modes!(submit_resumes_the_stream_after_the_connection_drops);
+crate::both_sse_modes!(submit_resumes_the_stream_after_the_connection_drops);

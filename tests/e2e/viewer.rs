@@ -9,13 +9,11 @@
 //! `tests/ui`; `.ci/run` does it). When one is missing the test says so and
 //! passes — unless `CI` is set, where it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,13 +8,11 @@
 //! is missing the test says so and passes — unless `CI` is set, where it
 //! fails.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 async fn the_gateway_names_the_tenant_and_clients_cannot(mode: SseMode) {
@@ -140,7 +138,7 @@ async fn the_gateway_names_the_tenant_and_clients_cannot(mode: SseMode) {
     assert_eq!(kinds, ["job.queued", "job.canceled"], "{text}");
 }
 
-both_sse_modes!(the_gateway_names_the_tenant_and_clients_cannot);
+crate::both_sse_modes!(the_gateway_names_the_tenant_and_clients_cannot);
 
 /// Runs `deploy/kubernetes/gateway/gateway.conf` in front of `upstream`; its
 /// base URL.

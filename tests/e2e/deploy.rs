@@ -19,12 +19,10 @@
 //! and pass, unless `CI` is set, where they fail. The Dockerfile tests need
 //! nothing.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{run_with_stdin, tool_missing, which};
+use crate::common::{run_with_stdin, tool_missing, which};
 use serde_json::{json, Value};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

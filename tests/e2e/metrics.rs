@@ -6,12 +6,10 @@
 //! tests/metrics/parse.py) and every value is checked against what the
 //! test made happen.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use axum::routing::post;
-use common::*;
 use serde_json::{json, Value};
 
 /// The signing secret the worker gets (`whsec_` + base64 of 24 bytes).

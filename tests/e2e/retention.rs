@@ -4,11 +4,9 @@
 //! an orphaned blob folder older than the grace period goes, a fresh one
 //! stays.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use sqlx::Connection;
 use uuid::Uuid;
@@ -154,4 +152,4 @@ async fn retention_deletes_old_jobs_and_orphaned_blobs(backend: Backend) {
     );
 }
 
-both_backends!(retention_deletes_old_jobs_and_orphaned_blobs);
+crate::both_backends!(retention_deletes_old_jobs_and_orphaned_blobs);

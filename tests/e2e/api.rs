@@ -1,13 +1,11 @@
 //! End-to-end checks of the HTTP surface: bad input, listing, configuration
 //! errors, readiness without backends, documentation endpoints.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use axum::routing::get;
 use axum::Router;
-use common::*;
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 use sqlx::Connection as _;
@@ -404,7 +402,7 @@ static B64_OK: std::sync::LazyLock<String> =
 
 use base64::Engine;
 
-both_backends!(bad_input_is_refused_with_problems);
+crate::both_backends!(bad_input_is_refused_with_problems);
 
 #[tokio::test]
 async fn private_image_urls_are_refused_unless_allowed() {
@@ -792,4 +790,4 @@ async fn a_stream_that_stops_reading_catches_up_in_order(mode: SseMode) {
     assert_eq!(again.status(), 204);
 }
 
-both_sse_modes!(a_stream_that_stops_reading_catches_up_in_order);
+crate::both_sse_modes!(a_stream_that_stops_reading_catches_up_in_order);

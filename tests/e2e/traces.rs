@@ -6,14 +6,12 @@
 //! request) and every critique hang under it. The worker's JSON logs carry
 //! the same `trace_id` and the `job_id`.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::body::Bytes;
 use axum::routing::post;
-use common::*;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::{json, Value};

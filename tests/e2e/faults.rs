@@ -26,8 +26,6 @@
 //! (scores 5/5, never satisfied), so both fakes know which (job, turn) each
 //! request is for and `max_turns` fixes how many turns a job makes.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -35,6 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -42,7 +41,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use base64::Engine;
-use common::*;
 use futures::StreamExt;
 use image::GenericImageView;
 use serde_json::{json, Value};

@@ -3,12 +3,10 @@
 //! tenants (404), gateway mode, each limit answered 429 with
 //! `Retry-After`, request hardening, and slow clients cut off.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
 
@@ -394,7 +392,7 @@ where
     }
 }
 
-both_backends!(
+crate::both_backends!(
     keys_isolate_tenants_and_revoked_keys_stop_working,
     limits_answer_429_with_retry_after,
 );

@@ -14,13 +14,11 @@
 //! installs them. When one is missing the test says so and passes —
 //! unless `CI` is set, where it fails.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The openapi-python-client release `.ci/run` installs.

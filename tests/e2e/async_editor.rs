@@ -3,18 +3,16 @@
 //! worker finishes the same provider request instead of paying for a new
 //! one.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::*;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use common::*;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -180,4 +178,4 @@ async fn killed_while_polling_resumes_the_same_request(backend: Backend) {
     assert_eq!(img.get_pixel(20, 15).0, RESULT_RGB);
 }
 
-both_backends!(killed_while_polling_resumes_the_same_request);
+crate::both_backends!(killed_while_polling_resumes_the_same_request);

@@ -2,11 +2,9 @@
 //! servers; we check what the fakes received, the stored job, the images
 //! and the event stream.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -556,7 +554,7 @@ async fn graceful_shutdown_releases_the_job(backend: Backend) {
     assert_eq!(thinker.calls().len(), 2);
 }
 
-both_backends!(
+crate::both_backends!(
     best_selection_runs_the_loop,
     last_selection_follows_the_paper,
     satisfied_and_unchanged_instruction_stop_early,

@@ -3,9 +3,6 @@
 //! module keeps the cases of one area; every case failed before its fix.
 //! Storage cases run on Postgres and SQLite.
 
-#[path = "../common/mod.rs"]
-mod common;
-
 mod edge;
 mod images;
 mod intake;

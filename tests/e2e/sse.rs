@@ -3,11 +3,9 @@
 //! are reused after a stream, and what `/metrics` says about open streams
 //! (docs/architecture.md §4, crates/api/src/direct.rs).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -380,7 +378,7 @@ async fn a_layer_that_rewrites_bodies_keeps_the_stream_on_hypers_path(mode: SseM
     server.await.unwrap();
 }
 
-both_sse_modes!(
+crate::both_sse_modes!(
     pipelined_streams_end_when_their_client_resets,
     a_reset_in_the_middle_of_an_event_ends_only_that_stream,
     a_connection_is_reused_after_a_stream_and_a_204,

@@ -9,11 +9,9 @@
 //! is missing the test says so and passes — unless `CI` is set, where it
 //! fails. `FUZZ_MAX_EXAMPLES` sets the examples per operation (default 150).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_nothing() {
@@ -25,7 +23,7 @@ async fn schemathesis_finds_nothing() {
     let editor = FakeEditor::start().await;
     let thinker = FakeThinker::start().await;
     // Limits high enough that the fuzzer's own pace never trips them (they
-    // have their own tests in tests/tenants_e2e.rs).
+    // have their own tests in tests/e2e/tenants.rs).
     let config = env.config(
         "fuzz",
         &format!(
