@@ -202,6 +202,49 @@ async fn prefer_wait_answers_the_finished_job_with_api_and_worker_apart(backend:
     let (status, _, problem) = post("quick", "wait=61").await;
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["field"], "Prefer");
+
+    // An idempotent replay answers the status the first request got: 200
+    // after a wait that saw the job finish, 202 when it did not (even once
+    // the job has finished since).
+    editor.set_delay(Duration::ZERO);
+    let keyed = |instruction: &'static str, prefer: &'static str, key: &'static str| {
+        let request = client
+            .post(api.url("/v1/jobs"))
+            .header("Prefer", prefer)
+            .header("Idempotency-Key", key)
+            .json(&job_body(
+                &png(16, 16, [4, 5, 6]),
+                instruction,
+                json!({"max_turns": 1}),
+            ));
+        async move {
+            let resp = request.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let replayed = resp.headers().get("idempotent-replayed").is_some();
+            (
+                status,
+                replayed,
+                resp.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, replayed, first) = keyed("quick", "wait=20", "order-200").await;
+    assert_eq!((status, replayed), (200, false), "{first:#}");
+    let (status, replayed, again) = keyed("quick", "wait=20", "order-200").await;
+    assert_eq!((status, replayed), (200, true), "{again:#}");
+    assert_eq!(again["id"], first["id"]);
+
+    editor.set_delay(Duration::from_secs(3));
+    let (status, replayed, first) = keyed("slow", "wait=1", "order-202").await;
+    assert_eq!((status, replayed), (202, false), "{first:#}");
+    let id = first["id"].as_str().unwrap();
+    wait_for_job(&api, id, Duration::from_secs(30), is_terminal).await;
+    let (status, replayed, again) = keyed("slow", "wait=1", "order-202").await;
+    assert_eq!((status, replayed), (202, true), "{again:#}");
+    assert_eq!(
+        again["status"], "succeeded",
+        "the replay shows the job as it is now"
+    );
 }
 
 async fn a_failed_job_retried_resumes_after_its_last_turn(backend: Backend) {

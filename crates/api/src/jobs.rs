@@ -31,12 +31,12 @@ use crate::AppState;
         (intake::CreateJobForm = "multipart/form-data"),
     ), description = "JSON, or multipart with an `image` file part and `instruction`, `editor`, `options` (JSON text), `metadata` (JSON text) fields."),
     responses(
-        (status = 200, description = "Finished within `Prefer: wait=N` (1–60 s); `Preference-Applied: wait=N`", body = Job, headers(
+        (status = 200, description = "Finished within `Prefer: wait=N` (1–60 s); `Preference-Applied: wait=N`. An idempotent replay of such an answer is 200 too, with `Idempotent-Replayed: true`", body = Job, headers(
             ("Location" = String, description = "The job's URL, `/v1/jobs/{id}`"),
             ("Preference-Applied" = String, description = "`wait=N`, the `Prefer: wait` that was honoured"),
             ("Idempotent-Replayed" = String, description = "`true` when an `Idempotency-Key` returned an earlier job"),
         )),
-        (status = 202, description = "Queued; `Location` names the job. `Idempotent-Replayed: true` when an `Idempotency-Key` returned an earlier job", body = Job, headers(
+        (status = 202, description = "Queued; `Location` names the job. `Idempotent-Replayed: true` when an `Idempotency-Key` returned an earlier job whose first answer was 202", body = Job, headers(
             ("Location" = String, description = "The job's URL, `/v1/jobs/{id}`"),
             ("Idempotent-Replayed" = String, description = "`true` when an `Idempotency-Key` returned an earlier job"),
         )),
@@ -105,21 +105,35 @@ pub async fn create_job(
     .await?;
     let location = format!("/v1/jobs/{}", job.id);
     let mut status = StatusCode::ACCEPTED;
-    if let Some(seconds) = wait {
+    if let Some(original) = replayed {
+        // A replay answers what the first request was answered, with the
+        // job as it is now.
+        status = StatusCode::from_u16(original).unwrap_or(StatusCode::ACCEPTED);
+    } else if let Some(seconds) = wait {
         if let Some(finished) = wait_until_finished(&state, job.id, seconds).await? {
             job = finished;
             status = StatusCode::OK;
+            if let Some(key) = &idempotency_key {
+                let recorded = state
+                    .store
+                    .record_idempotent_status(&caller.tenant, key, status.as_u16())
+                    .await;
+                if let Err(e) = recorded {
+                    // The answer stands; only its replays would say 202.
+                    tracing::warn!(error = %e, "recording the answered status of an idempotent create failed");
+                }
+            }
         }
     }
     let mut response = (status, [(header::LOCATION, location)], Json(job)).into_response();
-    if status == StatusCode::OK {
+    if status == StatusCode::OK && replayed.is_none() {
         let applied = HeaderValue::from_str(&format!("wait={}", wait.unwrap_or_default()))
             .expect("digits are a header value");
         response
             .headers_mut()
             .insert(HeaderName::from_static("preference-applied"), applied);
     }
-    if replayed {
+    if replayed.is_some() {
         response.headers_mut().insert(
             HeaderName::from_static("idempotent-replayed"),
             HeaderValue::from_static("true"),
@@ -261,7 +275,7 @@ async fn insert(
     parsed: ParsedCreate,
     idempotency_key: Option<&str>,
     traceparent: Option<String>,
-) -> Result<(Job, bool), ApiError> {
+) -> Result<(Job, Option<u16>), ApiError> {
     let editor = resolve_editor(state, parsed.editor.as_deref())?;
     if !state.thinker_configured {
         return Err(ApiError::NotConfigured(
@@ -346,7 +360,7 @@ async fn insert(
     };
     editthinker_core::metrics::job_created();
     tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
-    Ok((job_view(state, &row, &[]).await?, false))
+    Ok((job_view(state, &row, &[]).await?, None))
 }
 
 /// The answer to a create whose idempotency key was seen before: the
@@ -355,19 +369,22 @@ async fn insert(
 async fn idempotent_outcome(
     state: &AppState,
     outcome: IdempotentInsert,
-) -> Result<(Job, bool), ApiError> {
-    match outcome {
-        // (A created job never comes here: the create answers it itself.)
-        IdempotentInsert::Replayed(row) | IdempotentInsert::Created(row) => {
-            let turns = state.store.list_turns(row.id).await?;
-            Ok((job_view(state, &row, &turns).await?, true))
+) -> Result<(Job, Option<u16>), ApiError> {
+    let (row, status) = match outcome {
+        IdempotentInsert::Replayed { job, status } => (job, status),
+        // A created job never comes here (the create answers it itself);
+        // were it to, it is the first answer: 202.
+        IdempotentInsert::Created(job) => (job, 202),
+        IdempotentInsert::KeyReused => {
+            return Err(ApiError::Invalid {
+                code: ErrorCode::IdempotencyKeyReused,
+                field: "Idempotency-Key".into(),
+                rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
+            })
         }
-        IdempotentInsert::KeyReused => Err(ApiError::Invalid {
-            code: ErrorCode::IdempotencyKeyReused,
-            field: "Idempotency-Key".into(),
-            rule: "was used in the last 24 hours for a different request (other image or fields); use a new key".into(),
-        }),
-    }
+    };
+    let turns = state.store.list_turns(row.id).await?;
+    Ok((job_view(state, &row, &turns).await?, Some(status)))
 }
 
 /// The job JSON, with its place in the queue while it is queued.

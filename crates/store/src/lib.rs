@@ -145,6 +145,15 @@ pub trait Store: Send + Sync + 'static {
         active_limit: Option<u32>,
         idempotency: Option<(&str, &str)>,
     ) -> StoreResult<Option<IdempotentInsert>>;
+    /// Remembers the status the request that made `key`'s job was
+    /// answered with (default 202), for its replays
+    /// ([`IdempotentInsert::Replayed`]).
+    async fn record_idempotent_status(
+        &self,
+        tenant: &str,
+        key: &str,
+        status: u16,
+    ) -> StoreResult<()>;
     /// One job.
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>>;
     /// One job, only when it belongs to `tenant`: another tenant's job is

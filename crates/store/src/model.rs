@@ -416,7 +416,13 @@ pub enum IdempotentInsert {
     /// The key was new (or older than the replay window): the job was made.
     Created(JobRow),
     /// The key made this job already, for the same request.
-    Replayed(JobRow),
+    Replayed {
+        /// The job, as it is now.
+        job: JobRow,
+        /// The status the first request was answered with (202, or 200
+        /// when `Prefer: wait` saw the job finish), which replays repeat.
+        status: u16,
+    },
     /// The key made a job already, for a different request.
     KeyReused,
 }

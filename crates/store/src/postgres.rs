@@ -310,7 +310,11 @@ fn replay_or_reuse(row: &PgRow, digest: &str) -> StoreResult<IdempotentInsert> {
     if same != digest {
         return Ok(IdempotentInsert::KeyReused);
     }
-    Ok(IdempotentInsert::Replayed(job_from_row(row)?))
+    let status: i32 = row.try_get("response_status")?;
+    Ok(IdempotentInsert::Replayed {
+        job: job_from_row(row)?,
+        status: u16::try_from(status).unwrap_or(202),
+    })
 }
 
 /// Advisory-lock namespace of the per-tenant active-jobs check (the first
@@ -594,7 +598,7 @@ impl Store for PgStore {
             return Ok(IdempotentInsert::Created(row));
         }
         let existing = sqlx::query(
-            "SELECT k.request_digest, j.* FROM idempotency_keys k \
+            "SELECT k.request_digest, k.response_status, j.* FROM idempotency_keys k \
              JOIN jobs j ON j.id = k.job_id WHERE k.tenant = $2 AND k.key = $1",
         )
         .bind(key)
@@ -613,7 +617,7 @@ impl Store for PgStore {
     ) -> StoreResult<Option<IdempotentInsert>> {
         if let Some((key, digest)) = idempotency {
             let existing = sqlx::query(
-                "SELECT k.request_digest, j.* FROM idempotency_keys k \
+                "SELECT k.request_digest, k.response_status, j.* FROM idempotency_keys k \
                  JOIN jobs j ON j.id = k.job_id WHERE k.tenant = $2 AND k.key = $1 \
                  AND k.created_at >= now() - $3 * interval '1 second'",
             )
@@ -641,6 +645,23 @@ impl Store for PgStore {
             }
         }
         Ok(None)
+    }
+
+    async fn record_idempotent_status(
+        &self,
+        tenant: &str,
+        key: &str,
+        status: u16,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = $3 WHERE tenant = $1 AND key = $2",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(i32::from(status))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>> {

@@ -318,7 +318,11 @@ impl WriteTx {
 fn replay_or_reuse(row: &SqliteRow, digest: &str) -> StoreResult<IdempotentInsert> {
     let same: String = row.try_get("request_digest")?;
     if same == digest {
-        Ok(IdempotentInsert::Replayed(job_from_row(row)?))
+        let status: i64 = row.try_get("response_status")?;
+        Ok(IdempotentInsert::Replayed {
+            job: job_from_row(row)?,
+            status: u16::try_from(status).unwrap_or(202),
+        })
     } else {
         Ok(IdempotentInsert::KeyReused)
     }
@@ -521,7 +525,7 @@ impl Store for SqliteStore {
         .execute(w.conn())
         .await?;
         let existing = sqlx::query(
-            "SELECT k.request_digest, j.* FROM idempotency_keys k \
+            "SELECT k.request_digest, k.response_status, j.* FROM idempotency_keys k \
              JOIN jobs j ON j.id = k.job_id WHERE k.tenant = ?2 AND k.key = ?1",
         )
         .bind(key)
@@ -557,7 +561,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<Option<IdempotentInsert>> {
         if let Some((key, digest)) = idempotency {
             let existing = sqlx::query(
-                "SELECT k.request_digest, j.* FROM idempotency_keys k \
+                "SELECT k.request_digest, k.response_status, j.* FROM idempotency_keys k \
                  JOIN jobs j ON j.id = k.job_id WHERE k.tenant = ?2 AND k.key = ?1 \
                  AND k.created_at >= ?3",
             )
@@ -585,6 +589,23 @@ impl Store for SqliteStore {
             }
         }
         Ok(None)
+    }
+
+    async fn record_idempotent_status(
+        &self,
+        tenant: &str,
+        key: &str,
+        status: u16,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET response_status = ?3 WHERE tenant = ?1 AND key = ?2",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(i64::from(status))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>> {

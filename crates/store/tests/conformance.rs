@@ -1491,7 +1491,32 @@ async fn idempotency_keys_are_per_tenant(store: Arc<dyn Store>) {
         .await
         .unwrap()
     {
-        IdempotentInsert::Replayed(again) => assert_eq!(again.id, first.id),
+        IdempotentInsert::Replayed { job, status } => {
+            assert_eq!(job.id, first.id);
+            assert_eq!(status, 202, "a replay repeats 202 by default");
+        }
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    // The first answer was 200 (`Prefer: wait` saw the job finish): its
+    // replays say 200 too, and so does the pre-insert check.
+    store
+        .record_idempotent_status("acme", "key-1", 200)
+        .await
+        .unwrap();
+    match store
+        .insert_job_idempotent(job_of("acme"), "key-1", "digest")
+        .await
+        .unwrap()
+    {
+        IdempotentInsert::Replayed { status, .. } => assert_eq!(status, 200),
+        other => panic!("expected a replay, got {other:?}"),
+    }
+    match store
+        .check_create("acme", None, Some(("key-1", "digest")))
+        .await
+        .unwrap()
+    {
+        Some(IdempotentInsert::Replayed { status, .. }) => assert_eq!(status, 200),
         other => panic!("expected a replay, got {other:?}"),
     }
     assert!(matches!(
