@@ -5,7 +5,7 @@
 //!   kustomize`, every object passes `deploy/kubernetes/validate.py`
 //!   (built-in kinds in strict mode, KEDA kinds against the schemas in
 //!   `deploy/kubernetes/schemas/`), and the result keeps the contract: the
-//!   objects the README's walk-through names, a GPU per worker, KEDA on the
+//!   objects docs/operations.md names, a GPU per worker, KEDA on the
 //!   queue, probes, grace periods longer than the worker's, no secret in
 //!   git, non-root read-only containers. The same checks, run on a broken
 //!   copy, report each break, and the validator rejects broken objects.
@@ -135,7 +135,7 @@ fn number(value: &Value) -> Option<f64> {
         .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
 }
 
-/// Everything that breaks the deployment contract (README "Deploy on
+/// Everything that breaks the deployment contract (docs/operations.md "Deploying on
 /// Kubernetes"); empty when `docs` (one rendered overlay) keeps it.
 fn contract_violations(docs: &[Value]) -> Vec<String> {
     let mut v = Vec::new();

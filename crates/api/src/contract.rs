@@ -1,5 +1,5 @@
 //! Schemas that exist only for the OpenAPI document: the event types and
-//! each event's `data` (README "Events (SSE)"), as the SSE stream
+//! each event's `data` (docs/api.md "Events (SSE)"), as the SSE stream
 //! (`events.rs`) and webhook deliveries send them. The payloads are built
 //! as JSON in the store (`crates/store/src/payload.rs`) and completed by
 //! `events::public_event_data`; these types describe that JSON, and a test

@@ -1,4 +1,4 @@
-//! The HTTP API (README "HTTP API"): axum routers, request intake, problem
+//! The HTTP API (docs/api.md): axum routers, request intake, problem
 //! responses, SSE and the OpenAPI document. It stores jobs; it never runs them.
 
 pub mod auth;

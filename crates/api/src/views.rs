@@ -1,4 +1,4 @@
-//! Response bodies (README "HTTP API") and their conversion from stored rows.
+//! Response bodies (docs/api.md) and their conversion from stored rows.
 
 use chrono::{DateTime, Utc};
 use editthinker_core::{CritiqueRecord, ErrorCode, JobOptions};

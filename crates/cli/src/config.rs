@@ -1,4 +1,4 @@
-//! Layered configuration (README "Configuration"): built-in defaults < TOML file <
+//! Layered configuration (docs/configuration.md): built-in defaults < TOML file <
 //! `EDITTHINKER_*` environment variables (nested keys joined with `__`).
 
 use std::collections::BTreeMap;

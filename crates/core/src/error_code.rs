@@ -1,11 +1,11 @@
-//! The stable error codes of the contract (README "Errors"): the `code` of
+//! The stable error codes of the contract (docs/api.md "Errors"): the `code` of
 //! an API problem and the `error.code` of a failed job, one list for both.
 
 use serde::{Deserialize, Serialize};
 
 /// A stable, machine-readable error code, of an API problem or of a failed
 /// job. Clients match on these.
-// README.md's error tables list exactly these members (a test below checks).
+// docs/api.md's error tables list exactly these members (a test below checks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -214,15 +214,15 @@ mod tests {
         assert_eq!(members, all);
     }
 
-    /// The codes in the README's "### Errors" tables: each table's `code`
+    /// The codes in docs/api.md's "### Errors" tables: each table's `code`
     /// column, backticks removed.
     fn readme_codes() -> std::collections::BTreeSet<String> {
         let readme =
-            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
-                .expect("README.md");
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api.md"))
+                .expect("docs/api.md");
         let start = readme
             .find("\n### Errors\n")
-            .expect("README has ### Errors");
+            .expect("docs/api.md has ### Errors");
         let section = &readme[start + 1..];
         let end = section[4..].find("\n### ").map_or(section.len(), |i| i + 4);
         let mut codes = std::collections::BTreeSet::new();
@@ -265,11 +265,11 @@ mod tests {
         let unknown: Vec<_> = readme.difference(&ours).collect();
         assert!(
             undocumented.is_empty(),
-            "codes missing from README's error tables: {undocumented:?}"
+            "codes missing from docs/api.md's error tables: {undocumented:?}"
         );
         assert!(
             unknown.is_empty(),
-            "README's error tables list codes ErrorCode lacks: {unknown:?}"
+            "docs/api.md's error tables list codes ErrorCode lacks: {unknown:?}"
         );
     }
 }

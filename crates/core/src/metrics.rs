@@ -1,4 +1,4 @@
-//! The Prometheus metrics every role records (README "Metrics"; the names
+//! The Prometheus metrics every role records (docs/operations.md "Metrics"; the names
 //! and labels are contract). Each crate records through the [`metrics`]
 //! facade with the names defined here, so one list says what exists; the
 //! binary installs the exporter and serves `/metrics`. Without an exporter

@@ -1,4 +1,4 @@
-//! Per-job loop options (README "Loop options") with their defaults and limits.
+//! Per-job loop options (docs/api.md "Loop options") with their defaults and limits.
 
 use serde::{Deserialize, Serialize};
 

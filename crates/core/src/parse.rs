@@ -1,4 +1,4 @@
-//! Parsers for the two thinker output protocols (README "`[thinker]`").
+//! Parsers for the two thinker output protocols (docs/configuration.md "`[thinker]`").
 //!
 //! Both parsers are lenient about form (whitespace, code fences, tag case,
 //! truncated closing tags, text around the payload) because real servers

@@ -29,7 +29,7 @@ pub enum TemplateError {
     UnknownPlaceholder(String),
 }
 
-/// Our default prompt for EditThinker-style models (README "`[thinker]`"). The images
+/// Our default prompt for EditThinker-style models (docs/configuration.md "`[thinker]`"). The images
 /// are sent before this text: source first, then the edit.
 const EDITTHINKER_PROMPT: &str = r#"You are checking the work of an image editing model and coaching it to do better.
 

@@ -232,7 +232,7 @@ pub fn is_satisfied(critique: &Critique, previous: &str, stop: &StopThresholds) 
     }
 }
 
-/// Picks the result turn (README "Loop options", `selection`). `turns` must not be empty.
+/// Picks the result turn (docs/api.md "Loop options", `selection`). `turns` must not be empty.
 pub fn select_turn(turns: &[TurnRecord], selection: Selection) -> u32 {
     let last = turns.last().expect("a finished loop has at least one turn");
     let satisfied = |t: &&TurnRecord| t.critique.as_ref().is_some_and(|c| c.satisfied);

@@ -1,4 +1,4 @@
-//! W3C trace context across the queue (README "Traces"): the API stores the
+//! W3C trace context across the queue (docs/operations.md "Traces"): the API stores the
 //! `traceparent` of the trace a job was created in, and the worker
 //! continues it, so one trace shows the request, the wait in the queue and
 //! every edit and critique. Without an OpenTelemetry exporter installed the

@@ -1,4 +1,4 @@
-//! The `[editors.<name>]` configuration tables (README "Configuration").
+//! The `[editors.<name>]` configuration tables (docs/configuration.md).
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! Editor backends (docs/architecture.md §1; README "`[editors.<name>]`"): the registry of
+//! Editor backends (docs/architecture.md §1; docs/configuration.md "`[editors.<name>]`"): the registry of
 //! configured editors and one module per provider protocol, over shared HTTP
 //! machinery (timeouts, retries, error classes, in-flight limits).
 //!

@@ -112,7 +112,7 @@ pub struct NewApiKey {
     pub prefix: String,
 }
 
-/// Event types (contract, README "Events (SSE)").
+/// Event types (contract, docs/api.md "Events (SSE)").
 pub mod event_type {
     /// Job inserted.
     pub const JOB_QUEUED: &str = "job.queued";

@@ -1,4 +1,4 @@
-//! Event `data` payloads (contract, README "Events (SSE)"): both backends build them
+//! Event `data` payloads (contract, docs/api.md "Events (SSE)"): both backends build them
 //! here so they stay identical.
 
 use serde_json::{json, Value};

@@ -23,7 +23,7 @@ pub enum ThinkerKind {
     Local,
 }
 
-/// The `[thinker]` section (README "Configuration"). Every field has a default, so an
+/// The `[thinker]` section (docs/configuration.md). Every field has a default, so an
 /// empty section is valid; unknown keys are rejected to catch typos.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -1,4 +1,4 @@
-//! Thinker backends (docs/architecture.md §1; README "`[thinker]`"): the model that critiques each edit
+//! Thinker backends (docs/architecture.md §1; docs/configuration.md "`[thinker]`"): the model that critiques each edit
 //! and rewrites the instruction.
 //!
 //! Two kinds:

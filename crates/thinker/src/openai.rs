@@ -2,7 +2,7 @@
 //!
 //! The request is `POST {base_url}/chat/completions` with one user message:
 //! the source image, the edited image (both `data:image/png;base64,` URLs)
-//! and the rendered prompt, in that order (README "`[thinker]`"). The expert
+//! and the rendered prompt, in that order (docs/configuration.md "`[thinker]`"). The expert
 //! protocol adds a `response_format` JSON schema when `structured` is set.
 //!
 //! With `stream` set (the default) the request asks for server-sent events
