@@ -761,9 +761,8 @@ pub fn check_json_shape(text: &[u8], base: &str, max_depth: usize) -> Result<(),
                     ));
                 }
                 let free = FREE_FORM_FIELDS.iter().any(|f| {
-                    path == *f
-                        || path.starts_with(&format!("{f}."))
-                        || path.starts_with(&format!("{f}["))
+                    path.strip_prefix(f)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
                 });
                 if b == b'[' && !free && !ARRAY_FIELDS.contains(&path.as_str()) {
                     return Err(ApiError::invalid(
