@@ -27,42 +27,15 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use editthinker_store::{Fairness, NewJob, PgStore, Store};
 use serde_json::json;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentiles(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let at = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
-    println!(
-        "{label:<22} n={:<5} p50={:>8.2?} p95={:>8.2?} p99={:>8.2?} max={:>8.2?}",
-        samples.len(),
-        at(0.50),
-        at(0.95),
-        at(0.99),
-        samples[samples.len() - 1]
-    );
-}
-
-/// The 1-minute load average, to tell a quiet machine from a busy one.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".into())
-}
+use support::{drop_database, env_or, load_average, percentiles, pgbench, PgbenchMode};
 
 #[tokio::main]
 async fn main() {
@@ -150,12 +123,11 @@ async fn queue() {
     drop(api);
 
     let jobs_per_s = jobs as f64 / elapsed.as_secs_f64();
-    match pgbench().await {
-        Ok(p) => {
-            println!(
-                "pgbench -N             {:.1} tps (scale {}, -c {} -j {} -T {}, same server, same run)",
-                p.tps, p.scale, p.clients, p.threads, p.seconds
-            );
+    let clients = env_or("BENCH_PGBENCH_CLIENTS", 8);
+    match pgbench(&[PgbenchMode::SimpleUpdate], clients).await {
+        Ok(runs) => {
+            let p = &runs[0];
+            println!("pgbench -N             {:.1} tps ({})", p.tps, p.settings());
             println!(
                 "jobs/s ÷ pgbench TPS   {jobs_per_s:.1} / {:.1} = {:.4} (one job's throughput ≈ {:.0} pgbench -N transactions)",
                 p.tps,
@@ -242,130 +214,5 @@ fn bench_job(n: usize) -> NewJob {
         webhook: None,
         deadline_seconds: None,
         traceparent: None,
-    }
-}
-
-/// A `pgbench -N` run.
-struct Pgbench {
-    tps: f64,
-    scale: usize,
-    clients: usize,
-    threads: usize,
-    seconds: usize,
-}
-
-/// Finds pgbench: $PGBENCH, then PATH, then /usr/bin.
-fn find_pgbench() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("PGBENCH") {
-        return Some(PathBuf::from(p));
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("pgbench"))
-            .find(|p| p.is_file())
-    });
-    on_path.or_else(|| {
-        let p = PathBuf::from("/usr/bin/pgbench");
-        p.is_file().then_some(p)
-    })
-}
-
-/// Runs a command with a time limit; returns stdout, or why it failed.
-async fn run_limited(
-    cmd: &mut tokio::process::Command,
-    limit: Duration,
-    what: &str,
-) -> Result<String, String> {
-    cmd.kill_on_drop(true)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let out = tokio::time::timeout(limit, child.wait_with_output())
-        .await
-        .map_err(|_| format!("{what}: no answer within {limit:?}"))?
-        .map_err(|e| format!("{what}: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        return Err(format!("{what}: {}: {}", out.status, tail.join(" | ")));
-    }
-    Ok(stdout)
-}
-
-/// `pgbench -i` into a fresh database on the same server, then `pgbench -N`;
-/// the database is dropped afterwards.
-async fn pgbench() -> Result<Pgbench, String> {
-    if std::env::var("BENCH_PGBENCH").is_ok_and(|v| v == "0") {
-        return Err("BENCH_PGBENCH=0".into());
-    }
-    let Some(bin) = find_pgbench() else {
-        return Err("pgbench not found (set PGBENCH, or install postgresql-client)".into());
-    };
-    let p = Pgbench {
-        tps: 0.0,
-        scale: env_or("BENCH_PGBENCH_SCALE", 1),
-        clients: env_or("BENCH_PGBENCH_CLIENTS", 8),
-        threads: env_or("BENCH_PGBENCH_THREADS", 2),
-        seconds: env_or("BENCH_PGBENCH_SECONDS", 10),
-    };
-    let url = common::fresh_postgres_database().await;
-    let result = async {
-        run_limited(
-            tokio::process::Command::new(&bin)
-                .args(["-i", "-q", "-s", &p.scale.to_string()])
-                .arg(&url),
-            Duration::from_secs(300),
-            "pgbench -i",
-        )
-        .await?;
-        let out = run_limited(
-            tokio::process::Command::new(&bin)
-                .args([
-                    "-N",
-                    "-c",
-                    &p.clients.to_string(),
-                    "-j",
-                    &p.threads.to_string(),
-                    "-T",
-                    &p.seconds.to_string(),
-                ])
-                .arg(&url),
-            Duration::from_secs(p.seconds as u64 + 120),
-            "pgbench -N",
-        )
-        .await?;
-        // "tps = 1579.091916 (without initial connection time)"
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix("tps = "))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|tps| *tps > 0.0)
-            .ok_or_else(|| format!("pgbench -N: no `tps = ` line in its output:\n{out}"))
-    }
-    .await;
-    drop_database(&url).await;
-    Ok(Pgbench { tps: result?, ..p })
-}
-
-/// Drops a database made by `fresh_postgres_database` (best effort).
-async fn drop_database(url: &str) {
-    use sqlx::Connection;
-    let Some((_, name)) = url.rsplit_once('/') else {
-        return;
-    };
-    let admin = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&mut conn)
-            .await
-        {
-            eprintln!("dropping {name}: {e}");
-        }
     }
 }

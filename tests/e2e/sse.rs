@@ -322,6 +322,9 @@ async fn a_layer_that_rewrites_bodies_keeps_the_stream_on_hypers_path(mode: SseM
         )),
         max_active_jobs_per_tenant: None,
         hub: editthinker_api::fanout::EventHub::start(store.clone(), shutdown.clone()),
+        positions: std::sync::Arc::new(editthinker_api::positions::QueuePositions::new(
+            store.clone(),
+        )),
         sse_direct_writes: mode == SseMode::Direct,
     };
     let router =

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use editthinker_store::{
-    BlobError, BlobStore, IdempotentInsert, JobRow, JobStatus, NewJob, StoreError, TurnRow,
+    BlobError, BlobStore, IdempotentInsert, JobRow, JobStatus, JobWithTurns, NewJob, StoreError,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -110,7 +110,7 @@ pub async fn create_job(
         // job as it is now.
         status = StatusCode::from_u16(original).unwrap_or(StatusCode::ACCEPTED);
     } else if let Some(seconds) = wait {
-        if let Some(finished) = wait_until_finished(&state, job.id, seconds).await? {
+        if let Some(finished) = wait_until_finished(&state, &caller, job.id, seconds).await? {
             job = finished;
             status = StatusCode::OK;
             if let Some(key) = &idempotency_key {
@@ -181,6 +181,7 @@ fn prefer_wait(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 /// finished job, or `None` when it is still going.
 async fn wait_until_finished(
     state: &AppState,
+    caller: &Caller,
     id: Uuid,
     seconds: u64,
 ) -> Result<Option<Job>, ApiError> {
@@ -189,10 +190,9 @@ async fn wait_until_finished(
     // Subscribed before the status is read: a finish in between is heard.
     let mut feed = state.hub.subscribe(id, 0);
     loop {
-        let row = load_row(state, id).await?;
-        if row.status.is_terminal() {
-            let turns = state.store.list_turns(id).await?;
-            return Ok(Some(job_view(state, &row, &turns).await?));
+        let read = read_job(state, caller, id, false).await?;
+        if read.job.status.is_terminal() {
+            return Ok(Some(job_json(state, &read)));
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);
@@ -309,7 +309,7 @@ async fn insert(
         )
         .await?
     {
-        return idempotent_outcome(state, outcome).await;
+        return idempotent_outcome(state, caller, outcome).await;
     }
     let image = intake::validate_image(parsed.image, &state.limits).await?;
     let id = Uuid::now_v7();
@@ -355,12 +355,17 @@ async fn insert(
             if let Err(e) = state.blobs.delete_job(id).await {
                 tracing::warn!(job_id = %id, error = %e, "removing an unused source image failed; the retention sweep will");
             }
-            return idempotent_outcome(state, other?).await;
+            return idempotent_outcome(state, caller, other?).await;
         }
     };
     editthinker_core::metrics::job_created();
     tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
-    Ok((job_view(state, &row, &[]).await?, None))
+    let read = JobWithTurns {
+        jobs_ahead: state.store.jobs_ahead(row.id).await?,
+        job: row,
+        turns: Vec::new(),
+    };
+    Ok((job_json(state, &read), None))
 }
 
 /// The answer to a create whose idempotency key was seen before: the
@@ -368,6 +373,7 @@ async fn insert(
 /// key was used for another request.
 async fn idempotent_outcome(
     state: &AppState,
+    caller: &Caller,
     outcome: IdempotentInsert,
 ) -> Result<(Job, Option<u16>), ApiError> {
     let (row, status) = match outcome {
@@ -383,13 +389,15 @@ async fn idempotent_outcome(
             })
         }
     };
-    let turns = state.store.list_turns(row.id).await?;
-    Ok((job_view(state, &row, &turns).await?, Some(status)))
+    let read = read_job(state, caller, row.id, true).await?;
+    Ok((job_json(state, &read), Some(status)))
 }
 
-/// The job JSON, with its place in the queue while it is queued.
-async fn job_view(state: &AppState, row: &JobRow, turns: &[TurnRow]) -> Result<Job, ApiError> {
-    let mut job = Job::from_rows(row, turns);
+/// The job JSON: its turns, when its record expires, and its place in
+/// the queue when that was read ([`JobWithTurns::jobs_ahead`]).
+fn job_json(state: &AppState, read: &JobWithTurns) -> Job {
+    let row = &read.job;
+    let mut job = Job::from_rows(row, &read.turns);
     job.expires_at = row
         .finished_at
         .zip(
@@ -399,9 +407,34 @@ async fn job_view(state: &AppState, row: &JobRow, turns: &[TurnRow]) -> Result<J
         )
         .map(|(finished, keep)| finished + keep);
     if row.status == JobStatus::Queued {
-        job.queue_position = state.store.jobs_ahead(row.id).await?.map(|ahead| ahead + 1);
+        job.queue_position = read.jobs_ahead.map(|ahead| ahead + 1);
     }
-    Ok(job)
+    job
+}
+
+/// The caller's job `id` with its turns and, with `position`, its place in
+/// the queue, from this process's snapshot when it holds the job
+/// (crates/api/src/positions.rs): one query
+/// ([`editthinker_store::Store::job_with_turns`]).
+async fn read_job(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    position: bool,
+) -> Result<JobWithTurns, ApiError> {
+    let cached = position.then(|| state.positions.ahead(id)).flatten();
+    let mut read = state
+        .store
+        .job_with_turns(id, &caller.tenant, position && cached.is_none())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    if position && read.job.status == JobStatus::Queued {
+        match cached {
+            Some(ahead) => read.jobs_ahead = Some(ahead),
+            None => state.positions.missed(),
+        }
+    }
+    Ok(read)
 }
 
 fn resolve_editor(state: &AppState, requested: Option<&str>) -> Result<String, ApiError> {
@@ -527,14 +560,6 @@ pub(crate) async fn owned_row(
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
 }
 
-async fn load_row(state: &AppState, id: Uuid) -> Result<JobRow, ApiError> {
-    state
-        .store
-        .get_job(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
-}
-
 /// A job with its turns.
 #[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
     params(("id" = Uuid, Path, description = "Job id")),
@@ -545,9 +570,8 @@ pub async fn get_job(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
-    let row = load(&state, &caller, &id).await?;
-    let turns = state.store.list_turns(row.id).await?;
-    Ok(Json(job_view(&state, &row, &turns).await?))
+    let read = read_job(&state, &caller, job_id(&id)?, true).await?;
+    Ok(Json(job_json(&state, &read)))
 }
 
 /// Lists a job's webhook deliveries.
@@ -610,11 +634,8 @@ pub async fn retry_job(
         other => other?,
     };
     tracing::info!(job_id = %row.id, "failed job queued again");
-    let turns = state.store.list_turns(id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(job_view(&state, &row, &turns).await?),
-    ))
+    let read = read_job(&state, &caller, id, true).await?;
+    Ok((StatusCode::ACCEPTED, Json(job_json(&state, &read))))
 }
 
 /// The source image bytes.

@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod frames;
 pub mod intake;
 mod jobs;
+pub mod positions;
 pub mod server;
 mod system;
 pub mod ui;
@@ -66,6 +67,8 @@ pub struct AppState {
     /// once their replay is sent (`[http] sse_direct_writes`); `false`:
     /// hyper writes every event.
     pub sse_direct_writes: bool,
+    /// This process's snapshot of queue positions, for job reads.
+    pub positions: Arc<positions::QueuePositions>,
 }
 
 impl AppState {

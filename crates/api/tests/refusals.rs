@@ -13,6 +13,7 @@ use base64::Engine;
 use editthinker_api::auth::{Auth, AuthMode, CallerLimits};
 use editthinker_api::fanout::EventHub;
 use editthinker_api::intake::Limits;
+use editthinker_api::positions::QueuePositions;
 use editthinker_api::views::EditorView;
 use editthinker_api::AppState;
 use editthinker_store::{BlobStore, SqliteStore, Store};
@@ -37,6 +38,7 @@ async fn app() -> (Router, tempfile::TempDir) {
         Arc::new(BlobStore::from_url(&format!("file://{}/blobs", dir.path().display())).unwrap());
     let state = AppState {
         hub: EventHub::start(store.clone(), CancellationToken::new()),
+        positions: Arc::new(QueuePositions::new(store.clone())),
         store,
         blobs,
         editors: Arc::new(vec![EditorView {

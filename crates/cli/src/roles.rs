@@ -176,6 +176,9 @@ async fn run_api(
         max_active_jobs_per_tenant: Some(config.limits.max_active_jobs_per_tenant)
             .filter(|n| *n > 0),
         hub: editthinker_api::fanout::EventHub::start(parts.store.clone(), shutdown.clone()),
+        positions: Arc::new(editthinker_api::positions::QueuePositions::new(
+            parts.store.clone(),
+        )),
         sse_direct_writes: config.http.sse_direct_writes,
     };
     let addr = config.listen_addr()?;

@@ -160,6 +160,17 @@ pub trait Store: Send + Sync + 'static {
     /// `None` exactly as a missing one is, from the same query, so that
     /// neither the answer nor its timing tells the two apart.
     async fn get_job_for_tenant(&self, id: Uuid, tenant: &str) -> StoreResult<Option<JobRow>>;
+    /// The tenant's job `id` with its turns and, with `position` and
+    /// while it is queued, [`Store::jobs_ahead`]: the whole read of
+    /// `GET /v1/jobs/{id}` in one query (one round trip on Postgres).
+    /// Another tenant's job is `None` like a missing one, as with
+    /// [`Store::get_job_for_tenant`].
+    async fn job_with_turns(
+        &self,
+        id: Uuid,
+        tenant: &str,
+        position: bool,
+    ) -> StoreResult<Option<JobWithTurns>>;
     /// Puts a `failed` job back in the queue with `attempts` more attempts
     /// (`job.queued` event); its recorded turns stay, so it resumes after
     /// the last one. [`StoreError::Conflict`] when it is not failed.
@@ -176,6 +187,10 @@ pub trait Store: Send + Sync + 'static {
     /// `fairness = "none"` claim in plain age order instead.
     /// `None` when the job is not queued.
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>>;
+    /// The first `limit` queued jobs in the order of [`Store::jobs_ahead`],
+    /// each with how many queued jobs claims take before it, ranked in one
+    /// query (the API's position snapshot, crates/api/src/positions.rs).
+    async fn queue_positions(&self, limit: u32) -> StoreResult<Vec<(Uuid, u64)>>;
     /// A job's webhook deliveries, in event order.
     async fn list_deliveries(&self, job_id: Uuid) -> StoreResult<Vec<DeliveryRow>>;
     /// Claims up to `limit` pending deliveries that are due, locking each
@@ -350,31 +365,133 @@ pub async fn connect(database_url: &str) -> StoreResult<Arc<dyn Store>> {
     }
 }
 
-/// The query behind [`Store::jobs_ahead`] for both backends (`param` is
-/// the job id's placeholder): `ahead`, the queued jobs the tenant-fair claim
-/// order puts first (higher priority; at the same priority, an earlier
-/// turn, or the same turn and older; a turn being the tenant's running jobs
-/// of that priority plus the job's rank in its tenant's queue), and
-/// `queued`, whether the job is queued. Only the job's own priority is
-/// ranked, on the `jobs_fair_claim_idx` index.
-fn jobs_ahead_sql(param: &str) -> String {
+/// The common table expressions behind [`Store::jobs_ahead`] for both
+/// backends, given `me`: a query of the job's `id` and `priority`, empty
+/// when the job is not queued. They define `same`, the queued jobs of its
+/// priority with their turn (the tenant's running jobs of that priority
+/// plus the job's rank in its tenant's queue), and `mine`, the job's own
+/// row of it. Only the job's own priority is ranked, on the
+/// `jobs_fair_claim_idx` index.
+fn jobs_ahead_ctes(me: &str) -> String {
     format!(
-        "WITH me AS (SELECT id, priority FROM jobs WHERE id = {param} AND status = 'queued'), \
+        "me AS ({me}), \
          running AS (SELECT q.tenant, count(*) AS n FROM jobs q JOIN me ON q.priority = me.priority \
                      WHERE q.status = 'running' GROUP BY q.tenant), \
          same AS (SELECT q.id, q.run_at, coalesce(r.n, 0) + \
                   row_number() OVER (PARTITION BY q.tenant ORDER BY q.run_at, q.id) AS turn \
                   FROM jobs q JOIN me ON q.priority = me.priority \
                   LEFT JOIN running r ON r.tenant = q.tenant WHERE q.status = 'queued'), \
-         mine AS (SELECT s.id, s.run_at, s.turn FROM same s JOIN me ON s.id = me.id) \
-         SELECT (SELECT count(*) FROM jobs q JOIN me ON q.priority > me.priority \
-                 WHERE q.status = 'queued') \
-              + (SELECT count(*) FROM same s JOIN mine m ON s.turn < m.turn \
-                 OR (s.turn = m.turn AND (s.run_at < m.run_at \
-                     OR (s.run_at = m.run_at AND s.id < m.id)))) AS ahead, \
-                (SELECT count(*) FROM me) AS queued"
+         mine AS (SELECT s.id, s.run_at, s.turn FROM same s JOIN me ON s.id = me.id)"
     )
 }
+
+/// The queued jobs the tenant-fair claim order puts before the job of
+/// [`jobs_ahead_ctes`] (higher priority; at the same priority, an earlier
+/// turn, or the same turn and older), or NULL when it is not queued.
+const JOBS_AHEAD: &str = "CASE WHEN EXISTS (SELECT 1 FROM me) THEN \
+         (SELECT count(*) FROM jobs q JOIN me ON q.priority > me.priority \
+          WHERE q.status = 'queued') \
+       + (SELECT count(*) FROM same s JOIN mine m ON s.turn < m.turn \
+          OR (s.turn = m.turn AND (s.run_at < m.run_at \
+              OR (s.run_at = m.run_at AND s.id < m.id)))) END";
+
+/// The query behind [`Store::jobs_ahead`] (`id`: the job id's
+/// placeholder): `ahead`, NULL when the job is not queued.
+fn jobs_ahead_sql(id: &str) -> String {
+    format!(
+        "WITH {} SELECT {JOBS_AHEAD} AS ahead",
+        jobs_ahead_ctes(&format!(
+            "SELECT id, priority FROM jobs WHERE id = {id} AND status = 'queued'"
+        ))
+    )
+}
+
+/// The query behind [`Store::queue_positions`] (`limit`: a placeholder):
+/// every queued job ranked by priority, turn, due time and id, as
+/// [`JOBS_AHEAD`] counts them, with `ahead` its rank from 0.
+fn queue_positions_sql(limit: &str) -> String {
+    format!(
+        "WITH running AS (SELECT tenant, priority, count(*) AS n FROM jobs \
+                          WHERE status = 'running' GROUP BY tenant, priority), \
+         queued AS (SELECT q.id, q.priority, q.run_at, coalesce(r.n, 0) + \
+                    row_number() OVER (PARTITION BY q.priority, q.tenant ORDER BY q.run_at, q.id) AS turn \
+                    FROM jobs q LEFT JOIN running r ON r.tenant = q.tenant AND r.priority = q.priority \
+                    WHERE q.status = 'queued') \
+         SELECT id, row_number() OVER (ORDER BY priority DESC, turn, run_at, id) - 1 AS ahead \
+         FROM queued ORDER BY ahead LIMIT {limit}"
+    )
+}
+
+/// The query behind [`Store::job_with_turns`] (`id`, `tenant` and
+/// `position`: placeholders): one row per turn (one with NULL turn
+/// columns when there is none), each with the job's columns, the turn's
+/// prefixed `turn_` ([`JOINED_TURN`]) and `ahead`. The position is
+/// computed only when `position` is true and the job is queued.
+fn job_with_turns_sql(id: &str, tenant: &str, position: &str) -> String {
+    format!(
+        "WITH job AS (SELECT * FROM jobs WHERE id = {id} AND tenant = {tenant}), {} \
+         SELECT job.*, {JOBS_AHEAD} AS ahead, \
+             t.job_id AS turn_job_id, t.idx AS turn_idx, t.instruction AS turn_instruction, \
+             t.image_key AS turn_image_key, t.image_mime AS turn_image_mime, \
+             t.editor_ms AS turn_editor_ms, t.critique AS turn_critique, \
+             t.thinker_ms AS turn_thinker_ms, t.raw_output AS turn_raw_output, \
+             t.parse_error AS turn_parse_error, \
+             t.provider_request_id AS turn_provider_request_id, \
+             t.created_at AS turn_created_at \
+         FROM job LEFT JOIN turns t ON t.job_id = job.id ORDER BY t.idx",
+        jobs_ahead_ctes(&format!(
+            "SELECT id, priority FROM job WHERE status = 'queued' AND {position}"
+        ))
+    )
+}
+
+/// Column names of a turn in a result row.
+struct TurnColumns {
+    job_id: &'static str,
+    idx: &'static str,
+    instruction: &'static str,
+    image_key: &'static str,
+    image_mime: &'static str,
+    editor_ms: &'static str,
+    critique: &'static str,
+    thinker_ms: &'static str,
+    raw_output: &'static str,
+    parse_error: &'static str,
+    provider_request_id: &'static str,
+    created_at: &'static str,
+}
+
+/// The `turns` table's own columns.
+const TURN: TurnColumns = TurnColumns {
+    job_id: "job_id",
+    idx: "idx",
+    instruction: "instruction",
+    image_key: "image_key",
+    image_mime: "image_mime",
+    editor_ms: "editor_ms",
+    critique: "critique",
+    thinker_ms: "thinker_ms",
+    raw_output: "raw_output",
+    parse_error: "parse_error",
+    provider_request_id: "provider_request_id",
+    created_at: "created_at",
+};
+
+/// A turn's columns beside its job's ([`job_with_turns_sql`]).
+const JOINED_TURN: TurnColumns = TurnColumns {
+    job_id: "turn_job_id",
+    idx: "turn_idx",
+    instruction: "turn_instruction",
+    image_key: "turn_image_key",
+    image_mime: "turn_image_mime",
+    editor_ms: "turn_editor_ms",
+    critique: "turn_critique",
+    thinker_ms: "turn_thinker_ms",
+    raw_output: "turn_raw_output",
+    parse_error: "turn_parse_error",
+    provider_request_id: "turn_provider_request_id",
+    created_at: "turn_created_at",
+};
 
 /// A turn found already recorded: fine when it is this very write retried
 /// (same image key), an error otherwise (it would change a recorded turn).

@@ -169,6 +169,19 @@ pub struct NewJob {
     pub traceparent: Option<String>,
 }
 
+/// A job as a client reads it ([`crate::Store::job_with_turns`]): the
+/// row, its turns in order and, when asked for and the job is queued, how
+/// many queued jobs claims take before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobWithTurns {
+    /// The job.
+    pub job: JobRow,
+    /// Its turns, in order.
+    pub turns: Vec<TurnRow>,
+    /// [`crate::Store::jobs_ahead`], read in the same query.
+    pub jobs_ahead: Option<u64>,
+}
+
 /// The queue at one moment ([`crate::Store::queue_stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct QueueStats {

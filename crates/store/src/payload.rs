@@ -65,8 +65,16 @@ pub(crate) fn canceled() -> Value {
 /// Error code written when a job's lease expired and its attempts are spent.
 pub(crate) const LEASE_EXPIRED: &str = editthinker_core::ErrorCode::LeaseExpired.as_str();
 
-/// The `pg_notify` payload: ids only, NOTIFY payloads are size-limited.
-pub(crate) fn notify_payload(job_id: uuid::Uuid, event_id: i64, kind: &str) -> String {
+/// The `pg_notify` payload of a stored event, as a SQL expression over the
+/// `event` rows that [`crate::postgres`] writes (`job_id`, `id`, `type`):
+/// `<job_id>,<event_id>,<type>`, ids only (NOTIFY payloads are
+/// size-limited). [`parse_notify_payload`] reads it back.
+pub(crate) const NOTIFY_PAYLOAD_SQL: &str =
+    "event.job_id::text || ',' || event.id::text || ',' || event.type";
+
+/// The `pg_notify` payload as [`NOTIFY_PAYLOAD_SQL`] builds it.
+#[cfg(test)]
+fn notify_payload(job_id: uuid::Uuid, event_id: i64, kind: &str) -> String {
     format!("{job_id},{event_id},{kind}")
 }
 

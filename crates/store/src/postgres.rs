@@ -17,9 +17,9 @@ use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn,
-    Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
-    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease, NewApiKey,
+    NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store,
+    StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -241,23 +241,23 @@ fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRow> {
     })
 }
 
-fn turn_from_row(row: &PgRow) -> StoreResult<TurnRow> {
+fn turn_from_row(row: &PgRow, c: &crate::TurnColumns) -> StoreResult<TurnRow> {
     Ok(TurnRow {
-        job_id: row.try_get("job_id")?,
-        index: to_u32(row.try_get("idx")?, "idx")?,
-        instruction: row.try_get("instruction")?,
-        image_key: row.try_get("image_key")?,
-        image_mime: row.try_get("image_mime")?,
-        editor_ms: to_u64(row.try_get("editor_ms")?, "editor_ms")?,
-        critique: row.try_get("critique")?,
+        job_id: row.try_get(c.job_id)?,
+        index: to_u32(row.try_get(c.idx)?, "idx")?,
+        instruction: row.try_get(c.instruction)?,
+        image_key: row.try_get(c.image_key)?,
+        image_mime: row.try_get(c.image_mime)?,
+        editor_ms: to_u64(row.try_get(c.editor_ms)?, "editor_ms")?,
+        critique: row.try_get(c.critique)?,
         thinker_ms: row
-            .try_get::<Option<i64>, _>("thinker_ms")?
+            .try_get::<Option<i64>, _>(c.thinker_ms)?
             .map(|v| to_u64(v, "thinker_ms"))
             .transpose()?,
-        raw_output: row.try_get("raw_output")?,
-        parse_error: row.try_get("parse_error")?,
-        provider_request_id: row.try_get("provider_request_id")?,
-        created_at: row.try_get("created_at")?,
+        raw_output: row.try_get(c.raw_output)?,
+        parse_error: row.try_get(c.parse_error)?,
+        provider_request_id: row.try_get(c.provider_request_id)?,
+        created_at: row.try_get(c.created_at)?,
     })
 }
 
@@ -271,34 +271,51 @@ fn event_from_row(row: &PgRow) -> StoreResult<EventRow> {
     })
 }
 
-/// Writes an event row, its webhook delivery when the job's webhook wants
-/// this type (the outbox, in the same statement), and queues its NOTIFY,
-/// which Postgres delivers at commit.
-async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
-    let id: i64 = sqlx::query_scalar(
-        "WITH event AS (\
+/// The common table expressions that write an event for each row of
+/// `jobs` (a table expression with the job's `id` and `webhook`), with
+/// `kind`, `data` and `delivery_id` as SQL placeholders: `event`, the
+/// `job_events` row, and its webhook delivery when the job's webhook wants
+/// this type (the outbox, in the same statement). The statement's final
+/// query sends the NOTIFY ([`EVENT_NOTIFY`]), which Postgres delivers at
+/// commit.
+fn event_ctes(jobs: &str, kind: &str, data: &str, delivery_id: &str) -> String {
+    format!(
+        "event AS (\
              INSERT INTO job_events (job_id, type, data, created_at) \
-             VALUES ($1, $2, $3, now()) RETURNING id), \
+             SELECT id, {kind}, {data}, now() FROM {jobs} RETURNING id, job_id, type), \
          delivery AS (\
              INSERT INTO webhook_deliveries \
                  (id, job_id, event_id, type, url, status, next_attempt_at, created_at) \
-             SELECT $4, j.id, event.id, $2, j.webhook->>'url', 'pending', now(), now() \
-             FROM jobs j, event \
-             WHERE j.id = $1 AND j.webhook IS NOT NULL \
-               AND jsonb_exists(j.webhook->'events', $2)) \
-         SELECT id FROM event",
+             SELECT {delivery_id}, j.id, event.id, {kind}, j.webhook->>'url', 'pending', now(), now() \
+             FROM {jobs} j JOIN event ON event.job_id = j.id \
+             WHERE j.webhook IS NOT NULL AND jsonb_exists(j.webhook->'events', {kind}))"
     )
+}
+
+/// What a statement built on [`event_ctes`] joins to its final query to
+/// announce the event (a NOTIFY on [`CHANNEL`]).
+fn event_notify() -> String {
+    format!(
+        "CROSS JOIN LATERAL pg_notify('{CHANNEL}', {}) AS notified",
+        payload::NOTIFY_PAYLOAD_SQL
+    )
+}
+
+/// Writes an event row, its webhook delivery and its NOTIFY in one
+/// statement ([`event_ctes`]).
+async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
+    let id: i64 = sqlx::query_scalar(&format!(
+        "WITH target AS (SELECT id, webhook FROM jobs WHERE id = $1), {} \
+         SELECT event.id FROM event {}",
+        event_ctes("target", "$2", "$3", "$4"),
+        event_notify()
+    ))
     .bind(job_id)
     .bind(kind)
     .bind(data)
     .bind(Uuid::now_v7())
     .fetch_one(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload::notify_payload(job_id, id, kind))
-        .execute(&mut *conn)
-        .await?;
     Ok(id)
 }
 
@@ -321,37 +338,34 @@ fn replay_or_reuse(row: &PgRow, digest: &str) -> StoreResult<IdempotentInsert> {
 /// key of `pg_advisory_xact_lock(int, int)`).
 const ACTIVE_LIMIT_LOCK: i32 = 0x4554_0001;
 
-/// Inserts a queued job and its `job.queued` event in `conn`'s transaction,
-/// after checking the tenant's active-jobs limit under a per-tenant lock
-/// (two replicas inserting for one tenant take turns, so the count they
-/// check is the count they leave).
+/// Inserts a queued job, its `job.queued` event, its webhook delivery and
+/// its NOTIFY in one statement, in `conn`'s transaction. With
+/// `job.active_limit`, the tenant's active jobs are counted in that
+/// statement, after a per-tenant lock taken by the statement before it (two
+/// replicas inserting for one tenant take turns, so the count one checks
+/// includes the job the other committed).
 async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<JobRow> {
-    if let Some(limit) = job.active_limit {
+    if job.active_limit.is_some() {
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(ACTIVE_LIMIT_LOCK)
             .bind(&job.tenant)
             .execute(&mut *conn)
             .await?;
-        let active: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE tenant = $1 AND status IN ('queued', 'running')",
-        )
-        .bind(&job.tenant)
-        .fetch_one(&mut *conn)
-        .await?;
-        if active >= i64::from(limit) {
-            return Err(StoreError::ActiveJobsLimit {
-                tenant: job.tenant,
-                limit,
-            });
-        }
     }
-    let row = sqlx::query(
-        "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-         source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, deadline_at, \
-         tenant, traceparent) \
-         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
-                 now() + $11 * interval '1 second', $12, $13) RETURNING *",
-    )
+    let row = sqlx::query(&format!(
+        "WITH job AS (\
+             INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
+                 source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
+                 deadline_at, tenant, traceparent) \
+             SELECT $1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
+                 now() + $11 * interval '1 second', $12, $13 \
+             WHERE $14::bigint IS NULL OR (SELECT count(*) FROM jobs \
+                 WHERE tenant = $12 AND status IN ('queued', 'running')) < $14 \
+             RETURNING *), {} \
+         SELECT job.* FROM job JOIN event ON event.job_id = job.id {}",
+        event_ctes("job", "$15", "$16", "$17"),
+        event_notify()
+    ))
     .bind(job.id)
     .bind(&job.instruction)
     .bind(&job.editor)
@@ -365,11 +379,20 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
     .bind(job.deadline_seconds.map(f64::from))
     .bind(&job.tenant)
     .bind(&job.traceparent)
-    .fetch_one(&mut *conn)
+    .bind(job.active_limit.map(i64::from))
+    .bind(event_type::JOB_QUEUED)
+    .bind(payload::queued())
+    .bind(Uuid::now_v7())
+    .fetch_optional(&mut *conn)
     .await?;
-    let job = job_from_row(&row)?;
-    emit(conn, job.id, event_type::JOB_QUEUED, payload::queued()).await?;
-    Ok(job)
+    match (row, job.active_limit) {
+        (Some(row), _) => job_from_row(&row),
+        (None, Some(limit)) => Err(StoreError::ActiveJobsLimit {
+            tenant: job.tenant,
+            limit,
+        }),
+        (None, None) => Err(corrupt("a job insert without a limit wrote no row")),
+    }
 }
 
 /// Claims in age order ([`Fairness::None`]). MATERIALIZED keeps the
@@ -554,6 +577,11 @@ impl Store for PgStore {
     }
 
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
+        if job.active_limit.is_none() {
+            // One statement is its own transaction: one round trip.
+            let mut conn = self.pool.acquire().await?;
+            return insert_job_row(&mut conn, job).await;
+        }
         let mut tx = self.pool.begin().await?;
         let job = insert_job_row(&mut tx, job).await?;
         tx.commit().await?;
@@ -773,15 +801,60 @@ impl Store for PgStore {
     }
 
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
-        let row = sqlx::query(&crate::jobs_ahead_sql("$1"))
+        let ahead: Option<i64> = sqlx::query_scalar(&crate::jobs_ahead_sql("$1"))
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
-        let queued: i64 = row.try_get("queued")?;
-        if queued == 0 {
+        ahead.map(|n| to_u64(n, "jobs ahead")).transpose()
+    }
+
+    async fn queue_positions(&self, limit: u32) -> StoreResult<Vec<(Uuid, u64)>> {
+        sqlx::query(&crate::queue_positions_sql("$1"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok((
+                    row.try_get::<Uuid, _>("id")?,
+                    to_u64(row.try_get("ahead")?, "jobs ahead")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn job_with_turns(
+        &self,
+        id: Uuid,
+        tenant: &str,
+        position: bool,
+    ) -> StoreResult<Option<JobWithTurns>> {
+        let rows = sqlx::query(&crate::job_with_turns_sql("$1", "$2", "$3"))
+            .bind(id)
+            .bind(tenant)
+            .bind(position)
+            .fetch_all(&self.pool)
+            .await?;
+        let Some(first) = rows.first() else {
             return Ok(None);
+        };
+        let mut turns = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<Option<i32>, _>(crate::JOINED_TURN.idx)?
+                .is_some()
+            {
+                turns.push(turn_from_row(row, &crate::JOINED_TURN)?);
+            }
         }
-        Ok(Some(to_u64(row.try_get("ahead")?, "jobs ahead")?))
+        Ok(Some(JobWithTurns {
+            job: job_from_row(first)?,
+            turns,
+            jobs_ahead: first
+                .try_get::<Option<i64>, _>("ahead")?
+                .map(|n| to_u64(n, "jobs ahead"))
+                .transpose()?,
+        }))
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -833,7 +906,7 @@ impl Store for PgStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(turn_from_row)
+            .map(|row| turn_from_row(row, &crate::TURN))
             .collect()
     }
 

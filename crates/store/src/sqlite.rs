@@ -23,9 +23,9 @@ use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease, NewApiKey, NewJob, NewTurn,
-    Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
-    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease, NewApiKey,
+    NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store,
+    StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -446,23 +446,23 @@ fn delivery_from_row(row: &SqliteRow) -> StoreResult<DeliveryRow> {
     })
 }
 
-fn turn_from_row(row: &SqliteRow) -> StoreResult<TurnRow> {
+fn turn_from_row(row: &SqliteRow, c: &crate::TurnColumns) -> StoreResult<TurnRow> {
     Ok(TurnRow {
-        job_id: uuid(row, "job_id")?,
-        index: to_u32(row.try_get("idx")?, "idx")?,
-        instruction: row.try_get("instruction")?,
-        image_key: row.try_get("image_key")?,
-        image_mime: row.try_get("image_mime")?,
-        editor_ms: to_u64(row.try_get("editor_ms")?, "editor_ms")?,
-        critique: opt_json(row, "critique")?,
+        job_id: uuid(row, c.job_id)?,
+        index: to_u32(row.try_get(c.idx)?, "idx")?,
+        instruction: row.try_get(c.instruction)?,
+        image_key: row.try_get(c.image_key)?,
+        image_mime: row.try_get(c.image_mime)?,
+        editor_ms: to_u64(row.try_get(c.editor_ms)?, "editor_ms")?,
+        critique: opt_json(row, c.critique)?,
         thinker_ms: row
-            .try_get::<Option<i64>, _>("thinker_ms")?
+            .try_get::<Option<i64>, _>(c.thinker_ms)?
             .map(|v| to_u64(v, "thinker_ms"))
             .transpose()?,
-        raw_output: row.try_get("raw_output")?,
-        parse_error: row.try_get("parse_error")?,
-        provider_request_id: row.try_get("provider_request_id")?,
-        created_at: time(row.try_get("created_at")?)?,
+        raw_output: row.try_get(c.raw_output)?,
+        parse_error: row.try_get(c.parse_error)?,
+        provider_request_id: row.try_get(c.provider_request_id)?,
+        created_at: time(row.try_get(c.created_at)?)?,
     })
 }
 
@@ -738,15 +738,60 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
-        let row = sqlx::query(&crate::jobs_ahead_sql("?1"))
+        let ahead: Option<i64> = sqlx::query_scalar(&crate::jobs_ahead_sql("?1"))
             .bind(id.to_string())
             .fetch_one(&self.pool)
             .await?;
-        let queued: i64 = row.try_get("queued")?;
-        if queued == 0 {
+        ahead.map(|n| to_u64(n, "jobs ahead")).transpose()
+    }
+
+    async fn queue_positions(&self, limit: u32) -> StoreResult<Vec<(Uuid, u64)>> {
+        sqlx::query(&crate::queue_positions_sql("?1"))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok((
+                    uuid(&row, "id")?,
+                    to_u64(row.try_get("ahead")?, "jobs ahead")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn job_with_turns(
+        &self,
+        id: Uuid,
+        tenant: &str,
+        position: bool,
+    ) -> StoreResult<Option<JobWithTurns>> {
+        let rows = sqlx::query(&crate::job_with_turns_sql("?1", "?2", "?3"))
+            .bind(id.to_string())
+            .bind(tenant)
+            .bind(position)
+            .fetch_all(&self.pool)
+            .await?;
+        let Some(first) = rows.first() else {
             return Ok(None);
+        };
+        let mut turns = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row
+                .try_get::<Option<i64>, _>(crate::JOINED_TURN.idx)?
+                .is_some()
+            {
+                turns.push(turn_from_row(row, &crate::JOINED_TURN)?);
+            }
         }
-        Ok(Some(to_u64(row.try_get("ahead")?, "jobs ahead")?))
+        Ok(Some(JobWithTurns {
+            job: job_from_row(first)?,
+            turns,
+            jobs_ahead: first
+                .try_get::<Option<i64>, _>("ahead")?
+                .map(|n| to_u64(n, "jobs ahead"))
+                .transpose()?,
+        }))
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -798,7 +843,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?
             .iter()
-            .map(turn_from_row)
+            .map(|row| turn_from_row(row, &crate::TURN))
             .collect()
     }
 

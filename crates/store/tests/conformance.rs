@@ -608,6 +608,16 @@ async fn turns_round_trip(store: Arc<dyn Store>) {
     assert_eq!(turns[1].index, 2);
     assert_eq!(turns[1].parse_error.as_deref(), Some("no JSON"));
     assert!(store.list_turns(Uuid::now_v7()).await.unwrap().is_empty());
+    // The one-query read of a job has the same job and turns; a running
+    // job has no queue position, even when asked.
+    let read = store
+        .job_with_turns(id, T, true)
+        .await
+        .unwrap()
+        .expect("the job");
+    assert_eq!(read.job, job(&store, id).await);
+    assert_eq!(read.turns, turns);
+    assert_eq!(read.jobs_ahead, None);
 
     let ev = events(&store, id).await;
     assert_eq!(
@@ -1883,13 +1893,42 @@ async fn tenant_fair_order_matches_queue_position(store: Arc<dyn Store>) {
     let urgent = queue_jobs(&store, "tenant-a", 5, 1).await;
     let c = queue_jobs(&store, "tenant-c", 0, 1).await;
     let expected = [urgent[0], a[0], b[0], c[0], a[1], b[1], a[2]];
+    let tenant_of = |id: &Uuid| {
+        if a.contains(id) || urgent.contains(id) {
+            "tenant-a"
+        } else if b.contains(id) {
+            "tenant-b"
+        } else {
+            "tenant-c"
+        }
+    };
     for (i, id) in expected.iter().enumerate() {
         assert_eq!(
             store.jobs_ahead(*id).await.unwrap(),
             Some(i as u64),
             "jobs ahead of claim {i}"
         );
+        // The job read computes the same position in its one query, and
+        // only when asked.
+        let read = |position| store.job_with_turns(*id, tenant_of(id), position);
+        let with = read(true).await.unwrap().expect("the job");
+        assert_eq!(
+            with.jobs_ahead,
+            Some(i as u64),
+            "read position of claim {i}"
+        );
+        assert!(with.turns.is_empty());
+        assert_eq!(read(false).await.unwrap().unwrap().jobs_ahead, None);
     }
+    // The whole-queue ranking agrees, and its limit keeps the front.
+    let ranked = store.queue_positions(100).await.unwrap();
+    let predicted: Vec<(Uuid, u64)> = expected
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (*id, i as u64))
+        .collect();
+    assert_eq!(ranked, predicted);
+    assert_eq!(store.queue_positions(2).await.unwrap(), predicted[..2]);
     let mut order = Vec::new();
     while let Some(c) = store
         .claim("w", 1, LEASE, Fairness::Tenant)
@@ -1904,6 +1943,12 @@ async fn tenant_fair_order_matches_queue_position(store: Arc<dyn Store>) {
     // A queued first.
     let again = queue_jobs(&store, "tenant-a", 0, 2).await;
     let other = queue_jobs(&store, "tenant-b", 0, 1).await;
+    let ranked = store.queue_positions(100).await.unwrap();
+    for (id, ahead) in &ranked {
+        assert_eq!(store.jobs_ahead(*id).await.unwrap(), Some(*ahead));
+    }
+    let ranked: Vec<Uuid> = ranked.into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ranked, [other[0], again[0], again[1]]);
     let batch: Vec<Uuid> = store
         .claim("w", 10, LEASE, Fairness::Tenant)
         .await
@@ -1926,6 +1971,16 @@ async fn a_job_is_fetched_only_for_its_tenant(store: Arc<dyn Store>) {
     assert_eq!(row, job(&store, id).await);
     assert_eq!(store.get_job_for_tenant(id, "other").await.unwrap(), None);
     assert_eq!(store.get_job_for_tenant(id, "").await.unwrap(), None);
+    let read = store.job_with_turns(id, "owner", true).await.unwrap();
+    assert_eq!(read.map(|r| (r.job, r.jobs_ahead)), Some((row, Some(0))));
+    assert_eq!(store.job_with_turns(id, "other", true).await.unwrap(), None);
+    assert_eq!(
+        store
+            .job_with_turns(Uuid::now_v7(), "owner", true)
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         store
             .get_job_for_tenant(Uuid::now_v7(), "owner")
