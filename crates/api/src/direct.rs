@@ -5,9 +5,11 @@
 //! event costs (the bench in `benches/sse.rs` measures it). So once a
 //! stream has sent its replay, its response body hands the stream to the
 //! event hub, and the hub's writer threads ([`Writers`]) write each event,
-//! already framed as an HTTP/1.1 chunk, to every socket of the job in a
-//! tight loop. Hyper still owns the connection: it sent the head and the
-//! replay, it reads, and it writes the end of the body when the stream ends.
+//! framed as an HTTP/1.1 chunk by crates/api/src/wire.rs (once per
+//! process), to every socket of the job in a tight loop. The hub hands them
+//! typed events (crates/api/src/stream_event.rs); the framing is theirs.
+//! Hyper still owns the connection: it sent the head and the replay, it
+//! reads, and it writes the end of the body when the stream ends.
 //!
 //! A client that leaves is noticed without hyper's read side, which stops
 //! looking while a pipelined request waits in its buffer: a failed hub
@@ -56,15 +58,12 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-pub(crate) use crate::frames::END_CHUNK;
-use crate::frames::{ends_stream, Frame, KEEP_ALIVE};
+use crate::stream_event::{ends_stream, StreamEvent, KEEP_ALIVE};
+use crate::wire::{self, COMMENT_CHUNK, END_CHUNK};
 
 /// Bytes the hub may queue for one slow socket before that stream falls
 /// back to its body's own pace (reading from the table).
 pub const MAX_QUEUED_BYTES: usize = 256 * 1024;
-
-/// A keep-alive comment, framed as a chunk.
-const COMMENT_CHUNK: &[u8] = b"3\r\n:\n\n\r\n";
 
 /// Why a handed-off stream stopped taking events from the hub.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,44 +243,46 @@ impl Socket {
         }
     }
 
-    /// Writes `frames` (one read of the job's rows, or one live event):
+    /// Writes `events` (one read of the job's rows, or one live event):
     /// stored events the stream already sent are skipped; the stream ends
     /// after its terminal event. Wakers to wake go to `wakes`: the writer
     /// wakes them after its whole batch, so that connection tasks do not
     /// take the cores from the writers while an event goes out.
-    fn push_frames(&self, generation: u64, frames: &[Frame], now: Instant, wakes: &mut Vec<Waker>) {
+    fn push_events(
+        &self,
+        generation: u64,
+        events: &[StreamEvent],
+        now: Instant,
+        wakes: &mut Vec<Waker>,
+    ) {
         let mut out = self.out();
         let out = &mut *out;
         let Some(handed) = out.handed.as_mut().filter(|h| h.generation == generation) else {
             return;
         };
-        for (index, frame) in frames.iter().enumerate() {
+        for (index, event) in events.iter().enumerate() {
             if handed.end.is_some() {
                 return;
             }
-            if frame.id.is_some_and(|id| id <= handed.last) {
+            if event.id.is_some_and(|id| id <= handed.last) {
                 continue;
             }
+            let chunk = wire::chunk(event);
             let early: usize = handed.early.iter().map(Bytes::len).sum();
-            if out.queue.bytes + early + frame.chunk.len() > MAX_QUEUED_BYTES {
+            if out.queue.bytes + early + chunk.len() > MAX_QUEUED_BYTES {
                 let last = handed.last;
                 end_handed(handed, End::Lagged { last }, wakes);
                 return;
             }
-            if let Some(id) = frame.id {
+            if let Some(id) = event.id {
                 handed.last = id;
             }
             handed.wrote_at = now;
-            if ends_stream(frames, index) {
+            if ends_stream(events, index) {
                 // The terminal event and the end of the body in one write;
                 // hyper's end of the body is then not written again.
-                send(
-                    &self.stream,
-                    &mut out.queue,
-                    handed,
-                    &frame.last_chunk,
-                    wakes,
-                );
+                let last_chunk = wire::last_chunk(event);
+                send(&self.stream, &mut out.queue, handed, last_chunk, wakes);
                 if handed.end.is_some() {
                     // The write failed: nothing was written ahead.
                     return;
@@ -294,7 +295,7 @@ impl Socket {
                 end_handed(handed, End::Finished, wakes);
                 return;
             }
-            send(&self.stream, &mut out.queue, handed, &frame.chunk, wakes);
+            send(&self.stream, &mut out.queue, handed, chunk, wakes);
         }
     }
 
@@ -683,10 +684,20 @@ pub struct ConnHandle(pub Arc<Socket>);
 
 /// Work for one writer thread.
 pub(crate) enum Work {
-    /// Frames of one job for these streams.
-    Frames(Arc<[Frame]>, Vec<HandedStream>),
+    /// Stored events of one job (one read) for these streams.
+    Events(Arc<[StreamEvent]>, Vec<HandedStream>),
+    /// A live event of one job for these streams.
+    Live(Arc<StreamEvent>, Vec<HandedStream>),
     /// A keep-alive comment for these streams.
     Comment(Vec<HandedStream>),
+}
+
+/// Writes `events` to `streams` (on a writer thread).
+fn push_to(streams: &[HandedStream], events: &[StreamEvent], wakes: &mut Vec<Waker>) {
+    let now = Instant::now();
+    for s in streams {
+        s.socket.push_events(s.generation, events, now, wakes);
+    }
 }
 
 /// The hub's writer threads: one per core, each serving the sockets of its
@@ -709,16 +720,11 @@ impl Writers {
                         let mut wakes = Vec::new();
                         while let Ok(work) = rx.recv() {
                             match work {
-                                Work::Frames(frames, streams) => {
-                                    let now = Instant::now();
-                                    for s in streams {
-                                        s.socket.push_frames(
-                                            s.generation,
-                                            &frames,
-                                            now,
-                                            &mut wakes,
-                                        );
-                                    }
+                                Work::Events(events, streams) => {
+                                    push_to(&streams, &events, &mut wakes);
+                                }
+                                Work::Live(event, streams) => {
+                                    push_to(&streams, std::slice::from_ref(&*event), &mut wakes);
                                 }
                                 Work::Comment(streams) => {
                                     let now = Instant::now();
@@ -752,12 +758,11 @@ impl Writers {
 mod tests {
     use std::time::Duration;
 
-    use editthinker_store::EventRow;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::frames::stored_frame;
+    use crate::stream_event::test_row;
 
     /// A connection's socket and the client's end of it.
     async fn connection() -> (Arc<Socket>, TcpStream) {
@@ -769,18 +774,10 @@ mod tests {
         (Socket::new(server), client)
     }
 
-    fn frames(events: &[(i64, &str)]) -> Vec<Frame> {
+    fn events(events: &[(i64, &str)]) -> Vec<StreamEvent> {
         events
             .iter()
-            .map(|(id, kind)| {
-                stored_frame(&EventRow {
-                    id: *id,
-                    job_id: uuid::Uuid::nil(),
-                    kind: (*kind).into(),
-                    data: serde_json::json!({}),
-                    created_at: chrono::Utc::now(),
-                })
-            })
+            .map(|(id, kind)| StreamEvent::stored(&test_row(*id, kind)))
             .collect()
     }
 
@@ -809,23 +806,23 @@ mod tests {
         let mut wakes = Vec::new();
         let now = Instant::now();
         // Before hyper flushed its head the hub's chunk waits.
-        let first = frames(&[(1, "job.queued"), (2, "job.started")]);
-        socket.push_frames(handed.generation, &first, now, &mut wakes);
+        let first = events(&[(1, "job.queued"), (2, "job.started")]);
+        socket.push_events(handed.generation, &first, now, &mut wakes);
         io.write_all(b"HEAD").await.unwrap();
         assert_eq!(read_exactly(&mut client, 4).await, b"HEAD");
         nothing_more(&mut client).await;
         io.flush().await.unwrap();
-        let expected = &first[1].chunk;
+        let expected = wire::chunk(&first[1]);
         assert_eq!(
             read_exactly(&mut client, expected.len()).await,
             expected[..]
         );
 
         // Duplicates are skipped; the terminal event carries the end of the body.
-        let rest = frames(&[(2, "job.started"), (3, "job.succeeded")]);
-        socket.push_frames(handed.generation, &rest, now, &mut wakes);
-        let expected = [&rest[1].chunk[..], END_CHUNK].concat();
-        assert_eq!(rest[1].last_chunk, expected);
+        let rest = events(&[(2, "job.started"), (3, "job.succeeded")]);
+        socket.push_events(handed.generation, &rest, now, &mut wakes);
+        let expected = [&wire::chunk(&rest[1])[..], END_CHUNK].concat();
+        assert_eq!(wire::last_chunk(&rest[1]), &expected);
         assert_eq!(read_exactly(&mut client, expected.len()).await, expected);
         let end = std::future::poll_fn(|cx| Poll::Ready(socket.poll_end(cx))).await;
         assert_eq!(end, Poll::Ready(End::Finished));
@@ -848,13 +845,13 @@ mod tests {
         let new = socket.hand_off(0);
         io.flush().await.unwrap();
         let mut wakes = Vec::new();
-        let events = frames(&[(5, "turn.edited")]);
-        socket.push_frames(old.generation, &events, Instant::now(), &mut wakes);
+        let events = events(&[(5, "turn.edited")]);
+        socket.push_events(old.generation, &events, Instant::now(), &mut wakes);
         nothing_more(&mut client).await;
-        socket.push_frames(new.generation, &events, Instant::now(), &mut wakes);
+        socket.push_events(new.generation, &events, Instant::now(), &mut wakes);
         assert_eq!(
-            read_exactly(&mut client, events[0].chunk.len()).await,
-            events[0].chunk
+            read_exactly(&mut client, wire::chunk(&events[0]).len()).await,
+            wire::chunk(&events[0])[..]
         );
     }
 
@@ -866,13 +863,13 @@ mod tests {
         io.flush().await.unwrap();
         let mut wakes = Vec::new();
         let now = Instant::now();
-        socket.push_frames(
+        socket.push_events(
             handed.generation,
-            &frames(&[(1, "job.queued")]),
+            &events(&[(1, "job.queued")]),
             now,
             &mut wakes,
         );
-        let sent = frames(&[(1, "job.queued")])[0].chunk.len();
+        let sent = wire::chunk(&events(&[(1, "job.queued")])[0]).len();
         read_exactly(&mut client, sent).await;
         socket.push_comment(handed.generation, now + KEEP_ALIVE / 2, &mut wakes);
         nothing_more(&mut client).await;
@@ -897,8 +894,8 @@ mod tests {
             .await
             .expect("the socket reports the reset");
         let mut wakes = Vec::new();
-        let events = frames(&[(1, "job.queued"), (2, "job.started")]);
-        socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
+        let events = events(&[(1, "job.queued"), (2, "job.started")]);
+        socket.push_events(handed.generation, &events, Instant::now(), &mut wakes);
         let end = std::future::poll_fn(|cx| Poll::Ready(socket.poll_end(cx))).await;
         assert_eq!(end, Poll::Ready(End::Broken));
     }
@@ -910,9 +907,9 @@ mod tests {
         let handed = socket.hand_off(0);
         io.flush().await.unwrap();
         let mut wakes = Vec::new();
-        let events = frames(&[(1, "job.canceled")]);
-        socket.push_frames(handed.generation, &events, Instant::now(), &mut wakes);
-        let sent = &events[0].last_chunk;
+        let events = events(&[(1, "job.canceled")]);
+        socket.push_events(handed.generation, &events, Instant::now(), &mut wakes);
+        let sent = wire::last_chunk(&events[0]);
         assert_eq!(read_exactly(&mut client, sent.len()).await, sent[..]);
         // Hyper writes something other than the end of the body it owes.
         let error = io.write_all(b"1\r\nX\r\n").await.unwrap_err();
@@ -952,8 +949,8 @@ mod tests {
     async fn hyper_ends_a_chunked_body_as_the_hub_does() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let events = frames(&[(1, "job.queued"), (2, "job.succeeded")]);
-        let texts: VecDeque<Bytes> = events.iter().map(|f| f.bytes.clone()).collect();
+        let events = events(&[(1, "job.queued"), (2, "job.succeeded")]);
+        let texts: VecDeque<Bytes> = events.iter().map(wire::sse_text).cloned().collect();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
             let service = hyper::service::service_fn(move |_| {
@@ -982,7 +979,11 @@ mod tests {
         let head = String::from_utf8_lossy(&response[..at]).to_ascii_lowercase();
         assert!(head.contains("transfer-encoding: chunked"), "{head}");
         let body = &response[at + 4..];
-        let expected = [&events[0].chunk[..], &events[1].last_chunk[..]].concat();
+        let expected = [
+            &wire::chunk(&events[0])[..],
+            &wire::last_chunk(&events[1])[..],
+        ]
+        .concat();
         assert_eq!(
             String::from_utf8_lossy(body),
             String::from_utf8_lossy(&expected)

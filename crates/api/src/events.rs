@@ -1,5 +1,10 @@
 //! `GET /v1/jobs/{id}/events`: stored events replayed after `Last-Event-ID`,
 //! then live ones, until the terminal event (docs/architecture.md §4).
+//!
+//! The stream's body is one of the two writers of an event stream: it takes
+//! the typed events of its replay and of the hub (crates/api/src/fanout.rs)
+//! and sends their wire form (crates/api/src/wire.rs) until it hands the
+//! stream to the hub's writers (crates/api/src/direct.rs).
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -12,7 +17,7 @@ use axum::http::{header, HeaderMap, HeaderName, Method, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use bytes::Bytes;
-use editthinker_store::Store;
+use editthinker_store::{EventRow, Store};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::ReusableBoxFuture;
@@ -23,9 +28,10 @@ use crate::auth::{Caller, StreamSlot};
 use crate::direct::{ConnHandle, End, Socket, Untouched};
 use crate::error::ApiError;
 use crate::fanout::{Feed, Subscription};
-pub use crate::frames::public_event_data;
-use crate::frames::{ends_stream_at, stored_frame, Frame, KEEP_ALIVE};
 use crate::jobs::{job_id, owned_row};
+pub use crate::stream_event::public_event_data;
+use crate::stream_event::{ends_stream_at, StreamEvent, KEEP_ALIVE};
+use crate::wire;
 use crate::AppState;
 
 /// Query of the events endpoint.
@@ -110,7 +116,7 @@ pub async fn job_events(
         _open: editthinker_core::metrics::OpenStream::open(),
         position: Position {
             last: after,
-            pending: VecDeque::from([Batch::new(replay.iter().map(stored_frame).collect())]),
+            pending: VecDeque::from([Batch::stored(&replay)]),
             ..Position::default()
         },
         keep_alive: keep_alive_timer(),
@@ -273,16 +279,21 @@ fn keep_alive_timer() -> tokio::time::Interval {
     timer
 }
 
-/// Frames shared with every stream of the job (one read of the hub's, or
+/// Events shared with every stream of the job (one read of the hub's, or
 /// this stream's replay), and how many of them this stream has taken.
 struct Batch {
-    frames: Arc<[Frame]>,
+    events: Arc<[StreamEvent]>,
     taken: usize,
 }
 
 impl Batch {
-    fn new(frames: Arc<[Frame]>) -> Self {
-        Self { frames, taken: 0 }
+    fn new(events: Arc<[StreamEvent]>) -> Self {
+        Self { events, taken: 0 }
+    }
+
+    /// This stream's own read of stored rows.
+    fn stored(rows: &[EventRow]) -> Self {
+        Self::new(rows.iter().map(StreamEvent::stored).collect())
     }
 }
 
@@ -293,7 +304,7 @@ struct Position {
     last: i64,
     pending: VecDeque<Batch>,
     /// Live events (no id) waiting to be sent, oldest first.
-    live: VecDeque<Frame>,
+    live: VecDeque<Arc<StreamEvent>>,
     done: bool,
 }
 
@@ -316,35 +327,36 @@ impl Position {
         if self.done {
             return Step::End;
         }
-        if let Some(frame) = self.live.pop_front() {
+        if let Some(event) = self.live.pop_front() {
             return Step::Send {
-                bytes: frame.bytes,
+                bytes: wire::sse_text(&event).clone(),
                 last: false,
             };
         }
         while let Some(batch) = self.pending.front_mut() {
-            let Some(frame) = batch.frames.get(batch.taken) else {
+            let index = batch.taken;
+            let Some(event) = batch.events.get(index) else {
                 self.pending.pop_front();
                 continue;
             };
             batch.taken += 1;
-            let id = frame.id.unwrap_or(i64::MIN);
+            let id = event.id.unwrap_or(i64::MIN);
             // Drop duplicates: ids only ever increase.
             if id <= self.last {
                 continue;
             }
             self.last = id;
-            let bytes = frame.bytes.clone();
+            let bytes = wire::sse_text(event).clone();
             // A terminal event followed by a stored `job.queued` was a
             // failure retried (`POST /v1/jobs/{id}/retry`): the stream goes on.
-            // (Only a terminal frame is cloned, to look past it.)
-            let terminal = frame.terminal.then(|| frame.clone());
-            if let Some(frame) = terminal {
+            // (Only a terminal event's batch is kept, to look past it.)
+            let terminal = event.is_terminal().then(|| batch.events.clone());
+            if let Some(events) = terminal {
                 let buffered = self
                     .pending
                     .iter()
-                    .flat_map(|batch| batch.frames[batch.taken..].iter());
-                if ends_stream_at(&frame, buffered) {
+                    .flat_map(|batch| batch.events[batch.taken..].iter());
+                if ends_stream_at(&events[index], buffered) {
                     self.done = true;
                     self.pending.clear();
                     self.live.clear();
@@ -360,8 +372,8 @@ impl Position {
 
     fn take(&mut self, feed: Feed) {
         match feed {
-            Feed::Rows(frames) => self.pending.push_back(Batch::new(frames)),
-            Feed::Live(frame) => self.live.push_back(frame),
+            Feed::Rows(events) => self.pending.push_back(Batch::new(events)),
+            Feed::Live(event) => self.live.push_back(event),
         }
     }
 }
@@ -384,7 +396,7 @@ impl Cursor {
             tokio::select! {
                 // A comment keeps gateways and clients from timing the stream out.
                 _ = self.keep_alive.tick() => {
-                    let bytes = Bytes::from_static(b":\n\n");
+                    let bytes = Bytes::from_static(wire::COMMENT);
                     return (Next::Send(Chunk { bytes, last: false }), self);
                 }
                 feed = self.feed.recv() => match feed {
@@ -398,10 +410,7 @@ impl Cursor {
                             "a stream fell behind the hub's feed; it catches up from the table"
                         );
                         match self.store.events_after(self.job, last).await {
-                            Ok(rows) => self
-                                .position
-                                .pending
-                                .push_back(Batch::new(rows.iter().map(stored_frame).collect())),
+                            Ok(rows) => self.position.pending.push_back(Batch::stored(&rows)),
                             Err(e) => {
                                 tracing::warn!(error = %e, job_id = %self.job, "reading events failed");
                                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -432,10 +441,7 @@ impl Cursor {
             ..Position::default()
         };
         match self.store.events_after(self.job, last).await {
-            Ok(rows) => self
-                .position
-                .pending
-                .push_back(Batch::new(rows.iter().map(stored_frame).collect())),
+            Ok(rows) => self.position.pending.push_back(Batch::stored(&rows)),
             // The hub's next read, or its safety net, brings them instead.
             Err(e) => tracing::warn!(error = %e, job_id = %self.job, "reading events failed"),
         }
@@ -446,21 +452,10 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::live_frame;
-    use editthinker_store::EventRow;
-
-    fn row(id: i64, kind: &str) -> EventRow {
-        EventRow {
-            id,
-            job_id: Uuid::nil(),
-            kind: kind.into(),
-            data: serde_json::json!({}),
-            created_at: chrono::Utc::now(),
-        }
-    }
+    use crate::stream_event::test_row as row;
 
     fn rows(rows: Vec<EventRow>) -> Feed {
-        Feed::Rows(rows.iter().map(stored_frame).collect())
+        Feed::Rows(rows.iter().map(StreamEvent::stored).collect())
     }
 
     fn sent(p: &mut Position) -> Vec<String> {
@@ -525,11 +520,11 @@ mod tests {
             row(6, "job.succeeded"),
             row(7, "job.retrying"),
         ]));
-        p.take(Feed::Live(live_frame(
+        p.take(Feed::Live(Arc::new(StreamEvent::live(
             Uuid::nil(),
             "turn.thinking",
             serde_json::json!({"turn": 1, "delta": "hm"}),
-        )));
+        ))));
         assert_eq!(
             sent(&mut p),
             ["live", "5:turn.critiqued", "6:job.succeeded", "end"]

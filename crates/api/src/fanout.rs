@@ -14,6 +14,10 @@
 //! ([`Subscription::hand_off`]): from then on the hub's writer threads
 //! write the job's events straight to its socket (crates/api/src/direct.rs),
 //! and the stream's own task wakes only when the stream ends or lags.
+//!
+//! The hub carries typed events (crates/api/src/stream_event.rs), shared by
+//! every stream of a job; it never frames them: the writers do, through
+//! crates/api/src/wire.rs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,7 +26,7 @@ use std::time::Duration;
 use editthinker_store::{EventRow, Notice, Store};
 
 use crate::direct::{End, HandedStream, Socket, Work, Writers};
-use crate::frames::{live_frame, stored_frame, Frame, KEEP_ALIVE};
+use crate::stream_event::{StreamEvent, KEEP_ALIVE};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -35,15 +39,16 @@ const FEED_CAPACITY: usize = 64;
 /// went unannounced (a NOTIFY lost with a connection).
 pub const SAFETY_NET_EVERY: Duration = Duration::from_secs(15);
 
-/// What a subscriber of one job receives: events already rendered for the
-/// wire, once per process, whatever the number of streams.
+/// What a subscriber of one job receives: events shared by every stream
+/// of the job (and the hub's writers), so each is read and rendered once
+/// per process, whatever the number of streams.
 #[derive(Debug, Clone)]
 pub enum Feed {
     /// New stored events of the job, in id order (may repeat ids already
     /// seen: the subscriber drops those).
-    Rows(Arc<[Frame]>),
+    Rows(Arc<[StreamEvent]>),
     /// A live, unstored event (`turn.thinking`).
-    Live(Frame),
+    Live(Arc<StreamEvent>),
 }
 
 struct JobFeed {
@@ -236,13 +241,13 @@ impl EventHub {
         }
     }
 
-    /// Hands `frames` to the writer threads for the job's handed-off
-    /// streams (called under the job's lock, so the order of reads holds).
-    fn write_direct(&self, feed: &JobFeed, frames: &Arc<[Frame]>) {
+    /// Hands work made by `work` to the writer threads for the job's
+    /// handed-off streams (called under the job's lock, so the order of
+    /// reads holds).
+    fn write_direct(&self, feed: &JobFeed, work: impl Fn(Vec<HandedStream>) -> Work) {
         for (shard, sockets) in feed.direct.iter().enumerate() {
             if !sockets.is_empty() {
-                self.writers
-                    .send(shard, Work::Frames(frames.clone(), sockets.clone()));
+                self.writers.send(shard, work(sockets.clone()));
             }
         }
     }
@@ -310,9 +315,10 @@ impl EventHub {
                     if let Some(last) = rows.last() {
                         feed.delivered = feed.delivered.max(last.id);
                         // No receivers left is fine: the entry goes soon.
-                        let frames: Arc<[Frame]> = rows.iter().map(stored_frame).collect();
-                        self.write_direct(feed, &frames);
-                        let _ = feed.sender.send(Feed::Rows(frames));
+                        let events: Arc<[StreamEvent]> =
+                            rows.iter().map(StreamEvent::stored).collect();
+                        self.write_direct(feed, |streams| Work::Events(events.clone(), streams));
+                        let _ = feed.sender.send(Feed::Rows(events));
                     }
                 }
                 Err(e) => {
@@ -330,11 +336,11 @@ impl EventHub {
     fn live(&self, job: Uuid, kind: String, data: serde_json::Value) {
         let feeds = self.feeds.of(job);
         if let Some(feed) = feeds.get(&job) {
-            let frame = live_frame(job, &kind, data);
+            let event = Arc::new(StreamEvent::live(job, &kind, data));
             if feed.has_direct() {
-                self.write_direct(feed, &Arc::from([frame.clone()]));
+                self.write_direct(feed, |streams| Work::Live(event.clone(), streams));
             }
-            let _ = feed.sender.send(Feed::Live(frame));
+            let _ = feed.sender.send(Feed::Live(event));
         }
     }
 
@@ -472,14 +478,7 @@ mod tests {
             let Feed::Rows(rows) = sub.recv().await.unwrap() else {
                 panic!("stored rows expected");
             };
-            let kinds: Vec<String> = rows
-                .iter()
-                .map(|r| {
-                    let text = std::str::from_utf8(&r.bytes).unwrap();
-                    let line = text.lines().find(|l| l.starts_with("event: ")).unwrap();
-                    line["event: ".len()..].to_owned()
-                })
-                .collect();
+            let kinds: Vec<&str> = rows.iter().map(|r| r.kind.as_str()).collect();
             assert_eq!(kinds, ["job.queued", "job.canceled"]);
         }
         // The last subscriber of a job takes it off the hub.

@@ -204,7 +204,7 @@ async fn wait_until_finished(
         loop {
             match tokio::time::timeout_at(recheck, feed.recv()).await {
                 Ok(Err(RecvError::Closed)) => return Ok(None),
-                Ok(Ok(Feed::Rows(frames))) if frames.iter().any(|f| f.terminal) => break,
+                Ok(Ok(Feed::Rows(events))) if events.iter().any(|e| e.is_terminal()) => break,
                 Ok(Ok(_)) => {}
                 // Time to look again, or fell behind the hub.
                 Err(_) | Ok(Err(RecvError::Lagged(_))) => break,

@@ -7,14 +7,15 @@ pub mod direct;
 pub mod error;
 pub mod events;
 pub mod fanout;
-pub mod frames;
 pub mod intake;
 mod jobs;
 pub mod positions;
 pub mod server;
+pub mod stream_event;
 mod system;
 pub mod ui;
 pub mod views;
+mod wire;
 
 use std::sync::Arc;
 
@@ -461,6 +462,95 @@ mod tests {
                 "{page} is listed as a page but not served"
             );
         }
+    }
+
+    /// The SSE modules and their sources.
+    const SSE_MODULES: [(&str, &str); 6] = [
+        ("stream_event", include_str!("stream_event.rs")),
+        ("wire", include_str!("wire.rs")),
+        ("events", include_str!("events.rs")),
+        ("fanout", include_str!("fanout.rs")),
+        ("direct", include_str!("direct.rs")),
+        ("jobs", include_str!("jobs.rs")),
+    ];
+
+    /// The SSE modules that `source` names as `crate::module` (in `use`
+    /// lines, `use crate::{a, b}` included, or in paths), comments aside.
+    fn sse_modules_used(source: &str) -> BTreeSet<&'static str> {
+        let mut used = BTreeSet::new();
+        for line in source.lines() {
+            let code = line.split("//").next().unwrap_or_default();
+            for (_, rest) in code
+                .match_indices("crate::")
+                .map(|(at, _)| code.split_at(at + 7))
+            {
+                let names = match rest.strip_prefix('{') {
+                    Some(group) => group.split('}').next().unwrap_or_default(),
+                    None => rest,
+                };
+                for name in names.split(',') {
+                    let name: String = name
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if let Some((module, _)) = SSE_MODULES.iter().find(|(m, _)| *m == name) {
+                        used.insert(*module);
+                    }
+                }
+            }
+        }
+        used
+    }
+
+    /// A path of imports from `from` back to `from`, if any.
+    fn cycle_from(
+        from: &'static str,
+        at: &'static str,
+        graph: &std::collections::BTreeMap<&'static str, BTreeSet<&'static str>>,
+        path: &mut Vec<&'static str>,
+    ) -> bool {
+        path.push(at);
+        for next in &graph[at] {
+            if *next == from || (!path.contains(next) && cycle_from(from, next, graph, path)) {
+                path.push(next);
+                return true;
+            }
+        }
+        path.pop();
+        false
+    }
+
+    #[test]
+    fn the_sse_modules_import_one_another_in_no_cycle() {
+        let graph: std::collections::BTreeMap<_, _> = SSE_MODULES
+            .iter()
+            .map(|(module, source)| (*module, sse_modules_used(source)))
+            .collect();
+        for module in graph.keys() {
+            let mut path = Vec::new();
+            assert!(
+                !cycle_from(module, module, &graph, &mut path),
+                "an import cycle: {path:?}"
+            );
+        }
+        // Only the writers see the wire form.
+        for module in ["stream_event", "fanout", "jobs"] {
+            assert!(!graph[module].contains("wire"), "{module} uses wire");
+        }
+        assert!(graph["wire"].contains("stream_event"), "{graph:?}");
+        // The check sees grouped imports and cycles.
+        assert_eq!(
+            sse_modules_used(
+                "use crate::{wire, error::X};\nlet _ = crate::jobs::f(); // crate::fanout"
+            ),
+            BTreeSet::from(["wire", "jobs"])
+        );
+        let looped = std::collections::BTreeMap::from([
+            ("a", BTreeSet::from(["b"])),
+            ("b", BTreeSet::from(["a"])),
+        ]);
+        assert!(cycle_from("a", "a", &looped, &mut Vec::new()));
     }
 
     #[test]
