@@ -15,7 +15,7 @@
 //! 1. `POST /v1/jobs` with a 64×64 PNG (JSON, base64): the jobs stay queued;
 //! 2. `GET /v1/jobs/{id}` of those queued jobs, chosen at random: the read
 //!    with its queue position, on a queue as deep as phase 1 left it;
-//! 3. `GET /v1/jobs/{id}` of BENCH_API_FINISHED (64) jobs that a worker ran
+//! 3. `GET /v1/jobs/{id}` of BENCH_API_FINISHED (200) jobs that a worker ran
 //!    to the end (two turns each) before the measurement, with an instant
 //!    fake editor and thinker, and was then stopped.
 //!
@@ -51,7 +51,7 @@ async fn main() {
     let connections = env_or("BENCH_API_CONNECTIONS", 32);
     let seconds = Duration::from_secs(env_or("BENCH_API_SECONDS", 10) as u64);
     let tenants = env_or("BENCH_API_TENANTS", 1000).max(1);
-    let finished = env_or("BENCH_API_FINISHED", 64);
+    let finished = env_or("BENCH_API_FINISHED", 200);
 
     let env = TestEnv::new(Backend::Postgres).await;
     let editor = FakeEditor::start().await;
@@ -72,7 +72,9 @@ async fn main() {
 
     // Jobs run to the end by a worker, then the worker stops.
     let finished_ids = {
-        let worker = Service::start_with_env("worker", &env.config("worker", &backends), &quiet);
+        let worker_env = [quiet[0], ("EDITTHINKER_WORKER__CONCURRENCY", "8")];
+        let worker =
+            Service::start_with_env("worker", &env.config("worker", &backends), &worker_env);
         let client = reqwest::Client::new();
         let mut ids = Vec::with_capacity(finished);
         for n in 0..finished {

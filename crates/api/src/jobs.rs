@@ -360,8 +360,11 @@ async fn insert(
     };
     editthinker_core::metrics::job_created();
     tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
+    // No queue position in the create's answer: ranking a new job costs
+    // the database as much as the queue is deep, on the hottest write
+    // path; a read of the job has it (docs/api.md).
     let read = JobWithTurns {
-        jobs_ahead: state.store.jobs_ahead(row.id).await?,
+        jobs_ahead: None,
         job: row,
         turns: Vec::new(),
     };
@@ -413,25 +416,35 @@ fn job_json(state: &AppState, read: &JobWithTurns) -> Job {
 }
 
 /// The caller's job `id` with its turns and, with `position`, its place in
-/// the queue, from this process's snapshot when it holds the job
-/// (crates/api/src/positions.rs): one query
-/// ([`editthinker_store::Store::job_with_turns`]).
+/// the queue: one query ([`editthinker_store::Store::job_with_turns`]),
+/// which ranks the job itself only when this process's snapshot
+/// (crates/api/src/positions.rs) cannot tell; a second one for a job queued
+/// since the snapshot was taken.
 async fn read_job(
     state: &AppState,
     caller: &Caller,
     id: Uuid,
     position: bool,
 ) -> Result<JobWithTurns, ApiError> {
-    let cached = position.then(|| state.positions.ahead(id)).flatten();
+    use crate::positions::Position;
+    let known = if position {
+        state.positions.of(id)
+    } else {
+        Position::NotQueued
+    };
     let mut read = state
         .store
-        .job_with_turns(id, &caller.tenant, position && cached.is_none())
+        .job_with_turns(id, &caller.tenant, known == Position::Unknown)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    if position && read.job.status == JobStatus::Queued {
-        match cached {
-            Some(ahead) => read.jobs_ahead = Some(ahead),
-            None => state.positions.missed(),
+    if read.job.status == JobStatus::Queued {
+        match known {
+            Position::Ahead(ahead) => read.jobs_ahead = Some(ahead),
+            // Queued since the snapshot was taken.
+            Position::NotQueued if position => {
+                read.jobs_ahead = state.store.jobs_ahead(id).await?;
+            }
+            Position::NotQueued | Position::Unknown => {}
         }
     }
     Ok(read)

@@ -4,11 +4,12 @@
 //! proportion to the queue, so a read of a queued job that ranked it each
 //! time would slow down as the queue grows. Instead each API process ranks
 //! the first [`SNAPSHOT_JOBS`] queued jobs in one query, at most once per
-//! [`SNAPSHOT_MAX_AGE`] and only while queued jobs are being read; a read
-//! finds its job's position there and stays one round trip. A job the
-//! snapshot does not hold (queued since it was taken, or further back) is
-//! ranked by the read's own query
-//! ([`editthinker_store::Store::job_with_turns`]).
+//! [`REFRESH_AFTER`] and only while jobs are being read; a read finds
+//! its job's position there, or that the job was not queued, and stays one
+//! plain query. Without a fresh snapshot, or for a job further back than
+//! its front, the read ranks its job in its own query
+//! ([`editthinker_store::Store::job_with_turns`]); a job queued since the
+//! snapshot was taken costs a second query (crates/api/src/jobs.rs).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,18 +19,36 @@ use std::time::{Duration, Instant};
 use editthinker_store::Store;
 use uuid::Uuid;
 
-/// How old a snapshot may be and still answer: a position is at most this
-/// stale (claims do not change positions; a job finishing or a new
-/// tenant's job can).
-pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+/// How old a snapshot gets before a read that uses it starts a new
+/// ranking in the background.
+pub const REFRESH_AFTER: Duration = Duration::from_secs(1);
+
+/// How old a snapshot may be and still answer, while the next ranking is
+/// under way: a position is at most this stale (claims do not change
+/// positions; a job finishing or a new tenant's job can).
+pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(2);
 
 /// Queued jobs a snapshot ranks, from the front of the queue.
-pub const SNAPSHOT_JOBS: u32 = 10_000;
+pub const SNAPSHOT_JOBS: u32 = 100_000;
 
 /// The front of the queue as last ranked.
 struct Snapshot {
     taken: Instant,
     ahead: HashMap<Uuid, u64>,
+    /// Every queued job was ranked (fewer than [`SNAPSHOT_JOBS`]).
+    complete: bool,
+}
+
+/// What a snapshot says about one job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Queued, with this many jobs ahead of it.
+    Ahead(u64),
+    /// Not queued when the snapshot was taken (though it may have been
+    /// queued since).
+    NotQueued,
+    /// No fresh snapshot, or one that ranked only the queue's front.
+    Unknown,
 }
 
 /// This process's snapshot of queue positions.
@@ -40,7 +59,7 @@ pub struct QueuePositions {
 }
 
 impl QueuePositions {
-    /// No snapshot yet: the first read of a queued job takes one.
+    /// No snapshot yet: the first read that asks takes one.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
             store,
@@ -49,29 +68,29 @@ impl QueuePositions {
         }
     }
 
-    /// How many queued jobs claims take before `id`, when a snapshot at
-    /// most [`SNAPSHOT_MAX_AGE`] old holds it.
-    pub fn ahead(&self, id: Uuid) -> Option<u64> {
-        let snapshot = self.snapshot.read().expect("positions lock");
-        snapshot
-            .as_ref()
-            .filter(|s| s.taken.elapsed() < SNAPSHOT_MAX_AGE)
-            .and_then(|s| s.ahead.get(&id).copied())
-    }
-
-    /// A queued job was read without a position from the snapshot: when
-    /// the snapshot is missing or stale, ranks the queue's front anew in
-    /// the background (one ranking at a time), for the reads after it.
-    pub fn missed(self: &Arc<Self>) {
-        let fresh = self
-            .snapshot
-            .read()
-            .expect("positions lock")
-            .as_ref()
-            .is_some_and(|s| s.taken.elapsed() < SNAPSHOT_MAX_AGE);
-        if !fresh {
+    /// What a snapshot at most [`SNAPSHOT_MAX_AGE`] old says about `id`.
+    /// A snapshot older than [`REFRESH_AFTER`], or none, starts a new
+    /// ranking in the background (one at a time), for the reads after this
+    /// one; meanwhile the older snapshot keeps answering.
+    pub fn of(self: &Arc<Self>, id: Uuid) -> Position {
+        let (known, age) = {
+            let snapshot = self.snapshot.read().expect("positions lock");
+            match snapshot.as_ref() {
+                Some(s) if s.taken.elapsed() < SNAPSHOT_MAX_AGE => {
+                    let known = match s.ahead.get(&id) {
+                        Some(ahead) => Position::Ahead(*ahead),
+                        None if s.complete => Position::NotQueued,
+                        None => Position::Unknown,
+                    };
+                    (known, Some(s.taken.elapsed()))
+                }
+                _ => (Position::Unknown, None),
+            }
+        };
+        if age.is_none_or(|age| age >= REFRESH_AFTER) {
             self.refresh();
         }
+        known
     }
 
     /// Ranks the queue's front in the background unless a ranking is
@@ -87,15 +106,82 @@ impl QueuePositions {
                 Ok(ranked) => {
                     let snapshot = Snapshot {
                         taken,
+                        complete: ranked.len() < SNAPSHOT_JOBS as usize,
                         ahead: ranked.into_iter().collect(),
                     };
                     *this.snapshot.write().expect("positions lock") = Some(snapshot);
                 }
-                // Reads rank their own jobs meanwhile; the next read of a
-                // queued job tries again.
+                // Reads rank their own jobs meanwhile; the next read that
+                // finds no fresh snapshot tries again.
                 Err(e) => tracing::warn!(error = %e, "ranking the queue failed"),
             }
             this.refreshing.store(false, Ordering::Release);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use editthinker_store::{NewJob, SqliteStore};
+
+    async fn queued(store: &Arc<dyn Store>) -> Uuid {
+        let id = Uuid::now_v7();
+        store
+            .insert_job(NewJob {
+                id,
+                tenant: "t".into(),
+                active_limit: None,
+                instruction: "x".into(),
+                editor: "e".into(),
+                options: serde_json::json!({}),
+                metadata: serde_json::json!({}),
+                source_key: format!("jobs/{id}/source.png"),
+                source_mime: "image/png".into(),
+                max_attempts: 1,
+                priority: 0,
+                webhook: None,
+                deadline_seconds: None,
+                traceparent: None,
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    /// The first look starts a ranking and knows nothing; later looks
+    /// answer from it until it is older than [`SNAPSHOT_MAX_AGE`]; a job
+    /// queued since is "not queued" by the snapshot, which the caller
+    /// checks against the job's status.
+    #[tokio::test]
+    async fn positions_come_from_a_fresh_snapshot_taken_on_demand() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::connect(&format!("sqlite://{}/p.db", dir.path().display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let store: Arc<dyn Store> = Arc::new(store);
+        let first = queued(&store).await;
+        let second = queued(&store).await;
+        let positions = Arc::new(QueuePositions::new(store.clone()));
+        assert_eq!(positions.of(first), Position::Unknown);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while positions.of(second) == Position::Unknown {
+            assert!(Instant::now() < deadline, "no snapshot was taken");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(positions.of(first), Position::Ahead(0));
+        assert_eq!(positions.of(second), Position::Ahead(1));
+        let third = queued(&store).await;
+        assert_eq!(positions.of(third), Position::NotQueued);
+        // Past REFRESH_AFTER the old snapshot answers while a new one is
+        // taken.
+        tokio::time::sleep(REFRESH_AFTER).await;
+        assert_ne!(positions.of(third), Position::Unknown);
+        while positions.of(third) == Position::NotQueued {
+            assert!(Instant::now() < deadline, "no second snapshot");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(positions.of(third), Position::Ahead(2));
     }
 }

@@ -40,7 +40,8 @@ pub struct Job {
     /// Claim priority, −10 to 10: higher runs first.
     #[schema(minimum = -10, maximum = 10)]
     pub priority: i32,
-    /// While queued: 1 when the job is claimed next; `null` otherwise.
+    /// While queued: 1 when the job is claimed next (up to two seconds old);
+    /// `null` otherwise, and in the answer to the create itself.
     pub queue_position: Option<u64>,
     /// When the job must be done by (`options.deadline_seconds` after
     /// creation), if it has a deadline.

@@ -766,10 +766,9 @@ impl Store for SqliteStore {
         tenant: &str,
         position: bool,
     ) -> StoreResult<Option<JobWithTurns>> {
-        let rows = sqlx::query(&crate::job_with_turns_sql("?1", "?2", "?3"))
+        let rows = sqlx::query(&crate::job_with_turns_sql("?1", "?2", position))
             .bind(id.to_string())
             .bind(tenant)
-            .bind(position)
             .fetch_all(&self.pool)
             .await?;
         let Some(first) = rows.first() else {
