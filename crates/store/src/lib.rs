@@ -430,7 +430,9 @@ fn queue_positions_sql(limit: &str) -> String {
 /// ([`JOINED_TURN`]) and `ahead`. With `position`, `ahead` is computed
 /// when the job is queued; without, it is NULL and the statement is a
 /// plain join (Postgres sets up the plan of every expression of a
-/// statement, computed or not, for each execution).
+/// statement, computed or not, for each execution). The rows come in no
+/// particular order (a sort would cost each read more than sorting a
+/// handful of turns afterwards).
 fn job_with_turns_sql(id: &str, tenant: &str, position: bool) -> String {
     const TURN_COLUMNS: &str = "t.job_id AS turn_job_id, t.idx AS turn_idx, \
          t.instruction AS turn_instruction, t.image_key AS turn_image_key, \
@@ -442,13 +444,13 @@ fn job_with_turns_sql(id: &str, tenant: &str, position: bool) -> String {
         return format!(
             "SELECT job.*, CAST(NULL AS BIGINT) AS ahead, {TURN_COLUMNS} \
              FROM jobs job LEFT JOIN turns t ON t.job_id = job.id \
-             WHERE job.id = {id} AND job.tenant = {tenant} ORDER BY t.idx"
+             WHERE job.id = {id} AND job.tenant = {tenant}"
         );
     }
     format!(
         "WITH job AS (SELECT * FROM jobs WHERE id = {id} AND tenant = {tenant}), {} \
          SELECT job.*, {JOBS_AHEAD} AS ahead, {TURN_COLUMNS} \
-         FROM job LEFT JOIN turns t ON t.job_id = job.id ORDER BY t.idx",
+         FROM job LEFT JOIN turns t ON t.job_id = job.id",
         jobs_ahead_ctes("SELECT id, priority FROM job WHERE status = 'queued'")
     )
 }

@@ -783,6 +783,7 @@ impl Store for SqliteStore {
                 turns.push(turn_from_row(row, &crate::JOINED_TURN)?);
             }
         }
+        turns.sort_unstable_by_key(|t| t.index);
         Ok(Some(JobWithTurns {
             job: job_from_row(first)?,
             turns,
