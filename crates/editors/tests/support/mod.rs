@@ -284,11 +284,20 @@ impl FakeProvider {
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let url = format!("http://{}", socket.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+        let task = if delay.is_zero() {
+            // Listening before the first request is sent: a spawned task
+            // may not have run yet when the client connects (a loaded
+            // machine refused a test's first attempts and spent its
+            // retries).
             let listener = socket.listen(1024).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() })
+        } else {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let listener = socket.listen(1024).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            })
+        };
         Self { url, state, task }
     }
 
