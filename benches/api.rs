@@ -146,36 +146,25 @@ async fn main() {
     let queued: Arc<Vec<(usize, String)>> = Arc::new(std::mem::take(&mut *created.lock().unwrap()));
     assert!(!queued.is_empty(), "no create succeeded: {post:?}");
 
-    let get_queued = {
-        let pick = queued.clone();
-        run_load(
-            addr,
-            connections,
-            seconds,
-            move |seq| {
-                let (n, id) = &pick[scatter(seq) % pick.len()];
-                (*n, get_request(&tenant(*n, tenants), id))
-            },
-            |_, status, body| status == 200 && body_has(body, "\"queue_position\":"),
-        )
-        .await
-    };
+    let get_queued = get_phase(
+        addr,
+        connections,
+        seconds,
+        tenants,
+        queued.clone(),
+        "\"queue_position\":",
+    )
+    .await;
     let get_queued_xacts = stats.since_last().await;
-
-    let get_finished = {
-        let pick = Arc::new(finished_ids);
-        run_load(
-            addr,
-            connections,
-            seconds,
-            move |seq| {
-                let (n, id) = &pick[scatter(seq) % pick.len()];
-                (*n, get_request(&tenant(*n, tenants), id))
-            },
-            |_, status, body| status == 200 && body_has(body, "\"succeeded\""),
-        )
-        .await
-    };
+    let get_finished = get_phase(
+        addr,
+        connections,
+        seconds,
+        tenants,
+        Arc::new(finished_ids),
+        "\"succeeded\"",
+    )
+    .await;
     let get_finished_xacts = stats.since_last().await;
     drop(api);
     stats.close().await;
@@ -248,6 +237,29 @@ fn post_request(tenant: &str, body: &str) -> Vec<u8> {
 fn get_request(tenant: &str, id: &str) -> Vec<u8> {
     format!("GET /v1/jobs/{id} HTTP/1.1\r\nhost: bench\r\nx-tenant-id: {tenant}\r\n\r\n")
         .into_bytes()
+}
+
+/// A phase of `GET /v1/jobs/{id}` over `jobs` (tenant, id), picked at
+/// random; an answer counts when it is 200 and holds `expect`.
+async fn get_phase(
+    addr: SocketAddr,
+    connections: usize,
+    length: Duration,
+    tenants: usize,
+    jobs: Arc<Vec<(usize, String)>>,
+    expect: &'static str,
+) -> LoadResult {
+    run_load(
+        addr,
+        connections,
+        length,
+        move |seq| {
+            let (n, id) = &jobs[scatter(seq) % jobs.len()];
+            (*n, get_request(&tenant(*n, tenants), id))
+        },
+        move |_, status, body| status == 200 && body_has(body, expect),
+    )
+    .await
 }
 
 /// Polls a job until it is finished (two minutes at most).

@@ -455,6 +455,30 @@ fn job_with_turns_sql(id: &str, tenant: &str, position: bool) -> String {
     )
 }
 
+/// Assembles [`Store::job_with_turns`]'s answer from the rows of
+/// [`job_with_turns_sql`], whichever driver read them: the job and `ahead`
+/// from the first row, a turn from each row that has one, turns in order.
+fn job_with_turns_from_rows<R>(
+    rows: &[R],
+    job: impl Fn(&R) -> StoreResult<JobRow>,
+    turn: impl Fn(&R) -> StoreResult<Option<TurnRow>>,
+    ahead: impl Fn(&R) -> StoreResult<Option<u64>>,
+) -> StoreResult<Option<JobWithTurns>> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut turns = rows
+        .iter()
+        .filter_map(|row| turn(row).transpose())
+        .collect::<StoreResult<Vec<_>>>()?;
+    turns.sort_unstable_by_key(|t| t.index);
+    Ok(Some(JobWithTurns {
+        job: job(first)?,
+        turns,
+        jobs_ahead: ahead(first)?,
+    }))
+}
+
 /// Column names of a turn in a result row.
 struct TurnColumns {
     job_id: &'static str,

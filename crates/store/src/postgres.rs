@@ -1,6 +1,7 @@
 //! The Postgres backend: production, shared by many API and worker replicas.
 
 use std::sync::Arc;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +24,17 @@ use crate::{
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// The job read's statements, without and with the position
+/// ([`crate::job_with_turns_sql`]), built once.
+static JOB_WITH_TURNS: LazyLock<[String; 2]> =
+    LazyLock::new(|| [false, true].map(|p| crate::job_with_turns_sql("$1", "$2", p)));
+
+/// [`crate::jobs_ahead_sql`], built once.
+static JOBS_AHEAD: LazyLock<String> = LazyLock::new(|| crate::jobs_ahead_sql("$1"));
+
+/// [`crate::queue_positions_sql`], built once.
+static QUEUE_POSITIONS: LazyLock<String> = LazyLock::new(|| crate::queue_positions_sql("$1"));
 
 /// The NOTIFY channel carrying `<job_id>,<event_id>,<type>` payloads.
 pub const CHANNEL: &str = "editthinker_events";
@@ -304,18 +316,21 @@ fn event_notify() -> String {
 /// Writes an event row, its webhook delivery and its NOTIFY in one
 /// statement ([`event_ctes`]).
 async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
-    let id: i64 = sqlx::query_scalar(&format!(
-        "WITH target AS (SELECT id, webhook FROM jobs WHERE id = $1), {} \
-         SELECT event.id FROM event {}",
-        event_ctes("target", "$2", "$3", "$4"),
-        event_notify()
-    ))
-    .bind(job_id)
-    .bind(kind)
-    .bind(data)
-    .bind(Uuid::now_v7())
-    .fetch_one(&mut *conn)
-    .await?;
+    static EMIT: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH target AS (SELECT id, webhook FROM jobs WHERE id = $1), {} \
+             SELECT event.id FROM event {}",
+            event_ctes("target", "$2", "$3", "$4"),
+            event_notify()
+        )
+    });
+    let id: i64 = sqlx::query_scalar(&EMIT)
+        .bind(job_id)
+        .bind(kind)
+        .bind(data)
+        .bind(Uuid::now_v7())
+        .fetch_one(&mut *conn)
+        .await?;
     Ok(id)
 }
 
@@ -352,39 +367,42 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
             .execute(&mut *conn)
             .await?;
     }
-    let row = sqlx::query(&format!(
-        "WITH job AS (\
-             INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
-                 source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
-                 deadline_at, tenant, traceparent) \
-             SELECT $1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
-                 now() + $11 * interval '1 second', $12, $13 \
-             WHERE $14::bigint IS NULL OR (SELECT count(*) FROM jobs \
-                 WHERE tenant = $12 AND status IN ('queued', 'running')) < $14 \
-             RETURNING *), {} \
-         SELECT job.* FROM job JOIN event ON event.job_id = job.id {}",
-        event_ctes("job", "$15", "$16", "$17"),
-        event_notify()
-    ))
-    .bind(job.id)
-    .bind(&job.instruction)
-    .bind(&job.editor)
-    .bind(&job.options)
-    .bind(&job.metadata)
-    .bind(&job.source_key)
-    .bind(&job.source_mime)
-    .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
-    .bind(job.priority)
-    .bind(&job.webhook)
-    .bind(job.deadline_seconds.map(f64::from))
-    .bind(&job.tenant)
-    .bind(&job.traceparent)
-    .bind(job.active_limit.map(i64::from))
-    .bind(event_type::JOB_QUEUED)
-    .bind(payload::queued())
-    .bind(Uuid::now_v7())
-    .fetch_optional(&mut *conn)
-    .await?;
+    static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH job AS (\
+                 INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
+                     source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
+                     deadline_at, tenant, traceparent) \
+                 SELECT $1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
+                     now() + $11 * interval '1 second', $12, $13 \
+                 WHERE $14::bigint IS NULL OR (SELECT count(*) FROM jobs \
+                     WHERE tenant = $12 AND status IN ('queued', 'running')) < $14 \
+                 RETURNING *), {} \
+             SELECT job.* FROM job JOIN event ON event.job_id = job.id {}",
+            event_ctes("job", "$15", "$16", "$17"),
+            event_notify()
+        )
+    });
+    let row = sqlx::query(&INSERT_JOB)
+        .bind(job.id)
+        .bind(&job.instruction)
+        .bind(&job.editor)
+        .bind(&job.options)
+        .bind(&job.metadata)
+        .bind(&job.source_key)
+        .bind(&job.source_mime)
+        .bind(i32::try_from(job.max_attempts).unwrap_or(i32::MAX))
+        .bind(job.priority)
+        .bind(&job.webhook)
+        .bind(job.deadline_seconds.map(f64::from))
+        .bind(&job.tenant)
+        .bind(&job.traceparent)
+        .bind(job.active_limit.map(i64::from))
+        .bind(event_type::JOB_QUEUED)
+        .bind(payload::queued())
+        .bind(Uuid::now_v7())
+        .fetch_optional(&mut *conn)
+        .await?;
     match (row, job.active_limit) {
         (Some(row), _) => job_from_row(&row),
         (None, Some(limit)) => Err(StoreError::ActiveJobsLimit {
@@ -801,7 +819,7 @@ impl Store for PgStore {
     }
 
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
-        let ahead: Option<i64> = sqlx::query_scalar(&crate::jobs_ahead_sql("$1"))
+        let ahead: Option<i64> = sqlx::query_scalar(&JOBS_AHEAD)
             .bind(id)
             .fetch_one(&self.pool)
             .await?;
@@ -809,7 +827,7 @@ impl Store for PgStore {
     }
 
     async fn queue_positions(&self, limit: u32) -> StoreResult<Vec<(Uuid, u64)>> {
-        sqlx::query(&crate::queue_positions_sql("$1"))
+        sqlx::query(&QUEUE_POSITIONS)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?
@@ -829,32 +847,28 @@ impl Store for PgStore {
         tenant: &str,
         position: bool,
     ) -> StoreResult<Option<JobWithTurns>> {
-        let rows = sqlx::query(&crate::job_with_turns_sql("$1", "$2", position))
+        let rows = sqlx::query(&JOB_WITH_TURNS[usize::from(position)])
             .bind(id)
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let mut turns = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if row
-                .try_get::<Option<i32>, _>(crate::JOINED_TURN.idx)?
-                .is_some()
-            {
-                turns.push(turn_from_row(row, &crate::JOINED_TURN)?);
-            }
-        }
-        turns.sort_unstable_by_key(|t| t.index);
-        Ok(Some(JobWithTurns {
-            job: job_from_row(first)?,
-            turns,
-            jobs_ahead: first
-                .try_get::<Option<i64>, _>("ahead")?
-                .map(|n| to_u64(n, "jobs ahead"))
-                .transpose()?,
-        }))
+        crate::job_with_turns_from_rows(
+            &rows,
+            job_from_row,
+            |row| {
+                let has_turn = row
+                    .try_get::<Option<i32>, _>(crate::JOINED_TURN.idx)?
+                    .is_some();
+                has_turn
+                    .then(|| turn_from_row(row, &crate::JOINED_TURN))
+                    .transpose()
+            },
+            |row| {
+                row.try_get::<Option<i64>, _>("ahead")?
+                    .map(|n| to_u64(n, "jobs ahead"))
+                    .transpose()
+            },
+        )
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {

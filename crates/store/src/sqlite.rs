@@ -5,6 +5,7 @@
 //! when a read lock cannot be upgraded. Notices go out after the commit.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +30,17 @@ use crate::{
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// The job read's statements, without and with the position
+/// ([`crate::job_with_turns_sql`]), built once.
+static JOB_WITH_TURNS: LazyLock<[String; 2]> =
+    LazyLock::new(|| [false, true].map(|p| crate::job_with_turns_sql("?1", "?2", p)));
+
+/// [`crate::jobs_ahead_sql`], built once.
+static JOBS_AHEAD: LazyLock<String> = LazyLock::new(|| crate::jobs_ahead_sql("?1"));
+
+/// [`crate::queue_positions_sql`], built once.
+static QUEUE_POSITIONS: LazyLock<String> = LazyLock::new(|| crate::queue_positions_sql("?1"));
 
 /// Capacity of the in-process notice broadcast.
 const NOTICE_CAPACITY: usize = 1024;
@@ -738,7 +750,7 @@ impl Store for SqliteStore {
     }
 
     async fn jobs_ahead(&self, id: Uuid) -> StoreResult<Option<u64>> {
-        let ahead: Option<i64> = sqlx::query_scalar(&crate::jobs_ahead_sql("?1"))
+        let ahead: Option<i64> = sqlx::query_scalar(&JOBS_AHEAD)
             .bind(id.to_string())
             .fetch_one(&self.pool)
             .await?;
@@ -746,7 +758,7 @@ impl Store for SqliteStore {
     }
 
     async fn queue_positions(&self, limit: u32) -> StoreResult<Vec<(Uuid, u64)>> {
-        sqlx::query(&crate::queue_positions_sql("?1"))
+        sqlx::query(&QUEUE_POSITIONS)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?
@@ -766,32 +778,28 @@ impl Store for SqliteStore {
         tenant: &str,
         position: bool,
     ) -> StoreResult<Option<JobWithTurns>> {
-        let rows = sqlx::query(&crate::job_with_turns_sql("?1", "?2", position))
+        let rows = sqlx::query(&JOB_WITH_TURNS[usize::from(position)])
             .bind(id.to_string())
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        let Some(first) = rows.first() else {
-            return Ok(None);
-        };
-        let mut turns = Vec::with_capacity(rows.len());
-        for row in &rows {
-            if row
-                .try_get::<Option<i64>, _>(crate::JOINED_TURN.idx)?
-                .is_some()
-            {
-                turns.push(turn_from_row(row, &crate::JOINED_TURN)?);
-            }
-        }
-        turns.sort_unstable_by_key(|t| t.index);
-        Ok(Some(JobWithTurns {
-            job: job_from_row(first)?,
-            turns,
-            jobs_ahead: first
-                .try_get::<Option<i64>, _>("ahead")?
-                .map(|n| to_u64(n, "jobs ahead"))
-                .transpose()?,
-        }))
+        crate::job_with_turns_from_rows(
+            &rows,
+            job_from_row,
+            |row| {
+                let has_turn = row
+                    .try_get::<Option<i64>, _>(crate::JOINED_TURN.idx)?
+                    .is_some();
+                has_turn
+                    .then(|| turn_from_row(row, &crate::JOINED_TURN))
+                    .transpose()
+            },
+            |row| {
+                row.try_get::<Option<i64>, _>("ahead")?
+                    .map(|n| to_u64(n, "jobs ahead"))
+                    .transpose()
+            },
+        )
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
