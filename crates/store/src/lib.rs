@@ -11,6 +11,7 @@ mod blobs;
 mod classify;
 mod clean;
 mod model;
+mod notifier;
 mod payload;
 mod postgres;
 mod sqlite;

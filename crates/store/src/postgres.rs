@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::model::event_type;
+use crate::notifier::Notifier;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
@@ -60,17 +61,24 @@ const FENCE: &str = "SELECT attempt, max_attempts, cancel_requested FROM jobs \
 pub struct PgStore {
     pool: PgPool,
     notices: broadcast::Sender<Notice>,
-    _listener: Arc<ListenerTask>,
+    /// Sends the NOTIFYs of creates after they commit.
+    notifier: Arc<Notifier>,
+    _tasks: Arc<[AbortOnDrop; 2]>,
 }
 
-/// Stops the LISTEN task when the last store clone goes away.
-struct ListenerTask(JoinHandle<()>);
+/// Stops a background task (the LISTEN loop, the notifier) when the last
+/// store clone goes away.
+struct AbortOnDrop(JoinHandle<()>);
 
-impl Drop for ListenerTask {
+impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
 }
+
+/// How long a pooled connection may sit idle and still be handed out
+/// without a ping first.
+const PING_IDLE_AFTER: Duration = Duration::from_secs(1);
 
 impl PgStore {
     /// Connects a pool and the LISTEN connection that feeds
@@ -93,15 +101,31 @@ impl PgStore {
             .max_connections(16)
             // Covers connecting too: an unreachable server fails fast.
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection it hands out by default: a round
+            // trip before every query, as many as the query's own on a hot
+            // read. A connection is pinged when it goes back to the pool
+            // anyway, so only one that sat idle for a while (a server
+            // restart in between would have closed it) is pinged again.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IDLE_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_with(options)
             .await?;
         let listener = connect_listener(url).await?;
         let (notices, _) = broadcast::channel(NOTICE_CAPACITY);
-        let task = tokio::spawn(listen_loop(url.to_owned(), listener, notices.clone()));
+        let listen = tokio::spawn(listen_loop(url.to_owned(), listener, notices.clone()));
+        let (notifier, send) = Notifier::spawn(pool.clone(), CHANNEL);
         Ok(Self {
             pool,
             notices,
-            _listener: Arc::new(ListenerTask(task)),
+            notifier,
+            _tasks: Arc::new([AbortOnDrop(listen), AbortOnDrop(send)]),
         })
     }
 
@@ -353,20 +377,16 @@ fn replay_or_reuse(row: &PgRow, digest: &str) -> StoreResult<IdempotentInsert> {
 /// key of `pg_advisory_xact_lock(int, int)`).
 const ACTIVE_LIMIT_LOCK: i32 = 0x4554_0001;
 
-/// Inserts a queued job, its `job.queued` event, its webhook delivery and
-/// its NOTIFY in one statement, in `conn`'s transaction. With
-/// `job.active_limit`, the tenant's active jobs are counted in that
-/// statement, after a per-tenant lock taken by the statement before it (two
-/// replicas inserting for one tenant take turns, so the count one checks
-/// includes the job the other committed).
-async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<JobRow> {
-    if job.active_limit.is_some() {
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(ACTIVE_LIMIT_LOCK)
-            .bind(&job.tenant)
-            .execute(&mut *conn)
-            .await?;
-    }
+/// Inserts a queued job, its `job.queued` event and its webhook delivery
+/// in one statement (on its own, its own transaction: one round trip), and
+/// returns the job with the NOTIFY payload of its event, for the caller to
+/// hand to the [`Notifier`] once the transaction committed. With `job.active_limit`, the tenant's active jobs are counted in
+/// that statement by `editthinker_active_jobs_locked`
+/// (migrations/postgres/0010_active_jobs_locked.sql), after it takes a
+/// per-tenant lock held to the end of the transaction: two replicas
+/// inserting for one tenant take turns, so the count one checks includes
+/// the job the other committed.
+async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<(JobRow, String)> {
     static INSERT_JOB: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH job AS (\
@@ -375,12 +395,12 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
                      deadline_at, tenant, traceparent) \
                  SELECT $1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
                      now() + $11 * interval '1 second', $12, $13 \
-                 WHERE $14::bigint IS NULL OR (SELECT count(*) FROM jobs \
-                     WHERE tenant = $12 AND status IN ('queued', 'running')) < $14 \
+                 WHERE CASE WHEN $14::bigint IS NULL THEN true \
+                     ELSE editthinker_active_jobs_locked($18, $12) < $14 END \
                  RETURNING *), {} \
-             SELECT job.* FROM job JOIN event ON event.job_id = job.id {}",
+             SELECT job.*, {} AS notify_payload FROM job JOIN event ON event.job_id = job.id",
             event_ctes("job", "$15", "$16", "$17"),
-            event_notify()
+            payload::NOTIFY_PAYLOAD_SQL
         )
     });
     let row = sqlx::query(&INSERT_JOB)
@@ -401,10 +421,11 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<Job
         .bind(event_type::JOB_QUEUED)
         .bind(payload::queued())
         .bind(Uuid::now_v7())
+        .bind(ACTIVE_LIMIT_LOCK)
         .fetch_optional(&mut *conn)
         .await?;
     match (row, job.active_limit) {
-        (Some(row), _) => job_from_row(&row),
+        (Some(row), _) => Ok((job_from_row(&row)?, row.try_get("notify_payload")?)),
         (None, Some(limit)) => Err(StoreError::ActiveJobsLimit {
             tenant: job.tenant,
             limit,
@@ -595,15 +616,10 @@ impl Store for PgStore {
     }
 
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
-        if job.active_limit.is_none() {
-            // One statement is its own transaction: one round trip.
-            let mut conn = self.pool.acquire().await?;
-            return insert_job_row(&mut conn, job).await;
-        }
-        let mut tx = self.pool.begin().await?;
-        let job = insert_job_row(&mut tx, job).await?;
-        tx.commit().await?;
-        Ok(job)
+        let mut conn = self.pool.acquire().await?;
+        let (row, notice) = insert_job_row(&mut conn, job).await?;
+        self.notifier.send(notice);
+        Ok(row)
     }
 
     async fn insert_job_idempotent(
@@ -639,8 +655,9 @@ impl Store for PgStore {
         if claimed {
             // The key's foreign key is checked at commit (DEFERRABLE), after
             // the job row is in.
-            let row = insert_job_row(&mut tx, job).await?;
+            let (row, notice) = insert_job_row(&mut tx, job).await?;
             tx.commit().await?;
+            self.notifier.send(notice);
             return Ok(IdempotentInsert::Created(row));
         }
         let existing = sqlx::query(
