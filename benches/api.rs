@@ -2,7 +2,7 @@
 //! it by hand).
 //!
 //!     cargo bench --bench api
-//!     BENCH_API_CONNECTIONS=64 BENCH_API_SECONDS=20 cargo bench --bench api
+//!     BENCH_API_CONNECTIONS=64 BENCH_API_SECONDS=10 BENCH_API_ROUNDS=5 cargo bench --bench api
 //!
 //! Starts the real binary as an `api` process (no worker) on a fresh
 //! Postgres database, behind `[auth] mode = "gateway"`: each request names
@@ -10,23 +10,27 @@
 //! limits stay on (100 active jobs and 50 requests per second per tenant)
 //! and no tenant reaches them. A wrk-like closed loop drives it: each of
 //! BENCH_API_CONNECTIONS (32) keep-alive connections sends its next request
-//! when it has read the last answer, for BENCH_API_SECONDS (10) per phase:
+//! when it has read the last answer, for BENCH_API_SECONDS (5) per phase.
+//! Before the rounds, a worker runs BENCH_API_FINISHED (200) jobs to the
+//! end (two turns each, with an instant fake editor and thinker) and is
+//! stopped. Each of BENCH_API_ROUNDS (3) rounds then runs, one after the
+//! other:
 //!
-//! 1. `POST /v1/jobs` with a 64×64 PNG (JSON, base64): the jobs stay queued;
-//! 2. `GET /v1/jobs/{id}` of those queued jobs, chosen at random: the read
-//!    with its queue position, on a queue as deep as phase 1 left it;
-//! 3. `GET /v1/jobs/{id}` of BENCH_API_FINISHED (200) jobs that a worker ran
-//!    to the end (two turns each) before the measurement, with an instant
-//!    fake editor and thinker, and was then stopped.
+//! 1. `POST /v1/jobs` with a 64×64 PNG (JSON, base64): the jobs stay
+//!    queued, so the queue deepens round by round;
+//! 2. `pgbench -N` on the same server, as many clients as connections;
+//! 3. `GET /v1/jobs/{id}` of every job queued so far, chosen at random: the
+//!    read with its queue position;
+//! 4. `GET /v1/jobs/{id}` of the finished jobs;
+//! 5. `pgbench -S`, likewise.
 //!
+//! Each yardstick runs right beside the phases it measures (the service
+//! idle meanwhile), because this machine's speed drifts by a third within
+//! a minute; a round prints its rates, the database transactions per
+//! request (`pg_stat_database.xact_commit`) and its ratios (GETs of `-S`,
+//! POSTs of `-N`); the summary prints latency percentiles over every round
+//! and each ratio's median (benches/support/mod.rs lists pgbench's knobs).
 //! The image folder is on tmpfs (`/dev/shm`) unless BENCH_API_BLOBS=disk.
-//!
-//! Each phase prints requests per second, latency percentiles and the
-//! database transactions per request (`pg_stat_database.xact_commit`).
-//! Then, with the service stopped, `pgbench -S` and `pgbench -N` run on the
-//! same server with as many clients as the load had connections, and each
-//! rate is printed as a ratio of its yardstick: GETs of `-S`, POSTs of `-N`
-//! (benches/support/mod.rs lists pgbench's knobs).
 //!
 //! Everything shares the machine's cores (load, service, Postgres and
 //! pgbench alike), which is why the ratios, not the rates, travel between
@@ -43,7 +47,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 use sqlx::Connection;
-use support::{env_or, load_average, percentiles, pgbench, Pgbench, PgbenchMode};
+use support::{env_or, load_average, percentiles, PgbenchDb, PgbenchMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -51,7 +55,8 @@ use tokio::net::TcpStream;
 async fn main() {
     let load_before = load_average();
     let connections = env_or("BENCH_API_CONNECTIONS", 32);
-    let seconds = Duration::from_secs(env_or("BENCH_API_SECONDS", 10) as u64);
+    let seconds = Duration::from_secs(env_or("BENCH_API_SECONDS", 5) as u64);
+    let rounds = env_or("BENCH_API_ROUNDS", 3).max(1);
     let tenants = env_or("BENCH_API_TENANTS", 1000).max(1);
     let finished = env_or("BENCH_API_FINISHED", 200);
 
@@ -115,15 +120,138 @@ async fn main() {
         ids
     };
     let mut stats = XactCounter::new(&env.database_url).await;
+    // The yardstick's database, made now so each round can run pgbench
+    // right beside the phases it measures.
+    let yardstick = match PgbenchDb::init_for(seconds.as_secs() as usize).await {
+        Ok(db) => Some(db),
+        Err(why) => {
+            println!("pgbench                skipped: {why}");
+            None
+        }
+    };
+    println!(
+        "api bench              {connections} connections, {} s per phase, {rounds} rounds, {tenants} tenants (gateway mode, default limits), Postgres, api role only",
+        seconds.as_secs()
+    );
 
-    let created = Arc::new(std::sync::Mutex::new(Vec::<(usize, String)>::new()));
-    let post = {
-        let created = created.clone();
-        let body = create_body.clone();
-        run_load(
+    let finished_ids = Arc::new(finished_ids);
+    let mut queued: Vec<(usize, String)> = Vec::new();
+    let mut all = Phases::default();
+    let mut ratios = Ratios::default();
+    for round in 1..=rounds {
+        let post = post_phase(addr, connections, seconds, tenants, &create_body).await;
+        let post_xacts = stats.since_last().await;
+        assert!(
+            !post.created.is_empty(),
+            "no create succeeded: {:?}",
+            post.load
+        );
+        queued.extend(post.created);
+        let write = yardstick_run(&yardstick, PgbenchMode::SimpleUpdate, connections).await;
+        stats.since_last().await;
+        let get_queued = get_phase(
             addr,
             connections,
             seconds,
+            tenants,
+            Arc::new(queued.clone()),
+            "\"queue_position\":",
+        )
+        .await;
+        let get_queued_xacts = stats.since_last().await;
+        let get_finished = get_phase(
+            addr,
+            connections,
+            seconds,
+            tenants,
+            finished_ids.clone(),
+            "\"succeeded\"",
+        )
+        .await;
+        let get_finished_xacts = stats.since_last().await;
+        let select = yardstick_run(&yardstick, PgbenchMode::SelectOnly, connections).await;
+        stats.since_last().await;
+
+        let percent = |rate: f64, yardstick: Option<f64>| {
+            yardstick.map_or_else(|| "?".into(), |tps| format!("{:.0} %", 100.0 * rate / tps))
+        };
+        let tps = |t: Option<f64>| t.map_or_else(|| "?".into(), |t| format!("{t:.0}"));
+        println!(
+            "round {round}: POST {:.0} req/s ({:.2} xact/req) ÷ -N {} tps = {}; GET queued (of {}) {:.0} req/s ({:.2}), GET finished {:.0} req/s ({:.2}) ÷ -S {} tps = {}, {}",
+            post.load.rate(),
+            per_request(post_xacts, &post.load),
+            tps(write),
+            percent(post.load.rate(), write),
+            queued.len(),
+            get_queued.rate(),
+            per_request(get_queued_xacts, &get_queued),
+            get_finished.rate(),
+            per_request(get_finished_xacts, &get_finished),
+            tps(select),
+            percent(get_queued.rate(), select),
+            percent(get_finished.rate(), select),
+        );
+        if let (Some(write), Some(select)) = (write, select) {
+            ratios.post.push(post.load.rate() / write);
+            ratios.get_queued.push(get_queued.rate() / select);
+            ratios.get_finished.push(get_finished.rate() / select);
+        }
+        all.post.add(post.load);
+        all.get_queued.add(get_queued);
+        all.get_finished.add(get_finished);
+    }
+    drop(api);
+    stats.close().await;
+    if let Some(db) = yardstick {
+        db.drop_database().await;
+    }
+
+    all.post.print("POST /v1/jobs (64×64)");
+    all.get_queued.print("GET queued");
+    all.get_finished.print("GET finished (2 turns)");
+    ratios.print(rounds);
+    println!(
+        "machine                {} CPUs; 1-min load average {load_before} before, {} after (other work on the machine skews every figure)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average()
+    );
+}
+
+/// One pgbench run of the yardstick, `None` (and why, printed) when it
+/// cannot run.
+async fn yardstick_run(db: &Option<PgbenchDb>, mode: PgbenchMode, clients: usize) -> Option<f64> {
+    match db.as_ref()?.run(mode, clients).await {
+        Ok(run) => Some(run.tps),
+        Err(why) => {
+            println!("pgbench {}             failed: {why}", mode.flag());
+            None
+        }
+    }
+}
+
+/// What a POST phase created, and its load figures.
+struct PostPhase {
+    load: LoadResult,
+    created: Vec<(usize, String)>,
+}
+
+/// A phase of `POST /v1/jobs`, spread over the tenants; the jobs stay
+/// queued.
+async fn post_phase(
+    addr: SocketAddr,
+    connections: usize,
+    length: Duration,
+    tenants: usize,
+    body: &str,
+) -> PostPhase {
+    let created = Arc::new(std::sync::Mutex::new(Vec::<(usize, String)>::new()));
+    let load = {
+        let created = created.clone();
+        let body = body.to_string();
+        run_load(
+            addr,
+            connections,
+            length,
             move |seq| {
                 let n = seq % tenants;
                 (n, post_request(&tenant(n, tenants), &body))
@@ -142,71 +270,100 @@ async fn main() {
         )
         .await
     };
-    let post_xacts = stats.since_last().await;
-    let queued: Arc<Vec<(usize, String)>> = Arc::new(std::mem::take(&mut *created.lock().unwrap()));
-    assert!(!queued.is_empty(), "no create succeeded: {post:?}");
+    let created = std::mem::take(&mut *created.lock().unwrap());
+    PostPhase { load, created }
+}
 
-    let get_queued = get_phase(
-        addr,
-        connections,
-        seconds,
-        tenants,
-        queued.clone(),
-        "\"queue_position\":",
-    )
-    .await;
-    let get_queued_xacts = stats.since_last().await;
-    let get_finished = get_phase(
-        addr,
-        connections,
-        seconds,
-        tenants,
-        Arc::new(finished_ids),
-        "\"succeeded\"",
-    )
-    .await;
-    let get_finished_xacts = stats.since_last().await;
-    drop(api);
-    stats.close().await;
+/// Database transactions per request of a phase.
+fn per_request(xacts: Option<f64>, load: &LoadResult) -> f64 {
+    xacts.map_or(f64::NAN, |x| x / (load.ok + load.failed).max(1) as f64)
+}
 
-    println!(
-        "api bench              {connections} connections, {} s per phase, {tenants} tenants (gateway mode, default limits), Postgres, api role only",
-        seconds.as_secs()
-    );
-    post.print("POST /v1/jobs (64×64)", post_xacts);
-    get_queued.print(
-        &format!("GET queued (of {})", queued.len()),
-        get_queued_xacts,
-    );
-    get_finished.print("GET finished (2 turns)", get_finished_xacts);
+/// One kind of phase over every round.
+#[derive(Default)]
+struct Phase {
+    ok: usize,
+    failed: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+    first_failure: Option<String>,
+}
 
-    let modes = [PgbenchMode::SelectOnly, PgbenchMode::SimpleUpdate];
-    match pgbench(&modes, connections).await {
-        Ok(runs) => {
-            for run in &runs {
-                println!(
-                    "pgbench {}            {:.1} tps ({})",
-                    run.mode.flag(),
-                    run.tps,
-                    run.settings()
-                );
-            }
-            let of = |mode: PgbenchMode| -> &Pgbench {
-                runs.iter().find(|r| r.mode == mode).expect("ran")
-            };
-            let select = of(PgbenchMode::SelectOnly);
-            let write = of(PgbenchMode::SimpleUpdate);
-            ratio("GET queued ÷ -S", get_queued.rate(), select, 0.40);
-            ratio("GET finished ÷ -S", get_finished.rate(), select, 0.40);
-            ratio("POST ÷ -N", post.rate(), write, 0.60);
+impl Phase {
+    fn add(&mut self, load: LoadResult) {
+        self.ok += load.ok;
+        self.failed += load.failed;
+        self.elapsed += load.elapsed;
+        self.latencies.extend(load.latencies);
+        if self.first_failure.is_none() {
+            self.first_failure = load.first_failure;
         }
-        Err(why) => println!("pgbench                skipped: {why}"),
     }
-    println!(
-        "machine                {} CPUs; 1-min load average {load_before} before, {} after (other work on the machine skews every figure)",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        load_average()
-    );
+
+    fn print(&self, label: &str) {
+        println!(
+            "{label:<22} {:>8.1} req/s over every round ({} ok, {} failed{})",
+            self.ok as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
+            self.ok,
+            self.failed,
+            self.first_failure
+                .as_deref()
+                .map(|f| format!("; first failure: {f}"))
+                .unwrap_or_default()
+        );
+        percentiles(&format!("  {label}"), self.latencies.clone());
+    }
+}
+
+/// The three measured phases, over every round.
+#[derive(Default)]
+struct Phases {
+    post: Phase,
+    get_queued: Phase,
+    get_finished: Phase,
+}
+
+/// Each round's rate over its yardstick, measured right beside it.
+#[derive(Default)]
+struct Ratios {
+    post: Vec<f64>,
+    get_queued: Vec<f64>,
+    get_finished: Vec<f64>,
+}
+
+impl Ratios {
+    fn print(&self, rounds: usize) {
+        for (label, of, values, target) in [
+            ("GET queued ÷ -S", "-S", &self.get_queued, 0.40),
+            ("GET finished ÷ -S", "-S", &self.get_finished, 0.40),
+            ("POST ÷ -N", "-N", &self.post, 0.60),
+        ] {
+            let Some(median) = median(values) else {
+                println!("{label:<22} ? (pgbench did not run)");
+                continue;
+            };
+            let each: Vec<String> = values.iter().map(|r| format!("{:.0}", r * 100.0)).collect();
+            println!(
+                "{label:<22} median {:.0} % of {of} over {rounds} rounds (each: {} %; target ≥ {:.0} %: {})",
+                median * 100.0,
+                each.join(", "),
+                target * 100.0,
+                if median >= target { "met" } else { "NOT met" }
+            );
+        }
+    }
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 /// The tenant of request or job `n`.
@@ -303,35 +460,6 @@ impl LoadResult {
     fn rate(&self) -> f64 {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
-
-    fn print(&self, label: &str, xacts: Option<f64>) {
-        let per_request = xacts
-            .map(|x| format!("{:.2}", x / (self.ok + self.failed).max(1) as f64))
-            .unwrap_or_else(|| "?".into());
-        println!(
-            "{label:<22} {:>8.1} req/s ({} ok, {} failed{}), {per_request} database transactions per request",
-            self.rate(),
-            self.ok,
-            self.failed,
-            self.first_failure
-                .as_deref()
-                .map(|f| format!("; first failure: {f}"))
-                .unwrap_or_default()
-        );
-        percentiles(&format!("  {label}"), self.latencies.clone());
-    }
-}
-
-/// Prints `rate` as a ratio of a pgbench run, and whether it meets `target`.
-fn ratio(label: &str, rate: f64, yardstick: &Pgbench, target: f64) {
-    let r = rate / yardstick.tps;
-    println!(
-        "{label:<22} {rate:.1} / {:.1} = {:.0} % (target ≥ {:.0} %: {})",
-        yardstick.tps,
-        r * 100.0,
-        target * 100.0,
-        if r >= target { "met" } else { "NOT met" }
-    );
 }
 
 /// A closed loop over `connections` keep-alive connections for `length`:

@@ -127,70 +127,116 @@ async fn run_limited(
 
 /// `pgbench -i` into a fresh database on the same server, then one run per
 /// mode in `modes` with `clients` clients; the database is dropped
-/// afterwards. Knobs: BENCH_PGBENCH=0 skips it; PGBENCH (path),
-/// BENCH_PGBENCH_SCALE (1), BENCH_PGBENCH_THREADS (2),
-/// BENCH_PGBENCH_SECONDS (10).
+/// afterwards ([`PgbenchDb`] lists the knobs).
 pub async fn pgbench(modes: &[PgbenchMode], clients: usize) -> Result<Vec<Pgbench>, String> {
-    if std::env::var("BENCH_PGBENCH").is_ok_and(|v| v == "0") {
-        return Err("BENCH_PGBENCH=0".into());
+    let db = PgbenchDb::init().await?;
+    let mut runs = Vec::new();
+    for &mode in modes {
+        match db.run(mode, clients).await {
+            Ok(run) => runs.push(run),
+            Err(why) => {
+                db.drop_database().await;
+                return Err(why);
+            }
+        }
     }
-    let Some(bin) = find_pgbench() else {
-        return Err("pgbench not found (set PGBENCH, or install postgresql-client)".into());
-    };
-    let scale = env_or("BENCH_PGBENCH_SCALE", 1);
-    let threads = env_or("BENCH_PGBENCH_THREADS", 2);
-    let seconds = env_or("BENCH_PGBENCH_SECONDS", 10);
-    let url = crate::common::fresh_postgres_database().await;
-    let result = async {
-        run_limited(
-            tokio::process::Command::new(&bin)
-                .args(["-i", "-q", "-s", &scale.to_string()])
-                .arg(&url),
+    db.drop_database().await;
+    Ok(runs)
+}
+
+/// A pgbench database on the bench's server, initialised once so that
+/// runs can be interleaved with other measurements. Knobs: BENCH_PGBENCH=0
+/// skips pgbench; PGBENCH (path), BENCH_PGBENCH_SCALE (1),
+/// BENCH_PGBENCH_THREADS (2), BENCH_PGBENCH_SECONDS (10, or what the
+/// caller passes to [`PgbenchDb::init_for`]).
+pub struct PgbenchDb {
+    bin: PathBuf,
+    url: String,
+    scale: usize,
+    threads: usize,
+    seconds: usize,
+}
+
+impl PgbenchDb {
+    /// `pgbench -i` into a fresh database, runs of 10 s by default.
+    pub async fn init() -> Result<Self, String> {
+        Self::init_for(10).await
+    }
+
+    /// The same, runs of `default_seconds` unless BENCH_PGBENCH_SECONDS
+    /// says otherwise.
+    pub async fn init_for(default_seconds: usize) -> Result<Self, String> {
+        if std::env::var("BENCH_PGBENCH").is_ok_and(|v| v == "0") {
+            return Err("BENCH_PGBENCH=0".into());
+        }
+        let Some(bin) = find_pgbench() else {
+            return Err("pgbench not found (set PGBENCH, or install postgresql-client)".into());
+        };
+        let db = Self {
+            bin,
+            url: crate::common::fresh_postgres_database().await,
+            scale: env_or("BENCH_PGBENCH_SCALE", 1),
+            threads: env_or("BENCH_PGBENCH_THREADS", 2),
+            seconds: env_or("BENCH_PGBENCH_SECONDS", default_seconds),
+        };
+        let init = run_limited(
+            tokio::process::Command::new(&db.bin)
+                .args(["-i", "-q", "-s", &db.scale.to_string()])
+                .arg(&db.url),
             Duration::from_secs(300),
             "pgbench -i",
         )
-        .await?;
-        let mut runs = Vec::new();
-        for &mode in modes {
-            let what = format!("pgbench {}", mode.flag());
-            let out = run_limited(
-                tokio::process::Command::new(&bin)
-                    .args([
-                        mode.flag(),
-                        "-c",
-                        &clients.to_string(),
-                        "-j",
-                        &threads.to_string(),
-                        "-T",
-                        &seconds.to_string(),
-                    ])
-                    .arg(&url),
-                Duration::from_secs(seconds as u64 + 120),
-                &what,
-            )
-            .await?;
-            // "tps = 1579.091916 (without initial connection time)"
-            let tps = out
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("tps = "))
-                .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .filter(|tps| *tps > 0.0)
-                .ok_or_else(|| format!("{what}: no `tps = ` line in its output:\n{out}"))?;
-            runs.push(Pgbench {
-                mode,
-                tps,
-                scale,
-                clients,
-                threads,
-                seconds,
-            });
+        .await;
+        match init {
+            Ok(_) => Ok(db),
+            Err(why) => {
+                db.drop_database().await;
+                Err(why)
+            }
         }
-        Ok(runs)
     }
-    .await;
-    drop_database(&url).await;
-    result
+
+    /// One run of `mode` with `clients` clients.
+    pub async fn run(&self, mode: PgbenchMode, clients: usize) -> Result<Pgbench, String> {
+        let what = format!("pgbench {}", mode.flag());
+        let out = run_limited(
+            tokio::process::Command::new(&self.bin)
+                .args([
+                    mode.flag(),
+                    "-c",
+                    &clients.to_string(),
+                    "-j",
+                    &self.threads.to_string(),
+                    "-T",
+                    &self.seconds.to_string(),
+                ])
+                .arg(&self.url),
+            Duration::from_secs(self.seconds as u64 + 120),
+            &what,
+        )
+        .await?;
+        // "tps = 1579.091916 (without initial connection time)"
+        let tps = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("tps = "))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|tps| *tps > 0.0)
+            .ok_or_else(|| format!("{what}: no `tps = ` line in its output:\n{out}"))?;
+        Ok(Pgbench {
+            mode,
+            tps,
+            scale: self.scale,
+            clients,
+            threads: self.threads,
+            seconds: self.seconds,
+        })
+    }
+
+    /// Drops the database (best effort).
+    pub async fn drop_database(self) {
+        drop_database(&self.url).await;
+    }
 }
 
 /// Drops a database made by `fresh_postgres_database` (best effort).

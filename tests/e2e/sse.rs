@@ -325,6 +325,7 @@ async fn a_layer_that_rewrites_bodies_keeps_the_stream_on_hypers_path(mode: SseM
         positions: std::sync::Arc::new(editthinker_api::positions::QueuePositions::new(
             store.clone(),
         )),
+        headroom: Default::default(),
         sse_direct_writes: mode == SseMode::Direct,
     };
     let router =

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use editthinker_store::{
-    BlobError, BlobStore, IdempotentInsert, JobRow, JobStatus, JobWithTurns, NewJob, StoreError,
+    BlobError, BlobStore, CreateCheck, IdempotentInsert, JobRow, JobStatus, JobWithTurns, NewJob,
+    StoreError,
 };
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -298,18 +299,23 @@ async fn insert(
     }
     let digest = idempotency_key.map(|_| request_digest(&parsed));
     // Everything that can refuse or replay the create is asked before the
-    // image is decoded or stored: a refused create and a replay store nothing.
+    // image is decoded or stored: a refused create and a replay store
+    // nothing. The limit is not counted for a tenant this process knows
+    // to be well under it (crates/api/src/headroom.rs).
     let idempotency = idempotency_key.zip(digest.as_deref());
-    if let Some(outcome) = state
+    let limit = state
+        .max_active_jobs_per_tenant
+        .filter(|&limit| !state.headroom.well_under(&caller.tenant, limit));
+    match state
         .store
-        .check_create(
-            &caller.tenant,
-            state.max_active_jobs_per_tenant,
-            idempotency,
-        )
+        .check_create(&caller.tenant, limit, idempotency)
         .await?
     {
-        return idempotent_outcome(state, caller, outcome).await;
+        CreateCheck::Answered(outcome) => return idempotent_outcome(state, caller, *outcome).await,
+        CreateCheck::Proceed {
+            active_jobs: Some(active),
+        } => state.headroom.counted(&caller.tenant, active),
+        CreateCheck::Proceed { active_jobs: None } => {}
     }
     let image = intake::validate_image(parsed.image, &state.limits).await?;
     let id = Uuid::now_v7();
@@ -346,6 +352,9 @@ async fn insert(
             .await
             .map(IdempotentInsert::Created),
     };
+    if let Err(StoreError::ActiveJobsLimit { .. }) = &inserted {
+        state.headroom.refused(&caller.tenant);
+    }
     let row = match inserted {
         Ok(IdempotentInsert::Created(row)) => row,
         // Refused or replayed after all (a concurrent create got in
@@ -358,6 +367,7 @@ async fn insert(
             return idempotent_outcome(state, caller, other?).await;
         }
     };
+    state.headroom.created(&caller.tenant);
     editthinker_core::metrics::job_created();
     tracing::info!(job_id = %row.id, editor = %row.editor, "job queued");
     // No queue position in the create's answer: ranking a new job costs
@@ -418,8 +428,9 @@ fn job_json(state: &AppState, read: &JobWithTurns) -> Job {
 /// The caller's job `id` with its turns and, with `position`, its place in
 /// the queue: one query ([`editthinker_store::Store::job_with_turns`]),
 /// which ranks the job itself only when this process's snapshot
-/// (crates/api/src/positions.rs) cannot tell; a second one for a job queued
-/// since the snapshot was taken.
+/// (crates/api/src/positions.rs) ranked only the queue's front; a second
+/// one for a queued job the snapshot does not know (queued since it was
+/// taken, or no fresh snapshot).
 async fn read_job(
     state: &AppState,
     caller: &Caller,
@@ -427,24 +438,27 @@ async fn read_job(
     position: bool,
 ) -> Result<JobWithTurns, ApiError> {
     use crate::positions::Position;
-    let known = if position {
-        state.positions.of(id)
-    } else {
-        Position::NotQueued
-    };
+    let known = position.then(|| state.positions.look(id)).flatten();
     let mut read = state
         .store
-        .job_with_turns(id, &caller.tenant, known == Position::Unknown)
+        .job_with_turns(id, &caller.tenant, known == Some(Position::Unknown))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
-    if read.job.status == JobStatus::Queued {
+    if position && read.job.status == JobStatus::Queued {
+        state.positions.keep_fresh();
         match known {
-            Position::Ahead(ahead) => read.jobs_ahead = Some(ahead),
+            Some(Position::Ahead(ahead)) => read.jobs_ahead = Some(ahead),
+            // Ranked by the read itself.
+            Some(Position::Unknown) => {}
+            // No fresh snapshot: wait for the ranking under way.
+            None => match state.positions.look_fresh(id).await {
+                Some(Position::Ahead(ahead)) => read.jobs_ahead = Some(ahead),
+                _ => read.jobs_ahead = state.store.jobs_ahead(id).await?,
+            },
             // Queued since the snapshot was taken.
-            Position::NotQueued if position => {
+            Some(Position::NotQueued) => {
                 read.jobs_ahead = state.store.jobs_ahead(id).await?;
             }
-            Position::NotQueued | Position::Unknown => {}
         }
     }
     Ok(read)

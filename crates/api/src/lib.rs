@@ -7,6 +7,7 @@ pub mod direct;
 pub mod error;
 pub mod events;
 pub mod fanout;
+pub mod headroom;
 pub mod intake;
 mod jobs;
 pub mod positions;
@@ -70,6 +71,9 @@ pub struct AppState {
     pub sse_direct_writes: bool,
     /// This process's snapshot of queue positions, for job reads.
     pub positions: Arc<positions::QueuePositions>,
+    /// What this process knows of each tenant's active jobs, to skip the
+    /// limit's pre-check for tenants well under it.
+    pub headroom: Arc<headroom::Headroom>,
 }
 
 impl AppState {

@@ -4,12 +4,13 @@
 //! proportion to the queue, so a read of a queued job that ranked it each
 //! time would slow down as the queue grows. Instead each API process ranks
 //! the first [`SNAPSHOT_JOBS`] queued jobs in one query, at most once per
-//! [`REFRESH_AFTER`] and only while jobs are being read; a read finds
-//! its job's position there, or that the job was not queued, and stays one
-//! plain query. Without a fresh snapshot, or for a job further back than
-//! its front, the read ranks its job in its own query
-//! ([`editthinker_store::Store::job_with_turns`]); a job queued since the
-//! snapshot was taken costs a second query (crates/api/src/jobs.rs).
+//! [`REFRESH_AFTER`] and only while queued jobs are being read (reads of
+//! finished jobs never pay for a ranking); a read finds its job's position
+//! there, or that the job was not queued, and stays one plain query. For a
+//! job further back than the snapshot's front, the read ranks its job in
+//! its own query ([`editthinker_store::Store::job_with_turns`]); a job
+//! queued since the snapshot was taken, or read with no fresh snapshot,
+//! costs a second query (crates/api/src/jobs.rs, `read_job`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use editthinker_store::Store;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// How old a snapshot gets before a read that uses it starts a new
@@ -27,6 +29,10 @@ pub const REFRESH_AFTER: Duration = Duration::from_secs(1);
 /// under way: a position is at most this stale (claims do not change
 /// positions; a job finishing or a new tenant's job can).
 pub const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(2);
+
+/// Longest a read without a fresh snapshot waits for the ranking under
+/// way before it ranks its job itself.
+pub const RANKING_WAIT: Duration = Duration::from_secs(1);
 
 /// Queued jobs a snapshot ranks, from the front of the queue.
 pub const SNAPSHOT_JOBS: u32 = 100_000;
@@ -47,7 +53,8 @@ pub enum Position {
     /// Not queued when the snapshot was taken (though it may have been
     /// queued since).
     NotQueued,
-    /// No fresh snapshot, or one that ranked only the queue's front.
+    /// Not in a snapshot that ranked only the queue's front: the read
+    /// must rank the job itself.
     Unknown,
 }
 
@@ -56,6 +63,8 @@ pub struct QueuePositions {
     store: Arc<dyn Store>,
     snapshot: RwLock<Option<Snapshot>>,
     refreshing: AtomicBool,
+    /// Woken when a ranking ends.
+    ranked: Notify,
 }
 
 impl QueuePositions {
@@ -65,32 +74,56 @@ impl QueuePositions {
             store,
             snapshot: RwLock::new(None),
             refreshing: AtomicBool::new(false),
+            ranked: Notify::new(),
         }
     }
 
-    /// What a snapshot at most [`SNAPSHOT_MAX_AGE`] old says about `id`.
-    /// A snapshot older than [`REFRESH_AFTER`], or none, starts a new
-    /// ranking in the background (one at a time), for the reads after this
-    /// one; meanwhile the older snapshot keeps answering.
-    pub fn of(self: &Arc<Self>, id: Uuid) -> Position {
-        let (known, age) = {
-            let snapshot = self.snapshot.read().expect("positions lock");
-            match snapshot.as_ref() {
-                Some(s) if s.taken.elapsed() < SNAPSHOT_MAX_AGE => {
-                    let known = match s.ahead.get(&id) {
-                        Some(ahead) => Position::Ahead(*ahead),
-                        None if s.complete => Position::NotQueued,
-                        None => Position::Unknown,
-                    };
-                    (known, Some(s.taken.elapsed()))
-                }
-                _ => (Position::Unknown, None),
-            }
-        };
+    /// What a snapshot at most [`SNAPSHOT_MAX_AGE`] old says about `id`;
+    /// `None` without one. Starts no ranking ([`QueuePositions::keep_fresh`]
+    /// does).
+    pub fn look(&self, id: Uuid) -> Option<Position> {
+        let snapshot = self.snapshot.read().expect("positions lock");
+        let s = snapshot
+            .as_ref()
+            .filter(|s| s.taken.elapsed() < SNAPSHOT_MAX_AGE)?;
+        Some(match s.ahead.get(&id) {
+            Some(ahead) => Position::Ahead(*ahead),
+            None if s.complete => Position::NotQueued,
+            None => Position::Unknown,
+        })
+    }
+
+    /// A queued job was read: a snapshot older than [`REFRESH_AFTER`], or
+    /// none, starts a new ranking in the background (one at a time), for
+    /// the reads after this one; meanwhile the older snapshot keeps
+    /// answering.
+    pub fn keep_fresh(self: &Arc<Self>) {
+        let age = self
+            .snapshot
+            .read()
+            .expect("positions lock")
+            .as_ref()
+            .map(|s| s.taken.elapsed());
         if age.is_none_or(|age| age >= REFRESH_AFTER) {
             self.refresh();
         }
-        known
+    }
+
+    /// What a fresh snapshot says about `id`, waiting (up to
+    /// [`RANKING_WAIT`]) for the ranking under way, or starting one, when
+    /// there is none: concurrent reads share one ranking instead of each
+    /// ranking its own job. `None` when no snapshot came in time.
+    pub async fn look_fresh(self: &Arc<Self>, id: Uuid) -> Option<Position> {
+        if let Some(known) = self.look(id) {
+            return Some(known);
+        }
+        let ranked = self.ranked.notified();
+        tokio::pin!(ranked);
+        // Registered before the ranking can end, so its wake-up is not missed.
+        ranked.as_mut().enable();
+        self.refresh();
+        let _ = tokio::time::timeout(RANKING_WAIT, ranked).await;
+        self.look(id)
     }
 
     /// Ranks the queue's front in the background unless a ranking is
@@ -116,6 +149,7 @@ impl QueuePositions {
                 Err(e) => tracing::warn!(error = %e, "ranking the queue failed"),
             }
             this.refreshing.store(false, Ordering::Release);
+            this.ranked.notify_waiters();
         });
     }
 }
@@ -149,10 +183,10 @@ mod tests {
         id
     }
 
-    /// The first look starts a ranking and knows nothing; later looks
-    /// answer from it until it is older than [`SNAPSHOT_MAX_AGE`]; a job
-    /// queued since is "not queued" by the snapshot, which the caller
-    /// checks against the job's status.
+    /// A look knows nothing until a queued job's read asks for a
+    /// ranking; later looks answer from it until it is older than
+    /// [`SNAPSHOT_MAX_AGE`]; a job queued since is "not queued" by the
+    /// snapshot, which the caller checks against the job's status.
     #[tokio::test]
     async fn positions_come_from_a_fresh_snapshot_taken_on_demand() {
         let dir = tempfile::tempdir().unwrap();
@@ -164,24 +198,38 @@ mod tests {
         let first = queued(&store).await;
         let second = queued(&store).await;
         let positions = Arc::new(QueuePositions::new(store.clone()));
-        assert_eq!(positions.of(first), Position::Unknown);
+        assert_eq!(positions.look(first), None);
+        // Looking alone never ranks.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(positions.look(first), None);
+        positions.keep_fresh();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while positions.of(second) == Position::Unknown {
+        while positions.look(second).is_none() {
             assert!(Instant::now() < deadline, "no snapshot was taken");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(positions.of(first), Position::Ahead(0));
-        assert_eq!(positions.of(second), Position::Ahead(1));
+        assert_eq!(positions.look(first), Some(Position::Ahead(0)));
+        assert_eq!(positions.look(second), Some(Position::Ahead(1)));
         let third = queued(&store).await;
-        assert_eq!(positions.of(third), Position::NotQueued);
+        assert_eq!(positions.look(third), Some(Position::NotQueued));
+        // A fresh snapshot is kept: no new ranking yet.
+        positions.keep_fresh();
+        assert_eq!(positions.look(third), Some(Position::NotQueued));
         // Past REFRESH_AFTER the old snapshot answers while a new one is
         // taken.
         tokio::time::sleep(REFRESH_AFTER).await;
-        assert_ne!(positions.of(third), Position::Unknown);
-        while positions.of(third) == Position::NotQueued {
+        positions.keep_fresh();
+        assert!(positions.look(third).is_some());
+        while positions.look(third) == Some(Position::NotQueued) {
             assert!(Instant::now() < deadline, "no second snapshot");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        assert_eq!(positions.of(third), Position::Ahead(2));
+        assert_eq!(positions.look(third), Some(Position::Ahead(2)));
+        // Past SNAPSHOT_MAX_AGE with no queued read, it says nothing.
+        tokio::time::sleep(SNAPSHOT_MAX_AGE).await;
+        assert_eq!(positions.look(third), None);
+        // Until a read waits for the next ranking.
+        let fourth = queued(&store).await;
+        assert_eq!(positions.look_fresh(fourth).await, Some(Position::Ahead(3)));
     }
 }

@@ -39,6 +39,7 @@ async fn app() -> (Router, tempfile::TempDir) {
     let state = AppState {
         hub: EventHub::start(store.clone(), CancellationToken::new()),
         positions: Arc::new(QueuePositions::new(store.clone())),
+        headroom: Default::default(),
         store,
         blobs,
         editors: Arc::new(vec![EditorView {

@@ -179,6 +179,7 @@ async fn run_api(
         positions: Arc::new(editthinker_api::positions::QueuePositions::new(
             parts.store.clone(),
         )),
+        headroom: Default::default(),
         sse_direct_writes: config.http.sse_direct_writes,
     };
     let addr = config.listen_addr()?;

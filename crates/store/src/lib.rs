@@ -10,6 +10,7 @@
 mod blobs;
 mod classify;
 mod clean;
+mod direct_conns;
 mod model;
 mod notifier;
 mod payload;
@@ -134,10 +135,11 @@ pub trait Store: Send + Sync + 'static {
         digest: &str,
     ) -> StoreResult<IdempotentInsert>;
     /// What a create would meet, checked before anything is stored for
-    /// it: `Some` when its idempotency key (`(key, digest)`) replays an
-    /// earlier job or was used for another request;
+    /// it: [`CreateCheck::Answered`] when its idempotency key (`(key,
+    /// digest)`) replays an earlier job or was used for another request;
     /// [`StoreError::ActiveJobsLimit`] when the tenant is at
-    /// `active_limit`; `None` to go ahead. A replay is answered even at the
+    /// `active_limit`; [`CreateCheck::Proceed`] (with the count, when the
+    /// limit was checked) to go ahead. A replay is answered even at the
     /// limit (it makes no job). The insert checks both again atomically;
     /// this only keeps refused creates from storing their image.
     async fn check_create(
@@ -145,7 +147,7 @@ pub trait Store: Send + Sync + 'static {
         tenant: &str,
         active_limit: Option<u32>,
         idempotency: Option<(&str, &str)>,
-    ) -> StoreResult<Option<IdempotentInsert>>;
+    ) -> StoreResult<CreateCheck>;
     /// Remembers the status the request that made `key`'s job was
     /// answered with (default 202), for its replays
     /// ([`IdempotentInsert::Replayed`]).
@@ -548,4 +550,18 @@ fn all_applied(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> bool {
         .iter()
         .filter(|m| !m.migration_type.is_down_migration())
         .all(|m| applied.contains(&m.version))
+}
+
+/// The pre-check's answer for a tenant with `active` jobs queued or
+/// running under `limit` ([`Store::check_create`]).
+pub(crate) fn limit_check(tenant: &str, limit: u32, active: i64) -> StoreResult<CreateCheck> {
+    if active >= i64::from(limit) {
+        return Err(StoreError::ActiveJobsLimit {
+            tenant: tenant.to_string(),
+            limit,
+        });
+    }
+    Ok(CreateCheck::Proceed {
+        active_jobs: Some(u64::try_from(active).unwrap_or_default()),
+    })
 }

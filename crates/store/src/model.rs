@@ -440,6 +440,19 @@ pub enum IdempotentInsert {
     KeyReused,
 }
 
+/// What a create would meet ([`crate::Store::check_create`]).
+#[derive(Debug, Clone)]
+pub enum CreateCheck {
+    /// Go ahead: nothing refuses or replays it.
+    Proceed {
+        /// The tenant's jobs queued or running, when the limit was checked.
+        active_jobs: Option<u64>,
+    },
+    /// Its idempotency key replays an earlier job or was used for another
+    /// request: answer that instead.
+    Answered(Box<IdempotentInsert>),
+}
+
 /// How long an `Idempotency-Key` is remembered.
 pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 

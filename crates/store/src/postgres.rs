@@ -14,14 +14,15 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::direct_conns::{DirectConnections, DIRECT_CONNECTIONS};
 use crate::model::event_type;
 use crate::notifier::Notifier;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease, NewApiKey,
-    NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store,
-    StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    payload, ApiKeyRow, ClaimedJob, CreateCheck, DeliveryAttempt, DeliveryRow, DeliveryStatus,
+    DueDelivery, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease,
+    NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason,
+    Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -63,6 +64,8 @@ pub struct PgStore {
     notices: broadcast::Sender<Notice>,
     /// Sends the NOTIFYs of creates after they commit.
     notifier: Arc<Notifier>,
+    /// Connections for the hottest statements (a job read, a create).
+    direct: Arc<DirectConnections>,
     _tasks: Arc<[AbortOnDrop; 2]>,
 }
 
@@ -97,6 +100,7 @@ impl PgStore {
             ("tcp_keepalives_interval", "10"),
             ("tcp_keepalives_count", "3"),
         ]);
+        let direct = DirectConnections::new(options.clone(), DIRECT_CONNECTIONS, PING_IDLE_AFTER);
         let pool = PgPoolOptions::new()
             .max_connections(16)
             // Covers connecting too: an unreachable server fails fast.
@@ -125,6 +129,7 @@ impl PgStore {
             pool,
             notices,
             notifier,
+            direct: Arc::new(direct),
             _tasks: Arc::new([AbortOnDrop(listen), AbortOnDrop(send)]),
         })
     }
@@ -616,8 +621,9 @@ impl Store for PgStore {
     }
 
     async fn insert_job(&self, job: NewJob) -> StoreResult<JobRow> {
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = self.direct.acquire().await?;
         let (row, notice) = insert_job_row(&mut conn, job).await?;
+        conn.finished();
         self.notifier.send(notice);
         Ok(row)
     }
@@ -677,7 +683,7 @@ impl Store for PgStore {
         tenant: &str,
         active_limit: Option<u32>,
         idempotency: Option<(&str, &str)>,
-    ) -> StoreResult<Option<IdempotentInsert>> {
+    ) -> StoreResult<CreateCheck> {
         if let Some((key, digest)) = idempotency {
             let existing = sqlx::query(
                 "SELECT k.request_digest, k.response_status, j.* FROM idempotency_keys k \
@@ -690,24 +696,22 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?;
             if let Some(existing) = existing {
-                return replay_or_reuse(&existing, digest).map(Some);
+                return replay_or_reuse(&existing, digest)
+                    .map(|a| CreateCheck::Answered(Box::new(a)));
             }
         }
-        if let Some(limit) = active_limit {
-            let active: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs WHERE tenant = $1 AND status IN ('queued', 'running')",
-            )
-            .bind(tenant)
-            .fetch_one(&self.pool)
-            .await?;
-            if active >= i64::from(limit) {
-                return Err(StoreError::ActiveJobsLimit {
-                    tenant: tenant.to_string(),
-                    limit,
-                });
-            }
-        }
-        Ok(None)
+        let Some(limit) = active_limit else {
+            return Ok(CreateCheck::Proceed { active_jobs: None });
+        };
+        let mut conn = self.direct.acquire().await?;
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE tenant = $1 AND status IN ('queued', 'running')",
+        )
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await?;
+        conn.finished();
+        crate::limit_check(tenant, limit, active)
     }
 
     async fn record_idempotent_status(
@@ -864,11 +868,13 @@ impl Store for PgStore {
         tenant: &str,
         position: bool,
     ) -> StoreResult<Option<JobWithTurns>> {
+        let mut conn = self.direct.acquire().await?;
         let rows = sqlx::query(&JOB_WITH_TURNS[usize::from(position)])
             .bind(id)
             .bind(tenant)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
+        conn.finished();
         crate::job_with_turns_from_rows(
             &rows,
             job_from_row,

@@ -23,10 +23,10 @@ use uuid::Uuid;
 use crate::model::event_type;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ApiKeyRow, ClaimedJob, DeliveryAttempt, DeliveryRow, DeliveryStatus, DueDelivery,
-    EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease, NewApiKey,
-    NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store,
-    StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    payload, ApiKeyRow, ClaimedJob, CreateCheck, DeliveryAttempt, DeliveryRow, DeliveryStatus,
+    DueDelivery, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease,
+    NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason,
+    Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -570,7 +570,7 @@ impl Store for SqliteStore {
         tenant: &str,
         active_limit: Option<u32>,
         idempotency: Option<(&str, &str)>,
-    ) -> StoreResult<Option<IdempotentInsert>> {
+    ) -> StoreResult<CreateCheck> {
         if let Some((key, digest)) = idempotency {
             let existing = sqlx::query(
                 "SELECT k.request_digest, k.response_status, j.* FROM idempotency_keys k \
@@ -583,24 +583,20 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
             if let Some(existing) = existing {
-                return replay_or_reuse(&existing, digest).map(Some);
+                return replay_or_reuse(&existing, digest)
+                    .map(|a| CreateCheck::Answered(Box::new(a)));
             }
         }
-        if let Some(limit) = active_limit {
-            let active: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM jobs WHERE tenant = ?1 AND status IN ('queued', 'running')",
-            )
-            .bind(tenant)
-            .fetch_one(&self.pool)
-            .await?;
-            if active >= i64::from(limit) {
-                return Err(StoreError::ActiveJobsLimit {
-                    tenant: tenant.to_string(),
-                    limit,
-                });
-            }
-        }
-        Ok(None)
+        let Some(limit) = active_limit else {
+            return Ok(CreateCheck::Proceed { active_jobs: None });
+        };
+        let active: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE tenant = ?1 AND status IN ('queued', 'running')",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        crate::limit_check(tenant, limit, active)
     }
 
     async fn record_idempotent_status(

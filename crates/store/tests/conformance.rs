@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use editthinker_store::{
-    event_type, ApiKeyRow, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, Lease,
-    NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason,
-    Store, StoreError, MAX_LIVE_PAYLOAD,
+    event_type, ApiKeyRow, CreateCheck, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus,
+    Lease, NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord,
+    StopReason, Store, StoreError, MAX_LIVE_PAYLOAD,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -1441,6 +1441,19 @@ async fn the_active_jobs_limit_counts_queued_and_running_per_tenant(store: Arc<d
     store.insert_job(limited("acme")).await.unwrap();
     // Another tenant's jobs do not count.
     store.insert_job(limited("globex")).await.unwrap();
+    // The check before a create says how many are active.
+    match store.check_create("globex", Some(2), None).await.unwrap() {
+        CreateCheck::Proceed { active_jobs } => assert_eq!(active_jobs, Some(1)),
+        other => panic!("expected to proceed, got {other:?}"),
+    }
+    match store.check_create("globex", None, None).await.unwrap() {
+        CreateCheck::Proceed { active_jobs } => assert_eq!(active_jobs, None),
+        other => panic!("expected to proceed, got {other:?}"),
+    }
+    assert!(matches!(
+        store.check_create("acme", Some(2), None).await,
+        Err(StoreError::ActiveJobsLimit { limit: 2, .. })
+    ));
     match store.insert_job(limited("acme")).await {
         Err(StoreError::ActiveJobsLimit { tenant, limit }) => {
             assert_eq!((tenant.as_str(), limit), ("acme", 2));
@@ -1527,7 +1540,10 @@ async fn idempotency_keys_are_per_tenant(store: Arc<dyn Store>) {
         .await
         .unwrap()
     {
-        Some(IdempotentInsert::Replayed { status, .. }) => assert_eq!(status, 200),
+        CreateCheck::Answered(answer) => match *answer {
+            IdempotentInsert::Replayed { status, .. } => assert_eq!(status, 200),
+            other => panic!("expected a replay, got {other:?}"),
+        },
         other => panic!("expected a replay, got {other:?}"),
     }
     assert!(matches!(
