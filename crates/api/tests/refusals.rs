@@ -29,18 +29,29 @@ const PNG_1X1: &str =
 /// (`fake`), a thinker configured and no webhook secret.
 async fn app() -> (Router, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    (replica(&store, &dir, None), dir)
+}
+
+/// A fresh SQLite store in `dir`.
+async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     let store = SqliteStore::connect(&format!("sqlite://{}/et.db", dir.path().display()))
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    let store: Arc<dyn Store> = Arc::new(store);
+    Arc::new(store)
+}
+
+/// One API process's router over `store` and the blob folder in `dir`,
+/// with an active-jobs `limit`: several share a store as replicas do.
+fn replica(store: &Arc<dyn Store>, dir: &tempfile::TempDir, limit: Option<u32>) -> Router {
     let blobs =
         Arc::new(BlobStore::from_url(&format!("file://{}/blobs", dir.path().display())).unwrap());
     let state = AppState {
         hub: EventHub::start(store.clone(), CancellationToken::new()),
         positions: Arc::new(QueuePositions::new(store.clone())),
         headroom: Default::default(),
-        store,
+        store: store.clone(),
         blobs,
         editors: Arc::new(vec![EditorView {
             name: "fake".into(),
@@ -55,10 +66,10 @@ async fn app() -> (Router, tempfile::TempDir) {
         limits: Limits::default(),
         max_attempts: 3,
         auth: Arc::new(Auth::new(AuthMode::None, &CallerLimits::default())),
-        max_active_jobs_per_tenant: None,
+        max_active_jobs_per_tenant: limit,
         sse_direct_writes: true,
     };
-    (editthinker_api::router(state), dir)
+    editthinker_api::router(state)
 }
 
 /// Sends `request`; the status and the body as JSON (after checking that
@@ -351,4 +362,52 @@ async fn a_list_page_size_of_zero() {
         "validation_failed",
         Some("limit"),
     );
+}
+
+/// A create that skipped the limit's pre-check (its tenant was counted
+/// well under the limit moments ago) and is then refused by the insert,
+/// because jobs came from elsewhere meanwhile (another replica), answers
+/// `429` and leaves no image behind (crates/api/src/headroom.rs).
+#[tokio::test]
+async fn a_create_refused_by_the_insert_after_a_skipped_pre_check_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let router = replica(&store, &dir, Some(4));
+    let created = |router: Router| async move {
+        let response = router.oneshot(create(|_| {})).await.unwrap();
+        response.status()
+    };
+    // Counted at 0, then created for: 0 + 1 + 1 ≤ 4 / 2, still well under.
+    assert_eq!(created(router.clone()).await, StatusCode::ACCEPTED);
+    // Another replica fills the tenant up to its limit.
+    let other = replica(&store, &dir, Some(4));
+    for _ in 0..3 {
+        assert_eq!(created(other.clone()).await, StatusCode::ACCEPTED);
+    }
+    assert_eq!(created(other).await, StatusCode::TOO_MANY_REQUESTS);
+    let job_folders = || {
+        std::fs::read_dir(dir.path().join("blobs/jobs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let broken_image = || create(|b| b["image"]["base64"] = json!("bm90IGFuIGltYWdl"));
+    // The pre-check is skipped: a broken image is decoded (and refused as
+    // such) where a pre-check would have answered 429 first.
+    let response = router.clone().oneshot(broken_image()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let before = job_folders();
+    let response = router.clone().oneshot(create(|_| {})).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        job_folders(),
+        before,
+        "the refused create's image was removed"
+    );
+    // The refusal forgot the count: the next create is pre-checked and
+    // refused before its image is even decoded.
+    let response = router.clone().oneshot(broken_image()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    let response = router.oneshot(create(|_| {})).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(job_folders(), before);
 }

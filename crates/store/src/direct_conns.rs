@@ -114,3 +114,103 @@ impl DerefMut for Direct {
             .expect("a handed-out slot is connected")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test server (scripts/test sets DATABASE_URL); unreachable, the
+    /// tests fail.
+    fn options() -> PgConnectOptions {
+        std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+            .parse()
+            .unwrap()
+    }
+
+    async fn backend_pid(conn: &mut PgConnection) -> i32 {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_finished_connection_is_reused_as_it_is() {
+        let conns = DirectConnections::new(options(), 1, Duration::from_secs(60));
+        let mut conn = conns.acquire().await.unwrap();
+        let pid = backend_pid(&mut conn).await;
+        conn.finished();
+        let mut again = conns.acquire().await.unwrap();
+        assert_eq!(backend_pid(&mut again).await, pid);
+    }
+
+    /// A use dropped mid-statement leaves the server's answer unread: the
+    /// next user pings first, which drains it, and reads its own answer.
+    #[tokio::test]
+    async fn an_interrupted_use_is_drained_before_the_next() {
+        let conns = DirectConnections::new(options(), 1, Duration::from_secs(60));
+        {
+            let mut conn = conns.acquire().await.unwrap();
+            let slow =
+                sqlx::query_scalar::<_, i32>("SELECT 41 FROM pg_sleep(0.3)").fetch_one(&mut *conn);
+            assert!(tokio::time::timeout(Duration::from_millis(50), slow)
+                .await
+                .is_err());
+        }
+        let mut conn = conns.acquire().await.unwrap();
+        let answer: i32 = sqlx::query_scalar("SELECT 42")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(answer, 42);
+        conn.finished();
+    }
+
+    /// A connection the server closed while it sat idle is pinged, found
+    /// dead and replaced.
+    #[tokio::test]
+    async fn an_idle_connection_the_server_closed_is_replaced() {
+        let conns = DirectConnections::new(options(), 1, Duration::from_millis(100));
+        let mut conn = conns.acquire().await.unwrap();
+        let pid = backend_pid(&mut conn).await;
+        conn.finished();
+        let mut admin = options().connect().await.unwrap();
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        assert!(ended);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut conn = conns.acquire().await.unwrap();
+        assert_ne!(backend_pid(&mut conn).await, pid);
+    }
+
+    /// Busy connections make the next caller wait for one, not fail.
+    #[tokio::test]
+    async fn callers_beyond_the_connections_wait_their_turn() {
+        let conns = Arc::new(DirectConnections::new(
+            options(),
+            2,
+            Duration::from_secs(60),
+        ));
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..8i32 {
+            let conns = conns.clone();
+            tasks.spawn(async move {
+                let mut conn = conns.acquire().await.unwrap();
+                let echoed: i32 = sqlx::query_scalar("SELECT $1 FROM pg_sleep(0.02)")
+                    .bind(n)
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap();
+                conn.finished();
+                assert_eq!(echoed, n);
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap();
+        }
+    }
+}

@@ -74,3 +74,38 @@ async fn send_loop(notifier: Arc<Notifier>, pool: PgPool, channel: &'static str)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::postgres::PgListener;
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    /// Every payload queued in a burst arrives, in as few statements as
+    /// the task needed.
+    #[tokio::test]
+    async fn a_burst_of_notices_all_arrive() {
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let channel = "editthinker_notifier_test";
+        let mut listener = PgListener::connect(&url).await.unwrap();
+        listener.listen(channel).await.unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        let (notifier, task) = Notifier::spawn(pool, channel);
+        let sent: BTreeSet<String> = (0..200).map(|n| format!("payload-{n}")).collect();
+        for payload in &sent {
+            notifier.send(payload.clone());
+        }
+        let mut received = BTreeSet::new();
+        while received.len() < sent.len() {
+            let notice = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+                .await
+                .expect("every notice arrives")
+                .unwrap();
+            received.insert(notice.payload().to_string());
+        }
+        assert_eq!(received, sent);
+        task.abort();
+    }
+}
