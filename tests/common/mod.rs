@@ -111,10 +111,22 @@ impl Service {
     }
 
     pub fn start_with_env(role: &str, config: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Self::command(role, env);
+        cmd.arg("--config").arg(config);
+        Self::spawn(cmd, role)
+    }
+
+    /// Starts `editthinker <role>` in `dir`, without `--config`: it reads
+    /// `dir/editthinker.toml` when there is one.
+    pub fn start_in_dir(role: &str, dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Self::command(role, env);
+        cmd.current_dir(dir);
+        Self::spawn(cmd, role)
+    }
+
+    fn command(role: &str, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_editthinker"));
         cmd.arg(role)
-            .arg("--config")
-            .arg(config)
             .env("RUST_LOG", "info,tower_http=warn,sqlx=warn")
             .env("NO_COLOR", "1")
             // Many services run at once: each exporter takes a free port
@@ -126,6 +138,10 @@ impl Service {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn spawn(mut cmd: Command, role: &str) -> Self {
         let mut child = cmd.spawn().expect("starting the editthinker binary");
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));

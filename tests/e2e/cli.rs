@@ -488,3 +488,31 @@ async fn ctrl_c_asks_whether_to_cancel_the_job() {
 }
 
 crate::both_sse_modes!(submit_resumes_the_stream_after_the_connection_drops);
+
+/// A client command piped into a reader that stops early (`| head -1`)
+/// ends by SIGPIPE, quietly, instead of panicking on the write.
+#[test]
+fn a_client_command_piped_into_head_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    // `openapi` prints more than a pipe holds, so its writes outlast the
+    // reader.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_editthinker"))
+        .arg("openapi")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?} {stderr}");
+}

@@ -24,6 +24,7 @@ mod job_loop;
 mod metrics;
 mod retention;
 mod sse;
+mod startup;
 mod tenants;
 mod traces;
 mod viewer;

@@ -61,6 +61,15 @@ pub enum ApiError {
     /// No such job (or turn).
     #[error("{0}")]
     NotFound(String),
+    /// The path exists but not with this method (405; axum's router adds
+    /// the `Allow` header to the answer).
+    #[error("{method} is not allowed on {path}: the Allow header lists the methods it takes")]
+    MethodNotAllowed {
+        /// The method sent.
+        method: String,
+        /// The path.
+        path: String,
+    },
     /// The job is in the wrong state for this request.
     #[error("{detail}")]
     Conflict {
@@ -139,6 +148,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND,
                 ErrorCode::NotFound,
                 "Not found",
+                None,
+            ),
+            Self::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                "Method not allowed",
                 None,
             ),
             Self::Conflict { code, .. } => (StatusCode::CONFLICT, *code, "Conflict", None),

@@ -621,11 +621,15 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
                 Some(name) => join_path(&parent, name),
                 None => field_name(&parent),
             };
-            ApiError::invalid(field, strip_position(&message))
+            let rule = crate::json_terms::describe(&field, &strip_position(&message));
+            ApiError::invalid(crate::json_terms::cut(&field), rule)
         }
         _ => ApiError::Malformed {
             field: None,
-            detail: format!("the body is not valid JSON: {message}"),
+            detail: format!(
+                "the body is not valid JSON: {}",
+                crate::json_terms::cut_quotes(&message)
+            ),
         },
     }
 }

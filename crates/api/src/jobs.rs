@@ -81,12 +81,12 @@ pub async fn create_job(
         let body = tokio::time::timeout(body_timeout, Bytes::from_request(request, &state))
             .await
             .map_err(|_| slow())?
-            .map_err(|e| body_error(e.status(), e.body_text()))?;
+            .map_err(|e| body_error(e.status(), e.body_text(), &state.limits))?;
         intake::parse_json(&body, &state.limits).await?
     } else if content_type.starts_with("multipart/form-data") {
         let multipart = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| body_error(e.status(), e.body_text()))?;
+            .map_err(|e| body_error(e.status(), e.body_text(), &state.limits))?;
         tokio::time::timeout(
             body_timeout,
             intake::parse_multipart(multipart, &state.limits),
@@ -254,11 +254,17 @@ fn request_digest(parsed: &ParsedCreate) -> String {
         .collect()
 }
 
-fn body_error(status: StatusCode, text: String) -> ApiError {
+fn body_error(status: StatusCode, text: String, limits: &intake::Limits) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::TooLarge {
             field: "body".into(),
-            detail: text,
+            detail: format!(
+                "the body is over the limit of {} bytes (a base64 image of up to \
+                 [limits] max_image_bytes = {} bytes, plus 1 MiB for the other fields); \
+                 send a smaller image, or its URL as image.url",
+                crate::body_limit(limits),
+                limits.max_image_bytes
+            ),
         }
     } else {
         ApiError::Malformed {

@@ -10,6 +10,7 @@ pub mod fanout;
 pub mod headroom;
 pub mod intake;
 mod jobs;
+pub mod json_terms;
 pub mod positions;
 pub mod server;
 pub mod stream_event;
@@ -296,10 +297,15 @@ pub fn openapi_json() -> String {
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serializes")
 }
 
+/// The largest request body: room for a base64-encoded image at
+/// `[limits] max_image_bytes` plus 1 MiB for the other fields.
+pub fn body_limit(limits: &intake::Limits) -> usize {
+    limits.max_image_bytes / 3 * 4 + 1024 * 1024
+}
+
 /// The whole router.
 pub fn router(state: AppState) -> Router {
-    // Room for a base64-encoded image at the byte limit plus the other fields.
-    let body_limit = state.limits.max_image_bytes / 3 * 4 + 1024 * 1024;
+    let body_limit = body_limit(&state.limits);
     let (routes, _) = routes().split_for_parts();
     routes
         .fallback(system::not_found)
@@ -310,8 +316,18 @@ pub fn router(state: AppState) -> Router {
             auth::authenticate,
         ))
         .layer(cors(&state.cors_allowed_origins))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        // No failure log here: an internal error is logged where it happens
+        // (`ApiError::Internal`), and an expected 503 (`not_configured`)
+        // is not an error of this process.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(()),
+        )
         .layer(axum::middleware::from_fn(count_request))
+        .layer(axum::middleware::from_fn(
+            system::method_not_allowed_problem,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }

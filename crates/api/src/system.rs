@@ -81,6 +81,31 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
+/// A `405` that axum's method router answered with an empty body becomes
+/// a problem body, like every other error (the router adds `Allow` on its
+/// way out, after this layer).
+pub async fn method_not_allowed_problem(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    if response.status() != axum::http::StatusCode::METHOD_NOT_ALLOWED
+        || response
+            .headers()
+            .contains_key(axum::http::header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    ApiError::MethodNotAllowed {
+        method: crate::json_terms::cut_quotes(&format!("`{method}`")),
+        path: crate::json_terms::cut_quotes(&format!("`{path}`")),
+    }
+    .into_response()
+}
+
 /// Unknown paths answer a problem too.
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::NotFound(format!("no route for {}", uri.path()))

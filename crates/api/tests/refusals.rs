@@ -411,3 +411,94 @@ async fn a_create_refused_by_the_insert_after_a_skipped_pre_check_stores_nothing
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(job_folders(), before);
 }
+
+/// The likeliest mistake, the image as a bare base64 string, is described
+/// in the document's terms, without the image repeated back.
+#[tokio::test]
+async fn an_image_sent_as_a_string_is_described_not_echoed() {
+    let image = PNG_1X1.repeat(40);
+    let (status, problem) = send(create(|b| b["image"] = json!(image))).await;
+    assert_problem(
+        (status, problem.clone()),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("image"),
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert_eq!(
+        detail,
+        "image: must be an object with `base64` (the image's bytes in base64) or `url` (got a string)"
+    );
+    assert!(!detail.contains("iVBOR"), "{detail}");
+}
+
+#[tokio::test]
+async fn a_number_sent_as_a_string_names_the_range() {
+    let (status, problem) = send(create(|b| b["options"] = json!({"max_turns": "3"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["field"], "options.max_turns");
+    assert_eq!(
+        problem["detail"],
+        "options.max_turns: must be an integer from 1 to 10 (got a string)"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_field_s_long_name_is_cut() {
+    let name = "z".repeat(500);
+    let (status, problem) = send(create(|b| b[name.as_str()] = json!(1))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(!detail.contains(&"z".repeat(65)), "{detail}");
+    assert!(detail.contains(&format!("{}…", "z".repeat(64))), "{detail}");
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_names_the_limit() {
+    let limit = editthinker_api::body_limit(&Limits::default());
+    let body = format!(
+        "{{\"image\":{{\"base64\":\"{}\"}},\"instruction\":\"x\"}}",
+        "A".repeat(limit + 1)
+    );
+    let (status, problem) = send(post("application/json", body)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{problem}");
+    assert_eq!(problem["code"], "too_large");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("over the limit of {limit} bytes")),
+        "{problem}"
+    );
+}
+
+/// A method a path does not take gets a problem and `Allow`, not axum's
+/// empty `405`.
+#[tokio::test]
+async fn a_method_the_path_does_not_take_gets_a_problem() {
+    let (router, _dir) = app().await;
+    let response = router
+        .oneshot(Request::delete("/v1/jobs").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = response.headers()[header::ALLOW]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(allow.contains("GET") && allow.contains("POST"), "{allow}");
+    assert_eq!(
+        response.headers()[header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let problem: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(problem["code"], "method_not_allowed", "{problem}");
+    assert_eq!(problem["status"], 405);
+    assert_eq!(
+        problem["detail"],
+        "`DELETE` is not allowed on `/v1/jobs`: the Allow header lists the methods it takes"
+    );
+}

@@ -17,13 +17,18 @@ use serde::Deserialize;
 
 use crate::telemetry::LogConfig;
 
-/// The default configuration file, read when present and no `--config` is given.
+/// The default configuration file, read from the working directory (never
+/// a parent folder) when present and no `--config` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "editthinker.toml";
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// The file the configuration was read from; `None`: defaults and
+    /// environment variables only. Set by [`Config::load`], not a key.
+    #[serde(skip)]
+    pub loaded_from: Option<std::path::PathBuf>,
     /// Address the API listens on.
     pub listen: String,
     /// `sqlite://path` (embedded default) or `postgres://…`.
@@ -61,6 +66,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            loaded_from: None,
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://data/editthinker.db".into(),
             blob_url: "file://data/blobs".into(),
@@ -354,10 +360,13 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads the layers and validates the result. `path` is the `--config`
-    /// file; without it, `editthinker.toml` is read when present.
+    /// file; without it, `editthinker.toml` is read when the working
+    /// directory has one. Parent folders are never searched: a file there
+    /// belongs to another project (figment's `Toml::file` would search
+    /// them).
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
-        match path {
+        let file = match path {
             Some(path) => {
                 if !path.exists() {
                     return Err(ConfigError::Invalid {
@@ -365,17 +374,21 @@ impl Config {
                         rule: format!("{} does not exist", path.display()),
                     });
                 }
-                figment = figment.merge(Toml::file_exact(path));
+                Some(path.to_path_buf())
             }
-            None => figment = figment.merge(Toml::file(DEFAULT_CONFIG_FILE)),
+            None => Some(Path::new(DEFAULT_CONFIG_FILE).to_path_buf()).filter(|p| p.is_file()),
+        };
+        if let Some(file) = &file {
+            figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(
             Env::prefixed("EDITTHINKER_")
                 .split("__")
                 .ignore(&["config"]),
         );
-        let config: Config = figment.extract().map_err(Box::new)?;
+        let mut config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
+        config.loaded_from = file.map(|f| std::path::absolute(&f).unwrap_or(f));
         Ok(config)
     }
 

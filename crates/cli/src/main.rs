@@ -174,6 +174,19 @@ async fn keys(config: Config, command: KeysCommand) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     use editthinker::client::commands;
+    if matches!(
+        cli.command,
+        Command::Openapi | Command::Submit { .. } | Command::Jobs { .. }
+    ) {
+        // A client command piped into `head` ends quietly when the pipe
+        // closes, like any Unix tool, instead of panicking on the write
+        // (Rust ignores SIGPIPE). The server roles keep ignoring it.
+        // SAFETY: no other thread exists yet that could race on the
+        // signal disposition.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Openapi => {
             println!("{}", editthinker_api::openapi_json());
@@ -214,6 +227,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match &config.loaded_from {
+        Some(file) => tracing::info!(file = %file.display(), "configuration loaded"),
+        None => tracing::info!(
+            "no {} in the working directory and no --config: defaults and EDITTHINKER_* variables",
+            editthinker::config::DEFAULT_CONFIG_FILE
+        ),
+    }
     let result = match cli.command {
         Command::Serve => roles::serve(config).await,
         Command::Api => roles::api(config).await,

@@ -59,9 +59,12 @@ impl MetricsConfig {
     }
 }
 
-/// Installs the recorder, binds the listener and starts serving and
-/// polling; `None` when `[metrics] listen` is empty. Fails when the address
-/// cannot be bound, before the role starts its work.
+/// Binds the listener, installs the recorder and starts serving and
+/// polling; `None` when `[metrics] listen` is empty, or when its address
+/// cannot be bound: metrics are an aid, so a port in use (9090 is also
+/// Prometheus's own default; `api` and `worker` started on one host with
+/// one configuration share it) logs a warning and the role runs without
+/// them. The API's own port stays fatal.
 pub async fn start(
     config: &MetricsConfig,
     store: Arc<dyn Store>,
@@ -74,10 +77,15 @@ pub async fn start(
         info!("metrics exporter off ([metrics] listen is empty)");
         return Ok(None);
     };
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(metrics_addr = %addr, error = %e,
+                "metrics exporter off: [metrics] listen cannot be bound (set another address, or \"\" to turn it off)");
+            return Ok(None);
+        }
+    };
     let handle = recorder()?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("metrics.listen: binding {addr}"))?;
     info!(metrics_addr = %listener.local_addr()?, "metrics exporter ready");
     let poll = Duration::from_secs(config.queue_poll_seconds);
     Ok(Some(tokio::spawn(async move {

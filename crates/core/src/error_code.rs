@@ -49,6 +49,9 @@ pub enum ErrorCode {
     HeadersTooLarge,
     /// No such job, turn or route.
     NotFound,
+    /// The route exists, but not with this method (`Allow` lists its
+    /// methods).
+    MethodNotAllowed,
     /// Canceling a job that has already finished.
     JobFinished,
     /// Asking for the result of a job that has not succeeded.
@@ -90,7 +93,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every member, in declaration order.
-    pub const ALL: [ErrorCode; 37] = [
+    pub const ALL: [ErrorCode; 38] = [
         Self::MalformedRequest,
         Self::TooLarge,
         Self::UnsupportedMediaType,
@@ -110,6 +113,7 @@ impl ErrorCode {
         Self::UriTooLong,
         Self::HeadersTooLarge,
         Self::NotFound,
+        Self::MethodNotAllowed,
         Self::JobFinished,
         Self::JobNotReady,
         Self::JobNotFailed,
@@ -153,6 +157,7 @@ impl ErrorCode {
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::JobFinished => "job_finished",
             Self::JobNotReady => "job_not_ready",
             Self::JobNotFailed => "job_not_failed",

@@ -56,6 +56,26 @@ pub fn default_out(image: &Path) -> PathBuf {
     image.with_file_name(format!("{stem}.edited.png"))
 }
 
+/// `path`, or, when a file is there already, the first free
+/// `<stem>-2.<ext>`, `<stem>-3.<ext>`, … beside it.
+pub fn free_path(path: PathBuf) -> PathBuf {
+    if !path.exists() {
+        return path;
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = path
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    (2..)
+        .map(|n| path.with_file_name(format!("{stem}-{n}{ext}")))
+        .find(|p| !p.exists())
+        .expect("some number is free")
+}
+
 /// Uploads, watches, saves the result.
 pub async fn submit(client: &ApiClient, args: SubmitArgs) -> ExitCode {
     let mut options = json!({});
@@ -93,13 +113,23 @@ pub async fn submit(client: &ApiClient, args: SubmitArgs) -> ExitCode {
             job["editor"].as_str().unwrap_or("?")
         );
     }
-    let out = args.out.unwrap_or_else(|| default_out(&args.image));
+    // An explicit --out is overwritten as asked; the default name never
+    // replaces an earlier result.
+    let out = args
+        .out
+        .unwrap_or_else(|| free_path(default_out(&args.image)));
     watch_job(client, &id, Some(&out), args.json).await
 }
 
 /// Watches a job to its end; saves the result to `out` when it succeeds.
 pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: bool) -> ExitCode {
     let mut watcher = (!json).then(Watcher::new);
+    if let Some(w) = watcher.as_mut() {
+        // Best effort: without it the status line only lacks the last turn.
+        if let Ok(job) = client.job(id).await {
+            w.set_max_turns(job["options"]["max_turns"].as_u64());
+        }
+    }
     let mut stream = JobStream::new(client, id, None);
     let finished = loop {
         let run = stream.run(|next| {
@@ -138,16 +168,26 @@ pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: b
     };
     let code = outcome(client, &job, out, json).await;
     if let (Some(elapsed), false) = (elapsed, json) {
-        println!(
-            "{} in {:.1} s",
-            job["status"].as_str().unwrap_or("?"),
-            elapsed.as_secs_f64()
-        );
+        // The job's own time from creation to its end: watching a job that
+        // had already finished took no time at all.
+        let took = job_seconds(&job).unwrap_or(elapsed.as_secs_f64());
+        println!("{} in {took:.1} s", job["status"].as_str().unwrap_or("?"));
     }
     if json {
         println!("{job:#}");
     }
     code
+}
+
+/// Seconds from a job's `created_at` to its `finished_at`, when it has both.
+fn job_seconds(job: &Value) -> Option<f64> {
+    let at = |key: &str| {
+        job[key]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    let took = at("finished_at")? - at("created_at")?;
+    Some(took.num_milliseconds() as f64 / 1000.0)
 }
 
 /// Saves a succeeded job's result; the exit code of its status.
@@ -165,8 +205,9 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
                 }
                 if !json {
                     println!(
-                        "result: turn {} ({}) saved to {}",
+                        "result: turn {} of {} (stopped: {}) saved to {}",
                         job["result"]["turn"],
+                        job["turns"].as_array().map_or(0, Vec::len),
                         job["stop_reason"].as_str().unwrap_or("-"),
                         out.display()
                     );
@@ -280,6 +321,31 @@ pub async fn download(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_existing_result_is_never_replaced_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("cat.edited.png");
+        assert_eq!(free_path(out.clone()), out);
+        std::fs::write(&out, b"first").unwrap();
+        let second = dir.path().join("cat.edited-2.png");
+        assert_eq!(free_path(out.clone()), second);
+        std::fs::write(&second, b"second").unwrap();
+        assert_eq!(free_path(out), dir.path().join("cat.edited-3.png"));
+    }
+
+    #[test]
+    fn a_job_s_time_runs_from_its_creation_to_its_end() {
+        let job = serde_json::json!({
+            "created_at": "2026-12-07T10:00:00Z",
+            "finished_at": "2026-12-07T10:00:12.5Z",
+        });
+        assert_eq!(job_seconds(&job), Some(12.5));
+        assert_eq!(
+            job_seconds(&serde_json::json!({"created_at": "2026-12-07T10:00:00Z"})),
+            None
+        );
+    }
     use super::*;
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Watcher {
     /// The instruction each turn was edited with (`turn.edited`), for its
     /// line once critiqued.
     instructions: std::collections::HashMap<u64, String>,
+    /// The job's `options.max_turns`, when known: no "editing turn N+1"
+    /// after its last turn.
+    max_turns: Option<u64>,
 }
 
 impl Watcher {
@@ -55,6 +58,23 @@ impl Watcher {
             reasoning_turn: None,
             show_reasoning: tty,
             instructions: Default::default(),
+            max_turns: None,
+        }
+    }
+
+    /// The job's turn limit, for the status after each critique.
+    pub fn set_max_turns(&mut self, max_turns: Option<u64>) {
+        self.max_turns = max_turns;
+    }
+
+    /// What the job does after `turn` was critiqued with `critique`.
+    fn after_critique(&self, turn: u64, critique: &serde_json::Value) -> String {
+        let satisfied = critique["satisfied"].as_bool() == Some(true);
+        let last = self.max_turns.is_some_and(|max| turn >= max);
+        if satisfied || last {
+            "finishing".into()
+        } else {
+            format!("editing turn {}", turn + 1)
         }
     }
 
@@ -118,7 +138,7 @@ impl Watcher {
                     data["instruction"] = instruction.clone().into();
                 }
                 self.line(&turn_line(&data));
-                self.status(format!("editing turn {}", turn.unwrap_or(0) + 1));
+                self.status(self.after_critique(turn.unwrap_or(0), &data["critique"]));
             }
             "job.succeeded" => self.status("done".into()),
             "job.failed" | "job.canceled" => {
@@ -226,6 +246,18 @@ pub fn turn_line(data: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn after_the_last_or_a_satisfied_turn_the_job_is_finishing() {
+        let mut watcher = Watcher::new();
+        let unsatisfied = serde_json::json!({"satisfied": false});
+        assert_eq!(watcher.after_critique(1, &unsatisfied), "editing turn 2");
+        watcher.set_max_turns(Some(3));
+        assert_eq!(watcher.after_critique(2, &unsatisfied), "editing turn 3");
+        assert_eq!(watcher.after_critique(3, &unsatisfied), "finishing");
+        let satisfied = serde_json::json!({"satisfied": true});
+        assert_eq!(watcher.after_critique(1, &satisfied), "finishing");
+    }
 
     #[test]
     fn a_turn_line_has_the_index_the_scores_and_the_overall() {
