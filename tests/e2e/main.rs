@@ -16,6 +16,7 @@ mod build_features;
 mod cli;
 mod clients;
 mod deploy;
+mod docs_links;
 mod faults;
 mod fuzz;
 mod gateway;
