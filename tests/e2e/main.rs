@@ -17,6 +17,7 @@ mod cli;
 mod clients;
 mod deploy;
 mod docs_links;
+mod examples;
 mod faults;
 mod fuzz;
 mod gateway;
