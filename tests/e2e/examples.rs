@@ -26,13 +26,20 @@ fn editors(config: &Config) -> Vec<(String, String, Option<String>, bool)> {
         .collect()
 }
 
+/// Checks the thinker's kind, protocol and model.
+fn assert_thinker(config: &Config, kind: ThinkerKind, protocol: Protocol, model: &str) {
+    let thinker = config.thinker.as_ref().expect("a thinker");
+    assert_eq!(
+        (thinker.kind, thinker.protocol, thinker.model.as_str()),
+        (kind, protocol, model)
+    );
+}
+
 #[test]
 fn the_openai_quick_start_is_one_key_for_both() {
     let config = load("openai.toml");
+    assert_thinker(&config, ThinkerKind::Openai, Protocol::Expert, "gpt-4.1");
     let thinker = config.thinker.as_ref().expect("a thinker");
-    assert_eq!(thinker.kind, ThinkerKind::Openai);
-    assert_eq!(thinker.protocol, Protocol::Expert);
-    assert_eq!(thinker.model, "gpt-4.1");
     assert_eq!(thinker.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
     assert_eq!(
         editors(&config),
@@ -52,10 +59,12 @@ fn the_openai_quick_start_is_one_key_for_both() {
 #[test]
 fn the_fal_and_vllm_quick_start_runs_the_paper_s_thinker() {
     let config = load("fal-vllm.toml");
-    let thinker = config.thinker.as_ref().expect("a thinker");
-    assert_eq!(thinker.kind, ThinkerKind::Openai);
-    assert_eq!(thinker.protocol, Protocol::Editthinker);
-    assert_eq!(thinker.model, "EditThinker-8B");
+    assert_thinker(
+        &config,
+        ThinkerKind::Openai,
+        Protocol::Editthinker,
+        "EditThinker-8B",
+    );
     assert_eq!(
         editors(&config),
         [
@@ -78,9 +87,12 @@ fn the_fal_and_vllm_quick_start_runs_the_paper_s_thinker() {
 #[test]
 fn the_gpu_box_quick_start_thinks_in_process() {
     let config = load("gpu-box.toml");
-    let thinker = config.thinker.as_ref().expect("a thinker");
-    assert_eq!(thinker.kind, ThinkerKind::Local);
-    assert_eq!(thinker.model, "appletea2333/EditThinker-8B");
+    assert_thinker(
+        &config,
+        ThinkerKind::Local,
+        Protocol::Editthinker,
+        "appletea2333/EditThinker-8B",
+    );
     assert_eq!(
         editors(&config),
         [("kontext-local".into(), "http".into(), None, true)]
