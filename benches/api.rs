@@ -279,48 +279,12 @@ fn per_request(xacts: Option<f64>, load: &LoadResult) -> f64 {
     xacts.map_or(f64::NAN, |x| x / (load.ok + load.failed).max(1) as f64)
 }
 
-/// One kind of phase over every round.
-#[derive(Default)]
-struct Phase {
-    ok: usize,
-    failed: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-    first_failure: Option<String>,
-}
-
-impl Phase {
-    fn add(&mut self, load: LoadResult) {
-        self.ok += load.ok;
-        self.failed += load.failed;
-        self.elapsed += load.elapsed;
-        self.latencies.extend(load.latencies);
-        if self.first_failure.is_none() {
-            self.first_failure = load.first_failure;
-        }
-    }
-
-    fn print(&self, label: &str) {
-        println!(
-            "{label:<22} {:>8.1} req/s over every round ({} ok, {} failed{})",
-            self.ok as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE),
-            self.ok,
-            self.failed,
-            self.first_failure
-                .as_deref()
-                .map(|f| format!("; first failure: {f}"))
-                .unwrap_or_default()
-        );
-        percentiles(&format!("  {label}"), self.latencies.clone());
-    }
-}
-
 /// The three measured phases, over every round.
 #[derive(Default)]
 struct Phases {
-    post: Phase,
-    get_queued: Phase,
-    get_finished: Phase,
+    post: LoadResult,
+    get_queued: LoadResult,
+    get_finished: LoadResult,
 }
 
 /// Each round's rate over its yardstick, measured right beside it.
@@ -458,7 +422,32 @@ struct LoadResult {
 impl LoadResult {
     /// Answers that passed their check, per second.
     fn rate(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64()
+        self.ok as f64 / self.elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// Adds `other`'s answers, time and latencies to these.
+    fn add(&mut self, other: LoadResult) {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+        if self.first_failure.is_none() {
+            self.first_failure = other.first_failure;
+        }
+    }
+
+    fn print(&self, label: &str) {
+        println!(
+            "{label:<22} {:>8.1} req/s over every round ({} ok, {} failed{})",
+            self.rate(),
+            self.ok,
+            self.failed,
+            self.first_failure
+                .as_deref()
+                .map(|f| format!("; first failure: {f}"))
+                .unwrap_or_default()
+        );
+        percentiles(&format!("  {label}"), self.latencies.clone());
     }
 }
 
@@ -515,14 +504,9 @@ where
     }
     let mut total = LoadResult::default();
     while let Some(part) = tasks.join_next().await {
-        let part = part.expect("a load task panicked");
-        total.ok += part.ok;
-        total.failed += part.failed;
-        total.latencies.extend(part.latencies);
-        if total.first_failure.is_none() {
-            total.first_failure = part.first_failure;
-        }
+        total.add(part.expect("a load task panicked"));
     }
+    // The connections ran side by side: the phase took the wall time.
     total.elapsed = started.elapsed();
     total
 }
