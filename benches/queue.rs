@@ -214,5 +214,6 @@ fn bench_job(n: usize) -> NewJob {
         webhook: None,
         deadline_seconds: None,
         traceparent: None,
+        sandbox: false,
     }
 }

@@ -124,6 +124,14 @@ impl Service {
         Self::spawn(cmd, role)
     }
 
+    /// Starts `editthinker serve --sandbox` in `dir`, as the README's
+    /// quick start does (no configuration file unless `dir` has one).
+    pub fn start_sandbox(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut cmd = Self::command("serve", env);
+        cmd.arg("--sandbox").current_dir(dir);
+        Self::spawn(cmd, "serve")
+    }
+
     fn command(role: &str, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_editthinker"));
         cmd.arg(role)
@@ -239,7 +247,14 @@ pub fn decode(bytes: &[u8]) -> DynamicImage {
 }
 
 async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(router, 0).await
+}
+
+/// [`serve`] on `port` (0: a free one).
+async fn serve_on(router: Router, port: u16) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
     addr
@@ -384,6 +399,10 @@ pub struct FakeThinkerState {
     pub busy_first: Mutex<u32>,
     /// How many requests got that 503.
     pub turned_away: Mutex<u32>,
+    /// `GET /v1/models` (the workers' probe) answers 503 while set.
+    pub models_down: std::sync::atomic::AtomicBool,
+    /// How many probes (`GET /v1/models`) arrived.
+    pub probes: std::sync::atomic::AtomicU32,
 }
 
 /// Characters per streamed chunk.
@@ -402,12 +421,19 @@ pub const TEST_TEMPLATE: &str =
 
 impl FakeThinker {
     pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    /// [`FakeThinker::start`] on `port` (0: a free one), e.g. one a
+    /// service was told to use while nothing listened there.
+    pub async fn start_on(port: u16) -> Self {
         let state = Arc::new(FakeThinkerState::default());
         *state.fallback.lock().unwrap() = said(9, 9, "");
         let router = Router::new()
             .route("/v1/chat/completions", post(fake_chat))
+            .route("/v1/models", axum::routing::get(fake_models))
             .with_state(state.clone());
-        let addr = serve(router).await;
+        let addr = serve_on(router, port).await;
         Self {
             base_url: format!("http://{addr}/v1"),
             state,
@@ -544,6 +570,24 @@ fn stream_answer(answer: String, pause: Duration) -> axum::response::Response {
         .header("content-type", "text/event-stream")
         .body(axum::body::Body::from_stream(body))
         .unwrap()
+}
+
+/// `GET /v1/models` as vLLM answers it, with no models listed (so any
+/// configured `model` passes the probe), or 503 while `models_down`.
+async fn fake_models(
+    axum::extract::State(state): axum::extract::State<Arc<FakeThinkerState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use std::sync::atomic::Ordering;
+    state.probes.fetch_add(1, Ordering::Relaxed);
+    if state.models_down.load(Ordering::Relaxed) {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "down for the test",
+        )
+            .into_response();
+    }
+    axum::Json(json!({"object": "list", "data": []})).into_response()
 }
 
 /// Config sections for a fake thinker and editor.

@@ -500,15 +500,26 @@ async fn system_endpoints() {
             .status(),
         200
     );
-    let (status, ready) = get_json(&service.url("/readyz")).await;
+    // The worker in this process probes the thinker at start: `ok` once
+    // the first probe answered (`checking` before).
+    let mut ready = json!(null);
+    for _ in 0..50 {
+        let (status, body) = get_json(&service.url("/readyz")).await;
+        assert_eq!(status, 200, "{body}");
+        ready = body;
+        if ready["thinker"] != "checking" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
-        (status, ready["ready"].clone(), ready["thinker"].clone()),
-        (200, json!(true), json!("configured"))
+        (ready["ready"].clone(), ready["thinker"].clone()),
+        (json!(true), json!("ok"))
     );
     let (_, editors) = get_json(&service.url("/v1/editors")).await;
     assert_eq!(
         editors,
-        json!({"editors": [{"name": "fake", "kind": "http", "model": null, "default": true}]})
+        json!({"editors": [{"name": "fake", "kind": "http", "model": null, "default": true, "sandbox": false}]})
     );
     let spec = client
         .get(service.url("/openapi.json"))
@@ -664,7 +675,7 @@ async fn api_role_needs_no_provider_secrets() {
     let (_, editors) = get_json(&api.url("/v1/editors")).await;
     assert_eq!(
         editors,
-        json!({"editors": [{"name": "gpt", "kind": "openai", "model": "gpt-image-1", "default": true}]})
+        json!({"editors": [{"name": "gpt", "kind": "openai", "model": "gpt-image-1", "default": true, "sandbox": false}]})
     );
     let (_, ready) = get_json(&api.url("/readyz")).await;
     assert_eq!(ready["thinker"], "configured");

@@ -349,6 +349,18 @@ async fn on_a_terminal_progress_is_drawn_and_no_color_is_respected() {
         1,
         "{colored:?}"
     );
+    // The live reasoning reads as the turn's, above its scores, without
+    // the model's tags.
+    let heading = colored
+        .find("turn 1 thinking:")
+        .expect("a reasoning heading");
+    let reasoning = colored.find("checking the edit").expect("the reasoning");
+    let scores = colored.find("turn 1  semantic").unwrap();
+    assert!(heading < reasoning && reasoning < scores, "{colored:?}");
+    assert!(
+        !colored.contains("<think>") && !colored.contains("<score>"),
+        "{colored:?}"
+    );
     let (ok, plain) = tokio::task::spawn_blocking(move || {
         under_pty(&cmd, &[("TERM", "xterm"), ("NO_COLOR", "1")])
     })

@@ -145,3 +145,51 @@ fn slugs_follow_github() {
         ["a.md#b", "#c"]
     );
 }
+
+/// Each file in `docs/` opens with a `## Contents` that links every `##`
+/// and `###` heading after it (anchors checked by the test above).
+#[test]
+fn every_docs_file_has_a_table_of_contents_of_its_headings() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut missing = Vec::new();
+    for file in markdown_files(root).into_iter().skip(1) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let name = file.strip_prefix(root).unwrap().display().to_string();
+        let Some(start) = text.find("\n## Contents\n") else {
+            missing.push(format!("{name}: no ## Contents"));
+            continue;
+        };
+        let body = &text[start + "\n## Contents\n".len()..];
+        let end = body.find("\n## ").unwrap_or(body.len());
+        let (contents, rest) = body.split_at(end);
+        let listed: BTreeSet<String> = link_targets(contents)
+            .into_iter()
+            .filter_map(|t| t.strip_prefix('#').map(str::to_owned))
+            .collect();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for line in prose_lines(&text) {
+            let level = line.chars().take_while(|&c| c == '#').count();
+            let heading = &line[level..];
+            if level == 0 || !heading.starts_with(' ') {
+                continue;
+            }
+            let base = slug(heading);
+            let n = seen.entry(base.clone()).or_default();
+            let anchor = if *n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            *n += 1;
+            let after_contents = rest.contains(line);
+            if (2..=3).contains(&level)
+                && anchor != "contents"
+                && after_contents
+                && !listed.contains(&anchor)
+            {
+                missing.push(format!("{name}: {} not in its contents", line.trim()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{}", missing.join("\n"));
+}

@@ -299,6 +299,7 @@ async fn a_layer_that_rewrites_bodies_keeps_the_stream_on_hypers_path(mode: SseM
             webhook: None,
             deadline_seconds: None,
             traceparent: None,
+            sandbox: false,
         })
         .await
         .unwrap();
@@ -310,7 +311,8 @@ async fn a_layer_that_rewrites_bodies_keeps_the_stream_on_hypers_path(mode: SseM
                 .unwrap(),
         ),
         editors: std::sync::Arc::new(Vec::new()),
-        thinker_configured: false,
+        thinker: editthinker_api::ThinkerSetup::Missing,
+        thinker_probe: None,
         webhooks_configured: false,
         retention: None,
         cors_allowed_origins: Vec::new(),

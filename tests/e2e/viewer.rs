@@ -16,20 +16,59 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::Value;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
+/// The folder of the browser scripts, when node, Chromium and
+/// playwright-core are all there (`None` after saying what is missing).
+fn ui_folder(test: &str) -> Option<PathBuf> {
     let ui = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
-    let chromium = std::env::var("CHROMIUM")
-        .map(PathBuf::from)
-        .ok()
-        .or_else(|| which("chromium"));
     let ready = which("node").is_some()
-        && chromium.is_some()
+        && chromium().is_some()
         && ui.join("node_modules/playwright-core").is_dir();
     if !ready {
-        tool_missing("viewer_e2e", "node, chromium or tests/ui/node_modules");
-        return;
+        tool_missing(test, "node, chromium or tests/ui/node_modules");
+        return None;
     }
+    Some(ui)
+}
+
+fn chromium() -> Option<PathBuf> {
+    std::env::var("CHROMIUM")
+        .map(PathBuf::from)
+        .ok()
+        .or_else(|| which("chromium"))
+}
+
+/// The screenshot folder, `target/ui-screenshots`.
+fn screenshots() -> PathBuf {
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    shots
+}
+
+/// Runs `ui/<script>` with `args` in node and returns the JSON line it
+/// printed last (what the browser saw).
+async fn run_script(ui: PathBuf, script: &str, args: Vec<std::ffi::OsString>) -> Value {
+    let script = ui.join(script);
+    let run = tokio::task::spawn_blocking(move || {
+        let mut cmd = Command::new("node");
+        cmd.arg(script).args(args).current_dir(&ui);
+        if let Some(chromium) = chromium() {
+            cmd.env("CHROMIUM", chromium);
+        }
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&run.stderr));
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
+    let Some(ui) = ui_folder("viewer_e2e") else {
+        return;
+    };
     let env = TestEnv::new(Backend::Sqlite).await;
     env.migrate();
     let editor = FakeEditor::start().await;
@@ -61,32 +100,25 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
     let service = Service::start("serve", &config);
     let image = env.dir.path().join("door.png");
     std::fs::write(&image, png(48, 32, [200, 40, 40])).unwrap();
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/ui-screenshots");
-    std::fs::create_dir_all(&shots).unwrap();
-
-    let base = service.url("");
-    let key_for_checks = key.clone();
-    let run = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new("node");
-        cmd.arg(ui.join("viewer.mjs"))
-            .args([&base, &key])
-            .arg(&image)
-            .arg(&shots)
-            .current_dir(&ui);
-        if let Some(chromium) = chromium {
-            cmd.env("CHROMIUM", chromium);
-        }
-        cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    eprintln!("{}", String::from_utf8_lossy(&run.stderr));
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
-        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let seen = run_script(
+        ui,
+        "viewer.mjs",
+        vec![
+            service.url("").into(),
+            key.clone().into(),
+            image.into(),
+            screenshots().into(),
+        ],
+    )
+    .await;
+    let key_for_checks = key;
     println!("viewer saw: {seen:#}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen:#}");
     assert_eq!(seen["editors"], serde_json::json!(["fake"]));
+    assert_eq!(
+        seen["maxTurnsDefault"], "5",
+        "the API's default, not the UI's own"
+    );
     // Live: turn 1 was scored while the job still ran.
     assert_eq!(seen["statusAtTurn1"], "running", "{seen:#}");
     let turn1 = seen["turn1"].as_str().unwrap();
@@ -115,6 +147,36 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
         seen["chartSeries"],
         serde_json::json!([["semantic", 2], ["quality", 2], ["overall", 2]])
     );
+    // The stop thresholds (8 and 8 by default) are one dashed line.
+    assert_eq!(seen["chartThresholds"], serde_json::json!([8]), "{seen:#}");
+    // The header: the instruction, the editor and the timings.
+    assert_eq!(seen["title"], "paint the door red");
+    assert!(
+        seen["documentTitle"]
+            .as_str()
+            .unwrap()
+            .starts_with("paint the door red"),
+        "{seen:#}"
+    );
+    let meta = seen["meta"].as_str().unwrap();
+    assert!(
+        meta.contains("editor fake") && meta.contains("ran ") && meta.contains("queued "),
+        "{meta}"
+    );
+    // Why turn 2: its score beside turn 1's.
+    let why = seen["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("Turn 2 is the result: the highest overall score, 8.49")
+            && why.contains("turn 1 5.48"),
+        "{why}"
+    );
+    // Full size with a before/after wipe against the source.
+    let compare = &seen["compare"];
+    assert_eq!(compare["before"], 48, "{compare}");
+    assert_eq!(compare["after"], 48, "{compare}");
+    assert_eq!(compare["clip"], "inset(0px 0px 0px 20%)", "{compare}");
+    assert!(compare["shown"].as_f64().unwrap() > 250.0, "{compare}");
+    assert_eq!(seen["compareClosed"], true);
     let job_path = seen["jobUrl"]
         .as_str()
         .unwrap()
@@ -129,6 +191,16 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
         "{recent:?}"
     );
     assert!(seen["docsOperations"].as_u64().unwrap() >= 13, "{seen:#}");
+    // Home cards: editor, time, turns and best score, uncropped.
+    let cards = seen["cards"].as_array().unwrap();
+    assert!(
+        cards.iter().any(|c| {
+            let facts = c["facts"].as_str().unwrap();
+            facts.starts_with("fake · ") && facts.contains(" s · 2 turns · best 8.49")
+        }),
+        "{cards:?}"
+    );
+    assert!(cards.iter().all(|c| c["fit"] == "contain"), "{cards:?}");
     // A failed job retried from its page failed again in view.
     assert!(
         seen["failedInfo"]
@@ -138,6 +210,19 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
         "{seen:#}"
     );
     assert_eq!(seen["retryHiddenWhileFailed"], false, "retry offered again");
+    // A failed job: its code, a sentence, the raw message and its attempts,
+    // and no empty chart.
+    assert_eq!(seen["failedCode"], "editor_refused");
+    assert!(
+        seen["failedInfo"]
+            .as_str()
+            .unwrap()
+            .contains("refused the instruction"),
+        "{seen:#}"
+    );
+    assert!(!seen["failedMessage"].as_str().unwrap().is_empty());
+    assert_eq!(seen["failedAttempts"], " After 2 attempts.", "{seen:#}");
+    assert_eq!(seen["failedChartHidden"], true);
     let failed_id = seen["failedUrl"]
         .as_str()
         .unwrap()
@@ -161,4 +246,50 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
             .join(shot);
         assert!(path.metadata().is_ok_and(|m| m.len() > 1000), "{shot}");
     }
+}
+
+/// The README's quick start, in Chromium: `serve --sandbox` in an empty
+/// folder, the viewer's form with its defaults, a finished three-turn job
+/// with every sandbox label in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_quick_start_finishes_in_the_browser() {
+    let Some(ui) = ui_folder("sandbox_viewer_e2e") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_sandbox(dir.path(), &[("EDITTHINKER_LISTEN", "127.0.0.1:0")]);
+    let image = dir.path().join("photo.png");
+    std::fs::write(&image, png(160, 120, [90, 140, 220])).unwrap();
+    let seen = run_script(
+        ui,
+        "sandbox.mjs",
+        vec![
+            service.url("").into(),
+            image.into(),
+            crate::sandbox::QUICK_START_INSTRUCTION.into(),
+            screenshots().into(),
+        ],
+    )
+    .await;
+    println!("the quick start in Chromium: {seen:#}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen:#}");
+    assert_eq!(seen["editors"], serde_json::json!(["sandbox (sandbox)"]));
+    let live = seen["liveReasoning"].as_str().unwrap();
+    assert!(
+        live.starts_with("[sandbox]") && !live.contains("<think>"),
+        "the reasoning streamed before the scores, without its tags: {seen:#}"
+    );
+    assert_eq!(seen["status"], "succeeded");
+    assert_eq!(
+        seen["turns"], 3,
+        "a three-turn job with the form's defaults"
+    );
+    assert_eq!(seen["selectedTurn"], "3");
+    assert_eq!(seen["badge"], "sandbox");
+    assert!(seen["badgeTitle"].as_str().unwrap().contains("made up"));
+    assert!(seen["why"]
+        .as_str()
+        .unwrap()
+        .starts_with("Turn 3 is the result"));
+    assert!(seen["cardBadges"].as_u64().unwrap() >= 1, "{seen:#}");
 }

@@ -2,14 +2,10 @@
 // a person uses it, and prints what it saw as one JSON line for
 // tests/e2e/viewer.rs to check. Arguments: base URL, API key, image file,
 // screenshot folder.
-import { chromium } from "playwright-core";
+import { launch, report } from "./browser.mjs";
 
 const [base, key, image, shots] = process.argv.slice(2);
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const context = await browser.newContext({ viewport: { width: 1280, height: 1000 } });
+const { browser, context } = await launch();
 const errors = [];
 const seen = {};
 
@@ -39,6 +35,8 @@ try {
   await giveKey(page);
   await page.waitForSelector("#submit-form");
   seen.editors = await page.$$eval("#editor option", os => os.map(o => o.value));
+  // The form starts from the API's own default.
+  seen.maxTurnsDefault = await page.inputValue("#max-turns");
   await page.setInputFiles("#image", image);
   await page.fill("#instruction", "paint the door red");
   await page.fill("#max-turns", "3");
@@ -75,12 +73,37 @@ try {
   await again.waitForSelector("#selected", { timeout: 30000 });
   seen.replayTurns = await again.$$eval(".turn", ts => ts.length);
   seen.chartSeries = await again.$$eval("svg.chart polyline", ls => ls.map(l => [l.dataset.series, l.getAttribute("points").split(" ").length]));
+  seen.chartThresholds = await again.$$eval("svg.chart line[data-threshold]", ls => ls.map(l => Number(l.dataset.threshold)));
+  // The header says what the job is, and why its result was chosen.
+  seen.title = await again.textContent("#job-title");
+  seen.documentTitle = await again.title();
+  seen.meta = await again.textContent("#job-meta");
+  seen.why = await again.textContent("#why-selected");
   await again.screenshot({ path: `${shots}/ui-finished.png`, fullPage: true });
+  // Full size, wiping between the source and turn 2.
+  await again.click('[data-turn="2"] img');
+  await again.waitForSelector("#compare");
+  await again.waitForFunction(() => ["compare-before", "compare-after"].every(i => document.getElementById(i).naturalWidth > 0));
+  await again.$eval("#compare-slider", s => { s.value = 20; s.dispatchEvent(new Event("input")); });
+  seen.compare = await again.evaluate(() => ({
+    before: document.getElementById("compare-before").naturalWidth,
+    after: document.getElementById("compare-after").naturalWidth,
+    clip: document.getElementById("compare-after").style.clipPath,
+    shown: document.getElementById("compare-after").getBoundingClientRect().width,
+  }));
+  await again.screenshot({ path: `${shots}/ui-compare.png` });
+  await again.click("#compare-close");
+  seen.compareClosed = (await again.$("#compare")) === null;
 
   // The recent jobs list on /ui, and the API reader on /docs.
   await again.goto(base + "/ui");
   await again.waitForSelector("#recent a");
   seen.recent = await again.$$eval("#recent a", as => as.map(a => [a.getAttribute("href"), a.querySelector(".status").textContent]));
+  await again.waitForFunction(() => [...document.querySelectorAll("#recent .facts")].every(f => f.textContent.includes("turn")));
+  seen.cards = await again.$$eval("#recent a", as => as.map(a => ({
+    facts: a.querySelector(".facts").textContent,
+    fit: getComputedStyle(a.querySelector("img")).objectFit,
+  })));
   await again.goto(base + "/docs");
   await again.waitForSelector("details#create_job");
   seen.docsOperations = await again.$$eval("main details[id]", ds => ds.length);
@@ -98,10 +121,13 @@ try {
   await again.click("#retry");
   await again.waitForSelector('#status[data-failures="2"]', { timeout: 30000 });
   seen.retryHiddenWhileFailed = await again.$eval("#retry", b => b.hidden);
+  await again.waitForSelector("#failed-attempts");
+  seen.failedCode = await again.textContent("#failed-code");
+  seen.failedMessage = await again.textContent("#failed-message");
+  seen.failedAttempts = await again.textContent("#failed-attempts");
+  seen.failedChartHidden = await again.$eval("#chart-title", h => h.hidden);
 } catch (e) {
   errors.push("script: " + (e && e.stack || e));
 } finally {
-  seen.errors = errors;
-  console.log(JSON.stringify(seen));
-  await browser.close();
+  await report(browser, seen, errors);
 }

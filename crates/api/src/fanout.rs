@@ -459,6 +459,7 @@ mod tests {
                 webhook: None,
                 deadline_seconds: None,
                 traceparent: None,
+                sandbox: false,
             })
             .await
             .unwrap();

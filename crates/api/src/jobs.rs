@@ -19,7 +19,7 @@ use crate::error::{wrong_status, ApiError, ErrorCode, Problem};
 use crate::fanout::Feed;
 use crate::intake::{self, ParsedCreate};
 use crate::views::{Delivery, DeliveryList, Job, JobList, JobSummary};
-use crate::AppState;
+use crate::{AppState, ThinkerSetup};
 
 /// Creates a job from JSON or multipart.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
@@ -284,7 +284,7 @@ async fn insert(
     traceparent: Option<String>,
 ) -> Result<(Job, Option<u16>), ApiError> {
     let editor = resolve_editor(state, parsed.editor.as_deref())?;
-    if !state.thinker_configured {
+    if state.thinker == ThinkerSetup::Missing {
         return Err(ApiError::NotConfigured(
             "no thinker is configured: set [thinker] (kind, base_url, model) in the configuration or EDITTHINKER_THINKER__* variables".into(),
         ));
@@ -332,6 +332,7 @@ async fn insert(
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let deadline_seconds = parsed.options.deadline_seconds;
+    let sandbox = state.runs_sandbox(&editor);
     let job = NewJob {
         id,
         tenant: caller.tenant.to_string(),
@@ -349,6 +350,7 @@ async fn insert(
             .webhook
             .map(|w| serde_json::to_value(w).expect("webhook serializes")),
         traceparent,
+        sandbox,
     };
     let inserted = match idempotency {
         Some((key, digest)) => state.store.insert_job_idempotent(job, key, digest).await,

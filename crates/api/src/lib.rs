@@ -45,8 +45,12 @@ pub struct AppState {
     pub blobs: Arc<BlobStore>,
     /// Configured editors (for validation and `GET /v1/editors`).
     pub editors: Arc<Vec<EditorView>>,
-    /// Whether a thinker is configured; without one, jobs are refused.
-    pub thinker_configured: bool,
+    /// The thinker the workers run, as far as this process's
+    /// configuration says.
+    pub thinker: ThinkerSetup,
+    /// The last probe of the thinker by this process's worker, for
+    /// `/readyz`; `None` in a process that runs no worker (`api`).
+    pub thinker_probe: Option<ThinkerProbe>,
     /// Whether a webhook secret is configured; without one, jobs with a
     /// webhook are refused.
     pub webhooks_configured: bool,
@@ -77,6 +81,22 @@ pub struct AppState {
     pub headroom: Arc<headroom::Headroom>,
 }
 
+/// Reads the last probe of the thinker: `None` before the first one, else
+/// `Ok` or the reason it is unreachable.
+pub type ThinkerProbe = Arc<dyn Fn() -> Option<Result<(), String>> + Send + Sync>;
+
+/// What the API knows of the thinker the workers run (from the same
+/// configuration; API replicas build no thinker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThinkerSetup {
+    /// No `[thinker]` section: jobs are refused (`503 not_configured`).
+    Missing,
+    /// A model, remote or in-process.
+    Model,
+    /// The sandbox thinker (test mode): every job is labelled `sandbox`.
+    Sandbox,
+}
+
 impl AppState {
     /// Configured editor names, comma-separated (for messages).
     pub fn editor_names(&self) -> String {
@@ -85,6 +105,13 @@ impl AppState {
             .map(|e| e.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// Whether a job on editor `editor` runs on a sandbox provider: the
+    /// one rule behind the job's `sandbox` label.
+    pub fn runs_sandbox(&self, editor: &str) -> bool {
+        self.thinker == ThinkerSetup::Sandbox
+            || self.editors.iter().any(|e| e.name == editor && e.sandbox)
     }
 }
 

@@ -177,6 +177,7 @@ mod tests {
                 webhook: None,
                 deadline_seconds: None,
                 traceparent: None,
+                sandbox: false,
             })
             .await
             .unwrap();

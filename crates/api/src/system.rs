@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::views::EditorList;
-use crate::AppState;
+use crate::{AppState, ThinkerSetup};
 
 /// Readiness report.
 #[derive(Debug, Serialize, ToSchema)]
@@ -18,7 +18,10 @@ pub struct Readiness {
     pub ready: bool,
     /// `ok`, or what is wrong with the database.
     pub database: String,
-    /// `configured`, or what to configure.
+    /// With a worker in this process (`serve`): `ok`, `checking`, or
+    /// `unreachable: <reason>` (the worker's last probe; it claims no jobs
+    /// meanwhile). In an `api` process: `configured`, `sandbox …`, or what
+    /// to configure.
     pub thinker: String,
     /// Configured editor names, or what to configure.
     pub editors: String,
@@ -53,10 +56,18 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let report = Readiness {
         ready,
         database,
-        thinker: if state.thinker_configured {
-            "configured".into()
-        } else {
-            "not configured: set [thinker] in the configuration".into()
+        thinker: match (state.thinker, state.thinker_probe.as_ref().map(|p| p())) {
+            (ThinkerSetup::Missing, _) => {
+                "not configured: set [thinker] in the configuration".into()
+            }
+            (ThinkerSetup::Sandbox, Some(Some(Ok(())))) => {
+                "ok (sandbox: test mode, critiques are made up)".into()
+            }
+            (_, Some(Some(Ok(())))) => "ok".into(),
+            (_, Some(Some(Err(reason)))) => format!("unreachable: {reason}"),
+            (_, Some(None)) => "checking".into(),
+            (ThinkerSetup::Model, None) => "configured".into(),
+            (ThinkerSetup::Sandbox, None) => "sandbox (test mode: critiques are made up)".into(),
         },
         editors: if state.editors.is_empty() {
             "none configured: add an [editors.<name>] section".into()

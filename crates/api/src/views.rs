@@ -19,6 +19,10 @@ pub struct Job {
     pub instruction: String,
     /// The editor's configured name.
     pub editor: String,
+    /// `true` when the job runs on a sandbox (test-mode) editor or thinker:
+    /// its images and critiques are made up and say nothing about edit
+    /// quality (docs/api.md "Sandbox").
+    pub sandbox: bool,
     /// Loop options in force.
     #[schema(value_type = JobOptions)]
     pub options: serde_json::Value,
@@ -74,6 +78,8 @@ pub struct JobSummary {
     pub instruction: String,
     /// Editor name.
     pub editor: String,
+    /// `true` when the job runs on a sandbox (test-mode) editor or thinker.
+    pub sandbox: bool,
     /// The selected turn, once succeeded.
     pub result: Option<JobResult>,
     /// Failure, if any.
@@ -188,6 +194,9 @@ pub struct EditorView {
     pub model: Option<String>,
     /// Used when a job names no editor.
     pub default: bool,
+    /// A sandbox (test-mode) editor: its edits are made up, and its jobs
+    /// are labelled `sandbox` (docs/api.md "Sandbox").
+    pub sandbox: bool,
 }
 
 /// `GET /v1/editors`.
@@ -278,6 +287,7 @@ impl Job {
             status: row.status,
             instruction: row.instruction.clone(),
             editor: row.editor.clone(),
+            sandbox: row.sandbox,
             options: row.options.clone(),
             turns: turns.iter().map(Turn::from_row).collect(),
             result: result_of(row),
@@ -309,6 +319,7 @@ impl JobSummary {
             status: row.status,
             instruction: row.instruction.clone(),
             editor: row.editor.clone(),
+            sandbox: row.sandbox,
             result: result_of(row),
             error: error_of(row),
             stop_reason: row.stop_reason,

@@ -15,7 +15,7 @@ use editthinker_api::fanout::EventHub;
 use editthinker_api::intake::Limits;
 use editthinker_api::positions::QueuePositions;
 use editthinker_api::views::EditorView;
-use editthinker_api::AppState;
+use editthinker_api::{AppState, ThinkerSetup};
 use editthinker_store::{BlobStore, SqliteStore, Store};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,16 @@ async fn sqlite_store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
 /// One API process's router over `store` and the blob folder in `dir`,
 /// with an active-jobs `limit`: several share a store as replicas do.
 fn replica(store: &Arc<dyn Store>, dir: &tempfile::TempDir, limit: Option<u32>) -> Router {
+    replica_with(store, dir, limit, "http")
+}
+
+/// [`replica`] whose one editor, `fake`, is of `kind`.
+fn replica_with(
+    store: &Arc<dyn Store>,
+    dir: &tempfile::TempDir,
+    limit: Option<u32>,
+    kind: &str,
+) -> Router {
     let blobs =
         Arc::new(BlobStore::from_url(&format!("file://{}/blobs", dir.path().display())).unwrap());
     let state = AppState {
@@ -55,11 +65,13 @@ fn replica(store: &Arc<dyn Store>, dir: &tempfile::TempDir, limit: Option<u32>) 
         blobs,
         editors: Arc::new(vec![EditorView {
             name: "fake".into(),
-            kind: "http".into(),
+            kind: kind.into(),
             model: None,
             default: true,
+            sandbox: kind == "sandbox",
         }]),
-        thinker_configured: true,
+        thinker: ThinkerSetup::Model,
+        thinker_probe: None,
         webhooks_configured: false,
         retention: None,
         cors_allowed_origins: Vec::new(),
@@ -132,6 +144,45 @@ async fn a_valid_create_is_accepted() {
     let (status, job) = send(create(|_| {})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     assert_eq!(job["status"], "queued");
+    assert_eq!(job["sandbox"], false, "a real editor's job is not labelled");
+}
+
+/// A job on a sandbox editor is labelled `sandbox` in the create's answer,
+/// in a read and in the listing, and the editor is in `GET /v1/editors`.
+#[tokio::test]
+async fn a_sandbox_editors_job_is_labelled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = sqlite_store(&dir).await;
+    let router = replica_with(&store, &dir, None, "sandbox");
+    let body = |response: axum::response::Response| async move {
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    let created = body(router.clone().oneshot(create(|_| {})).await.unwrap()).await;
+    assert_eq!(created["sandbox"], true, "{created}");
+    let get = |uri: String| Request::get(uri).body(Body::empty()).unwrap();
+    let read = body(
+        router
+            .clone()
+            .oneshot(get(format!("/v1/jobs/{}", created["id"].as_str().unwrap())))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(read["sandbox"], true, "{read}");
+    let listed = body(
+        router
+            .clone()
+            .oneshot(get("/v1/jobs".into()))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed["jobs"][0]["sandbox"], true, "{listed}");
+    let editors = body(router.oneshot(get("/v1/editors".into())).await.unwrap()).await;
+    assert_eq!(editors["editors"][0]["sandbox"], true, "{editors}");
 }
 
 #[tokio::test]

@@ -148,6 +148,40 @@ function diffInstruction(previous, current) {
   return node;
 }
 
+// "4.2 s", "3 min 5 s": how long between two ISO times (null when one is missing).
+function took(from, to) {
+  if (!from || !to) return null;
+  const s = Math.max(0, (Date.parse(to) - Date.parse(from)) / 1000);
+  return s < 60 ? s.toFixed(1) + " s" : Math.floor(s / 60) + " min " + Math.round(s % 60) + " s";
+}
+
+// What a failed job's code means, for a person; the raw message stays
+// available under it.
+const FAILURE_TEXT = {
+  editor_unavailable: "The editor could not be reached, or kept failing, on every attempt.",
+  editor_refused: "The editor refused the instruction (moderation or safety).",
+  editor_invalid: "The editor rejected the request as invalid.",
+  editor_auth: "The editor rejected the service's credentials: an operator must fix the key.",
+  editor_ambiguous: "An edit's outcome was unknown (a timeout after it was sent), and the job ran out of attempts.",
+  thinker_unavailable: "The thinker could not be reached, or kept failing, on every attempt.",
+  thinker_auth: "The thinker rejected the service's credentials: an operator must fix the key.",
+  thinker_invalid: "The thinker rejected the request: its configuration needs fixing.",
+  deadline_exceeded: "The job's deadline passed before any turn was recorded.",
+  unknown_editor: "No worker knows this job's editor.",
+};
+
+// The API's own defaults (the OpenAPI document), so the form never
+// disagrees with a job created without options.
+async function apiDefaults() {
+  try {
+    const doc = await (await fetch(BASE + "/openapi.json")).json();
+    const options = doc.components.schemas.JobOptions.properties;
+    return { maxTurns: options.max_turns.default };
+  } catch (_) {
+    return {};
+  }
+}
+
 function showError(error) {
   if (error instanceof Unauthorized) return askForKey();
   app.replaceChildren(el("p", { class: "error" }, String(error.message || error)));
@@ -166,9 +200,19 @@ function askForKey() {
 
 // ---- /ui ---------------------------------------------------------------------------
 
+// Everything a sandbox provider made is labelled (docs/api.md "Sandbox").
+function sandboxBadge(job) {
+  if (!job.sandbox) return "";
+  return el("span", {
+    class: "badge sandbox", "data-sandbox": "",
+    title: "Made by the sandbox providers (test mode): the edits and critiques are made up",
+  }, "sandbox");
+}
+
 async function home() {
   const editors = (await json("/v1/editors")).editors;
   const list = await json("/v1/jobs?limit=24");
+  const defaults = await apiDefaults();
   let file = null;
   const preview = el("img", { hidden: "" });
   const fileInput = el("input", { type: "file", id: "image", accept: "image/*", hidden: "" });
@@ -185,7 +229,7 @@ async function home() {
   const instruction = el("textarea", { id: "instruction", placeholder: "What should change?", required: "" });
   const editor = el("select", { id: "editor" }, ...editors.map(e =>
     el("option", { value: e.name, selected: e.default ? "" : null }, e.name + " (" + e.kind + ")")));
-  const maxTurns = el("input", { id: "max-turns", type: "number", min: 1, max: 10, value: 3 });
+  const maxTurns = el("input", { id: "max-turns", type: "number", min: 1, max: 10, value: defaults.maxTurns ?? "" });
   const selection = el("select", { id: "selection" }, el("option", { value: "best" }, "best"), el("option", { value: "last" }, "last"));
   const message = el("p", { class: "error", id: "submit-error" });
   const form = el("form", {
@@ -197,7 +241,9 @@ async function home() {
       body.append("image", file, file.name);
       body.append("instruction", instruction.value);
       body.append("editor", editor.value);
-      body.append("options", JSON.stringify({ max_turns: Number(maxTurns.value), selection: selection.value }));
+      const options = { selection: selection.value };
+      if (maxTurns.value) options.max_turns = Number(maxTurns.value);
+      body.append("options", JSON.stringify(options));
       try {
         const job = await json("/v1/jobs", { method: "POST", body });
         history.pushState({}, "", BASE + "/ui/jobs/" + job.id);
@@ -214,9 +260,21 @@ async function home() {
   const jobs = el("div", { class: "jobs", id: "recent" }, ...list.jobs.map(job => {
     const img = el("img", { class: "thumb", alt: "" });
     setImage(img, job.status === "succeeded" ? "/v1/jobs/" + job.id + "/result" : "/v1/jobs/" + job.id + "/source");
-    return el("a", { href: BASE + "/ui/jobs/" + job.id, class: "card" }, img,
-      el("div", {}, el("span", { class: "status " + job.status }, job.status)),
-      el("div", { class: "muted", dir: "auto" }, job.instruction));
+    const facts = el("div", { class: "muted facts" }, job.editor);
+    // The listing has no turns: each card reads its job for the count and
+    // the best score.
+    json("/v1/jobs/" + job.id).then(full => {
+      const parts = [full.editor];
+      const time = took(full.created_at, full.finished_at);
+      if (time) parts.push(time);
+      parts.push(full.turns.length + (full.turns.length === 1 ? " turn" : " turns"));
+      const scores = full.turns.map(t => t.critique && t.critique.overall).filter(v => typeof v === "number");
+      if (scores.length) parts.push("best " + fmt(Math.max(...scores)));
+      facts.textContent = parts.join(" · ");
+    }).catch(() => {});
+    return el("a", { href: BASE + "/ui/jobs/" + job.id, class: "card", "data-job": job.id }, img,
+      el("div", {}, el("span", { class: "status " + job.status }, job.status), " ", sandboxBadge(job)),
+      el("div", { dir: "auto" }, job.instruction), facts);
   }));
   app.replaceChildren(form, el("h2", {}, "Recent jobs"), list.jobs.length ? jobs : el("p", { class: "muted" }, "No jobs yet."));
 }
@@ -227,7 +285,7 @@ async function jobPage(id) {
   const job = await json("/v1/jobs/" + id);
   const state = { turns: new Map(), status: job.status, done: false, result: null, last: null, failures: 0 };
   const statusBadge = el("span", { class: "status " + job.status, id: "status" }, job.status);
-  const sourceImg = el("img", { alt: "source" });
+  const sourceImg = el("img", { alt: "source", class: "zoomable", onclick: () => compare(null) });
   setImage(sourceImg, "/v1/jobs/" + id + "/source");
   const grid = el("div", { class: "turns", id: "turns" },
     el("div", { class: "card source" }, el("h2", {}, "Source"), sourceImg, el("p", { dir: "auto" }, job.instruction)));
@@ -255,15 +313,30 @@ async function jobPage(id) {
       }
     },
   }, "Retry");
+  const meta = el("p", { class: "muted", id: "job-meta" });
+  const showMeta = j => {
+    const parts = ["job " + id, "editor " + j.editor, "max " + j.options.max_turns + " turns"];
+    const queued = took(j.created_at, j.started_at);
+    const ran = took(j.started_at, j.finished_at);
+    if (queued) parts.push("queued " + queued);
+    if (ran) parts.push("ran " + ran);
+    if (j.attempt > 1) parts.push(j.attempt + " attempts");
+    meta.textContent = parts.join(" · ");
+  };
+  showMeta(job);
+  const why = el("p", { id: "why-selected" });
+  const chartTitle = el("h2", { id: "chart-title", hidden: "" }, "Scores per turn");
   app.replaceChildren(
-    el("h1", {}, "Job ", el("code", {}, id), " ", statusBadge),
-    el("div", { class: "row" }, download, cancel, retry), info, grid, el("h2", {}, "Scores per turn"), chart);
+    el("h1", { id: "job-title", dir: "auto" }, plain(job.instruction)),
+    el("div", { class: "row" }, statusBadge, sandboxBadge(job)), meta,
+    el("div", { class: "row" }, download, cancel, retry), info, why, grid, chartTitle, chart);
+  document.title = plain(job.instruction) + " · EditThinker";
 
   const card = n => {
     if (!state.turns.has(n)) {
       const t = {
         n, instruction: null, critique: null,
-        img: el("img", { alt: "turn " + n }),
+        img: el("img", { alt: "turn " + n, class: "zoomable", onclick: () => compare(n) }),
         head: el("h2", {}, "Turn " + n, " "),
         text: el("p", {}),
         scores: el("div", { class: "scores" }),
@@ -292,16 +365,36 @@ async function jobPage(id) {
   };
   const finish = data => {
     state.done = true;
+    json("/v1/jobs/" + id).then(showMeta).catch(() => {});
     if (state.status === "succeeded") {
       const n = data.result_turn;
       if (n && state.turns.has(n)) {
         const t = state.turns.get(n);
         t.node.classList.add("selected");
         t.head.append(el("span", { class: "badge", id: "selected" }, "selected"));
+        why.textContent = whySelected(n, job.options.selection, [...state.turns.values()]);
       }
       imageUrl("/v1/jobs/" + id + "/result").then(url => { download.href = url; download.hidden = false; });
       info.textContent = "Stopped: " + (data.stop_reason || "");
     }
+  };
+  // Full size, with a slider that wipes between the source and turn `n`
+  // (n null: the source alone).
+  const compare = async n => {
+    const src = await imageUrl("/v1/jobs/" + id + "/source");
+    const after = n === null ? src : await imageUrl("/v1/jobs/" + id + "/turns/" + n + "/image");
+    const top = el("img", { src: after, alt: n === null ? "source" : "turn " + n, id: "compare-after" });
+    const under = el("img", { src, alt: "source", id: "compare-before" });
+    const slider = el("input", { type: "range", min: 0, max: 100, value: 50, id: "compare-slider" });
+    const wipe = () => { top.style.clipPath = "inset(0 0 0 " + slider.value + "%)"; };
+    slider.addEventListener("input", wipe);
+    wipe();
+    const overlay = el("div", { class: "overlay", id: "compare", onclick: e => { if (e.target === overlay) overlay.remove(); } },
+      el("div", { class: "compare-box" },
+        el("div", { class: "row" }, el("strong", {}, n === null ? "Source" : "Source ◀ ▶ turn " + n),
+          el("button", { type: "button", class: "secondary", id: "compare-close", onclick: () => overlay.remove() }, "Close")),
+        el("div", { class: "compare-stage" }, under, top), slider));
+    document.body.append(overlay);
   };
   setStatus(job.status);
 
@@ -322,7 +415,10 @@ async function jobPage(id) {
       }
       case "turn.thinking": {
         const t = card(data.turn);
-        if (!t.critique) t.reasoning.textContent += plain(data.delta || "");
+        if (!t.critique) {
+          t.raw = (t.raw || "") + (data.delta || "");
+          t.reasoning.textContent = readableReasoning(plain(t.raw));
+        }
         break;
       }
       case "turn.critiqued": {
@@ -334,7 +430,8 @@ async function jobPage(id) {
           el("span", { class: "quality" }, "quality " + fmt(c.quality)),
           el("strong", { class: "overall" }, "overall " + fmt(c.overall)));
         t.reasoning.textContent = plain(c.reasoning || t.reasoning.textContent);
-        drawChart(chart, [...state.turns.values()]);
+        chartTitle.hidden = false;
+        drawChart(chart, [...state.turns.values()], job.options.stop);
         break;
       }
       case "job.succeeded": setStatus("succeeded"); finish(data); break;
@@ -342,7 +439,14 @@ async function jobPage(id) {
         state.failures++;
         statusBadge.dataset.failures = state.failures;
         setStatus("failed");
-        info.textContent = plain("Failed: " + data.code + ": " + data.message);
+        info.replaceChildren(
+          el("strong", { id: "failed-code" }, data.code), " ",
+          FAILURE_TEXT[data.code] || "The job failed.",
+          el("details", {}, el("summary", {}, "details"), el("code", { id: "failed-message" }, plain(data.message || ""))));
+        json("/v1/jobs/" + id).then(j => {
+          showMeta(j);
+          info.append(el("span", { class: "muted", id: "failed-attempts" }, " After " + j.attempt + (j.attempt === 1 ? " attempt." : " attempts.")));
+        }).catch(() => {});
         state.done = true;
         break;
       case "job.canceled": setStatus("canceled"); state.done = true; break;
@@ -352,8 +456,31 @@ async function jobPage(id) {
   await streamEvents(id, onEvent, () => state.done);
 }
 
-// Semantic, quality and overall per turn, as an SVG line chart.
-function drawChart(container, turns) {
+// A thinker's raw text as a person reads it: no <think> tags, and nothing
+// from <score> on (the scores and the rewritten instruction show below).
+function readableReasoning(raw) {
+  const at = raw.toLowerCase().indexOf("<score>");
+  return (at < 0 ? raw : raw.slice(0, at)).replace(/<\/?think>/gi, "").trim();
+}
+
+// One sentence on why turn `n` is the result, with the other turns' scores.
+function whySelected(n, selection, turns) {
+  const scored = turns.filter(t => t.critique && typeof t.critique.overall === "number").sort((a, b) => a.n - b.n);
+  const chosen = turns.find(t => t.n === n);
+  const others = scored.filter(t => t.n !== n).map(t => "turn " + t.n + " " + fmt(t.critique.overall));
+  const rest = others.length ? " (" + others.join(", ") + ")" : "";
+  if (selection !== "last" && chosen && chosen.critique && typeof chosen.critique.overall === "number") {
+    return "Turn " + n + " is the result: the highest overall score, " + fmt(chosen.critique.overall) + rest + ".";
+  }
+  if (chosen && chosen.critique && chosen.critique.satisfied) {
+    return "Turn " + n + " is the result: the thinker was satisfied with it" + rest + ".";
+  }
+  return "Turn " + n + " is the result: the last turn" + rest + ".";
+}
+
+// Semantic, quality and overall per turn, as an SVG line chart, with the
+// job's stop thresholds dashed.
+function drawChart(container, turns, stop) {
   turns = turns.filter(t => t.critique).sort((a, b) => a.n - b.n);
   const w = 520, h = 220, pad = 30;
   const ns = "http://www.w3.org/2000/svg";
@@ -370,6 +497,17 @@ function drawChart(container, turns) {
     const label = document.createElementNS(ns, "text");
     Object.entries({ x: 4, y: y(v) + 4, "font-size": 11, fill: "#6b7385" }).forEach(([k, val]) => label.setAttribute(k, val));
     label.textContent = v;
+    svg.append(label);
+  }
+  const thresholds = stop ? [...new Set([stop.semantic, stop.quality])] : [];
+  for (const v of thresholds) {
+    const line = document.createElementNS(ns, "line");
+    Object.entries({ x1: pad, x2: w - pad, y1: y(v), y2: y(v), stroke: "#c92a2a", "stroke-dasharray": "4 4", "data-threshold": v })
+      .forEach(([k, val]) => line.setAttribute(k, val));
+    svg.append(line);
+    const label = document.createElementNS(ns, "text");
+    Object.entries({ x: w - pad - 60, y: y(v) - 4, "font-size": 11, fill: "#c92a2a" }).forEach(([k, val]) => label.setAttribute(k, val));
+    label.textContent = "stop at " + v;
     svg.append(label);
   }
   const series = [["semantic", "#3b5bdb"], ["quality", "#f08c00"], ["overall", "#2b8a3e"]];

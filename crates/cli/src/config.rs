@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use editthinker_api::auth::{AuthMode, CallerLimits, FailedAuthLimits};
 use editthinker_api::Limits;
-use editthinker_editors::EditorProfile;
-use editthinker_thinker::ThinkerConfig;
+use editthinker_editors::{EditorKind, EditorProfile};
+use editthinker_thinker::{ThinkerConfig, ThinkerKind};
 use editthinker_worker::WorkerSettings;
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
@@ -21,6 +21,9 @@ use crate::telemetry::LogConfig;
 /// a parent folder) when present and no `--config` is given.
 pub const DEFAULT_CONFIG_FILE: &str = "editthinker.toml";
 
+/// The editor `serve --sandbox` configures.
+pub const SANDBOX_EDITOR: &str = "sandbox";
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -29,6 +32,9 @@ pub struct Config {
     /// environment variables only. Set by [`Config::load`], not a key.
     #[serde(skip)]
     pub loaded_from: Option<std::path::PathBuf>,
+    /// Set by [`Config::with_sandbox`] (`serve --sandbox`), not a key.
+    #[serde(skip)]
+    pub sandbox_flag: bool,
     /// Address the API listens on.
     pub listen: String,
     /// `sqlite://path` (embedded default) or `postgres://…`.
@@ -39,6 +45,10 @@ pub struct Config {
     pub allow_private_image_urls: bool,
     /// Let webhook URLs target such addresses.
     pub allow_private_webhook_urls: bool,
+    /// Run sandbox (test-mode) providers although `[auth]` is on: an
+    /// authenticated service is a shared one, where made-up edits must be
+    /// asked for, not stumbled into.
+    pub allow_sandbox: bool,
     /// `[auth]`: who may call the API.
     pub auth: AuthConfig,
     /// `[webhooks]`: signing and delivery.
@@ -67,11 +77,13 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             loaded_from: None,
+            sandbox_flag: false,
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://data/editthinker.db".into(),
             blob_url: "file://data/blobs".into(),
             allow_private_image_urls: false,
             allow_private_webhook_urls: false,
+            allow_sandbox: false,
             auth: AuthConfig::default(),
             webhooks: WebhooksConfig::default(),
             http: HttpConfig::default(),
@@ -324,6 +336,9 @@ pub struct WorkerConfig {
     /// Claim order within a priority: `"tenant"` (round-robin between
     /// tenants) or `"none"` (oldest first).
     pub fairness: editthinker_store::Fairness,
+    /// Seconds between two probes of the thinker; while one fails the
+    /// worker claims no jobs and running jobs wait before their next edit.
+    pub thinker_probe_seconds: u64,
 }
 
 impl Default for WorkerConfig {
@@ -338,6 +353,7 @@ impl Default for WorkerConfig {
             retry_base_ms: 5000,
             parse_attempts: 3,
             fairness: editthinker_store::Fairness::Tenant,
+            thinker_probe_seconds: 5,
         }
     }
 }
@@ -426,6 +442,7 @@ impl Config {
             ("worker.max_attempts", u64::from(w.max_attempts)),
             ("worker.poll_interval_ms", w.poll_interval_ms),
             ("worker.parse_attempts", u64::from(w.parse_attempts)),
+            ("worker.thinker_probe_seconds", w.thinker_probe_seconds),
             (
                 "retention.sweep_interval_seconds",
                 self.retention.sweep_interval_seconds,
@@ -472,6 +489,19 @@ impl Config {
         h.secret()?;
         self.cors_origins()?;
         self.auth_mode()?;
+        if self.auth.mode != "none" && !self.allow_sandbox {
+            if let Some(provider) = self.sandbox_providers().first() {
+                return Err(ConfigError::Invalid {
+                    key: "allow_sandbox",
+                    rule: format!(
+                        "{provider} is a sandbox provider (test mode: made-up edits and \
+                         critiques) and [auth] mode = {:?}: set allow_sandbox = true to run \
+                         it on an authenticated service",
+                        self.auth.mode
+                    ),
+                });
+            }
+        }
         let l = &self.limits;
         let at_least_one = [
             ("limits.max_json_depth", l.max_json_depth as u64),
@@ -509,6 +539,52 @@ impl Config {
             });
         }
         Ok(())
+    }
+
+    /// The sandbox providers configured, by key (`thinker`,
+    /// `editors.<name>`).
+    pub fn sandbox_providers(&self) -> Vec<String> {
+        let thinker = self
+            .thinker
+            .as_ref()
+            .filter(|t| t.kind == ThinkerKind::Sandbox)
+            .map(|_| "thinker".to_string());
+        thinker
+            .into_iter()
+            .chain(
+                self.editors
+                    .iter()
+                    .filter(|(_, p)| p.kind.is_sandbox())
+                    .map(|(name, _)| format!("editors.{name}")),
+            )
+            .collect()
+    }
+
+    /// `serve --sandbox`: the sandbox thinker and one sandbox editor (the
+    /// default) in place of the configured ones, so no configured
+    /// provider is ever paid for a made-up critique. Naming the flag is
+    /// the explicit enabling `allow_sandbox` asks for.
+    pub fn with_sandbox(mut self) -> Self {
+        self.thinker = Some(ThinkerConfig {
+            kind: ThinkerKind::Sandbox,
+            ..ThinkerConfig::default()
+        });
+        let mut editor = EditorProfile::new(EditorKind::Sandbox);
+        editor.default = true;
+        self.editors = BTreeMap::from([(SANDBOX_EDITOR.to_string(), editor)]);
+        self.allow_sandbox = true;
+        self.sandbox_flag = true;
+        self
+    }
+
+    /// What the API knows of the thinker the workers run.
+    pub fn thinker_setup(&self) -> editthinker_api::ThinkerSetup {
+        use editthinker_api::ThinkerSetup;
+        match &self.thinker {
+            None => ThinkerSetup::Missing,
+            Some(t) if t.kind == ThinkerKind::Sandbox => ThinkerSetup::Sandbox,
+            Some(_) => ThinkerSetup::Model,
+        }
     }
 
     /// `[auth]` as the API's mode.
@@ -636,6 +712,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(w.shutdown_grace_seconds),
             retry_base: Duration::from_millis(w.retry_base_ms),
             fairness: w.fairness,
+            thinker_probe_interval: Duration::from_secs(w.thinker_probe_seconds),
             loop_config: editthinker_core::LoopConfig {
                 parse_attempts: w.parse_attempts,
             },

@@ -18,7 +18,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// API and worker in one process (the embedded default).
-    Serve,
+    Serve {
+        /// Run with the sandbox editor and thinker (test mode: made-up
+        /// edits and critiques, no keys, no GPU) in place of the configured
+        /// ones, and print the viewer's address.
+        #[arg(long)]
+        sandbox: bool,
+    },
     /// API only.
     Api,
     /// Worker only.
@@ -214,6 +220,9 @@ async fn main() -> ExitCode {
         _ => {}
     }
     let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) if matches!(cli.command, Command::Serve { sandbox: true }) => {
+            config.with_sandbox()
+        }
         Ok(config) => config,
         Err(e) => {
             eprintln!("editthinker: configuration error: {e}");
@@ -235,7 +244,7 @@ async fn main() -> ExitCode {
         ),
     }
     let result = match cli.command {
-        Command::Serve => roles::serve(config).await,
+        Command::Serve { .. } => roles::serve(config).await,
         Command::Api => roles::api(config).await,
         Command::Worker => roles::worker(config).await,
         Command::Migrate => roles::migrate(config).await,

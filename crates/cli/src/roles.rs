@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use editthinker_api::{AppState, EditorView};
 use editthinker_core::Editor;
-use editthinker_editors::{EditorInfo, EditorRegistry};
+use editthinker_editors::{EditorInfo, EditorKind, EditorRegistry};
 use editthinker_store::{BlobStore, Store};
-use editthinker_worker::Worker;
+use editthinker_worker::{ThinkerHealth, Worker};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -22,7 +22,7 @@ struct Parts {
     store: Arc<dyn Store>,
     blobs: Arc<BlobStore>,
     editors: Vec<EditorInfo>,
-    thinker_configured: bool,
+    thinker: editthinker_api::ThinkerSetup,
     /// The webhook signing secret, when its variable is set.
     webhook_secret: Option<editthinker_webhooks::Secret>,
 }
@@ -44,6 +44,12 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
     if config.thinker.is_none() {
         warn!("no thinker is configured: jobs are refused until a [thinker] section is added");
     }
+    for provider in config.sandbox_providers() {
+        warn!(
+            %provider,
+            "SANDBOX provider (test mode): its edits and critiques are made up, and its jobs are labelled \"sandbox\": true"
+        );
+    }
     let webhook_secret = config.webhooks.secret()?;
     if webhook_secret.is_none() {
         info!(
@@ -55,7 +61,7 @@ async fn build(config: &Config) -> anyhow::Result<Parts> {
         store,
         blobs,
         editors,
-        thinker_configured: config.thinker.is_some(),
+        thinker: config.thinker_setup(),
         webhook_secret,
     })
 }
@@ -144,6 +150,7 @@ fn raise_open_file_limit() {
 async fn run_api(
     config: &Config,
     parts: &Parts,
+    thinker_probe: Option<editthinker_api::ThinkerProbe>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     raise_open_file_limit();
@@ -156,6 +163,7 @@ async fn run_api(
                 .iter()
                 .cloned()
                 .map(|i| EditorView {
+                    sandbox: i.kind == EditorKind::Sandbox.as_str(),
                     name: i.name,
                     kind: i.kind,
                     model: i.model,
@@ -163,7 +171,8 @@ async fn run_api(
                 })
                 .collect(),
         ),
-        thinker_configured: parts.thinker_configured,
+        thinker: parts.thinker,
+        thinker_probe,
         webhooks_configured: parts.webhook_secret.is_some(),
         cors_allowed_origins: config.cors_origins()?,
         retention: config.retention.keep(),
@@ -189,6 +198,19 @@ async fn run_api(
     // Tests and supervisors read the bound address (port 0 picks a free one).
     info!(addr = %listener.local_addr()?, "listening");
     let local = listener.local_addr()?;
+    let viewer = viewer_url(local);
+    info!(url = %viewer, "viewer");
+    if config.sandbox_flag {
+        // Plain text, not a log line: the first thing a newcomer reads.
+        eprintln!(
+            "\nEditThinker is running in SANDBOX mode: test providers, no keys, no GPU.\n\
+             Its edits and critiques are made up (every job says \"sandbox\": true).\n\n\
+             \x20 open the viewer:  {viewer}\n\
+             \x20 API reference:    {}docs\n\n\
+             Ctrl-C stops it.\n",
+            viewer.trim_end_matches("ui")
+        );
+    }
     if config.auth.mode == "none" && !local.ip().is_loopback() {
         warn!(
             addr = %local,
@@ -203,6 +225,18 @@ async fn run_api(
     )
     .await;
     Ok(())
+}
+
+/// The viewer's address for a listener on `local`: a wildcard address is
+/// reached through loopback.
+fn viewer_url(local: std::net::SocketAddr) -> String {
+    let host = match local.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}/ui", local.port())
 }
 
 /// Builds the editor and thinker clients (reading their secrets) and the
@@ -238,13 +272,23 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let metrics =
         crate::metrics::start(&config.metrics, parts.store.clone(), shutdown.clone()).await?;
+    // /readyz of this process reports its worker's probes of the thinker.
+    let thinker_probe = worker.as_ref().map(|w| {
+        let gate = w.thinker_gate();
+        let probe: editthinker_api::ThinkerProbe = Arc::new(move || match gate.health() {
+            ThinkerHealth::Unknown => None,
+            ThinkerHealth::Reachable => Some(Ok(())),
+            ThinkerHealth::Unreachable(reason) => Some(Err(reason)),
+        });
+        probe
+    });
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     if worker.is_none() {
         warn!("worker disabled: no thinker configured");
     }
     let outbox = start_outbox(&config, &parts, shutdown.clone())?;
     let retention = start_retention(&config, &parts, shutdown.clone());
-    let served = run_api(&config, &parts, shutdown.clone()).await;
+    let served = run_api(&config, &parts, thinker_probe, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(worker) = worker {
         worker.await.context("worker task")?;
@@ -265,7 +309,7 @@ pub async fn api(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let metrics =
         crate::metrics::start(&config.metrics, parts.store.clone(), shutdown.clone()).await?;
-    let served = run_api(&config, &parts, shutdown.clone()).await;
+    let served = run_api(&config, &parts, None, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(metrics) = metrics {
         metrics.await.context("metrics task")?;

@@ -49,6 +49,10 @@ pub const AUTH_KEY_LOOKUPS_TOTAL: &str = "editthinker_auth_key_lookups_total";
 /// authenticate too often (`[auth] failed_auth_per_minute_per_address`).
 pub const AUTH_THROTTLED_TOTAL: &str = "editthinker_auth_throttled_total";
 
+/// 1 while this worker's last probe of its thinker succeeded, 0 while it
+/// claims no jobs because the thinker did not answer (gauge; workers only).
+pub const THINKER_REACHABLE: &str = "editthinker_thinker_reachable";
+
 /// The `stop_reason` label of a job that finished without one (failed or
 /// canceled).
 pub const NO_STOP_REASON: &str = "none";
@@ -196,6 +200,11 @@ pub fn turn_recorded(editor: &str) {
 pub fn edit_done(editor: &str, kind: &str, took: Duration) {
     histogram!(EDIT_DURATION_SECONDS, "editor" => editor.to_owned(), "kind" => kind.to_owned())
         .record(took.as_secs_f64());
+}
+
+/// Records what this worker's last probe of its thinker found.
+pub fn thinker_reachable(reachable: bool) {
+    gauge!(THINKER_REACHABLE).set(if reachable { 1.0 } else { 0.0 });
 }
 
 /// Counts one webhook delivery attempt (`delivered`, `failed`, `gave_up`).

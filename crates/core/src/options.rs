@@ -60,7 +60,7 @@ impl Default for StopThresholds {
 pub struct JobOptions {
     /// Editor calls at most, 1..=10 (default 5).
     #[serde(default = "default_max_turns")]
-    #[schema(minimum = 1, maximum = 10)]
+    #[schema(minimum = 1, maximum = 10, default = default_max_turns)]
     pub max_turns: u32,
     /// Stop thresholds (default 8 and 8).
     // A plain reference: utoipa writes a defaulted reference as a `oneOf`

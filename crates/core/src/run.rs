@@ -409,6 +409,9 @@ impl Edits<'_> {
             .as_ref()
             .filter(|p| p.turn == index && p.instruction == instruction)
             .map(|p| &p.request);
+        if resume.is_none() {
+            self.observer.before_edit(index).await?;
+        }
         let checkpoint = TurnCheckpoint {
             observer: self.observer,
             turn: index,

@@ -117,6 +117,13 @@ pub trait Editor: Send + Sync {
     fn max_instruction_chars(&self) -> usize {
         DEFAULT_MAX_INSTRUCTION_CHARS
     }
+
+    /// Checks that the provider answers, with a call that costs nothing
+    /// (e.g. listing models). `None`: the provider offers no free call, so
+    /// the editor is not checked (readiness reports it as `unchecked`).
+    async fn probe(&self) -> Option<Result<(), EditorError>> {
+        None
+    }
 }
 
 /// One critique: the source and the previous edit, with both instructions.
@@ -183,6 +190,14 @@ pub trait Thinker: Send + Sync {
     fn protocol(&self) -> Protocol;
     /// Asks for one critique and returns the raw text answer.
     async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError>;
+
+    /// Checks, cheaply and without generating anything, that the thinker
+    /// can answer now: a remote one's server is up and knows the model, a
+    /// local one's engine is alive. The worker claims no jobs while this
+    /// fails (docs/operations.md), so it must be fast and free.
+    async fn probe(&self) -> Result<(), ThinkerError> {
+        Ok(())
+    }
 }
 
 /// Why an observer did not record a step.
@@ -231,6 +246,13 @@ pub trait TurnObserver: Send + Sync {
         request: &ProviderRequest,
     ) -> Result<(), ObserverError> {
         let _ = (turn, instruction, request);
+        Ok(())
+    }
+    /// The loop is about to pay for a new edit of `turn` (not a resumed
+    /// provider request): an observer may hold it here, e.g. while the
+    /// thinker that must judge the edit is unreachable, or stop it.
+    async fn before_edit(&self, turn: u32) -> Result<(), ObserverError> {
+        let _ = turn;
         Ok(())
     }
     /// Live text of the thinker while it critiques `turn` (not persisted;

@@ -23,6 +23,10 @@ pub enum EditorKind {
     Gemini,
     /// Alibaba DashScope Qwen-Image-Edit (multimodal generation).
     Dashscope,
+    /// Test mode: no network, no model, no cost. Marks the source visibly
+    /// and deterministically, and simulates latency, refusals, 429s and
+    /// timeouts at configured rates (see [`crate::sandbox`]).
+    Sandbox,
 }
 
 impl EditorKind {
@@ -36,6 +40,7 @@ impl EditorKind {
             Self::Replicate => "replicate",
             Self::Gemini => "gemini",
             Self::Dashscope => "dashscope",
+            Self::Sandbox => "sandbox",
         }
     }
 
@@ -44,6 +49,12 @@ impl EditorKind {
         // Every kind has a client now; kept so a future kind can land in
         // configuration before its client does.
         true
+    }
+
+    /// Whether this is the `sandbox` kind: a simulation that calls nothing
+    /// and costs nothing.
+    pub fn is_sandbox(self) -> bool {
+        matches!(self, Self::Sandbox)
     }
 
     /// Whether the provider works asynchronously (submit, then poll): these
@@ -66,6 +77,8 @@ impl EditorKind {
             Self::Fal => Some("fal-ai/flux-pro/kontext"),
             // Replicate official models are owner/name.
             Self::Replicate => Some("black-forest-labs/flux-kontext-pro"),
+            // Shown in `GET /v1/editors`, so nobody takes it for a model.
+            Self::Sandbox => Some("sandbox"),
             Self::Http => None,
         }
     }
@@ -80,7 +93,7 @@ impl EditorKind {
             Self::Replicate => Some("https://api.replicate.com/v1"),
             Self::Gemini => Some("https://generativelanguage.googleapis.com"),
             Self::Dashscope => Some("https://dashscope-intl.aliyuncs.com/api/v1"),
-            Self::Http => None,
+            Self::Http | Self::Sandbox => None,
         }
     }
 
@@ -120,6 +133,9 @@ impl EditorKind {
             // Replicate publishes a create rate (600/min), not a concurrency
             // limit; official models scale on their side.
             Self::Replicate => 16,
+            // Nothing to overload: as many as a worker is likely to run,
+            // so a load test sees the service's own limits.
+            Self::Sandbox => 16,
         }
     }
 
@@ -130,7 +146,8 @@ impl EditorKind {
     /// documents an idempotency key (searched: OpenAI images, BFL, fal,
     /// Replicate, Gemini, DashScope), so a resend could pay for the edit
     /// twice; the worker requeues the job visibly instead
-    /// (`EditorError::Ambiguous`).
+    /// (`EditorError::Ambiguous`). `sandbox` behaves like a paid kind, so
+    /// that its simulated timeouts exercise that path.
     pub fn retries_ambiguous_by_default(self) -> bool {
         matches!(self, Self::Http)
     }
@@ -153,7 +170,7 @@ impl EditorKind {
             // models of the same size class, and Gemini's limit is far
             // higher but longer instructions do not make better edits. The
             // core default is that conservative value.
-            Self::Http | Self::Bfl | Self::Fal | Self::Replicate | Self::Gemini => {
+            Self::Http | Self::Bfl | Self::Fal | Self::Replicate | Self::Gemini | Self::Sandbox => {
                 editthinker_core::DEFAULT_MAX_INSTRUCTION_CHARS
             }
         }
@@ -209,6 +226,13 @@ impl EditorKind {
                 "input",
                 "poll_interval_ms",
             ],
+            Self::Sandbox => &[
+                "seed",
+                "latency_ms",
+                "refusal_rate",
+                "rate_limit_rate",
+                "timeout_rate",
+            ],
         };
         own.contains(&field)
     }
@@ -245,7 +269,7 @@ pub struct EditorProfile {
     #[serde(default)]
     pub model: Option<String>,
     /// Seed for reproducible edits (`gemini`, `dashscope`, `bfl`, `fal`,
-    /// `replicate`).
+    /// `replicate`; `sandbox`: picks its tint, default 0).
     #[serde(default)]
     pub seed: Option<i64>,
     /// Output size, e.g. `1024x1024` or `auto` (`openai`).
@@ -290,6 +314,23 @@ pub struct EditorProfile {
     /// (`replicate`, whose input names differ per model, e.g. `guidance`).
     #[serde(default)]
     pub input: Map<String, Value>,
+    /// How long each simulated edit takes, in milliseconds (`sandbox` only;
+    /// default 500).
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// Probability, 0 to 1, that a simulated edit is refused as if by
+    /// moderation (`sandbox` only; default 0).
+    #[serde(default)]
+    pub refusal_rate: Option<f64>,
+    /// Probability, 0 to 1, that a simulated attempt is answered 429 Too
+    /// Many Requests, retried like a provider's (`sandbox` only; default 0).
+    #[serde(default)]
+    pub rate_limit_rate: Option<f64>,
+    /// Probability, 0 to 1, that a simulated edit times out after it was
+    /// sent, its outcome unknown (`sandbox` only; default 0). The three
+    /// rates together are at most 1.
+    #[serde(default)]
+    pub timeout_rate: Option<f64>,
     /// Whether jobs that name no editor use this one.
     #[serde(default)]
     pub default: bool,
@@ -361,6 +402,10 @@ impl EditorProfile {
             num_inference_steps: None,
             poll_interval_ms: None,
             input: Map::new(),
+            latency_ms: None,
+            refusal_rate: None,
+            rate_limit_rate: None,
+            timeout_rate: None,
             default: false,
             params: Map::new(),
             timeout_seconds: defaults::timeout_seconds(),
@@ -447,6 +492,10 @@ impl EditorProfile {
             ("num_inference_steps", self.num_inference_steps.is_some()),
             ("poll_interval_ms", self.poll_interval_ms.is_some()),
             ("input", !self.input.is_empty()),
+            ("latency_ms", self.latency_ms.is_some()),
+            ("refusal_rate", self.refusal_rate.is_some()),
+            ("rate_limit_rate", self.rate_limit_rate.is_some()),
+            ("timeout_rate", self.timeout_rate.is_some()),
         ];
         match set
             .iter()
@@ -454,6 +503,10 @@ impl EditorProfile {
         {
             Some((field, _)) => {
                 let hint = match (*field, self.kind) {
+                    ("url" | "urls" | "base_url", EditorKind::Sandbox) => " (it calls no server)",
+                    ("latency_ms" | "refusal_rate" | "rate_limit_rate" | "timeout_rate", _) => {
+                        " (only the sandbox kind simulates latency and failures)"
+                    }
                     ("url" | "urls", kind) if kind.default_base_url().is_some() => {
                         " (hosted kinds take base_url)"
                     }

@@ -1,7 +1,8 @@
 //! The `gemini` kind: Google Gemini image models. `POST
 //! {base_url}/v1beta/models/{model}:generateContent` with the key in
 //! `x-goog-api-key` and the source as inline PNG data; the image comes back
-//! inline in `candidates[0].content.parts[]`.
+//! inline in `candidates[0].content.parts[]`. The readiness probe is `GET
+//! {base_url}/v1beta/models/{model}` (free).
 
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
@@ -33,6 +34,9 @@ const REFUSAL_REASONS: [&str; 6] = [
 #[derive(Debug)]
 pub struct GeminiEditor {
     endpoint: Url,
+    /// `{base_url}/v1beta/models/{model}`: the free call of the readiness
+    /// probe.
+    probe_url: Url,
     model: String,
     seed: Option<i64>,
     credential: Credential,
@@ -57,6 +61,7 @@ impl GeminiEditor {
                 &profile,
                 &format!("/v1beta/models/{model}:generateContent"),
             )?,
+            probe_url: endpoint(name, &profile, &format!("/v1beta/models/{model}"))?,
             model,
             seed: profile.seed,
             credential: Credential::required(
@@ -72,6 +77,11 @@ impl GeminiEditor {
     /// The `generateContent` URL requests go to.
     pub fn endpoint(&self) -> &Url {
         &self.endpoint
+    }
+
+    /// The URL the readiness probe GETs (`Editor::probe`).
+    pub fn probe_url(&self) -> &Url {
+        &self.probe_url
     }
 
     /// The request body: the instruction, then the source as inline PNG.
@@ -111,6 +121,16 @@ impl Editor for GeminiEditor {
 
     fn max_instruction_chars(&self) -> usize {
         self.caller.max_instruction_chars()
+    }
+
+    /// `GET {probe_url}` with the key: free, and it checks the key and the
+    /// model at once.
+    async fn probe(&self) -> Option<Result<(), EditorError>> {
+        Some(
+            self.caller
+                .probe_get(&self.probe_url, &self.credential)
+                .await,
+        )
     }
 }
 

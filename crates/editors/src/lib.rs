@@ -6,7 +6,9 @@
 //! synchronous hosted APIs `openai`, `gemini` and `dashscope`, and the
 //! asynchronous ones `bfl`, `fal` and `replicate` (submit, record the
 //! provider request through the edit's checkpoint, poll, download; see
-//! [`polling`]).
+//! [`polling`]), and `sandbox`, a test mode that calls nothing and costs
+//! nothing: a visible, deterministic mark instead of an edit, with
+//! simulated latency and failures (see [`sandbox`]).
 
 pub mod bfl;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod openai;
 pub mod polling;
 pub mod registry;
 pub mod replicate;
+pub mod sandbox;
 
 pub use bfl::BflEditor;
 pub use config::{EditorConfigError, EditorKind, EditorProfile};
@@ -29,3 +32,4 @@ pub use http_editor::HttpEditor;
 pub use openai::OpenAiEditor;
 pub use registry::{EditorInfo, EditorRegistry};
 pub use replicate::ReplicateEditor;
+pub use sandbox::SandboxEditor;

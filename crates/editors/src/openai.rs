@@ -3,7 +3,8 @@
 //! `model`, and the optional `size`, `quality`, `input_fidelity`,
 //! `output_format` when configured); the answer is synchronous,
 //! `{"data": [{"b64_json"}]}` or, from some compatible servers,
-//! `{"data": [{"url"}]}`, which is downloaded at once.
+//! `{"data": [{"url"}]}`, which is downloaded at once. The readiness probe
+//! is `GET {base_url}/models/{model}` (free).
 
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
@@ -24,6 +25,8 @@ use crate::http_common::{
 #[derive(Debug)]
 pub struct OpenAiEditor {
     endpoint: Url,
+    /// `{base_url}/models/{model}`: the free call of the readiness probe.
+    probe_url: Url,
     model: String,
     /// The optional form fields that are configured, in a fixed order.
     extras: Vec<(&'static str, String)>,
@@ -36,6 +39,7 @@ impl OpenAiEditor {
     /// key (`api_key_env`) is required.
     pub fn from_profile(name: &str, profile: &EditorProfile) -> Result<Self, EditorConfigError> {
         profile.check_settings_apply(name)?;
+        let model = model_name(name, profile)?;
         let mut extras = Vec::new();
         for (field, value) in [
             ("size", &profile.size),
@@ -57,7 +61,8 @@ impl OpenAiEditor {
         }
         Ok(Self {
             endpoint: endpoint(name, profile, "/images/edits")?,
-            model: model_name(name, profile)?,
+            probe_url: endpoint(name, profile, &format!("/models/{model}"))?,
+            model,
             extras,
             credential: Credential::required(name, profile, AUTHORIZATION, "Bearer ")?,
             caller: HttpCaller::from_profile(name, profile)?.with_classifier(classify),
@@ -67,6 +72,11 @@ impl OpenAiEditor {
     /// The `/images/edits` URL requests go to.
     pub fn endpoint(&self) -> &Url {
         &self.endpoint
+    }
+
+    /// The URL the readiness probe GETs (`Editor::probe`).
+    pub fn probe_url(&self) -> &Url {
+        &self.probe_url
     }
 
     /// The model sent with each request.
@@ -129,6 +139,16 @@ impl Editor for OpenAiEditor {
 
     fn max_instruction_chars(&self) -> usize {
         self.caller.max_instruction_chars()
+    }
+
+    /// `GET {probe_url}` with the key: free, and it checks the key and the
+    /// model at once.
+    async fn probe(&self) -> Option<Result<(), EditorError>> {
+        Some(
+            self.caller
+                .probe_get(&self.probe_url, &self.credential)
+                .await,
+        )
     }
 }
 

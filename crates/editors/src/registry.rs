@@ -15,6 +15,7 @@ use crate::gemini::GeminiEditor;
 use crate::http_editor::HttpEditor;
 use crate::openai::OpenAiEditor;
 use crate::replicate::ReplicateEditor;
+use crate::sandbox::SandboxEditor;
 
 /// What `GET /v1/editors` shows about one editor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -87,6 +88,7 @@ impl EditorRegistry {
                 EditorKind::Bfl => Arc::new(BflEditor::from_profile(name, profile)?),
                 EditorKind::Fal => Arc::new(FalEditor::from_profile(name, profile)?),
                 EditorKind::Replicate => Arc::new(ReplicateEditor::from_profile(name, profile)?),
+                EditorKind::Sandbox => Arc::new(SandboxEditor::from_profile(name, profile)?),
             };
             registry.insert(info, editor);
         }

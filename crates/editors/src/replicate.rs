@@ -10,7 +10,8 @@
 //! kinds. The create call is paid and Replicate documents no idempotency
 //! key for it, so an ambiguous failure of it is not resent (see
 //! `http_common`); polls and downloads are GETs and are retried. `POST
-//! urls.cancel` stops a prediction the job no longer wants.
+//! urls.cancel` stops a prediction the job no longer wants. The readiness
+//! probe is `GET {base_url}/models/{owner}/{name}` (free).
 
 use std::io::Cursor;
 
@@ -60,6 +61,9 @@ const REFUSAL_WORDS: [&str; 6] = [
 #[derive(Debug)]
 pub struct ReplicateEditor {
     endpoint: Url,
+    /// `{base_url}/models/{owner}/{name}`: the free call of the readiness
+    /// probe.
+    probe_url: Url,
     model: String,
     /// The configured input fields (seed, output format, `input`).
     input: Map<String, Value>,
@@ -97,6 +101,7 @@ impl ReplicateEditor {
         let caller = HttpCaller::from_profile(name, profile)?.with_classifier(classify);
         Ok(Self {
             endpoint: endpoint(name, profile, &format!("/models/{model}/predictions"))?,
+            probe_url: endpoint(name, profile, &format!("/models/{model}"))?,
             model,
             input,
             credential: Credential::required(name, profile, AUTHORIZATION, "Bearer ")?,
@@ -108,6 +113,11 @@ impl ReplicateEditor {
     /// The prediction creation URL.
     pub fn endpoint(&self) -> &Url {
         &self.endpoint
+    }
+
+    /// The URL the readiness probe GETs (`Editor::probe`).
+    pub fn probe_url(&self) -> &Url {
+        &self.probe_url
     }
 }
 
@@ -167,6 +177,16 @@ impl Editor for ReplicateEditor {
 
     fn max_instruction_chars(&self) -> usize {
         self.caller.max_instruction_chars()
+    }
+
+    /// `GET {probe_url}` with the key: free, and it checks the key and the
+    /// model at once.
+    async fn probe(&self) -> Option<Result<(), EditorError>> {
+        Some(
+            self.caller
+                .probe_get(&self.probe_url, &self.credential)
+                .await,
+        )
     }
 }
 

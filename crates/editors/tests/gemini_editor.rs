@@ -336,3 +336,39 @@ fn configuration_errors_name_their_key() {
         "editors.g.negative_prompt: not used by the gemini kind"
     );
 }
+
+#[tokio::test]
+async fn the_probe_gets_the_model_with_the_key() {
+    use editthinker_core::Editor;
+    let server = FakeProvider::start().await;
+    let path = "/v1beta/models/gemini-2.5-flash-image";
+    server.answer_path(
+        path,
+        vec![
+            Answer::Json(json!({"name": "models/gemini-2.5-flash-image", "version": "2.0"})),
+            Answer::Status(
+                401,
+                None,
+                r#"{"error":{"code":401,"status":"UNAUTHENTICATED"}}"#.into(),
+            ),
+        ],
+        Answer::Status(500, None, "no".into()),
+    );
+    let editor =
+        GeminiEditor::from_profile("g", &profile(&server, "GEMINI_TEST_KEY_PROBE")).unwrap();
+    assert_eq!(editor.probe().await, Some(Ok(())));
+    assert!(matches!(
+        editor.probe().await,
+        Some(Err(EditorError::Auth(_)))
+    ));
+    let got = server.requests();
+    assert_eq!(got.len(), 2);
+    for r in &got {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", path));
+        assert_eq!(
+            r.header("x-goog-api-key"),
+            Some("AIza-GEMINI_TEST_KEY_PROBE")
+        );
+        assert_eq!(r.header("authorization"), None);
+    }
+}

@@ -417,3 +417,68 @@ fn configuration_errors_name_their_key() {
     p.quality = Some(" ".into());
     assert!(error(p).starts_with("editors.o.quality: "));
 }
+
+#[tokio::test]
+async fn the_probe_gets_the_model_with_the_key_once() {
+    use editthinker_core::Editor;
+    let server = FakeProvider::start().await;
+    let path = "/v1/models/gpt-image-1";
+    server.answer_path(
+        path,
+        vec![
+            Answer::Json(json!({"id": "gpt-image-1", "object": "model", "owned_by": "system"})),
+            Answer::Status(
+                401,
+                None,
+                r#"{"error":{"message":"Incorrect API key provided","code":"invalid_api_key"}}"#
+                    .into(),
+            ),
+        ],
+        Answer::Status(503, None, "overloaded".into()),
+    );
+    let editor =
+        OpenAiEditor::from_profile("o", &profile(&server, "OPENAI_TEST_KEY_PROBE")).unwrap();
+    assert_eq!(editor.probe().await, Some(Ok(())));
+    assert!(matches!(
+        editor.probe().await,
+        Some(Err(EditorError::Auth(m))) if m.contains("Incorrect API key")
+    ));
+    // A 5xx is transient, and a probe does not retry.
+    assert!(matches!(
+        editor.probe().await,
+        Some(Err(EditorError::Transient(_)))
+    ));
+    let got = server.requests();
+    assert_eq!(got.len(), 3, "one request a probe: {got:?}");
+    for r in &got {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", path));
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer sk-OPENAI_TEST_KEY_PROBE")
+        );
+        assert!(r.body.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_probe_of_a_server_that_is_down_is_transient() {
+    use editthinker_core::Editor;
+    let mut p = support::test_profile(
+        EditorKind::Openai,
+        format!("{}/v1", support::dead_url()),
+        "OPENAI_TEST_KEY_PROBE_DOWN",
+        "sk-x",
+    );
+    p.max_retries = 5;
+    p.retry_base_ms = 2_000;
+    let editor = OpenAiEditor::from_profile("o", &p).unwrap();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        editor.probe().await,
+        Some(Err(EditorError::Transient(_)))
+    ));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no retries with backoff"
+    );
+}

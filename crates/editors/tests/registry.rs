@@ -463,3 +463,81 @@ fn hosted_kinds_require_a_key_and_reject_settings_they_do_not_use() {
     let err = parse("[editors.e]\nkind = \"openai\"\nsede = 1\n").unwrap_err();
     assert!(err.contains("sede"), "unknown fields stay rejected: {err}");
 }
+
+#[tokio::test]
+async fn sandbox_profiles_parse_build_and_edit_without_a_server() {
+    let toml = r#"
+        [editors.s]
+        kind = "sandbox"
+        seed = 42
+        latency_ms = 0
+        refusal_rate = 0.0
+        rate_limit_rate = 0.25
+        timeout_rate = 0.0
+        max_retries = 0
+        default = true
+
+        [editors.plain]
+        kind = "sandbox"
+        "#;
+    let editors = parse(toml).unwrap();
+    let s = &editors["s"];
+    assert_eq!(s.kind, EditorKind::Sandbox);
+    assert!(s.kind.is_sandbox() && !s.kind.is_async());
+    assert_eq!(
+        (s.seed, s.latency_ms, s.rate_limit_rate, s.refusal_rate),
+        (Some(42), Some(0), Some(0.25), Some(0.0))
+    );
+    let plain = &editors["plain"];
+    assert_eq!((plain.latency_ms, plain.timeout_rate), (None, None));
+    assert_eq!(plain.effective_max_in_flight(), 16);
+    assert!(!plain.effective_retry_ambiguous(), "simulates a paid kind");
+    let r = registry(toml).unwrap();
+    assert_eq!(
+        r.infos()[1],
+        EditorInfo {
+            name: "s".into(),
+            kind: "sandbox".into(),
+            model: Some("sandbox".into()),
+            default: true,
+        }
+    );
+    let editor = r.get("plain").unwrap();
+    assert_eq!(editor.probe().await, Some(Ok(())));
+    let src = support::source(64, 48);
+    let out = editor
+        .edit(EditRequest {
+            source: &src,
+            instruction: "make it so",
+            turn: 1,
+            resume: None,
+            checkpoint: &NoCheckpoint,
+        })
+        .await
+        .unwrap();
+    assert_eq!((out.width, out.height), (64, 48));
+    assert_ne!(out.bytes, src.bytes);
+
+    for (setting, want) in [
+        (
+            "url = \"http://h\"",
+            "editors.e.url: not used by the sandbox kind (it calls no server)",
+        ),
+        (
+            "refusal_rate = 1.5",
+            "editors.e.refusal_rate: 1.5: must be between 0 and 1",
+        ),
+        (
+            "size = \"1024x1024\"",
+            "editors.e.size: not used by the sandbox kind",
+        ),
+    ] {
+        let err = error(&format!("[editors.e]\nkind = \"sandbox\"\n{setting}\n"));
+        assert_eq!(err, want, "{setting}");
+    }
+    let err = error("[editors.e]\nkind = \"http\"\nurl = \"http://h\"\ntimeout_rate = 0.5\n");
+    assert!(
+        err.starts_with("editors.e.timeout_rate: not used by the http kind"),
+        "{err}"
+    );
+}

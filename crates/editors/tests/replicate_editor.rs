@@ -518,3 +518,38 @@ fn configuration_errors_name_their_key() {
     assert!(error(p).starts_with("editors.r.output_format: "));
     assert_eq!(ok().effective_max_in_flight(), 16);
 }
+
+#[tokio::test]
+async fn the_probe_gets_the_model_with_the_key() {
+    use editthinker_core::Editor;
+    let server = FakeProvider::start().await;
+    let path = "/v1/models/black-forest-labs/flux-kontext-pro";
+    server.answer_path(
+        path,
+        vec![
+            Answer::Json(json!({"owner": "black-forest-labs", "name": "flux-kontext-pro"})),
+            Answer::Status(
+                401,
+                None,
+                r#"{"title":"Unauthenticated","detail":"You did not pass a valid authentication token","status":401}"#.into(),
+            ),
+        ],
+        Answer::Status(500, None, "no".into()),
+    );
+    let editor =
+        ReplicateEditor::from_profile("r", &profile(&server, "REPLICATE_TEST_KEY_PROBE")).unwrap();
+    assert_eq!(editor.probe().await, Some(Ok(())));
+    assert!(matches!(
+        editor.probe().await,
+        Some(Err(EditorError::Auth(_)))
+    ));
+    let got = server.requests();
+    assert_eq!(got.len(), 2, "nothing is created: {got:?}");
+    for r in &got {
+        assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", path));
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer r8_REPLICATE_TEST_KEY_PROBE")
+        );
+    }
+}

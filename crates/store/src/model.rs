@@ -167,6 +167,8 @@ pub struct NewJob {
     pub deadline_seconds: Option<u32>,
     /// W3C `traceparent` of the trace the job belongs to.
     pub traceparent: Option<String>,
+    /// The job runs on a sandbox (test-mode) editor or thinker.
+    pub sandbox: bool,
 }
 
 /// A job as a client reads it ([`crate::Store::job_with_turns`]): the
@@ -256,6 +258,9 @@ pub struct JobRow {
     /// W3C `traceparent` of the trace the job belongs to (the worker
     /// continues it).
     pub traceparent: Option<String>,
+    /// The job runs on a sandbox (test-mode) editor or thinker: its images
+    /// and critiques are made up (fixed at creation).
+    pub sandbox: bool,
 }
 
 /// Error code of a job that failed because its deadline passed.

@@ -247,6 +247,7 @@ fn job_from_row(row: &PgRow) -> StoreResult<JobRow> {
         ),
         deadline_at: row.try_get("deadline_at")?,
         traceparent: row.try_get("traceparent")?,
+        sandbox: row.try_get("sandbox")?,
     })
 }
 
@@ -397,9 +398,9 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<(Jo
             "WITH job AS (\
                  INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
                      source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
-                     deadline_at, tenant, traceparent) \
+                     deadline_at, tenant, traceparent, sandbox) \
                  SELECT $1, 'queued', $2, $3, $4, $5, $6, $7, 0, $8, $9, $10, now(), now(), \
-                     now() + $11 * interval '1 second', $12, $13 \
+                     now() + $11 * interval '1 second', $12, $13, $19 \
                  WHERE CASE WHEN $14::bigint IS NULL THEN true \
                      ELSE editthinker_active_jobs_locked($18, $12) < $14 END \
                  RETURNING *), {} \
@@ -427,6 +428,7 @@ async fn insert_job_row(conn: &mut PgConnection, job: NewJob) -> StoreResult<(Jo
         .bind(payload::queued())
         .bind(Uuid::now_v7())
         .bind(ACTIVE_LIMIT_LOCK)
+        .bind(job.sandbox)
         .fetch_optional(&mut *conn)
         .await?;
     match (row, job.active_limit) {

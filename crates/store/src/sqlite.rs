@@ -157,8 +157,9 @@ impl WriteTx {
         let row = sqlx::query(
             "INSERT INTO jobs (id, status, instruction, editor, options, metadata, source_key, \
              source_mime, attempt, max_attempts, priority, webhook, run_at, created_at, \
-             deadline_at, tenant, traceparent) \
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14) \
+             deadline_at, tenant, traceparent, sandbox) \
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?11, ?12, ?13, ?14, \
+             ?15) \
              RETURNING *",
         )
         .bind(job.id.to_string())
@@ -178,6 +179,7 @@ impl WriteTx {
         )
         .bind(&job.tenant)
         .bind(&job.traceparent)
+        .bind(job.sandbox)
         .fetch_one(self.conn())
         .await?;
         let job = job_from_row(&row)?;
@@ -434,6 +436,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<JobRow> {
         ),
         deadline_at: opt_time(row, "deadline_at")?,
         traceparent: row.try_get("traceparent")?,
+        sandbox: row.try_get("sandbox")?,
     })
 }
 

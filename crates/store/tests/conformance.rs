@@ -161,6 +161,7 @@ conformance!(
     refusal_is_stored_and_in_the_succeeded_event,
     live_events_reach_subscribers,
     jobs_are_listed_per_tenant,
+    the_sandbox_flag_is_kept,
     the_active_jobs_limit_counts_queued_and_running_per_tenant,
     idempotency_keys_are_per_tenant,
     api_keys_are_stored_hashed_and_revocable,
@@ -199,6 +200,7 @@ fn new_job(priority: i32, max_attempts: u32) -> NewJob {
         webhook: None,
         deadline_seconds: None,
         traceparent: None,
+        sandbox: false,
     }
 }
 
@@ -1404,6 +1406,30 @@ fn job_of(tenant: &str) -> NewJob {
         tenant: tenant.into(),
         ..new_job(0, 3)
     }
+}
+
+async fn the_sandbox_flag_is_kept(store: Arc<dyn Store>) {
+    let real = store.insert_job(job_of("acme")).await.unwrap();
+    let sandbox = store
+        .insert_job(NewJob {
+            sandbox: true,
+            ..job_of("acme")
+        })
+        .await
+        .unwrap();
+    assert!(!real.sandbox);
+    assert!(sandbox.sandbox, "the inserted row says sandbox");
+    let read = store
+        .job_with_turns(sandbox.id, "acme", false)
+        .await
+        .unwrap();
+    assert!(read.unwrap().job.sandbox, "a read of the job says sandbox");
+    let claimed = store.claim("w", 2, LEASE, Fairness::Tenant).await.unwrap();
+    assert_eq!(
+        claimed.iter().filter(|c| c.job.sandbox).count(),
+        1,
+        "a claim carries the flag to the worker"
+    );
 }
 
 async fn jobs_are_listed_per_tenant(store: Arc<dyn Store>) {

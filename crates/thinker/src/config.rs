@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use crate::openai::{OpenAiSettings, OpenAiThinker};
+use crate::sandbox::{SandboxThinker, DEFAULT_TOKEN_INTERVAL_MS};
 
 /// Which thinker backend to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub enum ThinkerKind {
     /// needs a build with the `local` feature (the binary's
     /// `local-thinker`).
     Local,
+    /// Test mode: simulated critiques, no network and no model (see
+    /// [`SandboxThinker`]). Every answer starts with `[sandbox]`.
+    Sandbox,
 }
 
 /// The `[thinker]` section (docs/configuration.md). Every field has a default, so an
@@ -85,6 +89,9 @@ pub struct ThinkerConfig {
     /// `kind = "local"` only: constrain the output with a grammar so it
     /// always parses (default true).
     pub grammar: Option<bool>,
+    /// `kind = "sandbox"` only: delay between two streamed tokens, in
+    /// milliseconds, 0 to [`MAX_TOKEN_INTERVAL_MS`] (default 15).
+    pub token_interval_ms: Option<u64>,
 }
 
 impl Default for ThinkerConfig {
@@ -112,6 +119,7 @@ impl Default for ThinkerConfig {
             top_p: None,
             max_batch: None,
             grammar: None,
+            token_interval_ms: None,
         }
     }
 }
@@ -148,18 +156,31 @@ impl ThinkerConfigError {
 /// The smallest `max_image_edge` we accept: Qwen3-VL's minimum image side.
 pub(crate) const MIN_IMAGE_EDGE: u32 = 32;
 
+/// The largest `token_interval_ms` we accept: slower than this, a sandbox
+/// critique would take minutes.
+pub const MAX_TOKEN_INTERVAL_MS: u64 = 1000;
+
 /// Validates `cfg`, reads the API key and template file it names, and builds
 /// the thinker. `kind = "local"` loads a model, which takes time: use
 /// [`build_thinker_async`] for it.
 pub fn build_thinker(cfg: &ThinkerConfig) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
-    if cfg.kind == ThinkerKind::Local {
-        return Err(ThinkerConfigError::invalid(
+    match cfg.kind {
+        ThinkerKind::Local => Err(ThinkerConfigError::invalid(
             "thinker.kind",
             "\"local\" loads a model: build it with build_thinker_async",
-        ));
+        )),
+        ThinkerKind::Sandbox => {
+            let thinker = sandbox(cfg)?;
+            tracing::warn!(
+                "thinker kind \"sandbox\": critiques are simulated, no model runs (test mode)"
+            );
+            Ok(Arc::new(thinker))
+        }
+        ThinkerKind::Openai => {
+            let settings = resolve(cfg)?;
+            Ok(Arc::new(OpenAiThinker::new(settings)?))
+        }
     }
-    let settings = resolve(cfg)?;
-    Ok(Arc::new(OpenAiThinker::new(settings)?))
 }
 
 /// Builds the thinker of any kind; for `kind = "local"` this loads the
@@ -170,12 +191,18 @@ pub async fn build_thinker_async(
 ) -> Result<Arc<dyn Thinker>, ThinkerConfigError> {
     let started = std::time::Instant::now();
     let thinker: Arc<dyn Thinker> = match cfg.kind {
-        ThinkerKind::Openai => build_thinker(cfg)?,
-        ThinkerKind::Local => load_local(cfg).await?,
+        ThinkerKind::Openai | ThinkerKind::Sandbox => build_thinker(cfg)?,
+        ThinkerKind::Local => {
+            refuse_sandbox_only(cfg)?;
+            load_local(cfg).await?
+        }
     };
     tracing::info!(
         kind = ?cfg.kind,
-        model = %cfg.model,
+        model = %match cfg.kind {
+            ThinkerKind::Sandbox => "(none: simulated)",
+            _ => cfg.model.as_str(),
+        },
         load_ms = started.elapsed().as_millis() as u64,
         "thinker ready"
     );
@@ -198,7 +225,7 @@ pub const LOCAL_NOT_BUILT: &str = "\"local\" needs the in-process thinker, which
     was built without: build it with the `local-thinker` feature \
     (cargo build --release --features local-thinker, or --features cuda for NVIDIA GPUs)";
 
-/// Checks the keys both kinds read (`prompt_template_file`,
+/// Checks the keys both model kinds read (`prompt_template_file`,
 /// `max_image_edge`, `temperature`, `max_tokens`, `timeout_seconds`) and
 /// loads the prompt template.
 pub(crate) fn check_shared(cfg: &ThinkerConfig) -> Result<PromptTemplate, ThinkerConfigError> {
@@ -247,11 +274,8 @@ pub(crate) fn check_shared(cfg: &ThinkerConfig) -> Result<PromptTemplate, Thinke
     Ok(template)
 }
 
-/// Turns the raw section into checked settings (environment and files read here).
-fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
-    use ThinkerConfigError as E;
-
-    // Keys of the in-process thinker mean nothing to a remote server.
+/// Refuses the keys only `kind = "local"` reads.
+fn refuse_local_only(cfg: &ThinkerConfig) -> Result<(), ThinkerConfigError> {
     let local_only = [
         ("thinker.revision", cfg.revision.is_some()),
         ("thinker.dtype", cfg.dtype.is_some()),
@@ -261,9 +285,67 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
         ("thinker.max_batch", cfg.max_batch.is_some()),
         ("thinker.grammar", cfg.grammar.is_some()),
     ];
-    if let Some((key, _)) = local_only.iter().find(|(_, set)| *set) {
-        return Err(E::invalid(key, "only applies to kind = \"local\""));
+    match local_only.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(ThinkerConfigError::invalid(
+            key,
+            "only applies to kind = \"local\"",
+        )),
+        None => Ok(()),
     }
+}
+
+/// Refuses the keys only `kind = "sandbox"` reads.
+fn refuse_sandbox_only(cfg: &ThinkerConfig) -> Result<(), ThinkerConfigError> {
+    if cfg.token_interval_ms.is_some() {
+        return Err(ThinkerConfigError::invalid(
+            "thinker.token_interval_ms",
+            "only applies to kind = \"sandbox\"",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `kind = "sandbox"` section and builds its thinker.
+///
+/// Keys of the other kinds are refused when they can be told apart from
+/// their defaults (`api_key_env` and the `local`-only keys) and otherwise
+/// ignored, as `local` does (`base_url`, `model`, `max_retries`,
+/// `retry_base_ms`, `structured`, `stream`, `stream_idle_timeout_seconds`).
+/// The keys every kind shares are checked ([`check_shared`]) though the
+/// sandbox uses none of them, so a section stays valid when its kind
+/// changes back.
+fn sandbox(cfg: &ThinkerConfig) -> Result<SandboxThinker, ThinkerConfigError> {
+    use ThinkerConfigError as E;
+
+    refuse_local_only(cfg)?;
+    if cfg.api_key_env.is_some() {
+        return Err(E::invalid(
+            "thinker.api_key_env",
+            "does not apply to kind = \"sandbox\" (it calls no server)",
+        ));
+    }
+    check_shared(cfg)?;
+    let interval = cfg.token_interval_ms.unwrap_or(DEFAULT_TOKEN_INTERVAL_MS);
+    if interval > MAX_TOKEN_INTERVAL_MS {
+        return Err(E::invalid(
+            "thinker.token_interval_ms",
+            format!("must be at most {MAX_TOKEN_INTERVAL_MS}, got {interval}"),
+        ));
+    }
+    Ok(SandboxThinker::new(
+        cfg.protocol,
+        Duration::from_millis(interval),
+    ))
+}
+
+/// Turns the raw section into checked settings (environment and files read here).
+fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
+    use ThinkerConfigError as E;
+
+    // Keys of the in-process thinker and of the sandbox mean nothing to a
+    // remote server.
+    refuse_local_only(cfg)?;
+    refuse_sandbox_only(cfg)?;
 
     let base_url = Url::parse(cfg.base_url.trim()).map_err(|e| {
         E::invalid(
@@ -472,6 +554,98 @@ mod tests {
                 format!("thinker.{key}: only applies to kind = \"local\""),
                 "{key}"
             );
+        }
+    }
+
+    fn sandbox_err(value: serde_json::Value) -> ThinkerConfigError {
+        match sandbox(&config(value).unwrap()) {
+            Ok(t) => panic!("built {t:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn sandbox_kind_deserializes_and_builds() {
+        let cfg = config(json!({"kind": "sandbox"})).unwrap();
+        assert_eq!(cfg.kind, ThinkerKind::Sandbox);
+        assert_eq!(cfg.token_interval_ms, None);
+        assert_eq!(
+            sandbox(&cfg).unwrap().token_interval(),
+            Duration::from_millis(15)
+        );
+        assert_eq!(
+            build_thinker(&cfg).unwrap().protocol(),
+            Protocol::Editthinker
+        );
+
+        let cfg = config(json!({"kind": "sandbox", "protocol": "expert", "token_interval_ms": 0}))
+            .unwrap();
+        assert_eq!(cfg.token_interval_ms, Some(0));
+        assert_eq!(sandbox(&cfg).unwrap().token_interval(), Duration::ZERO);
+        assert_eq!(build_thinker(&cfg).unwrap().protocol(), Protocol::Expert);
+
+        // As a serialized section it comes back the same.
+        let text = serde_json::to_string(&cfg).unwrap();
+        assert!(text.contains("\"kind\":\"sandbox\""), "{text}");
+        assert_eq!(serde_json::from_str::<ThinkerConfig>(&text).unwrap(), cfg);
+    }
+
+    #[tokio::test]
+    async fn the_async_builder_builds_the_sandbox() {
+        let cfg = config(json!({"kind": "sandbox", "token_interval_ms": 3})).unwrap();
+        let thinker = build_thinker_async(&cfg).await.unwrap();
+        assert_eq!(thinker.probe().await, Ok(()));
+    }
+
+    #[test]
+    fn sandbox_refuses_the_other_kinds_keys() {
+        let e = sandbox_err(json!({"kind": "sandbox", "api_key_env": "X"}));
+        assert_eq!(
+            e.to_string(),
+            "thinker.api_key_env: does not apply to kind = \"sandbox\" (it calls no server)"
+        );
+        for (key, value) in [("revision", json!("main")), ("grammar", json!(true))] {
+            let e = sandbox_err(json!({"kind": "sandbox", key: value}));
+            assert_eq!(
+                e.to_string(),
+                format!("thinker.{key}: only applies to kind = \"local\"")
+            );
+        }
+        // Keys with defaults are ignored, as for `local`.
+        let cfg = config(json!({
+            "kind": "sandbox", "base_url": "http://elsewhere:9/v1", "model": "m",
+            "stream": false, "max_retries": 0
+        }))
+        .unwrap();
+        assert!(build_thinker(&cfg).is_ok());
+        // The shared keys are still checked.
+        let e = sandbox_err(json!({"kind": "sandbox", "max_tokens": 0}));
+        assert_eq!(e.key(), "thinker.max_tokens");
+    }
+
+    #[test]
+    fn token_interval_is_bounded() {
+        let cfg = config(json!({"kind": "sandbox", "token_interval_ms": 1000})).unwrap();
+        assert!(sandbox(&cfg).is_ok());
+        let e = sandbox_err(json!({"kind": "sandbox", "token_interval_ms": 1001}));
+        assert_eq!(
+            e.to_string(),
+            "thinker.token_interval_ms: must be at most 1000, got 1001"
+        );
+        assert!(config(json!({"kind": "sandbox", "token_interval_ms": -1})).is_err());
+    }
+
+    #[tokio::test]
+    async fn token_interval_is_refused_for_the_model_kinds() {
+        let cfg = config(json!({"token_interval_ms": 15})).unwrap();
+        assert_eq!(
+            build_err(&cfg),
+            "thinker.token_interval_ms: only applies to kind = \"sandbox\""
+        );
+        let cfg = config(json!({"kind": "local", "token_interval_ms": 15})).unwrap();
+        match build_thinker_async(&cfg).await {
+            Ok(_) => panic!("built a local thinker with token_interval_ms"),
+            Err(e) => assert_eq!(e.key(), "thinker.token_interval_ms"),
         }
     }
 

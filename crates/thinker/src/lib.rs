@@ -1,16 +1,20 @@
 //! Thinker backends (docs/architecture.md §1; docs/configuration.md "`[thinker]`"): the model that critiques each edit
 //! and rewrites the instruction.
 //!
-//! Two kinds:
+//! Three kinds:
 //! - `openai`: any OpenAI-compatible chat-completions server (vLLM,
 //!   `mistralrs serve`, OpenAI, Gemini's compatible endpoint);
 //! - `local`: EditThinker-8B (a Qwen3-VL model) in this process, on
 //!   mistral.rs (`local`, only in a build with the `local` feature; the
-//!   binary's feature is `local-thinker`).
+//!   binary's feature is `local-thinker`);
+//! - `sandbox`: a test mode in every build, with no network and no model:
+//!   made-up but deterministic critiques, streamed word by word like a
+//!   model's, whose scores rise over the turns ([`sandbox`]).
 //!
 //! [`build_thinker_async`] turns the `[thinker]` configuration section into
 //! an [`editthinker_core::Thinker`] (loading the model for `local`);
-//! [`build_thinker`] does the same without waiting, for `openai` only.
+//! [`build_thinker`] does the same without waiting, for `openai` and
+//! `sandbox` only.
 //! `tiny_model` (feature `test-support`, for tests and benchmarks only)
 //! writes a tiny random-weight Qwen3-VL model.
 
@@ -18,14 +22,16 @@ mod config;
 #[cfg(feature = "local")]
 pub mod local;
 mod openai;
+pub mod sandbox;
 mod sse;
 #[cfg(feature = "test-support")]
 pub mod tiny_model;
 
 pub use config::{
     build_thinker, build_thinker_async, ThinkerConfig, ThinkerConfigError, ThinkerKind,
-    LOCAL_NOT_BUILT,
+    LOCAL_NOT_BUILT, MAX_TOKEN_INTERVAL_MS,
 };
 #[cfg(feature = "local")]
 pub use local::{CritiqueStats, LocalDType, LocalDevice, LocalSettings, LocalThinker};
 pub use openai::{OpenAiSettings, OpenAiThinker};
+pub use sandbox::SandboxThinker;

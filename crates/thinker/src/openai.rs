@@ -28,6 +28,12 @@
 //! `Transient` without an in-call retry: the worker requeues the job.
 //! When a streamed attempt is retried, the sink receives the new attempt's
 //! text from its beginning (live text is a view, not a record).
+//!
+//! [`Thinker::probe`] is one `GET {base_url}/models` (with the bearer key),
+//! at most [`PROBE_TIMEOUT`], never retried: 2xx is fine unless the body
+//! lists models without the configured one (then
+//! [`ThinkerError::Invalid`]); 401/403 are `Auth`; a connection failure, a
+//! timeout, 408, 429 and 5xx are `Transient`; any other status is `Invalid`.
 
 use std::fmt;
 use std::time::Duration;
@@ -39,7 +45,8 @@ use editthinker_core::{
     ThinkerError, ThinkingSink,
 };
 use editthinker_provider_http::{
-    describe_error, excerpt, provider_policy, retry_after, run, Call, Failure, GiveUp, Step,
+    describe_error, excerpt, provider_policy, read_body, retry_after, run, BodyError, Call,
+    Failure, GiveUp, Step,
 };
 use futures::StreamExt as _;
 use reqwest::StatusCode;
@@ -63,6 +70,13 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// started (capped by the total timeout). Before the first event only
 /// the total timeout applies: a busy server may queue the request a while.
 pub(crate) const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a probe (`GET {base_url}/models`) may take, connection included;
+/// a shorter `timeout` applies instead.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A model list larger than this is not read: the probe passes unchecked.
+const PROBE_MAX_BODY: usize = 4 << 20;
+/// Most model names a probe error lists.
+const PROBE_LISTED_MODELS: usize = 20;
 
 /// Checked settings for [`OpenAiThinker`] (secrets already read).
 #[derive(Clone)]
@@ -172,6 +186,14 @@ impl OpenAiThinker {
     /// The full chat-completions URL this thinker posts to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The model-list URL [`Thinker::probe`] asks: `{base_url}/models`.
+    pub fn models_url(&self) -> String {
+        format!(
+            "{}/models",
+            self.settings.base_url.as_str().trim_end_matches('/')
+        )
     }
 
     /// The JSON request body for one critique.
@@ -332,19 +354,7 @@ impl OpenAiThinker {
     fn rejection(&self, code: u16, server: &str) -> ThinkerError {
         let s = &self.settings;
         match code {
-            401 | 403 => ThinkerError::Auth(match &s.api_key {
-                Some(_) => format!(
-                    "the thinker at {} rejected the API key (HTTP {code}: {server}); check the \
-                     key in the environment variable thinker.api_key_env names, and that it \
-                     grants access to model {:?}",
-                    self.endpoint, s.model
-                ),
-                None => format!(
-                    "the thinker at {} wants an API key (HTTP {code}: {server}); none was sent: \
-                     set thinker.api_key_env to the environment variable that holds it",
-                    self.endpoint
-                ),
-            }),
+            401 | 403 => self.auth_error(&self.endpoint, code, server),
             404 => ThinkerError::Invalid(format!(
                 "HTTP 404 from {}: {server}; unknown model {:?} or wrong base_url {:?} \
                  (thinker.model, thinker.base_url)",
@@ -373,6 +383,54 @@ impl OpenAiThinker {
                 ThinkerError::Invalid(message)
             }
         }
+    }
+
+    /// The error for credentials `url` refused with HTTP `code`.
+    fn auth_error(&self, url: &str, code: u16, server: &str) -> ThinkerError {
+        let s = &self.settings;
+        ThinkerError::Auth(match &s.api_key {
+            Some(_) => format!(
+                "the thinker at {url} rejected the API key (HTTP {code}: {server}); check the \
+                 key in the environment variable thinker.api_key_env names, and that it \
+                 grants access to model {:?}",
+                s.model
+            ),
+            None => format!(
+                "the thinker at {url} wants an API key (HTTP {code}: {server}); none was sent: \
+                 set thinker.api_key_env to the environment variable that holds it"
+            ),
+        })
+    }
+
+    /// What a 2xx model list says of the configured model: fine when it
+    /// names it, or names nothing we can read.
+    fn check_listing(&self, url: &str, body: &[u8]) -> Result<(), ThinkerError> {
+        let Ok(value) = serde_json::from_slice::<Value>(body) else {
+            return Ok(());
+        };
+        let Some(data) = value.get("data").and_then(Value::as_array) else {
+            return Ok(());
+        };
+        let ids: Vec<&str> = data
+            .iter()
+            .filter_map(|m| m.get("id").and_then(Value::as_str))
+            .collect();
+        let model = &self.settings.model;
+        if ids.is_empty() || ids.iter().any(|id| same_model(id, model)) {
+            return Ok(());
+        }
+        let mut served = ids
+            .iter()
+            .take(PROBE_LISTED_MODELS)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if ids.len() > PROBE_LISTED_MODELS {
+            served.push_str(&format!(" and {} more", ids.len() - PROBE_LISTED_MODELS));
+        }
+        Err(ThinkerError::Invalid(format!(
+            "model {model:?} is not served by {url}; it serves: {served} (check thinker.model)"
+        )))
     }
 
     /// What an error object in a 200 answer means (an error event inside a
@@ -460,6 +518,88 @@ impl Thinker for OpenAiThinker {
         metrics::critique_done(THINKER_LABEL, started.elapsed(), tokens);
         result.map(|(answer, _)| answer)
     }
+
+    async fn probe(&self) -> Result<(), ThinkerError> {
+        let url = self.models_url();
+        let timeout = PROBE_TIMEOUT.min(self.settings.timeout);
+        let mut request = self.client.get(&url).timeout(timeout);
+        if let Some(key) = &self.settings.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| {
+            ThinkerError::Transient(format!("GET {url}: {}", transport_reason(&e, timeout)))
+        })?;
+        let status = response.status();
+        // The timeout set on the request covers reading the body too.
+        let body = read_body(response, PROBE_MAX_BODY).await;
+        if status.is_success() {
+            return match body {
+                Ok(body) => self.check_listing(&url, &body),
+                // A list that large surely holds the model; not worth reading.
+                Err(BodyError::TooLarge) => Ok(()),
+                Err(BodyError::Transport(e)) => Err(ThinkerError::Transient(format!(
+                    "GET {url}: HTTP {status}, then the body broke off: {}",
+                    transport_reason(&e, timeout)
+                ))),
+            };
+        }
+        let server = match &body {
+            Ok(bytes) => server_message(&String::from_utf8_lossy(bytes)),
+            Err(_) => "(body not read)".to_string(),
+        };
+        let code = status.as_u16();
+        // Some OpenAI-compatible servers have no model listing: one that
+        // answers 404 or 405 for it is up, which is what the probe asks.
+        if matches!(code, 404 | 405) {
+            tracing::debug!(%url, code, "the thinker's server has no model listing; it answers, so it counts as reachable");
+            return Ok(());
+        }
+        Err(match code {
+            401 | 403 => self.auth_error(&url, code, &server),
+            _ if FailureClass::of_status(code).is_some() => {
+                ThinkerError::Transient(format!("GET {url}: HTTP {status}: {server}"))
+            }
+            _ => ThinkerError::Invalid(format!("GET {url}: HTTP {status}: {server}")),
+        })
+    }
+}
+
+/// Whether a listed model `id` is `model`; Gemini's compatible endpoint
+/// lists `models/<name>` for the `<name>` it is asked for.
+fn same_model(id: &str, model: &str) -> bool {
+    let bare = |m: &str| {
+        m.trim()
+            .strip_prefix("models/")
+            .unwrap_or(m.trim())
+            .to_string()
+    };
+    bare(id) == bare(model)
+}
+
+/// Why a probe request got no answer, briefly: "connection refused", "no
+/// answer within 5s", else the error with its causes.
+fn transport_reason(e: &reqwest::Error, timeout: Duration) -> String {
+    if e.is_timeout() {
+        return format!("no answer within {timeout:?}");
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            return match io.kind() {
+                kind @ (K::ConnectionRefused
+                | K::ConnectionReset
+                | K::ConnectionAborted
+                | K::TimedOut
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::AddrNotAvailable) => kind.to_string(),
+                _ => io.to_string(),
+            };
+        }
+        source = cause.source();
+    }
+    describe_error(e)
 }
 
 impl OpenAiThinker {
@@ -825,6 +965,15 @@ mod tests {
         ] {
             assert_eq!(answer_text(bad, Protocol::Editthinker), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn listed_models_match_with_or_without_the_models_prefix() {
+        assert!(same_model("EditThinker-8B", "EditThinker-8B"));
+        assert!(same_model("models/gemini-2.5-flash", "gemini-2.5-flash"));
+        assert!(same_model("gemini-2.5-flash", "models/gemini-2.5-flash"));
+        assert!(!same_model("editthinker-8b", "EditThinker-8B"));
+        assert!(!same_model("other/EditThinker-8B", "EditThinker-8B"));
     }
 
     #[test]

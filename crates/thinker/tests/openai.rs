@@ -5,7 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    centre, chunk, content_chunk, dead_base_url, finish_chunk, solid, End, Fake, Recorder, Reply,
+    centre, chunk, content_chunk, dead_base_url, finish_chunk, settings, solid, End, Fake,
+    Recorder, Reply,
 };
 use editthinker_core::{
     parse_editthinker, parse_expert, CritiqueRequest, Image, NoThinking, PromptTemplate, Protocol,
@@ -59,25 +60,6 @@ async fn ask_thinker(
             thinking: sink,
         })
         .await
-}
-
-/// Settings built by hand, for what the configuration does not expose.
-fn settings(base_url: &str) -> OpenAiSettings {
-    OpenAiSettings {
-        base_url: base_url.parse().unwrap(),
-        model: "EditThinker-8B".into(),
-        api_key: None,
-        protocol: Protocol::Editthinker,
-        template: PromptTemplate::default_for(Protocol::Editthinker),
-        max_image_edge: 1024,
-        temperature: None,
-        max_tokens: 512,
-        timeout: Duration::from_secs(30),
-        retry: OpenAiSettings::retry_policy(0, Duration::from_millis(1)),
-        structured: true,
-        stream: true,
-        stream_idle_timeout: Duration::from_secs(60),
-    }
 }
 
 fn expect_transient(result: Result<String, ThinkerError>) -> String {

@@ -244,6 +244,7 @@ impl JobRunner {
             thinking: ThinkingPublisher::start(w.store.clone(), job.id, clock.clone()),
             editor: job.editor.clone(),
             refused: Default::default(),
+            gate: w.gate.clone(),
         };
         let editor = LeasedEditor {
             inner: editor.as_ref(),

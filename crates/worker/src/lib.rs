@@ -1,6 +1,7 @@
 //! The worker role: claims jobs, runs the Think-while-Edit loop with
 //! store-backed persistence, heartbeats its leases, and shuts down gracefully.
 
+mod breaker;
 mod heartbeat;
 mod job;
 mod lease;
@@ -19,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
+pub use breaker::{ThinkerGate, ThinkerHealth};
 pub use job::error_code;
 
 /// Worker settings (`[worker]` in the configuration).
@@ -38,6 +40,8 @@ pub struct WorkerSettings {
     pub retry_base: Duration,
     /// Claim order between tenants within a priority.
     pub fairness: editthinker_store::Fairness,
+    /// How often the thinker is probed (crates/worker/src/breaker.rs).
+    pub thinker_probe_interval: Duration,
     /// Loop settings.
     pub loop_config: LoopConfig,
 }
@@ -65,6 +69,7 @@ impl Default for WorkerSettings {
             shutdown_grace: Duration::from_secs(30),
             retry_base: Duration::from_secs(5),
             fairness: editthinker_store::Fairness::Tenant,
+            thinker_probe_interval: Duration::from_secs(5),
             loop_config: LoopConfig::default(),
         }
     }
@@ -114,6 +119,7 @@ pub struct Worker {
     thinker: Arc<dyn Thinker>,
     settings: WorkerSettings,
     owner: String,
+    gate: Arc<ThinkerGate>,
 }
 
 impl Worker {
@@ -138,7 +144,14 @@ impl Worker {
             thinker,
             settings,
             owner,
+            gate: Arc::default(),
         }
+    }
+
+    /// The thinker's circuit breaker, for `/readyz` in a process that also
+    /// serves the API.
+    pub fn thinker_gate(&self) -> Arc<ThinkerGate> {
+        self.gate.clone()
     }
 
     /// This worker's lease owner id.
@@ -154,6 +167,12 @@ impl Worker {
         let mut jobs = JoinSet::new();
         let concurrency = self.settings.concurrency.max(1);
         info!(owner = %self.owner, concurrency, "worker started");
+        let probes = tokio::spawn(self.gate.clone().run_probes(
+            self.thinker.clone(),
+            self.settings.thinker_probe_interval,
+            shutdown.clone(),
+        ));
+        let mut health = self.gate.subscribe();
         // The rescuer runs on its own interval, not on every claim: a
         // lease can only expire so often, and each pass is a write. The
         // deadline sweep rides along, so a queued job fails at most a
@@ -174,7 +193,9 @@ impl Worker {
                 }
             }
             let free = concurrency.saturating_sub(jobs.len());
-            if free > 0 {
+            // No claim while the thinker cannot judge an edit: a claimed
+            // job would only wait (or, worse, buy an edit).
+            if free > 0 && !self.gate.blocks_edits() {
                 // The lease runs from before the claim was sent.
                 let claimed_at = tokio::time::Instant::now();
                 match self
@@ -205,11 +226,13 @@ impl Worker {
                 _ = shutdown.cancelled() => break,
                 Some(_) = jobs.join_next(), if !jobs.is_empty() => {}
                 _ = wait_for_queued(&mut notices) => {}
+                _ = health.changed() => {}
                 _ = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
         info!(in_flight = jobs.len(), "worker stopping: no new claims");
         while jobs.join_next().await.is_some() {}
+        let _ = probes.await;
         info!("worker stopped");
     }
 }

@@ -31,6 +31,8 @@ pub(crate) struct StoreObserver {
     /// A write was refused for good ([`PersistError::Refused`]): the job
     /// fails with [`crate::job::error_code::STORAGE_REFUSED`] instead of retrying.
     pub(crate) refused: std::sync::atomic::AtomicBool,
+    /// The thinker's circuit breaker: a new edit waits while it is open.
+    pub(crate) gate: Arc<crate::breaker::ThinkerGate>,
 }
 
 impl StoreObserver {
@@ -219,7 +221,31 @@ impl TurnObserver for StoreObserver {
     fn thinking(&self, turn: u32, delta: &str) {
         self.thinking.send(turn, delta);
     }
+
+    /// Holds a new edit while the thinker is unreachable: the job keeps
+    /// its lease (the heartbeat goes on) and its turns, buys nothing it
+    /// could not have judged, and still sees a cancel, its deadline or a
+    /// shutdown (each ends the wait at the stop check).
+    async fn before_edit(&self, turn: u32) -> Result<(), ObserverError> {
+        self.check_stop()?;
+        if !self.gate.blocks_edits() {
+            return Ok(());
+        }
+        info!(turn, "thinker unreachable: the job waits before this edit");
+        loop {
+            tokio::select! {
+                _ = self.gate.opened_for_edits() => break,
+                _ = self.stop.abandoned() => return Err(ObserverError::Stopped),
+                _ = tokio::time::sleep(STOP_CHECK_INTERVAL) => self.check_stop()?,
+            }
+        }
+        info!(turn, "thinker reachable again: the job goes on");
+        self.check_stop()
+    }
 }
+
+/// How often a job held before an edit looks for a cancel or a shutdown.
+const STOP_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,7 @@ async fn a_panicking_job_is_given_back_then_failed_as_internal() {
             webhook: None,
             deadline_seconds: None,
             traceparent: None,
+            sandbox: false,
         })
         .await
         .unwrap();

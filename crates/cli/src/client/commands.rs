@@ -121,6 +121,9 @@ pub async fn submit(client: &ApiClient, args: SubmitArgs) -> ExitCode {
     watch_job(client, &id, Some(&out), args.json).await
 }
 
+/// What the CLI says of a job on sandbox providers.
+pub const SANDBOX_LINE: &str = "sandbox: this job runs on the sandbox providers (test mode): its edits and critiques are made up";
+
 /// Watches a job to its end; saves the result to `out` when it succeeds.
 pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: bool) -> ExitCode {
     let mut watcher = (!json).then(Watcher::new);
@@ -128,6 +131,9 @@ pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: b
         // Best effort: without it the status line only lacks the last turn.
         if let Ok(job) = client.job(id).await {
             w.set_max_turns(job["options"]["max_turns"].as_u64());
+            if job["sandbox"] == true {
+                println!("{SANDBOX_LINE}");
+            }
         }
     }
     let mut stream = JobStream::new(client, id, None);

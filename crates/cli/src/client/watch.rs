@@ -23,6 +23,9 @@ pub struct Watcher {
     reasoning: String,
     /// The turn whose reasoning is streaming.
     reasoning_turn: Option<u64>,
+    /// The streaming turn's reasoning reached its `<score>`: the rest is
+    /// what its turn line shows.
+    reasoning_over: bool,
     /// Whether reasoning is shown (on a terminal).
     show_reasoning: bool,
     /// The instruction each turn was edited with (`turn.edited`), for its
@@ -56,6 +59,7 @@ impl Watcher {
             started: Instant::now(),
             reasoning: String::new(),
             reasoning_turn: None,
+            reasoning_over: false,
             show_reasoning: tty,
             instructions: Default::default(),
             max_turns: None,
@@ -162,23 +166,37 @@ impl Watcher {
         if self.reasoning_turn != turn {
             self.flush_reasoning();
             self.reasoning_turn = turn;
+            // A heading, so the reasoning reads as the turn's, above its
+            // scores.
+            self.line(&format!(
+                "{}",
+                style(format!("turn {} thinking:", turn.unwrap_or(0))).dim()
+            ));
         }
         self.reasoning.push_str(delta);
         while let Some(end) = self.reasoning.find('\n') {
             let line: String = self.reasoning.drain(..=end).collect();
-            let line = line.trim_end();
-            if !line.is_empty() {
-                self.line(&format!("    {}", style(line).dim()));
-            }
+            self.reasoning_line(&line);
+        }
+    }
+
+    /// Prints one complete line of reasoning as a person reads it.
+    fn reasoning_line(&mut self, line: &str) {
+        if self.reasoning_over {
+            return;
+        }
+        let (text, over) = readable_reasoning(line);
+        self.reasoning_over = over;
+        if !text.is_empty() {
+            self.line(&format!("    {}", style(text).dim()));
         }
     }
 
     fn flush_reasoning(&mut self) {
         let rest = std::mem::take(&mut self.reasoning);
-        if !rest.trim().is_empty() {
-            self.line(&format!("    {}", style(rest.trim()).dim()));
-        }
+        self.reasoning_line(&rest);
         self.reasoning_turn = None;
+        self.reasoning_over = false;
     }
 
     /// Stops the spinner; the time since the watch began.
@@ -203,6 +221,26 @@ impl Default for Watcher {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A line of a thinker's raw answer as a person reads it: without the
+/// `<think>` tags, and cut at `<score>`, after which come the scores and
+/// the rewritten instruction that the turn line shows (`true`: the
+/// reasoning is over).
+pub fn readable_reasoning(line: &str) -> (String, bool) {
+    let lower = line.to_ascii_lowercase();
+    let (kept, over) = match lower.find("<score>") {
+        // ASCII lowercasing keeps byte offsets.
+        Some(at) => (&line[..at], true),
+        None => (line, false),
+    };
+    let mut text = kept.to_string();
+    for tag in ["<think>", "</think>"] {
+        while let Some(at) = text.to_ascii_lowercase().find(tag) {
+            text.replace_range(at..at + tag.len(), "");
+        }
+    }
+    (text.trim().to_string(), over)
 }
 
 fn score(value: &Value) -> String {
@@ -257,6 +295,24 @@ mod tests {
         assert_eq!(watcher.after_critique(3, &unsatisfied), "finishing");
         let satisfied = serde_json::json!({"satisfied": true});
         assert_eq!(watcher.after_critique(1, &satisfied), "finishing");
+    }
+
+    #[test]
+    fn reasoning_is_shown_without_its_tags_and_ends_at_the_score() {
+        assert_eq!(
+            readable_reasoning("<think>The sky is blue."),
+            ("The sky is blue.".to_string(), false)
+        );
+        assert_eq!(
+            readable_reasoning("it is purple now.</THINK> <score>{\"semantic\": 8}"),
+            ("it is purple now.".to_string(), true)
+        );
+        assert_eq!(
+            readable_reasoning("<answer>make it purple</answer>"),
+            ("<answer>make it purple</answer>".to_string(), false),
+            "only a line after the score holds the answer, and it is never shown"
+        );
+        assert_eq!(readable_reasoning("  "), (String::new(), false));
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   of `editthinker_provider_http`, with `Retry-After` as a floor and a
 //!   cap), and reading its answer;
 //! - `requests`: the requests hosted kinds make: JSON POSTs, polling
-//!   GETs, cancel calls, downloads of result URLs;
+//!   GETs, cancel calls, downloads of result URLs, readiness probes;
 //! - `classify`: final answers into the worker's error classes;
 //! - `refusal`: telling a moderation or safety refusal in an error body;
 //! - `images`: source images as PNG or base64, base64 images decoded;
@@ -78,3 +78,6 @@ pub const MAX_OUTPUT_PIXELS: u64 = 100_000_000;
 pub const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Retries of a cancel call after its first attempt.
 pub const CANCEL_RETRIES: u32 = 2;
+/// Time allowed for a readiness probe (`Editor::probe`), connecting
+/// included: a provider that takes longer is not ready enough.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);

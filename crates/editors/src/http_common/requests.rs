@@ -17,7 +17,7 @@ use super::classify::{is_retryable, parse_json};
 use super::images::decode_base64_image;
 use super::profile::Credential;
 use super::transport::{CallSpec, Resend};
-use super::{CANCEL_RETRIES, CANCEL_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_OUTPUT_PIXELS};
+use super::{CANCEL_RETRIES, CANCEL_TIMEOUT, MAX_DOWNLOAD_BYTES, MAX_OUTPUT_PIXELS, PROBE_TIMEOUT};
 
 /// 404 and 410: what a provider answers for a request or file it no
 /// longer has.
@@ -151,6 +151,36 @@ impl HttpCaller {
         }
         .instrument(span)
         .await
+    }
+
+    /// A readiness check: one GET of `url` (a free call such as a model's
+    /// description) with `credential`, within [`PROBE_TIMEOUT`] and with no
+    /// retry, so a probe answers quickly either way. 2xx is `Ok`; the
+    /// answer is classified like any other (401/403 `Auth`, 5xx, 429 and
+    /// connection errors `Transient`, 404 `Invalid`: an unknown model). No
+    /// in-flight slot is taken: a probe must not wait behind edits.
+    pub async fn probe_get(&self, url: &Url, credential: &Credential) -> Result<(), EditorError> {
+        let span = tracing::info_span!("editor.probe", editor = %self.editor, kind = %self.kind);
+        let spec = CallSpec {
+            retry: RetryPolicy {
+                max_retries: 0,
+                ..self.retry
+            },
+            ..self.spec(Resend::Idempotent)
+        };
+        self.send_with(
+            |_| {
+                Ok(self
+                    .client
+                    .get(url.clone())
+                    .timeout(PROBE_TIMEOUT)
+                    .header(credential.name().clone(), credential.value().clone()))
+            },
+            spec,
+        )
+        .instrument(span)
+        .await
+        .map(|_| ())
     }
 
     /// Fetches a result image from a URL the provider handed back (signed,

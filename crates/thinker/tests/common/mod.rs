@@ -22,7 +22,8 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use base64::Engine as _;
-use editthinker_core::{Image, ThinkingSink};
+use editthinker_core::{Image, PromptTemplate, Protocol, ThinkingSink};
+use editthinker_thinker::OpenAiSettings;
 use futures::StreamExt as _;
 use image::{DynamicImage, ImageFormat, Rgb, RgbImage};
 use serde_json::{json, Value};
@@ -476,4 +477,23 @@ pub async fn dead_base_url() -> String {
     let addr = listener.local_addr().unwrap();
     drop(listener);
     format!("http://{addr}/v1")
+}
+
+/// Settings of a thinker on `base_url` with no retries and a 30 s timeout.
+pub fn settings(base_url: &str) -> OpenAiSettings {
+    OpenAiSettings {
+        base_url: base_url.parse().unwrap(),
+        model: "EditThinker-8B".into(),
+        api_key: None,
+        protocol: Protocol::Editthinker,
+        template: PromptTemplate::default_for(Protocol::Editthinker),
+        max_image_edge: 1024,
+        temperature: None,
+        max_tokens: 512,
+        timeout: Duration::from_secs(30),
+        retry: OpenAiSettings::retry_policy(0, Duration::from_millis(1)),
+        structured: true,
+        stream: true,
+        stream_idle_timeout: Duration::from_secs(60),
+    }
 }
