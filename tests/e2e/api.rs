@@ -516,6 +516,8 @@ async fn system_endpoints() {
         (ready["ready"].clone(), ready["thinker"].clone()),
         (json!(true), json!("ok"))
     );
+    // A self-hosted /edit server offers no free call to probe.
+    assert_eq!(ready["editor_checks"], json!({"fake": "not checked"}));
     let (_, editors) = get_json(&service.url("/v1/editors")).await;
     assert_eq!(
         editors,
@@ -679,6 +681,11 @@ async fn api_role_needs_no_provider_secrets() {
     );
     let (_, ready) = get_json(&api.url("/readyz")).await;
     assert_eq!(ready["thinker"], "configured");
+    assert_eq!(
+        ready["editor_checks"],
+        json!(null),
+        "an API process probes nothing"
+    );
     // The worker, which calls the providers, refuses to start without them.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_editthinker"))
         .args(["worker", "--config"])

@@ -107,6 +107,9 @@ async fn the_quick_start_finishes_a_labelled_three_turn_job() {
         .unwrap()
         .contains("sandbox")));
     assert_eq!(job["result"]["turn"], 3, "{job:#}");
+    // The worker probed its providers before claiming: /readyz says so.
+    let (_, ready) = get_json(&service.url("/readyz")).await;
+    assert_eq!(ready["editor_checks"], json!({"sandbox": "ok"}), "{ready}");
 
     // The reasoning streamed as it was made, like a real model's (the
     // worker sends what gathered every few tens of milliseconds).

@@ -159,3 +159,40 @@ async fn a_running_job_waits_before_its_next_edit_while_the_thinker_is_down() {
     assert_eq!(done["turns"].as_array().unwrap().len(), 2);
     assert_eq!(done["attempt"], 1, "the same claim went on");
 }
+
+/// An editor whose API offers a free call is probed too, and reported,
+/// but never blocks claims: a job names its editor, and the others work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_each_editors_probe() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let extra = format!(
+        "{}\n[editors.gpt]\nkind = \"openai\"\nbase_url = \"{dead}\"\napi_key_env = \"ET_TEST_GPT_KEY\"\n",
+        config(&env, &editor, &thinker.base_url).replace("[editors.fake]", "[editors.fake]\ndefault = true")
+    );
+    let service = Service::start_with_env(
+        "serve",
+        &env.config("checks", &extra),
+        &[("ET_TEST_GPT_KEY", "sk-test")],
+    );
+    wait_for_readyz(&service, "ok", Duration::from_secs(10)).await;
+    let (_, ready) = get_json(&service.url("/readyz")).await;
+    assert_eq!(ready["editor_checks"]["fake"], "not checked", "{ready}");
+    let gpt = ready["editor_checks"]["gpt"].as_str().unwrap();
+    assert!(
+        gpt.starts_with("unreachable: ") && gpt.contains("/models/gpt-image-1"),
+        "{gpt}"
+    );
+    assert!(service.log_contains("editor unreachable"));
+    // Jobs on the other editor still run.
+    let job = create_job(
+        &service,
+        job_body(&png(16, 16, [9, 9, 9]), "paint the door red", json!({})),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap();
+    let done = wait_for_job(&service, id, Duration::from_secs(30), is_terminal).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+}

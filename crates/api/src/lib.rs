@@ -48,9 +48,9 @@ pub struct AppState {
     /// The thinker the workers run, as far as this process's
     /// configuration says.
     pub thinker: ThinkerSetup,
-    /// The last probe of the thinker by this process's worker, for
+    /// The last probes of the providers by this process's worker, for
     /// `/readyz`; `None` in a process that runs no worker (`api`).
-    pub thinker_probe: Option<ThinkerProbe>,
+    pub provider_probes: Option<ProviderProbes>,
     /// Whether a webhook secret is configured; without one, jobs with a
     /// webhook are refused.
     pub webhooks_configured: bool,
@@ -81,9 +81,19 @@ pub struct AppState {
     pub headroom: Arc<headroom::Headroom>,
 }
 
-/// Reads the last probe of the thinker: `None` before the first one, else
-/// `Ok` or the reason it is unreachable.
-pub type ThinkerProbe = Arc<dyn Fn() -> Option<Result<(), String>> + Send + Sync>;
+/// What a worker last found when it probed its providers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// The thinker: `None` before the first probe, else `Ok` or the reason
+    /// it is unreachable.
+    pub thinker: Option<Result<(), String>>,
+    /// Each editor by name: `None` when its API offers no free call (or
+    /// before its first probe), else `Ok` or the reason.
+    pub editors: std::collections::BTreeMap<String, Option<Result<(), String>>>,
+}
+
+/// Reads a worker's last [`ProbeReport`].
+pub type ProviderProbes = Arc<dyn Fn() -> ProbeReport + Send + Sync>;
 
 /// What the API knows of the thinker the workers run (from the same
 /// configuration; API replicas build no thinker).

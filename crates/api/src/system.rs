@@ -25,6 +25,10 @@ pub struct Readiness {
     pub thinker: String,
     /// Configured editor names, or what to configure.
     pub editors: String,
+    /// With a worker in this process (`serve`): each editor's last probe,
+    /// `ok`, `unreachable: <reason>`, or `not checked` (its API offers no
+    /// free call). `null` in an `api` process.
+    pub editor_checks: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Configured editors.
@@ -53,10 +57,24 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         Err(e) => format!("unreachable: {e}"),
     };
     let ready = database == "ok";
+    let probes = state.provider_probes.as_ref().map(|p| p());
+    let editor_checks = probes.as_ref().map(|p| {
+        p.editors
+            .iter()
+            .map(|(name, check)| {
+                let said = match check {
+                    None => "not checked".to_string(),
+                    Some(Ok(())) => "ok".to_string(),
+                    Some(Err(reason)) => format!("unreachable: {reason}"),
+                };
+                (name.clone(), said)
+            })
+            .collect()
+    });
     let report = Readiness {
         ready,
         database,
-        thinker: match (state.thinker, state.thinker_probe.as_ref().map(|p| p())) {
+        thinker: match (state.thinker, probes.map(|p| p.thinker)) {
             (ThinkerSetup::Missing, _) => {
                 "not configured: set [thinker] in the configuration".into()
             }
@@ -74,6 +92,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         } else {
             state.editor_names()
         },
+        editor_checks,
     };
     let status = if ready {
         StatusCode::OK

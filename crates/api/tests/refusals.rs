@@ -71,7 +71,7 @@ fn replica_with(
             sandbox: kind == "sandbox",
         }]),
         thinker: ThinkerSetup::Model,
-        thinker_probe: None,
+        provider_probes: None,
         webhooks_configured: false,
         retention: None,
         cors_allowed_origins: Vec::new(),

@@ -150,7 +150,7 @@ fn raise_open_file_limit() {
 async fn run_api(
     config: &Config,
     parts: &Parts,
-    thinker_probe: Option<editthinker_api::ThinkerProbe>,
+    provider_probes: Option<editthinker_api::ProviderProbes>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     raise_open_file_limit();
@@ -172,7 +172,7 @@ async fn run_api(
                 .collect(),
         ),
         thinker: parts.thinker,
-        thinker_probe,
+        provider_probes,
         webhooks_configured: parts.webhook_secret.is_some(),
         cors_allowed_origins: config.cors_origins()?,
         retention: config.retention.keep(),
@@ -272,15 +272,19 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let metrics =
         crate::metrics::start(&config.metrics, parts.store.clone(), shutdown.clone()).await?;
-    // /readyz of this process reports its worker's probes of the thinker.
-    let thinker_probe = worker.as_ref().map(|w| {
+    // /readyz of this process reports its worker's probes.
+    let provider_probes = worker.as_ref().map(|w| {
         let gate = w.thinker_gate();
-        let probe: editthinker_api::ThinkerProbe = Arc::new(move || match gate.health() {
-            ThinkerHealth::Unknown => None,
-            ThinkerHealth::Reachable => Some(Ok(())),
-            ThinkerHealth::Unreachable(reason) => Some(Err(reason)),
-        });
-        probe
+        let probes: editthinker_api::ProviderProbes =
+            Arc::new(move || editthinker_api::ProbeReport {
+                thinker: match gate.health() {
+                    ThinkerHealth::Unknown => None,
+                    ThinkerHealth::Reachable => Some(Ok(())),
+                    ThinkerHealth::Unreachable(reason) => Some(Err(reason)),
+                },
+                editors: gate.editor_checks(),
+            });
+        probes
     });
     let worker = worker.map(|w| tokio::spawn(w.run(shutdown.clone())));
     if worker.is_none() {
@@ -288,7 +292,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let outbox = start_outbox(&config, &parts, shutdown.clone())?;
     let retention = start_retention(&config, &parts, shutdown.clone());
-    let served = run_api(&config, &parts, thinker_probe, shutdown.clone()).await;
+    let served = run_api(&config, &parts, provider_probes, shutdown.clone()).await;
     shutdown.cancel();
     if let Some(worker) = worker {
         worker.await.context("worker task")?;

@@ -3,12 +3,15 @@
 //! no generation) at start and every few seconds; while it fails the worker
 //! claims no jobs and a running job waits before its next edit
 //! (crates/worker/src/observer.rs). It closes by itself when a probe
-//! succeeds again.
+//! succeeds again. The same task probes each editor whose API offers a free
+//! call; those results are only reported (`/readyz`), never block: an
+//! editor is chosen per job, and its own errors are classed per call.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use editthinker_core::Thinker;
+use editthinker_core::{Editor, Thinker};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -40,17 +43,26 @@ impl ThinkerHealth {
 #[derive(Debug)]
 pub struct ThinkerGate {
     health: watch::Sender<ThinkerHealth>,
+    /// What the last probe of each editor found, by name: `None` when its
+    /// API offers no free call (or before its first probe).
+    editors: Mutex<BTreeMap<String, Option<Result<(), String>>>>,
 }
 
 impl Default for ThinkerGate {
     fn default() -> Self {
         Self {
             health: watch::Sender::new(ThinkerHealth::Unknown),
+            editors: Mutex::default(),
         }
     }
 }
 
 impl ThinkerGate {
+    /// What the last probe of each editor found (see the field).
+    pub fn editor_checks(&self) -> BTreeMap<String, Option<Result<(), String>>> {
+        self.editors.lock().expect("editor checks lock").clone()
+    }
+
     /// What the last probe found.
     pub fn health(&self) -> ThinkerHealth {
         self.health.borrow().clone()
@@ -93,14 +105,34 @@ impl ThinkerGate {
         }
     }
 
-    /// Probes `thinker` now and then every `every` until `shutdown`.
+    /// Probes `thinker` and `editors` now and then every `every` until
+    /// `shutdown`.
     pub async fn run_probes(
         self: Arc<Self>,
         thinker: Arc<dyn Thinker>,
+        editors: Arc<BTreeMap<String, Arc<dyn Editor>>>,
         every: Duration,
         shutdown: CancellationToken,
     ) {
         loop {
+            for (name, editor) in editors.iter() {
+                let found = match tokio::time::timeout(PROBE_TIMEOUT, editor.probe()).await {
+                    Ok(found) => found.map(|r| r.map_err(|e| e.to_string())),
+                    Err(_) => Some(Err(format!(
+                        "no answer to the probe within {} s",
+                        PROBE_TIMEOUT.as_secs()
+                    ))),
+                };
+                let previous = self
+                    .editors
+                    .lock()
+                    .expect("editor checks lock")
+                    .insert(name.clone(), found.clone());
+                if let (Some(Err(reason)), false) = (&found, matches!(previous, Some(Some(Err(_)))))
+                {
+                    warn!(editor = %name, %reason, "editor unreachable");
+                }
+            }
             let outcome = match tokio::time::timeout(PROBE_TIMEOUT, thinker.probe()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),

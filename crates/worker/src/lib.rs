@@ -169,6 +169,7 @@ impl Worker {
         info!(owner = %self.owner, concurrency, "worker started");
         let probes = tokio::spawn(self.gate.clone().run_probes(
             self.thinker.clone(),
+            self.editors.clone(),
             self.settings.thinker_probe_interval,
             shutdown.clone(),
         ));
