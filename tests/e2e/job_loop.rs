@@ -265,6 +265,72 @@ async fn satisfied_and_unchanged_instruction_stop_early(backend: Backend) {
     assert_eq!(thinker.calls().len(), 2);
 }
 
+/// `history = "all"` (issue 24): the thinker's prompt lists every earlier
+/// instruction with its scores; `stop.patience` ends a job whose best score
+/// stalls with `stop_reason: "plateau"`, recorded and in the event.
+async fn history_and_plateau(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    thinker.on("tint it", said(5, 5, "tint it blue"));
+    thinker.on("tint it blue", said(6, 6, "tint it deep blue"));
+    thinker.on("tint it deep blue", said(6, 6, "tint it very deep blue"));
+    let config = env.config("serve", &backends_config(&thinker, &editor, env.dir.path()));
+    let service = Service::start("serve", &config);
+    let options =
+        json!({"history": "all", "max_turns": 5, "stop": {"patience": 1, "min_gain": 0.5}});
+    let job = create_job(
+        &service,
+        job_body(&png(48, 48, [1, 2, 3]), "tint it", options.clone()),
+    )
+    .await;
+    let id = job["id"].as_str().unwrap();
+    let job = wait_for_job(&service, id, LIMIT, is_terminal).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["options"]["history"], "all");
+    assert_eq!(job["options"]["stop"]["patience"], 1);
+    // Turn 3 gained nothing over turn 2 (6 after 6): a plateau, not turn 5.
+    assert_eq!(job["stop_reason"], "plateau", "{job}");
+    assert_eq!(job["turns"].as_array().unwrap().len(), 3);
+    assert_eq!(job["result"]["turn"], 2);
+    assert_eq!(
+        editor.prompts(),
+        ["tint it", "tint it blue", "tint it deep blue"]
+    );
+    let prompts: Vec<String> = thinker.calls().into_iter().map(|c| c.text).collect();
+    assert_eq!(prompts.len(), 3);
+    assert!(!prompts[0].contains("Earlier attempts"), "{}", prompts[0]);
+    assert!(
+        prompts[1].contains("- attempt 1: instruction \"tint it\"; semantic 5.0, quality 5.0")
+            && !prompts[1].contains("attempt 2:"),
+        "{}",
+        prompts[1]
+    );
+    for earlier in [
+        "attempt 1: instruction \"tint it\"",
+        "attempt 2: instruction \"tint it blue\"; semantic 6.0",
+    ] {
+        assert!(prompts[2].contains(earlier), "{earlier}: {}", prompts[2]);
+    }
+    let events = read_sse_all(&service.url(&format!("/v1/jobs/{id}/events")), None, LIMIT).await;
+    let done = events.iter().find(|e| e.event == "job.succeeded").unwrap();
+    assert_eq!(done.data["stop_reason"], "plateau", "{}", done.data);
+
+    // The paper's protocol (the default) tells nothing of earlier turns.
+    let calls_before = thinker.calls().len();
+    let job = create_job(
+        &service,
+        job_body(&png(48, 48, [1, 2, 3]), "tint it", json!({"max_turns": 2})),
+    )
+    .await;
+    wait_for_job(&service, job["id"].as_str().unwrap(), LIMIT, is_terminal).await;
+    let later = thinker.calls();
+    assert_eq!(later.len(), calls_before + 2);
+    assert!(later[calls_before..]
+        .iter()
+        .all(|c| !c.text.contains("Earlier attempts")));
+}
+
 async fn refusals(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let editor = FakeEditor::start().await;
@@ -558,6 +624,7 @@ crate::both_backends!(
     best_selection_runs_the_loop,
     last_selection_follows_the_paper,
     satisfied_and_unchanged_instruction_stop_early,
+    history_and_plateau,
     refusals,
     live_reasoning_streams_while_the_thinker_generates,
     transient_editor_failures_are_retried,

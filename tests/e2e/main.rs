@@ -14,6 +14,7 @@ mod async_editor;
 mod browser;
 mod build_features;
 mod cli;
+mod client_libraries;
 mod clients;
 mod deploy;
 mod docs_links;

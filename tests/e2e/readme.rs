@@ -1,13 +1,14 @@
 //! The README's create-and-watch snippets, run as a newcomer would paste
 //! them (issue 22 items 1 and 5): against `editthinker serve --sandbox`,
 //! with `photo.png` in the working folder, only the service's address put
-//! in place of the README's. curl through `sh`, JavaScript through `node`,
-//! Python through `python3` with httpx.
+//! in place of the README's. curl runs through `sh`; the JavaScript and
+//! Python examples use the client libraries, whose suites run them.
 
 use std::path::Path;
 use std::process::Command;
 
 use crate::common::*;
+use base64::Engine;
 
 /// The README's first fenced block of `language` that mentions `needle`.
 fn snippet(language: &str, needle: &str) -> String {
@@ -49,7 +50,6 @@ async fn the_readme_snippets_finish_a_sandbox_job() {
     std::fs::write(dir.path().join("photo.png"), png(64, 48, [30, 120, 200])).unwrap();
     let base = service.url("");
     let base = base.trim_end_matches('/');
-    let expected = "succeeded turn 3 of 3";
 
     // curl: the create prints the job; the id then fills $ID.
     let curl = snippet("sh", "curl");
@@ -64,36 +64,68 @@ async fn the_readme_snippets_finish_a_sandbox_job() {
         .collect::<Vec<_>>()
         .join("\n")
         .replace("$ID", id);
-    run("sh", "follow.sh", &follow, dir.path(), base);
+    let events = run("sh", "follow.sh", &follow, dir.path(), base);
+    assert!(
+        events.trim_end().contains("event: job.succeeded"),
+        "{events}"
+    );
+    assert_eq!(
+        events.matches("event: turn.critiqued").count(),
+        3,
+        "{events}"
+    );
     let saved = std::fs::read(dir.path().join("result.png")).unwrap();
     assert_eq!((decode(&saved).width(), decode(&saved).height()), (64, 48));
+}
 
-    if which("node").is_some() {
-        let out = run("node", "job.mjs", &snippet("js", "fetch"), dir.path(), base);
+/// The README's client-library examples are the libraries' own README
+/// examples, word for word: those are run as written by each library's
+/// suite (`clients/typescript/tests/readme.test.mjs`,
+/// `clients/python/tests/test_readme.py`, both run by
+/// `client_libraries.rs`), so these run too.
+#[test]
+fn the_readme_client_examples_are_the_libraries_tested_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+    let typescript = read("clients/typescript/README.md");
+    let python = read("clients/python/README.md");
+    let examples = [
+        ("js", "@editthinker/client", "client.stream(", &typescript),
+        (
+            "js",
+            "@editthinker/client",
+            "export async function POST",
+            &typescript,
+        ),
+        ("python", "editthinker", "client.stream(", &python),
+        ("python", "editthinker", "FastAPI()", &python),
+    ];
+    for (language, import, needle, library_readme) in examples {
+        let block = snippet(language, needle);
+        assert!(block.contains(import), "{block}");
         assert!(
-            out.starts_with(expected) && out.contains("(sandbox)"),
-            "{out}"
+            library_readme.contains(&format!("```{language}\n{block}```")),
+            "the README's {language} example with {needle} is not in the library's README:\n{block}"
         );
-    } else {
-        tool_missing("readme_js", "node");
+        assert!(block.lines().count() <= 20, "{block}");
     }
-    let has_httpx = Command::new("python3")
-        .args(["-c", "import httpx"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if has_httpx {
-        let out = run(
-            "python3",
-            "job.py",
-            &snippet("python", "httpx"),
-            dir.path(),
-            base,
-        );
-        assert!(
-            out.starts_with(expected) && out.contains("sandbox"),
-            "{out}"
-        );
-    } else {
-        tool_missing("readme_python", "python3 with httpx");
-    }
+}
+
+/// The JSON create example of docs/api.md is accepted as written (with a
+/// real image and the sandbox's editor name in place of its placeholders).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_docs_create_example_is_accepted() {
+    let docs =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/api.md")).unwrap();
+    let section = &docs[docs.find("### Creating a job").unwrap()..];
+    let start = section.find("```json\n").unwrap() + "```json\n".len();
+    let example = &section[start..start + section[start..].find("```").unwrap()];
+    let mut body: serde_json::Value = serde_json::from_str(example).unwrap();
+    body["image"]["base64"] = B64.encode(png(32, 32, [1, 2, 3])).into();
+    body["editor"] = "sandbox".into();
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start_sandbox(dir.path(), &[("EDITTHINKER_LISTEN", "127.0.0.1:0")]);
+    let (status, job) = post_json(&service, "/v1/jobs", &body).await;
+    assert_eq!(status, 202, "{job}");
+    assert_eq!(job["metadata"], body["metadata"]);
 }

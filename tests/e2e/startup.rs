@@ -66,3 +66,32 @@ async fn a_metrics_port_in_use_is_a_warning_not_a_stop() {
     assert!(!service.has_exited());
     service.terminate();
 }
+
+/// A shell set up for the command-line client still starts a server: its
+/// variables are not configuration keys (a misspelt key still stops it).
+#[tokio::test]
+async fn the_clients_variables_do_not_stop_a_server() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let config = env.config("serve", "");
+    let mut service = Service::start_with_env(
+        "serve",
+        &config,
+        &[
+            ("EDITTHINKER_SERVER", "http://127.0.0.1:9"),
+            ("EDITTHINKER_API_KEY", "et_not_a_key"),
+        ],
+    );
+    let (status, _) = get_json(&service.url("/healthz")).await;
+    assert_eq!(status, 200);
+    service.terminate();
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_editthinker"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("EDITTHINKER_LISTN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("listn"), "{stderr}");
+}

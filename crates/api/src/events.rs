@@ -66,7 +66,10 @@ pub async fn job_events(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid("after", e.body_text()))?;
+    // `after` is the query's only field: a rejection is always about it,
+    // and the extractor's own text speaks Rust.
+    let Query(query) =
+        query.map_err(|_| ApiError::invalid("after", "must be an event id (0 or more)"))?;
     let id = job_id(&id)?;
     let header_after = match headers.get("last-event-id") {
         Some(v) => Some(

@@ -527,7 +527,10 @@ pub async fn list_jobs(
     caller: Caller,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<JobList>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    // `status` and `cursor` arrive as text and are checked below: only
+    // `limit` can fail to parse, and the extractor's own text speaks Rust.
+    let Query(query) =
+        query.map_err(|_| ApiError::invalid("limit", "must be an integer from 1 to 100"))?;
     let status = query
         .status
         .as_deref()

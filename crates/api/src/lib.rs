@@ -157,6 +157,7 @@ impl AppState {
         editthinker_core::JobOptions,
         editthinker_core::StopThresholds,
         editthinker_core::Selection,
+        editthinker_core::History,
         views::RefusalView,
         contract::EventType,
         contract::RetryReason,

@@ -553,3 +553,27 @@ async fn a_method_the_path_does_not_take_gets_a_problem() {
         "`DELETE` is not allowed on `/v1/jobs`: the Allow header lists the methods it takes"
     );
 }
+
+/// Query strings that do not parse are described in the API's terms, not
+/// the extractor's.
+#[tokio::test]
+async fn query_values_that_do_not_parse() {
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (status, problem) = send(get("/v1/jobs?limit=ten")).await;
+    assert_problem(
+        (status, problem.clone()),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("limit"),
+    );
+    assert_eq!(problem["detail"], "limit: must be an integer from 1 to 100");
+    let id = "0193f1c2-7a4e-7b1a-9c55-3f0e5b8d2a10";
+    let (status, problem) = send(get(&format!("/v1/jobs/{id}/events?after=x"))).await;
+    assert_problem(
+        (status, problem.clone()),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("after"),
+    );
+    assert_eq!(problem["detail"], "after: must be an event id (0 or more)");
+}

@@ -176,7 +176,7 @@ async function apiDefaults() {
   try {
     const doc = await (await fetch(BASE + "/openapi.json")).json();
     const options = doc.components.schemas.JobOptions.properties;
-    return { maxTurns: options.max_turns.default };
+    return { maxTurns: options.max_turns["x-server-default"] };
   } catch (_) {
     return {};
   }

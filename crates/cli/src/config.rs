@@ -397,10 +397,13 @@ impl Config {
         if let Some(file) = &file {
             figment = figment.merge(Toml::file_exact(file));
         }
+        // The command line's own variables are not configuration keys: a
+        // shell set up for the client (`EDITTHINKER_SERVER`,
+        // `EDITTHINKER_API_KEY`) must still start a server.
         figment = figment.merge(
             Env::prefixed("EDITTHINKER_")
                 .split("__")
-                .ignore(&["config"]),
+                .ignore(&["config", "server", "api_key"]),
         );
         let mut config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;

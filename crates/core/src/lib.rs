@@ -22,16 +22,17 @@ pub mod traits;
 pub use critique::{Critique, CritiqueRecord};
 pub use error_code::ErrorCode;
 pub use imaging::{Image, ImageError, ImageFormat};
-pub use options::{JobOptions, OptionsError, Selection, StopThresholds};
+pub use options::{History, JobOptions, OptionsError, Selection, StopThresholds};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
 pub use retry::{FailureClass, RetryPolicy};
 pub use run::{
-    cap_instruction, run_loop, select_turn, EditRefusal, LoopConfig, LoopError, LoopJob,
-    LoopOutcome, LoopParts, PendingEdit, Progress, RefusalKind, StopReason, TurnRecord,
+    cap_instruction, has_plateaued, history_before, run_loop, select_turn, EditRefusal, LoopConfig,
+    LoopError, LoopJob, LoopOutcome, LoopParts, PendingEdit, Progress, RefusalKind, StopReason,
+    TurnRecord,
 };
 pub use traits::{
-    CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, NoCheckpoint, NoThinking,
-    ObserverError, ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
+    CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry, NoCheckpoint,
+    NoThinking, ObserverError, ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
     DEFAULT_MAX_INSTRUCTION_CHARS,
 };

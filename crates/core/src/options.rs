@@ -35,10 +35,41 @@ pub struct StopThresholds {
     #[serde(default = "default_threshold")]
     #[schema(minimum = 0, maximum = 10)]
     pub quality: f64,
+    /// Turns without progress before the loop stops with `plateau`, 0..=10
+    /// (default 0: never). The loop stops when the best overall score has
+    /// not risen by `min_gain` within the last `patience` turns.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 10)]
+    pub patience: u32,
+    /// The overall-score rise that counts as progress for `patience`,
+    /// 0..=10 (default 0.25).
+    #[serde(default = "default_min_gain")]
+    #[schema(minimum = 0, maximum = 10)]
+    pub min_gain: f64,
 }
 
 fn default_threshold() -> f64 {
     8.0
+}
+
+fn default_min_gain() -> f64 {
+    0.25
+}
+
+/// Largest allowed `stop.patience`.
+pub const MAX_PATIENCE: u32 = 10;
+
+/// What the thinker is told of earlier turns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
+pub enum History {
+    /// The paper's protocol: the original and the previous instruction.
+    #[default]
+    Previous,
+    /// Also every earlier turn's instruction, scores and a one-line reason,
+    /// as text. EditThinker-8B was trained without it.
+    All,
 }
 
 fn default_max_turns() -> u32 {
@@ -50,6 +81,8 @@ impl Default for StopThresholds {
         Self {
             semantic: default_threshold(),
             quality: default_threshold(),
+            patience: 0,
+            min_gain: default_min_gain(),
         }
     }
 }
@@ -60,7 +93,7 @@ impl Default for StopThresholds {
 pub struct JobOptions {
     /// Editor calls at most, 1..=10 (default 5).
     #[serde(default = "default_max_turns")]
-    #[schema(minimum = 1, maximum = 10, default = default_max_turns)]
+    #[schema(schema_with = max_turns_schema)]
     pub max_turns: u32,
     /// Stop thresholds (default 8 and 8).
     // A plain reference: utoipa writes a defaulted reference as a `oneOf`
@@ -72,6 +105,10 @@ pub struct JobOptions {
     #[serde(default)]
     #[schema(schema_with = selection_schema)]
     pub selection: Selection,
+    /// What the thinker sees of earlier turns (default `previous`).
+    #[serde(default)]
+    #[schema(schema_with = history_schema)]
+    pub history: History,
     /// Seconds after creation by which the job must be done, 1..=86400.
     /// When it passes, the job stops at once and succeeds with the best of
     /// its recorded turns, or fails with `deadline_exceeded` without one.
@@ -80,12 +117,37 @@ pub struct JobOptions {
     pub deadline_seconds: Option<u32>,
 }
 
+/// `max_turns` with its server default as `x-server-default`, not
+/// `default`: generators (openapi-typescript) make a defaulted property
+/// required, and a request must be free to leave it out. The viewer reads
+/// the extension for its form (crates/api/ui/app.js).
+fn max_turns_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::extensions::ExtensionsBuilder;
+    use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+        .description(Some("Editor calls at most, 1..=10 (default 5)."))
+        .minimum(Some(1))
+        .maximum(Some(10))
+        .extensions(Some(
+            ExtensionsBuilder::new()
+                .add("x-server-default", default_max_turns())
+                .build(),
+        ))
+        .build()
+}
+
 fn stop_schema() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("StopThresholds")
 }
 
 fn selection_schema() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("Selection")
+}
+
+fn history_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("History")
 }
 
 /// Largest allowed `deadline_seconds` (a day).
@@ -97,6 +159,7 @@ impl Default for JobOptions {
             max_turns: default_max_turns(),
             stop: StopThresholds::default(),
             selection: Selection::Best,
+            history: History::Previous,
             deadline_seconds: None,
         }
     }
@@ -129,9 +192,16 @@ impl JobOptions {
                 });
             }
         }
+        if self.stop.patience > MAX_PATIENCE {
+            return Err(OptionsError {
+                field: "options.stop.patience".into(),
+                rule: format!("must be an integer from 0 to {MAX_PATIENCE}"),
+            });
+        }
         for (name, value) in [
             ("semantic", self.stop.semantic),
             ("quality", self.stop.quality),
+            ("min_gain", self.stop.min_gain),
         ] {
             if !value.is_finite() || !(0.0..=10.0).contains(&value) {
                 return Err(OptionsError {
@@ -155,6 +225,8 @@ mod tests {
         assert_eq!(o.stop.semantic, 8.0);
         assert_eq!(o.stop.quality, 8.0);
         assert_eq!(o.selection, Selection::Best);
+        assert_eq!(o.history, History::Previous);
+        assert_eq!((o.stop.patience, o.stop.min_gain), (0, 0.25));
         assert!(o.validate().is_ok());
     }
 
@@ -183,6 +255,16 @@ mod tests {
                 Some("options.deadline_seconds"),
             ),
             (json(r#"{"deadline_seconds":86400}"#), None),
+            (
+                json(r#"{"stop":{"patience":11}}"#),
+                Some("options.stop.patience"),
+            ),
+            (json(r#"{"stop":{"patience":10}}"#), None),
+            (
+                json(r#"{"stop":{"min_gain":-0.1}}"#),
+                Some("options.stop.min_gain"),
+            ),
+            (json(r#"{"stop":{"min_gain":0}}"#), None),
         ];
         for (options, field) in cases {
             let got = options.validate().err().map(|e| e.field);

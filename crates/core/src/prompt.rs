@@ -6,6 +6,7 @@
 //! literal JSON such as `{"semantic": 7}` may appear freely.
 
 use crate::parse::Protocol;
+use crate::traits::{CritiqueRequest, HistoryEntry};
 
 /// Placeholder for the user's instruction.
 const ORIGINAL: &str = "original_instruction";
@@ -152,9 +153,78 @@ impl PromptTemplate {
     }
 }
 
+impl PromptTemplate {
+    /// The prompt for one critique: the template with both instructions
+    /// filled in, then, when the request carries earlier turns
+    /// (`history = "all"`), a list of them as text.
+    pub fn render_request(&self, request: &CritiqueRequest<'_>) -> String {
+        let mut text = self.render(request.original_instruction, request.previous_instruction);
+        text.push_str(&history_text(request.history));
+        text
+    }
+}
+
+/// Earlier turns as a block appended to the prompt; empty without any.
+fn history_text(history: &[HistoryEntry]) -> String {
+    use std::fmt::Write;
+    if history.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from(
+        "\n\nEarlier attempts on this picture, oldest first (each started from the original; \
+         use them to avoid repeating what did not work):\n",
+    );
+    let score = |s: Option<f64>| s.map_or_else(|| "none".to_string(), |s| format!("{s:.1}"));
+    for entry in history {
+        let _ = write!(
+            text,
+            "- attempt {}: instruction \"{}\"; semantic {}, quality {}",
+            entry.turn,
+            entry.instruction,
+            score(entry.semantic),
+            score(entry.quality)
+        );
+        if !entry.reason.is_empty() {
+            let _ = write!(text, "; {}", entry.reason);
+        }
+        text.push('\n');
+    }
+    text.push_str("Reply in the form asked for above.");
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn history_is_listed_after_the_template_only_when_given() {
+        let template = PromptTemplate::default_for(Protocol::Editthinker);
+        let image = crate::Image::from_pixels(&image::DynamicImage::new_rgb8(1, 1));
+        let history = [HistoryEntry {
+            turn: 1,
+            instruction: "make the sky purple".into(),
+            semantic: Some(4.0),
+            quality: None,
+            reason: "The sky is pink.".into(),
+        }];
+        let request = |history| CritiqueRequest {
+            source: &image,
+            edited: &image,
+            original_instruction: "ORIG",
+            previous_instruction: "PREV",
+            turn: 2,
+            history,
+            thinking: &crate::NoThinking,
+        };
+        let plain = template.render_request(&request(&[]));
+        assert_eq!(plain, template.render("ORIG", "PREV"));
+        let with = template.render_request(&request(&history));
+        assert!(with.starts_with(&plain));
+        assert!(with.contains(
+            "- attempt 1: instruction \"make the sky purple\"; semantic 4.0, quality none; The sky is pink.\n"
+        ));
+    }
 
     #[test]
     fn defaults_are_valid_templates() {

@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::critique::{Critique, CritiqueRecord};
 use crate::imaging::Image;
-use crate::options::{JobOptions, Selection, StopThresholds};
+use crate::options::{History, JobOptions, Selection, StopThresholds};
 use crate::parse::Protocol;
 use crate::traits::{
-    CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, ProviderRequest, Thinker,
-    ThinkerError, ThinkingSink, TurnObserver,
+    CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry,
+    ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
 };
 
 /// Loop settings that are not per job.
@@ -135,6 +135,8 @@ pub enum StopReason {
     Refusal,
     /// The editor rejected a refined instruction as invalid.
     InvalidRefinement,
+    /// The best overall score stopped rising (`options.stop.patience`).
+    Plateau,
     /// The job's deadline passed.
     Deadline,
     /// The client canceled the job.
@@ -151,6 +153,7 @@ impl StopReason {
             Self::MaxTurns => "max_turns",
             Self::Refusal => "refusal",
             Self::InvalidRefinement => "invalid_refinement",
+            Self::Plateau => "plateau",
             Self::Deadline => "deadline",
             Self::Canceled => "canceled",
             Self::Failed => "failed",
@@ -164,6 +167,7 @@ impl StopReason {
             Self::MaxTurns,
             Self::Refusal,
             Self::InvalidRefinement,
+            Self::Plateau,
             Self::Deadline,
             Self::Canceled,
             Self::Failed,
@@ -230,6 +234,57 @@ pub fn is_satisfied(critique: &Critique, previous: &str, stop: &StopThresholds) 
             _ => false,
         },
     }
+}
+
+/// Whether the best overall score has stalled: with `stop.patience` = p
+/// above 0 and at least p + 1 turns, the best score over every turn is less
+/// than `stop.min_gain` above the best score before the last p turns. Turns
+/// without a numeric score count as no progress.
+pub fn has_plateaued(turns: &[TurnRecord], stop: &StopThresholds) -> bool {
+    let patience = stop.patience as usize;
+    if patience == 0 || turns.len() <= patience {
+        return false;
+    }
+    let best = |turns: &[TurnRecord]| {
+        turns
+            .iter()
+            .filter_map(|t| t.critique.as_ref().and_then(CritiqueRecord::overall))
+            .fold(None, |best: Option<f64>, score| {
+                Some(best.map_or(score, |b| b.max(score)))
+            })
+    };
+    let before = best(&turns[..turns.len() - patience]);
+    match (before, best(turns)) {
+        (Some(before), Some(now)) => now - before < stop.min_gain,
+        // Nothing scored before the window: the window is the first progress.
+        (None, _) => false,
+        (Some(_), None) => unreachable!("the whole includes the part"),
+    }
+}
+
+/// What the thinker is told of `turn`'s predecessors with `history = "all"`.
+pub fn history_before(turns: &[TurnRecord], turn: u32) -> Vec<HistoryEntry> {
+    turns
+        .iter()
+        .filter(|t| t.index < turn)
+        .map(|t| {
+            let critique = t.critique.as_ref().and_then(|c| c.critique.as_ref());
+            HistoryEntry {
+                turn: t.index,
+                instruction: t.instruction.clone(),
+                semantic: critique.and_then(|c| c.semantic),
+                quality: critique.and_then(|c| c.quality),
+                reason: critique.map_or_else(String::new, |c| one_line(&c.reasoning)),
+            }
+        })
+        .collect()
+}
+
+/// The first sentence of `text` on one line, at most 200 characters.
+fn one_line(text: &str) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let sentence = flat.find(". ").map_or(flat.as_str(), |end| &flat[..=end]);
+    cap_instruction(sentence, 200)
 }
 
 /// Picks the result turn (docs/api.md "Loop options", `selection`). `turns` must not be empty.
@@ -309,6 +364,14 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         observer,
         pending: pending_edit,
     };
+    let critic = Critic {
+        source,
+        original: instruction,
+        options,
+        config,
+        thinker,
+        observer,
+    };
     let max_turns = options.max_turns.max(1);
     if turns.is_empty() {
         // The first edit uses the user's words unchanged.
@@ -318,33 +381,35 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
     let mut refusal = None;
     let mut stop = StopReason::MaxTurns;
     loop {
-        let last = turns.last_mut().expect("at least one turn");
-        let is_final_turn = last.index >= max_turns;
-        if last.critique.is_none() {
+        let index = turns.last().expect("at least one turn").index;
+        let is_final_turn = index >= max_turns;
+        if turns.last().is_some_and(|t| t.critique.is_none()) {
             if is_final_turn && options.selection == Selection::Last {
                 break; // The paper never critiques the last image.
             }
-            let record = critique(
-                source,
-                instruction,
-                last,
-                options,
-                config,
-                thinker,
-                observer,
-            )
-            .await?;
-            observer.turn_critiqued(last.index, &record).await?;
+            let history = match options.history {
+                History::All => history_before(&turns, index),
+                History::Previous => Vec::new(),
+            };
+            let last = turns.last_mut().expect("at least one turn");
+            let record = critique(critic, last, &history).await?;
+            observer.turn_critiqued(index, &record).await?;
             last.critique = Some(record);
         }
-        let record = last.critique.as_ref().expect("critiqued above");
-        if record.satisfied {
+        let last = turns.last().expect("at least one turn");
+        if last.critique.as_ref().is_some_and(|c| c.satisfied) {
             stop = StopReason::Satisfied;
             break;
         }
         if is_final_turn {
             break;
         }
+        if has_plateaued(&turns, &options.stop) {
+            stop = StopReason::Plateau;
+            break;
+        }
+        let last = turns.last_mut().expect("at least one turn");
+        let record = last.critique.as_ref().expect("critiqued above");
         // On a parse failure, the previous instruction is kept.
         let next_instruction = record
             .critique
@@ -479,15 +544,30 @@ impl ThinkingSink for TurnThinking<'_> {
     }
 }
 
+/// What every critique of one run shares.
+#[derive(Clone, Copy)]
+struct Critic<'a> {
+    source: &'a Image,
+    original: &'a str,
+    options: &'a JobOptions,
+    config: &'a LoopConfig,
+    thinker: &'a dyn Thinker,
+    observer: &'a dyn TurnObserver,
+}
+
 async fn critique(
-    source: &Image,
-    original: &str,
+    critic: Critic<'_>,
     turn: &TurnRecord,
-    options: &JobOptions,
-    config: &LoopConfig,
-    thinker: &dyn Thinker,
-    observer: &dyn TurnObserver,
+    history: &[HistoryEntry],
 ) -> Result<CritiqueRecord, LoopError> {
+    let Critic {
+        source,
+        original,
+        options,
+        config,
+        thinker,
+        observer,
+    } = critic;
     let started = Instant::now();
     let thinking = TurnThinking {
         observer,
@@ -508,6 +588,7 @@ async fn critique(
                 original_instruction: original,
                 previous_instruction: &turn.instruction,
                 turn: turn.index,
+                history,
                 thinking: &thinking,
             })
             .await
@@ -617,6 +698,7 @@ mod tests {
         protocol: Protocol,
         outputs: Mutex<Vec<String>>,
         seen: Mutex<Vec<(u8, String, String, u32)>>,
+        histories: Mutex<Vec<Vec<HistoryEntry>>>,
     }
 
     #[async_trait]
@@ -632,6 +714,7 @@ mod tests {
                 r.previous_instruction.to_string(),
                 r.turn,
             ));
+            self.histories.lock().unwrap().push(r.history.to_vec());
             let mut outputs = self.outputs.lock().unwrap();
             assert!(
                 !outputs.is_empty(),
@@ -686,6 +769,8 @@ mod tests {
         thinker_calls: usize,
         selected: u32,
         critiqued: Vec<bool>,
+        /// The stop reason, where the case is about it.
+        stop: Option<StopReason>,
     }
 
     fn opts(max_turns: u32, selection: Selection) -> JobOptions {
@@ -708,6 +793,18 @@ mod tests {
             thinker_calls: 0,
             selected: 0,
             critiqued: vec![],
+            stop: None,
+        }
+    }
+
+    fn patience(max_turns: u32, patience: u32, min_gain: f64) -> JobOptions {
+        JobOptions {
+            stop: StopThresholds {
+                patience,
+                min_gain,
+                ..StopThresholds::default()
+            },
+            ..opts(max_turns, Selection::Best)
         }
     }
 
@@ -871,6 +968,7 @@ mod tests {
                         stop: StopThresholds {
                             semantic: 5.0,
                             quality: 6.0,
+                            ..StopThresholds::default()
                         },
                         ..opts(5, best)
                     },
@@ -944,6 +1042,55 @@ mod tests {
                     vec![expert(false, Some("R1")), expert(true, None)],
                 )
             },
+            Case {
+                edits: vec!["T0", "R1", "R2"],
+                thinker_calls: 3,
+                selected: 3,
+                critiqued: vec![true, true, true],
+                stop: Some(StopReason::Plateau),
+                ..case(
+                    "plateau: +0.3 within 2 turns is under min_gain 0.5",
+                    patience(5, 2, 0.5),
+                    vec![
+                        said(5.0, 5.0, "R1"),
+                        said(5.2, 5.2, "R2"),
+                        said(5.3, 5.3, "R3"),
+                    ],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1", "R2", "R3"],
+                thinker_calls: 4,
+                selected: 3,
+                critiqued: vec![true, true, true, true],
+                stop: Some(StopReason::Plateau),
+                ..case(
+                    "plateau: progress resets the window, a worse turn does not count",
+                    patience(6, 2, 0.5),
+                    vec![
+                        said(5.0, 5.0, "R1"),
+                        said(6.0, 6.0, "R2"),
+                        said(6.4, 6.4, "R3"),
+                        said(4.0, 4.0, "R4"),
+                    ],
+                )
+            },
+            Case {
+                edits: vec!["T0", "R1", "R2"],
+                thinker_calls: 3,
+                critiqued: vec![true, true, true],
+                stop: Some(StopReason::MaxTurns),
+                selected: 1,
+                ..case(
+                    "plateau off by default",
+                    opts(3, best),
+                    vec![
+                        said(5.0, 5.0, "R1"),
+                        said(5.0, 5.0, "R2"),
+                        said(5.0, 5.0, "R3"),
+                    ],
+                )
+            },
         ]
     }
 
@@ -968,6 +1115,7 @@ mod tests {
                 protocol: c.protocol,
                 outputs: Mutex::new(c.thinker),
                 seen: Mutex::default(),
+                histories: Mutex::default(),
             };
             let recorder = Recorder::default();
             let prior_len = c.prior.len() as u32;
@@ -1019,6 +1167,9 @@ mod tests {
                 "{}",
                 c.name
             );
+            if let Some(stop) = c.stop {
+                assert_eq!(outcome.stop, stop, "{}", c.name);
+            }
             if !c.refuse.is_empty() {
                 assert_eq!(outcome.stop, StopReason::Refusal, "{}", c.name);
             } else {
@@ -1060,6 +1211,60 @@ mod tests {
     }
 
     #[test]
+    fn history_all_tells_the_thinker_every_earlier_turn() {
+        for (history, expected) in [(History::Previous, 0), (History::All, 2)] {
+            let editor = ScriptedEditor {
+                calls: Mutex::default(),
+                refuse: vec![],
+                output_size: (8, 8),
+            };
+            let thinker = ScriptedThinker {
+                protocol: Protocol::Editthinker,
+                outputs: Mutex::new(vec![
+                    "<think>The sky is pink. More text.</think><score>{\"semantic\": 3, \"quality\": 9}</score><answer>R1</answer>".into(),
+                    said(5.0, 5.0, "R2"),
+                    said(6.0, 6.0, "R3"),
+                ]),
+                seen: Mutex::default(),
+                histories: Mutex::default(),
+            };
+            let options = JobOptions {
+                history,
+                ..opts(3, Selection::Best)
+            };
+            block_on(run_loop(
+                LoopJob {
+                    source: &solid(8, 8, 0),
+                    instruction: "T0",
+                    options: &options,
+                    config: &LoopConfig::default(),
+                    progress: Progress::default(),
+                },
+                LoopParts {
+                    editor: &editor,
+                    thinker: &thinker,
+                    observer: &Recorder::default(),
+                },
+            ))
+            .unwrap();
+            let histories = thinker.histories.lock().unwrap();
+            let lengths: Vec<usize> = histories.iter().map(Vec::len).collect();
+            assert_eq!(lengths, [0, expected / 2, expected], "{history:?}");
+            if history == History::All {
+                let third = &histories[2];
+                assert_eq!(third[0].instruction, "T0");
+                assert_eq!(third[0].reason, "The sky is pink.");
+                assert_eq!(
+                    (third[0].semantic, third[0].quality),
+                    (Some(3.0), Some(9.0))
+                );
+                assert_eq!(third[1].instruction, "R1");
+                assert_eq!(third[1].turn, 2);
+            }
+        }
+    }
+
+    #[test]
     fn an_invalid_refinement_ends_the_loop_like_a_refusal() {
         let editor = PickyEditor {
             calls: Mutex::default(),
@@ -1069,6 +1274,7 @@ mod tests {
             protocol: Protocol::Editthinker,
             outputs: Mutex::new(vec![said(3.0, 3.0, "make it much redder please")]),
             seen: Mutex::default(),
+            histories: Mutex::default(),
         };
         let outcome = block_on(run_loop(
             LoopJob {
@@ -1122,6 +1328,7 @@ mod tests {
             protocol: Protocol::Editthinker,
             outputs: Mutex::default(),
             seen: Mutex::default(),
+            histories: Mutex::default(),
         };
         let err = block_on(run_loop(
             LoopJob {
@@ -1158,6 +1365,7 @@ mod tests {
             protocol: Protocol::Editthinker,
             outputs: Mutex::default(),
             seen: Mutex::default(),
+            histories: Mutex::default(),
         };
         let outcome = block_on(run_loop(
             LoopJob {

@@ -139,6 +139,9 @@ pub struct CritiqueRequest<'a> {
     pub previous_instruction: &'a str,
     /// Number of the turn being critiqued, from 1.
     pub turn: u32,
+    /// Earlier turns, oldest first: empty unless the job asked for
+    /// `history = "all"`.
+    pub history: &'a [HistoryEntry],
     /// Receives the answer's text as it is generated (live reasoning);
     /// thinkers that cannot stream may never call it.
     pub thinking: &'a dyn ThinkingSink,
@@ -152,6 +155,21 @@ impl fmt::Debug for CritiqueRequest<'_> {
             .field("turn", &self.turn)
             .finish_non_exhaustive()
     }
+}
+
+/// An earlier turn as the thinker is told of it (`history = "all"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    /// Turn number.
+    pub turn: u32,
+    /// The instruction the editor received.
+    pub instruction: String,
+    /// Its semantic score, when it had one.
+    pub semantic: Option<f64>,
+    /// Its quality score, when it had one.
+    pub quality: Option<f64>,
+    /// The first sentence of the thinker's reasoning (may be empty).
+    pub reason: String,
 }
 
 /// Receives a thinker's output while it is generated. Must not block: it is

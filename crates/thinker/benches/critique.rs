@@ -114,6 +114,7 @@ async fn main() {
             original_instruction: "replace the red car with a blue bicycle",
             previous_instruction: "replace the red car with a blue bicycle",
             turn: i as u32 + 1,
+            history: &[],
             thinking: &NoThinking,
         };
         let t = Instant::now();

@@ -506,10 +506,7 @@ impl Thinker for OpenAiThinker {
         .await
         .map_err(|e| ThinkerError::Invalid(format!("image preparation panicked: {e}")))??;
 
-        let text = self
-            .settings
-            .template
-            .render(request.original_instruction, request.previous_instruction);
+        let text = self.settings.template.render_request(&request);
         let body = self.body(source_url, edited_url, text);
 
         let started = std::time::Instant::now();

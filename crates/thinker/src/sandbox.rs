@@ -411,6 +411,7 @@ mod tests {
                 original_instruction: original,
                 previous_instruction: previous,
                 turn,
+                history: &[],
                 thinking: &sink,
             })
             .await
@@ -647,6 +648,7 @@ mod tests {
                 original_instruction: "x",
                 previous_instruction: "x",
                 turn: 1,
+                history: &[],
                 thinking: &editthinker_core::NoThinking,
             })
             .await;

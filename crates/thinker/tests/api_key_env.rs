@@ -32,6 +32,7 @@ async fn bearer_key_comes_from_the_named_environment_variable() {
             original_instruction: "make the cup red",
             previous_instruction: "turn the cup red",
             turn: 2,
+            history: &[],
             thinking: &NoThinking,
         })
         .await

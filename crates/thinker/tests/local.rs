@@ -83,6 +83,7 @@ fn request<'a>(
         original_instruction: "make the sky purple",
         previous_instruction: "make the sky purple",
         turn: 1,
+        history: &[],
         thinking: sink,
     }
 }

@@ -57,6 +57,7 @@ async fn ask_thinker(
             original_instruction: "make the cup red",
             previous_instruction: "turn the cup red",
             turn: 1,
+            history: &[],
             thinking: sink,
         })
         .await

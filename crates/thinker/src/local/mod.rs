@@ -188,10 +188,7 @@ impl LocalThinker {
         .await
         .map_err(|e| ThinkerError::Invalid(format!("image preparation panicked: {e}")))??;
 
-        let text = self
-            .settings
-            .template
-            .render(request.original_instruction, request.previous_instruction);
+        let text = self.settings.template.render_request(&request);
         let builder = self.request(text, vec![source, edited], self.settings.max_tokens);
 
         let (model, generation) = self.engine().await?;

@@ -1,0 +1,319 @@
+"""Typed views of the service's JSON (see openapi/openapi.json).
+
+Plain dataclasses parsed by hand: no runtime dependency, and unknown fields
+the server adds later are ignored rather than fatal (the full object stays in
+`raw`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Dict, List, Literal, Mapping, Optional, cast
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+StopReason = Literal[
+    "satisfied", "max_turns", "plateau", "refusal", "invalid_refinement", "deadline", "canceled", "failed"
+]
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.canceled"})
+
+_TS = re.compile(r"^(?P<base>[^.]*?)(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d\d:\d\d)?$")
+
+
+def parse_datetime(value: Optional[str]) -> Optional[datetime]:
+    """RFC 3339 → aware datetime; Python 3.9's fromisoformat takes neither
+    `Z` nor more than six fraction digits, so normalise both first."""
+    if value is None:
+        return None
+    m = _TS.match(value)
+    if m is None:
+        return datetime.fromisoformat(value)
+    frac = m.group("frac")
+    tz = m.group("tz") or ""
+    text = m.group("base")
+    if frac:
+        text += "." + frac[:6].ljust(6, "0")
+    text += "+00:00" if tz == "Z" else tz
+    return datetime.fromisoformat(text)
+
+
+def _opt_float(v: Any) -> Optional[float]:
+    return None if v is None else float(v)
+
+
+@dataclass(frozen=True)
+class StopThresholds:
+    """When the loop stops early: both scores at their thresholds, or (with
+    `patience` > 0) the best overall score not rising by `min_gain` within
+    `patience` turns."""
+
+    semantic: Optional[float] = None
+    quality: Optional[float] = None
+    patience: Optional[int] = None
+    min_gain: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StopThresholds:
+        patience = d.get("patience")
+        return cls(
+            semantic=_opt_float(d.get("semantic")),
+            quality=_opt_float(d.get("quality")),
+            patience=None if patience is None else int(patience),
+            min_gain=_opt_float(d.get("min_gain")),
+        )
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Loop options. As input every field is optional (the server fills in
+    defaults); on a job read back, the options in force."""
+
+    max_turns: Optional[int] = None
+    stop: Optional[StopThresholds] = None
+    selection: Optional[Literal["best", "last"]] = None
+    history: Optional[Literal["previous", "all"]] = None
+    deadline_seconds: Optional[int] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        if self.max_turns is not None:
+            out["max_turns"] = self.max_turns
+        if self.stop is not None:
+            out["stop"] = self.stop.to_dict()
+        if self.selection is not None:
+            out["selection"] = self.selection
+        if self.history is not None:
+            out["history"] = self.history
+        if self.deadline_seconds is not None:
+            out["deadline_seconds"] = self.deadline_seconds
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobOptions:
+        stop = d.get("stop")
+        return cls(
+            max_turns=d.get("max_turns"),
+            stop=StopThresholds.from_dict(stop) if stop else None,
+            selection=d.get("selection"),
+            history=d.get("history"),
+            deadline_seconds=d.get("deadline_seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Critique:
+    satisfied: bool
+    thinker_ms: int
+    semantic: Optional[float] = None
+    quality: Optional[float] = None
+    overall: Optional[float] = None
+    reasoning: Optional[str] = None
+    refined_instruction: Optional[str] = None
+    error: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Critique:
+        return cls(
+            satisfied=bool(d["satisfied"]),
+            thinker_ms=int(d["thinker_ms"]),
+            semantic=_opt_float(d.get("semantic")),
+            quality=_opt_float(d.get("quality")),
+            overall=_opt_float(d.get("overall")),
+            reasoning=d.get("reasoning"),
+            refined_instruction=d.get("refined_instruction"),
+            error=d.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class Turn:
+    index: int
+    instruction: str
+    image_url: str
+    editor_ms: int
+    critique: Optional[Critique] = None
+    provider_request_id: Optional[str] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Turn:
+        c = d.get("critique")
+        return cls(
+            index=int(d["index"]),
+            instruction=d["instruction"],
+            image_url=d["image_url"],
+            editor_ms=int(d["editor_ms"]),
+            critique=Critique.from_dict(c) if c else None,
+            provider_request_id=d.get("provider_request_id"),
+        )
+
+
+@dataclass(frozen=True)
+class JobResult:
+    turn: int
+    image_url: str
+
+
+@dataclass(frozen=True)
+class JobError:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    turn: int
+    instruction: str
+    reason: str
+    kind: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    events: Optional[List[str]] = None
+
+
+def _result(v: Any) -> Optional[JobResult]:
+    return JobResult(int(v["turn"]), v["image_url"]) if v else None
+
+
+def _error(v: Any) -> Optional[JobError]:
+    return JobError(v["code"], v["message"]) if v else None
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """A job as listed by `GET /v1/jobs` (no turns, no options)."""
+
+    id: str
+    status: JobStatus
+    instruction: str
+    editor: str
+    sandbox: bool
+    attempt: int
+    metadata: Dict[str, Any]
+    created_at: datetime
+    finished_at: Optional[datetime] = None
+    result: Optional[JobResult] = None
+    error: Optional[JobError] = None
+    stop_reason: Optional[StopReason] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JobSummary:
+        return cls(
+            id=d["id"],
+            status=cast(JobStatus, d["status"]),
+            instruction=d["instruction"],
+            editor=d["editor"],
+            sandbox=bool(d["sandbox"]),
+            attempt=int(d["attempt"]),
+            metadata=dict(d.get("metadata") or {}),
+            created_at=cast(datetime, parse_datetime(d["created_at"])),
+            finished_at=parse_datetime(d.get("finished_at")),
+            result=_result(d.get("result")),
+            error=_error(d.get("error")),
+            stop_reason=d.get("stop_reason"),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job with its turns (`GET /v1/jobs/{id}`)."""
+
+    id: str
+    status: JobStatus
+    instruction: str
+    editor: str
+    sandbox: bool
+    options: JobOptions
+    turns: List[Turn]
+    attempt: int
+    priority: int
+    metadata: Dict[str, Any]
+    created_at: datetime
+    result: Optional[JobResult] = None
+    error: Optional[JobError] = None
+    refusal: Optional[Refusal] = None
+    stop_reason: Optional[StopReason] = None
+    queue_position: Optional[int] = None
+    webhook: Optional[Webhook] = None
+    deadline_at: Optional[datetime] = None
+    expires_at: Optional[datetime] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        r = d.get("refusal")
+        w = d.get("webhook")
+        return cls(
+            id=d["id"],
+            status=cast(JobStatus, d["status"]),
+            instruction=d["instruction"],
+            editor=d["editor"],
+            sandbox=bool(d["sandbox"]),
+            options=JobOptions.from_dict(d.get("options") or {}),
+            turns=[Turn.from_dict(t) for t in d.get("turns") or []],
+            attempt=int(d["attempt"]),
+            priority=int(d.get("priority", 0)),
+            metadata=dict(d.get("metadata") or {}),
+            created_at=cast(datetime, parse_datetime(d["created_at"])),
+            result=_result(d.get("result")),
+            error=_error(d.get("error")),
+            refusal=Refusal(int(r["turn"]), r["instruction"], r["reason"], r.get("kind")) if r else None,
+            stop_reason=d.get("stop_reason"),
+            queue_position=d.get("queue_position"),
+            webhook=Webhook(w["url"], w.get("events")) if w else None,
+            deadline_at=parse_datetime(d.get("deadline_at")),
+            expires_at=parse_datetime(d.get("expires_at")),
+            started_at=parse_datetime(d.get("started_at")),
+            finished_at=parse_datetime(d.get("finished_at")),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class CreateResult:
+    """What `create` answers: the job, the Idempotency-Key sent (keep it to
+    retry the create safely) and whether the server replayed an earlier
+    create with that key instead of making a new job."""
+
+    job: Job
+    idempotency_key: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Server-Sent Event. `id` is None for `turn.thinking` (live text,
+    never stored or replayed). `data` is the event's JSON object; see the
+    event table in docs/api.md for each type's fields."""
+
+    id: Optional[int]
+    type: str
+    data: Dict[str, Any]
+
+    @property
+    def job_id(self) -> Optional[str]:
+        v = self.data.get("job_id")
+        return v if isinstance(v, str) else None
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
