@@ -403,6 +403,9 @@ pub struct FakeThinkerState {
     pub models_down: std::sync::atomic::AtomicBool,
     /// How many probes (`GET /v1/models`) arrived.
     pub probes: std::sync::atomic::AtomicU32,
+    /// Requests answered (a request whose client left during `delay` is
+    /// not): the calls a provider would bill.
+    pub answered: std::sync::atomic::AtomicU32,
 }
 
 /// Characters per streamed chunk.
@@ -520,6 +523,9 @@ async fn fake_chat(
         .get(&prev)
         .cloned()
         .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+    state
+        .answered
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     if body["stream"] == json!(true) {
         *state.streamed.lock().unwrap() += 1;
         return stream_answer(answer, *state.chunk_delay.lock().unwrap());

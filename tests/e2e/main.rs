@@ -33,6 +33,7 @@ mod startup;
 mod tenants;
 mod thinker_down;
 mod traces;
+mod usage;
 mod viewer;
 mod web_apps;
 mod webhooks;

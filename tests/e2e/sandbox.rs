@@ -182,6 +182,17 @@ async fn a_plateau_takes_a_fourth_turn_and_the_cli_says_sandbox() {
     let turns: Vec<&str> = stdout.lines().filter(|l| l.starts_with("turn ")).collect();
     assert_eq!(turns.len(), 4, "a plateau costs one more turn: {stdout}");
     assert!(env.dir.path().join("door.edited.png").is_file());
+    // The usage line: four paid edits and four critiques, no prices set.
+    let usage = stdout
+        .lines()
+        .find(|l| l.starts_with("usage: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        usage.starts_with("usage: 4 edits (")
+            && usage.contains("), 4 critiques (")
+            && usage.ends_with("cost 0.0000 USD"),
+        "{usage}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,6 +313,7 @@ async fn a_layer_that_rewrites_bodies_keeps_the_stream_on_hypers_path(mode: SseM
         editors: std::sync::Arc::new(Vec::new()),
         thinker: editthinker_api::ThinkerSetup::Missing,
         provider_probes: None,
+        currency: "USD".into(),
         webhooks_configured: false,
         retention: None,
         cors_allowed_origins: Vec::new(),

@@ -163,6 +163,22 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
         meta.contains("editor fake") && meta.contains("ran ") && meta.contains("queued "),
         "{meta}"
     );
+    // The usage ledger: the fake thinker reports 1,050 tokens a critique.
+    let usage = meta
+        .split("usage: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{meta}"));
+    let critiques: u64 = usage
+        .split(" edits, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{meta}"));
+    assert!(critiques >= 2, "{meta}");
+    assert!(
+        usage.contains(&format!("({} tokens)", critiques * 1050)),
+        "{meta}"
+    );
     // Why turn 2: its score beside turn 1's.
     let why = seen["why"].as_str().unwrap();
     assert!(

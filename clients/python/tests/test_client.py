@@ -53,6 +53,7 @@ def test_create_by_bytes_path_file_and_url(
     by_path = client.create(path, "make it blue", options=typed)
     assert source_bytes(service.base_url, by_path.job.id) == other
     # The options round-trip through the server, defaults filled in.
+    assert by_path.job.usage.editor_calls == 0 and by_path.job.usage.currency == "USD"
     assert by_path.job.options == JobOptions(
         max_turns=1, history="all", selection="best", stop=StopThresholds(7.0, 8.0, 2, 0.5)
     )
@@ -124,6 +125,9 @@ def test_stream_resumes_after_cut_connection(client: Client, service: Service, p
 def test_run_returns_finished_job(client: Client, png: bytes) -> None:
     job = client.run(png, "make it brighter", timeout=60, options=QUICK)
     assert job.status == "succeeded" and job.result is not None and job.turns
+    # One sandbox turn: one paid edit and one critique, in the job and its turn.
+    assert (job.usage.editor_calls, job.usage.thinker_calls) == (1, 1)
+    assert job.usage.thinker_output_tokens > 0 and job.turns[0].usage == job.usage
 
 
 def test_run_timeout_leaves_job_running(client: Client, png: bytes) -> None:

@@ -215,6 +215,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * The caller's usage over a period: calls recorded by workers (every
+         *     attempt's, a lost attempt's included), summed in total and by editor.
+         */
+        get: operations["tenant_usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export interface webhooks {
     jobEvent: {
@@ -382,6 +402,13 @@ export interface components {
             /** @description Configured editors. */
             editors: components["schemas"]["EditorView"][];
         };
+        /** @description One editor's share of a tenant's usage. */
+        EditorUsageView: {
+            /** @description The jobs' editor. */
+            editor: string;
+            /** @description The sums of its jobs' calls (their thinker calls included). */
+            usage: components["schemas"]["Usage"];
+        };
         /** @description A configured editor. */
         EditorView: {
             /** @description Used when a job names no editor. */
@@ -493,6 +520,11 @@ export interface components {
             stop_reason?: null | components["schemas"]["StopReason"];
             /** @description Turns so far, in order. */
             turns: components["schemas"]["Turn"][];
+            /**
+             * @description What the job's provider calls used and cost so far, every attempt's
+             *     included (a paid call stays paid when its attempt is lost).
+             */
+            usage: components["schemas"]["Usage"];
             webhook?: null | components["schemas"]["WebhookInput"];
         };
         /** @description `job.canceled`. */
@@ -502,6 +534,8 @@ export interface components {
              * @description The job.
              */
             job_id: string;
+            /** @description What the job's provider calls used and cost. */
+            usage: components["schemas"]["Usage"];
         };
         /** @description A job's error. */
         JobErrorView: {
@@ -521,6 +555,8 @@ export interface components {
             job_id: string;
             /** @description Human-readable message. */
             message: string;
+            /** @description What the job's provider calls used and cost. */
+            usage: components["schemas"]["Usage"];
         };
         /** @description A page of jobs. */
         JobList: {
@@ -627,6 +663,8 @@ export interface components {
             result_turn: number;
             /** @description Why the loop stopped. */
             stop_reason: components["schemas"]["StopReason"];
+            /** @description What the job's provider calls used and cost. */
+            usage: components["schemas"]["Usage"];
         };
         /** @description One job in a listing (turns omitted). */
         JobSummary: {
@@ -787,6 +825,11 @@ export interface components {
              *     for support requests to the provider.
              */
             provider_request_id?: string | null;
+            /**
+             * @description What this turn's provider calls used and cost (its edit, its
+             *     critique with any retries).
+             */
+            usage: components["schemas"]["Usage"];
         };
         /** @description `turn.critiqued`: a turn's critique exists. */
         TurnCritiquedData: {
@@ -847,6 +890,66 @@ export interface components {
              * @description The turn being critiqued.
              */
             turn: number;
+        };
+        /**
+         * @description Sums of provider calls (a job's, a turn's or a tenant's): the job JSON's
+         *     `usage` (contract).
+         */
+        Usage: {
+            /**
+             * Format: double
+             * @description What the calls cost at the configured prices.
+             */
+            cost: number;
+            /** @description The currency of `cost` (the configuration's `currency`). */
+            currency: string;
+            /**
+             * Format: int32
+             * @description Editor calls that returned an image.
+             */
+            editor_calls: number;
+            /**
+             * Format: double
+             * @description Their wall time, in seconds.
+             */
+            editor_seconds: number;
+            /**
+             * Format: int32
+             * @description Thinker calls that returned an answer.
+             */
+            thinker_calls: number;
+            /**
+             * Format: int64
+             * @description Prompt tokens of those calls.
+             */
+            thinker_input_tokens: number;
+            /**
+             * Format: int64
+             * @description Generated tokens of those calls.
+             */
+            thinker_output_tokens: number;
+            /**
+             * Format: int32
+             * @description Verifier calls.
+             */
+            verifier_calls: number;
+        };
+        /** @description `GET /v1/usage`. */
+        UsageReport: {
+            /** @description The same, by the jobs' editor, sorted by name. */
+            editors: components["schemas"]["EditorUsageView"][];
+            /**
+             * Format: date-time
+             * @description Start of the period, inclusive.
+             */
+            since: string;
+            /** @description Every call of the tenant's jobs in the period. */
+            total: components["schemas"]["Usage"];
+            /**
+             * Format: date-time
+             * @description End of the period, exclusive.
+             */
+            until: string;
         };
         /** @description A webhook delivery's body (Standard Webhooks): a stored event. */
         WebhookEvent: {
@@ -1721,6 +1824,67 @@ export interface operations {
                 };
             };
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A limit was reached (`rate_limited`); `Retry-After` says when to try again */
+            429: {
+                headers: {
+                    /** @description Seconds until a retry may succeed */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are over `[limits] max_header_bytes` */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    tenant_usage: {
+        parameters: {
+            query?: {
+                /** @description Start of the period, inclusive (RFC 3339; default 30 days before `until`). */
+                since?: string;
+                /** @description End of the period, exclusive (RFC 3339; default now). */
+                until?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageReport"];
+                };
+            };
+            /** @description Missing or bad credentials (`unauthorized`, `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -103,6 +103,9 @@ describe("events", { concurrency: true }, () => {
     const job = await client.run(image, "make it yellow", { maxTurns: 1 });
     assert.equal(job.status, "succeeded");
     assert.equal(job.turns.length, 1);
+    // The usage ledger: one paid edit and one critique, typed from the schema.
+    assert.deepEqual([job.usage.editor_calls, job.usage.thinker_calls], [1, 1]);
+    assert.deepEqual(job.turns[0].usage, job.usage);
     const err = await client.retry(job.id).catch((e) => e);
     assert.deepEqual([err.status, err.code], [409, "job_not_failed"]);
   });

@@ -6,7 +6,7 @@
 //! below checks the two agree.
 
 use chrono::{DateTime, Utc};
-use editthinker_core::{ErrorCode, StopReason};
+use editthinker_core::{ErrorCode, StopReason, Usage};
 use editthinker_store::JobStatus;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -146,6 +146,8 @@ pub struct JobSucceededData {
     #[serde(default)]
     #[schema(nullable = false)]
     pub refusal: Option<RefusalView>,
+    /// What the job's provider calls used and cost.
+    pub usage: Usage,
 }
 
 /// `job.failed`.
@@ -158,6 +160,8 @@ pub struct JobFailedData {
     pub code: ErrorCode,
     /// Human-readable message.
     pub message: String,
+    /// What the job's provider calls used and cost.
+    pub usage: Usage,
 }
 
 /// `job.canceled`.
@@ -166,6 +170,8 @@ pub struct JobFailedData {
 pub struct JobCanceledData {
     /// The job.
     pub job_id: Uuid,
+    /// What the job's provider calls used and cost.
+    pub usage: Usage,
 }
 
 /// `turn.thinking`: live reasoning text (no `id:`, never stored or

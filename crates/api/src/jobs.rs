@@ -385,6 +385,7 @@ async fn insert(
         jobs_ahead: None,
         job: row,
         turns: Vec::new(),
+        ledger: Default::default(),
     };
     Ok((job_json(state, &read), None))
 }
@@ -418,7 +419,12 @@ async fn idempotent_outcome(
 /// the queue when that was read ([`JobWithTurns::jobs_ahead`]).
 fn job_json(state: &AppState, read: &JobWithTurns) -> Job {
     let row = &read.job;
-    let mut job = Job::from_rows(row, &read.turns);
+    let mut job = Job::from_rows(row, &read.turns, &read.ledger);
+    if read.ledger.entries.is_empty() {
+        // A job without paid calls (never claimed: its ledger was not read)
+        // shows this configuration's currency.
+        job.usage.currency.clone_from(&state.currency);
+    }
     job.expires_at = row
         .finished_at
         .zip(
@@ -645,7 +651,11 @@ pub async fn cancel_job(
     let id = load(&state, &caller, &id).await?.id;
     let row = state.store.request_cancel(id).await?;
     let turns = state.store.list_turns(id).await?;
-    Ok((StatusCode::ACCEPTED, Json(Job::from_rows(&row, &turns))))
+    let ledger = state.store.job_calls(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Job::from_rows(&row, &turns, &ledger)),
+    ))
 }
 
 /// Puts a failed job back in the queue; it resumes after its last recorded

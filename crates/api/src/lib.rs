@@ -16,6 +16,7 @@ pub mod server;
 pub mod stream_event;
 mod system;
 pub mod ui;
+mod usage;
 pub mod views;
 mod wire;
 
@@ -51,6 +52,8 @@ pub struct AppState {
     /// The last probes of the providers by this process's worker, for
     /// `/readyz`; `None` in a process that runs no worker (`api`).
     pub provider_probes: Option<ProviderProbes>,
+    /// The configuration's `currency` (of usage without any calls).
+    pub currency: String,
     /// Whether a webhook secret is configured; without one, jobs with a
     /// webhook are refused.
     pub webhooks_configured: bool,
@@ -158,6 +161,7 @@ impl AppState {
         editthinker_core::StopThresholds,
         editthinker_core::Selection,
         editthinker_core::History,
+        editthinker_core::Usage,
         views::RefusalView,
         contract::EventType,
         contract::RetryReason,
@@ -299,6 +303,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::turn_image))
         .routes(routes!(jobs::result_image))
         .routes(routes!(events::job_events))
+        .routes(routes!(usage::tenant_usage))
         .routes(routes!(system::list_editors))
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))

@@ -1,8 +1,8 @@
 //! Response bodies (docs/api.md) and their conversion from stored rows.
 
 use chrono::{DateTime, Utc};
-use editthinker_core::{CritiqueRecord, ErrorCode, JobOptions};
-use editthinker_store::{JobRow, JobStatus, TurnRow};
+use editthinker_core::{CritiqueRecord, ErrorCode, JobOptions, Usage};
+use editthinker_store::{JobLedger, JobRow, JobStatus, TurnRow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -28,6 +28,9 @@ pub struct Job {
     pub options: serde_json::Value,
     /// Turns so far, in order.
     pub turns: Vec<Turn>,
+    /// What the job's provider calls used and cost so far, every attempt's
+    /// included (a paid call stays paid when its attempt is lost).
+    pub usage: Usage,
     /// The selected turn, once succeeded.
     pub result: Option<JobResult>,
     /// Why the job failed (or, while queued again, its last transient error).
@@ -39,7 +42,8 @@ pub struct Job {
     /// Claims so far.
     pub attempt: u32,
     /// Why the job stopped, once finished: `satisfied`, `max_turns`,
-    /// `refusal`, `invalid_refinement`, `deadline`, `canceled` or `failed`.
+    /// `plateau`, `refusal`, `invalid_refinement`, `deadline`, `canceled`
+    /// or `failed`.
     pub stop_reason: Option<editthinker_core::StopReason>,
     /// Claim priority, −10 to 10: higher runs first.
     #[schema(minimum = -10, maximum = 10)]
@@ -122,6 +126,9 @@ pub struct Turn {
     pub provider_request_id: Option<String>,
     /// The thinker's critique, once made.
     pub critique: Option<CritiqueView>,
+    /// What this turn's provider calls used and cost (its edit, its
+    /// critique with any retries).
+    pub usage: Usage,
 }
 
 /// A refined instruction the editor refused, which ended the loop.
@@ -235,7 +242,7 @@ fn error_of(row: &JobRow) -> Option<JobErrorView> {
 
 impl Turn {
     /// The view of a stored turn.
-    pub fn from_row(row: &TurnRow) -> Self {
+    pub fn from_row(row: &TurnRow, usage: Usage) -> Self {
         let critique = row.critique.as_ref().map(|json| {
             match serde_json::from_value::<CritiqueRecord>(json.clone()) {
                 Ok(record) => CritiqueView::from_record(&record),
@@ -258,6 +265,7 @@ impl Turn {
             editor_ms: row.editor_ms,
             provider_request_id: row.provider_request_id.clone(),
             critique,
+            usage,
         }
     }
 }
@@ -280,8 +288,18 @@ impl CritiqueView {
 }
 
 impl Job {
-    /// The view of a stored job and its turns.
-    pub fn from_rows(row: &JobRow, turns: &[TurnRow]) -> Self {
+    /// The view of a stored job, its turns and its usage ledger.
+    pub fn from_rows(row: &JobRow, turns: &[TurnRow], ledger: &JobLedger) -> Self {
+        let (usage, mut per_turn) = ledger.summarize();
+        let turns = turns
+            .iter()
+            .map(|t| {
+                let usage = per_turn
+                    .remove(&t.index)
+                    .unwrap_or_else(|| Usage::zero(&ledger.currency));
+                Turn::from_row(t, usage)
+            })
+            .collect();
         Self {
             id: row.id,
             status: row.status,
@@ -289,7 +307,8 @@ impl Job {
             editor: row.editor.clone(),
             sandbox: row.sandbox,
             options: row.options.clone(),
-            turns: turns.iter().map(Turn::from_row).collect(),
+            turns,
+            usage,
             result: result_of(row),
             error: error_of(row),
             refusal: row

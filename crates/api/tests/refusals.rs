@@ -72,6 +72,7 @@ fn replica_with(
         }]),
         thinker: ThinkerSetup::Model,
         provider_probes: None,
+        currency: "USD".into(),
         webhooks_configured: false,
         retention: None,
         cors_allowed_origins: Vec::new(),

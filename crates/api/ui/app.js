@@ -149,6 +149,16 @@ function diffInstruction(previous, current) {
 }
 
 // "4.2 s", "3 min 5 s": how long between two ISO times (null when one is missing).
+/** A job's usage ledger in a few words: calls, tokens and cost. */
+function usageText(u) {
+  if (!u) return "";
+  const calls = u.editor_calls + (u.editor_calls === 1 ? " edit, " : " edits, ") +
+    u.thinker_calls + (u.thinker_calls === 1 ? " critique" : " critiques");
+  const tokens = u.thinker_input_tokens + u.thinker_output_tokens;
+  const cost = u.cost > 0 ? ", " + u.cost.toFixed(4) + " " + u.currency : "";
+  return "usage: " + calls + " (" + tokens + " tokens" + cost + ")";
+}
+
 function took(from, to) {
   if (!from || !to) return null;
   const s = Math.max(0, (Date.parse(to) - Date.parse(from)) / 1000);
@@ -321,6 +331,7 @@ async function jobPage(id) {
     if (queued) parts.push("queued " + queued);
     if (ran) parts.push("ran " + ran);
     if (j.attempt > 1) parts.push(j.attempt + " attempts");
+    parts.push(usageText(j.usage));
     meta.textContent = parts.join(" · ");
   };
   showMeta(job);

@@ -49,6 +49,9 @@ pub struct Config {
     /// authenticated service is a shared one, where made-up edits must be
     /// asked for, not stumbled into.
     pub allow_sandbox: bool,
+    /// The currency of every price (`price_per_call`, the thinker's token
+    /// prices) and of the usage ledger's costs.
+    pub currency: String,
     /// `[auth]`: who may call the API.
     pub auth: AuthConfig,
     /// `[webhooks]`: signing and delivery.
@@ -84,6 +87,7 @@ impl Default for Config {
             allow_private_image_urls: false,
             allow_private_webhook_urls: false,
             allow_sandbox: false,
+            currency: editthinker_store::DEFAULT_CURRENCY.into(),
             auth: AuthConfig::default(),
             webhooks: WebhooksConfig::default(),
             http: HttpConfig::default(),
@@ -411,6 +415,53 @@ impl Config {
         Ok(config)
     }
 
+    /// Prices are finite and not negative; the currency is a three-letter
+    /// code (ISO 4217 style, e.g. `USD`).
+    fn validate_prices(&self) -> Result<(), ConfigError> {
+        if !(self.currency.len() == 3 && self.currency.chars().all(|c| c.is_ascii_uppercase())) {
+            return Err(ConfigError::Invalid {
+                key: "currency",
+                rule: format!(
+                    "{:?} must be three capital letters, e.g. \"USD\"",
+                    self.currency
+                ),
+            });
+        }
+        let thinker = self.thinker.as_ref();
+        let prices = [
+            (
+                "editors.*.price_per_call",
+                self.editors
+                    .values()
+                    .filter_map(|e| e.price_per_call)
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "thinker.price_per_million_input_tokens",
+                thinker
+                    .and_then(|t| t.price_per_million_input_tokens)
+                    .into_iter()
+                    .collect(),
+            ),
+            (
+                "thinker.price_per_million_output_tokens",
+                thinker
+                    .and_then(|t| t.price_per_million_output_tokens)
+                    .into_iter()
+                    .collect(),
+            ),
+        ];
+        for (key, values) in prices {
+            if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    rule: format!("{bad} must be a number of 0 or more"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.listen_addr()?;
         self.metrics
@@ -437,6 +488,7 @@ impl Config {
                 rule: format!("{:?} must start with file:// or s3://", self.blob_url),
             });
         }
+        self.validate_prices()?;
         let w = &self.worker;
         let positive = [
             ("worker.concurrency", w.concurrency as u64),
@@ -719,6 +771,26 @@ impl Config {
             loop_config: editthinker_core::LoopConfig {
                 parse_attempts: w.parse_attempts,
             },
+            pricing: self.pricing(),
+        }
+    }
+
+    /// The prices of the configuration, in its currency.
+    pub fn pricing(&self) -> editthinker_worker::Pricing {
+        let thinker = self.thinker.as_ref();
+        let price = |p: Option<f64>| p.unwrap_or(0.0);
+        editthinker_worker::Pricing {
+            currency: self.currency.clone(),
+            per_editor_call: self
+                .editors
+                .iter()
+                .filter_map(|(name, e)| Some((name.clone(), e.price_per_call?)))
+                .collect(),
+            thinker_per_million: (
+                price(thinker.and_then(|t| t.price_per_million_input_tokens)),
+                price(thinker.and_then(|t| t.price_per_million_output_tokens)),
+            ),
+            verifier_per_million: (0.0, 0.0),
         }
     }
 }

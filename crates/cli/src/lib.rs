@@ -9,3 +9,4 @@ pub mod outbox;
 pub mod retention;
 pub mod roles;
 pub mod telemetry;
+pub mod usage;

@@ -53,6 +53,20 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// A tenant's paid provider calls over a period, by editor, read from
+    /// the configured database (the usage ledger; docs/api.md "Usage").
+    Usage {
+        /// The tenant (`default` without `[auth]`).
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// Start of the period: a date (`2026-12-01`, midnight UTC) or an
+        /// RFC 3339 time (default: 30 days before `--until`).
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the period, exclusive (same forms; default: now).
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 /// Which service a client command talks to, and as whom.
@@ -145,6 +159,38 @@ enum KeysCommand {
         #[arg(long)]
         tenant: String,
     },
+}
+
+/// Prints a tenant's usage from the configured database.
+async fn usage(
+    config: Config,
+    tenant: &str,
+    since: Option<&str>,
+    until: Option<&str>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let store = editthinker_store::connect(&config.database_url)
+        .await
+        .context("database_url")?;
+    store.migrate().await.context("applying migrations")?;
+    let until = match until {
+        Some(raw) => editthinker::usage::instant(raw).context("--until")?,
+        None => chrono::Utc::now(),
+    };
+    let since = match since {
+        Some(raw) => editthinker::usage::instant(raw).context("--since")?,
+        None => until - chrono::Duration::days(30),
+    };
+    anyhow::ensure!(since < until, "--since must be before --until");
+    let rows = store
+        .tenant_usage(tenant, since, until)
+        .await
+        .context("reading the usage ledger")?;
+    print!(
+        "{}",
+        editthinker::usage::table(tenant, since, until, &rows, &config.currency)
+    );
+    Ok(())
 }
 
 /// Runs a `keys` subcommand against the configured database (migrated
@@ -249,6 +295,11 @@ async fn main() -> ExitCode {
         Command::Worker => roles::worker(config).await,
         Command::Migrate => roles::migrate(config).await,
         Command::Keys { command } => keys(config, command).await,
+        Command::Usage {
+            tenant,
+            since,
+            until,
+        } => usage(config, &tenant, since.as_deref(), until.as_deref()).await,
         Command::Openapi | Command::Submit { .. } | Command::Jobs { .. } => {
             unreachable!("handled above")
         }

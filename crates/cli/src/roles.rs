@@ -173,6 +173,7 @@ async fn run_api(
         ),
         thinker: parts.thinker,
         provider_probes,
+        currency: config.currency.clone(),
         webhooks_configured: parts.webhook_secret.is_some(),
         cors_allowed_origins: config.cors_origins()?,
         retention: config.retention.keep(),

@@ -18,6 +18,7 @@ pub mod run;
 pub mod text;
 pub mod trace;
 pub mod traits;
+pub mod usage;
 
 pub use critique::{Critique, CritiqueRecord};
 pub use error_code::ErrorCode;
@@ -33,6 +34,7 @@ pub use run::{
 };
 pub use traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry, NoCheckpoint,
-    NoThinking, ObserverError, ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
-    DEFAULT_MAX_INSTRUCTION_CHARS,
+    NoThinking, ObserverError, ProviderRequest, Thinker, ThinkerAnswer, ThinkerError, ThinkingSink,
+    TurnObserver, DEFAULT_MAX_INSTRUCTION_CHARS,
 };
+pub use usage::{CallKind, LedgerEntry, Prices, ProviderCall, Tokens, Usage};

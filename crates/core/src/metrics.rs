@@ -53,6 +53,13 @@ pub const AUTH_THROTTLED_TOTAL: &str = "editthinker_auth_throttled_total";
 /// claims no jobs because the thinker did not answer (gauge; workers only).
 pub const THINKER_REACHABLE: &str = "editthinker_thinker_reachable";
 
+/// `{editor}`: editor calls that returned an image (the usage ledger's).
+pub const EDITOR_CALLS_TOTAL: &str = "editthinker_editor_calls_total";
+/// `{provider}`: what paid calls cost at the configured prices, in the
+/// configuration's `currency`; `provider` is the editor's name for edits,
+/// `thinker` or `verifier` otherwise (a gauge that only rises).
+pub const COST_TOTAL: &str = "editthinker_cost_total";
+
 /// The `stop_reason` label of a job that finished without one (failed or
 /// canceled).
 pub const NO_STOP_REASON: &str = "none";
@@ -200,6 +207,22 @@ pub fn turn_recorded(editor: &str) {
 pub fn edit_done(editor: &str, kind: &str, took: Duration) {
     histogram!(EDIT_DURATION_SECONDS, "editor" => editor.to_owned(), "kind" => kind.to_owned())
         .record(took.as_secs_f64());
+}
+
+/// Records one paid call in the ledger's metrics: `editor` is the job's
+/// editor.
+pub fn call_paid(call: &crate::usage::ProviderCall, editor: &str, cost: f64) {
+    use crate::usage::CallKind;
+    let provider = match call.kind {
+        CallKind::Editor => {
+            counter!(EDITOR_CALLS_TOTAL, "editor" => editor.to_owned()).increment(1);
+            editor.to_owned()
+        }
+        kind => kind.as_str().to_owned(),
+    };
+    // The facade's counters hold integers and costs are fractions: a gauge
+    // that only ever rises (exported with type gauge).
+    gauge!(COST_TOTAL, "provider" => provider).increment(cost);
 }
 
 /// Records what this worker's last probe of its thinker found.

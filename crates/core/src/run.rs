@@ -12,6 +12,7 @@ use crate::traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry,
     ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
 };
+use crate::usage::{CallKind, ProviderCall, Tokens};
 
 /// Loop settings that are not per job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -493,6 +494,14 @@ impl Edits<'_> {
             })
             .await
             .map_err(|error| LoopError::Editor { turn: index, error })?;
+        self.observer
+            .call_made(&ProviderCall {
+                kind: CallKind::Editor,
+                turn: index,
+                seconds: started.elapsed().as_secs_f64(),
+                tokens: Tokens::default(),
+            })
+            .await?;
         let (width, height) = (self.source.width, self.source.height);
         let image = crate::imaging::off_thread(move || output.resized_to(width, height))
             .await
@@ -581,7 +590,8 @@ async fn critique(
         LoopError::Persist(format!("the image of turn {} was not loaded", turn.index))
     })?;
     for attempt in 1..=attempts {
-        raw_output = thinker
+        let call_started = Instant::now();
+        let answer = thinker
             .critique(CritiqueRequest {
                 source,
                 edited,
@@ -596,6 +606,15 @@ async fn critique(
                 turn: turn.index,
                 error,
             })?;
+        observer
+            .call_made(&ProviderCall {
+                kind: CallKind::Thinker,
+                turn: turn.index,
+                seconds: call_started.elapsed().as_secs_f64(),
+                tokens: answer.tokens,
+            })
+            .await?;
+        raw_output = answer.text;
         match protocol.parse(&raw_output) {
             Ok(parsed) => {
                 let satisfied = is_satisfied(&parsed, &turn.instruction, &options.stop);
@@ -657,6 +676,7 @@ mod tests {
 
     use super::*;
     use crate::critique::CritiqueRecord;
+    use crate::traits::ThinkerAnswer;
 
     fn solid(w: u32, h: u32, shade: u8) -> Image {
         Image::from_pixels(&DynamicImage::ImageRgb8(RgbImage::from_pixel(
@@ -706,7 +726,7 @@ mod tests {
         fn protocol(&self) -> Protocol {
             self.protocol
         }
-        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
             let shade = r.edited.decode().unwrap().to_rgb8().get_pixel(0, 0)[0];
             self.seen.lock().unwrap().push((
                 shade,
@@ -720,7 +740,7 @@ mod tests {
                 !outputs.is_empty(),
                 "thinker called more often than scripted"
             );
-            Ok(outputs.remove(0))
+            Ok(outputs.remove(0).into())
         }
     }
 
@@ -728,6 +748,7 @@ mod tests {
     struct Recorder {
         edited: Mutex<Vec<u32>>,
         critiqued: Mutex<Vec<u32>>,
+        calls: Mutex<Vec<(CallKind, u32)>>,
     }
 
     #[async_trait]
@@ -742,6 +763,10 @@ mod tests {
             _: &CritiqueRecord,
         ) -> Result<(), crate::ObserverError> {
             self.critiqued.lock().unwrap().push(turn);
+            Ok(())
+        }
+        async fn call_made(&self, call: &ProviderCall) -> Result<(), crate::ObserverError> {
+            self.calls.lock().unwrap().push((call.kind, call.turn));
             Ok(())
         }
     }
@@ -1142,6 +1167,23 @@ mod tests {
                 .map(|c| c.0.clone())
                 .collect();
             assert_eq!(edits, c.edits, "{}: editor instructions", c.name);
+            // Every paid call reached the ledger, for its turn (a refused
+            // edit returned no image).
+            let calls = recorder.calls.lock().unwrap().clone();
+            let of = |kind| calls.iter().filter(|(k, _)| *k == kind).count();
+            let refused = usize::from(!c.refuse.is_empty());
+            assert_eq!(
+                of(CallKind::Editor),
+                c.edits.len() - refused,
+                "{}: editor calls",
+                c.name
+            );
+            assert_eq!(
+                of(CallKind::Thinker),
+                c.thinker_calls,
+                "{}: thinker calls",
+                c.name
+            );
             assert_eq!(
                 thinker.seen.lock().unwrap().len(),
                 c.thinker_calls,
@@ -1468,12 +1510,12 @@ mod tests {
         fn protocol(&self) -> Protocol {
             Protocol::Editthinker
         }
-        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
             let answer = said(3.0, 3.0, &format!("R{}", r.turn));
             let (a, b) = answer.split_at(10);
             r.thinking.delta(a);
             r.thinking.delta(b);
-            Ok(answer)
+            Ok(answer.into())
         }
     }
 

@@ -201,13 +201,33 @@ pub enum ThinkerError {
     Auth(String),
 }
 
+/// A thinker's answer: the raw text the loop parses, and the tokens the
+/// call used (the usage ledger's).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ThinkerAnswer {
+    /// The model's raw answer.
+    pub text: String,
+    /// Tokens used; zero where the server did not say.
+    pub tokens: crate::usage::Tokens,
+}
+
+impl From<String> for ThinkerAnswer {
+    /// An answer whose token counts are unknown.
+    fn from(text: String) -> Self {
+        Self {
+            text,
+            tokens: crate::usage::Tokens::default(),
+        }
+    }
+}
+
 /// A thinker backend: returns the model's raw answer; the loop parses it.
 #[async_trait]
 pub trait Thinker: Send + Sync {
     /// The output protocol this thinker's answers follow.
     fn protocol(&self) -> Protocol;
-    /// Asks for one critique and returns the raw text answer.
-    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError>;
+    /// Asks for one critique and returns the raw answer.
+    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError>;
 
     /// Checks, cheaply and without generating anything, that the thinker
     /// can answer now: a remote one's server is up and knows the model, a
@@ -277,5 +297,12 @@ pub trait TurnObserver: Send + Sync {
     /// must not block).
     fn thinking(&self, turn: u32, delta: &str) {
         let _ = (turn, delta);
+    }
+    /// A provider call returned (an editor's image, a thinker's answer) and
+    /// is paid for: called before the step it belongs to is recorded, so a
+    /// call whose step is lost to a crash still counts.
+    async fn call_made(&self, call: &crate::usage::ProviderCall) -> Result<(), ObserverError> {
+        let _ = call;
+        Ok(())
     }
 }

@@ -378,6 +378,10 @@ pub struct EditorProfile {
     /// token; required by the hosted kinds, sent as each provider expects).
     #[serde(default)]
     pub api_key_env: Option<String>,
+    /// What one call that returns an image costs, in the configuration's
+    /// `currency` (the usage ledger's; default 0).
+    #[serde(default)]
+    pub price_per_call: Option<f64>,
 }
 
 impl EditorProfile {
@@ -417,6 +421,7 @@ impl EditorProfile {
             max_in_flight: None,
             multiple_of: defaults::multiple_of(),
             api_key_env: None,
+            price_per_call: None,
         }
     }
 

@@ -336,6 +336,21 @@ pub trait Store: Send + Sync + 'static {
     async fn set_tenant_webhook_secret(&self, tenant: &str, secret: &str) -> StoreResult<()>;
     /// A tenant's own webhook secret, if it has one.
     async fn tenant_webhook_secret(&self, tenant: &str) -> StoreResult<Option<String>>;
+    /// Records one paid provider call of `job_id` in the usage ledger, with
+    /// the job's tenant and editor. Not fenced by a lease: a call made by an
+    /// attempt that then lost its job was paid all the same. A job that no
+    /// longer exists records nothing.
+    async fn record_call(&self, job_id: Uuid, call: &NewCall) -> StoreResult<()>;
+    /// A job's usage ledger, in the order the calls were recorded.
+    async fn job_calls(&self, job_id: Uuid) -> StoreResult<JobLedger>;
+    /// A tenant's usage of calls recorded in `[since, until)`, by the
+    /// jobs' editor, sorted by editor.
+    async fn tenant_usage(
+        &self,
+        tenant: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<EditorUsage>>;
     /// Jobs queued and running, and how long the oldest due queued job has
     /// waited: one cheap query, for the queue gauges.
     async fn queue_stats(&self) -> StoreResult<QueueStats>;
@@ -479,6 +494,7 @@ fn job_with_turns_from_rows<R>(
         job: job(first)?,
         turns,
         jobs_ahead: ahead(first)?,
+        ledger: JobLedger::default(),
     }))
 }
 

@@ -182,6 +182,9 @@ pub struct JobWithTurns {
     pub turns: Vec<TurnRow>,
     /// [`crate::Store::jobs_ahead`], read in the same query.
     pub jobs_ahead: Option<u64>,
+    /// Its usage ledger (empty, unread, for a job never claimed: only a
+    /// worker makes paid calls).
+    pub ledger: JobLedger,
 }
 
 /// The queue at one moment ([`crate::Store::queue_stats`]).
@@ -557,4 +560,154 @@ impl DeliveryAttempt {
             (false, None) => DeliveryStatus::Failed,
         }
     }
+}
+
+/// One paid provider call for the usage ledger ([`crate::Store::record_call`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCall {
+    /// The call and its cost.
+    pub entry: editthinker_core::LedgerEntry,
+    /// The currency of the cost.
+    pub currency: String,
+}
+
+/// A tenant's usage of one editor over a period ([`crate::Store::tenant_usage`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EditorUsage {
+    /// The jobs' editor.
+    pub editor: String,
+    /// The sums of its jobs' calls (thinker and verifier calls included).
+    pub usage: editthinker_core::Usage,
+}
+
+/// One group of ledger rows as the drivers sum them: an editor's calls of
+/// one kind.
+#[derive(sqlx::FromRow)]
+pub(crate) struct LedgerSum {
+    pub(crate) editor: String,
+    pub(crate) kind: String,
+    pub(crate) calls: i64,
+    pub(crate) seconds: f64,
+    pub(crate) input_tokens: i64,
+    pub(crate) output_tokens: i64,
+    pub(crate) cost: f64,
+    pub(crate) currency: String,
+}
+
+/// Folds the drivers' sums into usage per editor, sorted by editor.
+pub(crate) fn usage_by_editor(sums: Vec<LedgerSum>) -> Vec<EditorUsage> {
+    use editthinker_core::{CallKind, Usage};
+    let mut by_editor: std::collections::BTreeMap<String, Usage> = Default::default();
+    for sum in sums {
+        let usage = by_editor
+            .entry(sum.editor)
+            .or_insert_with(|| Usage::zero(&sum.currency));
+        let calls = u32::try_from(sum.calls).unwrap_or(u32::MAX);
+        match CallKind::parse(&sum.kind) {
+            Some(CallKind::Editor) => {
+                usage.editor_calls += calls;
+                usage.editor_seconds += sum.seconds;
+            }
+            Some(CallKind::Thinker) => {
+                usage.thinker_calls += calls;
+                usage.thinker_input_tokens += u64::try_from(sum.input_tokens).unwrap_or(0);
+                usage.thinker_output_tokens += u64::try_from(sum.output_tokens).unwrap_or(0);
+            }
+            Some(CallKind::Verifier) => usage.verifier_calls += calls,
+            None => continue,
+        }
+        usage.cost += sum.cost;
+    }
+    by_editor
+        .into_iter()
+        .map(|(editor, usage)| EditorUsage {
+            editor,
+            usage: usage.rounded(),
+        })
+        .collect()
+}
+
+/// The currency a job's usage is shown in when its ledger is empty.
+pub const DEFAULT_CURRENCY: &str = "USD";
+
+/// Whether `kind` ends a job (its data carries the job's `usage`).
+pub fn is_terminal_event(kind: &str) -> bool {
+    [
+        event_type::JOB_SUCCEEDED,
+        event_type::JOB_FAILED,
+        event_type::JOB_CANCELED,
+    ]
+    .contains(&kind)
+}
+
+/// A job's usage ledger ([`crate::Store::job_calls`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLedger {
+    /// Its calls, in the order they were recorded.
+    pub entries: Vec<editthinker_core::LedgerEntry>,
+    /// Their currency; without calls, that of the latest call recorded for
+    /// any job, else [`DEFAULT_CURRENCY`].
+    pub currency: String,
+}
+
+impl Default for JobLedger {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+            currency: DEFAULT_CURRENCY.to_string(),
+        }
+    }
+}
+
+impl JobLedger {
+    /// The job's usage in total and per turn.
+    pub fn summarize(
+        &self,
+    ) -> (
+        editthinker_core::Usage,
+        std::collections::BTreeMap<u32, editthinker_core::Usage>,
+    ) {
+        editthinker_core::usage::summarize(&self.entries, &self.currency)
+    }
+}
+
+/// One row of a job's ledger as both drivers read it (`LEDGER_SQL` in
+/// each); a row of an unknown kind is no call: the drivers send one
+/// (`none`) for a job without calls, to carry the currency of the latest
+/// call recorded for any job.
+#[derive(sqlx::FromRow)]
+pub(crate) struct LedgerRow {
+    kind: String,
+    turn: i64,
+    seconds: f64,
+    input_tokens: i64,
+    output_tokens: i64,
+    cost: f64,
+    currency: String,
+}
+
+/// Builds a [`JobLedger`] from the drivers' rows, in call order.
+pub(crate) fn ledger_from(rows: Vec<LedgerRow>) -> JobLedger {
+    use editthinker_core::{CallKind, LedgerEntry, ProviderCall, Tokens};
+    let currency = rows
+        .first()
+        .map_or_else(|| DEFAULT_CURRENCY.to_string(), |r| r.currency.clone());
+    let entries = rows
+        .into_iter()
+        .filter_map(|r| {
+            Some(LedgerEntry {
+                call: ProviderCall {
+                    kind: CallKind::parse(&r.kind)?,
+                    turn: u32::try_from(r.turn).ok()?,
+                    seconds: r.seconds,
+                    tokens: Tokens {
+                        input: u64::try_from(r.input_tokens).unwrap_or(0),
+                        output: u64::try_from(r.output_tokens).unwrap_or(0),
+                    },
+                },
+                cost: r.cost,
+            })
+        })
+        .collect();
+    JobLedger { entries, currency }
 }

@@ -73,6 +73,14 @@ pub(crate) const NOTIFY_PAYLOAD_SQL: &str =
     "event.job_id::text || ',' || event.id::text || ',' || event.type";
 
 /// The `pg_notify` payload as [`NOTIFY_PAYLOAD_SQL`] builds it.
+/// Adds the job's `usage` to a terminal event's data (contract:
+/// `job.succeeded`, `job.failed`, `job.canceled`; the drivers' `emit` calls
+/// it for those, see [`crate::model::is_terminal_event`]).
+pub(crate) fn add_usage(data: &mut Value, ledger: &crate::model::JobLedger) {
+    let (usage, _) = ledger.summarize();
+    data["usage"] = serde_json::to_value(usage).expect("usage serializes");
+}
+
 #[cfg(test)]
 fn notify_payload(job_id: uuid::Uuid, event_id: i64, kind: &str) -> String {
     format!("{job_id},{event_id},{kind}")

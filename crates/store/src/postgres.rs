@@ -15,14 +15,17 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::direct_conns::{DirectConnections, DIRECT_CONNECTIONS};
-use crate::model::event_type;
+use crate::model::{
+    event_type, is_terminal_event, ledger_from, usage_by_editor, LedgerRow, LedgerSum,
+};
 use crate::notifier::Notifier;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, CreateCheck, DeliveryAttempt, DeliveryRow, DeliveryStatus,
-    DueDelivery, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease,
-    NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason,
-    Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    DueDelivery, EditorUsage, EventRow, Fairness, IdempotentInsert, JobLedger, JobRow, JobStatus,
+    JobWithTurns, Lease, NewApiKey, NewCall, NewJob, NewTurn, Notice, PendingEditRecord,
+    QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
+    IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -283,6 +286,28 @@ fn api_key_from_row(row: &PgRow) -> StoreResult<ApiKeyRow> {
     })
 }
 
+/// A job's usage ledger, read on `conn` (a pool or a transaction).
+async fn ledger_of<'c, E>(conn: E, job_id: Uuid) -> StoreResult<JobLedger>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    // Without calls, one placeholder row carries the currency of the
+    // latest call recorded anywhere.
+    const LEDGER_SQL: &str = "SELECT id, kind, turn::bigint AS turn, seconds, input_tokens, \
+             output_tokens, cost, currency \
+         FROM job_calls WHERE job_id = $1 \
+         UNION ALL \
+         SELECT 0, 'none', 0::bigint, 0.0::float8, 0::bigint, 0::bigint, 0.0::float8, currency \
+         FROM (SELECT currency FROM job_calls ORDER BY id DESC LIMIT 1) latest \
+         WHERE NOT EXISTS (SELECT 1 FROM job_calls WHERE job_id = $1) \
+         ORDER BY 1";
+    let rows: Vec<LedgerRow> = sqlx::query_as(LEDGER_SQL)
+        .bind(job_id)
+        .fetch_all(conn)
+        .await?;
+    Ok(ledger_from(rows))
+}
+
 fn turn_from_row(row: &PgRow, c: &crate::TurnColumns) -> StoreResult<TurnRow> {
     Ok(TurnRow {
         job_id: row.try_get(c.job_id)?,
@@ -345,7 +370,16 @@ fn event_notify() -> String {
 
 /// Writes an event row, its webhook delivery and its NOTIFY in one
 /// statement ([`event_ctes`]).
-async fn emit(conn: &mut PgConnection, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
+async fn emit(
+    conn: &mut PgConnection,
+    job_id: Uuid,
+    kind: &str,
+    mut data: Value,
+) -> StoreResult<i64> {
+    if is_terminal_event(kind) {
+        let ledger = ledger_of(&mut *conn, job_id).await?;
+        payload::add_usage(&mut data, &ledger);
+    }
     static EMIT: LazyLock<String> = LazyLock::new(|| {
         format!(
             "WITH target AS (SELECT id, webhook FROM jobs WHERE id = $1), {} \
@@ -877,7 +911,7 @@ impl Store for PgStore {
             .fetch_all(&mut *conn)
             .await?;
         conn.finished();
-        crate::job_with_turns_from_rows(
+        let read = crate::job_with_turns_from_rows(
             &rows,
             job_from_row,
             |row| {
@@ -893,7 +927,15 @@ impl Store for PgStore {
                     .map(|n| to_u64(n, "jobs ahead"))
                     .transpose()
             },
-        )
+        )?;
+        match read {
+            // Only a worker makes paid calls: a job never claimed has none.
+            Some(mut read) if read.job.attempt > 0 => {
+                read.ledger = ledger_of(&self.pool, id).await?;
+                Ok(Some(read))
+            }
+            other => Ok(other),
+        }
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -1334,6 +1376,52 @@ impl Store for PgStore {
             transition::count_finished(JobStatus::Failed, None);
         }
         Ok(ids.len() as u64)
+    }
+
+    async fn record_call(&self, job_id: Uuid, call: &NewCall) -> StoreResult<()> {
+        let c = &call.entry.call;
+        sqlx::query(
+            "INSERT INTO job_calls (job_id, tenant, editor, turn, kind, seconds, input_tokens, \
+                 output_tokens, cost, currency, created_at) \
+             SELECT id, tenant, editor, $2, $3, $4, $5, $6, $7, $8, now() FROM jobs WHERE id = $1",
+        )
+        .bind(job_id)
+        .bind(i32::try_from(c.turn).unwrap_or(i32::MAX))
+        .bind(c.kind.as_str())
+        .bind(c.seconds)
+        .bind(i64::try_from(c.tokens.input).unwrap_or(i64::MAX))
+        .bind(i64::try_from(c.tokens.output).unwrap_or(i64::MAX))
+        .bind(call.entry.cost)
+        .bind(&call.currency)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn job_calls(&self, job_id: Uuid) -> StoreResult<JobLedger> {
+        ledger_of(&self.pool, job_id).await
+    }
+
+    async fn tenant_usage(
+        &self,
+        tenant: &str,
+        since: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> StoreResult<Vec<EditorUsage>> {
+        let sums: Vec<LedgerSum> = sqlx::query_as(
+            "SELECT editor, kind, COUNT(*) AS calls, SUM(seconds) AS seconds, \
+                 SUM(input_tokens)::bigint AS input_tokens, \
+                 SUM(output_tokens)::bigint AS output_tokens, \
+                 SUM(cost) AS cost, MAX(currency) AS currency \
+             FROM job_calls WHERE tenant = $1 AND created_at >= $2 AND created_at < $3 \
+             GROUP BY editor, kind",
+        )
+        .bind(tenant)
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(usage_by_editor(sums))
     }
 
     async fn queue_stats(&self) -> StoreResult<QueueStats> {

@@ -20,13 +20,16 @@ use sqlx::{Row, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::model::event_type;
+use crate::model::{
+    event_type, is_terminal_event, ledger_from, usage_by_editor, LedgerRow, LedgerSum,
+};
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
     payload, ApiKeyRow, ClaimedJob, CreateCheck, DeliveryAttempt, DeliveryRow, DeliveryStatus,
-    DueDelivery, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus, JobWithTurns, Lease,
-    NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason,
-    Store, StoreError, StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
+    DueDelivery, EditorUsage, EventRow, Fairness, IdempotentInsert, JobLedger, JobRow, JobStatus,
+    JobWithTurns, Lease, NewApiKey, NewCall, NewJob, NewTurn, Notice, PendingEditRecord,
+    QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
+    IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -188,7 +191,11 @@ impl WriteTx {
         Ok(job)
     }
 
-    async fn emit(&mut self, job_id: Uuid, kind: &str, data: Value) -> StoreResult<i64> {
+    async fn emit(&mut self, job_id: Uuid, kind: &str, mut data: Value) -> StoreResult<i64> {
+        if is_terminal_event(kind) {
+            let ledger = ledger_of(self.conn(), job_id).await?;
+            payload::add_usage(&mut data, &ledger);
+        }
         let now = self.now;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO job_events (job_id, type, data, created_at) \
@@ -459,6 +466,28 @@ fn delivery_from_row(row: &SqliteRow) -> StoreResult<DeliveryRow> {
         next_attempt_at: opt_time(row, "next_attempt_at")?,
         delivered_at: opt_time(row, "delivered_at")?,
     })
+}
+
+/// A job's usage ledger, read on `conn` (a pool or a write transaction).
+async fn ledger_of<'c, E>(conn: E, job_id: Uuid) -> StoreResult<JobLedger>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Sqlite>,
+{
+    // Without calls, one placeholder row carries the currency of the
+    // latest call recorded anywhere (as in the Postgres driver).
+    const LEDGER_SQL: &str = "SELECT id, kind, turn, seconds, input_tokens, output_tokens, cost, \
+             currency \
+         FROM job_calls WHERE job_id = ?1 \
+         UNION ALL \
+         SELECT 0, 'none', 0, 0.0, 0, 0, 0.0, currency \
+         FROM (SELECT currency FROM job_calls ORDER BY id DESC LIMIT 1) \
+         WHERE NOT EXISTS (SELECT 1 FROM job_calls WHERE job_id = ?1) \
+         ORDER BY 1";
+    let rows: Vec<LedgerRow> = sqlx::query_as(LEDGER_SQL)
+        .bind(job_id.to_string())
+        .fetch_all(conn)
+        .await?;
+    Ok(ledger_from(rows))
 }
 
 fn turn_from_row(row: &SqliteRow, c: &crate::TurnColumns) -> StoreResult<TurnRow> {
@@ -782,7 +811,7 @@ impl Store for SqliteStore {
             .bind(tenant)
             .fetch_all(&self.pool)
             .await?;
-        crate::job_with_turns_from_rows(
+        let read = crate::job_with_turns_from_rows(
             &rows,
             job_from_row,
             |row| {
@@ -798,7 +827,15 @@ impl Store for SqliteStore {
                     .map(|n| to_u64(n, "jobs ahead"))
                     .transpose()
             },
-        )
+        )?;
+        match read {
+            // Only a worker makes paid calls: a job never claimed has none.
+            Some(mut read) if read.job.attempt > 0 => {
+                read.ledger = ledger_of(&self.pool, id).await?;
+                Ok(Some(read))
+            }
+            other => Ok(other),
+        }
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -1264,6 +1301,54 @@ impl Store for SqliteStore {
             transition::count_finished(JobStatus::Failed, None);
         }
         Ok(ids.len() as u64)
+    }
+
+    async fn record_call(&self, job_id: Uuid, call: &NewCall) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        let now = w.now;
+        let c = &call.entry.call;
+        sqlx::query(
+            "INSERT INTO job_calls (job_id, tenant, editor, turn, kind, seconds, input_tokens, \
+                 output_tokens, cost, currency, created_at) \
+             SELECT id, tenant, editor, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM jobs WHERE id = ?1",
+        )
+        .bind(job_id.to_string())
+        .bind(i64::from(c.turn))
+        .bind(c.kind.as_str())
+        .bind(c.seconds)
+        .bind(i64::try_from(c.tokens.input).unwrap_or(i64::MAX))
+        .bind(i64::try_from(c.tokens.output).unwrap_or(i64::MAX))
+        .bind(call.entry.cost)
+        .bind(&call.currency)
+        .bind(now)
+        .execute(w.conn())
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn job_calls(&self, job_id: Uuid) -> StoreResult<JobLedger> {
+        ledger_of(&self.pool, job_id).await
+    }
+
+    async fn tenant_usage(
+        &self,
+        tenant: &str,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> StoreResult<Vec<EditorUsage>> {
+        let sums: Vec<LedgerSum> = sqlx::query_as(
+            "SELECT editor, kind, COUNT(*) AS calls, SUM(seconds) AS seconds, \
+                 SUM(input_tokens) AS input_tokens, SUM(output_tokens) AS output_tokens, \
+                 SUM(cost) AS cost, MAX(currency) AS currency \
+             FROM job_calls WHERE tenant = ?1 AND created_at >= ?2 AND created_at < ?3 \
+             GROUP BY editor, kind",
+        )
+        .bind(tenant)
+        .bind(since.timestamp_micros())
+        .bind(until.timestamp_micros())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(usage_by_editor(sums))
     }
 
     async fn queue_stats(&self) -> StoreResult<QueueStats> {

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use editthinker_core::{CallKind, LedgerEntry, ProviderCall, Tokens};
 use editthinker_store::{
     event_type, ApiKeyRow, CreateCheck, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus,
-    Lease, NewApiKey, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord,
-    StopReason, Store, StoreError, MAX_LIVE_PAYLOAD,
+    Lease, NewApiKey, NewCall, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats,
+    RefusalRecord, StopReason, Store, StoreError, DEFAULT_CURRENCY, MAX_LIVE_PAYLOAD,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -174,6 +175,7 @@ conformance!(
     without_fairness_claims_are_oldest_first,
     tenant_fair_order_matches_queue_position,
     a_job_is_fetched_only_for_its_tenant,
+    the_usage_ledger_keeps_every_paid_call,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -690,7 +692,7 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     let ev = events(&store, ok).await;
     assert_eq!(ev.last().unwrap().kind, event_type::JOB_SUCCEEDED);
     assert_eq!(
-        ev.last().unwrap().data,
+        settled(&ev.last().unwrap().data),
         json!({"result_turn": 2, "stop_reason": "max_turns"})
     );
     assert_eq!(row.stop_reason, Some(StopReason::MaxTurns));
@@ -708,7 +710,7 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     let ev = events(&store, bad).await;
     assert_eq!(ev.last().unwrap().kind, event_type::JOB_FAILED);
     assert_eq!(
-        ev.last().unwrap().data,
+        settled(&ev.last().unwrap().data),
         json!({"code": "invalid_image", "message": "not a PNG"})
     );
 
@@ -718,7 +720,7 @@ async fn complete_fail_cancel(store: Arc<dyn Store>) {
     assert_finished_without_lease(&row);
     let ev = events(&store, stop).await;
     assert_eq!(ev.last().unwrap().kind, event_type::JOB_CANCELED);
-    assert_eq!(ev.last().unwrap().data, json!({}));
+    assert_eq!(settled(&ev.last().unwrap().data), json!({}));
 
     // Finished jobs are never claimed again.
     assert!(store
@@ -788,7 +790,7 @@ async fn retry_later_requeues_then_fails(store: Arc<dyn Store>) {
         ]
     );
     assert_eq!(
-        ev[4].data,
+        settled(&ev[4].data),
         json!({"code": "editor_unavailable", "message": "503 again"})
     );
 
@@ -978,7 +980,7 @@ async fn request_cancel_in_every_state(store: Arc<dyn Store>) {
         kinds(&ev),
         [event_type::JOB_QUEUED, event_type::JOB_CANCELED]
     );
-    assert_eq!(ev[1].data, json!({}));
+    assert_eq!(settled(&ev[1].data), json!({}));
     assert!(store
         .claim("w", 10, LEASE, Fairness::Tenant)
         .await
@@ -2030,5 +2032,139 @@ async fn a_job_is_fetched_only_for_its_tenant(store: Arc<dyn Store>) {
             .await
             .unwrap(),
         None
+    );
+}
+
+/// A terminal event's data without its `usage`, which must be that of a
+/// job without paid calls.
+fn settled(data: &serde_json::Value) -> serde_json::Value {
+    let zero = serde_json::to_value(editthinker_core::Usage::zero(DEFAULT_CURRENCY)).unwrap();
+    assert_eq!(data["usage"], zero, "{data}");
+    let mut data = data.clone();
+    data.as_object_mut().unwrap().remove("usage");
+    data
+}
+
+fn paid(kind: CallKind, turn: u32, seconds: f64, tokens: (u64, u64), cost: f64) -> NewCall {
+    NewCall {
+        entry: LedgerEntry {
+            call: ProviderCall {
+                kind,
+                turn,
+                seconds,
+                tokens: Tokens {
+                    input: tokens.0,
+                    output: tokens.1,
+                },
+            },
+            cost,
+        },
+        currency: "EUR".into(),
+    }
+}
+
+/// The usage ledger (issue 24): every call is kept, also one recorded after
+/// its attempt lost the lease; a job's terminal event carries its sums; a
+/// tenant's usage is summed by editor over a period and never shows another
+/// tenant's calls.
+async fn the_usage_ledger_keeps_every_paid_call(store: Arc<dyn Store>) {
+    let started = Utc::now() - chrono::Duration::seconds(1);
+    let id = insert(&store, 0, 3).await.id;
+    let empty = store.job_calls(id).await.unwrap();
+    assert!(empty.entries.is_empty());
+    assert_eq!(empty.currency, DEFAULT_CURRENCY);
+
+    let first = claim_one(&store, "w1", LEASE, id).await;
+    store
+        .record_call(id, &paid(CallKind::Editor, 1, 1.5, (0, 0), 0.04))
+        .await
+        .unwrap();
+    store
+        .record_call(id, &paid(CallKind::Thinker, 1, 2.0, (1000, 200), 0.0036))
+        .await
+        .unwrap();
+    // The attempt is given back; its calls stay paid, and a call its
+    // worker records late (the lease already gone) still counts.
+    store.release(&first).await.unwrap();
+    store
+        .record_call(id, &paid(CallKind::Thinker, 1, 1.0, (1000, 100), 0.0028))
+        .await
+        .unwrap();
+    let second = claim_one(&store, "w2", LEASE, id).await;
+    store
+        .record_call(id, &paid(CallKind::Editor, 2, 0.5, (0, 0), 0.04))
+        .await
+        .unwrap();
+    store
+        .complete(&second, 1, None, StopReason::MaxTurns)
+        .await
+        .unwrap();
+
+    let ledger = store.job_calls(id).await.unwrap();
+    assert_eq!(ledger.entries.len(), 4);
+    assert_eq!(ledger.currency, "EUR");
+    assert_eq!(ledger.entries[2].call.tokens.output, 100);
+    let (total, turns) = ledger.summarize();
+    assert_eq!((total.editor_calls, total.thinker_calls), (2, 2));
+    assert_eq!(total.editor_seconds, 2.0);
+    assert_eq!(
+        (total.thinker_input_tokens, total.thinker_output_tokens),
+        (2000, 300)
+    );
+    assert_eq!(total.cost, 0.0864);
+    assert_eq!(turns[&2].editor_calls, 1);
+
+    // The terminal event carries the same sums.
+    let done = events(&store, id).await.pop().unwrap();
+    assert_eq!(done.kind, event_type::JOB_SUCCEEDED);
+    assert_eq!(done.data["usage"], serde_json::to_value(&total).unwrap());
+
+    // Another tenant's job, and a job canceled while queued (no calls).
+    let other = store
+        .insert_job(NewJob {
+            tenant: "acme".into(),
+            editor: "openai".into(),
+            ..new_job(0, 3)
+        })
+        .await
+        .unwrap()
+        .id;
+    store
+        .record_call(other, &paid(CallKind::Editor, 1, 3.0, (0, 0), 0.25))
+        .await
+        .unwrap();
+    let queued = insert(&store, 0, 3).await.id;
+    store.request_cancel(queued).await.unwrap();
+    let canceled = events(&store, queued).await.pop().unwrap();
+    assert_eq!(canceled.kind, event_type::JOB_CANCELED);
+    assert_eq!(canceled.data["usage"]["editor_calls"], 0);
+    // No calls of its own: the currency of the latest call recorded.
+    assert_eq!(canceled.data["usage"]["currency"], "EUR");
+
+    let until = Utc::now() + chrono::Duration::seconds(1);
+    let mine = store.tenant_usage(T, started, until).await.unwrap();
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0].editor, "kontext");
+    assert_eq!(mine[0].usage, total);
+    let theirs = store.tenant_usage("acme", started, until).await.unwrap();
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(
+        (theirs[0].editor.as_str(), theirs[0].usage.cost),
+        ("openai", 0.25)
+    );
+    // Outside the period: nothing.
+    let before = store
+        .tenant_usage(T, started - chrono::Duration::hours(1), started)
+        .await
+        .unwrap();
+    assert!(before.is_empty());
+    // A call for a job that no longer exists records nothing.
+    store
+        .record_call(Uuid::now_v7(), &paid(CallKind::Editor, 1, 1.0, (0, 0), 1.0))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.tenant_usage(T, started, until).await.unwrap()[0].usage,
+        total
     );
 }

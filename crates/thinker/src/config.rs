@@ -92,6 +92,11 @@ pub struct ThinkerConfig {
     /// `kind = "sandbox"` only: delay between two streamed tokens, in
     /// milliseconds, 0 to [`MAX_TOKEN_INTERVAL_MS`] (default 15).
     pub token_interval_ms: Option<u64>,
+    /// What a million prompt tokens cost, in the configuration's
+    /// `currency` (the usage ledger's; default 0).
+    pub price_per_million_input_tokens: Option<f64>,
+    /// What a million generated tokens cost (default 0).
+    pub price_per_million_output_tokens: Option<f64>,
 }
 
 impl Default for ThinkerConfig {
@@ -120,6 +125,8 @@ impl Default for ThinkerConfig {
             max_batch: None,
             grammar: None,
             token_interval_ms: None,
+            price_per_million_input_tokens: None,
+            price_per_million_output_tokens: None,
         }
     }
 }

@@ -42,7 +42,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use editthinker_core::{
     CritiqueRequest, FailureClass, Image, PromptTemplate, Protocol, RetryPolicy, Thinker,
-    ThinkerError, ThinkingSink,
+    ThinkerAnswer, ThinkerError, ThinkingSink, Tokens,
 };
 use editthinker_provider_http::{
     describe_error, excerpt, provider_policy, read_body, retry_after, run, BodyError, Call,
@@ -493,7 +493,7 @@ impl Thinker for OpenAiThinker {
         self.settings.protocol
     }
 
-    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
         let max_edge = self.settings.max_image_edge;
         // Decoding and scaling are CPU work: keep them off the async workers.
         let (source, edited) = (request.source.clone(), request.edited.clone());
@@ -513,7 +513,10 @@ impl Thinker for OpenAiThinker {
         let result = self.call(&body, &request).await;
         let tokens = result.as_ref().ok().and_then(|(_, tokens)| *tokens);
         metrics::critique_done(THINKER_LABEL, started.elapsed(), tokens);
-        result.map(|(answer, _)| answer)
+        result.map(|(text, tokens)| ThinkerAnswer {
+            text,
+            tokens: tokens.map_or_else(Tokens::default, |(input, output)| Tokens { input, output }),
+        })
     }
 
     async fn probe(&self) -> Result<(), ThinkerError> {

@@ -27,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
-use editthinker_core::{metrics, CritiqueRequest, Image, Protocol, Thinker, ThinkerError};
+use editthinker_core::{
+    metrics, CritiqueRequest, Image, Protocol, Thinker, ThinkerAnswer, ThinkerError, Tokens,
+};
 
 /// Default delay between two streamed tokens, in milliseconds
 /// (`thinker.token_interval_ms`).
@@ -89,7 +91,7 @@ impl Thinker for SandboxThinker {
         self.protocol
     }
 
-    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
         let started = Instant::now();
         // Decoding is CPU work: keep it off the async workers.
         let (source, edited) = (request.source.clone(), request.edited.clone());
@@ -101,20 +103,38 @@ impl Thinker for SandboxThinker {
             request.turn,
             &change,
         );
-        for (i, token) in tokens(&answer).into_iter().enumerate() {
+        let pieces = tokens(&answer);
+        for (i, token) in pieces.iter().enumerate() {
             if i > 0 && !self.token_interval.is_zero() {
                 tokio::time::sleep(self.token_interval).await;
             }
             request.thinking.delta(token);
         }
-        metrics::critique_done(THINKER_LABEL, started.elapsed(), None);
-        Ok(answer)
+        // Made-up but steady counts, so the usage ledger has something to
+        // sum: a fixed share per image and a token per four prompt bytes.
+        let prompt = request.original_instruction.len() + request.previous_instruction.len();
+        let tokens = Tokens {
+            input: SANDBOX_IMAGE_TOKENS * 2 + prompt as u64 / 4,
+            output: pieces.len() as u64,
+        };
+        metrics::critique_done(
+            THINKER_LABEL,
+            started.elapsed(),
+            Some((tokens.input, tokens.output)),
+        );
+        Ok(ThinkerAnswer {
+            text: answer,
+            tokens,
+        })
     }
 
     async fn probe(&self) -> Result<(), ThinkerError> {
         Ok(())
     }
 }
+
+/// Prompt tokens the sandbox thinker counts per image.
+const SANDBOX_IMAGE_TOKENS: u64 = 256;
 
 /// Whether the sandbox's scores for `instruction` stall for a turn: turn 2
 /// then scores only 0.1 above turn 1, and the instruction is satisfied (at
@@ -416,7 +436,10 @@ mod tests {
             })
             .await
             .unwrap();
-        (answer, sink.deltas())
+        // One generated token per streamed piece.
+        assert_eq!(answer.tokens.output, sink.deltas().len() as u64);
+        assert!(answer.tokens.input >= 2 * SANDBOX_IMAGE_TOKENS);
+        (answer.text, sink.deltas())
     }
 
     fn quick(protocol: Protocol) -> SandboxThinker {

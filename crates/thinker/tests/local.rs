@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use editthinker_core::{
-    parse_editthinker, CritiqueRequest, Image, NoThinking, Protocol, Thinker, ThinkerError,
-    ThinkingSink,
+    parse_editthinker, CritiqueRequest, Image, NoThinking, Protocol, Thinker, ThinkerAnswer,
+    ThinkerError, ThinkingSink,
 };
 use editthinker_thinker::tiny_model::{
     read_safetensors_index, vocab_size, write_tiny_qwen3_vl, TinyQwen3VlConfig,
@@ -249,11 +249,16 @@ async fn answers_parse_and_stream() {
     let (source, edited) = (picture(256, 192, 10), picture(256, 192, 90));
     let recorder = Recorder::default();
     let started = std::time::Instant::now();
-    let answer = thinker
+    let ThinkerAnswer {
+        text: answer,
+        tokens,
+    } = thinker
         .critique(request(&source, &edited, &recorder))
         .await
         .expect("critique");
     eprintln!("critique took {:?}: {answer:?}", started.elapsed());
+    // The engine's own counts reach the usage ledger.
+    assert!(tokens.input > 0 && tokens.output > 0, "{tokens:?}");
 
     let critique = parse_editthinker(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
     assert!((0.0..=10.0).contains(&critique.semantic.expect("a semantic score")));
@@ -299,7 +304,8 @@ async fn grammar_off_still_answers() {
     let answer = thinker
         .critique(request(&source, &edited, &recorder))
         .await
-        .expect("critique");
+        .expect("critique")
+        .text;
     assert_eq!(recorder.0.lock().unwrap().concat(), answer);
 }
 
@@ -312,7 +318,8 @@ async fn tiny_and_extreme_images_are_padded_not_fatal() {
         let answer = thinker
             .critique(request(&source, &edited, &NoThinking))
             .await
-            .unwrap_or_else(|e| panic!("{w}x{h}: {e}"));
+            .unwrap_or_else(|e| panic!("{w}x{h}: {e}"))
+            .text;
         parse_editthinker(&answer).unwrap_or_else(|e| panic!("{w}x{h}: {e}: {answer:?}"));
     }
     assert_eq!(thinker.loads(), 1, "the engine never had to be rebuilt");
@@ -335,7 +342,8 @@ async fn a_dead_engine_is_transient_and_rebuilt() {
     let answer = thinker
         .critique(request(&normal, &normal, &NoThinking))
         .await
-        .expect("critique after the rebuild");
+        .expect("critique after the rebuild")
+        .text;
     parse_editthinker(&answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
     assert_eq!(thinker.loads(), 2);
 }

@@ -10,7 +10,7 @@ use common::{
 };
 use editthinker_core::{
     parse_editthinker, parse_expert, CritiqueRequest, Image, NoThinking, PromptTemplate, Protocol,
-    Thinker, ThinkerError, ThinkingSink,
+    Thinker, ThinkerAnswer, ThinkerError, ThinkingSink, Tokens,
 };
 use editthinker_thinker::{build_thinker, OpenAiSettings, OpenAiThinker, ThinkerConfig};
 use image::ImageFormat;
@@ -41,14 +41,28 @@ async fn ask(cfg: &ThinkerConfig) -> Result<String, ThinkerError> {
 }
 
 async fn ask_with(cfg: &ThinkerConfig, sink: &dyn ThinkingSink) -> Result<String, ThinkerError> {
+    answer_with(cfg, sink).await.map(|a| a.text)
+}
+
+async fn answer_with(
+    cfg: &ThinkerConfig,
+    sink: &dyn ThinkingSink,
+) -> Result<ThinkerAnswer, ThinkerError> {
     let thinker = build_thinker(cfg).expect("valid config");
-    ask_thinker(thinker.as_ref(), sink).await
+    answer_thinker(thinker.as_ref(), sink).await
 }
 
 async fn ask_thinker(
     thinker: &dyn Thinker,
     sink: &dyn ThinkingSink,
 ) -> Result<String, ThinkerError> {
+    answer_thinker(thinker, sink).await.map(|a| a.text)
+}
+
+async fn answer_thinker(
+    thinker: &dyn Thinker,
+    sink: &dyn ThinkingSink,
+) -> Result<ThinkerAnswer, ThinkerError> {
     let (source, edited) = images();
     thinker
         .critique(CritiqueRequest {
@@ -538,10 +552,18 @@ async fn a_realistic_stream_with_usage_chunk_is_assembled() {
     // no choices, then [DONE].
     let fake = Fake::start(vec![Reply::content(ANSWER)]).await;
     let sink = Recorder::default();
-    let answer = ask_with(&config(fake.base_url()), &sink).await.unwrap();
-    assert_eq!(answer, ANSWER);
+    let answer = answer_with(&config(fake.base_url()), &sink).await.unwrap();
+    assert_eq!(answer.text, ANSWER);
     assert_eq!(sink.deltas().len(), 3);
     assert_eq!(sink.text(), ANSWER);
+    // The usage chunk's counts reach the ledger.
+    assert_eq!(
+        answer.tokens,
+        Tokens {
+            input: 10,
+            output: 5
+        }
+    );
 }
 
 #[tokio::test]

@@ -245,6 +245,8 @@ impl JobRunner {
             editor: job.editor.clone(),
             refused: Default::default(),
             gate: w.gate.clone(),
+            prices: w.settings.pricing.for_editor(&job.editor),
+            currency: w.settings.pricing.currency.clone(),
         };
         let editor = LeasedEditor {
             inner: editor.as_ref(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use editthinker_core::{
     CritiqueRequest, EditRequest, Editor, EditorError, Image, ProviderRequest, Thinker,
-    ThinkerError,
+    ThinkerAnswer, ThinkerError,
 };
 use tokio::time::Instant;
 
@@ -121,7 +121,7 @@ impl Thinker for LeasedThinker<'_> {
         self.inner.protocol()
     }
 
-    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
         let span = tracing::info_span!("thinker.critique", turn = request.turn);
         self.clock
             .guard(tracing::Instrument::instrument(

@@ -44,6 +44,46 @@ pub struct WorkerSettings {
     pub thinker_probe_interval: Duration,
     /// Loop settings.
     pub loop_config: LoopConfig,
+    /// What provider calls cost, for the usage ledger.
+    pub pricing: Pricing,
+}
+
+/// What provider calls cost (docs/configuration.md "Prices"): the
+/// configuration's prices, in its one currency.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pricing {
+    /// The currency of every price (`currency`, default `USD`).
+    pub currency: String,
+    /// `price_per_call` of each editor profile that sets one.
+    pub per_editor_call: BTreeMap<String, f64>,
+    /// `[thinker]`'s per-million-token prices (input, output).
+    pub thinker_per_million: (f64, f64),
+    /// `[verifier]`'s per-million-token prices (input, output).
+    pub verifier_per_million: (f64, f64),
+}
+
+impl Default for Pricing {
+    fn default() -> Self {
+        Self {
+            currency: editthinker_store::DEFAULT_CURRENCY.to_string(),
+            per_editor_call: BTreeMap::new(),
+            thinker_per_million: (0.0, 0.0),
+            verifier_per_million: (0.0, 0.0),
+        }
+    }
+}
+
+impl Pricing {
+    /// The prices for a job on `editor`.
+    pub fn for_editor(&self, editor: &str) -> editthinker_core::Prices {
+        editthinker_core::Prices {
+            per_editor_call: self.per_editor_call.get(editor).copied().unwrap_or(0.0),
+            thinker_per_million_input: self.thinker_per_million.0,
+            thinker_per_million_output: self.thinker_per_million.1,
+            verifier_per_million_input: self.verifier_per_million.0,
+            verifier_per_million_output: self.verifier_per_million.1,
+        }
+    }
 }
 
 impl WorkerSettings {
@@ -71,6 +111,7 @@ impl Default for WorkerSettings {
             fairness: editthinker_store::Fairness::Tenant,
             thinker_probe_interval: Duration::from_secs(5),
             loop_config: LoopConfig::default(),
+            pricing: Pricing::default(),
         }
     }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
 use editthinker_core::{
-    CritiqueRecord, ObserverError, ProviderRequest, RetryPolicy, TurnObserver, TurnRecord,
+    CritiqueRecord, LedgerEntry, ObserverError, Prices, ProviderCall, ProviderRequest, RetryPolicy,
+    TurnObserver, TurnRecord,
 };
-use editthinker_store::{BlobStore, Lease, NewTurn, PendingEditRecord, Store, StoreError};
+use editthinker_store::{BlobStore, Lease, NewCall, NewTurn, PendingEditRecord, Store, StoreError};
 use tracing::{info, warn};
 
 use crate::job::Submitted;
@@ -33,6 +34,10 @@ pub(crate) struct StoreObserver {
     pub(crate) refused: std::sync::atomic::AtomicBool,
     /// The thinker's circuit breaker: a new edit waits while it is open.
     pub(crate) gate: Arc<crate::breaker::ThinkerGate>,
+    /// What this job's calls cost.
+    pub(crate) prices: Prices,
+    /// The currency of `prices`.
+    pub(crate) currency: String,
 }
 
 impl StoreObserver {
@@ -220,6 +225,20 @@ impl TurnObserver for StoreObserver {
 
     fn thinking(&self, turn: u32, delta: &str) {
         self.thinking.send(turn, delta);
+    }
+
+    async fn call_made(&self, call: &ProviderCall) -> Result<(), ObserverError> {
+        let cost = self.prices.cost(call);
+        let record = NewCall {
+            entry: LedgerEntry { call: *call, cost },
+            currency: self.currency.clone(),
+        };
+        self.persist("recording a paid call", || async {
+            Ok(self.store.record_call(self.lease.job_id, &record).await?)
+        })
+        .await?;
+        editthinker_core::metrics::call_paid(call, &self.editor, cost);
+        Ok(())
     }
 
     /// Holds a new edit while the thinker is unreachable: the job keeps

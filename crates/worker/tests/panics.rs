@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use editthinker_core::{
-    CritiqueRequest, EditRequest, Editor, EditorError, Image, Protocol, Thinker, ThinkerError,
+    CritiqueRequest, EditRequest, Editor, EditorError, Image, Protocol, Thinker, ThinkerAnswer,
+    ThinkerError,
 };
 use editthinker_store::{event_type, BlobStore, JobStatus, NewJob, SqliteStore, Store};
 use editthinker_worker::{Worker, WorkerSettings};
@@ -37,7 +38,7 @@ impl Thinker for UnusedThinker {
     fn protocol(&self) -> Protocol {
         Protocol::Editthinker
     }
-    async fn critique(&self, _: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+    async fn critique(&self, _: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
         unreachable!("the edit panics before any critique")
     }
 }

@@ -22,6 +22,7 @@ from ._models import (
     StopReason,
     StopThresholds,
     Turn,
+    Usage,
     Webhook,
 )
 from ._sync import Client
@@ -47,6 +48,7 @@ __all__ = [
     "StopReason",
     "StopThresholds",
     "Turn",
+    "Usage",
     "Webhook",
     "WebhookVerificationError",
     "__version__",

@@ -131,6 +131,36 @@ class Critique:
 
 
 @dataclass(frozen=True)
+class Usage:
+    """Paid provider calls and what they cost (a job's, a turn's or a
+    tenant's): docs/api.md "Usage"."""
+
+    editor_calls: int = 0
+    editor_seconds: float = 0.0
+    thinker_calls: int = 0
+    thinker_input_tokens: int = 0
+    thinker_output_tokens: int = 0
+    verifier_calls: int = 0
+    cost: float = 0.0
+    currency: str = "USD"
+
+    @classmethod
+    def from_dict(cls, d: Optional[Mapping[str, Any]]) -> Usage:
+        if not d:
+            return cls()
+        return cls(
+            editor_calls=int(d.get("editor_calls", 0)),
+            editor_seconds=float(d.get("editor_seconds", 0.0)),
+            thinker_calls=int(d.get("thinker_calls", 0)),
+            thinker_input_tokens=int(d.get("thinker_input_tokens", 0)),
+            thinker_output_tokens=int(d.get("thinker_output_tokens", 0)),
+            verifier_calls=int(d.get("verifier_calls", 0)),
+            cost=float(d.get("cost", 0.0)),
+            currency=str(d.get("currency", "USD")),
+        )
+
+
+@dataclass(frozen=True)
 class Turn:
     index: int
     instruction: str
@@ -138,6 +168,7 @@ class Turn:
     editor_ms: int
     critique: Optional[Critique] = None
     provider_request_id: Optional[str] = None
+    usage: Usage = field(default_factory=Usage)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Turn:
@@ -149,6 +180,7 @@ class Turn:
             editor_ms=int(d["editor_ms"]),
             critique=Critique.from_dict(c) if c else None,
             provider_request_id=d.get("provider_request_id"),
+            usage=Usage.from_dict(d.get("usage")),
         )
 
 
@@ -238,6 +270,7 @@ class Job:
     sandbox: bool
     options: JobOptions
     turns: List[Turn]
+    usage: Usage
     attempt: int
     priority: int
     metadata: Dict[str, Any]
@@ -270,6 +303,7 @@ class Job:
             sandbox=bool(d["sandbox"]),
             options=JobOptions.from_dict(d.get("options") or {}),
             turns=[Turn.from_dict(t) for t in d.get("turns") or []],
+            usage=Usage.from_dict(d.get("usage")),
             attempt=int(d["attempt"]),
             priority=int(d.get("priority", 0)),
             metadata=dict(d.get("metadata") or {}),

@@ -217,6 +217,7 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
                         job["stop_reason"].as_str().unwrap_or("-"),
                         out.display()
                     );
+                    println!("{}", usage_line(&job["usage"]));
                 }
             }
             ExitCode::SUCCESS
@@ -227,6 +228,7 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
                 job["error"]["code"].as_str().unwrap_or("unknown"),
                 job["error"]["message"].as_str().unwrap_or("")
             );
+            eprintln!("{}", usage_line(&job["usage"]));
             ExitCode::from(EXIT_FAILED)
         }
         Some("canceled") => {
@@ -238,6 +240,21 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// The job's usage ledger in one line: what it paid for, and the cost.
+pub fn usage_line(usage: &Value) -> String {
+    let n = |k: &str| usage[k].as_u64().unwrap_or(0);
+    format!(
+        "usage: {} edits ({:.1} s), {} critiques ({} tokens in, {} out), cost {:.4} {}",
+        n("editor_calls"),
+        usage["editor_seconds"].as_f64().unwrap_or(0.0),
+        n("thinker_calls"),
+        n("thinker_input_tokens"),
+        n("thinker_output_tokens"),
+        usage["cost"].as_f64().unwrap_or(0.0),
+        usage["currency"].as_str().unwrap_or("")
+    )
 }
 
 /// On Ctrl-C: on a terminal, asks whether to cancel the job (default no);

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use editthinker_core::{CritiqueRequest, Image, Protocol, Thinker, ThinkerError, ThinkingSink};
+use editthinker_core::{
+    CritiqueRequest, Image, Protocol, Thinker, ThinkerAnswer, ThinkerError, ThinkingSink, Tokens,
+};
 use image::DynamicImage;
 use mistralrs::{
     Model, MultimodalModelBuilder, RequestBuilder, Response, SamplingParams, TextMessageRole,
@@ -278,10 +280,16 @@ impl Thinker for LocalThinker {
         self.settings.protocol
     }
 
-    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<String, ThinkerError> {
+    async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
         self.critique_with_stats(request)
             .await
-            .map(|(text, _)| text)
+            .map(|(text, stats)| ThinkerAnswer {
+                text,
+                tokens: Tokens {
+                    input: stats.prompt_tokens as u64,
+                    output: stats.completion_tokens as u64,
+                },
+            })
     }
 }
 

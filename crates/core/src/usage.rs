@@ -1,0 +1,245 @@
+//! The usage ledger's pure part (docs/api.md "Usage"): the provider calls
+//! a job paid for, and their sums per turn and per job.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Tokens one thinker call used; zero where the server did not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Tokens {
+    /// Prompt tokens (images included).
+    pub input: u64,
+    /// Generated tokens.
+    pub output: u64,
+}
+
+/// What kind of provider a call went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallKind {
+    /// An editor call that returned an image.
+    Editor,
+    /// A thinker call that returned an answer (each parse retry counts).
+    Thinker,
+    /// A verifier call.
+    Verifier,
+}
+
+impl CallKind {
+    /// The ledger's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Editor => "editor",
+            Self::Thinker => "thinker",
+            Self::Verifier => "verifier",
+        }
+    }
+
+    /// Parses the ledger's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Editor, Self::Thinker, Self::Verifier]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+    }
+}
+
+/// One paid provider call, as the loop reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProviderCall {
+    /// Which provider.
+    pub kind: CallKind,
+    /// The turn it was for.
+    pub turn: u32,
+    /// Its wall time.
+    pub seconds: f64,
+    /// Tokens (thinker and verifier calls).
+    pub tokens: Tokens,
+}
+
+/// One call as the ledger keeps it, with what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerEntry {
+    /// The call.
+    pub call: ProviderCall,
+    /// Its price under the configuration of the worker that made it.
+    pub cost: f64,
+}
+
+/// Sums of provider calls (a job's, a turn's or a tenant's): the job JSON's
+/// `usage` (contract).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Usage {
+    /// Editor calls that returned an image.
+    pub editor_calls: u32,
+    /// Their wall time, in seconds.
+    pub editor_seconds: f64,
+    /// Thinker calls that returned an answer.
+    pub thinker_calls: u32,
+    /// Prompt tokens of those calls.
+    pub thinker_input_tokens: u64,
+    /// Generated tokens of those calls.
+    pub thinker_output_tokens: u64,
+    /// Verifier calls.
+    pub verifier_calls: u32,
+    /// What the calls cost at the configured prices.
+    pub cost: f64,
+    /// The currency of `cost` (the configuration's `currency`).
+    pub currency: String,
+}
+
+impl Usage {
+    /// Empty usage in `currency`.
+    pub fn zero(currency: &str) -> Self {
+        Self {
+            currency: currency.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one ledger entry.
+    pub fn add(&mut self, entry: &LedgerEntry) {
+        let call = &entry.call;
+        match call.kind {
+            CallKind::Editor => {
+                self.editor_calls += 1;
+                self.editor_seconds += call.seconds;
+            }
+            CallKind::Thinker => {
+                self.thinker_calls += 1;
+                self.thinker_input_tokens += call.tokens.input;
+                self.thinker_output_tokens += call.tokens.output;
+            }
+            CallKind::Verifier => self.verifier_calls += 1,
+        }
+        self.cost += entry.cost;
+    }
+
+    /// Adds another sum (in the same currency).
+    pub fn merge(&mut self, other: &Usage) {
+        self.editor_calls += other.editor_calls;
+        self.editor_seconds += other.editor_seconds;
+        self.thinker_calls += other.thinker_calls;
+        self.thinker_input_tokens += other.thinker_input_tokens;
+        self.thinker_output_tokens += other.thinker_output_tokens;
+        self.verifier_calls += other.verifier_calls;
+        self.cost += other.cost;
+    }
+
+    /// Rounds the sums for display: seconds to milliseconds, cost to
+    /// millionths (float sums drift in the last digits).
+    pub fn rounded(mut self) -> Self {
+        self.editor_seconds = (self.editor_seconds * 1e3).round() / 1e3;
+        self.cost = (self.cost * 1e6).round() / 1e6;
+        self
+    }
+}
+
+/// A job's usage in total and per turn, from its ledger entries.
+pub fn summarize(entries: &[LedgerEntry], currency: &str) -> (Usage, BTreeMap<u32, Usage>) {
+    let mut total = Usage::zero(currency);
+    let mut turns: BTreeMap<u32, Usage> = BTreeMap::new();
+    for entry in entries {
+        total.add(entry);
+        turns
+            .entry(entry.call.turn)
+            .or_insert_with(|| Usage::zero(currency))
+            .add(entry);
+    }
+    let turns = turns.into_iter().map(|(t, u)| (t, u.rounded())).collect();
+    (total.rounded(), turns)
+}
+
+/// Prices of provider calls (docs/configuration.md "Prices").
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Prices {
+    /// Per editor call.
+    pub per_editor_call: f64,
+    /// Per million thinker prompt tokens.
+    pub thinker_per_million_input: f64,
+    /// Per million thinker generated tokens.
+    pub thinker_per_million_output: f64,
+    /// Per million verifier prompt tokens.
+    pub verifier_per_million_input: f64,
+    /// Per million verifier generated tokens.
+    pub verifier_per_million_output: f64,
+}
+
+impl Prices {
+    /// What `call` costs.
+    pub fn cost(&self, call: &ProviderCall) -> f64 {
+        let per_token = |input: f64, output: f64| {
+            (call.tokens.input as f64 * input + call.tokens.output as f64 * output) / 1e6
+        };
+        match call.kind {
+            CallKind::Editor => self.per_editor_call,
+            CallKind::Thinker => per_token(
+                self.thinker_per_million_input,
+                self.thinker_per_million_output,
+            ),
+            CallKind::Verifier => per_token(
+                self.verifier_per_million_input,
+                self.verifier_per_million_output,
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: CallKind, turn: u32, seconds: f64, input: u64, output: u64) -> LedgerEntry {
+        let call = ProviderCall {
+            kind,
+            turn,
+            seconds,
+            tokens: Tokens { input, output },
+        };
+        let prices = Prices {
+            per_editor_call: 0.04,
+            thinker_per_million_input: 2.0,
+            thinker_per_million_output: 8.0,
+            ..Prices::default()
+        };
+        LedgerEntry {
+            cost: prices.cost(&call),
+            call,
+        }
+    }
+
+    #[test]
+    fn sums_per_job_and_per_turn() {
+        let entries = [
+            entry(CallKind::Editor, 1, 1.5, 0, 0),
+            entry(CallKind::Thinker, 1, 2.0, 1000, 200),
+            // A parse retry is a second paid call of the same turn.
+            entry(CallKind::Thinker, 1, 2.0, 1000, 100),
+            entry(CallKind::Editor, 2, 0.25, 0, 0),
+        ];
+        let (total, turns) = summarize(&entries, "EUR");
+        assert_eq!(total.editor_calls, 2);
+        assert_eq!(total.editor_seconds, 1.75);
+        assert_eq!(total.thinker_calls, 2);
+        assert_eq!(
+            (total.thinker_input_tokens, total.thinker_output_tokens),
+            (2000, 300)
+        );
+        // 2 × 0.04 + (2000 × 2 + 300 × 8) / 1e6
+        assert_eq!(total.cost, 0.0864);
+        assert_eq!(total.currency, "EUR");
+        assert_eq!(turns.len(), 2);
+        assert_eq!(turns[&1].thinker_calls, 2);
+        assert_eq!(turns[&2].editor_calls, 1);
+        assert_eq!(turns[&2].cost, 0.04);
+        assert_eq!(summarize(&[], "USD").0, Usage::zero("USD"));
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for kind in [CallKind::Editor, CallKind::Thinker, CallKind::Verifier] {
+            assert_eq!(CallKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(CallKind::parse("judge"), None);
+    }
+}
