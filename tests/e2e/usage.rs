@@ -234,3 +234,84 @@ async fn the_ledger_counts_every_paid_call_across_a_crash_and_a_retry() {
         );
     }
 }
+
+/// `options.budget` (issue 24): a job stops with `stop_reason: "budget"`
+/// before a call that could cross its limit, with its selection among the
+/// recorded turns; one without room for a single edit fails with
+/// `budget_exhausted` and buys nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_stop_a_job_before_any_call_crosses_them() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let editor = FakeEditor::start().await;
+    let thinker = FakeThinker::start().await;
+    for (said_of, next) in [
+        ("tint it", "tint it more"),
+        ("tint it more", "tint it even more"),
+        ("tint it even more", "tint it the most"),
+        ("tint it the most", "tint it beyond"),
+    ] {
+        thinker.on(said_of, said(4, 4, next));
+    }
+    let service = Service::start(
+        "serve",
+        &env.config("serve", &priced(&thinker, &editor, env.dir.path())),
+    );
+    let run = |budget: Value| {
+        let service = &service;
+        async move {
+            let job = create_job(
+                service,
+                job_body(
+                    &png(32, 32, [5, 5, 5]),
+                    "tint it",
+                    json!({"max_turns": 5, "budget": budget}),
+                ),
+            )
+            .await;
+            assert_eq!(job["options"]["budget"], budget);
+            wait_for_job(service, job["id"].as_str().unwrap(), LIMIT, is_terminal).await
+        }
+    };
+    // A turn costs 0.04 + 0.0024 (1,000 and 50 tokens); the next edit is
+    // reserved at 0.04 + 0.04096 (a critique of 4,096 and 4,096 tokens).
+    // 0.2 buys three turns: a fourth would reserve up to 0.20816.
+    let job = run(json!({"max_cost": 0.2})).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["stop_reason"], "budget");
+    assert_eq!(job["turns"].as_array().unwrap().len(), 3);
+    assert_usage(&job["usage"], 3, 3);
+    assert!(job["usage"]["cost"].as_f64().unwrap() <= 0.2);
+    assert_eq!(editor.calls().len(), 3);
+
+    let job = run(json!({"max_editor_calls": 2})).await;
+    assert_eq!(job["stop_reason"], "budget", "{job}");
+    assert_usage(&job["usage"], 2, 2);
+    assert_eq!(editor.calls().len(), 5);
+
+    let job = run(json!({"max_cost": 0.05})).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["error"]["code"], "budget_exhausted");
+    assert_usage(&job["usage"], 0, 0);
+    assert_eq!(editor.calls().len(), 5, "no edit was bought");
+
+    // Out-of-range budgets are refused, naming the field.
+    let resp = reqwest::Client::new()
+        .post(service.url("/v1/jobs"))
+        .json(&job_body(
+            &png(8, 8, [1, 1, 1]),
+            "x",
+            json!({"budget": {"max_cost": 0}}),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let problem: Value = resp.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("options.budget.max_cost:"),
+        "{problem}"
+    );
+}

@@ -11,7 +11,7 @@ from typing import Iterator, List
 import httpx
 import pytest
 
-from editthinker import Client, EditThinkerError, EditThinkerTimeout, Event, Job, JobOptions, StopThresholds
+from editthinker import Budget, Client, EditThinkerError, EditThinkerTimeout, Event, Job, JobOptions, StopThresholds
 
 from conftest import QUICK, CuttingProxy, Service, make_png
 
@@ -49,13 +49,22 @@ def test_create_by_bytes_path_file_and_url(
     path = tmp_path / "photo.png"
     other = make_png(seed=7)
     path.write_bytes(other)
-    typed = JobOptions(max_turns=1, history="all", stop=StopThresholds(semantic=7, patience=2, min_gain=0.5))
+    typed = JobOptions(
+        max_turns=1,
+        history="all",
+        stop=StopThresholds(semantic=7, patience=2, min_gain=0.5),
+        budget=Budget(max_editor_calls=3),
+    )
     by_path = client.create(path, "make it blue", options=typed)
     assert source_bytes(service.base_url, by_path.job.id) == other
     # The options round-trip through the server, defaults filled in.
     assert by_path.job.usage.editor_calls == 0 and by_path.job.usage.currency == "USD"
     assert by_path.job.options == JobOptions(
-        max_turns=1, history="all", selection="best", stop=StopThresholds(7.0, 8.0, 2, 0.5)
+        max_turns=1,
+        history="all",
+        selection="best",
+        stop=StopThresholds(7.0, 8.0, 2, 0.5),
+        budget=Budget(max_editor_calls=3),
     )
     by_str_path = client.create(str(path), "make it green", options=QUICK)
     assert source_bytes(service.base_url, by_str_path.job.id) == other

@@ -258,6 +258,24 @@ export interface webhooks {
 export interface components {
     schemas: {
         /**
+         * @description What one job may spend (`options.budget`): no call starts that could
+         *     take it past either limit.
+         */
+        Budget: {
+            /**
+             * Format: double
+             * @description Cost at most, in the configuration's `currency`, above 0 (default:
+             *     no limit).
+             */
+            max_cost?: number | null;
+            /**
+             * Format: int32
+             * @description Editor calls at most, every attempt's included, 1..=100 (default:
+             *     no limit besides `max_turns`).
+             */
+            max_editor_calls?: number | null;
+        };
+        /**
          * @description `POST /v1/jobs` as `multipart/form-data` (the document's schema only;
          *     [`parse_multipart`] reads the parts): the image is a file part, the
          *     other fields are text parts, `options`, `metadata` and `webhook` JSON
@@ -430,7 +448,7 @@ export interface components {
          *     job. Clients match on these.
          * @enum {string}
          */
-        ErrorCode: "malformed_request" | "too_large" | "unsupported_media_type" | "validation_failed" | "unknown_editor" | "image_unsupported" | "image_undecodable" | "image_too_many_pixels" | "image_too_large_decoded" | "image_too_compressed" | "image_url_forbidden" | "webhook_url_forbidden" | "idempotency_key_reused" | "unauthorized" | "request_timeout" | "rate_limited" | "uri_too_long" | "headers_too_large" | "not_found" | "method_not_allowed" | "job_finished" | "job_not_ready" | "job_not_failed" | "not_configured" | "internal" | "editor_refused" | "editor_invalid" | "editor_auth" | "editor_unavailable" | "editor_ambiguous" | "editor_bad_output" | "thinker_unavailable" | "thinker_invalid" | "thinker_auth" | "storage_error" | "storage_refused" | "lease_expired" | "deadline_exceeded";
+        ErrorCode: "malformed_request" | "too_large" | "unsupported_media_type" | "validation_failed" | "unknown_editor" | "image_unsupported" | "image_undecodable" | "image_too_many_pixels" | "image_too_large_decoded" | "image_too_compressed" | "image_url_forbidden" | "webhook_url_forbidden" | "idempotency_key_reused" | "unauthorized" | "request_timeout" | "rate_limited" | "uri_too_long" | "headers_too_large" | "not_found" | "method_not_allowed" | "job_finished" | "job_not_ready" | "job_not_failed" | "not_configured" | "internal" | "editor_refused" | "editor_invalid" | "editor_auth" | "editor_unavailable" | "editor_ambiguous" | "editor_bad_output" | "thinker_unavailable" | "thinker_invalid" | "thinker_auth" | "storage_error" | "storage_refused" | "lease_expired" | "deadline_exceeded" | "budget_exhausted";
         /**
          * @description A stored event's type (SSE `event:`, a webhook's `type`).
          * @enum {string}
@@ -570,6 +588,7 @@ export interface components {
         };
         /** @description Options a client may set per job; every field has a server default. */
         JobOptions: {
+            budget?: components["schemas"]["Budget"];
             /**
              * Format: int32
              * @description Seconds after creation by which the job must be done, 1..=86400.
@@ -776,7 +795,7 @@ export interface components {
          * @description Why a finished job stopped: the job JSON's `stop_reason` (contract).
          * @enum {string}
          */
-        StopReason: "satisfied" | "max_turns" | "refusal" | "invalid_refinement" | "plateau" | "deadline" | "canceled" | "failed";
+        StopReason: "satisfied" | "max_turns" | "refusal" | "invalid_refinement" | "plateau" | "budget" | "deadline" | "canceled" | "failed";
         /** @description Scores at or above which the thinker's critique counts as satisfied. */
         StopThresholds: {
             /**

@@ -682,7 +682,12 @@ pub async fn retry_job(
         other => other?,
     };
     tracing::info!(job_id = %row.id, "failed job queued again");
-    let read = read_job(&state, &caller, id, true).await?;
+    // The answer shows the job as the retry left it (queued), even when a
+    // worker has claimed it by the time its turns and ledger are read.
+    let read = JobWithTurns {
+        job: row,
+        ..read_job(&state, &caller, id, true).await?
+    };
     Ok((StatusCode::ACCEPTED, Json(job_json(&state, &read))))
 }
 

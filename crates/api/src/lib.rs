@@ -161,6 +161,7 @@ impl AppState {
         editthinker_core::StopThresholds,
         editthinker_core::Selection,
         editthinker_core::History,
+        editthinker_core::Budget,
         editthinker_core::Usage,
         views::RefusalView,
         contract::EventType,

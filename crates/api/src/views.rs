@@ -42,8 +42,8 @@ pub struct Job {
     /// Claims so far.
     pub attempt: u32,
     /// Why the job stopped, once finished: `satisfied`, `max_turns`,
-    /// `plateau`, `refusal`, `invalid_refinement`, `deadline`, `canceled`
-    /// or `failed`.
+    /// `plateau`, `budget`, `refusal`, `invalid_refinement`, `deadline`,
+    /// `canceled` or `failed`.
     pub stop_reason: Option<editthinker_core::StopReason>,
     /// Claim priority, −10 to 10: higher runs first.
     #[schema(minimum = -10, maximum = 10)]

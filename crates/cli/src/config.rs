@@ -791,6 +791,10 @@ impl Config {
                 price(thinker.and_then(|t| t.price_per_million_output_tokens)),
             ),
             verifier_per_million: (0.0, 0.0),
+            critique_reserve: editthinker_core::Tokens {
+                input: editthinker_worker::CRITIQUE_INPUT_ESTIMATE,
+                output: thinker.map_or(4096, |t| u64::from(t.max_tokens)),
+            },
         }
     }
 }

@@ -89,11 +89,13 @@ pub enum ErrorCode {
     LeaseExpired,
     /// The job's deadline passed before any turn was recorded.
     DeadlineExceeded,
+    /// `options.budget` leaves no room for even one edit.
+    BudgetExhausted,
 }
 
 impl ErrorCode {
     /// Every member, in declaration order.
-    pub const ALL: [ErrorCode; 38] = [
+    pub const ALL: [ErrorCode; 39] = [
         Self::MalformedRequest,
         Self::TooLarge,
         Self::UnsupportedMediaType,
@@ -132,6 +134,7 @@ impl ErrorCode {
         Self::StorageRefused,
         Self::LeaseExpired,
         Self::DeadlineExceeded,
+        Self::BudgetExhausted,
     ];
 
     /// The contract spelling (what serde writes). `const`, so the store
@@ -176,6 +179,7 @@ impl ErrorCode {
             Self::StorageRefused => "storage_refused",
             Self::LeaseExpired => "lease_expired",
             Self::DeadlineExceeded => "deadline_exceeded",
+            Self::BudgetExhausted => "budget_exhausted",
         }
     }
 

@@ -23,7 +23,7 @@ pub mod usage;
 pub use critique::{Critique, CritiqueRecord};
 pub use error_code::ErrorCode;
 pub use imaging::{Image, ImageError, ImageFormat};
-pub use options::{History, JobOptions, OptionsError, Selection, StopThresholds};
+pub use options::{Budget, History, JobOptions, OptionsError, Selection, StopThresholds};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
 pub use retry::{FailureClass, RetryPolicy};
@@ -37,4 +37,4 @@ pub use traits::{
     NoThinking, ObserverError, ProviderRequest, Thinker, ThinkerAnswer, ThinkerError, ThinkingSink,
     TurnObserver, DEFAULT_MAX_INSTRUCTION_CHARS,
 };
-pub use usage::{CallKind, LedgerEntry, Prices, ProviderCall, Tokens, Usage};
+pub use usage::{CallKind, LedgerEntry, Prices, ProviderCall, Spending, Tokens, Usage};

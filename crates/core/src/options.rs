@@ -87,6 +87,26 @@ impl Default for StopThresholds {
     }
 }
 
+/// Largest allowed `budget.max_editor_calls`.
+pub const MAX_BUDGET_EDITOR_CALLS: u32 = 100;
+
+/// What one job may spend (`options.budget`): no call starts that could
+/// take it past either limit.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Editor calls at most, every attempt's included, 1..=100 (default:
+    /// no limit besides `max_turns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_editor_calls: Option<u32>,
+    /// Cost at most, in the configuration's `currency`, above 0 (default:
+    /// no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(exclusive_minimum = 0)]
+    pub max_cost: Option<f64>,
+}
+
 /// Options a client may set per job; every field has a server default.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +125,10 @@ pub struct JobOptions {
     #[serde(default)]
     #[schema(schema_with = selection_schema)]
     pub selection: Selection,
+    /// Spending limits (default none).
+    #[serde(default)]
+    #[schema(schema_with = budget_schema)]
+    pub budget: Budget,
     /// What the thinker sees of earlier turns (default `previous`).
     #[serde(default)]
     #[schema(schema_with = history_schema)]
@@ -146,6 +170,10 @@ fn selection_schema() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("Selection")
 }
 
+fn budget_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("Budget")
+}
+
 fn history_schema() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("History")
 }
@@ -160,6 +188,7 @@ impl Default for JobOptions {
             stop: StopThresholds::default(),
             selection: Selection::Best,
             history: History::Previous,
+            budget: Budget::default(),
             deadline_seconds: None,
         }
     }
@@ -189,6 +218,22 @@ impl JobOptions {
                 return Err(OptionsError {
                     field: "options.deadline_seconds".into(),
                     rule: format!("must be between 1 and {MAX_DEADLINE_SECONDS} seconds"),
+                });
+            }
+        }
+        if let Some(calls) = self.budget.max_editor_calls {
+            if !(1..=MAX_BUDGET_EDITOR_CALLS).contains(&calls) {
+                return Err(OptionsError {
+                    field: "options.budget.max_editor_calls".into(),
+                    rule: format!("must be an integer from 1 to {MAX_BUDGET_EDITOR_CALLS}"),
+                });
+            }
+        }
+        if let Some(cost) = self.budget.max_cost {
+            if !cost.is_finite() || cost <= 0.0 {
+                return Err(OptionsError {
+                    field: "options.budget.max_cost".into(),
+                    rule: "must be a number above 0".into(),
                 });
             }
         }
@@ -265,6 +310,16 @@ mod tests {
                 Some("options.stop.min_gain"),
             ),
             (json(r#"{"stop":{"min_gain":0}}"#), None),
+            (
+                json(r#"{"budget":{"max_editor_calls":0}}"#),
+                Some("options.budget.max_editor_calls"),
+            ),
+            (json(r#"{"budget":{"max_editor_calls":100}}"#), None),
+            (
+                json(r#"{"budget":{"max_cost":0}}"#),
+                Some("options.budget.max_cost"),
+            ),
+            (json(r#"{"budget":{"max_cost":0.01}}"#), None),
         ];
         for (options, field) in cases {
             let got = options.validate().err().map(|e| e.field);

@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::critique::{Critique, CritiqueRecord};
 use crate::imaging::Image;
-use crate::options::{History, JobOptions, Selection, StopThresholds};
+use crate::options::{Budget, History, JobOptions, Selection, StopThresholds};
 use crate::parse::Protocol;
 use crate::traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry,
     ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
 };
-use crate::usage::{CallKind, ProviderCall, Tokens};
+use crate::usage::{CallKind, LedgerEntry, ProviderCall, Spending, Tokens};
 
 /// Loop settings that are not per job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +138,8 @@ pub enum StopReason {
     InvalidRefinement,
     /// The best overall score stopped rising (`options.stop.patience`).
     Plateau,
+    /// The next edit would not fit `options.budget`.
+    Budget,
     /// The job's deadline passed.
     Deadline,
     /// The client canceled the job.
@@ -155,6 +157,7 @@ impl StopReason {
             Self::Refusal => "refusal",
             Self::InvalidRefinement => "invalid_refinement",
             Self::Plateau => "plateau",
+            Self::Budget => "budget",
             Self::Deadline => "deadline",
             Self::Canceled => "canceled",
             Self::Failed => "failed",
@@ -169,6 +172,7 @@ impl StopReason {
             Self::Refusal,
             Self::InvalidRefinement,
             Self::Plateau,
+            Self::Budget,
             Self::Deadline,
             Self::Canceled,
             Self::Failed,
@@ -211,6 +215,9 @@ pub enum LoopError {
     /// The observer reported a stop from outside at a step boundary.
     #[error("stopped from outside")]
     Stopped,
+    /// `options.budget` leaves no room for the first edit.
+    #[error("the budget leaves no room for an edit: {0}")]
+    BudgetExhausted(String),
 }
 
 impl From<crate::ObserverError> for LoopError {
@@ -324,6 +331,8 @@ pub struct LoopJob<'a> {
     pub config: &'a LoopConfig,
     /// What earlier attempts recorded (empty for a new job).
     pub progress: Progress,
+    /// What earlier attempts spent, and the prices of the next calls.
+    pub spending: Spending,
 }
 
 /// Who the loop works with.
@@ -349,6 +358,7 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         options,
         config,
         progress: prior,
+        spending,
     } = job;
     let LoopParts {
         editor,
@@ -359,10 +369,16 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         mut turns,
         pending_edit,
     } = prior;
+    let meter = Meter {
+        spending: std::sync::Mutex::new(spending),
+        budget: options.budget,
+        observer,
+    };
     let edits = Edits {
         source,
         editor,
         observer,
+        meter: &meter,
         pending: pending_edit,
     };
     let critic = Critic {
@@ -372,10 +388,14 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         config,
         thinker,
         observer,
+        meter: &meter,
     };
     let max_turns = options.max_turns.max(1);
     if turns.is_empty() {
         // The first edit uses the user's words unchanged.
+        if !edits.resumes(1, instruction) && !meter.edit_fits() {
+            return Err(LoopError::BudgetExhausted(meter.describe()));
+        }
         let turn = edits.edit(instruction, 1).await?;
         turns.push(turn);
     }
@@ -422,6 +442,10 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         // The critiqued image is no longer needed: the next edit starts
         // from the source again.
         last.image = None;
+        if !edits.resumes(next_index, &next_instruction) && !meter.edit_fits() {
+            stop = StopReason::Budget;
+            break;
+        }
         match edits.edit(&next_instruction, next_index).await {
             Ok(turn) => turns.push(turn),
             Err(LoopError::Editor { error, .. })
@@ -458,23 +482,89 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
     })
 }
 
+/// Prices each paid call, keeps the job's spending, and reports the call
+/// to the observer for the ledger.
+struct Meter<'a> {
+    spending: std::sync::Mutex<Spending>,
+    budget: Budget,
+    observer: &'a dyn TurnObserver,
+}
+
+impl Meter<'_> {
+    fn spending(&self) -> Spending {
+        *self.spending.lock().expect("spending lock")
+    }
+
+    /// Whether a new edit and its critique fit the budget.
+    fn edit_fits(&self) -> bool {
+        self.spending().edit_fits(&self.budget)
+    }
+
+    /// Whether another critique call fits the budget.
+    fn critique_fits(&self) -> bool {
+        self.spending().critique_fits(&self.budget)
+    }
+
+    /// What was spent, against the budget, in words.
+    fn describe(&self) -> String {
+        let s = self.spending();
+        format!(
+            "{} editor calls and {:.4} spent, {:.4} reserved for an edit and its critique; \
+             budget: {} editor calls, {} cost",
+            s.editor_calls,
+            s.cost,
+            s.prices.per_editor_call + s.critique_cost(),
+            self.budget
+                .max_editor_calls
+                .map_or_else(|| "any".into(), |n| n.to_string()),
+            self.budget
+                .max_cost
+                .map_or_else(|| "any".into(), |c| c.to_string()),
+        )
+    }
+
+    /// Prices `call`, counts it, and hands it to the observer.
+    async fn paid(&self, call: ProviderCall) -> Result<(), LoopError> {
+        let entry = {
+            let mut spending = self.spending.lock().expect("spending lock");
+            let entry = LedgerEntry {
+                cost: spending.prices.cost(&call),
+                call,
+            };
+            spending.add(&entry);
+            entry
+        };
+        Ok(self.observer.call_made(&entry).await?)
+    }
+}
+
 /// What every edit of one run shares.
 struct Edits<'a> {
     source: &'a Image,
     editor: &'a dyn Editor,
     observer: &'a dyn TurnObserver,
+    meter: &'a Meter<'a>,
     pending: Option<PendingEdit>,
 }
 
 impl Edits<'_> {
+    /// The provider request this very edit (turn and instruction) left in
+    /// flight, if any: resuming it buys nothing new.
+    fn resumed(&self, index: u32, instruction: &str) -> Option<&ProviderRequest> {
+        self.pending
+            .as_ref()
+            .filter(|p| p.turn == index && p.instruction == instruction)
+            .map(|p| &p.request)
+    }
+
+    fn resumes(&self, index: u32, instruction: &str) -> bool {
+        self.resumed(index, instruction).is_some()
+    }
+
     async fn edit(&self, instruction: &str, index: u32) -> Result<TurnRecord, LoopError> {
         let started = Instant::now();
         // Only the very edit that was in flight resumes its provider request.
-        let resume = self
-            .pending
-            .as_ref()
-            .filter(|p| p.turn == index && p.instruction == instruction)
-            .map(|p| &p.request);
+        let resume = self.resumed(index, instruction);
         if resume.is_none() {
             self.observer.before_edit(index).await?;
         }
@@ -494,8 +584,8 @@ impl Edits<'_> {
             })
             .await
             .map_err(|error| LoopError::Editor { turn: index, error })?;
-        self.observer
-            .call_made(&ProviderCall {
+        self.meter
+            .paid(ProviderCall {
                 kind: CallKind::Editor,
                 turn: index,
                 seconds: started.elapsed().as_secs_f64(),
@@ -562,6 +652,7 @@ struct Critic<'a> {
     config: &'a LoopConfig,
     thinker: &'a dyn Thinker,
     observer: &'a dyn TurnObserver,
+    meter: &'a Meter<'a>,
 }
 
 async fn critique(
@@ -576,6 +667,7 @@ async fn critique(
         config,
         thinker,
         observer,
+        meter,
     } = critic;
     let started = Instant::now();
     let thinking = TurnThinking {
@@ -589,7 +681,13 @@ async fn critique(
     let edited = turn.image.as_ref().ok_or_else(|| {
         LoopError::Persist(format!("the image of turn {} was not loaded", turn.index))
     })?;
+    let mut attempts_made = 0;
     for attempt in 1..=attempts {
+        // The first call was reserved with its edit; a parse retry must fit.
+        if attempt > 1 && !meter.critique_fits() {
+            break;
+        }
+        attempts_made = attempt;
         let call_started = Instant::now();
         let answer = thinker
             .critique(CritiqueRequest {
@@ -606,8 +704,8 @@ async fn critique(
                 turn: turn.index,
                 error,
             })?;
-        observer
-            .call_made(&ProviderCall {
+        meter
+            .paid(ProviderCall {
                 kind: CallKind::Thinker,
                 turn: turn.index,
                 seconds: call_started.elapsed().as_secs_f64(),
@@ -636,7 +734,7 @@ async fn critique(
         thinker_ms: elapsed_ms(started),
         raw_output,
         error,
-        attempts,
+        attempts: attempts_made,
     })
 }
 
@@ -765,8 +863,11 @@ mod tests {
             self.critiqued.lock().unwrap().push(turn);
             Ok(())
         }
-        async fn call_made(&self, call: &ProviderCall) -> Result<(), crate::ObserverError> {
-            self.calls.lock().unwrap().push((call.kind, call.turn));
+        async fn call_made(&self, entry: &LedgerEntry) -> Result<(), crate::ObserverError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((entry.call.kind, entry.call.turn));
             Ok(())
         }
     }
@@ -1101,6 +1202,24 @@ mod tests {
                 )
             },
             Case {
+                edits: vec!["T0", "R1"],
+                thinker_calls: 2,
+                selected: 2,
+                critiqued: vec![true, true],
+                stop: Some(StopReason::Budget),
+                ..case(
+                    "budget: two editor calls end a five-turn job",
+                    JobOptions {
+                        budget: Budget {
+                            max_editor_calls: Some(2),
+                            max_cost: None,
+                        },
+                        ..opts(5, best)
+                    },
+                    vec![said(5.0, 5.0, "R1"), said(6.0, 6.0, "R2")],
+                )
+            },
+            Case {
                 edits: vec!["T0", "R1", "R2"],
                 thinker_calls: 3,
                 critiqued: vec![true, true, true],
@@ -1151,6 +1270,7 @@ mod tests {
                     options: &c.options,
                     config: &LoopConfig::default(),
                     progress: c.prior.into(),
+                    spending: Spending::default(),
                 },
                 LoopParts {
                     editor: &editor,
@@ -1253,6 +1373,75 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_without_room_for_one_edit_fails_and_retries_must_fit() {
+        let editor = ScriptedEditor {
+            calls: Mutex::default(),
+            refuse: vec![],
+            output_size: (8, 8),
+        };
+        let thinker = ScriptedThinker {
+            protocol: Protocol::Editthinker,
+            outputs: Mutex::new(vec!["not an answer".into(); 3]),
+            seen: Mutex::default(),
+            histories: Mutex::default(),
+        };
+        let spending = Spending {
+            prices: crate::Prices {
+                per_editor_call: 1.0,
+                ..crate::Prices::default()
+            },
+            ..Spending::default()
+        };
+        let run = |max_cost: f64, thinker_per_million_output: f64| {
+            let options = JobOptions {
+                budget: Budget {
+                    max_editor_calls: None,
+                    max_cost: Some(max_cost),
+                },
+                ..opts(3, Selection::Best)
+            };
+            let spending = Spending {
+                prices: crate::Prices {
+                    thinker_per_million_output,
+                    ..spending.prices
+                },
+                critique_reserve: Tokens {
+                    input: 0,
+                    output: 1_000_000,
+                },
+                ..spending
+            };
+            block_on(run_loop(
+                LoopJob {
+                    source: &solid(8, 8, 0),
+                    instruction: "T0",
+                    options: &options,
+                    config: &LoopConfig::default(),
+                    progress: Progress::default(),
+                    spending,
+                },
+                LoopParts {
+                    editor: &editor,
+                    thinker: &thinker,
+                    observer: &Recorder::default(),
+                },
+            ))
+        };
+        // An edit costs 1.0: a budget of 0.5 fails before any call.
+        let error = run(0.5, 0.0).unwrap_err();
+        assert!(matches!(error, LoopError::BudgetExhausted(_)), "{error}");
+        assert!(editor.calls.lock().unwrap().is_empty());
+        // 1.0 for the edit and 0.5 reserved for its critique: 1.5 buys the
+        // edit and its critique (these answers report no tokens, so their
+        // parse retries cost nothing and fit), and no second edit fits.
+        let outcome = run(1.5, 0.5).unwrap();
+        assert_eq!(outcome.stop, StopReason::Budget);
+        assert_eq!(outcome.turns.len(), 1);
+        assert_eq!(editor.calls.lock().unwrap().len(), 1);
+        assert_eq!(outcome.turns[0].critique.as_ref().unwrap().attempts, 3);
+    }
+
+    #[test]
     fn history_all_tells_the_thinker_every_earlier_turn() {
         for (history, expected) in [(History::Previous, 0), (History::All, 2)] {
             let editor = ScriptedEditor {
@@ -1281,6 +1470,7 @@ mod tests {
                     options: &options,
                     config: &LoopConfig::default(),
                     progress: Progress::default(),
+                    spending: Spending::default(),
                 },
                 LoopParts {
                     editor: &editor,
@@ -1325,6 +1515,7 @@ mod tests {
                 options: &JobOptions::default(),
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
+                spending: Spending::default(),
             },
             LoopParts {
                 editor: &editor,
@@ -1379,6 +1570,7 @@ mod tests {
                 options: &JobOptions::default(),
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
+                spending: Spending::default(),
             },
             LoopParts {
                 editor: &editor,
@@ -1416,6 +1608,7 @@ mod tests {
                 options: &opts(1, Selection::Last),
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
+                spending: Spending::default(),
             },
             LoopParts {
                 editor: &editor,
@@ -1543,6 +1736,7 @@ mod tests {
                     options: &opts(3, Selection::Last),
                     config: &LoopConfig::default(),
                     progress: prior,
+                    spending: Spending::default(),
                 },
                 LoopParts {
                     editor: &editor,
@@ -1591,6 +1785,7 @@ mod tests {
                 options: &opts(1, Selection::Last),
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
+                spending: Spending::default(),
             },
             LoopParts {
                 editor: &AsyncEditor::default(),

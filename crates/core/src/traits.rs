@@ -299,9 +299,10 @@ pub trait TurnObserver: Send + Sync {
         let _ = (turn, delta);
     }
     /// A provider call returned (an editor's image, a thinker's answer) and
-    /// is paid for: called before the step it belongs to is recorded, so a
-    /// call whose step is lost to a crash still counts.
-    async fn call_made(&self, call: &crate::usage::ProviderCall) -> Result<(), ObserverError> {
+    /// is paid for, priced at the job's prices: called before the step it
+    /// belongs to is recorded, so a call whose step is lost to a crash
+    /// still counts.
+    async fn call_made(&self, call: &crate::usage::LedgerEntry) -> Result<(), ObserverError> {
         let _ = call;
         Ok(())
     }

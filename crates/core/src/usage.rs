@@ -58,7 +58,7 @@ pub struct ProviderCall {
 }
 
 /// One call as the ledger keeps it, with what it cost.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LedgerEntry {
     /// The call.
     pub call: ProviderCall,
@@ -185,6 +185,71 @@ impl Prices {
     }
 }
 
+/// What a job has spent (its ledger, every attempt's calls included) and
+/// what its next calls are reserved at, for `options.budget`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Spending {
+    /// Editor calls paid so far.
+    pub editor_calls: u32,
+    /// Cost paid so far.
+    pub cost: f64,
+    /// The job's prices.
+    pub prices: Prices,
+    /// Tokens one critique is reserved at: its output at most the
+    /// thinker's `max_tokens`, its prompt the largest seen so far (or the
+    /// configured estimate, whichever is larger).
+    pub critique_reserve: Tokens,
+}
+
+impl Spending {
+    /// Counts one paid call.
+    pub fn add(&mut self, entry: &LedgerEntry) {
+        match entry.call.kind {
+            CallKind::Editor => self.editor_calls += 1,
+            CallKind::Thinker => {
+                let seen = entry.call.tokens.input;
+                self.critique_reserve.input = self.critique_reserve.input.max(seen);
+            }
+            CallKind::Verifier => {}
+        }
+        self.cost += entry.cost;
+    }
+
+    /// What one critique is reserved at.
+    pub fn critique_cost(&self) -> f64 {
+        self.prices.cost(&ProviderCall {
+            kind: CallKind::Thinker,
+            turn: 0,
+            seconds: 0.0,
+            tokens: self.critique_reserve,
+        })
+    }
+
+    /// Whether a new edit, and the critique that judges it, fit `budget`.
+    pub fn edit_fits(&self, budget: &crate::options::Budget) -> bool {
+        let calls = budget
+            .max_editor_calls
+            .is_none_or(|most| self.editor_calls < most);
+        let reserve = self.prices.per_editor_call + self.critique_cost();
+        calls
+            && budget
+                .max_cost
+                .is_none_or(|most| fits(self.cost + reserve, most))
+    }
+
+    /// Whether another critique call (a parse retry) fits `budget`.
+    pub fn critique_fits(&self, budget: &crate::options::Budget) -> bool {
+        budget
+            .max_cost
+            .is_none_or(|most| fits(self.cost + self.critique_cost(), most))
+    }
+}
+
+/// `total` within `most`, forgiving float sums their last digits.
+fn fits(total: f64, most: f64) -> bool {
+    total <= most + 1e-9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +298,57 @@ mod tests {
         assert_eq!(turns[&2].editor_calls, 1);
         assert_eq!(turns[&2].cost, 0.04);
         assert_eq!(summarize(&[], "USD").0, Usage::zero("USD"));
+    }
+
+    #[test]
+    fn budgets_reserve_the_next_edit_and_its_critique() {
+        use crate::options::Budget;
+        let mut spending = Spending {
+            prices: Prices {
+                per_editor_call: 0.04,
+                thinker_per_million_input: 2.0,
+                thinker_per_million_output: 8.0,
+                ..Prices::default()
+            },
+            critique_reserve: Tokens {
+                input: 1000,
+                output: 500,
+            },
+            ..Spending::default()
+        };
+        // A critique is reserved at 1000 × 2 + 500 × 8 per million: 0.006.
+        assert!((spending.critique_cost() - 0.006).abs() < 1e-12);
+        let budget = Budget {
+            max_editor_calls: Some(2),
+            max_cost: Some(0.1),
+        };
+        assert!(spending.edit_fits(&budget));
+        for e in [
+            entry(CallKind::Editor, 1, 1.0, 0, 0),
+            entry(CallKind::Thinker, 1, 1.0, 3000, 100),
+        ] {
+            spending.add(&e);
+        }
+        // A larger prompt raises the reserve: 3000 × 2 + 500 × 8.
+        assert!((spending.critique_cost() - 0.01).abs() < 1e-12);
+        assert_eq!(spending.editor_calls, 1);
+        // Spent 0.04 + 0.0068; the next edit reserves 0.04 + 0.01: fits.
+        assert!(spending.edit_fits(&budget));
+        spending.add(&entry(CallKind::Editor, 2, 1.0, 0, 0));
+        // The call limit is reached, whatever the money says.
+        assert!(!spending.edit_fits(&budget));
+        assert!(spending.edit_fits(&Budget {
+            max_cost: Some(1.0),
+            ..Budget::default()
+        }));
+        // 0.0868 spent: a retry reserving 0.01 fits 0.1, a third edit does not.
+        assert!(spending.critique_fits(&budget));
+        let tight = Budget {
+            max_cost: Some(0.09),
+            ..Budget::default()
+        };
+        assert!(!spending.critique_fits(&tight) && !spending.edit_fits(&tight));
+        assert!(spending.edit_fits(&Budget::default()));
     }
 
     #[test]

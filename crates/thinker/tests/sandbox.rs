@@ -117,6 +117,7 @@ async fn run(instruction: &str, protocol: &str, still: bool) -> (LoopOutcome, Wa
             options: &options,
             config: &LoopConfig::default(),
             progress: Progress::default(),
+            spending: Default::default(),
         },
         LoopParts {
             editor: &editor,

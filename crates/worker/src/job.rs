@@ -56,6 +56,8 @@ pub mod error_code {
     pub const STORAGE_REFUSED: &str = ErrorCode::StorageRefused.as_str();
     /// The worker hit a bug (a panic) while running the job.
     pub const INTERNAL: &str = ErrorCode::Internal.as_str();
+    /// `options.budget` leaves no room for even one edit.
+    pub const BUDGET_EXHAUSTED: &str = ErrorCode::BudgetExhausted.as_str();
 }
 
 pub(crate) struct JobRunner {
@@ -245,9 +247,15 @@ impl JobRunner {
             editor: job.editor.clone(),
             refused: Default::default(),
             gate: w.gate.clone(),
-            prices: w.settings.pricing.for_editor(&job.editor),
             currency: w.settings.pricing.currency.clone(),
         };
+        // Earlier attempts' calls count against the budget too.
+        let ledger = w
+            .store
+            .job_calls(job.id)
+            .await
+            .map_err(|e| storage_error(e.to_string()))?;
+        let spending = w.settings.pricing.spending(&job.editor, &ledger.entries);
         let editor = LeasedEditor {
             inner: editor.as_ref(),
             clock,
@@ -266,6 +274,7 @@ impl JobRunner {
                     turns: prior,
                     pending_edit,
                 },
+                spending,
             },
             LoopParts {
                 editor: &editor,
@@ -486,6 +495,7 @@ fn loop_error_class(error: &LoopError) -> (&'static str, bool) {
         LoopError::Persist(_) => (error_code::STORAGE, true),
         // Only reaches here without a recorded reason (see `decide`).
         LoopError::Stopped => (error_code::INTERNAL, true),
+        LoopError::BudgetExhausted(_) => (error_code::BUDGET_EXHAUSTED, false),
     }
 }
 

@@ -60,7 +60,16 @@ pub struct Pricing {
     pub thinker_per_million: (f64, f64),
     /// `[verifier]`'s per-million-token prices (input, output).
     pub verifier_per_million: (f64, f64),
+    /// Tokens a critique is reserved at before it is made (budgets): the
+    /// thinker's `max_tokens` as output, an estimate of the prompt as input
+    /// (raised by the largest prompt the job has seen).
+    pub critique_reserve: editthinker_core::Tokens,
 }
+
+/// Prompt tokens a critique is reserved at before the job has made one:
+/// two images of about 1,300 tokens each at the default 1024-pixel edge
+/// for a Qwen-VL thinker, and the prompt text.
+pub const CRITIQUE_INPUT_ESTIMATE: u64 = 4096;
 
 impl Default for Pricing {
     fn default() -> Self {
@@ -69,6 +78,10 @@ impl Default for Pricing {
             per_editor_call: BTreeMap::new(),
             thinker_per_million: (0.0, 0.0),
             verifier_per_million: (0.0, 0.0),
+            critique_reserve: editthinker_core::Tokens {
+                input: CRITIQUE_INPUT_ESTIMATE,
+                output: 4096,
+            },
         }
     }
 }
@@ -83,6 +96,24 @@ impl Pricing {
             verifier_per_million_input: self.verifier_per_million.0,
             verifier_per_million_output: self.verifier_per_million.1,
         }
+    }
+
+    /// What a job on `editor` has spent according to its ledger, and what
+    /// its next calls are reserved at.
+    pub fn spending(
+        &self,
+        editor: &str,
+        ledger: &[editthinker_core::LedgerEntry],
+    ) -> editthinker_core::Spending {
+        let mut spending = editthinker_core::Spending {
+            prices: self.for_editor(editor),
+            critique_reserve: self.critique_reserve,
+            ..Default::default()
+        };
+        for entry in ledger {
+            spending.add(entry);
+        }
+        spending
     }
 }
 

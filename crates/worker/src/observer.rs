@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
 use editthinker_core::{
-    CritiqueRecord, LedgerEntry, ObserverError, Prices, ProviderCall, ProviderRequest, RetryPolicy,
-    TurnObserver, TurnRecord,
+    CritiqueRecord, LedgerEntry, ObserverError, ProviderRequest, RetryPolicy, TurnObserver,
+    TurnRecord,
 };
 use editthinker_store::{BlobStore, Lease, NewCall, NewTurn, PendingEditRecord, Store, StoreError};
 use tracing::{info, warn};
@@ -34,9 +34,7 @@ pub(crate) struct StoreObserver {
     pub(crate) refused: std::sync::atomic::AtomicBool,
     /// The thinker's circuit breaker: a new edit waits while it is open.
     pub(crate) gate: Arc<crate::breaker::ThinkerGate>,
-    /// What this job's calls cost.
-    pub(crate) prices: Prices,
-    /// The currency of `prices`.
+    /// The currency of the job's prices.
     pub(crate) currency: String,
 }
 
@@ -227,17 +225,16 @@ impl TurnObserver for StoreObserver {
         self.thinking.send(turn, delta);
     }
 
-    async fn call_made(&self, call: &ProviderCall) -> Result<(), ObserverError> {
-        let cost = self.prices.cost(call);
+    async fn call_made(&self, entry: &LedgerEntry) -> Result<(), ObserverError> {
         let record = NewCall {
-            entry: LedgerEntry { call: *call, cost },
+            entry: *entry,
             currency: self.currency.clone(),
         };
         self.persist("recording a paid call", || async {
             Ok(self.store.record_call(self.lease.job_id, &record).await?)
         })
         .await?;
-        editthinker_core::metrics::call_paid(call, &self.editor, cost);
+        editthinker_core::metrics::call_paid(&entry.call, &self.editor, entry.cost);
         Ok(())
     }
 

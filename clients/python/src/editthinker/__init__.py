@@ -9,6 +9,7 @@ from ._async import AsyncClient
 from ._core import ImageInput, OptionsInput, __version__
 from ._errors import EditThinkerError, EditThinkerTimeout
 from ._models import (
+    Budget,
     CreateResult,
     Critique,
     Event,
@@ -30,6 +31,7 @@ from .webhooks import WebhookVerificationError
 
 __all__ = [
     "AsyncClient",
+    "Budget",
     "Client",
     "CreateResult",
     "Critique",

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, cast
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 StopReason = Literal[
-    "satisfied", "max_turns", "plateau", "refusal", "invalid_refinement", "deadline", "canceled", "failed"
+    "satisfied", "max_turns", "plateau", "budget", "refusal", "invalid_refinement", "deadline", "canceled", "failed"
 ]
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 TERMINAL_EVENTS = frozenset({"job.succeeded", "job.failed", "job.canceled"})
@@ -69,6 +69,23 @@ class StopThresholds:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """Spending limits of one job: editor calls and cost (in the service's
+    currency)."""
+
+    max_editor_calls: Optional[int] = None
+    max_cost: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Budget:
+        calls = d.get("max_editor_calls")
+        return cls(None if calls is None else int(calls), _opt_float(d.get("max_cost")))
+
+
+@dataclass(frozen=True)
 class JobOptions:
     """Loop options. As input every field is optional (the server fills in
     defaults); on a job read back, the options in force."""
@@ -77,6 +94,7 @@ class JobOptions:
     stop: Optional[StopThresholds] = None
     selection: Optional[Literal["best", "last"]] = None
     history: Optional[Literal["previous", "all"]] = None
+    budget: Optional[Budget] = None
     deadline_seconds: Optional[int] = None
 
     def to_dict(self) -> Dict[str, Any]:
@@ -89,6 +107,8 @@ class JobOptions:
             out["selection"] = self.selection
         if self.history is not None:
             out["history"] = self.history
+        if self.budget is not None:
+            out["budget"] = self.budget.to_dict()
         if self.deadline_seconds is not None:
             out["deadline_seconds"] = self.deadline_seconds
         return out
@@ -101,6 +121,7 @@ class JobOptions:
             stop=StopThresholds.from_dict(stop) if stop else None,
             selection=d.get("selection"),
             history=d.get("history"),
+            budget=Budget.from_dict(d["budget"]) if d.get("budget") else None,
             deadline_seconds=d.get("deadline_seconds"),
         )
 
