@@ -650,12 +650,13 @@ pub async fn cancel_job(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let id = load(&state, &caller, &id).await?.id;
     let row = state.store.request_cancel(id).await?;
-    let turns = state.store.list_turns(id).await?;
-    let ledger = state.store.job_calls(id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Job::from_rows(&row, &turns, &ledger)),
-    ))
+    let read = JobWithTurns {
+        turns: state.store.list_turns(id).await?,
+        ledger: state.store.job_calls(id).await?,
+        job: row,
+        jobs_ahead: None,
+    };
+    Ok((StatusCode::ACCEPTED, Json(job_json(&state, &read))))
 }
 
 /// Puts a failed job back in the queue; it resumes after its last recorded

@@ -94,17 +94,11 @@ pub async fn tenant_usage(
         .store
         .tenant_usage(&caller.tenant, since, until)
         .await?;
-    let mut total = Usage::zero(
-        rows.first()
-            .map_or(state.currency.as_str(), |r| r.usage.currency.as_str()),
-    );
-    for row in &rows {
-        total.merge(&row.usage);
-    }
+    let total = Usage::total(rows.iter().map(|r| &r.usage), &state.currency);
     Ok(Json(UsageReport {
         since,
         until,
-        total: total.rounded(),
+        total,
         editors: rows
             .into_iter()
             .map(|r| EditorUsageView {

@@ -23,7 +23,7 @@ pub fn table(
     rows: &[EditorUsage],
     currency: &str,
 ) -> String {
-    let mut total = Usage::zero(rows.first().map_or(currency, |r| r.usage.currency.as_str()));
+    let total = Usage::total(rows.iter().map(|r| &r.usage), currency);
     let mut out = format!(
         "tenant {tenant}, {} to {} (UTC)\n{:<20} {:>8} {:>10} {:>8} {:>12} {:>12} {:>12}\n",
         since.format("%Y-%m-%d %H:%M"),
@@ -49,10 +49,9 @@ pub fn table(
         )
     };
     for row in rows {
-        total.merge(&row.usage);
         out.push_str(&line(&row.editor, &row.usage));
     }
-    out.push_str(&line("total", &total.rounded()));
+    out.push_str(&line("total", &total));
     out
 }
 

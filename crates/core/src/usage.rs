@@ -100,30 +100,49 @@ impl Usage {
     /// Adds one ledger entry.
     pub fn add(&mut self, entry: &LedgerEntry) {
         let call = &entry.call;
-        match call.kind {
-            CallKind::Editor => {
-                self.editor_calls += 1;
-                self.editor_seconds += call.seconds;
-            }
-            CallKind::Thinker => {
-                self.thinker_calls += 1;
-                self.thinker_input_tokens += call.tokens.input;
-                self.thinker_output_tokens += call.tokens.output;
-            }
-            CallKind::Verifier => self.verifier_calls += 1,
-        }
-        self.cost += entry.cost;
+        self.add_calls(call.kind, 1, call.seconds, call.tokens, entry.cost);
     }
 
-    /// Adds another sum (in the same currency).
-    pub fn merge(&mut self, other: &Usage) {
-        self.editor_calls += other.editor_calls;
-        self.editor_seconds += other.editor_seconds;
-        self.thinker_calls += other.thinker_calls;
-        self.thinker_input_tokens += other.thinker_input_tokens;
-        self.thinker_output_tokens += other.thinker_output_tokens;
-        self.verifier_calls += other.verifier_calls;
-        self.cost += other.cost;
+    /// Adds `calls` calls of `kind` with their summed seconds, tokens and
+    /// cost (one ledger entry, or a driver's sum of many).
+    pub fn add_calls(
+        &mut self,
+        kind: CallKind,
+        calls: u32,
+        seconds: f64,
+        tokens: Tokens,
+        cost: f64,
+    ) {
+        match kind {
+            CallKind::Editor => {
+                self.editor_calls += calls;
+                self.editor_seconds += seconds;
+            }
+            CallKind::Thinker => {
+                self.thinker_calls += calls;
+                self.thinker_input_tokens += tokens.input;
+                self.thinker_output_tokens += tokens.output;
+            }
+            CallKind::Verifier => self.verifier_calls += calls,
+        }
+        self.cost += cost;
+    }
+
+    /// The sum of `parts` (in `currency`, theirs when there is one), rounded.
+    pub fn total<'a>(parts: impl IntoIterator<Item = &'a Usage>, currency: &str) -> Usage {
+        let mut parts = parts.into_iter().peekable();
+        let currency = parts.peek().map_or(currency, |u| u.currency.as_str());
+        let mut total = Usage::zero(currency);
+        for part in parts {
+            total.editor_calls += part.editor_calls;
+            total.editor_seconds += part.editor_seconds;
+            total.thinker_calls += part.thinker_calls;
+            total.thinker_input_tokens += part.thinker_input_tokens;
+            total.thinker_output_tokens += part.thinker_output_tokens;
+            total.verifier_calls += part.verifier_calls;
+            total.cost += part.cost;
+        }
+        total.rounded()
     }
 
     /// Rounds the sums for display: seconds to milliseconds, cost to

@@ -498,6 +498,27 @@ fn job_with_turns_from_rows<R>(
     }))
 }
 
+/// Completes a [`Store::job_with_turns`] read with the job's ledger,
+/// read by `ledger` only for a job a worker has claimed: only workers make
+/// paid calls, so a never-claimed job (the queued-job hot path) costs no
+/// second query.
+async fn with_ledger<F, Fut>(
+    read: Option<JobWithTurns>,
+    ledger: F,
+) -> StoreResult<Option<JobWithTurns>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<JobLedger>>,
+{
+    match read {
+        Some(mut read) if read.job.attempt > 0 => {
+            read.ledger = ledger().await?;
+            Ok(Some(read))
+        }
+        other => Ok(other),
+    }
+}
+
 /// Column names of a turn in a result row.
 struct TurnColumns {
     job_id: &'static str,

@@ -596,27 +596,21 @@ pub(crate) struct LedgerSum {
 
 /// Folds the drivers' sums into usage per editor, sorted by editor.
 pub(crate) fn usage_by_editor(sums: Vec<LedgerSum>) -> Vec<EditorUsage> {
-    use editthinker_core::{CallKind, Usage};
+    use editthinker_core::{CallKind, Tokens, Usage};
     let mut by_editor: std::collections::BTreeMap<String, Usage> = Default::default();
     for sum in sums {
         let usage = by_editor
             .entry(sum.editor)
             .or_insert_with(|| Usage::zero(&sum.currency));
+        let Some(kind) = CallKind::parse(&sum.kind) else {
+            continue;
+        };
+        let tokens = Tokens {
+            input: u64::try_from(sum.input_tokens).unwrap_or(0),
+            output: u64::try_from(sum.output_tokens).unwrap_or(0),
+        };
         let calls = u32::try_from(sum.calls).unwrap_or(u32::MAX);
-        match CallKind::parse(&sum.kind) {
-            Some(CallKind::Editor) => {
-                usage.editor_calls += calls;
-                usage.editor_seconds += sum.seconds;
-            }
-            Some(CallKind::Thinker) => {
-                usage.thinker_calls += calls;
-                usage.thinker_input_tokens += u64::try_from(sum.input_tokens).unwrap_or(0);
-                usage.thinker_output_tokens += u64::try_from(sum.output_tokens).unwrap_or(0);
-            }
-            Some(CallKind::Verifier) => usage.verifier_calls += calls,
-            None => continue,
-        }
-        usage.cost += sum.cost;
+        usage.add_calls(kind, calls, sum.seconds, tokens, sum.cost);
     }
     by_editor
         .into_iter()

@@ -828,14 +828,7 @@ impl Store for SqliteStore {
                     .transpose()
             },
         )?;
-        match read {
-            // Only a worker makes paid calls: a job never claimed has none.
-            Some(mut read) if read.job.attempt > 0 => {
-                read.ledger = ledger_of(&self.pool, id).await?;
-                Ok(Some(read))
-            }
-            other => Ok(other),
-        }
+        crate::with_ledger(read, || ledger_of(&self.pool, id)).await
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
