@@ -268,6 +268,15 @@ pub struct EditCall {
     pub height: u32,
     pub source_pixel: [u8; 3],
     pub params: Value,
+    /// When the request arrived.
+    pub at: std::time::Instant,
+}
+
+impl EditCall {
+    /// The seed the request asked for (`params.seed` of the `http` kind).
+    pub fn seed(&self) -> Option<i64> {
+        self.params["seed"].as_i64()
+    }
 }
 
 /// What the fake editor answers with.
@@ -286,6 +295,8 @@ pub struct FakeEditorState {
     pub refuse: Mutex<Vec<String>>,
     /// Answers 500 this many times first.
     pub fail_first: Mutex<u32>,
+    /// Per call number (from 1): a delay in place of `delay`.
+    pub delay_of_call: Mutex<HashMap<usize, Duration>>,
 }
 
 /// A self-hosted `/edit` server (the `http` editor protocol).
@@ -357,10 +368,17 @@ async fn fake_edit(
             height,
             source_pixel: p,
             params,
+            at: std::time::Instant::now(),
         });
         calls.len()
     };
-    let delay = *state.delay.lock().unwrap();
+    let delay = state
+        .delay_of_call
+        .lock()
+        .unwrap()
+        .get(&n)
+        .copied()
+        .unwrap_or_else(|| *state.delay.lock().unwrap());
     tokio::time::sleep(delay).await;
     if state.refuse.lock().unwrap().contains(&prompt) {
         return Err((
@@ -406,6 +424,9 @@ pub struct FakeThinkerState {
     /// Requests answered (a request whose client left during `delay` is
     /// not): the calls a provider would bill.
     pub answered: std::sync::atomic::AtomicU32,
+    /// Answers by the red channel of the edited (last) image, before
+    /// `script`: the fake editor's images encode their call number there.
+    pub by_edit_red: Mutex<HashMap<u8, String>>,
 }
 
 /// Characters per streamed chunk.
@@ -459,6 +480,11 @@ impl FakeThinker {
     pub fn set_delay(&self, d: Duration) {
         *self.state.delay.lock().unwrap() = d;
     }
+
+    /// Answer `output` when the edited image is the fake editor's call `n`.
+    pub fn on_edit_call(&self, n: u8, output: String) {
+        self.state.by_edit_red.lock().unwrap().insert(n, output);
+    }
 }
 
 /// EditThinker output.
@@ -511,18 +537,23 @@ async fn fake_chat(
     state.calls.lock().unwrap().push(ThinkCall {
         model: body["model"].as_str().unwrap_or_default().into(),
         text: text.clone(),
-        image_pixels: pixels,
+        image_pixels: pixels.clone(),
         image_sizes: sizes,
     });
     let delay = *state.delay.lock().unwrap();
     tokio::time::sleep(delay).await;
-    let answer = state
-        .script
-        .lock()
-        .unwrap()
-        .get(&prev)
-        .cloned()
-        .unwrap_or_else(|| state.fallback.lock().unwrap().clone());
+    let by_colour = pixels
+        .last()
+        .and_then(|p| state.by_edit_red.lock().unwrap().get(&p[0]).cloned());
+    let answer = by_colour.unwrap_or_else(|| {
+        state
+            .script
+            .lock()
+            .unwrap()
+            .get(&prev)
+            .cloned()
+            .unwrap_or_else(|| state.fallback.lock().unwrap().clone())
+    });
     state
         .answered
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -223,7 +223,7 @@ fn the_pinned_tools_match_ci() {
 
 /// Parses an event's `data` with the type its document schema comes from
 /// (`crates/api/src/contract.rs`, which denies unknown fields).
-fn check_event_data(kind: &str, data: &Value) {
+pub(crate) fn check_event_data(kind: &str, data: &Value) {
     use editthinker_api::contract::*;
     let data = data.clone();
     let parsed = match kind {
@@ -236,6 +236,7 @@ fn check_event_data(kind: &str, data: &Value) {
         "job.failed" => serde_json::from_value::<JobFailedData>(data.clone()).map(drop),
         "job.canceled" => serde_json::from_value::<JobCanceledData>(data.clone()).map(drop),
         "turn.thinking" => serde_json::from_value::<TurnThinkingData>(data.clone()).map(drop),
+        "turn.chosen" => serde_json::from_value::<TurnChosenData>(data.clone()).map(drop),
         other => panic!("event type {other} has no data schema"),
     };
     parsed.unwrap_or_else(|e| panic!("{kind} data {data} does not match its schema: {e}"));

@@ -13,6 +13,7 @@ mod api;
 mod async_editor;
 mod browser;
 mod build_features;
+mod candidates;
 mod cli;
 mod client_libraries;
 mod clients;

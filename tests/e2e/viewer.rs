@@ -264,29 +264,43 @@ async fn the_viewer_shows_every_turn_live_and_after_the_fact() {
     }
 }
 
+/// Runs `ui/<script>` against `serve --sandbox` in an empty folder (with
+/// `env` added) with the base URL, a photo to submit and `args`; `None`
+/// when the browser tools are missing.
+async fn on_sandbox(
+    test: &str,
+    script: &str,
+    env: &[(&str, &str)],
+    args: Vec<std::ffi::OsString>,
+) -> Option<Value> {
+    let ui = ui_folder(test)?;
+    let dir = tempfile::tempdir().unwrap();
+    let env = [&[("EDITTHINKER_LISTEN", "127.0.0.1:0")][..], env].concat();
+    let service = Service::start_sandbox(dir.path(), &env);
+    let image = dir.path().join("photo.png");
+    std::fs::write(&image, png(160, 120, [90, 140, 220])).unwrap();
+    let args = [vec![service.url("").into(), image.into()], args].concat();
+    Some(run_script(ui, script, args).await)
+}
+
 /// The README's quick start, in Chromium: `serve --sandbox` in an empty
 /// folder, the viewer's form with its defaults, a finished three-turn job
 /// with every sandbox label in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sandbox_quick_start_finishes_in_the_browser() {
-    let Some(ui) = ui_folder("sandbox_viewer_e2e") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let service = Service::start_sandbox(dir.path(), &[("EDITTHINKER_LISTEN", "127.0.0.1:0")]);
-    let image = dir.path().join("photo.png");
-    std::fs::write(&image, png(160, 120, [90, 140, 220])).unwrap();
-    let seen = run_script(
-        ui,
+    let Some(seen) = on_sandbox(
+        "sandbox_viewer_e2e",
         "sandbox.mjs",
+        &[],
         vec![
-            service.url("").into(),
-            image.into(),
             crate::sandbox::QUICK_START_INSTRUCTION.into(),
             screenshots().into(),
         ],
     )
-    .await;
+    .await
+    else {
+        return;
+    };
     println!("the quick start in Chromium: {seen:#}");
     assert_eq!(seen["errors"], serde_json::json!([]), "{seen:#}");
     assert_eq!(seen["editors"], serde_json::json!(["sandbox (sandbox)"]));
@@ -308,4 +322,82 @@ async fn the_sandbox_quick_start_finishes_in_the_browser() {
         .unwrap()
         .starts_with("Turn 3 is the result"));
     assert!(seen["cardBadges"].as_u64().unwrap() >= 1, "{seen:#}");
+}
+
+/// A turn of three candidates in Chromium, on `serve --sandbox` with the
+/// sandbox verifier: the form asks for three ranked by the verifier, the
+/// strip fills live, one tile is marked chosen (the verifier's best), every
+/// tile has its seed and scores, and a reload replays the same strip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_shows_a_turn_s_candidates_with_the_chosen_one_marked() {
+    let Some(seen) = on_sandbox(
+        "candidates_viewer_e2e",
+        "candidates.mjs",
+        &[("EDITTHINKER_VERIFIER__KIND", "sandbox")],
+        vec![screenshots().into(), "verifier".into()],
+    )
+    .await
+    else {
+        return;
+    };
+    println!("three candidates in Chromium: {seen:#}");
+    assert_eq!(seen["errors"], serde_json::json!([]), "{seen:#}");
+    assert_eq!(seen["candidatesDefault"], "1");
+    assert!(seen["liveTiles"].as_u64().unwrap() >= 1, "{seen:#}");
+    assert_eq!(seen["status"], "succeeded");
+    assert_eq!(seen["turns"], 1, "one turn, however many candidates");
+    let meta = seen["meta"].as_str().unwrap();
+    assert!(
+        meta.contains("3 candidates a turn, ranked by the verifier")
+            && meta.contains("3 edits, 3 critiques, 3 verifier calls"),
+        "{meta}"
+    );
+    // A tile's score as the page shows it ("overall 5.81").
+    let score = |tile: &Value, name: &str| -> f64 {
+        let text = tile["scores"].as_str().unwrap_or_default();
+        let after = text.split(&format!("{name} ")).nth(1).unwrap_or_default();
+        let number: String = after
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        number
+            .parse()
+            .unwrap_or_else(|_| panic!("{name} in {tile}"))
+    };
+    for strip in [&seen["strip"], &seen["replayedStrip"]] {
+        let tiles = strip.as_array().unwrap();
+        assert_eq!(tiles.len(), 3, "{seen:#}");
+        let chosen: Vec<_> = tiles.iter().filter(|t| t["chosen"] == true).collect();
+        assert_eq!(chosen.len(), 1, "exactly one chosen: {seen:#}");
+        assert!(chosen[0]["label"].as_str().unwrap().ends_with("chosen"));
+        for (i, tile) in tiles.iter().enumerate() {
+            assert_eq!(tile["candidate"], i.to_string());
+            assert_eq!(tile["imageLoaded"], true, "{tile}");
+            assert!(tile["scores"].as_str().unwrap().starts_with("seed "));
+            for name in ["semantic", "quality", "overall", "verifier"] {
+                score(tile, name);
+            }
+            assert!(score(tile, "verifier") <= score(chosen[0], "verifier"));
+        }
+    }
+    assert_eq!(seen["strip"], seen["replayedStrip"]);
+    // The turn is its chosen candidate: its scores, image and chart point.
+    let chosen = seen["strip"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["chosen"] == true)
+        .unwrap();
+    let turn = serde_json::json!({ "scores": seen["turnScores"] });
+    assert_eq!(score(&turn, "overall"), score(chosen, "overall"));
+    assert!(
+        seen["turnScores"]
+            .as_str()
+            .unwrap()
+            .ends_with("chosen by the verifier"),
+        "{seen:#}"
+    );
+    assert_eq!(seen["turnImageLoaded"], true);
+    assert_eq!(seen["chartPoints"], 1);
+    assert_eq!(seen["compareTitle"], "Source ◀ ▶ turn 1 candidate 2");
 }

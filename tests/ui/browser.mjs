@@ -12,6 +12,16 @@ export async function launch() {
   return { browser, context };
 }
 
+// A new page whose errors, console errors and failed requests go to
+// `errors`.
+export async function watchedPage(context, errors) {
+  const page = await context.newPage();
+  page.on("pageerror", e => errors.push(String(e)));
+  page.on("console", m => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("response", r => { if (r.status() >= 400) errors.push(r.status() + " " + new URL(r.url()).pathname); });
+  return page;
+}
+
 export async function report(browser, seen, errors) {
   seen.errors = errors;
   console.log(JSON.stringify(seen));

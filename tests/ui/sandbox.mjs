@@ -3,16 +3,13 @@
 // purple", Edit, and the job watched to its end. Prints what it saw as one
 // JSON line for tests/e2e/viewer.rs. Arguments: base URL, image file,
 // instruction, screenshot folder.
-import { launch, report } from "./browser.mjs";
+import { launch, report, watchedPage } from "./browser.mjs";
 
 const [base, image, instruction, shots] = process.argv.slice(2);
 const { browser, context } = await launch();
-const page = await context.newPage();
 const errors = [];
 const seen = {};
-page.on("pageerror", e => errors.push(String(e)));
-page.on("console", m => { if (m.type() === "error") errors.push(m.text()); });
-page.on("response", r => { if (r.status() >= 400) errors.push(r.status() + " " + new URL(r.url()).pathname); });
+const page = await watchedPage(context, errors);
 
 try {
   await page.goto(base + "/ui");

@@ -65,6 +65,8 @@ def test_create_by_bytes_path_file_and_url(
         selection="best",
         stop=StopThresholds(7.0, 8.0, 2, 0.5),
         budget=Budget(max_editor_calls=3),
+        candidates=1,
+        rank_by="thinker",
     )
     by_str_path = client.create(str(path), "make it green", options=QUICK)
     assert source_bytes(service.base_url, by_str_path.job.id) == other
@@ -137,6 +139,24 @@ def test_run_returns_finished_job(client: Client, png: bytes) -> None:
     # One sandbox turn: one paid edit and one critique, in the job and its turn.
     assert (job.usage.editor_calls, job.usage.thinker_calls) == (1, 1)
     assert job.usage.thinker_output_tokens > 0 and job.turns[0].usage == job.usage
+
+
+def test_candidates_are_typed_and_one_is_chosen(client: Client, service: Service, png: bytes) -> None:
+    options = JobOptions(max_turns=1, candidates=3)
+    job = client.run(png, "make it brighter", timeout=60, options=options)
+    assert job.status == "succeeded" and job.options.candidates == 3
+    turn = job.turns[0]
+    assert [c.index for c in turn.candidates] == [0, 1, 2]
+    assert len({c.seed for c in turn.candidates}) == 3
+    chosen = turn.candidates[turn.chosen]
+    assert chosen.critique == turn.critique
+    scores = [c.critique.overall for c in turn.candidates if c.critique and c.critique.overall is not None]
+    assert turn.critique is not None and turn.critique.overall == max(scores)
+    assert job.usage.editor_calls == 3
+    # A candidate's image is served; a one-candidate job keeps one candidate.
+    assert httpx.get(service.base_url + chosen.image_url, timeout=30).status_code == 200
+    single = client.run(png, "make it brighter", timeout=60, options=QUICK)
+    assert single.turns[0].chosen == 0 and len(single.turns[0].candidates) == 1
 
 
 def test_run_timeout_leaves_job_running(client: Client, png: bytes) -> None:

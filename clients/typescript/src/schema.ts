@@ -181,6 +181,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs/{id}/turns/{n}/candidates/{c}/image": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * One candidate's image bytes: in a turn of several, as soon as the
+         *     candidate is edited (before the turn chose one); in a one-candidate
+         *     turn, candidate 0 is the turn's image.
+         */
+        get: operations["candidate_image"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/jobs/{id}/turns/{n}/image": {
         parameters: {
             query?: never;
@@ -274,6 +295,31 @@ export interface components {
              *     no limit besides `max_turns`).
              */
             max_editor_calls?: number | null;
+        };
+        /**
+         * @description One of a turn's candidates: an edit of the source with the turn's
+         *     instruction (and, in a turn of several, its own seed).
+         */
+        Candidate: {
+            critique?: null | components["schemas"]["CritiqueView"];
+            /**
+             * Format: int64
+             * @description Editor wall time in milliseconds.
+             */
+            editor_ms: number;
+            /** @description Where to fetch its image. */
+            image_url: string;
+            /**
+             * Format: int32
+             * @description Its number within the turn, from 0.
+             */
+            index: number;
+            /**
+             * Format: int64
+             * @description The seed it asked the editor for; `null` in a one-candidate turn.
+             */
+            seed?: number | null;
+            verifier?: null | components["schemas"]["VerifierScore"];
         };
         /**
          * @description `POST /v1/jobs` as `multipart/form-data` (the document's schema only;
@@ -448,12 +494,12 @@ export interface components {
          *     job. Clients match on these.
          * @enum {string}
          */
-        ErrorCode: "malformed_request" | "too_large" | "unsupported_media_type" | "validation_failed" | "unknown_editor" | "image_unsupported" | "image_undecodable" | "image_too_many_pixels" | "image_too_large_decoded" | "image_too_compressed" | "image_url_forbidden" | "webhook_url_forbidden" | "idempotency_key_reused" | "unauthorized" | "request_timeout" | "rate_limited" | "uri_too_long" | "headers_too_large" | "not_found" | "method_not_allowed" | "job_finished" | "job_not_ready" | "job_not_failed" | "not_configured" | "internal" | "editor_refused" | "editor_invalid" | "editor_auth" | "editor_unavailable" | "editor_ambiguous" | "editor_bad_output" | "thinker_unavailable" | "thinker_invalid" | "thinker_auth" | "storage_error" | "storage_refused" | "lease_expired" | "deadline_exceeded" | "budget_exhausted";
+        ErrorCode: "malformed_request" | "too_large" | "unsupported_media_type" | "validation_failed" | "unknown_editor" | "image_unsupported" | "image_undecodable" | "image_too_many_pixels" | "image_too_large_decoded" | "image_too_compressed" | "image_url_forbidden" | "webhook_url_forbidden" | "idempotency_key_reused" | "unauthorized" | "request_timeout" | "rate_limited" | "uri_too_long" | "headers_too_large" | "not_found" | "method_not_allowed" | "job_finished" | "job_not_ready" | "job_not_failed" | "not_configured" | "internal" | "editor_refused" | "editor_invalid" | "editor_auth" | "editor_unavailable" | "editor_ambiguous" | "editor_bad_output" | "thinker_unavailable" | "thinker_invalid" | "thinker_auth" | "storage_error" | "storage_refused" | "lease_expired" | "deadline_exceeded" | "budget_exhausted" | "verifier_unavailable" | "verifier_invalid";
         /**
          * @description A stored event's type (SSE `event:`, a webhook's `type`).
          * @enum {string}
          */
-        EventType: "job.queued" | "job.started" | "job.retrying" | "turn.edited" | "turn.critiqued" | "job.succeeded" | "job.failed" | "job.canceled";
+        EventType: "job.queued" | "job.started" | "job.retrying" | "turn.edited" | "turn.critiqued" | "turn.chosen" | "job.succeeded" | "job.failed" | "job.canceled";
         /**
          * @description What the thinker is told of earlier turns.
          * @enum {string}
@@ -591,17 +637,30 @@ export interface components {
             budget?: components["schemas"]["Budget"];
             /**
              * Format: int32
+             * @description Candidates edited per turn, concurrently, from the source with the
+             *     same instruction and distinct seeds, 1..=8 (default 1, the paper's
+             *     loop). Each is critiqued; the best by `rank_by` is the turn's.
+             */
+            candidates?: number;
+            /**
+             * Format: int32
              * @description Seconds after creation by which the job must be done, 1..=86400.
              *     When it passes, the job stops at once and succeeds with the best of
              *     its recorded turns, or fails with `deadline_exceeded` without one.
              */
             deadline_seconds?: number | null;
+            /**
+             * Format: int32
+             * @description Candidates of the first turn, 1..=8 (default: `candidates`).
+             */
+            first_turn_candidates?: number | null;
             history?: components["schemas"]["History"];
             /**
              * Format: int32
              * @description Editor calls at most, 1..=10 (default 5).
              */
             max_turns?: number;
+            rank_by?: components["schemas"]["RankBy"];
             selection?: components["schemas"]["Selection"];
             stop?: components["schemas"]["StopThresholds"];
         };
@@ -739,6 +798,11 @@ export interface components {
             /** @description A URI naming the problem type. */
             type: string;
         };
+        /**
+         * @description Which score picks a turn's candidate.
+         * @enum {string}
+         */
+        RankBy: "thinker" | "verifier";
         /** @description Readiness report. */
         Readiness: {
             /** @description `ok`, or what is wrong with the database. */
@@ -821,9 +885,28 @@ export interface components {
              * @description Minimum semantic score, 0..=10 (default 8).
              */
             semantic?: number;
+            /**
+             * Format: double
+             * @description The verifier's gate, 0..=10 (default: off): a turn the thinker calls
+             *     satisfied only counts as satisfied when the verifier's overall score
+             *     of its chosen candidate reaches it. Needs a `[verifier]`.
+             */
+            verifier?: number | null;
         };
         /** @description One turn. */
         Turn: {
+            /**
+             * @description The turn's edited candidates (`options.candidates`), by index: one,
+             *     the turn itself, in a one-candidate turn.
+             */
+            candidates: components["schemas"]["Candidate"][];
+            /**
+             * Format: int32
+             * @description The candidate this turn is (`candidates[].index`): its `image_url`,
+             *     `editor_ms` and `critique` are that candidate's. 0 in a
+             *     one-candidate turn.
+             */
+            chosen: number;
             critique?: null | components["schemas"]["CritiqueView"];
             /**
              * Format: int64
@@ -850,8 +933,45 @@ export interface components {
              */
             usage: components["schemas"]["Usage"];
         };
-        /** @description `turn.critiqued`: a turn's critique exists. */
+        /**
+         * @description `turn.chosen`: a turn of several candidates chose one, which is now
+         *     the turn in the job JSON (`turns[].chosen`); follows the turn's
+         *     `turn.edited` and `turn.critiqued` events. A one-candidate turn has none.
+         */
+        TurnChosenData: {
+            /** @description Which score ranked the candidates (`options.rank_by`). */
+            by: components["schemas"]["RankBy"];
+            /**
+             * Format: int32
+             * @description The chosen candidate, from 0.
+             */
+            candidate: number;
+            /**
+             * Format: uuid
+             * @description The job.
+             */
+            job_id: string;
+            /**
+             * Format: double
+             * @description Its score by `by` (0–10), `null` when no candidate had one.
+             */
+            score?: number | null;
+            /**
+             * Format: int32
+             * @description Turn number, from 1.
+             */
+            turn: number;
+        };
+        /**
+         * @description `turn.critiqued`: a turn's critique exists (in a turn of several: one
+         *     candidate's).
+         */
         TurnCritiquedData: {
+            /**
+             * Format: int32
+             * @description The critiqued candidate, from 0 (0 in a one-candidate turn).
+             */
+            candidate: number;
             /** @description The same shape as a turn's critique in the job JSON. */
             critique: components["schemas"]["CritiqueView"];
             /**
@@ -870,14 +990,26 @@ export interface components {
              */
             turn: number;
         };
-        /** @description `turn.edited`: a turn's image exists. */
+        /**
+         * @description `turn.edited`: a turn's image exists (in a turn of several: one
+         *     candidate's, the turn is not chosen yet).
+         */
         TurnEditedData: {
+            /**
+             * Format: int32
+             * @description The edited candidate, from 0 (0 in a one-candidate turn).
+             */
+            candidate: number;
             /**
              * Format: int64
              * @description Editor wall time in milliseconds.
              */
             editor_ms: number;
-            /** @description Where to fetch the image. */
+            /**
+             * @description Where to fetch the image: the turn's (`/v1/jobs/{id}/turns/{n}/image`)
+             *     in a one-candidate turn, the candidate's
+             *     (`/v1/jobs/{id}/turns/{n}/candidates/{c}/image`) in a turn of several.
+             */
             image_url: string;
             /** @description The instruction the editor received. */
             instruction: string;
@@ -886,6 +1018,11 @@ export interface components {
              * @description The job.
              */
             job_id: string;
+            /**
+             * Format: int64
+             * @description The candidate's seed: present only in a turn of several candidates.
+             */
+            seed?: number | null;
             /**
              * Format: int32
              * @description Turn number, from 1.
@@ -897,6 +1034,11 @@ export interface components {
          *     replayed, never delivered to webhooks).
          */
         TurnThinkingData: {
+            /**
+             * Format: int32
+             * @description The candidate being critiqued, from 0 (0 in a one-candidate turn).
+             */
+            candidate: number;
             /** @description The next piece of the thinker's text. */
             delta: string;
             /**
@@ -970,10 +1112,31 @@ export interface components {
              */
             until: string;
         };
+        /**
+         * @description A verifier's judgement of one candidate, on 0..=10: the job JSON's
+         *     `turns[].candidates[].verifier` (contract).
+         */
+        VerifierScore: {
+            /**
+             * Format: double
+             * @description `sqrt(semantic × quality)`, or the verifier's single score.
+             */
+            overall: number;
+            /**
+             * Format: double
+             * @description Visual quality score, when the verifier gives one.
+             */
+            quality?: number | null;
+            /**
+             * Format: double
+             * @description Instruction-following score, when the verifier gives one.
+             */
+            semantic?: number | null;
+        };
         /** @description A webhook delivery's body (Standard Webhooks): a stored event. */
         WebhookEvent: {
             /** @description The event's data, as on the SSE stream. */
-            data: components["schemas"]["JobQueuedData"] | components["schemas"]["JobStartedData"] | components["schemas"]["JobRetryingData"] | components["schemas"]["TurnEditedData"] | components["schemas"]["TurnCritiquedData"] | components["schemas"]["JobSucceededData"] | components["schemas"]["JobFailedData"] | components["schemas"]["JobCanceledData"];
+            data: components["schemas"]["JobQueuedData"] | components["schemas"]["JobStartedData"] | components["schemas"]["JobRetryingData"] | components["schemas"]["TurnEditedData"] | components["schemas"]["TurnCritiquedData"] | components["schemas"]["TurnChosenData"] | components["schemas"]["JobSucceededData"] | components["schemas"]["JobFailedData"] | components["schemas"]["JobCanceledData"];
             /**
              * Format: date-time
              * @description When the event happened.
@@ -1435,7 +1598,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description `text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{"turn", "delta"}` reasoning text (not stored, not replayed); the stream ends after the terminal event */
+            /** @description `text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, turn.chosen, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{"turn", "candidate", "delta"}` reasoning text (not stored, not replayed); the stream ends after the terminal event */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1468,6 +1631,12 @@ export interface operations {
                     } | {
                         /** @constant */
                         event: "turn.critiqued";
+                        /** @description The stored event's id (resume with `Last-Event-ID`) */
+                        id: string;
+                        data: string;
+                    } | {
+                        /** @constant */
+                        event: "turn.chosen";
                         /** @description The stored event's id (resume with `Last-Event-ID`) */
                         id: string;
                         data: string;
@@ -1709,6 +1878,70 @@ export interface operations {
                 };
                 content: {
                     "image/*": string;
+                };
+            };
+            /** @description Missing or bad credentials (`unauthorized`, `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A limit was reached (`rate_limited`); `Retry-After` says when to try again */
+            429: {
+                headers: {
+                    /** @description Seconds until a retry may succeed */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The request's headers are over `[limits] max_header_bytes` */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    candidate_image: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Job id */
+                id: string;
+                /** @description Turn number, from 1 */
+                n: number;
+                /** @description Candidate number within the turn, from 0 */
+                c: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description PNG bytes */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "image/png": string;
                 };
             };
             /** @description Missing or bad credentials (`unauthorized`, `WWW-Authenticate: Bearer`) */

@@ -26,6 +26,7 @@ export interface EventDataMap {
   "job.failed": Schemas["JobFailedData"];
   "job.canceled": Schemas["JobCanceledData"];
   "turn.thinking": Schemas["TurnThinkingData"];
+  "turn.chosen": Schemas["TurnChosenData"];
 }
 
 /** A stored event: it has an id, and is replayed on reconnect. */

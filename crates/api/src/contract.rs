@@ -6,7 +6,7 @@
 //! below checks the two agree.
 
 use chrono::{DateTime, Utc};
-use editthinker_core::{ErrorCode, StopReason, Usage};
+use editthinker_core::{ErrorCode, RankBy, StopReason, Usage};
 use editthinker_store::JobStatus;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -37,6 +37,10 @@ pub enum EventType {
     #[serde(rename = "turn.critiqued")]
     #[schema(rename = "turn.critiqued")]
     TurnCritiqued,
+    /// A turn of several candidates chose one.
+    #[serde(rename = "turn.chosen")]
+    #[schema(rename = "turn.chosen")]
+    TurnChosen,
     /// The job finished with a result.
     #[serde(rename = "job.succeeded")]
     #[schema(rename = "job.succeeded")]
@@ -99,7 +103,8 @@ pub struct JobRetryingData {
     pub run_at: DateTime<Utc>,
 }
 
-/// `turn.edited`: a turn's image exists.
+/// `turn.edited`: a turn's image exists (in a turn of several: one
+/// candidate's, the turn is not chosen yet).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TurnEditedData {
@@ -107,15 +112,23 @@ pub struct TurnEditedData {
     pub job_id: Uuid,
     /// Turn number, from 1.
     pub turn: u32,
+    /// The edited candidate, from 0 (0 in a one-candidate turn).
+    pub candidate: u32,
+    /// The candidate's seed: present only in a turn of several candidates.
+    #[serde(default)]
+    pub seed: Option<i64>,
     /// The instruction the editor received.
     pub instruction: String,
     /// Editor wall time in milliseconds.
     pub editor_ms: u64,
-    /// Where to fetch the image.
+    /// Where to fetch the image: the turn's (`/v1/jobs/{id}/turns/{n}/image`)
+    /// in a one-candidate turn, the candidate's
+    /// (`/v1/jobs/{id}/turns/{n}/candidates/{c}/image`) in a turn of several.
     pub image_url: String,
 }
 
-/// `turn.critiqued`: a turn's critique exists.
+/// `turn.critiqued`: a turn's critique exists (in a turn of several: one
+/// candidate's).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TurnCritiquedData {
@@ -123,11 +136,31 @@ pub struct TurnCritiquedData {
     pub job_id: Uuid,
     /// Turn number, from 1.
     pub turn: u32,
+    /// The critiqued candidate, from 0 (0 in a one-candidate turn).
+    pub candidate: u32,
     /// Thinker wall time in milliseconds.
     pub thinker_ms: u64,
     /// The same shape as a turn's critique in the job JSON.
     #[schema(value_type = CritiqueView)]
     pub critique: serde_json::Value,
+}
+
+/// `turn.chosen`: a turn of several candidates chose one, which is now
+/// the turn in the job JSON (`turns[].chosen`); follows the turn's
+/// `turn.edited` and `turn.critiqued` events. A one-candidate turn has none.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TurnChosenData {
+    /// The job.
+    pub job_id: Uuid,
+    /// Turn number, from 1.
+    pub turn: u32,
+    /// The chosen candidate, from 0.
+    pub candidate: u32,
+    /// Its score by `by` (0–10), `null` when no candidate had one.
+    pub score: Option<f64>,
+    /// Which score ranked the candidates (`options.rank_by`).
+    pub by: RankBy,
 }
 
 /// `job.succeeded`.
@@ -183,6 +216,8 @@ pub struct TurnThinkingData {
     pub job_id: Uuid,
     /// The turn being critiqued.
     pub turn: u32,
+    /// The candidate being critiqued, from 0 (0 in a one-candidate turn).
+    pub candidate: u32,
     /// The next piece of the thinker's text.
     pub delta: String,
 }
@@ -201,12 +236,13 @@ pub struct WebhookEvent {
 }
 
 /// The schema names of each event type's `data`, in the document.
-pub const EVENT_DATA: [(&str, &str); 9] = [
+pub const EVENT_DATA: [(&str, &str); 10] = [
     ("job.queued", "JobQueuedData"),
     ("job.started", "JobStartedData"),
     ("job.retrying", "JobRetryingData"),
     ("turn.edited", "TurnEditedData"),
     ("turn.critiqued", "TurnCritiquedData"),
+    ("turn.chosen", "TurnChosenData"),
     ("job.succeeded", "JobSucceededData"),
     ("job.failed", "JobFailedData"),
     ("job.canceled", "JobCanceledData"),

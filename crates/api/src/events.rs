@@ -49,7 +49,7 @@ pub struct EventsQuery {
     params(("id" = Uuid, Path, description = "Job id"), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, nullable = false, minimum = 0, description = "Resume after this event id")),
     responses(
-        (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
+        (status = 200, description = "`text/event-stream`: each event has `id:` (event row id), `event:` (job.queued, job.started, job.retrying, turn.edited, turn.critiqued, turn.chosen, job.succeeded, job.failed, job.canceled) and JSON `data:`; while a thinker generates, `turn.thinking` events without `id:` carry `{\"turn\", \"candidate\", \"delta\"}` reasoning text (not stored, not replayed); the stream ends after the terminal event", content_type = "text/event-stream"),
         (status = 204, description = "The job has finished and nothing is stored after the cursor: the EventSource standard's signal to stop reconnecting"),
         (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, body = crate::error::Problem, content_type = "application/problem+json"),

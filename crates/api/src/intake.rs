@@ -48,6 +48,10 @@ pub struct Limits {
     /// Image decodes at once in this process (each can take a core and
     /// tens of megabytes); further creates wait for a slot.
     pub decode_slots: Arc<Semaphore>,
+    /// Whether the workers have a `[verifier]` (default `false`): without
+    /// one, a job whose options need it (`options.rank_by = "verifier"`,
+    /// `options.stop.verifier`) is refused with a `422` naming the option.
+    pub verifier_configured: bool,
 }
 
 impl Default for Limits {
@@ -66,6 +70,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             body_read_timeout: Duration::from_secs(60),
             decode_slots: Arc::new(Semaphore::new(default_decode_slots())),
+            verifier_configured: false,
         }
     }
 }
@@ -151,12 +156,13 @@ pub struct WebhookInput {
 }
 
 /// Event types a webhook may ask for.
-pub const WEBHOOK_EVENT_TYPES: [&str; 8] = [
+pub const WEBHOOK_EVENT_TYPES: [&str; 9] = [
     "job.queued",
     "job.started",
     "job.retrying",
     "turn.edited",
     "turn.critiqued",
+    "turn.chosen",
     "job.succeeded",
     "job.failed",
     "job.canceled",
@@ -372,6 +378,15 @@ fn finish(image: Bytes, fields: Fields, limits: &Limits) -> Result<ParsedCreate,
     options
         .validate()
         .map_err(|e| ApiError::invalid(e.field, e.rule))?;
+    if let Some(field) = options
+        .verifier_field()
+        .filter(|_| !limits.verifier_configured)
+    {
+        return Err(ApiError::invalid(
+            field,
+            "needs a [verifier] section in the server's configuration",
+        ));
+    }
     let metadata = fields.metadata.unwrap_or_else(|| serde_json::json!({}));
     if !metadata.is_object() {
         return Err(ApiError::invalid("metadata", "must be a JSON object"));
@@ -1043,5 +1058,51 @@ mod tests {
         );
         // Tabs and line breaks are text.
         assert!(parse(r#"{"image":{"base64":"aGk="},"instruction":"a\tb\nc"}"#).is_ok());
+    }
+
+    #[test]
+    fn options_that_need_a_verifier_need_one_configured() {
+        let body = |options: &str| {
+            format!(r#"{{"image":{{"base64":"aGk="}},"instruction":"x","options":{options}}}"#)
+        };
+        let refused = |options: &str| match parse(&body(options)) {
+            Err(ApiError::Invalid { field, rule, .. }) => (field, rule),
+            other => panic!("{options}: {other:?}"),
+        };
+        let (field, rule) = refused(r#"{"rank_by":"verifier","candidates":3}"#);
+        assert_eq!(field, "options.rank_by");
+        assert_eq!(
+            rule,
+            "needs a [verifier] section in the server's configuration"
+        );
+        assert_eq!(
+            refused(r#"{"stop":{"verifier":7}}"#).0,
+            "options.stop.verifier"
+        );
+        assert!(parse(&body(r#"{"rank_by":"thinker","candidates":3}"#)).is_ok());
+        let limits = Limits {
+            verifier_configured: true,
+            ..Limits::default()
+        };
+        let parsed = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(parse_json(
+                body(r#"{"rank_by":"verifier","stop":{"verifier":7}}"#).as_bytes(),
+                &limits,
+            ))
+            .unwrap();
+        assert_eq!(parsed.options.rank_by, editthinker_core::RankBy::Verifier);
+    }
+
+    #[test]
+    fn every_stored_event_type_may_be_asked_for() {
+        let stored: Vec<&str> = crate::contract::EVENT_DATA
+            .iter()
+            .map(|(kind, _)| *kind)
+            .filter(|kind| *kind != "turn.thinking")
+            .collect();
+        assert_eq!(stored, WEBHOOK_EVENT_TYPES);
     }
 }

@@ -386,6 +386,7 @@ async fn insert(
         job: row,
         turns: Vec::new(),
         ledger: Default::default(),
+        candidates: Vec::new(),
     };
     Ok((job_json(state, &read), None))
 }
@@ -419,7 +420,7 @@ async fn idempotent_outcome(
 /// the queue when that was read ([`JobWithTurns::jobs_ahead`]).
 fn job_json(state: &AppState, read: &JobWithTurns) -> Job {
     let row = &read.job;
-    let mut job = Job::from_rows(row, &read.turns, &read.ledger);
+    let mut job = Job::from_read(read);
     if read.ledger.entries.is_empty() {
         // A job without paid calls (never claimed: its ledger was not read)
         // shows this configuration's currency.
@@ -650,8 +651,17 @@ pub async fn cancel_job(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let id = load(&state, &caller, &id).await?.id;
     let row = state.store.request_cancel(id).await?;
+    let turns = state.store.list_turns(id).await?;
+    // Candidates are read only when a turn chose one of several, as
+    // `Store::job_with_turns` does.
+    let candidates = if turns.iter().any(|t| t.chosen.is_some()) {
+        state.store.list_candidates(id).await?
+    } else {
+        Vec::new()
+    };
     let read = JobWithTurns {
-        turns: state.store.list_turns(id).await?,
+        turns,
+        candidates,
         ledger: state.store.job_calls(id).await?,
         job: row,
         jobs_ahead: None,
@@ -716,16 +726,76 @@ pub async fn turn_image(
     caller: Caller,
     Path((id, n)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let row = load(&state, &caller, &id).await?;
-    let n: u32 = n
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("job {} has no turn {n}", row.id)))?;
+    let (row, n) = load_turn_path(&state, &caller, &id, &n).await?;
     let turns = state.store.list_turns(row.id).await?;
     let turn = turns
         .iter()
         .find(|t| t.index == n)
-        .ok_or_else(|| ApiError::NotFound(format!("job {} has no turn {n}", row.id)))?;
+        .ok_or_else(|| no_turn(row.id, n))?;
     blob_response(&state, &turn.image_key, &turn.image_mime).await
+}
+
+/// One candidate's image bytes: in a turn of several, as soon as the
+/// candidate is edited (before the turn chose one); in a one-candidate
+/// turn, candidate 0 is the turn's image.
+#[utoipa::path(get, path = "/v1/jobs/{id}/turns/{n}/candidates/{c}/image", tag = "images",
+    params(("id" = Uuid, Path, description = "Job id"), ("n" = u32, Path, description = "Turn number, from 1"),
+        ("c" = u32, Path, description = "Candidate number within the turn, from 0")),
+    responses((status = 200, description = "PNG bytes", content_type = "image/png"),
+        (status = 404, body = Problem, content_type = "application/problem+json")))]
+pub async fn candidate_image(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, n, c)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let (row, n) = load_turn_path(&state, &caller, &id, &n).await?;
+    let missing = || {
+        ApiError::NotFound(format!(
+            "job {} has no edited candidate {c} of turn {n}",
+            row.id
+        ))
+    };
+    let c: u32 = c.parse().map_err(|_| missing())?;
+    let candidates = state.store.list_candidates(row.id).await?;
+    let (key, mime) = if candidates.iter().any(|r| r.turn == n) {
+        // A turn of several (chosen or not yet): the candidate's own row,
+        // once edited.
+        candidates
+            .into_iter()
+            .find(|r| r.turn == n && r.index == c)
+            .and_then(|r| r.image_key.zip(r.image_mime))
+            .ok_or_else(missing)?
+    } else {
+        // A one-candidate turn: candidate 0 is the turn.
+        state
+            .store
+            .list_turns(row.id)
+            .await?
+            .into_iter()
+            .find(|t| t.index == n && t.chosen.is_none() && c == 0)
+            .map(|t| (t.image_key, t.image_mime))
+            .ok_or_else(missing)?
+    };
+    blob_response(&state, &key, &mime).await
+}
+
+/// The caller's job and the turn number of an image path
+/// (`/v1/jobs/{id}/turns/{n}/...`): a number that is not one is a turn
+/// the job does not have.
+async fn load_turn_path(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    n: &str,
+) -> Result<(JobRow, u32), ApiError> {
+    let row = load(state, caller, id).await?;
+    let n = n.parse().map_err(|_| no_turn(row.id, n))?;
+    Ok((row, n))
+}
+
+/// The 404 of a turn job `job` does not have.
+fn no_turn(job: Uuid, n: impl std::fmt::Display) -> ApiError {
+    ApiError::NotFound(format!("job {job} has no turn {n}"))
 }
 
 /// The selected result's image bytes.

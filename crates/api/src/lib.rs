@@ -144,7 +144,9 @@ impl AppState {
         views::JobSummary,
         views::JobList,
         views::Turn,
+        views::Candidate,
         views::CritiqueView,
+        editthinker_core::VerifierScore,
         views::JobResult,
         views::JobErrorView,
         views::EditorView,
@@ -162,6 +164,7 @@ impl AppState {
         editthinker_core::Selection,
         editthinker_core::History,
         editthinker_core::Budget,
+        editthinker_core::RankBy,
         editthinker_core::Usage,
         views::RefusalView,
         contract::EventType,
@@ -171,6 +174,7 @@ impl AppState {
         contract::JobRetryingData,
         contract::TurnEditedData,
         contract::TurnCritiquedData,
+        contract::TurnChosenData,
         contract::JobSucceededData,
         contract::JobFailedData,
         contract::JobCanceledData,
@@ -302,6 +306,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(jobs::retry_job))
         .routes(routes!(jobs::source_image))
         .routes(routes!(jobs::turn_image))
+        .routes(routes!(jobs::candidate_image))
         .routes(routes!(jobs::result_image))
         .routes(routes!(events::job_events))
         .routes(routes!(usage::tenant_usage))

@@ -13,7 +13,7 @@ use editthinker_core::CritiqueRecord;
 use editthinker_store::{event_type, EventRow};
 use uuid::Uuid;
 
-use crate::views::{result_url, turn_image_url, CritiqueView};
+use crate::views::{candidate_image_url, result_url, turn_image_url, CritiqueView};
 
 /// Keep-alive comment interval of an idle stream.
 pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -36,6 +36,8 @@ pub enum EventKind {
     TurnEdited,
     /// `turn.critiqued`: a turn's critique exists.
     TurnCritiqued,
+    /// `turn.chosen`: a turn of several candidates chose one.
+    TurnChosen,
     /// `job.succeeded`: the job finished with a result.
     JobSucceeded,
     /// `job.failed`: the job failed for good.
@@ -50,12 +52,13 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind with a name of its own.
-    const KNOWN: [EventKind; 9] = [
+    const KNOWN: [EventKind; 10] = [
         Self::JobQueued,
         Self::JobStarted,
         Self::JobRetrying,
         Self::TurnEdited,
         Self::TurnCritiqued,
+        Self::TurnChosen,
         Self::JobSucceeded,
         Self::JobFailed,
         Self::JobCanceled,
@@ -70,6 +73,7 @@ impl EventKind {
             Self::JobRetrying => event_type::JOB_RETRYING,
             Self::TurnEdited => event_type::TURN_EDITED,
             Self::TurnCritiqued => event_type::TURN_CRITIQUED,
+            Self::TurnChosen => event_type::TURN_CHOSEN,
             Self::JobSucceeded => event_type::JOB_SUCCEEDED,
             Self::JobFailed => event_type::JOB_FAILED,
             Self::JobCanceled => event_type::JOB_CANCELED,
@@ -126,12 +130,18 @@ impl StreamEvent {
         Self::new(Some(row.id), kind, data)
     }
 
-    /// A live event (`turn.thinking`), with the job id added to its data.
+    /// A live event (`turn.thinking`), with the job id added to its data
+    /// (and its `candidate`, 0, when a worker of an earlier release left
+    /// it out).
     pub(crate) fn live(job_id: Uuid, kind: &str, mut data: serde_json::Value) -> Self {
+        let kind = EventKind::from(kind);
         if let Some(map) = data.as_object_mut() {
             map.insert("job_id".into(), job_id.to_string().into());
+            if kind == EventKind::TurnThinking {
+                candidate_of(map);
+            }
         }
-        Self::new(None, EventKind::from(kind), data)
+        Self::new(None, kind, data)
     }
 
     fn new(id: Option<i64>, kind: EventKind, data: serde_json::Value) -> Self {
@@ -194,14 +204,21 @@ fn public_data(row: &EventRow, kind: &EventKind) -> serde_json::Value {
         map.insert("job_id".into(), row.job_id.to_string().into());
         match kind {
             EventKind::TurnEdited => {
+                let candidate = candidate_of(map);
+                // Only a candidate of a turn of several carries a seed; a
+                // one-candidate turn's image is the turn's, as it always was.
+                let several = map.contains_key("seed");
                 if let Some(turn) = map.get("turn").and_then(|t| t.as_u64()) {
-                    map.insert(
-                        "image_url".into(),
-                        turn_image_url(row.job_id, turn as u32).into(),
-                    );
+                    let turn = turn as u32;
+                    let url = match candidate.filter(|_| several) {
+                        Some(c) => candidate_image_url(row.job_id, turn, c),
+                        None => turn_image_url(row.job_id, turn),
+                    };
+                    map.insert("image_url".into(), url.into());
                 }
             }
             EventKind::TurnCritiqued => {
+                candidate_of(map);
                 // Same shape as a turn's critique in the job JSON.
                 let view = map
                     .get("critique")
@@ -222,6 +239,20 @@ fn public_data(row: &EventRow, kind: &EventKind) -> serde_json::Value {
         }
     }
     data
+}
+
+/// The `candidate` of a turn event's data, as stored; an event stored
+/// (or a live one sent) before turns had candidates gets `candidate: 0`,
+/// which it was, and `None` is returned.
+fn candidate_of(map: &mut serde_json::Map<String, serde_json::Value>) -> Option<u32> {
+    let stored = map
+        .get("candidate")
+        .and_then(|c| c.as_u64())
+        .and_then(|c| u32::try_from(c).ok());
+    if stored.is_none() {
+        map.insert("candidate".into(), 0.into());
+    }
+    stored
 }
 
 #[cfg(test)]
@@ -259,5 +290,65 @@ mod tests {
         // A live event of a terminal type ends nothing.
         let live = StreamEvent::new(None, EventKind::JobSucceeded, serde_json::json!({}));
         assert!(!ends_stream_at(&live, std::iter::empty()));
+    }
+
+    /// The public data of a stored row of type `kind` with data `data`.
+    fn public(kind: &str, data: serde_json::Value) -> serde_json::Value {
+        let row = EventRow {
+            data,
+            ..test_row(1, kind)
+        };
+        public_event_data(&row)
+    }
+
+    #[test]
+    fn turn_events_name_their_candidate_and_its_image() {
+        let job = Uuid::nil();
+        // A candidate of a turn of several (it has a seed): its own image.
+        let edited = public(
+            "turn.edited",
+            serde_json::json!({"turn": 2, "candidate": 3, "seed": 11, "instruction": "x", "editor_ms": 5}),
+        );
+        assert_eq!(edited["candidate"], 3);
+        assert_eq!(
+            edited["image_url"],
+            format!("/v1/jobs/{job}/turns/2/candidates/3/image")
+        );
+        // A one-candidate turn: the turn's image, as before candidates.
+        let single = public(
+            "turn.edited",
+            serde_json::json!({"turn": 2, "candidate": 0, "instruction": "x", "editor_ms": 5}),
+        );
+        assert_eq!(single["image_url"], format!("/v1/jobs/{job}/turns/2/image"));
+        // Stored before turns had candidates: candidate 0, the turn's image.
+        let old = public(
+            "turn.edited",
+            serde_json::json!({"turn": 2, "instruction": "x", "editor_ms": 5}),
+        );
+        assert_eq!(old["candidate"], 0);
+        assert_eq!(old["image_url"], format!("/v1/jobs/{job}/turns/2/image"));
+        let critiqued = public(
+            "turn.critiqued",
+            serde_json::json!({"turn": 1, "thinker_ms": 4, "critique": {}}),
+        );
+        assert_eq!(critiqued["candidate"], 0, "{critiqued}");
+        let chosen = serde_json::json!({"turn": 1, "candidate": 2, "score": 7.5, "by": "verifier"});
+        let public_chosen = public("turn.chosen", chosen.clone());
+        assert_eq!(
+            public_chosen,
+            serde_json::json!({"turn": 1, "candidate": 2, "score": 7.5, "by": "verifier", "job_id": job})
+        );
+        let thinking = StreamEvent::live(
+            job,
+            "turn.thinking",
+            serde_json::json!({"turn": 1, "delta": "h"}),
+        );
+        assert_eq!(thinking.data["candidate"], 0);
+        let thinking = StreamEvent::live(
+            job,
+            "turn.thinking",
+            serde_json::json!({"turn": 1, "candidate": 4, "delta": "h"}),
+        );
+        assert_eq!(thinking.data["candidate"], 4);
     }
 }

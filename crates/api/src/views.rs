@@ -1,8 +1,8 @@
 //! Response bodies (docs/api.md) and their conversion from stored rows.
 
 use chrono::{DateTime, Utc};
-use editthinker_core::{CritiqueRecord, ErrorCode, JobOptions, Usage};
-use editthinker_store::{JobLedger, JobRow, JobStatus, TurnRow};
+use editthinker_core::{CritiqueRecord, ErrorCode, JobOptions, Usage, VerifierScore};
+use editthinker_store::{CandidateRow, JobRow, JobStatus, JobWithTurns, TurnRow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -129,6 +129,31 @@ pub struct Turn {
     /// What this turn's provider calls used and cost (its edit, its
     /// critique with any retries).
     pub usage: Usage,
+    /// The candidate this turn is (`candidates[].index`): its `image_url`,
+    /// `editor_ms` and `critique` are that candidate's. 0 in a
+    /// one-candidate turn.
+    pub chosen: u32,
+    /// The turn's edited candidates (`options.candidates`), by index: one,
+    /// the turn itself, in a one-candidate turn.
+    pub candidates: Vec<Candidate>,
+}
+
+/// One of a turn's candidates: an edit of the source with the turn's
+/// instruction (and, in a turn of several, its own seed).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Candidate {
+    /// Its number within the turn, from 0.
+    pub index: u32,
+    /// The seed it asked the editor for; `null` in a one-candidate turn.
+    pub seed: Option<i64>,
+    /// Where to fetch its image.
+    pub image_url: String,
+    /// Editor wall time in milliseconds.
+    pub editor_ms: u64,
+    /// The thinker's critique, once made (the same shape as a turn's).
+    pub critique: Option<CritiqueView>,
+    /// The verifier's score, when a `[verifier]` judged it.
+    pub verifier: Option<VerifierScore>,
 }
 
 /// A refined instruction the editor refused, which ended the loop.
@@ -152,7 +177,7 @@ fn refused() -> String {
 }
 
 /// The thinker's verdict on a turn.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CritiqueView {
     /// Instruction-following score 0–10 (null for expert thinkers or parse failures).
     pub semantic: Option<f64>,
@@ -218,6 +243,11 @@ pub fn turn_image_url(job: Uuid, turn: u32) -> String {
     format!("/v1/jobs/{job}/turns/{turn}/image")
 }
 
+/// Path of candidate `candidate` of a turn's image.
+pub fn candidate_image_url(job: Uuid, turn: u32, candidate: u32) -> String {
+    format!("/v1/jobs/{job}/turns/{turn}/candidates/{candidate}/image")
+}
+
 /// Path of a job's result image.
 pub fn result_url(job: Uuid) -> String {
     format!("/v1/jobs/{job}/result")
@@ -241,23 +271,25 @@ fn error_of(row: &JobRow) -> Option<JobErrorView> {
 }
 
 impl Turn {
-    /// The view of a stored turn.
-    pub fn from_row(row: &TurnRow, usage: Usage) -> Self {
-        let critique = row.critique.as_ref().map(|json| {
-            match serde_json::from_value::<CritiqueRecord>(json.clone()) {
-                Ok(record) => CritiqueView::from_record(&record),
-                Err(e) => CritiqueView {
-                    semantic: None,
-                    quality: None,
-                    overall: None,
-                    reasoning: None,
-                    refined_instruction: None,
-                    satisfied: false,
-                    thinker_ms: row.thinker_ms.unwrap_or(0),
-                    error: Some(format!("stored critique unreadable: {e}")),
-                },
-            }
-        });
+    /// The view of a stored turn; `candidates` are the job's candidate
+    /// rows (those of this turn are read when it chose one of several).
+    pub fn from_row(row: &TurnRow, candidates: &[CandidateRow], usage: Usage) -> Self {
+        let (critique, verifier) = critique_of(row.critique.as_ref(), row.thinker_ms);
+        let (chosen, candidates) = match row.chosen {
+            // One candidate: the turn itself.
+            None => (
+                0,
+                vec![Candidate {
+                    index: 0,
+                    seed: None,
+                    image_url: candidate_image_url(row.job_id, row.index, 0),
+                    editor_ms: row.editor_ms,
+                    critique: critique.clone(),
+                    verifier,
+                }],
+            ),
+            Some(chosen) => (chosen, Candidate::of_turn(candidates, row.index)),
+        };
         Self {
             index: row.index,
             instruction: row.instruction.clone(),
@@ -266,8 +298,64 @@ impl Turn {
             provider_request_id: row.provider_request_id.clone(),
             critique,
             usage,
+            chosen,
+            candidates,
         }
     }
+}
+
+impl Candidate {
+    /// The edited candidates of turn `turn` among a job's candidate rows,
+    /// by index (a pending one, with no image yet, is left out).
+    pub fn of_turn(rows: &[CandidateRow], turn: u32) -> Vec<Self> {
+        let mut candidates: Vec<Self> = rows
+            .iter()
+            .filter(|c| c.turn == turn && c.image_key.is_some())
+            .map(|c| {
+                let (critique, verifier) = critique_of(c.critique.as_ref(), c.thinker_ms);
+                Self {
+                    index: c.index,
+                    seed: c.seed,
+                    image_url: candidate_image_url(c.job_id, c.turn, c.index),
+                    editor_ms: c.editor_ms.unwrap_or(0),
+                    critique,
+                    verifier,
+                }
+            })
+            .collect();
+        candidates.sort_by_key(|c| c.index);
+        candidates
+    }
+}
+
+/// The view of a stored critique JSON (a serialized `CritiqueRecord`),
+/// and the verifier's score it carries (its `verifier` key). An unreadable
+/// record is a critique whose `error` says so; `thinker_ms` is the
+/// stored column's, for that case.
+fn critique_of(
+    json: Option<&serde_json::Value>,
+    thinker_ms: Option<u64>,
+) -> (Option<CritiqueView>, Option<VerifierScore>) {
+    let Some(json) = json else {
+        return (None, None);
+    };
+    let verifier = json
+        .get("verifier")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    let view = match serde_json::from_value::<CritiqueRecord>(json.clone()) {
+        Ok(record) => CritiqueView::from_record(&record),
+        Err(e) => CritiqueView {
+            semantic: None,
+            quality: None,
+            overall: None,
+            reasoning: None,
+            refined_instruction: None,
+            satisfied: false,
+            thinker_ms: thinker_ms.unwrap_or(0),
+            error: Some(format!("stored critique unreadable: {e}")),
+        },
+    };
+    (Some(view), verifier)
 }
 
 impl CritiqueView {
@@ -288,16 +376,19 @@ impl CritiqueView {
 }
 
 impl Job {
-    /// The view of a stored job, its turns and its usage ledger.
-    pub fn from_rows(row: &JobRow, turns: &[TurnRow], ledger: &JobLedger) -> Self {
+    /// The view of a stored job: its row, turns (with their candidates)
+    /// and usage ledger.
+    pub fn from_read(read: &JobWithTurns) -> Self {
+        let (row, ledger) = (&read.job, &read.ledger);
         let (usage, mut per_turn) = ledger.summarize();
-        let turns = turns
+        let turns = read
+            .turns
             .iter()
             .map(|t| {
                 let usage = per_turn
                     .remove(&t.index)
                     .unwrap_or_else(|| Usage::zero(&ledger.currency));
-                Turn::from_row(t, usage)
+                Turn::from_row(t, &read.candidates, usage)
             })
             .collect();
         Self {
@@ -399,5 +490,150 @@ impl Delivery {
             next_attempt_at: row.next_attempt_at,
             delivered_at: row.delivered_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A critique JSON as the worker stores it, with a verifier's score
+    /// when `verifier` is given.
+    fn critique(semantic: f64, quality: f64, verifier: Option<f64>) -> serde_json::Value {
+        let record = CritiqueRecord {
+            critique: Some(editthinker_core::Critique {
+                semantic: Some(semantic),
+                quality: Some(quality),
+                reasoning: "fine".into(),
+                refined_instruction: "finer".into(),
+                is_satisfied: None,
+            }),
+            satisfied: false,
+            thinker_ms: 30,
+            raw_output: String::new(),
+            error: None,
+            attempts: 1,
+            verifier: verifier.map(VerifierScore::single),
+        };
+        serde_json::to_value(record).unwrap()
+    }
+
+    fn turn_row(job_id: Uuid, chosen: Option<u32>, critique: serde_json::Value) -> TurnRow {
+        TurnRow {
+            job_id,
+            index: 2,
+            instruction: "paint it red".into(),
+            image_key: "k".into(),
+            image_mime: "image/png".into(),
+            editor_ms: 700,
+            critique: Some(critique),
+            thinker_ms: Some(30),
+            raw_output: None,
+            parse_error: None,
+            provider_request_id: None,
+            chosen,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn candidate_row(job_id: Uuid, turn: u32, index: u32, edited: bool) -> CandidateRow {
+        CandidateRow {
+            job_id,
+            turn,
+            index,
+            instruction: "paint it red".into(),
+            seed: Some(100 + i64::from(index)),
+            pending_request: (!edited).then(|| json!({"id": "r", "data": null})),
+            provider_request_id: None,
+            image_key: edited.then(|| format!("c{index}")),
+            image_mime: edited.then(|| "image/png".into()),
+            editor_ms: edited.then_some(500 + u64::from(index)),
+            critique: edited.then(|| critique(f64::from(index), 9.0, Some(f64::from(index)))),
+            thinker_ms: edited.then_some(20),
+            raw_output: None,
+            parse_error: None,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn json_of(turn: &Turn) -> serde_json::Value {
+        serde_json::to_value(turn).unwrap()
+    }
+
+    #[test]
+    fn a_one_candidate_turn_is_its_own_candidate_0() {
+        let job = Uuid::now_v7();
+        let row = turn_row(job, None, critique(6.0, 8.0, Some(7.5)));
+        let turn = json_of(&Turn::from_row(&row, &[], Usage::zero("USD")));
+        assert_eq!(turn["chosen"], 0, "{turn}");
+        assert_eq!(turn["image_url"], format!("/v1/jobs/{job}/turns/2/image"));
+        let candidates = turn["candidates"].as_array().unwrap();
+        assert_eq!(candidates.len(), 1, "{turn}");
+        let only = &candidates[0];
+        assert_eq!(only["index"], 0);
+        assert_eq!(only["seed"], serde_json::Value::Null);
+        assert_eq!(
+            only["image_url"],
+            format!("/v1/jobs/{job}/turns/2/candidates/0/image")
+        );
+        assert_eq!(only["editor_ms"], turn["editor_ms"]);
+        assert_eq!(only["critique"], turn["critique"]);
+        assert_eq!(only["verifier"], json!({"overall": 7.5}));
+        // The stored `verifier` key leaves the turn's critique as it was.
+        assert_eq!(turn["critique"]["semantic"], 6.0);
+        assert!(turn["critique"].get("verifier").is_none(), "{turn}");
+        // Without a verifier, `null`.
+        let row = turn_row(job, None, critique(6.0, 8.0, None));
+        let turn = json_of(&Turn::from_row(&row, &[], Usage::zero("USD")));
+        assert_eq!(turn["candidates"][0]["verifier"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_turn_of_several_lists_its_edited_candidates() {
+        let job = Uuid::now_v7();
+        let rows = [
+            candidate_row(job, 2, 2, true),
+            candidate_row(job, 2, 0, true),
+            candidate_row(job, 2, 1, false),
+            candidate_row(job, 1, 0, true),
+            candidate_row(job, 3, 0, true),
+        ];
+        let chosen = &rows[0];
+        let row = TurnRow {
+            editor_ms: chosen.editor_ms.unwrap(),
+            image_key: chosen.image_key.clone().unwrap(),
+            ..turn_row(job, Some(2), chosen.critique.clone().unwrap())
+        };
+        let turn = json_of(&Turn::from_row(&row, &rows, Usage::zero("USD")));
+        assert_eq!(turn["chosen"], 2, "{turn}");
+        let candidates = turn["candidates"].as_array().unwrap();
+        // The turn's edited candidates, by index: not the pending one, nor
+        // other turns'.
+        let indexes: Vec<_> = candidates.iter().map(|c| c["index"].clone()).collect();
+        assert_eq!(indexes, [json!(0), json!(2)], "{turn}");
+        let two = &candidates[1];
+        assert_eq!(two["seed"], 102);
+        assert_eq!(
+            two["image_url"],
+            format!("/v1/jobs/{job}/turns/2/candidates/2/image")
+        );
+        assert_eq!(two["editor_ms"], 502);
+        assert_eq!(two["verifier"], json!({"overall": 2.0}));
+        assert_eq!(two["critique"]["semantic"], 2.0);
+        // The turn is its chosen candidate.
+        assert_eq!(two["critique"], turn["critique"]);
+        assert_eq!(two["editor_ms"], turn["editor_ms"]);
+        assert_eq!(candidates[0]["critique"]["semantic"], 0.0);
+    }
+
+    #[test]
+    fn an_unreadable_stored_critique_is_a_critique_with_an_error() {
+        let row = turn_row(Uuid::now_v7(), None, json!({"verifier": {"overall": 3}}));
+        let turn = json_of(&Turn::from_row(&row, &[], Usage::zero("USD")));
+        let error = turn["critique"]["error"].as_str().unwrap();
+        assert!(error.starts_with("stored critique unreadable"), "{turn}");
+        assert_eq!(turn["critique"]["thinker_ms"], 30);
+        assert_eq!(turn["candidates"][0]["verifier"]["overall"], 3.0);
     }
 }

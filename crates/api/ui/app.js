@@ -153,7 +153,8 @@ function diffInstruction(previous, current) {
 function usageText(u) {
   if (!u) return "";
   const calls = u.editor_calls + (u.editor_calls === 1 ? " edit, " : " edits, ") +
-    u.thinker_calls + (u.thinker_calls === 1 ? " critique" : " critiques");
+    u.thinker_calls + (u.thinker_calls === 1 ? " critique" : " critiques") +
+    (u.verifier_calls > 0 ? ", " + u.verifier_calls + " verifier " + (u.verifier_calls === 1 ? "call" : "calls") : "");
   const tokens = u.thinker_input_tokens + u.thinker_output_tokens;
   const cost = u.cost > 0 ? ", " + u.cost.toFixed(4) + " " + u.currency : "";
   return "usage: " + calls + " (" + tokens + " tokens" + cost + ")";
@@ -177,6 +178,9 @@ const FAILURE_TEXT = {
   thinker_auth: "The thinker rejected the service's credentials: an operator must fix the key.",
   thinker_invalid: "The thinker rejected the request: its configuration needs fixing.",
   deadline_exceeded: "The job's deadline passed before any turn was recorded.",
+  budget_exhausted: "The job's budget left no room for even one edit.",
+  verifier_unavailable: "The verifier could not be reached, or kept failing, on every attempt.",
+  verifier_invalid: "The verifier rejected the request or answered without a score, or the job asks for a verifier the service lacks.",
   unknown_editor: "No worker knows this job's editor.",
 };
 
@@ -186,7 +190,8 @@ async function apiDefaults() {
   try {
     const doc = await (await fetch(BASE + "/openapi.json")).json();
     const options = doc.components.schemas.JobOptions.properties;
-    return { maxTurns: options.max_turns["x-server-default"] };
+    const candidates = options.candidates || {};
+    return { maxTurns: options.max_turns["x-server-default"], candidates: candidates["x-server-default"] ?? candidates.default };
   } catch (_) {
     return {};
   }
@@ -241,6 +246,10 @@ async function home() {
     el("option", { value: e.name, selected: e.default ? "" : null }, e.name + " (" + e.kind + ")")));
   const maxTurns = el("input", { id: "max-turns", type: "number", min: 1, max: 10, value: defaults.maxTurns ?? "" });
   const selection = el("select", { id: "selection" }, el("option", { value: "best" }, "best"), el("option", { value: "last" }, "last"));
+  // Candidates edited per turn, and which score picks one (the verifier
+  // needs a [verifier] on the service).
+  const candidates = el("input", { id: "candidates", type: "number", min: 1, max: 8, value: defaults.candidates ?? 1 });
+  const rankBy = el("select", { id: "rank-by" }, el("option", { value: "thinker" }, "thinker"), el("option", { value: "verifier" }, "verifier"));
   const message = el("p", { class: "error", id: "submit-error" });
   const form = el("form", {
     class: "card submit", id: "submit-form",
@@ -253,6 +262,8 @@ async function home() {
       body.append("editor", editor.value);
       const options = { selection: selection.value };
       if (maxTurns.value) options.max_turns = Number(maxTurns.value);
+      if (candidates.value && Number(candidates.value) !== 1) options.candidates = Number(candidates.value);
+      if (rankBy.value !== "thinker") options.rank_by = rankBy.value;
       body.append("options", JSON.stringify(options));
       try {
         const job = await json("/v1/jobs", { method: "POST", body });
@@ -266,6 +277,7 @@ async function home() {
   }, el("h1", {}, "New job"), drop, fileInput, instruction,
     el("div", { class: "row" }, el("label", {}, "Editor ", editor), el("label", {}, "Max turns ", maxTurns),
       el("label", {}, "Selection ", selection)),
+    el("div", { class: "row" }, el("label", {}, "Candidates per turn ", candidates), el("label", {}, "Ranked by ", rankBy)),
     el("div", {}, el("button", { type: "submit", id: "submit" }, "Edit")), message);
   const jobs = el("div", { class: "jobs", id: "recent" }, ...list.jobs.map(job => {
     const img = el("img", { class: "thumb", alt: "" });
@@ -331,6 +343,11 @@ async function jobPage(id) {
     if (queued) parts.push("queued " + queued);
     if (ran) parts.push("ran " + ran);
     if (j.attempt > 1) parts.push(j.attempt + " attempts");
+    const k = j.options.candidates || 1, first = j.options.first_turn_candidates;
+    if (k > 1 || first > 1) {
+      parts.push(k + " candidates a turn" + (first && first !== k ? " (" + first + " on turn 1)" : "") +
+        ", ranked by the " + (j.options.rank_by || "thinker"));
+    }
     parts.push(usageText(j.usage));
     meta.textContent = parts.join(" · ");
   };
@@ -346,7 +363,7 @@ async function jobPage(id) {
   const card = n => {
     if (!state.turns.has(n)) {
       const t = {
-        n, instruction: null, critique: null,
+        n, instruction: null, critique: null, strip: null, tiles: new Map(), shown: false,
         img: el("img", { alt: "turn " + n, class: "zoomable", onclick: () => compare(n) }),
         head: el("h2", {}, "Turn " + n, " "),
         text: el("p", {}),
@@ -390,11 +407,12 @@ async function jobPage(id) {
     }
   };
   // Full size, with a slider that wipes between the source and turn `n`
-  // (n null: the source alone).
-  const compare = async n => {
+  // (n null: the source alone), or candidate `c` of turn `n`.
+  const compare = async (n, c) => {
     const src = await imageUrl("/v1/jobs/" + id + "/source");
-    const after = n === null ? src : await imageUrl("/v1/jobs/" + id + "/turns/" + n + "/image");
-    const top = el("img", { src: after, alt: n === null ? "source" : "turn " + n, id: "compare-after" });
+    const name = n === null ? "source" : "turn " + n + (c === undefined ? "" : " candidate " + c);
+    const after = n === null ? src : await imageUrl(c === undefined ? "/v1/jobs/" + id + "/turns/" + n + "/image" : candidatePath(n, c));
+    const top = el("img", { src: after, alt: name, id: "compare-after" });
     const under = el("img", { src, alt: "source", id: "compare-before" });
     const slider = el("input", { type: "range", min: 0, max: 100, value: 50, id: "compare-slider" });
     const wipe = () => { top.style.clipPath = "inset(0 0 0 " + slider.value + "%)"; };
@@ -402,10 +420,97 @@ async function jobPage(id) {
     wipe();
     const overlay = el("div", { class: "overlay", id: "compare", onclick: e => { if (e.target === overlay) overlay.remove(); } },
       el("div", { class: "compare-box" },
-        el("div", { class: "row" }, el("strong", {}, n === null ? "Source" : "Source ◀ ▶ turn " + n),
+        el("div", { class: "row" }, el("strong", {}, n === null ? "Source" : "Source ◀ ▶ " + name),
           el("button", { type: "button", class: "secondary", id: "compare-close", onclick: () => overlay.remove() }, "Close")),
         el("div", { class: "compare-stage" }, under, top), slider));
     document.body.append(overlay);
+  };
+
+  // ---- a turn's candidates: a strip of tiles under the turn ----
+  // A turn is one candidate (shown as always) unless the job's options
+  // edit several or a second one shows up. Each tile has its image, its
+  // scores, and its own reasoning while it streams (never mixed with the
+  // other candidates'); the turn itself shows the chosen one's.
+  const candidatePath = (n, c) => "/v1/jobs/" + id + "/turns/" + n + "/candidates/" + c + "/image";
+  const candidatesFor = n => (n === 1 && job.options.first_turn_candidates) || job.options.candidates || 1;
+  const several = (t, c) => c > 0 || t.strip !== null || candidatesFor(t.n) > 1;
+  const tile = (t, c) => {
+    if (!t.strip) {
+      t.strip = el("div", { class: "candidates", "data-candidates": "" });
+      t.node.append(t.strip);
+      t.img.hidden = true;
+      // Shown as a one-candidate turn until a second candidate came: the
+      // turn so far is candidate 0.
+      if (t.shown) {
+        const first = tile(t, 0);
+        setImage(first.img, candidatePath(t.n, 0));
+        first.critique = t.critique;
+        showTile(first);
+        t.critique = null;
+        t.reasoning.textContent = "";
+        drawChart(chart, [...state.turns.values()], job.options.stop);
+      }
+    }
+    if (!t.tiles.has(c)) {
+      const x = {
+        c, raw: "", critique: null, seed: null, verifier: null,
+        img: el("img", { alt: "turn " + t.n + " candidate " + c, class: "zoomable", onclick: () => compare(t.n, c) }),
+        label: el("div", { class: "candidate-label" }, "candidate " + c, " "),
+        scores: el("div", { class: "candidate-scores" }),
+        reasoning: el("div", { class: "candidate-reasoning" }),
+      };
+      x.node = el("div", { class: "candidate", "data-candidate": c }, x.img, x.label, x.scores, x.reasoning);
+      // In index order, whatever order they arrive in.
+      const next = [...t.tiles.values()].filter(o => o.c > c).sort((a, b) => a.c - b.c)[0];
+      t.strip.insertBefore(x.node, next ? next.node : null);
+      t.tiles.set(c, x);
+      showTile(x);
+    }
+    return t.tiles.get(c);
+  };
+  const showTile = x => {
+    const c = x.critique;
+    const scores = c ? [["semantic", c.semantic], ["quality", c.quality], ["overall", c.overall]]
+      .map(([name, v]) => el("span", { "data-score": name }, name + " " + fmt(v))) : [el("span", { class: "muted" }, "thinking…")];
+    x.scores.replaceChildren(x.seed === null || x.seed === undefined ? "" : el("span", { class: "seed" }, "seed " + x.seed),
+      ...scores, x.verifier ? el("span", { "data-score": "verifier" }, "verifier " + fmt(x.verifier.overall)) : "");
+  };
+  // Until the turn chooses: how far its candidates are.
+  const progress = t => {
+    if (t.critique) return;
+    const tiles = [...t.tiles.values()];
+    const of = Math.max(candidatesFor(t.n), tiles.length);
+    t.scores.replaceChildren(el("span", { class: "muted" },
+      tiles.length + " of " + of + " candidates edited, " + tiles.filter(x => x.critique).length + " critiqued…"));
+  };
+  // The turn's scores: its one candidate's, or the chosen one's.
+  const showScores = (t, c, by) => {
+    t.critique = c;
+    t.scores.replaceChildren(
+      el("span", { class: "semantic" }, "semantic " + fmt(c.semantic)),
+      el("span", { class: "quality" }, "quality " + fmt(c.quality)),
+      el("strong", { class: "overall" }, "overall " + fmt(c.overall)),
+      by ? el("span", { class: "muted chosen-by" }, "chosen by the " + by) : "");
+    t.reasoning.textContent = plain(c.reasoning || t.reasoning.textContent);
+    chartTitle.hidden = false;
+    drawChart(chart, [...state.turns.values()], job.options.stop);
+  };
+  // The seeds and verifier scores are in the job, not the events: read
+  // once the turns chosen in a burst (a replay) have all arrived.
+  let reading = null;
+  const readCandidates = () => {
+    if (reading) return;
+    reading = sleep(200).then(() => { reading = null; return json("/v1/jobs/" + id); }).then(j => {
+      for (const turn of j.turns) {
+        const t = state.turns.get(turn.index);
+        if (!t || !t.strip || turn.candidates.length < 2) continue;
+        for (const read of turn.candidates) {
+          const x = tile(t, read.index);
+          Object.assign(x, { seed: read.seed, verifier: read.verifier, critique: x.critique || read.critique });
+          showTile(x);
+        }
+      }
+    }).catch(() => { reading = null; });
   };
   setStatus(job.status);
 
@@ -418,31 +523,62 @@ async function jobPage(id) {
       case "job.retrying": info.textContent = "Retrying (" + data.reason + ", " + (data.code || "-") + ")"; setStatus("queued"); break;
       case "turn.edited": {
         const t = card(data.turn);
+        const c = data.candidate || 0;
         t.instruction = data.instruction;
-        setImage(t.img, "/v1/jobs/" + id + "/turns/" + data.turn + "/image");
         redrawInstructions();
+        if (several(t, c)) {
+          setImage(tile(t, c).img, candidatePath(data.turn, c));
+          progress(t);
+          break;
+        }
+        t.shown = true;
+        setImage(t.img, "/v1/jobs/" + id + "/turns/" + data.turn + "/image");
         t.scores.replaceChildren(el("span", { class: "muted" }, "thinking…"));
         break;
       }
       case "turn.thinking": {
         const t = card(data.turn);
-        if (!t.critique) {
-          t.raw = (t.raw || "") + (data.delta || "");
-          t.reasoning.textContent = readableReasoning(plain(t.raw));
+        const c = data.candidate || 0;
+        // Each candidate's reasoning in its own tile.
+        const into = several(t, c) ? tile(t, c) : t;
+        if (!into.critique) {
+          into.raw = (into.raw || "") + (data.delta || "");
+          into.reasoning.textContent = readableReasoning(plain(into.raw));
         }
         break;
       }
       case "turn.critiqued": {
         const t = card(data.turn);
-        const c = data.critique || {};
-        t.critique = c;
-        t.scores.replaceChildren(
-          el("span", { class: "semantic" }, "semantic " + fmt(c.semantic)),
-          el("span", { class: "quality" }, "quality " + fmt(c.quality)),
-          el("strong", { class: "overall" }, "overall " + fmt(c.overall)));
-        t.reasoning.textContent = plain(c.reasoning || t.reasoning.textContent);
-        chartTitle.hidden = false;
-        drawChart(chart, [...state.turns.values()], job.options.stop);
+        const c = data.candidate || 0;
+        if (several(t, c)) {
+          const x = tile(t, c);
+          x.critique = data.critique || {};
+          x.verifier = data.verifier || x.critique.verifier || x.verifier;
+          // The tile keeps its reasoning as a tooltip; the turn shows the
+          // chosen one's.
+          x.node.title = plain(x.critique.reasoning || x.reasoning.textContent);
+          x.reasoning.textContent = "";
+          showTile(x);
+          progress(t);
+          break;
+        }
+        showScores(t, data.critique || {});
+        break;
+      }
+      case "turn.chosen": {
+        const t = card(data.turn);
+        // Chosen among one: the turn as shown.
+        if (!t.strip) break;
+        const x = tile(t, data.candidate);
+        for (const other of t.tiles.values()) {
+          other.node.classList.toggle("chosen", other === x);
+          other.label.querySelectorAll(".chosen-badge").forEach(b => b.remove());
+        }
+        x.label.append(el("span", { class: "badge chosen-badge" }, "chosen"));
+        t.img.hidden = false;
+        setImage(t.img, "/v1/jobs/" + id + "/turns/" + data.turn + "/image");
+        showScores(t, x.critique || {}, data.by);
+        readCandidates();
         break;
       }
       case "job.succeeded": setStatus("succeeded"); finish(data); break;

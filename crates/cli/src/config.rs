@@ -66,6 +66,10 @@ pub struct Config {
     pub worker: WorkerConfig,
     /// The thinker; jobs are refused while it is absent.
     pub thinker: Option<ThinkerConfig>,
+    /// `[verifier]`: a second opinion on every candidate; jobs that ask for
+    /// one (`options.rank_by = "verifier"`, `options.stop.verifier`) are
+    /// refused while it is absent.
+    pub verifier: Option<editthinker_thinker::VerifierConfig>,
     /// Editors by the name clients use.
     pub editors: BTreeMap<String, EditorProfile>,
     /// Logging.
@@ -95,6 +99,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             worker: WorkerConfig::default(),
             thinker: None,
+            verifier: None,
             editors: BTreeMap::new(),
             log: LogConfig::default(),
             metrics: crate::metrics::MetricsConfig::default(),
@@ -450,6 +455,22 @@ impl Config {
                     .into_iter()
                     .collect(),
             ),
+            (
+                "verifier.price_per_million_input_tokens",
+                self.verifier
+                    .as_ref()
+                    .and_then(|v| v.price_per_million_input_tokens)
+                    .into_iter()
+                    .collect(),
+            ),
+            (
+                "verifier.price_per_million_output_tokens",
+                self.verifier
+                    .as_ref()
+                    .and_then(|v| v.price_per_million_output_tokens)
+                    .into_iter()
+                    .collect(),
+            ),
         ];
         for (key, values) in prices {
             if let Some(bad) = values.iter().find(|v| !v.is_finite() || **v < 0.0) {
@@ -489,6 +510,12 @@ impl Config {
             });
         }
         self.validate_prices()?;
+        if let Some(verifier) = &self.verifier {
+            verifier.validate().map_err(|e| ConfigError::Invalid {
+                key: e.key(),
+                rule: e.to_string(),
+            })?;
+        }
         let w = &self.worker;
         let positive = [
             ("worker.concurrency", w.concurrency as u64),
@@ -604,8 +631,14 @@ impl Config {
             .as_ref()
             .filter(|t| t.kind == ThinkerKind::Sandbox)
             .map(|_| "thinker".to_string());
+        let verifier = self
+            .verifier
+            .as_ref()
+            .filter(|v| v.kind == editthinker_thinker::VerifierKind::Sandbox)
+            .map(|_| "verifier".to_string());
         thinker
             .into_iter()
+            .chain(verifier)
             .chain(
                 self.editors
                     .iter()
@@ -738,6 +771,7 @@ impl Config {
     /// Input limits for the API.
     pub fn limits(&self) -> Limits {
         Limits {
+            verifier_configured: self.verifier.is_some(),
             max_image_bytes: self.limits.max_image_bytes,
             max_pixels: self.limits.max_pixels,
             max_instruction_chars: self.limits.max_instruction_chars,
@@ -790,11 +824,19 @@ impl Config {
                 price(thinker.and_then(|t| t.price_per_million_input_tokens)),
                 price(thinker.and_then(|t| t.price_per_million_output_tokens)),
             ),
-            verifier_per_million: (0.0, 0.0),
+            verifier_per_million: self
+                .verifier
+                .as_ref()
+                .map_or((0.0, 0.0), |v| v.prices_per_million()),
             critique_reserve: editthinker_core::Tokens {
                 input: editthinker_worker::CRITIQUE_INPUT_ESTIMATE,
                 output: thinker.map_or(4096, |t| u64::from(t.max_tokens)),
             },
+            // A verifier sees the same two images as the thinker.
+            verifier_reserve: self.verifier.as_ref().map(|v| editthinker_core::Tokens {
+                input: editthinker_worker::CRITIQUE_INPUT_ESTIMATE,
+                output: u64::from(v.max_tokens),
+            }),
         }
     }
 }

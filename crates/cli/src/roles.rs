@@ -256,13 +256,17 @@ async fn make_worker(config: &Config, parts: &Parts) -> anyhow::Result<Option<Wo
         .into_iter()
         .filter_map(|name| registry.get(name).map(|e| (name.to_string(), e)))
         .collect();
-    Ok(Some(Worker::new(
+    let worker = Worker::new(
         parts.store.clone(),
         parts.blobs.clone(),
         editors,
         thinker,
         config.worker_settings(),
-    )))
+    );
+    Ok(Some(match &config.verifier {
+        Some(verifier) => worker.with_verifier(verifier.build().context("verifier")?),
+        None => worker,
+    }))
 }
 
 /// `serve`: migrations, then API and worker in one process.

@@ -43,6 +43,9 @@ pub struct CritiqueRecord {
     pub error: Option<String>,
     /// Thinker calls made for this critique.
     pub attempts: u32,
+    /// The verifier's score of the same image, where a `[verifier]` judged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<crate::traits::VerifierScore>,
 }
 
 impl CritiqueRecord {

@@ -91,11 +91,17 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// `options.budget` leaves no room for even one edit.
     BudgetExhausted,
+    /// The verifier stayed unavailable.
+    VerifierUnavailable,
+    /// The verifier rejected the request or the credentials, answered
+    /// without a usable score, or the job needs a verifier the worker
+    /// lacks.
+    VerifierInvalid,
 }
 
 impl ErrorCode {
     /// Every member, in declaration order.
-    pub const ALL: [ErrorCode; 39] = [
+    pub const ALL: [ErrorCode; 41] = [
         Self::MalformedRequest,
         Self::TooLarge,
         Self::UnsupportedMediaType,
@@ -135,6 +141,8 @@ impl ErrorCode {
         Self::LeaseExpired,
         Self::DeadlineExceeded,
         Self::BudgetExhausted,
+        Self::VerifierUnavailable,
+        Self::VerifierInvalid,
     ];
 
     /// The contract spelling (what serde writes). `const`, so the store
@@ -180,6 +188,8 @@ impl ErrorCode {
             Self::LeaseExpired => "lease_expired",
             Self::DeadlineExceeded => "deadline_exceeded",
             Self::BudgetExhausted => "budget_exhausted",
+            Self::VerifierUnavailable => "verifier_unavailable",
+            Self::VerifierInvalid => "verifier_invalid",
         }
     }
 

@@ -23,18 +23,21 @@ pub mod usage;
 pub use critique::{Critique, CritiqueRecord};
 pub use error_code::ErrorCode;
 pub use imaging::{Image, ImageError, ImageFormat};
-pub use options::{Budget, History, JobOptions, OptionsError, Selection, StopThresholds};
+pub use options::{
+    Budget, History, JobOptions, OptionsError, RankBy, Selection, StopThresholds, MAX_CANDIDATES,
+};
 pub use parse::{parse_editthinker, parse_expert, ParseError, Protocol};
 pub use prompt::{PromptTemplate, TemplateError};
 pub use retry::{FailureClass, RetryPolicy};
 pub use run::{
-    cap_instruction, has_plateaued, history_before, run_loop, select_turn, EditRefusal, LoopConfig,
-    LoopError, LoopJob, LoopOutcome, LoopParts, PendingEdit, Progress, RefusalKind, StopReason,
-    TurnRecord,
+    candidate_seed, cap_instruction, choose_candidate, has_plateaued, history_before, run_loop,
+    select_turn, CandidateRecord, Choice, EditRefusal, LoopConfig, LoopError, LoopJob, LoopOutcome,
+    LoopParts, PendingEdit, Progress, RefusalKind, StopReason, TurnRecord,
 };
 pub use traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry, NoCheckpoint,
     NoThinking, ObserverError, ProviderRequest, Thinker, ThinkerAnswer, ThinkerError, ThinkingSink,
-    TurnObserver, DEFAULT_MAX_INSTRUCTION_CHARS,
+    TurnObserver, Verifier, VerifierAnswer, VerifierScore, VerifyRequest,
+    DEFAULT_MAX_INSTRUCTION_CHARS,
 };
-pub use usage::{CallKind, LedgerEntry, Prices, ProviderCall, Spending, Tokens, Usage};
+pub use usage::{CallKind, Held, LedgerEntry, Prices, ProviderCall, Spending, Tokens, Usage};

@@ -60,6 +60,10 @@ pub const EDITOR_CALLS_TOTAL: &str = "editthinker_editor_calls_total";
 /// `thinker` or `verifier` otherwise (a gauge that only rises).
 pub const COST_TOTAL: &str = "editthinker_cost_total";
 
+/// |thinker overall − verifier overall| for each candidate both scored, on
+/// 0..=10 (histogram): how often the two judges disagree.
+pub const VERIFIER_GAP: &str = "editthinker_verifier_gap";
+
 /// The `stop_reason` label of a job that finished without one (failed or
 /// canceled).
 pub const NO_STOP_REASON: &str = "none";
@@ -352,12 +356,20 @@ pub fn critique_done(thinker: &'static str, took: Duration, tokens: Option<(u64,
     }
 }
 
+/// Records how far the thinker's and the verifier's overall scores of one
+/// candidate are apart.
+pub fn verifier_gap(thinker: f64, verifier: f64) {
+    histogram!(VERIFIER_GAP).record((thinker - verifier).abs());
+}
+
 /// Histogram buckets, in seconds, per histogram name: HTTP answers take
 /// milliseconds; edits and critiques take seconds to minutes.
-pub fn buckets() -> [(&'static str, &'static [f64]); 3] {
+pub fn buckets() -> [(&'static str, &'static [f64]); 4] {
     const HTTP: &[f64] = &[
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
+    // Score points, not seconds.
+    const SCORE_GAP: &[f64] = &[0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0];
     const SLOW: &[f64] = &[
         0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
     ];
@@ -365,6 +377,7 @@ pub fn buckets() -> [(&'static str, &'static [f64]); 3] {
         (HTTP_REQUEST_DURATION_SECONDS, HTTP),
         (EDIT_DURATION_SECONDS, SLOW),
         (CRITIQUE_DURATION_SECONDS, SLOW),
+        (VERIFIER_GAP, SCORE_GAP),
     ]
 }
 
@@ -398,6 +411,10 @@ pub fn describe() {
         "Wait of the oldest due queued job"
     );
     describe_counter!(TURNS_TOTAL, "Turns edited and recorded, by editor");
+    describe_histogram!(
+        VERIFIER_GAP,
+        "Distance between the thinker's and the verifier's overall score of a candidate, 0 to 10"
+    );
     describe_histogram!(
         EDIT_DURATION_SECONDS,
         Unit::Seconds,

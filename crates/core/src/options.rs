@@ -46,6 +46,12 @@ pub struct StopThresholds {
     #[serde(default = "default_min_gain")]
     #[schema(minimum = 0, maximum = 10)]
     pub min_gain: f64,
+    /// The verifier's gate, 0..=10 (default: off): a turn the thinker calls
+    /// satisfied only counts as satisfied when the verifier's overall score
+    /// of its chosen candidate reaches it. Needs a `[verifier]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 10)]
+    pub verifier: Option<f64>,
 }
 
 fn default_threshold() -> f64 {
@@ -72,6 +78,35 @@ pub enum History {
     All,
 }
 
+/// Which score picks a turn's candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
+pub enum RankBy {
+    /// The thinker's overall score, `sqrt(semantic × quality)`.
+    #[default]
+    Thinker,
+    /// The verifier's overall score (needs a `[verifier]`).
+    Verifier,
+}
+
+impl RankBy {
+    /// The contract spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Thinker => "thinker",
+            Self::Verifier => "verifier",
+        }
+    }
+}
+
+/// Largest allowed `candidates` and `first_turn_candidates`.
+pub const MAX_CANDIDATES: u32 = 8;
+
+fn default_candidates() -> u32 {
+    1
+}
+
 fn default_max_turns() -> u32 {
     5
 }
@@ -83,6 +118,7 @@ impl Default for StopThresholds {
             quality: default_threshold(),
             patience: 0,
             min_gain: default_min_gain(),
+            verifier: None,
         }
     }
 }
@@ -133,6 +169,20 @@ pub struct JobOptions {
     #[serde(default)]
     #[schema(schema_with = history_schema)]
     pub history: History,
+    /// Candidates edited per turn, concurrently, from the source with the
+    /// same instruction and distinct seeds, 1..=8 (default 1, the paper's
+    /// loop). Each is critiqued; the best by `rank_by` is the turn's.
+    #[serde(default = "default_candidates")]
+    #[schema(minimum = 1, maximum = 8)]
+    pub candidates: u32,
+    /// Candidates of the first turn, 1..=8 (default: `candidates`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 8)]
+    pub first_turn_candidates: Option<u32>,
+    /// Which score chooses a turn's candidate (default `thinker`).
+    #[serde(default)]
+    #[schema(schema_with = rank_by_schema)]
+    pub rank_by: RankBy,
     /// Seconds after creation by which the job must be done, 1..=86400.
     /// When it passes, the job stops at once and succeeds with the best of
     /// its recorded turns, or fails with `deadline_exceeded` without one.
@@ -174,6 +224,10 @@ fn budget_schema() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("Budget")
 }
 
+fn rank_by_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name("RankBy")
+}
+
 fn history_schema() -> utoipa::openapi::Ref {
     utoipa::openapi::Ref::from_schema_name("History")
 }
@@ -189,6 +243,9 @@ impl Default for JobOptions {
             selection: Selection::Best,
             history: History::Previous,
             budget: Budget::default(),
+            candidates: default_candidates(),
+            first_turn_candidates: None,
+            rank_by: RankBy::Thinker,
             deadline_seconds: None,
         }
     }
@@ -205,8 +262,39 @@ pub struct OptionsError {
 }
 
 impl JobOptions {
+    /// How many candidates turn `turn` (from 1) edits.
+    pub fn candidates_for(&self, turn: u32) -> u32 {
+        let k = match self.first_turn_candidates {
+            Some(first) if turn == 1 => first,
+            _ => self.candidates,
+        };
+        k.clamp(1, MAX_CANDIDATES)
+    }
+
+    /// Whether the job needs a `[verifier]`: the field that asks for one.
+    pub fn verifier_field(&self) -> Option<&'static str> {
+        if self.rank_by == RankBy::Verifier {
+            Some("options.rank_by")
+        } else if self.stop.verifier.is_some() {
+            Some("options.stop.verifier")
+        } else {
+            None
+        }
+    }
+
     /// Checks every field against its range.
     pub fn validate(&self) -> Result<(), OptionsError> {
+        for (field, value) in [
+            ("options.candidates", Some(self.candidates)),
+            ("options.first_turn_candidates", self.first_turn_candidates),
+        ] {
+            if value.is_some_and(|k| !(1..=MAX_CANDIDATES).contains(&k)) {
+                return Err(OptionsError {
+                    field: field.into(),
+                    rule: format!("must be an integer from 1 to {MAX_CANDIDATES}"),
+                });
+            }
+        }
         if !(MIN_TURNS..=MAX_TURNS).contains(&self.max_turns) {
             return Err(OptionsError {
                 field: "options.max_turns".into(),
@@ -247,6 +335,7 @@ impl JobOptions {
             ("semantic", self.stop.semantic),
             ("quality", self.stop.quality),
             ("min_gain", self.stop.min_gain),
+            ("verifier", self.stop.verifier.unwrap_or(0.0)),
         ] {
             if !value.is_finite() || !(0.0..=10.0).contains(&value) {
                 return Err(OptionsError {
@@ -272,6 +361,11 @@ mod tests {
         assert_eq!(o.selection, Selection::Best);
         assert_eq!(o.history, History::Previous);
         assert_eq!((o.stop.patience, o.stop.min_gain), (0, 0.25));
+        assert_eq!(
+            (o.candidates, o.rank_by, o.stop.verifier),
+            (1, RankBy::Thinker, None)
+        );
+        assert_eq!(o.verifier_field(), None);
         assert!(o.validate().is_ok());
     }
 
@@ -320,6 +414,18 @@ mod tests {
                 Some("options.budget.max_cost"),
             ),
             (json(r#"{"budget":{"max_cost":0.01}}"#), None),
+            (json(r#"{"candidates":0}"#), Some("options.candidates")),
+            (json(r#"{"candidates":9}"#), Some("options.candidates")),
+            (json(r#"{"candidates":8}"#), None),
+            (
+                json(r#"{"first_turn_candidates":9}"#),
+                Some("options.first_turn_candidates"),
+            ),
+            (
+                json(r#"{"stop":{"verifier":10.5}}"#),
+                Some("options.stop.verifier"),
+            ),
+            (json(r#"{"stop":{"verifier":7}}"#), None),
         ];
         for (options, field) in cases {
             let got = options.validate().err().map(|e| e.field);
@@ -334,6 +440,18 @@ mod tests {
         let o: JobOptions = serde_json::from_str(r#"{"selection":"last"}"#).unwrap();
         assert_eq!(o.selection, Selection::Last);
         assert_eq!(o.max_turns, 5);
+    }
+
+    #[test]
+    fn the_first_turn_may_edit_another_number_of_candidates() {
+        let o = json(r#"{"candidates":4,"first_turn_candidates":2}"#);
+        assert_eq!((o.candidates_for(1), o.candidates_for(2)), (2, 4));
+        let o = json(r#"{"candidates":3}"#);
+        assert_eq!((o.candidates_for(1), o.candidates_for(5)), (3, 3));
+        let o = json(r#"{"rank_by":"verifier"}"#);
+        assert_eq!(o.verifier_field(), Some("options.rank_by"));
+        let o = json(r#"{"stop":{"verifier":6}}"#);
+        assert_eq!(o.verifier_field(), Some("options.stop.verifier"));
     }
 
     fn json(s: &str) -> JobOptions {

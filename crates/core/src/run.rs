@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::critique::{Critique, CritiqueRecord};
 use crate::imaging::Image;
-use crate::options::{Budget, History, JobOptions, Selection, StopThresholds};
+use crate::options::{Budget, History, JobOptions, RankBy, Selection, StopThresholds};
 use crate::parse::Protocol;
 use crate::traits::{
     CritiqueRequest, EditCheckpoint, EditRequest, Editor, EditorError, HistoryEntry,
-    ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver,
+    ProviderRequest, Thinker, ThinkerError, ThinkingSink, TurnObserver, Verifier, VerifyRequest,
 };
-use crate::usage::{CallKind, LedgerEntry, ProviderCall, Spending, Tokens};
+use crate::usage::{CallKind, Held, LedgerEntry, ProviderCall, Spending, Tokens};
 
 /// Loop settings that are not per job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,27 +51,62 @@ pub struct TurnRecord {
 pub struct PendingEdit {
     /// The turn it is for.
     pub turn: u32,
+    /// The candidate it is for (0 in a one-candidate turn).
+    pub candidate: u32,
     /// The instruction it was submitted with.
     pub instruction: String,
     /// The provider's handle.
     pub request: ProviderRequest,
 }
 
-/// What a job already did before this run: its recorded turns and the edit
-/// that was in flight, if any.
+/// One candidate of a turn that edits several (`options.candidates`),
+/// recorded on its own as soon as its edit and then its critique finish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateRecord {
+    /// Its turn, from 1.
+    pub turn: u32,
+    /// Its number within the turn, from 0.
+    pub index: u32,
+    /// The instruction the editor received (the same for every candidate).
+    pub instruction: String,
+    /// The seed it asked the provider for.
+    pub seed: Option<i64>,
+    /// The edited image: kept until its critique is made.
+    pub image: Option<Image>,
+    /// Editor wall time.
+    pub editor_ms: u64,
+    /// Its critique (with the verifier's score), once made.
+    pub critique: Option<CritiqueRecord>,
+}
+
+/// How a turn's candidate was chosen: the `turn.chosen` event (contract).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Choice {
+    /// The chosen candidate.
+    pub candidate: u32,
+    /// Its ranking score, when it has one.
+    pub score: Option<f64>,
+    /// Which score ranked the candidates.
+    pub by: RankBy,
+}
+
+/// What a job already did before this run: its recorded turns, the
+/// candidates of a turn not yet chosen, and the edits in flight.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Progress {
     /// Recorded turns, in order.
     pub turns: Vec<TurnRecord>,
-    /// An asynchronous edit submitted but not recorded as a turn.
-    pub pending_edit: Option<PendingEdit>,
+    /// Asynchronous edits submitted but not recorded.
+    pub pending_edits: Vec<PendingEdit>,
+    /// Recorded candidates of the turn after the last recorded one.
+    pub candidates: Vec<CandidateRecord>,
 }
 
 impl From<Vec<TurnRecord>> for Progress {
     fn from(turns: Vec<TurnRecord>) -> Self {
         Self {
             turns,
-            pending_edit: None,
+            ..Self::default()
         }
     }
 }
@@ -196,6 +231,15 @@ pub enum LoopError {
     /// The thinker failed while critiquing `turn`.
     #[error("critique of turn {turn}: {error}")]
     Thinker {
+        /// Turn number.
+        turn: u32,
+        /// The failure.
+        error: ThinkerError,
+    },
+    /// The verifier failed while scoring `turn` (or the job needs a
+    /// verifier this worker lacks).
+    #[error("verification of turn {turn}: {error}")]
+    Verifier {
         /// Turn number.
         turn: u32,
         /// The failure.
@@ -333,6 +377,9 @@ pub struct LoopJob<'a> {
     pub progress: Progress,
     /// What earlier attempts spent, and the prices of the next calls.
     pub spending: Spending,
+    /// Where the job's candidate seeds come from ([`candidate_seed`]): the
+    /// same for every attempt, so a resumed turn asks for the same seeds.
+    pub seed_base: u64,
 }
 
 /// Who the loop works with.
@@ -342,8 +389,55 @@ pub struct LoopParts<'a> {
     pub editor: &'a dyn Editor,
     /// Critiques them.
     pub thinker: &'a dyn Thinker,
+    /// Scores every candidate a second time, where one is configured.
+    pub verifier: Option<&'a dyn Verifier>,
     /// Records each step before the next begins.
     pub observer: &'a dyn TurnObserver,
+}
+
+/// The seed of candidate `candidate` of turn `turn`: a mix of the job's
+/// `seed_base` and both numbers, within 0..=2³¹−1 (every provider's range).
+pub fn candidate_seed(seed_base: u64, turn: u32, candidate: u32) -> i64 {
+    // splitmix64's finaliser: neighbouring inputs give unrelated seeds.
+    let mut z = seed_base ^ (u64::from(turn) << 32 | u64::from(candidate));
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    i64::try_from(z & 0x7FFF_FFFF).expect("31 bits fit")
+}
+
+/// Picks a turn's candidate: the highest ranking score (`by`), ties to the
+/// lower number; without any score, the first satisfied one, else the first.
+/// `candidates` must not be empty.
+pub fn choose_candidate(candidates: &[CandidateRecord], by: RankBy) -> Choice {
+    let score = |c: &CandidateRecord| {
+        let critique = c.critique.as_ref()?;
+        match by {
+            RankBy::Thinker => critique.overall(),
+            RankBy::Verifier => critique.verifier.map(|v| v.overall),
+        }
+    };
+    let mut best: Option<(f64, u32)> = None;
+    for candidate in candidates {
+        if let Some(s) = score(candidate) {
+            if best.is_none_or(|(b, i)| s > b || (s == b && candidate.index < i)) {
+                best = Some((s, candidate.index));
+            }
+        }
+    }
+    let candidate = best.map(|(_, i)| i).unwrap_or_else(|| {
+        candidates
+            .iter()
+            .find(|c| c.critique.as_ref().is_some_and(|c| c.satisfied))
+            .unwrap_or(&candidates[0])
+            .index
+    });
+    Choice {
+        candidate,
+        score: best.map(|(s, _)| s),
+        by,
+    }
 }
 
 /// Runs the loop from wherever `job.progress` left it (empty for a new
@@ -359,18 +453,29 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         config,
         progress: prior,
         spending,
+        seed_base,
     } = job;
     let LoopParts {
         editor,
         thinker,
+        verifier,
         observer,
     } = parts;
     let Progress {
         mut turns,
-        pending_edit,
+        pending_edits,
+        candidates: mut prior_candidates,
     } = prior;
+    if let (Some(field), None) = (options.verifier_field(), verifier) {
+        return Err(LoopError::Verifier {
+            turn: turns.len() as u32 + 1,
+            error: ThinkerError::Invalid(format!(
+                "{field} needs a verifier, and this worker has no [verifier] section"
+            )),
+        });
+    }
     let meter = Meter {
-        spending: std::sync::Mutex::new(spending),
+        state: std::sync::Mutex::new((spending, Held::default())),
         budget: options.budget,
         observer,
     };
@@ -379,7 +484,8 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         editor,
         observer,
         meter: &meter,
-        pending: pending_edit,
+        pending: pending_edits,
+        seed_base,
     };
     let critic = Critic {
         source,
@@ -387,17 +493,18 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         options,
         config,
         thinker,
+        verifier,
         observer,
         meter: &meter,
     };
     let max_turns = options.max_turns.max(1);
     if turns.is_empty() {
         // The first edit uses the user's words unchanged.
-        if !edits.resumes(1, instruction) && !meter.edit_fits() {
-            return Err(LoopError::BudgetExhausted(meter.describe()));
+        let prior = std::mem::take(&mut prior_candidates);
+        match make_turn(&edits, critic, 1, instruction, &turns, prior).await? {
+            Some(turn) => turns.push(turn),
+            None => return Err(LoopError::BudgetExhausted(meter.describe())),
         }
-        let turn = edits.edit(instruction, 1).await?;
-        turns.push(turn);
     }
     let mut refusal = None;
     let mut stop = StopReason::MaxTurns;
@@ -408,12 +515,13 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
             if is_final_turn && options.selection == Selection::Last {
                 break; // The paper never critiques the last image.
             }
-            let history = match options.history {
-                History::All => history_before(&turns, index),
-                History::Previous => Vec::new(),
-            };
+            let history = history_for(options, &turns, index);
             let last = turns.last_mut().expect("at least one turn");
-            let record = critique(critic, last, &history).await?;
+            let image = last.image.as_ref().ok_or_else(|| {
+                LoopError::Persist(format!("the image of turn {index} was not loaded"))
+            })?;
+            let record =
+                critique(critic, (index, 0), &last.instruction, image, &history, None).await?;
             observer.turn_critiqued(index, &record).await?;
             last.critique = Some(record);
         }
@@ -442,12 +550,13 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
         // The critiqued image is no longer needed: the next edit starts
         // from the source again.
         last.image = None;
-        if !edits.resumes(next_index, &next_instruction) && !meter.edit_fits() {
-            stop = StopReason::Budget;
-            break;
-        }
-        match edits.edit(&next_instruction, next_index).await {
-            Ok(turn) => turns.push(turn),
+        let prior = std::mem::take(&mut prior_candidates);
+        match make_turn(&edits, critic, next_index, &next_instruction, &turns, prior).await {
+            Ok(Some(turn)) => turns.push(turn),
+            Ok(None) => {
+                stop = StopReason::Budget;
+                break;
+            }
             Err(LoopError::Editor { error, .. })
                 if matches!(error, EditorError::Refused(_) | EditorError::Invalid(_)) =>
             {
@@ -482,27 +591,250 @@ pub async fn run_loop(job: LoopJob<'_>, parts: LoopParts<'_>) -> Result<LoopOutc
     })
 }
 
-/// Prices each paid call, keeps the job's spending, and reports the call
-/// to the observer for the ledger.
+/// What the thinker is told of the turns before `index`.
+fn history_for(options: &JobOptions, turns: &[TurnRecord], index: u32) -> Vec<HistoryEntry> {
+    match options.history {
+        History::All => history_before(turns, index),
+        History::Previous => Vec::new(),
+    }
+}
+
+/// Makes turn `index` with `instruction`: `Ok(None)` when the budget leaves
+/// no room for it. A one-candidate turn comes back edited, its critique left
+/// to the loop (the paper's order); a turn of several candidates comes back
+/// critiqued and chosen.
+async fn make_turn(
+    edits: &Edits<'_>,
+    critic: Critic<'_>,
+    index: u32,
+    instruction: &str,
+    turns: &[TurnRecord],
+    prior: Vec<CandidateRecord>,
+) -> Result<Option<TurnRecord>, LoopError> {
+    let wanted = critic.options.candidates_for(index);
+    if wanted == 1 && prior.is_empty() {
+        let resumed = edits.resumed(index, 0, instruction).is_some();
+        let Some(hold) = (if resumed {
+            Some(Hold::none(edits.meter))
+        } else {
+            edits.meter.reserve(1).pop()
+        }) else {
+            return Ok(None);
+        };
+        let edited = edits.edit(instruction, (index, 0), None, &hold).await?;
+        return Ok(Some(TurnRecord {
+            index,
+            instruction: edited.instruction,
+            image: edited.image,
+            editor_ms: edited.editor_ms,
+            critique: None,
+        }));
+    }
+    let history = history_for(critic.options, turns, index);
+    let Some(candidates) =
+        edit_candidates(edits, critic, index, instruction, wanted, prior, &history).await?
+    else {
+        return Ok(None);
+    };
+    let choice = choose_candidate(&candidates, critic.options.rank_by);
+    let chosen = candidates
+        .iter()
+        .find(|c| c.index == choice.candidate)
+        .expect("the choice is one of them");
+    let turn = TurnRecord {
+        index,
+        instruction: instruction.to_string(),
+        image: None,
+        editor_ms: chosen.editor_ms,
+        critique: chosen.critique.clone(),
+    };
+    critic.observer.turn_chosen(&turn, &choice).await?;
+    Ok(Some(turn))
+}
+
+/// Edits and critiques the candidates of turn `index` that `prior` lacks,
+/// concurrently, each recorded as soon as it finishes; `Ok(None)` when the
+/// budget leaves room for none. A candidate the editor turns down is left
+/// out; the turn fails with the refusal only when every candidate does.
+async fn edit_candidates(
+    edits: &Edits<'_>,
+    critic: Critic<'_>,
+    index: u32,
+    instruction: &str,
+    wanted: u32,
+    prior: Vec<CandidateRecord>,
+    history: &[HistoryEntry],
+) -> Result<Option<Vec<CandidateRecord>>, LoopError> {
+    let prior: Vec<CandidateRecord> = prior
+        .into_iter()
+        .filter(|c| c.turn == index && c.instruction == instruction && c.index < wanted)
+        .collect();
+    let missing: Vec<u32> = (0..wanted)
+        .filter(|c| prior.iter().all(|p| p.index != *c))
+        .collect();
+    // Edits a provider already accepted resume without a new reservation.
+    let (resumed, fresh): (Vec<u32>, Vec<u32>) = missing
+        .into_iter()
+        .partition(|&c| edits.resumed(index, c, instruction).is_some());
+    let mut holds = edits.meter.reserve(fresh.len() as u32);
+    let started: Vec<(u32, Hold<'_>)> = resumed
+        .into_iter()
+        .map(|c| (c, Hold::none(edits.meter)))
+        .chain(fresh.into_iter().zip(std::iter::from_fn(|| holds.pop())))
+        .collect();
+    if prior.is_empty() && started.is_empty() {
+        return Ok(None);
+    }
+    let (done, to_critique): (Vec<_>, Vec<_>) =
+        prior.into_iter().partition(|c| c.critique.is_some());
+    let seed = |c: u32| Some(candidate_seed(edits.seed_base, index, c));
+    let fresh_work = started.into_iter().map(|(c, hold)| async move {
+        let edited = edits.edit(instruction, (index, c), seed(c), &hold).await?;
+        critique_candidate(critic, edited, history, Some(&hold)).await
+    });
+    let resumed_work = to_critique
+        .into_iter()
+        .map(|c| critique_candidate(critic, c, history, None));
+    let (fresh_results, resumed_results) = futures::future::join(
+        futures::future::join_all(fresh_work),
+        futures::future::join_all(resumed_work),
+    )
+    .await;
+    let mut finished = done;
+    let mut refused = None;
+    for result in fresh_results.into_iter().chain(resumed_results) {
+        match result {
+            Ok(candidate) => finished.push(candidate),
+            Err(e @ LoopError::Editor { .. }) if is_refusal(&e) => {
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if finished.is_empty() {
+        return Err(refused.expect("a candidate that did not finish failed"));
+    }
+    finished.sort_by_key(|c| c.index);
+    Ok(Some(finished))
+}
+
+/// Critiques an edited candidate and records the critique.
+async fn critique_candidate(
+    critic: Critic<'_>,
+    mut candidate: CandidateRecord,
+    history: &[HistoryEntry],
+    hold: Option<&Hold<'_>>,
+) -> Result<CandidateRecord, LoopError> {
+    let at = (candidate.turn, candidate.index);
+    let image = candidate.image.take().ok_or_else(|| {
+        LoopError::Persist(format!(
+            "the image of candidate {} of turn {} was not loaded",
+            at.1, at.0
+        ))
+    })?;
+    let record = critique(critic, at, &candidate.instruction, &image, history, hold).await?;
+    critic
+        .observer
+        .candidate_critiqued(at.0, at.1, &record)
+        .await?;
+    candidate.critique = Some(record);
+    Ok(candidate)
+}
+
+fn is_refusal(error: &LoopError) -> bool {
+    matches!(
+        error,
+        LoopError::Editor {
+            error: EditorError::Refused(_) | EditorError::Invalid(_),
+            ..
+        }
+    )
+}
+
+/// Prices each paid call, keeps the job's spending and what calls in
+/// flight hold, and reports each call to the observer for the ledger.
 struct Meter<'a> {
-    spending: std::sync::Mutex<Spending>,
+    state: std::sync::Mutex<(Spending, Held)>,
     budget: Budget,
     observer: &'a dyn TurnObserver,
 }
 
-impl Meter<'_> {
+/// What one candidate in flight holds of the budget until its calls are
+/// paid; whatever is left is given back when it is dropped.
+struct Hold<'m> {
+    meter: &'m Meter<'m>,
+    left: std::sync::Mutex<Held>,
+}
+
+impl<'m> Hold<'m> {
+    /// A hold of nothing (a resumed request was reserved by its attempt).
+    fn none(meter: &'m Meter<'m>) -> Self {
+        Self {
+            meter,
+            left: std::sync::Mutex::new(Held::default()),
+        }
+    }
+
+    /// Gives back the part of the hold that `call` was reserved at.
+    fn release(&self, call: CallKind) {
+        let mut left = self.left.lock().expect("hold lock");
+        let mut state = self.meter.state.lock().expect("spending lock");
+        let (spending, held) = &mut *state;
+        let part = match call {
+            CallKind::Editor => {
+                let calls = left.editor_calls.min(1);
+                left.editor_calls -= calls;
+                held.editor_calls -= calls;
+                spending.prices.per_editor_call
+            }
+            CallKind::Thinker => spending.critique_cost(),
+            CallKind::Verifier => spending.verification_cost(),
+        };
+        let part = part.min(left.cost);
+        left.cost -= part;
+        held.cost = (held.cost - part).max(0.0);
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let left = *self.left.lock().expect("hold lock");
+        let mut state = self.meter.state.lock().expect("spending lock");
+        let held = &mut state.1;
+        held.editor_calls -= left.editor_calls;
+        held.cost = (held.cost - left.cost).max(0.0);
+    }
+}
+
+impl<'m> Meter<'m> {
     fn spending(&self) -> Spending {
-        *self.spending.lock().expect("spending lock")
+        self.state.lock().expect("spending lock").0
     }
 
-    /// Whether a new edit and its critique fit the budget.
-    fn edit_fits(&self) -> bool {
-        self.spending().edit_fits(&self.budget)
+    /// Holds the budget for as many of `wanted` new candidates as fit.
+    fn reserve(&'m self, wanted: u32) -> Vec<Hold<'m>> {
+        let mut state = self.state.lock().expect("spending lock");
+        let (spending, held) = &mut *state;
+        let n = spending.candidates_that_fit(&self.budget, *held, wanted);
+        let each = Held {
+            editor_calls: 1,
+            cost: spending.candidate_cost(),
+        };
+        held.editor_calls += n;
+        held.cost += f64::from(n) * each.cost;
+        (0..n)
+            .map(|_| Hold {
+                meter: self,
+                left: std::sync::Mutex::new(each),
+            })
+            .collect()
     }
 
-    /// Whether another critique call fits the budget.
+    /// Whether another critique call fits the budget beside what calls in
+    /// flight hold.
     fn critique_fits(&self) -> bool {
-        self.spending().critique_fits(&self.budget)
+        let (spending, held) = *self.state.lock().expect("spending lock");
+        spending.critique_fits(&self.budget, held)
     }
 
     /// What was spent, against the budget, in words.
@@ -513,7 +845,7 @@ impl Meter<'_> {
              budget: {} editor calls, {} cost",
             s.editor_calls,
             s.cost,
-            s.prices.per_editor_call + s.critique_cost(),
+            s.candidate_cost(),
             self.budget
                 .max_editor_calls
                 .map_or_else(|| "any".into(), |n| n.to_string()),
@@ -523,10 +855,15 @@ impl Meter<'_> {
         )
     }
 
-    /// Prices `call`, counts it, and hands it to the observer.
-    async fn paid(&self, call: ProviderCall) -> Result<(), LoopError> {
+    /// Prices `call`, counts it (giving back what `hold` kept for it), and
+    /// hands it to the observer.
+    async fn paid(&self, call: ProviderCall, hold: Option<&Hold<'_>>) -> Result<(), LoopError> {
+        if let Some(hold) = hold {
+            hold.release(call.kind);
+        }
         let entry = {
-            let mut spending = self.spending.lock().expect("spending lock");
+            let mut state = self.state.lock().expect("spending lock");
+            let spending = &mut state.0;
             let entry = LedgerEntry {
                 cost: spending.prices.cost(&call),
                 call,
@@ -544,33 +881,41 @@ struct Edits<'a> {
     editor: &'a dyn Editor,
     observer: &'a dyn TurnObserver,
     meter: &'a Meter<'a>,
-    pending: Option<PendingEdit>,
+    pending: Vec<PendingEdit>,
+    seed_base: u64,
 }
 
 impl Edits<'_> {
-    /// The provider request this very edit (turn and instruction) left in
-    /// flight, if any: resuming it buys nothing new.
-    fn resumed(&self, index: u32, instruction: &str) -> Option<&ProviderRequest> {
+    /// The provider request this very edit (turn, candidate and
+    /// instruction) left in flight, if any: resuming it buys nothing new.
+    fn resumed(&self, index: u32, candidate: u32, instruction: &str) -> Option<&ProviderRequest> {
         self.pending
-            .as_ref()
-            .filter(|p| p.turn == index && p.instruction == instruction)
+            .iter()
+            .find(|p| p.turn == index && p.candidate == candidate && p.instruction == instruction)
             .map(|p| &p.request)
     }
 
-    fn resumes(&self, index: u32, instruction: &str) -> bool {
-        self.resumed(index, instruction).is_some()
-    }
-
-    async fn edit(&self, instruction: &str, index: u32) -> Result<TurnRecord, LoopError> {
+    /// Edits candidate `at.1` of turn `at.0` and records it: as the turn
+    /// itself in a one-candidate turn (`seed` `None`), as a candidate
+    /// otherwise.
+    async fn edit(
+        &self,
+        instruction: &str,
+        at: (u32, u32),
+        seed: Option<i64>,
+        hold: &Hold<'_>,
+    ) -> Result<CandidateRecord, LoopError> {
+        let (index, candidate) = at;
         let started = Instant::now();
         // Only the very edit that was in flight resumes its provider request.
-        let resume = self.resumed(index, instruction);
+        let resume = self.resumed(index, candidate, instruction);
         if resume.is_none() {
             self.observer.before_edit(index).await?;
         }
         let checkpoint = TurnCheckpoint {
             observer: self.observer,
             turn: index,
+            candidate,
             instruction,
         };
         let output = self
@@ -579,18 +924,23 @@ impl Edits<'_> {
                 source: self.source,
                 instruction,
                 turn: index,
+                candidate,
+                seed,
                 resume,
                 checkpoint: &checkpoint,
             })
             .await
             .map_err(|error| LoopError::Editor { turn: index, error })?;
         self.meter
-            .paid(ProviderCall {
-                kind: CallKind::Editor,
-                turn: index,
-                seconds: started.elapsed().as_secs_f64(),
-                tokens: Tokens::default(),
-            })
+            .paid(
+                ProviderCall {
+                    kind: CallKind::Editor,
+                    turn: index,
+                    seconds: started.elapsed().as_secs_f64(),
+                    tokens: Tokens::default(),
+                },
+                Some(hold),
+            )
             .await?;
         let (width, height) = (self.source.width, self.source.height);
         let image = crate::imaging::off_thread(move || output.resized_to(width, height))
@@ -599,15 +949,28 @@ impl Edits<'_> {
                 turn: index,
                 message: e.to_string(),
             })?;
-        let turn = TurnRecord {
-            index,
+        let record = CandidateRecord {
+            turn: index,
+            index: candidate,
             instruction: instruction.to_string(),
+            seed,
             image: Some(image),
             editor_ms: elapsed_ms(started),
             critique: None,
         };
-        self.observer.turn_edited(&turn).await?;
-        Ok(turn)
+        if seed.is_none() {
+            let turn = TurnRecord {
+                index,
+                instruction: record.instruction.clone(),
+                image: record.image.clone(),
+                editor_ms: record.editor_ms,
+                critique: None,
+            };
+            self.observer.turn_edited(&turn).await?;
+        } else {
+            self.observer.candidate_edited(&record).await?;
+        }
+        Ok(record)
     }
 }
 
@@ -615,6 +978,7 @@ impl Edits<'_> {
 struct TurnCheckpoint<'a> {
     observer: &'a dyn TurnObserver,
     turn: u32,
+    candidate: u32,
     instruction: &'a str,
 }
 
@@ -622,7 +986,7 @@ struct TurnCheckpoint<'a> {
 impl EditCheckpoint for TurnCheckpoint<'_> {
     async fn submitted(&self, request: &ProviderRequest) -> Result<(), EditorError> {
         self.observer
-            .edit_submitted(self.turn, self.instruction, request)
+            .edit_submitted(self.turn, self.candidate, self.instruction, request)
             .await
             // Not the provider's fault: a requeue lets a fresh run resume it.
             .map_err(|e| {
@@ -631,15 +995,16 @@ impl EditCheckpoint for TurnCheckpoint<'_> {
     }
 }
 
-/// Forwards a thinker's live text to the observer with its turn.
+/// Forwards a thinker's live text to the observer with its turn and candidate.
 struct TurnThinking<'a> {
     observer: &'a dyn TurnObserver,
     turn: u32,
+    candidate: u32,
 }
 
 impl ThinkingSink for TurnThinking<'_> {
     fn delta(&self, text: &str) {
-        self.observer.thinking(self.turn, text);
+        self.observer.thinking(self.turn, self.candidate, text);
     }
 }
 
@@ -651,14 +1016,88 @@ struct Critic<'a> {
     options: &'a JobOptions,
     config: &'a LoopConfig,
     thinker: &'a dyn Thinker,
+    verifier: Option<&'a dyn Verifier>,
     observer: &'a dyn TurnObserver,
     meter: &'a Meter<'a>,
 }
 
+/// Critiques candidate `at.1` of turn `at.0` (`edited`, made with
+/// `instruction`), with the verifier's score beside it when there is a
+/// verifier: both calls run at once. `hold` is what the candidate's
+/// reservation still keeps for these calls.
 async fn critique(
     critic: Critic<'_>,
-    turn: &TurnRecord,
+    at: (u32, u32),
+    instruction: &str,
+    edited: &Image,
     history: &[HistoryEntry],
+    hold: Option<&Hold<'_>>,
+) -> Result<CritiqueRecord, LoopError> {
+    let verification = async {
+        match critic.verifier {
+            Some(verifier) => verify(critic, verifier, at, edited, hold).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let (record, verifier) = futures::future::join(
+        think(critic, at, instruction, edited, history, hold),
+        verification,
+    )
+    .await;
+    let (mut record, verifier) = (record?, verifier?);
+    if let Some(score) = verifier {
+        if let Some(thinker) = record.overall() {
+            crate::metrics::verifier_gap(thinker, score.overall);
+        }
+        record.verifier = Some(score);
+    }
+    if let Some(gate) = critic.options.stop.verifier {
+        // The thinker's verdict counts only with the verifier's agreement.
+        record.satisfied &= record.verifier.is_some_and(|v| v.overall >= gate);
+    }
+    Ok(record)
+}
+
+async fn verify(
+    critic: Critic<'_>,
+    verifier: &dyn Verifier,
+    (turn, candidate): (u32, u32),
+    edited: &Image,
+    hold: Option<&Hold<'_>>,
+) -> Result<crate::traits::VerifierScore, LoopError> {
+    let started = Instant::now();
+    let answer = verifier
+        .score(VerifyRequest {
+            source: critic.source,
+            edited,
+            instruction: critic.original,
+            turn,
+            candidate,
+        })
+        .await
+        .map_err(|error| LoopError::Verifier { turn, error })?;
+    critic
+        .meter
+        .paid(
+            ProviderCall {
+                kind: CallKind::Verifier,
+                turn,
+                seconds: started.elapsed().as_secs_f64(),
+                tokens: answer.tokens,
+            },
+            hold,
+        )
+        .await?;
+    Ok(answer.score)
+}
+
+async fn think(
+    critic: Critic<'_>,
+    (turn, candidate): (u32, u32),
+    instruction: &str,
+    edited: &Image,
+    history: &[HistoryEntry],
+    hold: Option<&Hold<'_>>,
 ) -> Result<CritiqueRecord, LoopError> {
     let Critic {
         source,
@@ -668,19 +1107,18 @@ async fn critique(
         thinker,
         observer,
         meter,
+        ..
     } = critic;
     let started = Instant::now();
     let thinking = TurnThinking {
         observer,
-        turn: turn.index,
+        turn,
+        candidate,
     };
     let protocol: Protocol = thinker.protocol();
     let attempts = config.parse_attempts.max(1);
     let mut raw_output = String::new();
     let mut error = None;
-    let edited = turn.image.as_ref().ok_or_else(|| {
-        LoopError::Persist(format!("the image of turn {} was not loaded", turn.index))
-    })?;
     let mut attempts_made = 0;
     for attempt in 1..=attempts {
         // The first call was reserved with its edit; a parse retry must fit.
@@ -694,28 +1132,29 @@ async fn critique(
                 source,
                 edited,
                 original_instruction: original,
-                previous_instruction: &turn.instruction,
-                turn: turn.index,
+                previous_instruction: instruction,
+                turn,
                 history,
                 thinking: &thinking,
             })
             .await
-            .map_err(|error| LoopError::Thinker {
-                turn: turn.index,
-                error,
-            })?;
+            .map_err(|error| LoopError::Thinker { turn, error })?;
         meter
-            .paid(ProviderCall {
-                kind: CallKind::Thinker,
-                turn: turn.index,
-                seconds: call_started.elapsed().as_secs_f64(),
-                tokens: answer.tokens,
-            })
+            .paid(
+                ProviderCall {
+                    kind: CallKind::Thinker,
+                    turn,
+                    seconds: call_started.elapsed().as_secs_f64(),
+                    tokens: answer.tokens,
+                },
+                // The first call was reserved; retries were checked above.
+                hold.filter(|_| attempt == 1),
+            )
             .await?;
         raw_output = answer.text;
         match protocol.parse(&raw_output) {
             Ok(parsed) => {
-                let satisfied = is_satisfied(&parsed, &turn.instruction, &options.stop);
+                let satisfied = is_satisfied(&parsed, instruction, &options.stop);
                 return Ok(CritiqueRecord {
                     critique: Some(parsed),
                     satisfied,
@@ -723,6 +1162,7 @@ async fn critique(
                     raw_output,
                     error: None,
                     attempts: attempt,
+                    verifier: None,
                 });
             }
             Err(e) => error = Some(e.to_string()),
@@ -735,6 +1175,7 @@ async fn critique(
         raw_output,
         error,
         attempts: attempts_made,
+        verifier: None,
     })
 }
 
@@ -847,6 +1288,11 @@ mod tests {
         edited: Mutex<Vec<u32>>,
         critiqued: Mutex<Vec<u32>>,
         calls: Mutex<Vec<(CallKind, u32)>>,
+        /// (turn, candidate, seed) of each recorded candidate edit.
+        candidates: Mutex<Vec<(u32, u32, Option<i64>)>>,
+        /// (turn, candidate) of each recorded candidate critique.
+        candidate_critiques: Mutex<Vec<(u32, u32)>>,
+        chosen: Mutex<Vec<(u32, Choice)>>,
     }
 
     #[async_trait]
@@ -861,6 +1307,35 @@ mod tests {
             _: &CritiqueRecord,
         ) -> Result<(), crate::ObserverError> {
             self.critiqued.lock().unwrap().push(turn);
+            Ok(())
+        }
+        async fn candidate_edited(&self, c: &CandidateRecord) -> Result<(), crate::ObserverError> {
+            assert!(c.image.is_some() && c.critique.is_none());
+            self.candidates
+                .lock()
+                .unwrap()
+                .push((c.turn, c.index, c.seed));
+            Ok(())
+        }
+        async fn candidate_critiqued(
+            &self,
+            turn: u32,
+            candidate: u32,
+            _: &CritiqueRecord,
+        ) -> Result<(), crate::ObserverError> {
+            self.candidate_critiques
+                .lock()
+                .unwrap()
+                .push((turn, candidate));
+            Ok(())
+        }
+        async fn turn_chosen(
+            &self,
+            turn: &TurnRecord,
+            choice: &Choice,
+        ) -> Result<(), crate::ObserverError> {
+            assert!(turn.critique.is_some());
+            self.chosen.lock().unwrap().push((turn.index, *choice));
             Ok(())
         }
         async fn call_made(&self, entry: &LedgerEntry) -> Result<(), crate::ObserverError> {
@@ -949,6 +1424,7 @@ mod tests {
                     raw_output: raw,
                     error: None,
                     attempts: 1,
+                    verifier: None,
                 }
             }),
         }
@@ -1271,11 +1747,13 @@ mod tests {
                     config: &LoopConfig::default(),
                     progress: c.prior.into(),
                     spending: Spending::default(),
+                    seed_base: 7,
                 },
                 LoopParts {
                     editor: &editor,
                     thinker: &thinker,
                     observer: &recorder,
+                    verifier: None,
                 },
             ))
             .unwrap_or_else(|e| panic!("{}: {e}", c.name));
@@ -1419,11 +1897,13 @@ mod tests {
                     config: &LoopConfig::default(),
                     progress: Progress::default(),
                     spending,
+                    seed_base: 7,
                 },
                 LoopParts {
                     editor: &editor,
                     thinker: &thinker,
                     observer: &Recorder::default(),
+                    verifier: None,
                 },
             ))
         };
@@ -1471,11 +1951,13 @@ mod tests {
                     config: &LoopConfig::default(),
                     progress: Progress::default(),
                     spending: Spending::default(),
+                    seed_base: 7,
                 },
                 LoopParts {
                     editor: &editor,
                     thinker: &thinker,
                     observer: &Recorder::default(),
+                    verifier: None,
                 },
             ))
             .unwrap();
@@ -1516,11 +1998,13 @@ mod tests {
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
                 spending: Spending::default(),
+                seed_base: 7,
             },
             LoopParts {
                 editor: &editor,
                 thinker: &thinker,
                 observer: &Recorder::default(),
+                verifier: None,
             },
         ))
         .unwrap();
@@ -1571,11 +2055,13 @@ mod tests {
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
                 spending: Spending::default(),
+                seed_base: 7,
             },
             LoopParts {
                 editor: &editor,
                 thinker: &thinker,
                 observer: &Recorder::default(),
+                verifier: None,
             },
         ))
         .unwrap_err();
@@ -1609,11 +2095,13 @@ mod tests {
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
                 spending: Spending::default(),
+                seed_base: 7,
             },
             LoopParts {
                 editor: &editor,
                 thinker: &thinker,
                 observer: &Recorder::default(),
+                verifier: None,
             },
         ))
         .unwrap();
@@ -1675,9 +2163,28 @@ mod tests {
         ) -> Result<(), crate::ObserverError> {
             Ok(())
         }
+        async fn candidate_edited(&self, _: &CandidateRecord) -> Result<(), crate::ObserverError> {
+            Ok(())
+        }
+        async fn candidate_critiqued(
+            &self,
+            _: u32,
+            _: u32,
+            _: &CritiqueRecord,
+        ) -> Result<(), crate::ObserverError> {
+            Ok(())
+        }
+        async fn turn_chosen(
+            &self,
+            _: &TurnRecord,
+            _: &Choice,
+        ) -> Result<(), crate::ObserverError> {
+            Ok(())
+        }
         async fn edit_submitted(
             &self,
             turn: u32,
+            _: u32,
             instruction: &str,
             request: &ProviderRequest,
         ) -> Result<(), crate::ObserverError> {
@@ -1690,7 +2197,7 @@ mod tests {
                 .push((turn, instruction.into(), request.id.clone()));
             Ok(())
         }
-        fn thinking(&self, turn: u32, delta: &str) {
+        fn thinking(&self, turn: u32, _: u32, delta: &str) {
             self.thinking.lock().unwrap().push((turn, delta.into()));
         }
     }
@@ -1716,6 +2223,7 @@ mod tests {
     fn provider_requests_are_checkpointed_and_resumed_only_for_the_same_edit() {
         let pending = |instruction: &str| PendingEdit {
             turn: 2,
+            candidate: 0,
             instruction: instruction.into(),
             request: ProviderRequest {
                 id: "req-old".into(),
@@ -1727,7 +2235,8 @@ mod tests {
             let observer = CheckpointRecorder::default();
             let prior = Progress {
                 turns: vec![prior_turn(1, "T0", Some(said(4.0, 4.0, "R1")))],
-                pending_edit: Some(pending(pending_instruction)),
+                pending_edits: vec![pending(pending_instruction)],
+                ..Progress::default()
             };
             block_on(run_loop(
                 LoopJob {
@@ -1737,11 +2246,13 @@ mod tests {
                     config: &LoopConfig::default(),
                     progress: prior,
                     spending: Spending::default(),
+                    seed_base: 7,
                 },
                 LoopParts {
                     editor: &editor,
                     thinker: &StreamingThinker,
                     observer: &observer,
+                    verifier: None,
                 },
             ))
             .unwrap();
@@ -1786,11 +2297,13 @@ mod tests {
                 config: &LoopConfig::default(),
                 progress: Progress::default(),
                 spending: Spending::default(),
+                seed_base: 7,
             },
             LoopParts {
                 editor: &AsyncEditor::default(),
                 thinker: &StreamingThinker,
                 observer: &observer,
+                verifier: None,
             },
         ))
         .unwrap_err();
@@ -1815,5 +2328,373 @@ mod tests {
         assert!(!is_satisfied(&c(7.0, 9.0, "new"), "old", &stop));
         assert!(is_satisfied(&c(1.0, 1.0, " old\n"), "old", &stop));
         assert!(is_satisfied(&c(1.0, 1.0, "   "), "old", &stop));
+    }
+
+    /// Paints each candidate its own shade, (candidate + 1) × 20, and
+    /// records (turn, candidate, seed); refuses the candidates in `refuse`.
+    #[derive(Default)]
+    struct CandidateEditor {
+        calls: Mutex<Vec<(u32, u32, Option<i64>)>>,
+        refuse: Vec<u32>,
+    }
+
+    #[async_trait]
+    impl Editor for CandidateEditor {
+        async fn edit(&self, r: EditRequest<'_>) -> Result<Image, EditorError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push((r.turn, r.candidate, r.seed));
+            if self.refuse.contains(&r.candidate) {
+                return Err(EditorError::Refused("blocked".into()));
+            }
+            Ok(solid(8, 8, (r.candidate as u8 + 1) * 20))
+        }
+    }
+
+    /// Scores an edit by its shade: `scores[shade / 20 - 1]`.
+    struct ShadeThinker {
+        scores: Vec<(f64, f64)>,
+        calls: Mutex<Vec<u8>>,
+    }
+
+    #[async_trait]
+    impl Thinker for ShadeThinker {
+        fn protocol(&self) -> Protocol {
+            Protocol::Editthinker
+        }
+        async fn critique(&self, r: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
+            let shade = r.edited.decode().unwrap().to_rgb8().get_pixel(0, 0)[0];
+            self.calls.lock().unwrap().push(shade);
+            let (s, q) = self.scores[usize::from(shade / 20) - 1];
+            Ok(said(s, q, &format!("{} again", r.previous_instruction)).into())
+        }
+    }
+
+    /// Scores an edit by its shade, like [`ShadeThinker`].
+    struct ShadeVerifier(Vec<f64>);
+
+    #[async_trait]
+    impl Verifier for ShadeVerifier {
+        async fn score(
+            &self,
+            r: VerifyRequest<'_>,
+        ) -> Result<crate::traits::VerifierAnswer, ThinkerError> {
+            let shade = r.edited.decode().unwrap().to_rgb8().get_pixel(0, 0)[0];
+            Ok(crate::traits::VerifierAnswer {
+                score: crate::traits::VerifierScore::single(self.0[usize::from(shade / 20) - 1]),
+                tokens: Tokens::default(),
+            })
+        }
+    }
+
+    fn with_candidates(k: u32, max_turns: u32) -> JobOptions {
+        JobOptions {
+            candidates: k,
+            ..opts(max_turns, Selection::Best)
+        }
+    }
+
+    fn run_candidates(
+        options: &JobOptions,
+        editor: &CandidateEditor,
+        thinker: &ShadeThinker,
+        verifier: Option<&dyn Verifier>,
+        progress: Progress,
+        recorder: &Recorder,
+    ) -> Result<LoopOutcome, LoopError> {
+        block_on(run_loop(
+            LoopJob {
+                source: &solid(8, 8, 0),
+                instruction: "T0",
+                options,
+                config: &LoopConfig::default(),
+                progress,
+                spending: Spending::default(),
+                seed_base: 7,
+            },
+            LoopParts {
+                editor,
+                thinker,
+                verifier,
+                observer: recorder,
+            },
+        ))
+    }
+
+    fn shades(scores: &[(f64, f64)]) -> ShadeThinker {
+        ShadeThinker {
+            scores: scores.to_vec(),
+            calls: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn each_candidate_has_its_own_seed_and_the_best_is_chosen() {
+        let editor = CandidateEditor::default();
+        let thinker = shades(&[(5.0, 5.0), (8.0, 7.0), (9.0, 3.0), (6.0, 6.0)]);
+        let recorder = Recorder::default();
+        let outcome = run_candidates(
+            &with_candidates(4, 1),
+            &editor,
+            &thinker,
+            None,
+            Progress::default(),
+            &recorder,
+        )
+        .unwrap();
+        let calls = editor.calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 4);
+        for (turn, candidate, seed) in &calls {
+            assert_eq!(*seed, Some(candidate_seed(7, *turn, *candidate)));
+        }
+        let seeds: std::collections::BTreeSet<_> = calls.iter().map(|c| c.2).collect();
+        assert_eq!(seeds.len(), 4, "distinct seeds");
+        assert_eq!(thinker.calls.lock().unwrap().len(), 4);
+        assert_eq!(recorder.candidates.lock().unwrap().len(), 4);
+        assert_eq!(recorder.candidate_critiques.lock().unwrap().len(), 4);
+        // sqrt(8 × 7) beats sqrt(6 × 6), sqrt(9 × 3) and 5.
+        let chosen = recorder.chosen.lock().unwrap().clone();
+        assert_eq!(chosen.len(), 1);
+        assert_eq!((chosen[0].0, chosen[0].1.candidate), (1, 1));
+        assert_eq!(chosen[0].1.by, RankBy::Thinker);
+        assert!((chosen[0].1.score.unwrap() - 56f64.sqrt()).abs() < 1e-12);
+        let turn = &outcome.turns[0];
+        assert_eq!(turn.critique.as_ref().unwrap().overall(), chosen[0].1.score);
+        // A turn of several is recorded only as its choice.
+        assert!(recorder.edited.lock().unwrap().is_empty());
+        assert!(recorder.critiqued.lock().unwrap().is_empty());
+        // Seeds differ between turns too.
+        assert_ne!(candidate_seed(7, 1, 0), candidate_seed(7, 2, 0));
+        assert!((0..=i64::from(i32::MAX)).contains(&candidate_seed(u64::MAX, 9, 7)));
+    }
+
+    #[test]
+    fn the_verifier_ranks_and_gates() {
+        let editor = CandidateEditor::default();
+        let thinker = shades(&[(9.0, 9.0), (5.0, 5.0), (6.0, 6.0)]);
+        let verifier = ShadeVerifier(vec![2.0, 8.5, 6.0]);
+        let recorder = Recorder::default();
+        let options = JobOptions {
+            rank_by: RankBy::Verifier,
+            ..with_candidates(3, 1)
+        };
+        let outcome = run_candidates(
+            &options,
+            &editor,
+            &thinker,
+            Some(&verifier),
+            Progress::default(),
+            &recorder,
+        )
+        .unwrap();
+        let choice = recorder.chosen.lock().unwrap()[0].1;
+        assert_eq!(
+            (choice.candidate, choice.score, choice.by),
+            (1, Some(8.5), RankBy::Verifier)
+        );
+        let record = outcome.turns[0].critique.as_ref().unwrap();
+        assert_eq!(record.verifier.unwrap().overall, 8.5);
+        let verifier_calls = recorder
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k == CallKind::Verifier)
+            .count();
+        assert_eq!(verifier_calls, 3);
+
+        // The gate: the thinker is satisfied with every turn (9 and 9, the
+        // instruction refined), the verifier with none below 7.
+        let thinker = shades(&[(9.0, 9.0)]);
+        let gated = |gate: Option<f64>| {
+            let options = JobOptions {
+                stop: StopThresholds {
+                    verifier: gate,
+                    ..StopThresholds::default()
+                },
+                ..with_candidates(1, 3)
+            };
+            run_candidates(
+                &options,
+                &CandidateEditor::default(),
+                &thinker,
+                Some(&ShadeVerifier(vec![3.0])),
+                Progress::default(),
+                &Recorder::default(),
+            )
+            .unwrap()
+        };
+        let open = gated(None);
+        assert_eq!((open.turns.len(), open.stop), (1, StopReason::Satisfied));
+        let kept = gated(Some(7.0));
+        assert_eq!((kept.turns.len(), kept.stop), (3, StopReason::MaxTurns));
+        assert!(kept
+            .turns
+            .iter()
+            .all(|t| !t.critique.as_ref().unwrap().satisfied));
+
+        // A job that needs a verifier fails at once on a worker without one.
+        let error = run_candidates(
+            &options,
+            &CandidateEditor::default(),
+            &thinker,
+            None,
+            Progress::default(),
+            &Recorder::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&error, LoopError::Verifier { error: ThinkerError::Invalid(m), .. } if m.contains("options.rank_by")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_resumed_turn_edits_only_the_candidates_it_lacks() {
+        let editor = CandidateEditor::default();
+        let thinker = shades(&[(5.0, 5.0), (6.0, 6.0), (7.0, 7.0), (4.0, 4.0)]);
+        let recorder = Recorder::default();
+        let prior = |index: u32, critiqued: bool| CandidateRecord {
+            turn: 1,
+            index,
+            instruction: "T0".into(),
+            seed: Some(candidate_seed(7, 1, index)),
+            image: (!critiqued).then(|| solid(8, 8, (index as u8 + 1) * 20)),
+            editor_ms: 1,
+            critique: critiqued.then(|| {
+                let raw = said(5.0, 5.0, "R");
+                CritiqueRecord {
+                    critique: Some(Protocol::Editthinker.parse(&raw).unwrap()),
+                    satisfied: false,
+                    thinker_ms: 1,
+                    raw_output: raw,
+                    error: None,
+                    attempts: 1,
+                    verifier: None,
+                }
+            }),
+        };
+        let progress = Progress {
+            // 0 and 1 critiqued, 2 edited, 3 never bought; a request of
+            // another instruction is not resumed.
+            candidates: vec![prior(0, true), prior(1, true), prior(2, false)],
+            pending_edits: vec![PendingEdit {
+                turn: 1,
+                candidate: 3,
+                instruction: "other".into(),
+                request: ProviderRequest {
+                    id: "old".into(),
+                    data: serde_json::Value::Null,
+                },
+            }],
+            ..Progress::default()
+        };
+        run_candidates(
+            &with_candidates(4, 1),
+            &editor,
+            &thinker,
+            None,
+            progress,
+            &recorder,
+        )
+        .unwrap();
+        assert_eq!(
+            *editor.calls.lock().unwrap(),
+            [(1, 3, Some(candidate_seed(7, 1, 3)))]
+        );
+        // Candidate 2's critique and candidate 3's: nothing twice.
+        let mut critiqued = thinker.calls.lock().unwrap().clone();
+        critiqued.sort_unstable();
+        assert_eq!(critiqued, [60, 80]);
+        // Candidate 2 (7 and 7) beats the recorded ones (5 and 5).
+        assert_eq!(recorder.chosen.lock().unwrap()[0].1.candidate, 2);
+    }
+
+    #[test]
+    fn a_budget_buys_the_candidates_that_fit_and_refusals_are_left_out() {
+        let editor = CandidateEditor {
+            refuse: vec![0],
+            ..CandidateEditor::default()
+        };
+        let thinker = shades(&[(1.0, 1.0), (6.0, 6.0), (7.0, 7.0), (4.0, 4.0)]);
+        let recorder = Recorder::default();
+        let options = JobOptions {
+            budget: Budget {
+                max_editor_calls: Some(5),
+                max_cost: None,
+            },
+            ..with_candidates(4, 3)
+        };
+        let outcome = run_candidates(
+            &options,
+            &editor,
+            &thinker,
+            None,
+            Progress::default(),
+            &recorder,
+        )
+        .unwrap();
+        // Candidate 0 is always refused, and a refused edit is not paid:
+        // turn 1 pays 3 of 4 calls, turn 2 has room for 2 (one paid), turn
+        // 3 for 1, refused: every candidate of the turn refused ends the
+        // loop as a refusal, with the two turns recorded.
+        let calls = editor.calls.lock().unwrap().clone();
+        let of_turn = |turn| calls.iter().filter(|c| c.0 == turn).count();
+        assert_eq!((of_turn(1), of_turn(2), of_turn(3)), (4, 2, 1));
+        assert_eq!(outcome.turns.len(), 2);
+        assert_eq!(outcome.stop, StopReason::Refusal);
+        assert_eq!(recorder.chosen.lock().unwrap()[0].1.candidate, 2);
+        assert_eq!(recorder.chosen.lock().unwrap()[1].1.candidate, 1);
+        assert_eq!(recorder.candidates.lock().unwrap().len(), 4);
+
+        // Without the refusal, the budget stops the loop: 4 + 1 calls.
+        let editor = CandidateEditor::default();
+        let outcome = run_candidates(
+            &options,
+            &editor,
+            &thinker,
+            None,
+            Progress::default(),
+            &Recorder::default(),
+        )
+        .unwrap();
+        assert_eq!(editor.calls.lock().unwrap().len(), 5);
+        assert_eq!(outcome.turns.len(), 2);
+        assert_eq!(outcome.stop, StopReason::Budget);
+    }
+
+    #[test]
+    fn choosing_breaks_ties_low_and_falls_back_without_scores() {
+        let candidate = |index: u32, raw: Option<String>, satisfied: bool| CandidateRecord {
+            turn: 1,
+            index,
+            instruction: "T0".into(),
+            seed: None,
+            image: None,
+            editor_ms: 1,
+            critique: Some(CritiqueRecord {
+                critique: raw
+                    .as_deref()
+                    .map(|r| Protocol::Editthinker.parse(r).unwrap()),
+                satisfied,
+                thinker_ms: 1,
+                raw_output: raw.unwrap_or_default(),
+                error: None,
+                attempts: 1,
+                verifier: None,
+            }),
+        };
+        let tie = [
+            candidate(0, Some(said(4.0, 4.0, "R")), false),
+            candidate(1, Some(said(6.0, 6.0, "R")), false),
+            candidate(2, Some(said(6.0, 6.0, "R")), false),
+        ];
+        assert_eq!(choose_candidate(&tie, RankBy::Thinker).candidate, 1);
+        let unscored = [candidate(0, None, false), candidate(1, None, true)];
+        let choice = choose_candidate(&unscored, RankBy::Thinker);
+        assert_eq!((choice.candidate, choice.score), (1, None));
+        // Ranked by a verifier that scored nothing: the first.
+        assert_eq!(choose_candidate(&tie[1..], RankBy::Verifier).candidate, 1);
     }
 }

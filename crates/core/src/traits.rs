@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::critique::CritiqueRecord;
 use crate::imaging::Image;
 use crate::parse::Protocol;
-use crate::run::TurnRecord;
+use crate::run::{CandidateRecord, Choice, TurnRecord};
 
 /// One edit: always of the job's source image.
 #[derive(Clone, Copy)]
@@ -19,6 +19,13 @@ pub struct EditRequest<'a> {
     pub instruction: &'a str,
     /// Turn number, from 1.
     pub turn: u32,
+    /// Which of the turn's candidates this is, from 0 (`options.candidates`).
+    pub candidate: u32,
+    /// The seed this candidate asks the provider for: set when a turn has
+    /// several candidates, so each is a distinct sample; `None` leaves the
+    /// profile's own `seed` (or the provider's randomness) in charge.
+    /// Kinds without a seed field ignore it (docs/configuration.md).
+    pub seed: Option<i64>,
     /// A request this same edit (turn and instruction) already submitted to
     /// an asynchronous provider before a crash: poll it instead of
     /// submitting (and paying for) a new one.
@@ -33,6 +40,8 @@ impl fmt::Debug for EditRequest<'_> {
         f.debug_struct("EditRequest")
             .field("instruction", &self.instruction)
             .field("turn", &self.turn)
+            .field("candidate", &self.candidate)
+            .field("seed", &self.seed)
             .field("resume", &self.resume)
             .finish_non_exhaustive()
     }
@@ -263,6 +272,9 @@ impl From<&str> for ObserverError {
     }
 }
 
+/// What an observer without candidate records answers a turn of several.
+const NO_CANDIDATES: &str = "this observer does not record candidates";
+
 /// Persists loop progress. Each call must be durable before it returns, so
 /// a resumed job continues after the last recorded step.
 #[async_trait]
@@ -275,16 +287,44 @@ pub trait TurnObserver: Send + Sync {
         turn: u32,
         critique: &CritiqueRecord,
     ) -> Result<(), ObserverError>;
-    /// The editor accepted `request` for turn `turn` with `instruction`;
-    /// must be durable before it returns (see [`EditCheckpoint`]).
+    /// The editor accepted `request` for candidate `candidate` (0 in a
+    /// one-candidate turn) of turn `turn` with `instruction`; must be
+    /// durable before it returns (see [`EditCheckpoint`]).
     async fn edit_submitted(
         &self,
         turn: u32,
+        candidate: u32,
         instruction: &str,
         request: &ProviderRequest,
     ) -> Result<(), ObserverError> {
-        let _ = (turn, instruction, request);
+        let _ = (turn, candidate, instruction, request);
         Ok(())
+    }
+    /// A candidate of a turn with several has its image (its critique is
+    /// still `None`). The default refuses: an observer that cannot record
+    /// candidates stops such a job instead of losing them.
+    async fn candidate_edited(&self, candidate: &CandidateRecord) -> Result<(), ObserverError> {
+        let _ = candidate;
+        Err(NO_CANDIDATES.into())
+    }
+    /// Candidate `candidate` of turn `turn` has its critique (default:
+    /// refused, as [`Self::candidate_edited`]).
+    async fn candidate_critiqued(
+        &self,
+        turn: u32,
+        candidate: u32,
+        critique: &CritiqueRecord,
+    ) -> Result<(), ObserverError> {
+        let _ = (turn, candidate, critique);
+        Err(NO_CANDIDATES.into())
+    }
+    /// Turn `turn.index` of several candidates is complete: `choice` picked
+    /// the candidate whose instruction, timing and critique `turn` carries
+    /// (its image is the candidate's, already recorded). Default: refused,
+    /// as [`Self::candidate_edited`].
+    async fn turn_chosen(&self, turn: &TurnRecord, choice: &Choice) -> Result<(), ObserverError> {
+        let _ = (turn, choice);
+        Err(NO_CANDIDATES.into())
     }
     /// The loop is about to pay for a new edit of `turn` (not a resumed
     /// provider request): an observer may hold it here, e.g. while the
@@ -293,10 +333,10 @@ pub trait TurnObserver: Send + Sync {
         let _ = turn;
         Ok(())
     }
-    /// Live text of the thinker while it critiques `turn` (not persisted;
-    /// must not block).
-    fn thinking(&self, turn: u32, delta: &str) {
-        let _ = (turn, delta);
+    /// Live text of the thinker while it critiques candidate `candidate`
+    /// of `turn` (not persisted; must not block).
+    fn thinking(&self, turn: u32, candidate: u32, delta: &str) {
+        let _ = (turn, candidate, delta);
     }
     /// A provider call returned (an editor's image, a thinker's answer) and
     /// is paid for, priced at the job's prices: called before the step it
@@ -306,4 +346,81 @@ pub trait TurnObserver: Send + Sync {
         let _ = call;
         Ok(())
     }
+}
+
+/// What the verifier judges: one edit of the source against the user's
+/// instruction (docs/configuration.md "Verifier").
+#[derive(Clone, Copy)]
+pub struct VerifyRequest<'a> {
+    /// The job's source image.
+    pub source: &'a Image,
+    /// The candidate's edited image.
+    pub edited: &'a Image,
+    /// The user's instruction (what the edit should do).
+    pub instruction: &'a str,
+    /// Turn number, from 1.
+    pub turn: u32,
+    /// Candidate number within the turn, from 0.
+    pub candidate: u32,
+}
+
+impl fmt::Debug for VerifyRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("instruction", &self.instruction)
+            .field("turn", &self.turn)
+            .field("candidate", &self.candidate)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verifier's judgement of one candidate, on 0..=10: the job JSON's
+/// `turns[].candidates[].verifier` (contract).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VerifierScore {
+    /// Instruction-following score, when the verifier gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<f64>,
+    /// Visual quality score, when the verifier gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    /// `sqrt(semantic × quality)`, or the verifier's single score.
+    pub overall: f64,
+}
+
+impl VerifierScore {
+    /// A score from its two parts.
+    pub fn from_parts(semantic: f64, quality: f64) -> Self {
+        Self {
+            semantic: Some(semantic),
+            quality: Some(quality),
+            overall: (semantic * quality).max(0.0).sqrt(),
+        }
+    }
+
+    /// A single overall score.
+    pub fn single(score: f64) -> Self {
+        Self {
+            semantic: None,
+            quality: None,
+            overall: score,
+        }
+    }
+}
+
+/// A verifier's answer: its score and the tokens the call used.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VerifierAnswer {
+    /// The score, on 0..=10.
+    pub score: VerifierScore,
+    /// Tokens used; zero where the server did not say.
+    pub tokens: crate::usage::Tokens,
+}
+
+/// A second opinion on edits (`[verifier]`): an independent model that
+/// scores a candidate without refining anything.
+#[async_trait]
+pub trait Verifier: Send + Sync {
+    /// Scores one edit. Errors are classed like a thinker's.
+    async fn score(&self, request: VerifyRequest<'_>) -> Result<VerifierAnswer, ThinkerError>;
 }

@@ -218,6 +218,9 @@ pub struct Spending {
     /// thinker's `max_tokens`, its prompt the largest seen so far (or the
     /// configured estimate, whichever is larger).
     pub critique_reserve: Tokens,
+    /// Tokens one verifier call is reserved at, like `critique_reserve`;
+    /// `None` where the worker has no verifier.
+    pub verifier_reserve: Option<Tokens>,
 }
 
 impl Spending {
@@ -229,7 +232,11 @@ impl Spending {
                 let seen = entry.call.tokens.input;
                 self.critique_reserve.input = self.critique_reserve.input.max(seen);
             }
-            CallKind::Verifier => {}
+            CallKind::Verifier => {
+                if let Some(reserve) = &mut self.verifier_reserve {
+                    reserve.input = reserve.input.max(entry.call.tokens.input);
+                }
+            }
         }
         self.cost += entry.cost;
     }
@@ -244,24 +251,69 @@ impl Spending {
         })
     }
 
-    /// Whether a new edit, and the critique that judges it, fit `budget`.
-    pub fn edit_fits(&self, budget: &crate::options::Budget) -> bool {
-        let calls = budget
-            .max_editor_calls
-            .is_none_or(|most| self.editor_calls < most);
-        let reserve = self.prices.per_editor_call + self.critique_cost();
-        calls
-            && budget
-                .max_cost
-                .is_none_or(|most| fits(self.cost + reserve, most))
+    /// What one verifier call is reserved at (0 without a verifier).
+    pub fn verification_cost(&self) -> f64 {
+        self.verifier_reserve.map_or(0.0, |tokens| {
+            self.prices.cost(&ProviderCall {
+                kind: CallKind::Verifier,
+                turn: 0,
+                seconds: 0.0,
+                tokens,
+            })
+        })
     }
 
-    /// Whether another critique call (a parse retry) fits `budget`.
-    pub fn critique_fits(&self, budget: &crate::options::Budget) -> bool {
+    /// What one new candidate is reserved at: its edit, its critique and
+    /// its verification.
+    pub fn candidate_cost(&self) -> f64 {
+        self.prices.per_editor_call + self.critique_cost() + self.verification_cost()
+    }
+
+    /// How many of `wanted` new candidates fit `budget` beside what calls
+    /// in flight hold (`held`).
+    pub fn candidates_that_fit(
+        &self,
+        budget: &crate::options::Budget,
+        held: Held,
+        wanted: u32,
+    ) -> u32 {
+        (0..=wanted)
+            .rev()
+            .find(|&n| {
+                let calls = budget
+                    .max_editor_calls
+                    .is_none_or(|most| self.editor_calls + held.editor_calls + n <= most);
+                let reserve = held.cost + f64::from(n) * self.candidate_cost();
+                calls
+                    && budget
+                        .max_cost
+                        .is_none_or(|most| fits(self.cost + reserve, most))
+            })
+            .unwrap_or(0)
+    }
+
+    /// Whether a new edit, and the critique that judges it, fit `budget`.
+    pub fn edit_fits(&self, budget: &crate::options::Budget) -> bool {
+        self.candidates_that_fit(budget, Held::default(), 1) == 1
+    }
+
+    /// Whether another critique call (a parse retry) fits `budget` beside
+    /// what calls in flight hold.
+    pub fn critique_fits(&self, budget: &crate::options::Budget, held: Held) -> bool {
         budget
             .max_cost
-            .is_none_or(|most| fits(self.cost + self.critique_cost(), most))
+            .is_none_or(|most| fits(self.cost + held.cost + self.critique_cost(), most))
     }
+}
+
+/// What calls in flight have reserved and not yet paid: concurrent
+/// candidates each hold their edit, critique and verification until paid.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Held {
+    /// Editor calls reserved.
+    pub editor_calls: u32,
+    /// Cost reserved.
+    pub cost: f64,
 }
 
 /// `total` within `most`, forgiving float sums their last digits.
@@ -361,13 +413,59 @@ mod tests {
             ..Budget::default()
         }));
         // 0.0868 spent: a retry reserving 0.01 fits 0.1, a third edit does not.
-        assert!(spending.critique_fits(&budget));
+        assert!(spending.critique_fits(&budget, Held::default()));
         let tight = Budget {
             max_cost: Some(0.09),
             ..Budget::default()
         };
-        assert!(!spending.critique_fits(&tight) && !spending.edit_fits(&tight));
+        assert!(!spending.critique_fits(&tight, Held::default()) && !spending.edit_fits(&tight));
         assert!(spending.edit_fits(&Budget::default()));
+    }
+
+    #[test]
+    fn candidates_fit_beside_what_is_held() {
+        use crate::options::Budget;
+        let spending = Spending {
+            prices: Prices {
+                per_editor_call: 0.05,
+                verifier_per_million_input: 10.0,
+                ..Prices::default()
+            },
+            verifier_reserve: Some(Tokens {
+                input: 1000,
+                output: 0,
+            }),
+            ..Spending::default()
+        };
+        // Each candidate reserves 0.05 + 0 + 0.01.
+        assert!((spending.candidate_cost() - 0.06).abs() < 1e-12);
+        let by_cost = Budget {
+            max_cost: Some(0.2),
+            ..Budget::default()
+        };
+        assert_eq!(
+            spending.candidates_that_fit(&by_cost, Held::default(), 8),
+            3
+        );
+        let held = Held {
+            editor_calls: 1,
+            cost: 0.06,
+        };
+        assert_eq!(spending.candidates_that_fit(&by_cost, held, 8), 2);
+        let by_calls = Budget {
+            max_editor_calls: Some(4),
+            ..Budget::default()
+        };
+        assert_eq!(spending.candidates_that_fit(&by_calls, held, 8), 3);
+        assert_eq!(spending.candidates_that_fit(&by_calls, held, 2), 2);
+        assert_eq!(spending.candidates_that_fit(&Budget::default(), held, 8), 8);
+        assert!(!spending.critique_fits(
+            &Budget {
+                max_cost: Some(0.05),
+                ..Budget::default()
+            },
+            held
+        ));
     }
 
     #[test]

@@ -79,8 +79,14 @@ impl BflEditor {
     }
 
     /// The request body: the source as base64 PNG, the prompt and the
-    /// configured options.
-    async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
+    /// configured options, with the request's `seed` in place of the
+    /// profile's when it has one.
+    async fn body(
+        &self,
+        source: &Image,
+        prompt: &str,
+        seed: Option<i64>,
+    ) -> Result<Value, EditorError> {
         let (encoded, width, height) = source_png_base64(source, false).await?;
         let mut body = json!({ "prompt": prompt, "input_image": encoded });
         // FLUX.2 endpoints size the output from width/height (default: the
@@ -92,7 +98,7 @@ impl BflEditor {
             None => None,
         };
         let options = [
-            ("seed", self.seed.map(Value::from)),
+            ("seed", seed.or(self.seed).map(Value::from)),
             ("aspect_ratio", aspect_ratio.map(Value::from)),
             ("output_format", self.output_format.map(Value::from)),
             ("safety_tolerance", self.safety_tolerance.map(Value::from)),
@@ -113,8 +119,9 @@ impl AsyncProvider for BflEditor {
         &self,
         source: &Image,
         instruction: &str,
+        seed: Option<i64>,
     ) -> Result<ProviderRequest, EditorError> {
-        let body = self.body(source, instruction).await?;
+        let body = self.body(source, instruction, seed).await?;
         let answer = self
             .caller
             .post_json(&self.endpoint, &self.credential, body)

@@ -13,8 +13,8 @@ use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
-    body_excerpt, check_seed, classify_failure, endpoint, model_name, provider_message,
-    source_png_base64, Credential, HttpCaller,
+    body_excerpt, candidate_seed, check_seed, classify_failure, endpoint, model_name,
+    provider_message, source_png_base64, Credential, HttpCaller,
 };
 
 /// Client of DashScope's multimodal generation endpoint for one model.
@@ -53,12 +53,15 @@ impl DashscopeEditor {
         &self.endpoint
     }
 
-    /// The request body: the source as a PNG data URI, then the instruction.
-    async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
+    /// The request body: the source as a PNG data URI, then the
+    /// instruction; the request's `seed`, when it has one, in place of the
+    /// profile's.
+    async fn body(&self, request: &EditRequest<'_>) -> Result<Value, EditorError> {
+        let (source, prompt) = (request.source, request.instruction);
         let (data_uri, _, _) = source_png_base64(source, true).await?;
         // No watermark: the output is an intermediate the thinker critiques.
         let mut parameters = json!({ "watermark": false });
-        if let Some(seed) = self.seed {
+        if let Some(seed) = candidate_seed(request).or(self.seed) {
             parameters["seed"] = json!(seed);
         }
         if let Some(negative) = &self.negative_prompt {
@@ -82,7 +85,7 @@ impl Editor for DashscopeEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
         self.caller
             .run_edit(Some(&self.model), request.turn, async {
-                let body = self.body(request.source, request.instruction).await?;
+                let body = self.body(&request).await?;
                 let answer = self
                     .caller
                     .post_json(&self.endpoint, &self.credential, body)

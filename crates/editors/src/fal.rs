@@ -102,12 +102,21 @@ impl FalEditor {
     }
 
     /// The model input: the source as a PNG data URI, the prompt, the
-    /// configured options.
-    async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
+    /// configured options, and the request's `seed` in place of the
+    /// profile's when it has one.
+    async fn body(
+        &self,
+        source: &Image,
+        prompt: &str,
+        seed: Option<i64>,
+    ) -> Result<Value, EditorError> {
         let (data_uri, _, _) = source_png_base64(source, true).await?;
         let mut body = json!({ "prompt": prompt, "image_url": data_uri });
         for (key, value) in &self.options {
             body[*key] = value.clone();
+        }
+        if let Some(seed) = seed {
+            body["seed"] = Value::from(seed);
         }
         Ok(body)
     }
@@ -119,8 +128,9 @@ impl AsyncProvider for FalEditor {
         &self,
         source: &Image,
         instruction: &str,
+        seed: Option<i64>,
     ) -> Result<ProviderRequest, EditorError> {
-        let body = self.body(source, instruction).await?;
+        let body = self.body(source, instruction, seed).await?;
         let answer = self
             .caller
             .post_json(&self.endpoint, &self.credential, body)

@@ -14,8 +14,8 @@ use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
 use crate::http_common::{
-    body_excerpt, check_seed, classify_failure, decode_base64_image, endpoint, model_name,
-    source_png_base64, Credential, HttpCaller,
+    body_excerpt, candidate_seed, check_seed, classify_failure, decode_base64_image, endpoint,
+    model_name, source_png_base64, Credential, HttpCaller,
 };
 
 /// `finishReason`s that mean the model declined on safety grounds. Others
@@ -84,11 +84,13 @@ impl GeminiEditor {
         &self.probe_url
     }
 
-    /// The request body: the instruction, then the source as inline PNG.
-    async fn body(&self, source: &Image, prompt: &str) -> Result<Value, EditorError> {
+    /// The request body: the instruction, then the source as inline PNG;
+    /// the request's `seed`, when it has one, in place of the profile's.
+    async fn body(&self, request: &EditRequest<'_>) -> Result<Value, EditorError> {
+        let (source, prompt) = (request.source, request.instruction);
         let (data, _, _) = source_png_base64(source, false).await?;
         let mut generation_config = json!({ "responseModalities": ["TEXT", "IMAGE"] });
-        if let Some(seed) = self.seed {
+        if let Some(seed) = candidate_seed(request).or(self.seed) {
             generation_config["seed"] = json!(seed);
         }
         Ok(json!({
@@ -108,7 +110,7 @@ impl Editor for GeminiEditor {
     async fn edit(&self, request: EditRequest<'_>) -> Result<Image, EditorError> {
         self.caller
             .run_edit(Some(&self.model), request.turn, async {
-                let body = self.body(request.source, request.instruction).await?;
+                let body = self.body(&request).await?;
                 let answer = self
                     .caller
                     .post_json(&self.endpoint, &self.credential, body)

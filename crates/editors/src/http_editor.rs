@@ -1,6 +1,8 @@
 //! The `http` kind: self-hosted servers speaking the reference `/edit`
 //! protocol (`POST {url}/edit` with `{"image", "prompt", ...params}` →
-//! `{"edited_image"}`), round-robin over one or more URLs.
+//! `{"edited_image"}`), round-robin over one or more URLs. A request's own
+//! seed (a turn's candidates each have one) is sent as `seed`, replacing
+//! any `seed` in `params`.
 //!
 //! A self-hosted server costs nothing per call, so by default
 //! (`retry_ambiguous`) a call that timed out or broke off after it was sent
@@ -20,7 +22,9 @@ use serde_json::{Map, Value};
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
-use crate::http_common::{body_excerpt, decode_base64_image, is_refusal, read_api_key, HttpCaller};
+use crate::http_common::{
+    body_excerpt, candidate_seed, decode_base64_image, is_refusal, read_api_key, HttpCaller,
+};
 
 pub use crate::http_common::MAX_OUTPUT_PIXELS;
 
@@ -78,10 +82,19 @@ impl HttpEditor {
     }
 
     /// The JSON body: the source as PNG resized to multiples of
-    /// `multiple_of`, the prompt and the profile's params. CPU work, so it
-    /// runs off the async threads.
-    async fn request_body(&self, source: Image, prompt: &str) -> Result<Bytes, EditorError> {
+    /// `multiple_of`, the prompt and the profile's params, whose `seed` the
+    /// request's own replaces when it has one. CPU work, so it runs off
+    /// the async threads.
+    async fn request_body(
+        &self,
+        source: Image,
+        prompt: &str,
+        seed: Option<i64>,
+    ) -> Result<Bytes, EditorError> {
         let mut body = self.params.clone();
+        if let Some(seed) = seed {
+            body.insert("seed".into(), Value::from(seed));
+        }
         body.insert("prompt".into(), Value::String(prompt.to_owned()));
         let multiple = self.multiple_of;
         off_thread(move || {
@@ -102,7 +115,11 @@ impl Editor for HttpEditor {
         self.caller
             .run_edit(None, request.turn, async {
                 let body = self
-                    .request_body(request.source.clone(), request.instruction)
+                    .request_body(
+                        request.source.clone(),
+                        request.instruction,
+                        candidate_seed(&request),
+                    )
                     .await?;
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 let reply = self

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::config::{EditorConfigError, EditorProfile};
-use crate::http_common::{body_excerpt, HttpCaller};
+use crate::http_common::{body_excerpt, candidate_seed, HttpCaller};
 
 /// Delay between polls when a profile sets no `poll_interval_ms`.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(1000);
@@ -40,11 +40,14 @@ pub enum Poll {
 /// returned as [`EditorError`]s by `poll`.
 #[async_trait]
 pub trait AsyncProvider: Send + Sync {
-    /// Submits the edit and returns the handle to record and poll.
+    /// Submits the edit and returns the handle to record and poll. `seed`
+    /// is the request's own ([`EditRequest::seed`]): when set, it is sent
+    /// in place of the profile's `seed`.
     async fn submit(
         &self,
         source: &Image,
         instruction: &str,
+        seed: Option<i64>,
     ) -> Result<ProviderRequest, EditorError>;
 
     /// Looks at a submitted request once.
@@ -122,7 +125,13 @@ async fn submit_or_resume<P: AsyncProvider + ?Sized>(
             ),
         }
     }
-    let handle = provider.submit(request.source, request.instruction).await?;
+    let handle = provider
+        .submit(
+            request.source,
+            request.instruction,
+            candidate_seed(&request),
+        )
+        .await?;
     tracing::Span::current().record("request_id", handle.id.as_str());
     tracing::info!(request_id = %handle.id, "provider accepted the request");
     // Durable before any wait: after a crash the worker resumes with this

@@ -127,10 +127,16 @@ impl AsyncProvider for ReplicateEditor {
         &self,
         source: &Image,
         instruction: &str,
+        seed: Option<i64>,
     ) -> Result<ProviderRequest, EditorError> {
         let png = source_png(source, 1).await?;
         let image = off_thread(move || small_data_url(&png, MAX_DATA_URL_BYTES)).await?;
         let mut input = self.input.clone();
+        // The request's seed replaces the profile's (`seed`, or a `seed`
+        // given in `input`).
+        if let Some(seed) = seed {
+            input.insert("seed".into(), Value::from(seed));
+        }
         input.insert("prompt".into(), Value::from(instruction));
         input.insert("input_image".into(), Value::from(image));
         let answer = self

@@ -3,10 +3,12 @@
 //! their own CI, against it.
 //!
 //! An edit tints the source toward a colour picked by a stable hash of the
-//! instruction and the profile's `seed`, writes the instruction in a banner
-//! along the bottom and the label `SANDBOX` at the top-left, so the output
-//! depends visibly on both and is never taken for a real edit. The same
-//! source, instruction and seed always give the same PNG bytes.
+//! instruction and the seed (the request's `EditRequest::seed` when it has
+//! one, as each of a turn's several candidates does, else the profile's
+//! `seed`), writes the instruction in a banner along the bottom and the
+//! label `SANDBOX` at the top-left, so the output depends visibly on both
+//! and is never taken for a real edit. The same source, instruction and
+//! seed always give the same PNG bytes.
 //!
 //! Each edit takes `latency_ms`, and fails at configured rates the way a
 //! paid provider does, so integrators can exercise their error handling:
@@ -25,7 +27,7 @@ use image::{DynamicImage, GenericImageView};
 use rand::Rng;
 
 use crate::config::{EditorConfigError, EditorProfile};
-use crate::http_common::HttpCaller;
+use crate::http_common::{candidate_seed, HttpCaller};
 
 /// How long a sandbox edit takes when a profile sets no `latency_ms`: about
 /// a fast hosted model, so that progress events and SSE streams are seen
@@ -209,7 +211,9 @@ impl Editor for SandboxEditor {
                 self.simulate(|| rand::thread_rng().gen::<f64>()).await?;
                 let source = request.source.clone();
                 let instruction = request.instruction.to_owned();
-                let seed = self.seed;
+                // A candidate's own seed replaces the profile's, so the
+                // candidates of one turn get distinct tints.
+                let seed = candidate_seed(&request).unwrap_or(self.seed);
                 off_thread(move || render(&source, &instruction, seed)).await
             })
             .await
@@ -591,10 +595,22 @@ mod tests {
     }
 
     async fn edit(e: &SandboxEditor, src: &Image, instruction: &str) -> Result<Image, EditorError> {
+        edit_seeded(e, src, instruction, None).await
+    }
+
+    /// An edit as candidate 1 of a turn when `seed` is set.
+    async fn edit_seeded(
+        e: &SandboxEditor,
+        src: &Image,
+        instruction: &str,
+        seed: Option<i64>,
+    ) -> Result<Image, EditorError> {
         e.edit(EditRequest {
             source: src,
             instruction,
             turn: 1,
+            candidate: u32::from(seed.is_some()),
+            seed,
             resume: None,
             checkpoint: &NoCheckpoint,
         })
@@ -629,6 +645,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(a.bytes, fresh.bytes);
+    }
+
+    #[tokio::test]
+    async fn a_request_seed_replaces_the_profile_seed() {
+        let src = source(96, 64);
+        let e = editor(&EditorProfile {
+            seed: Some(7),
+            ..profile()
+        });
+        let sky = "make the sky purple";
+        let one = edit_seeded(&e, &src, sky, Some(1_234_567)).await.unwrap();
+        let again = edit_seeded(&e, &src, sky, Some(1_234_567)).await.unwrap();
+        assert_eq!(one.bytes, again.bytes, "the same seed, the same bytes");
+        let two = edit_seeded(&e, &src, sky, Some(7_654_321)).await.unwrap();
+        assert_ne!(one.bytes, two.bytes, "two seeds, two images");
+        let profile_seed = edit(&e, &src, sky).await.unwrap();
+        assert_ne!(
+            one.bytes, profile_seed.bytes,
+            "the profile's seed is replaced"
+        );
+        // Replaced, not mixed in: a request seed of 7 is the profile's 7.
+        let seven = edit_seeded(&e, &src, sky, Some(7)).await.unwrap();
+        assert_eq!(seven.bytes, profile_seed.bytes);
+        let unseeded = editor(&profile());
+        let seven = edit_seeded(&unseeded, &src, sky, Some(7)).await.unwrap();
+        assert_eq!(seven.bytes, profile_seed.bytes);
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::time::Duration;
 use editthinker_core::{EditCheckpoint, EditorError, Image, NoCheckpoint, ProviderRequest};
 use editthinker_editors::{BflEditor, EditorKind, EditorProfile};
 use serde_json::{json, Value};
-use support::{api_key, png_info, red_png, source, Answer, FakeProvider, RecordingCheckpoint};
+use support::{
+    api_key, png_info, red_png, source, Answer, FakeProvider, RecordingCheckpoint, CANDIDATE_SEED,
+};
 
 const SUBMIT: &str = "/v1/flux-kontext-pro";
 const POLL: &str = "/eu1/v1/get_result";
@@ -149,6 +151,20 @@ async fn configured_options_are_sent_to_the_configured_model() {
     assert_eq!(body["output_format"], "jpeg");
     assert_eq!(body["safety_tolerance"], 2);
     assert_eq!(body["prompt_upsampling"], true);
+}
+
+#[tokio::test]
+async fn a_candidate_seed_is_sent_in_place_of_the_profile_seed() {
+    let server = FakeProvider::start().await;
+    server.answer_path(SUBMIT, vec![], submitted(&server, "t"));
+    server.answer_path(POLL, vec![], ready(&server, "t", 16, 16));
+    let mut p = profile(&server, "BFL_TEST_KEY_CANDIDATE_SEED");
+    p.seed = Some(42);
+    let editor = BflEditor::from_profile("b", &p).unwrap();
+    support::edit_seeded(&editor, &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(SUBMIT)[0].json()["seed"], CANDIDATE_SEED);
 }
 
 #[tokio::test]

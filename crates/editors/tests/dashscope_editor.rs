@@ -8,7 +8,7 @@ use std::time::Duration;
 use editthinker_core::{Editor, EditorError, Image};
 use editthinker_editors::{DashscopeEditor, EditorKind, EditorProfile};
 use serde_json::json;
-use support::{api_key, png_info, red_png, source, Answer, FakeProvider};
+use support::{api_key, png_info, red_png, source, Answer, FakeProvider, CANDIDATE_SEED};
 
 const PATH: &str = "/api/v1/services/aigc/multimodal-generation/generation";
 
@@ -111,6 +111,22 @@ async fn a_configured_model_seed_and_negative_prompt_are_sent() {
     assert_eq!(
         body["parameters"],
         json!({"watermark": false, "seed": 1234, "negative_prompt": "blurry, watermark"})
+    );
+}
+
+#[tokio::test]
+async fn a_candidate_seed_is_sent_in_place_of_the_profile_seed() {
+    let server = FakeProvider::start().await;
+    server.answer(vec![], edited(&server, 16, 16));
+    let mut p = profile(&server, "DASHSCOPE_TEST_KEY_CANDIDATE_SEED");
+    p.seed = Some(1234);
+    let editor = DashscopeEditor::from_profile("d", &p).unwrap();
+    support::edit_seeded(&editor, &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.requests()[0].json()["parameters"],
+        json!({"watermark": false, "seed": CANDIDATE_SEED})
     );
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 use editthinker_core::{EditCheckpoint, EditorError, Image, NoCheckpoint, ProviderRequest};
 use editthinker_editors::{EditorKind, EditorProfile, FalEditor};
 use serde_json::json;
-use support::{api_key, png_info, red_png, source, Answer, FakeProvider, RecordingCheckpoint};
+use support::{
+    api_key, png_info, red_png, source, Answer, FakeProvider, RecordingCheckpoint, CANDIDATE_SEED,
+};
 
 const SUBMIT: &str = "/fal-ai/flux-pro/kontext";
 
@@ -178,6 +180,20 @@ async fn configured_options_are_sent() {
     assert_eq!(body["num_inference_steps"], 30);
     assert_eq!(body["output_format"], "png");
     assert_eq!(body["safety_tolerance"], "5", "fal takes it as a string");
+}
+
+#[tokio::test]
+async fn a_candidate_seed_is_sent_in_place_of_the_profile_seed() {
+    let server = FakeProvider::start().await;
+    server.answer_path(SUBMIT, vec![], submitted(&server, "r"));
+    script(&server, "r", vec![]);
+    let mut p = profile(&server, "FAL_TEST_KEY_CANDIDATE_SEED");
+    p.seed = Some(9);
+    let editor = FalEditor::from_profile("f", &p).unwrap();
+    support::edit_seeded(&editor, &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(server.requests_to(SUBMIT)[0].json()["seed"], CANDIDATE_SEED);
 }
 
 #[tokio::test]

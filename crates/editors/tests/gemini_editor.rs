@@ -7,7 +7,7 @@ use std::time::Duration;
 use editthinker_core::{EditorError, Image};
 use editthinker_editors::{EditorKind, EditorProfile, GeminiEditor};
 use serde_json::{json, Value};
-use support::{api_key, b64, png_info, red_png, source, Answer, FakeProvider};
+use support::{api_key, b64, png_info, red_png, source, Answer, FakeProvider, CANDIDATE_SEED};
 
 const PATH: &str = "/v1beta/models/gemini-2.5-flash-image:generateContent";
 
@@ -110,6 +110,22 @@ async fn a_configured_model_and_seed_are_sent_and_snake_case_answers_accepted() 
     assert_eq!(
         r.json()["generationConfig"],
         json!({"responseModalities": ["TEXT", "IMAGE"], "seed": 7})
+    );
+}
+
+#[tokio::test]
+async fn a_candidate_seed_is_sent_in_place_of_the_profile_seed() {
+    let server = FakeProvider::start().await;
+    server.answer(vec![], edited(16, 16));
+    let mut p = profile(&server, "GEMINI_TEST_KEY_CANDIDATE_SEED");
+    p.seed = Some(7);
+    let editor = GeminiEditor::from_profile("g", &p).unwrap();
+    support::edit_seeded(&editor, &source(32, 32))
+        .await
+        .unwrap();
+    assert_eq!(
+        server.requests()[0].json()["generationConfig"],
+        json!({"responseModalities": ["TEXT", "IMAGE"], "seed": CANDIDATE_SEED})
     );
 }
 

@@ -5,10 +5,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use editthinker_core::{EditRequest, Editor, EditorError, Image, NoCheckpoint};
+use editthinker_core::{Editor, EditorError, Image};
 use editthinker_editors::{EditorKind, EditorProfile, HttpEditor};
 use serde_json::json;
-use support::{dead_url, source, FakeEditor, Reply};
+use support::{dead_url, source, FakeEditor, Reply, CANDIDATE_SEED};
 
 /// A profile with small retry delays, so tests stay fast.
 fn profile(urls: &[&str]) -> EditorProfile {
@@ -28,15 +28,7 @@ fn editor(p: &EditorProfile) -> HttpEditor {
 }
 
 async fn edit(editor: &HttpEditor, src: &Image, prompt: &str) -> Result<Image, EditorError> {
-    editor
-        .edit(EditRequest {
-            source: src,
-            instruction: prompt,
-            turn: 1,
-            resume: None,
-            checkpoint: &NoCheckpoint,
-        })
-        .await
+    support::edit_prompt(editor, src, prompt).await
 }
 
 #[tokio::test]
@@ -76,6 +68,38 @@ async fn sends_resized_png_prompt_params_and_bearer_and_returns_the_answer() {
     assert_eq!((out.width, out.height), (96, 32));
     let pixel = out.decode().unwrap().to_rgb8().get_pixel(5, 5).0;
     assert_eq!(pixel, [255, 0, 0]);
+}
+
+#[tokio::test]
+async fn a_candidate_seed_replaces_the_params_seed_for_that_request_only() {
+    let server = FakeEditor::ok().await;
+    let mut p = profile(&[&server.url]);
+    p.params = json!({"num_inference_steps": 28, "seed": 42})
+        .as_object()
+        .unwrap()
+        .clone();
+    let e = editor(&p);
+    support::edit_seeded(&e, &source(32, 32)).await.unwrap();
+    edit(&e, &source(32, 32), "x").await.unwrap();
+    let got = server.received();
+    assert_eq!(got[0].json["seed"], CANDIDATE_SEED);
+    assert_eq!(
+        got[0].json["num_inference_steps"], 28,
+        "the other params stay"
+    );
+    assert_eq!(
+        got[1].json["seed"], 42,
+        "the next request has its params back"
+    );
+
+    // Without a seed in params, the candidate's is added.
+    let server = FakeEditor::ok().await;
+    let e = editor(&profile(&[&server.url]));
+    support::edit_seeded(&e, &source(32, 32)).await.unwrap();
+    edit(&e, &source(32, 32), "x").await.unwrap();
+    let got = server.received();
+    assert_eq!(got[0].json["seed"], CANDIDATE_SEED);
+    assert_eq!(got[1].json.get("seed"), None);
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ use axum::http::Request;
 use editthinker_core::{Editor, EditorError, Image};
 use editthinker_editors::{EditorKind, EditorProfile, OpenAiEditor};
 use serde_json::json;
-use support::{api_key, b64, image_info, red_png, source, Answer, FakeProvider, RawRequest};
+use support::{
+    api_key, b64, image_info, red_png, source, Answer, FakeProvider, RawRequest, CANDIDATE_SEED,
+};
 
 /// A profile against `server` with small retry delays.
 fn profile(server: &FakeProvider, key_var: &str) -> EditorProfile {
@@ -145,6 +147,28 @@ async fn a_configured_model_and_the_other_extras_are_sent() {
     assert_eq!(parts["model"].text(), "gpt-image-1-mini");
     assert_eq!(parts["input_fidelity"].text(), "high");
     assert_eq!(parts["output_format"].text(), "webp");
+}
+
+#[tokio::test]
+async fn a_candidate_seed_is_not_sent() {
+    // The edits endpoint has no seed: candidates are independent samples.
+    let server = FakeProvider::start().await;
+    server.answer(vec![], edited(16, 16));
+    let p = profile(&server, "OPENAI_TEST_KEY_CANDIDATE_SEED");
+    let editor = OpenAiEditor::from_profile("o", &p).unwrap();
+    support::edit_seeded(&editor, &source(40, 30))
+        .await
+        .unwrap();
+    let parts = form(&server.requests()[0]).await;
+    assert_eq!(
+        parts.keys().collect::<Vec<_>>(),
+        ["image", "model", "prompt"]
+    );
+    let body = String::from_utf8_lossy(&server.requests()[0].body).into_owned();
+    assert!(
+        !body.contains(&CANDIDATE_SEED.to_string()),
+        "no seed anywhere"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use editthinker_core::{EditRequest, NoCheckpoint};
 use editthinker_editors::{
     EditorConfigError, EditorInfo, EditorKind, EditorProfile, EditorRegistry,
 };
@@ -190,16 +189,7 @@ async fn editors_from_the_registry_call_their_server() {
     );
     assert!(r.infos()[0].default);
     let src = support::source(40, 40);
-    let out = r
-        .get("only")
-        .unwrap()
-        .edit(EditRequest {
-            source: &src,
-            instruction: "x",
-            turn: 1,
-            resume: None,
-            checkpoint: &NoCheckpoint,
-        })
+    let out = support::edit_prompt(&*r.get("only").unwrap(), &src, "x")
         .await
         .unwrap();
     assert_eq!((out.width, out.height), (32, 32));
@@ -505,14 +495,7 @@ async fn sandbox_profiles_parse_build_and_edit_without_a_server() {
     let editor = r.get("plain").unwrap();
     assert_eq!(editor.probe().await, Some(Ok(())));
     let src = support::source(64, 48);
-    let out = editor
-        .edit(EditRequest {
-            source: &src,
-            instruction: "make it so",
-            turn: 1,
-            resume: None,
-            checkpoint: &NoCheckpoint,
-        })
+    let out = support::edit_prompt(&*editor, &src, "make it so")
         .await
         .unwrap();
     assert_eq!((out.width, out.height), (64, 48));

@@ -11,6 +11,7 @@ use image::{DynamicImage, Rgb, RgbImage};
 use serde_json::{json, Value};
 use support::{
     api_key, image_info, png_info, red_png, source, Answer, FakeProvider, RecordingCheckpoint,
+    CANDIDATE_SEED,
 };
 
 const CREATE: &str = "/v1/models/black-forest-labs/flux-kontext-pro/predictions";
@@ -198,6 +199,31 @@ async fn configured_inputs_are_merged() {
     assert_eq!(input["output_format"], "jpg", "Replicate's spelling");
     assert_eq!(input["guidance"], 2.5);
     assert_eq!(input["num_inference_steps"], 28);
+}
+
+#[tokio::test]
+async fn a_candidate_seed_is_sent_in_place_of_the_configured_seed() {
+    // The profile's `seed`, or a `seed` given in `input`.
+    for key_var in [
+        "REPLICATE_TEST_KEY_SEED_PROFILE",
+        "REPLICATE_TEST_KEY_SEED_INPUT",
+    ] {
+        let server = FakeProvider::start().await;
+        server.answer_path(CREATE, vec![], created(&server, "p"));
+        server.answer_path(&get_path("p"), vec![], succeeded(&server, "p", 16, 16));
+        let mut p = profile(&server, key_var);
+        if key_var.ends_with("INPUT") {
+            p.input.insert("seed".into(), json!(2));
+        } else {
+            p.seed = Some(5);
+        }
+        let editor = ReplicateEditor::from_profile("r", &p).unwrap();
+        support::edit_seeded(&editor, &source(32, 32))
+            .await
+            .unwrap();
+        let input = server.requests_to(CREATE)[0].json()["input"].clone();
+        assert_eq!(input["seed"], CANDIDATE_SEED, "{key_var}");
+    }
 }
 
 #[tokio::test]

@@ -190,6 +190,15 @@ impl BlobStore {
         )
     }
 
+    /// A per-write key for candidate `candidate` of turn `index`, like
+    /// [`Self::turn_key`]'s.
+    pub fn candidate_key(job_id: Uuid, index: u32, candidate: u32, attempt: u32) -> String {
+        format!(
+            "jobs/{job_id}/turns/{index}-c{candidate}-a{attempt}-{:016x}.png",
+            rand::random::<u64>()
+        )
+    }
+
     /// Whether what `key` names can never change: sources (written once, at
     /// creation) and turn images under per-write keys. Turn images from
     /// before per-write keys (`turns/{index}.png`) could be overwritten.

@@ -13,7 +13,7 @@ use editthinker_core::text::{
 };
 use serde_json::Value;
 
-use crate::{NewTurn, PendingEditRecord, RefusalRecord};
+use crate::{NewCandidate, NewTurn, PendingEditRecord, RefusalRecord};
 
 /// A long provider text (an instruction, a thinker's raw output).
 pub(crate) fn text(s: &str) -> Cow<'_, str> {
@@ -45,6 +45,22 @@ pub(crate) fn turn(mut turn: NewTurn) -> NewTurn {
     turn
 }
 
+/// A new candidate: its instruction and the provider's request id, as a
+/// turn's.
+pub(crate) fn candidate(mut candidate: NewCandidate) -> NewCandidate {
+    let cleaned = turn(NewTurn {
+        index: candidate.turn,
+        instruction: std::mem::take(&mut candidate.instruction),
+        image_key: String::new(),
+        image_mime: String::new(),
+        editor_ms: 0,
+        provider_request_id: candidate.provider_request_id.take(),
+    });
+    candidate.instruction = cleaned.instruction;
+    candidate.provider_request_id = cleaned.provider_request_id;
+    candidate
+}
+
 /// A critique as stored: the JSON, the raw output and the parse error.
 pub(crate) struct Critique<'a> {
     /// The critique JSON.
@@ -72,6 +88,7 @@ pub(crate) fn critique<'a>(
 pub(crate) fn pending(p: &PendingEditRecord) -> PendingEditRecord {
     PendingEditRecord {
         turn: p.turn,
+        candidate: p.candidate,
         instruction: text(&p.instruction).into_owned(),
         request: json(&p.request),
     }

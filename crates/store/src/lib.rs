@@ -261,9 +261,31 @@ pub trait Store: Send + Sync + 'static {
         raw_output: &str,
         parse_error: Option<&str>,
     ) -> StoreResult<()>;
-    /// Records the asynchronous edit in flight (`jobs.pending_edit`) so a
-    /// resumed job polls it instead of submitting again; cleared by the
-    /// next [`record_turn`](Self::record_turn).
+    /// Records candidate `candidate.index` of a turn of several, edited
+    /// (its `turn.edited` event carries `candidate`). Recording the same
+    /// candidate again with the same image is a no-op.
+    async fn record_candidate(&self, lease: &Lease, candidate: NewCandidate) -> StoreResult<()>;
+    /// Sets a candidate's critique (`turn.critiqued` with `candidate`).
+    #[allow(clippy::too_many_arguments)]
+    async fn record_candidate_critique(
+        &self,
+        lease: &Lease,
+        turn: u32,
+        candidate: u32,
+        critique: &serde_json::Value,
+        thinker_ms: u64,
+        raw_output: &str,
+        parse_error: Option<&str>,
+    ) -> StoreResult<()>;
+    /// Records the turn of several candidates as its chosen candidate
+    /// (instruction, image, timing and critique copied into `turns`) and
+    /// writes `turn.chosen`. Recording the same choice again is a no-op.
+    async fn record_chosen(&self, lease: &Lease, chosen: &ChosenRecord) -> StoreResult<()>;
+    /// A job's candidates, by turn and number.
+    async fn list_candidates(&self, job_id: Uuid) -> StoreResult<Vec<CandidateRow>>;
+    /// Records the asynchronous edit in flight (`jobs.pending_edit`, or the
+    /// candidate's row in a turn of several) so a resumed job polls it
+    /// instead of submitting again; cleared when the edit is recorded.
     async fn record_pending_edit(
         &self,
         lease: &Lease,
@@ -457,7 +479,8 @@ fn job_with_turns_sql(id: &str, tenant: &str, position: bool) -> String {
          t.image_mime AS turn_image_mime, t.editor_ms AS turn_editor_ms, \
          t.critique AS turn_critique, t.thinker_ms AS turn_thinker_ms, \
          t.raw_output AS turn_raw_output, t.parse_error AS turn_parse_error, \
-         t.provider_request_id AS turn_provider_request_id, t.created_at AS turn_created_at";
+         t.provider_request_id AS turn_provider_request_id, t.chosen AS turn_chosen, \
+         t.created_at AS turn_created_at";
     if !position {
         return format!(
             "SELECT job.*, CAST(NULL AS BIGINT) AS ahead, {TURN_COLUMNS} \
@@ -495,6 +518,7 @@ fn job_with_turns_from_rows<R>(
         turns,
         jobs_ahead: ahead(first)?,
         ledger: JobLedger::default(),
+        candidates: Vec::new(),
     }))
 }
 
@@ -519,6 +543,26 @@ where
     }
 }
 
+/// Completes a [`Store::job_with_turns`] read with the candidates of its
+/// turns of several, read by `candidates` only when a recorded turn chose
+/// one (one-candidate jobs, the common case, cost no query).
+async fn with_candidates<F, Fut>(
+    read: Option<JobWithTurns>,
+    candidates: F,
+) -> StoreResult<Option<JobWithTurns>>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<Vec<CandidateRow>>>,
+{
+    match read {
+        Some(mut read) if read.turns.iter().any(|t| t.chosen.is_some()) => {
+            read.candidates = candidates().await?;
+            Ok(Some(read))
+        }
+        other => Ok(other),
+    }
+}
+
 /// Column names of a turn in a result row.
 struct TurnColumns {
     job_id: &'static str,
@@ -532,6 +576,7 @@ struct TurnColumns {
     raw_output: &'static str,
     parse_error: &'static str,
     provider_request_id: &'static str,
+    chosen: &'static str,
     created_at: &'static str,
 }
 
@@ -548,6 +593,7 @@ const TURN: TurnColumns = TurnColumns {
     raw_output: "raw_output",
     parse_error: "parse_error",
     provider_request_id: "provider_request_id",
+    chosen: "chosen",
     created_at: "created_at",
 };
 
@@ -564,6 +610,7 @@ const JOINED_TURN: TurnColumns = TurnColumns {
     raw_output: "turn_raw_output",
     parse_error: "turn_parse_error",
     provider_request_id: "turn_provider_request_id",
+    chosen: "turn_chosen",
     created_at: "turn_created_at",
 };
 

@@ -122,6 +122,9 @@ pub mod event_type {
     pub const TURN_EDITED: &str = "turn.edited";
     /// A turn's critique exists.
     pub const TURN_CRITIQUED: &str = "turn.critiqued";
+    /// A turn of several candidates chose one: `{"turn", "candidate",
+    /// "score", "by"}`.
+    pub const TURN_CHOSEN: &str = "turn.chosen";
     /// Job went back to the queue: `{"attempt", "reason", "code", "run_at"}`.
     pub const JOB_RETRYING: &str = "job.retrying";
     /// Job finished with a result.
@@ -185,6 +188,9 @@ pub struct JobWithTurns {
     /// Its usage ledger (empty, unread, for a job never claimed: only a
     /// worker makes paid calls).
     pub ledger: JobLedger,
+    /// The candidates of its turns of several (empty, unread, when no
+    /// recorded turn has any).
+    pub candidates: Vec<CandidateRow>,
 }
 
 /// The queue at one moment ([`crate::Store::queue_stats`]).
@@ -300,6 +306,10 @@ pub fn stop_reason(
 pub struct PendingEditRecord {
     /// The turn it is for.
     pub turn: u32,
+    /// The candidate it is for, in a turn of several (kept in
+    /// `turn_candidates`); `None` in a one-candidate turn (`jobs.pending_edit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<u32>,
     /// The instruction it was submitted with.
     pub instruction: String,
     /// The provider's handle: `{"id", "data"}`.
@@ -387,8 +397,80 @@ pub struct TurnRow {
     pub parse_error: Option<String>,
     /// The asynchronous provider's id for this edit, if any.
     pub provider_request_id: Option<String>,
+    /// The candidate this turn is, in a turn of several; `None` otherwise.
+    pub chosen: Option<u32>,
     /// Recorded at.
     pub created_at: DateTime<Utc>,
+}
+
+/// A candidate of a turn with several, to record once edited.
+#[derive(Debug, Clone)]
+pub struct NewCandidate {
+    /// Its turn, from 1.
+    pub turn: u32,
+    /// Its number within the turn, from 0.
+    pub index: u32,
+    /// Instruction sent to the editor.
+    pub instruction: String,
+    /// The seed it asked for.
+    pub seed: Option<i64>,
+    /// Blob key of its image.
+    pub image_key: String,
+    /// Its MIME type.
+    pub image_mime: String,
+    /// Editor wall time.
+    pub editor_ms: u64,
+    /// The asynchronous provider's id for this edit, if any.
+    pub provider_request_id: Option<String>,
+}
+
+/// A stored candidate: pending (a provider request, no image), edited, or
+/// critiqued.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CandidateRow {
+    /// The job.
+    pub job_id: Uuid,
+    /// Its turn, from 1.
+    pub turn: u32,
+    /// Its number within the turn, from 0.
+    pub index: u32,
+    /// Instruction sent to the editor.
+    pub instruction: String,
+    /// The seed it asked for.
+    pub seed: Option<i64>,
+    /// The provider request in flight (`{"id", "data"}`) while it has no image.
+    pub pending_request: Option<serde_json::Value>,
+    /// The asynchronous provider's id for this edit, if any.
+    pub provider_request_id: Option<String>,
+    /// Blob key of its image, once edited.
+    pub image_key: Option<String>,
+    /// Its MIME type.
+    pub image_mime: Option<String>,
+    /// Editor wall time, once edited.
+    pub editor_ms: Option<u64>,
+    /// The critique JSON (a serialized `CritiqueRecord`), once made.
+    pub critique: Option<serde_json::Value>,
+    /// Thinker wall time.
+    pub thinker_ms: Option<u64>,
+    /// Raw thinker output.
+    pub raw_output: Option<String>,
+    /// Why the thinker output did not parse.
+    pub parse_error: Option<String>,
+    /// Recorded at.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which candidate a turn of several chose, and by what score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChosenRecord {
+    /// The turn.
+    pub turn: u32,
+    /// The chosen candidate.
+    pub candidate: u32,
+    /// Its ranking score, when it had one.
+    pub score: Option<f64>,
+    /// Which score ranked them.
+    pub by: editthinker_core::RankBy,
 }
 
 /// A stored event.

@@ -13,14 +13,49 @@ pub(crate) fn started(attempt: u32) -> Value {
     json!({ "attempt": attempt })
 }
 
-/// `turn.edited`.
+/// `turn.edited` of a one-candidate turn (its candidate 0).
 pub(crate) fn edited(turn: u32, instruction: &str, editor_ms: u64) -> Value {
-    json!({ "turn": turn, "instruction": instruction, "editor_ms": editor_ms })
+    json!({
+        "turn": turn,
+        "candidate": 0,
+        "instruction": instruction,
+        "editor_ms": editor_ms,
+    })
 }
 
-/// `turn.critiqued`.
-pub(crate) fn critiqued(turn: u32, critique: &Value, thinker_ms: u64) -> Value {
-    json!({ "turn": turn, "critique": critique, "thinker_ms": thinker_ms })
+/// `turn.edited` of candidate `candidate` of a turn of several: with its
+/// `seed`, which tells clients the turn has several.
+pub(crate) fn candidate_edited(
+    turn: u32,
+    candidate: u32,
+    seed: Option<i64>,
+    instruction: &str,
+    editor_ms: u64,
+) -> Value {
+    let mut data = edited(turn, instruction, editor_ms);
+    data["candidate"] = candidate.into();
+    data["seed"] = seed.into();
+    data
+}
+
+/// `turn.critiqued` of candidate `candidate` (0 in a one-candidate turn).
+pub(crate) fn critiqued(turn: u32, candidate: u32, critique: &Value, thinker_ms: u64) -> Value {
+    json!({
+        "turn": turn,
+        "candidate": candidate,
+        "critique": critique,
+        "thinker_ms": thinker_ms,
+    })
+}
+
+/// `turn.chosen`.
+pub(crate) fn chosen(chosen: &crate::ChosenRecord) -> Value {
+    json!({
+        "turn": chosen.turn,
+        "candidate": chosen.candidate,
+        "score": chosen.score,
+        "by": chosen.by.as_str(),
+    })
 }
 
 /// `job.succeeded`; `refusal` says the editor refused a refined

@@ -21,11 +21,11 @@ use crate::model::{
 use crate::notifier::Notifier;
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ApiKeyRow, ClaimedJob, CreateCheck, DeliveryAttempt, DeliveryRow, DeliveryStatus,
-    DueDelivery, EditorUsage, EventRow, Fairness, IdempotentInsert, JobLedger, JobRow, JobStatus,
-    JobWithTurns, Lease, NewApiKey, NewCall, NewJob, NewTurn, Notice, PendingEditRecord,
-    QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
-    IDEMPOTENCY_WINDOW,
+    payload, ApiKeyRow, CandidateRow, ChosenRecord, ClaimedJob, CreateCheck, DeliveryAttempt,
+    DeliveryRow, DeliveryStatus, DueDelivery, EditorUsage, EventRow, Fairness, IdempotentInsert,
+    JobLedger, JobRow, JobStatus, JobWithTurns, Lease, NewApiKey, NewCall, NewCandidate, NewJob,
+    NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
+    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -324,8 +324,42 @@ fn turn_from_row(row: &PgRow, c: &crate::TurnColumns) -> StoreResult<TurnRow> {
         raw_output: row.try_get(c.raw_output)?,
         parse_error: row.try_get(c.parse_error)?,
         provider_request_id: row.try_get(c.provider_request_id)?,
+        chosen: row
+            .try_get::<Option<i32>, _>(c.chosen)?
+            .map(|v| to_u32(v, "chosen"))
+            .transpose()?,
         created_at: row.try_get(c.created_at)?,
     })
+}
+
+fn candidate_from_row(row: &PgRow) -> StoreResult<CandidateRow> {
+    let opt_u64 = |col: &str| {
+        row.try_get::<Option<i64>, _>(col)?
+            .map(|v| to_u64(v, col))
+            .transpose()
+    };
+    Ok(CandidateRow {
+        job_id: row.try_get("job_id")?,
+        turn: to_u32(row.try_get("turn_idx")?, "turn_idx")?,
+        index: to_u32(row.try_get("idx")?, "idx")?,
+        instruction: row.try_get("instruction")?,
+        seed: row.try_get("seed")?,
+        pending_request: row.try_get("pending_request")?,
+        provider_request_id: row.try_get("provider_request_id")?,
+        image_key: row.try_get("image_key")?,
+        image_mime: row.try_get("image_mime")?,
+        editor_ms: opt_u64("editor_ms")?,
+        critique: row.try_get("critique")?,
+        thinker_ms: opt_u64("thinker_ms")?,
+        raw_output: row.try_get("raw_output")?,
+        parse_error: row.try_get("parse_error")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// A turn or candidate number as Postgres stores it.
+fn pg_index(n: u32) -> StoreResult<i32> {
+    i32::try_from(n).map_err(|_| corrupt("turn index overflow"))
 }
 
 fn event_from_row(row: &PgRow) -> StoreResult<EventRow> {
@@ -928,7 +962,8 @@ impl Store for PgStore {
                     .transpose()
             },
         )?;
-        crate::with_ledger(read, || ledger_of(&self.pool, id)).await
+        let read = crate::with_ledger(read, || ledger_of(&self.pool, id)).await?;
+        crate::with_candidates(read, || self.list_candidates(id)).await
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -1172,7 +1207,7 @@ impl Store for PgStore {
             &mut tx,
             lease.job_id,
             event_type::TURN_CRITIQUED,
-            payload::critiqued(index, critique, thinker_ms),
+            payload::critiqued(index, 0, critique, thinker_ms),
         )
         .await?;
         tx.commit().await?;
@@ -1187,13 +1222,185 @@ impl Store for PgStore {
         let pending = &crate::clean::pending(pending);
         let mut tx = self.pool.begin().await?;
         fence(&mut tx, lease).await?;
-        sqlx::query("UPDATE jobs SET pending_edit = $2 WHERE id = $1")
-            .bind(lease.job_id)
-            .bind(payload::to_json(pending))
-            .execute(&mut *tx)
-            .await?;
+        match pending.candidate {
+            None => {
+                sqlx::query("UPDATE jobs SET pending_edit = $2 WHERE id = $1")
+                    .bind(lease.job_id)
+                    .bind(payload::to_json(pending))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Some(candidate) => {
+                sqlx::query(
+                    "INSERT INTO turn_candidates (job_id, turn_idx, idx, instruction, \
+                     pending_request, created_at) VALUES ($1, $2, $3, $4, $5, now()) \
+                     ON CONFLICT (job_id, turn_idx, idx) DO UPDATE SET \
+                     instruction = excluded.instruction, pending_request = excluded.pending_request \
+                     WHERE turn_candidates.image_key IS NULL",
+                )
+                .bind(lease.job_id)
+                .bind(pg_index(pending.turn)?)
+                .bind(pg_index(candidate)?)
+                .bind(&pending.instruction)
+                .bind(payload::to_json(&pending.request))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn record_candidate(&self, lease: &Lease, candidate: NewCandidate) -> StoreResult<()> {
+        let c = crate::clean::candidate(candidate);
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        // A recorded candidate is never replaced (its image may be cached
+        // as immutable); a pending row becomes the edited candidate.
+        let written = sqlx::query(
+            "INSERT INTO turn_candidates (job_id, turn_idx, idx, instruction, seed, \
+             provider_request_id, image_key, image_mime, editor_ms, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, now()) \
+             ON CONFLICT (job_id, turn_idx, idx) DO UPDATE SET \
+             instruction = excluded.instruction, seed = excluded.seed, \
+             provider_request_id = excluded.provider_request_id, \
+             image_key = excluded.image_key, image_mime = excluded.image_mime, \
+             editor_ms = excluded.editor_ms, pending_request = NULL \
+             WHERE turn_candidates.image_key IS NULL",
+        )
+        .bind(lease.job_id)
+        .bind(pg_index(c.turn)?)
+        .bind(pg_index(c.index)?)
+        .bind(&c.instruction)
+        .bind(c.seed)
+        .bind(&c.provider_request_id)
+        .bind(&c.image_key)
+        .bind(&c.image_mime)
+        .bind(i64::try_from(c.editor_ms).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if written == 0 {
+            let existing: String = sqlx::query_scalar(
+                "SELECT image_key FROM turn_candidates \
+                 WHERE job_id = $1 AND turn_idx = $2 AND idx = $3",
+            )
+            .bind(lease.job_id)
+            .bind(pg_index(c.turn)?)
+            .bind(pg_index(c.index)?)
+            .fetch_one(&mut *tx)
+            .await?;
+            return crate::same_turn(lease, c.turn, &existing, &c.image_key);
+        }
+        emit(
+            &mut tx,
+            lease.job_id,
+            event_type::TURN_EDITED,
+            payload::candidate_edited(c.turn, c.index, c.seed, &c.instruction, c.editor_ms),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_candidate_critique(
+        &self,
+        lease: &Lease,
+        turn: u32,
+        candidate: u32,
+        critique: &Value,
+        thinker_ms: u64,
+        raw_output: &str,
+        parse_error: Option<&str>,
+    ) -> StoreResult<()> {
+        let clean = crate::clean::critique(critique, raw_output, parse_error);
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        let updated = sqlx::query(
+            "UPDATE turn_candidates SET critique = $4, thinker_ms = $5, raw_output = $6, \
+             parse_error = $7 WHERE job_id = $1 AND turn_idx = $2 AND idx = $3 \
+             AND image_key IS NOT NULL",
+        )
+        .bind(lease.job_id)
+        .bind(pg_index(turn)?)
+        .bind(pg_index(candidate)?)
+        .bind(&clean.value)
+        .bind(i64::try_from(thinker_ms).unwrap_or(i64::MAX))
+        .bind(&*clean.raw_output)
+        .bind(clean.parse_error.as_deref())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(corrupt(format!(
+                "critique for unrecorded candidate {candidate} of turn {turn} of job {}",
+                lease.job_id
+            )));
+        }
+        emit(
+            &mut tx,
+            lease.job_id,
+            event_type::TURN_CRITIQUED,
+            payload::critiqued(turn, candidate, &clean.value, thinker_ms),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn record_chosen(&self, lease: &Lease, chosen: &ChosenRecord) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        fence(&mut tx, lease).await?;
+        let inserted = sqlx::query(
+            "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
+             critique, thinker_ms, raw_output, parse_error, provider_request_id, chosen, \
+             created_at) \
+             SELECT job_id, turn_idx, instruction, image_key, image_mime, editor_ms, critique, \
+             thinker_ms, raw_output, parse_error, provider_request_id, idx, now() \
+             FROM turn_candidates WHERE job_id = $1 AND turn_idx = $2 AND idx = $3 \
+             AND image_key IS NOT NULL \
+             ON CONFLICT (job_id, idx) DO NOTHING",
+        )
+        .bind(lease.job_id)
+        .bind(pg_index(chosen.turn)?)
+        .bind(pg_index(chosen.candidate)?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: Option<Option<i32>> =
+                sqlx::query_scalar("SELECT chosen FROM turns WHERE job_id = $1 AND idx = $2")
+                    .bind(lease.job_id)
+                    .bind(pg_index(chosen.turn)?)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return match existing {
+                Some(Some(c)) if i64::from(c) == i64::from(chosen.candidate) => Ok(()),
+                _ => Err(corrupt(format!(
+                    "turn {} of job {} cannot choose candidate {} (not recorded, or another chosen)",
+                    chosen.turn, lease.job_id, chosen.candidate
+                ))),
+            };
+        }
+        emit(
+            &mut tx,
+            lease.job_id,
+            event_type::TURN_CHOSEN,
+            payload::chosen(chosen),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_candidates(&self, job_id: Uuid) -> StoreResult<Vec<CandidateRow>> {
+        sqlx::query("SELECT * FROM turn_candidates WHERE job_id = $1 ORDER BY turn_idx, idx")
+            .bind(job_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(candidate_from_row)
+            .collect()
     }
 
     async fn complete(

@@ -25,11 +25,11 @@ use crate::model::{
 };
 use crate::transition::{self, GiveBack, RunningJob, Settlement};
 use crate::{
-    payload, ApiKeyRow, ClaimedJob, CreateCheck, DeliveryAttempt, DeliveryRow, DeliveryStatus,
-    DueDelivery, EditorUsage, EventRow, Fairness, IdempotentInsert, JobLedger, JobRow, JobStatus,
-    JobWithTurns, Lease, NewApiKey, NewCall, NewJob, NewTurn, Notice, PendingEditRecord,
-    QueueStats, RefusalRecord, StopReason, Store, StoreError, StoreResult, TurnRow,
-    IDEMPOTENCY_WINDOW,
+    payload, ApiKeyRow, CandidateRow, ChosenRecord, ClaimedJob, CreateCheck, DeliveryAttempt,
+    DeliveryRow, DeliveryStatus, DueDelivery, EditorUsage, EventRow, Fairness, IdempotentInsert,
+    JobLedger, JobRow, JobStatus, JobWithTurns, Lease, NewApiKey, NewCall, NewCandidate, NewJob,
+    NewTurn, Notice, PendingEditRecord, QueueStats, RefusalRecord, StopReason, Store, StoreError,
+    StoreResult, TurnRow, IDEMPOTENCY_WINDOW,
 };
 
 static MIGRATOR: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -506,7 +506,36 @@ fn turn_from_row(row: &SqliteRow, c: &crate::TurnColumns) -> StoreResult<TurnRow
         raw_output: row.try_get(c.raw_output)?,
         parse_error: row.try_get(c.parse_error)?,
         provider_request_id: row.try_get(c.provider_request_id)?,
+        chosen: row
+            .try_get::<Option<i64>, _>(c.chosen)?
+            .map(|v| to_u32(v, "chosen"))
+            .transpose()?,
         created_at: time(row.try_get(c.created_at)?)?,
+    })
+}
+
+fn candidate_from_row(row: &SqliteRow) -> StoreResult<CandidateRow> {
+    let opt_u64 = |col: &str| {
+        row.try_get::<Option<i64>, _>(col)?
+            .map(|v| to_u64(v, col))
+            .transpose()
+    };
+    Ok(CandidateRow {
+        job_id: uuid(row, "job_id")?,
+        turn: to_u32(row.try_get("turn_idx")?, "turn_idx")?,
+        index: to_u32(row.try_get("idx")?, "idx")?,
+        instruction: row.try_get("instruction")?,
+        seed: row.try_get("seed")?,
+        pending_request: opt_json(row, "pending_request")?,
+        provider_request_id: row.try_get("provider_request_id")?,
+        image_key: row.try_get("image_key")?,
+        image_mime: row.try_get("image_mime")?,
+        editor_ms: opt_u64("editor_ms")?,
+        critique: opt_json(row, "critique")?,
+        thinker_ms: opt_u64("thinker_ms")?,
+        raw_output: row.try_get("raw_output")?,
+        parse_error: row.try_get("parse_error")?,
+        created_at: time(row.try_get("created_at")?)?,
     })
 }
 
@@ -828,7 +857,8 @@ impl Store for SqliteStore {
                     .transpose()
             },
         )?;
-        crate::with_ledger(read, || ledger_of(&self.pool, id)).await
+        let read = crate::with_ledger(read, || ledger_of(&self.pool, id)).await?;
+        crate::with_candidates(read, || self.list_candidates(id)).await
     }
 
     async fn get_job(&self, id: Uuid) -> StoreResult<Option<JobRow>> {
@@ -1093,7 +1123,7 @@ impl Store for SqliteStore {
         w.emit(
             lease.job_id,
             event_type::TURN_CRITIQUED,
-            payload::critiqued(index, critique, thinker_ms),
+            payload::critiqued(index, 0, critique, thinker_ms),
         )
         .await?;
         self.commit(w).await
@@ -1107,12 +1137,185 @@ impl Store for SqliteStore {
         let pending = &crate::clean::pending(pending);
         let mut w = self.write().await?;
         w.fence(lease).await?;
-        sqlx::query("UPDATE jobs SET pending_edit = ?2 WHERE id = ?1")
-            .bind(lease.job_id.to_string())
-            .bind(payload::to_json(pending).to_string())
-            .execute(w.conn())
-            .await?;
+        let request = payload::to_json(&pending.request).to_string();
+        match pending.candidate {
+            None => {
+                sqlx::query("UPDATE jobs SET pending_edit = ?2 WHERE id = ?1")
+                    .bind(lease.job_id.to_string())
+                    .bind(payload::to_json(pending).to_string())
+                    .execute(w.conn())
+                    .await?;
+            }
+            Some(candidate) => {
+                let now = w.now;
+                sqlx::query(
+                    "INSERT INTO turn_candidates (job_id, turn_idx, idx, instruction, \
+                     pending_request, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (job_id, turn_idx, idx) DO UPDATE SET \
+                     instruction = excluded.instruction, pending_request = excluded.pending_request \
+                     WHERE turn_candidates.image_key IS NULL",
+                )
+                .bind(lease.job_id.to_string())
+                .bind(i64::from(pending.turn))
+                .bind(i64::from(candidate))
+                .bind(&pending.instruction)
+                .bind(request)
+                .bind(now)
+                .execute(w.conn())
+                .await?;
+            }
+        }
         self.commit(w).await
+    }
+
+    async fn record_candidate(&self, lease: &Lease, candidate: NewCandidate) -> StoreResult<()> {
+        let c = crate::clean::candidate(candidate);
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        let now = w.now;
+        // A recorded candidate is never replaced (its image may be cached
+        // as immutable); a pending row becomes the edited candidate.
+        let written = sqlx::query(
+            "INSERT INTO turn_candidates (job_id, turn_idx, idx, instruction, seed, \
+             provider_request_id, image_key, image_mime, editor_ms, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (job_id, turn_idx, idx) DO UPDATE SET \
+             instruction = excluded.instruction, seed = excluded.seed, \
+             provider_request_id = excluded.provider_request_id, \
+             image_key = excluded.image_key, image_mime = excluded.image_mime, \
+             editor_ms = excluded.editor_ms, pending_request = NULL \
+             WHERE turn_candidates.image_key IS NULL",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(c.turn))
+        .bind(i64::from(c.index))
+        .bind(&c.instruction)
+        .bind(c.seed)
+        .bind(&c.provider_request_id)
+        .bind(&c.image_key)
+        .bind(&c.image_mime)
+        .bind(i64::try_from(c.editor_ms).unwrap_or(i64::MAX))
+        .bind(now)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        if written == 0 {
+            let existing: String = sqlx::query_scalar(
+                "SELECT image_key FROM turn_candidates \
+                 WHERE job_id = ?1 AND turn_idx = ?2 AND idx = ?3",
+            )
+            .bind(lease.job_id.to_string())
+            .bind(i64::from(c.turn))
+            .bind(i64::from(c.index))
+            .fetch_one(w.conn())
+            .await?;
+            return crate::same_turn(lease, c.turn, &existing, &c.image_key);
+        }
+        w.emit(
+            lease.job_id,
+            event_type::TURN_EDITED,
+            payload::candidate_edited(c.turn, c.index, c.seed, &c.instruction, c.editor_ms),
+        )
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn record_candidate_critique(
+        &self,
+        lease: &Lease,
+        turn: u32,
+        candidate: u32,
+        critique: &Value,
+        thinker_ms: u64,
+        raw_output: &str,
+        parse_error: Option<&str>,
+    ) -> StoreResult<()> {
+        let clean = crate::clean::critique(critique, raw_output, parse_error);
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        let updated = sqlx::query(
+            "UPDATE turn_candidates SET critique = ?4, thinker_ms = ?5, raw_output = ?6, \
+             parse_error = ?7 WHERE job_id = ?1 AND turn_idx = ?2 AND idx = ?3 \
+             AND image_key IS NOT NULL",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(turn))
+        .bind(i64::from(candidate))
+        .bind(clean.value.to_string())
+        .bind(i64::try_from(thinker_ms).unwrap_or(i64::MAX))
+        .bind(&*clean.raw_output)
+        .bind(clean.parse_error.as_deref())
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(corrupt(format!(
+                "critique for unrecorded candidate {candidate} of turn {turn} of job {}",
+                lease.job_id
+            )));
+        }
+        w.emit(
+            lease.job_id,
+            event_type::TURN_CRITIQUED,
+            payload::critiqued(turn, candidate, &clean.value, thinker_ms),
+        )
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn record_chosen(&self, lease: &Lease, chosen: &ChosenRecord) -> StoreResult<()> {
+        let mut w = self.write().await?;
+        w.fence(lease).await?;
+        let now = w.now;
+        let inserted = sqlx::query(
+            "INSERT INTO turns (job_id, idx, instruction, image_key, image_mime, editor_ms, \
+             critique, thinker_ms, raw_output, parse_error, provider_request_id, chosen, \
+             created_at) \
+             SELECT job_id, turn_idx, instruction, image_key, image_mime, editor_ms, critique, \
+             thinker_ms, raw_output, parse_error, provider_request_id, idx, ?4 \
+             FROM turn_candidates WHERE job_id = ?1 AND turn_idx = ?2 AND idx = ?3 \
+             AND image_key IS NOT NULL \
+             ON CONFLICT (job_id, idx) DO NOTHING",
+        )
+        .bind(lease.job_id.to_string())
+        .bind(i64::from(chosen.turn))
+        .bind(i64::from(chosen.candidate))
+        .bind(now)
+        .execute(w.conn())
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            let existing: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT chosen FROM turns WHERE job_id = ?1 AND idx = ?2")
+                    .bind(lease.job_id.to_string())
+                    .bind(i64::from(chosen.turn))
+                    .fetch_optional(w.conn())
+                    .await?;
+            return match existing {
+                Some(Some(c)) if c == i64::from(chosen.candidate) => Ok(()),
+                _ => Err(corrupt(format!(
+                    "turn {} of job {} cannot choose candidate {} (not recorded, or another chosen)",
+                    chosen.turn, lease.job_id, chosen.candidate
+                ))),
+            };
+        }
+        w.emit(
+            lease.job_id,
+            event_type::TURN_CHOSEN,
+            payload::chosen(chosen),
+        )
+        .await?;
+        self.commit(w).await
+    }
+
+    async fn list_candidates(&self, job_id: Uuid) -> StoreResult<Vec<CandidateRow>> {
+        sqlx::query("SELECT * FROM turn_candidates WHERE job_id = ?1 ORDER BY turn_idx, idx")
+            .bind(job_id.to_string())
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(candidate_from_row)
+            .collect()
     }
 
     async fn complete(

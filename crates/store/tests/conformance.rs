@@ -12,11 +12,11 @@ use std::time::Duration;
 use chrono::Utc;
 use editthinker_core::{CallKind, LedgerEntry, ProviderCall, Tokens};
 use editthinker_store::{
-    event_type, ApiKeyRow, CreateCheck, EventRow, Fairness, IdempotentInsert, JobRow, JobStatus,
-    Lease, NewApiKey, NewCall, NewJob, NewTurn, Notice, PendingEditRecord, QueueStats,
-    RefusalRecord, StopReason, Store, StoreError, DEFAULT_CURRENCY, MAX_LIVE_PAYLOAD,
+    event_type, ApiKeyRow, ChosenRecord, CreateCheck, EventRow, Fairness, IdempotentInsert, JobRow,
+    JobStatus, Lease, NewApiKey, NewCall, NewCandidate, NewJob, NewTurn, Notice, PendingEditRecord,
+    QueueStats, RefusalRecord, StopReason, Store, StoreError, DEFAULT_CURRENCY, MAX_LIVE_PAYLOAD,
 };
-use serde_json::json;
+use serde_json::{json, Value};
 use uuid::Uuid;
 
 mod harness {
@@ -176,6 +176,7 @@ conformance!(
     tenant_fair_order_matches_queue_position,
     a_job_is_fetched_only_for_its_tenant,
     the_usage_ledger_keeps_every_paid_call,
+    candidates_are_recorded_one_by_one_and_the_choice_becomes_the_turn,
 );
 
 // ---- helpers ----------------------------------------------------------------
@@ -637,11 +638,11 @@ async fn turns_round_trip(store: Arc<dyn Store>) {
     );
     assert_eq!(
         ev[2].data,
-        json!({"turn": 1, "instruction": "instruction 1", "editor_ms": 1001})
+        json!({"turn": 1, "candidate": 0, "instruction": "instruction 1", "editor_ms": 1001})
     );
     assert_eq!(
         ev[4].data,
-        json!({"turn": 1, "critique": critique, "thinker_ms": 250})
+        json!({"turn": 1, "candidate": 0, "critique": critique, "thinker_ms": 250})
     );
 
     // A recorded turn is never replaced. The same write again (a retry
@@ -1286,6 +1287,7 @@ async fn pending_edit_is_fenced_and_cleared_by_its_turn(store: Arc<dyn Store>) {
     let lease = claim_one(&store, "w1", LEASE, id).await;
     let pending = PendingEditRecord {
         turn: 1,
+        candidate: None,
         instruction: "make the sky purple".into(),
         request: json!({"id": "req-1", "data": {"polling_url": "https://p/1"}}),
     };
@@ -1323,6 +1325,164 @@ async fn pending_edit_is_fenced_and_cleared_by_its_turn(store: Arc<dyn Store>) {
     assert_eq!(job(&store, id).await.pending_edit, None);
     let turns = store.list_turns(id).await.unwrap();
     assert_eq!(turns[0].provider_request_id.as_deref(), Some("req-1"));
+}
+
+/// A turn of several candidates: a candidate's provider request is kept
+/// on its own row, its edit and critique are recorded as they finish (with
+/// their events, fenced by the lease, a retried write a no-op), and the
+/// choice copies the candidate into `turns` and writes `turn.chosen`.
+async fn candidates_are_recorded_one_by_one_and_the_choice_becomes_the_turn(store: Arc<dyn Store>) {
+    let id = insert(&store, 0, 3).await.id;
+    let lease = claim_one(&store, "w1", LEASE, id).await;
+    let candidate = |index: u32, key: &str| NewCandidate {
+        turn: 1,
+        index,
+        instruction: "add a hat".into(),
+        seed: Some(1000 + i64::from(index)),
+        image_key: key.into(),
+        image_mime: "image/png".into(),
+        editor_ms: 10 + u64::from(index),
+        provider_request_id: None,
+    };
+    let pending = PendingEditRecord {
+        turn: 1,
+        candidate: Some(1),
+        instruction: "add a hat".into(),
+        request: json!({"id": "req-c1", "data": {}}),
+    };
+    store.record_pending_edit(&lease, &pending).await.unwrap();
+    assert_eq!(
+        job(&store, id).await.pending_edit,
+        None,
+        "kept on the candidate's row"
+    );
+    let stale = Lease {
+        owner: "other".into(),
+        ..lease.clone()
+    };
+    assert_lease_lost(store.record_candidate(&stale, candidate(0, "c0")).await, id);
+    store
+        .record_candidate(&lease, candidate(0, "c0"))
+        .await
+        .unwrap();
+    // A retried write of the same candidate is a no-op; another image is refused.
+    store
+        .record_candidate(&lease, candidate(0, "c0"))
+        .await
+        .unwrap();
+    assert!(store
+        .record_candidate(&lease, candidate(0, "other"))
+        .await
+        .is_err());
+    let rows = store.list_candidates(id).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0].index, rows[0].image_key.as_deref()),
+        (0, Some("c0"))
+    );
+    assert_eq!(rows[0].seed, Some(1000));
+    assert_eq!(rows[1].image_key, None);
+    assert_eq!(rows[1].pending_request.as_ref().unwrap()["id"], "req-c1");
+
+    // The pending candidate lands: its request is cleared.
+    store
+        .record_candidate(
+            &lease,
+            NewCandidate {
+                provider_request_id: Some("req-c1".into()),
+                ..candidate(1, "c1")
+            },
+        )
+        .await
+        .unwrap();
+    let critique =
+        |score: f64| json!({"critique": {"semantic": score, "quality": score}, "satisfied": false});
+    assert!(
+        store
+            .record_candidate_critique(&lease, 1, 2, &critique(1.0), 5, "raw", None)
+            .await
+            .is_err(),
+        "no critique for a candidate never edited"
+    );
+    store
+        .record_candidate_critique(&lease, 1, 0, &critique(4.0), 5, "raw 0", None)
+        .await
+        .unwrap();
+    store
+        .record_candidate_critique(&lease, 1, 1, &critique(7.0), 6, "raw 1", None)
+        .await
+        .unwrap();
+    let rows = store.list_candidates(id).await.unwrap();
+    assert_eq!(rows[1].pending_request, None);
+    assert_eq!(rows[1].provider_request_id.as_deref(), Some("req-c1"));
+    assert_eq!(
+        rows[1].critique.as_ref().unwrap()["critique"]["semantic"],
+        7.0
+    );
+    assert_eq!(rows[1].raw_output.as_deref(), Some("raw 1"));
+
+    // No turn yet: the job JSON read has no candidates to show.
+    let read = store.job_with_turns(id, T, false).await.unwrap().unwrap();
+    assert!(read.turns.is_empty() && read.candidates.is_empty());
+    let chosen = ChosenRecord {
+        turn: 1,
+        candidate: 1,
+        score: Some(7.0),
+        by: editthinker_core::RankBy::Thinker,
+    };
+    store.record_chosen(&lease, &chosen).await.unwrap();
+    store.record_chosen(&lease, &chosen).await.unwrap();
+    assert!(
+        store
+            .record_chosen(
+                &lease,
+                &ChosenRecord {
+                    candidate: 0,
+                    ..chosen
+                }
+            )
+            .await
+            .is_err(),
+        "a turn chooses once"
+    );
+    let turns = store.list_turns(id).await.unwrap();
+    assert_eq!(turns.len(), 1);
+    let turn = &turns[0];
+    assert_eq!(
+        (turn.chosen, turn.image_key.as_str(), turn.editor_ms),
+        (Some(1), "c1", 11)
+    );
+    assert_eq!(turn.critique.as_ref().unwrap()["critique"]["semantic"], 7.0);
+    assert_eq!(turn.thinker_ms, Some(6));
+    let read = store
+        .job_with_turns(id, "default", false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.candidates.len(), 2);
+
+    let events = events(&store, id).await;
+    let turn_events: Vec<(&str, Value)> = events
+        .iter()
+        .filter(|e| e.kind.starts_with("turn."))
+        .map(|e| (e.kind.as_str(), e.data.clone()))
+        .collect();
+    assert_eq!(
+        turn_events.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [
+            "turn.edited",
+            "turn.edited",
+            "turn.critiqued",
+            "turn.critiqued",
+            "turn.chosen"
+        ]
+    );
+    assert_eq!(turn_events[1].1["candidate"], 1);
+    assert_eq!(turn_events[3].1["candidate"], 1);
+    assert_eq!(
+        turn_events[4].1,
+        json!({"turn": 1, "candidate": 1, "score": 7.0, "by": "thinker"})
+    );
 }
 
 async fn refusal_is_stored_and_in_the_succeeded_event(store: Arc<dyn Store>) {

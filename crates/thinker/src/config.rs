@@ -131,7 +131,8 @@ impl Default for ThinkerConfig {
     }
 }
 
-/// Why the `[thinker]` section cannot be used; the message names the key.
+/// Why the `[thinker]` (or the `[verifier]`) section cannot be used; the
+/// message names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ThinkerConfigError {
     /// A setting is invalid.
@@ -232,53 +233,180 @@ pub const LOCAL_NOT_BUILT: &str = "\"local\" needs the in-process thinker, which
     was built without: build it with the `local-thinker` feature \
     (cargo build --release --features local-thinker, or --features cuda for NVIDIA GPUs)";
 
+/// The full names of the keys both remote-model sections (`[thinker]` and
+/// `[verifier]`) have, as their errors name them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SectionKeys {
+    /// The section itself: `thinker` or `verifier`.
+    pub section: &'static str,
+    pub base_url: &'static str,
+    pub model: &'static str,
+    pub api_key_env: &'static str,
+    pub prompt_template_file: &'static str,
+    pub max_image_edge: &'static str,
+    pub temperature: &'static str,
+    pub max_tokens: &'static str,
+    pub timeout_seconds: &'static str,
+}
+
+macro_rules! section_keys {
+    ($section:literal) => {
+        SectionKeys {
+            section: $section,
+            base_url: concat!($section, ".base_url"),
+            model: concat!($section, ".model"),
+            api_key_env: concat!($section, ".api_key_env"),
+            prompt_template_file: concat!($section, ".prompt_template_file"),
+            max_image_edge: concat!($section, ".max_image_edge"),
+            temperature: concat!($section, ".temperature"),
+            max_tokens: concat!($section, ".max_tokens"),
+            timeout_seconds: concat!($section, ".timeout_seconds"),
+        }
+    };
+}
+
+/// The `[thinker]` keys.
+pub(crate) const THINKER_KEYS: SectionKeys = section_keys!("thinker");
+/// The `[verifier]` keys.
+pub(crate) const VERIFIER_KEYS: SectionKeys = section_keys!("verifier");
+
+/// What one request to a vision model is bounded by: the keys every model
+/// section shares.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestLimits {
+    pub max_image_edge: u32,
+    pub temperature: Option<f64>,
+    pub max_tokens: u32,
+    pub timeout_seconds: u64,
+}
+
+impl RequestLimits {
+    /// Checks the limits; an error names the key of `keys`' section.
+    pub(crate) fn check(&self, keys: &SectionKeys) -> Result<(), ThinkerConfigError> {
+        use ThinkerConfigError as E;
+
+        if self.max_image_edge < MIN_IMAGE_EDGE {
+            return Err(E::invalid(
+                keys.max_image_edge,
+                format!(
+                    "must be at least {MIN_IMAGE_EDGE}, got {}",
+                    self.max_image_edge
+                ),
+            ));
+        }
+        if let Some(t) = self.temperature {
+            if !t.is_finite() || t < 0.0 {
+                return Err(E::invalid(
+                    keys.temperature,
+                    format!("must be a non-negative number, got {t}"),
+                ));
+            }
+        }
+        if self.max_tokens == 0 {
+            return Err(E::invalid(keys.max_tokens, "must be at least 1"));
+        }
+        if self.timeout_seconds == 0 {
+            return Err(E::invalid(keys.timeout_seconds, "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads an operator's prompt template file and checks its text with
+/// `parse`, whose error is reported after the file's path.
+pub(crate) fn load_template<T, P: std::fmt::Display>(
+    keys: &SectionKeys,
+    path: &std::path::Path,
+    parse: impl FnOnce(&str) -> Result<T, P>,
+) -> Result<T, ThinkerConfigError> {
+    let key = keys.prompt_template_file;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ThinkerConfigError::invalid(key, format!("cannot read {}: {e}", path.display()))
+    })?;
+    parse(&text).map_err(|e| ThinkerConfigError::invalid(key, format!("{}: {e}", path.display())))
+}
+
 /// Checks the keys both model kinds read (`prompt_template_file`,
 /// `max_image_edge`, `temperature`, `max_tokens`, `timeout_seconds`) and
 /// loads the prompt template.
 pub(crate) fn check_shared(cfg: &ThinkerConfig) -> Result<PromptTemplate, ThinkerConfigError> {
-    use ThinkerConfigError as E;
-
     let template = match &cfg.prompt_template_file {
         None => PromptTemplate::default_for(cfg.protocol),
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                E::invalid(
-                    "thinker.prompt_template_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            PromptTemplate::parse(&text).map_err(|e| {
-                E::invalid(
-                    "thinker.prompt_template_file",
-                    format!("{}: {e}", path.display()),
-                )
-            })?
-        }
+        Some(path) => load_template(&THINKER_KEYS, path, PromptTemplate::parse)?,
     };
-    if cfg.max_image_edge < MIN_IMAGE_EDGE {
+    RequestLimits {
+        max_image_edge: cfg.max_image_edge,
+        temperature: cfg.temperature,
+        max_tokens: cfg.max_tokens,
+        timeout_seconds: cfg.timeout_seconds,
+    }
+    .check(&THINKER_KEYS)?;
+    Ok(template)
+}
+
+/// Checks a `base_url`: an `http(s)` URL with a host, and no query or
+/// fragment.
+pub(crate) fn parse_base_url(keys: &SectionKeys, raw: &str) -> Result<Url, ThinkerConfigError> {
+    use ThinkerConfigError as E;
+
+    let base_url = Url::parse(raw.trim())
+        .map_err(|e| E::invalid(keys.base_url, format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
         return Err(E::invalid(
-            "thinker.max_image_edge",
-            format!(
-                "must be at least {MIN_IMAGE_EDGE}, got {}",
-                cfg.max_image_edge
-            ),
+            keys.base_url,
+            format!("{raw:?} must be an http:// or https:// URL with a host"),
         ));
     }
-    if let Some(t) = cfg.temperature {
-        if !t.is_finite() || t < 0.0 {
-            return Err(E::invalid(
-                "thinker.temperature",
-                format!("must be a non-negative number, got {t}"),
-            ));
-        }
+    if base_url.query().is_some() || base_url.fragment().is_some() {
+        return Err(E::invalid(
+            keys.base_url,
+            format!("{raw:?} must not have a query or fragment"),
+        ));
     }
-    if cfg.max_tokens == 0 {
-        return Err(E::invalid("thinker.max_tokens", "must be at least 1"));
+    Ok(base_url)
+}
+
+/// The model name, trimmed; it must not be empty.
+pub(crate) fn check_model(keys: &SectionKeys, model: &str) -> Result<String, ThinkerConfigError> {
+    match model.trim() {
+        "" => Err(ThinkerConfigError::invalid(keys.model, "must not be empty")),
+        name => Ok(name.to_string()),
     }
-    if cfg.timeout_seconds == 0 {
-        return Err(E::invalid("thinker.timeout_seconds", "must be at least 1"));
+}
+
+/// Reads the API key from the environment variable `api_key_env` names,
+/// when it names one: the variable must be set, and not blank.
+pub(crate) fn read_api_key(
+    keys: &SectionKeys,
+    api_key_env: Option<&str>,
+) -> Result<Option<String>, ThinkerConfigError> {
+    let Some(var) = api_key_env else {
+        return Ok(None);
+    };
+    let problem = match std::env::var(var) {
+        Ok(key) if !key.trim().is_empty() => return Ok(Some(key.trim().to_string())),
+        Ok(_) => "is empty",
+        Err(std::env::VarError::NotPresent) => "is not set",
+        Err(std::env::VarError::NotUnicode(_)) => "is not valid UTF-8",
+    };
+    Err(ThinkerConfigError::invalid(
+        keys.api_key_env,
+        format!("environment variable {var} {problem}"),
+    ))
+}
+
+/// Refuses `api_key_env` for `kind = "sandbox"`, which calls no server.
+pub(crate) fn refuse_sandbox_api_key(
+    keys: &SectionKeys,
+    api_key_env: Option<&str>,
+) -> Result<(), ThinkerConfigError> {
+    match api_key_env {
+        Some(_) => Err(ThinkerConfigError::invalid(
+            keys.api_key_env,
+            "does not apply to kind = \"sandbox\" (it calls no server)",
+        )),
+        None => Ok(()),
     }
-    Ok(template)
 }
 
 /// Refuses the keys only `kind = "local"` reads.
@@ -325,12 +453,7 @@ fn sandbox(cfg: &ThinkerConfig) -> Result<SandboxThinker, ThinkerConfigError> {
     use ThinkerConfigError as E;
 
     refuse_local_only(cfg)?;
-    if cfg.api_key_env.is_some() {
-        return Err(E::invalid(
-            "thinker.api_key_env",
-            "does not apply to kind = \"sandbox\" (it calls no server)",
-        ));
-    }
+    refuse_sandbox_api_key(&THINKER_KEYS, cfg.api_key_env.as_deref())?;
     check_shared(cfg)?;
     let interval = cfg.token_interval_ms.unwrap_or(DEFAULT_TOKEN_INTERVAL_MS);
     if interval > MAX_TOKEN_INTERVAL_MS {
@@ -354,56 +477,9 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
     refuse_local_only(cfg)?;
     refuse_sandbox_only(cfg)?;
 
-    let base_url = Url::parse(cfg.base_url.trim()).map_err(|e| {
-        E::invalid(
-            "thinker.base_url",
-            format!("{:?} is not a URL: {e}", cfg.base_url),
-        )
-    })?;
-    if !matches!(base_url.scheme(), "http" | "https") || base_url.host().is_none() {
-        return Err(E::invalid(
-            "thinker.base_url",
-            format!(
-                "{:?} must be an http:// or https:// URL with a host",
-                cfg.base_url
-            ),
-        ));
-    }
-    if base_url.query().is_some() || base_url.fragment().is_some() {
-        return Err(E::invalid(
-            "thinker.base_url",
-            format!("{:?} must not have a query or fragment", cfg.base_url),
-        ));
-    }
-
-    if cfg.model.trim().is_empty() {
-        return Err(E::invalid("thinker.model", "must not be empty"));
-    }
-
-    let api_key = match &cfg.api_key_env {
-        None => None,
-        Some(var) => match std::env::var(var) {
-            Ok(key) if !key.trim().is_empty() => Some(key.trim().to_string()),
-            Ok(_) => {
-                return Err(E::invalid(
-                    "thinker.api_key_env",
-                    format!("environment variable {var} is empty"),
-                ))
-            }
-            Err(std::env::VarError::NotPresent) => {
-                return Err(E::invalid(
-                    "thinker.api_key_env",
-                    format!("environment variable {var} is not set"),
-                ))
-            }
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err(E::invalid(
-                    "thinker.api_key_env",
-                    format!("environment variable {var} is not valid UTF-8"),
-                ))
-            }
-        },
-    };
+    let base_url = parse_base_url(&THINKER_KEYS, &cfg.base_url)?;
+    let model = check_model(&THINKER_KEYS, &cfg.model)?;
+    let api_key = read_api_key(&THINKER_KEYS, cfg.api_key_env.as_deref())?;
 
     let template = check_shared(cfg)?;
     if cfg.stream_idle_timeout_seconds == 0 {
@@ -415,7 +491,7 @@ fn resolve(cfg: &ThinkerConfig) -> Result<OpenAiSettings, ThinkerConfigError> {
 
     Ok(OpenAiSettings {
         base_url,
-        model: cfg.model.trim().to_string(),
+        model,
         api_key,
         protocol: cfg.protocol,
         template,

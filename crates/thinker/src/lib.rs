@@ -17,7 +17,15 @@
 //! `sandbox` only.
 //! `tiny_model` (feature `test-support`, for tests and benchmarks only)
 //! writes a tiny random-weight Qwen3-VL model.
+//!
+//! The verifier ([`verifier`], `[verifier]` in docs/configuration.md
+//! "Verifier"), a second model that only scores edits, lives here too: it
+//! shares the remote thinker's chat-completions plumbing. Its kinds are
+//! `openai` ([`OpenAiVerifier`]) and `sandbox` ([`SandboxVerifier`]);
+//! [`VerifierConfig::build`] turns the section into an
+//! [`editthinker_core::Verifier`].
 
+mod chat;
 mod config;
 #[cfg(feature = "local")]
 pub mod local;
@@ -26,6 +34,7 @@ pub mod sandbox;
 mod sse;
 #[cfg(feature = "test-support")]
 pub mod tiny_model;
+pub mod verifier;
 
 pub use config::{
     build_thinker, build_thinker_async, ThinkerConfig, ThinkerConfigError, ThinkerKind,
@@ -35,3 +44,7 @@ pub use config::{
 pub use local::{CritiqueStats, LocalDType, LocalDevice, LocalSettings, LocalThinker};
 pub use openai::{OpenAiSettings, OpenAiThinker};
 pub use sandbox::SandboxThinker;
+pub use verifier::{
+    build_verifier, parse_verifier_score, OpenAiVerifier, SandboxVerifier, VerifierConfig,
+    VerifierConfigError, VerifierKind, VerifierPrompt, VerifierProtocol, DEFAULT_VERIFIER_PROMPT,
+};

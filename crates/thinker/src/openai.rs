@@ -39,32 +39,24 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use editthinker_core::{
-    CritiqueRequest, FailureClass, Image, PromptTemplate, Protocol, RetryPolicy, Thinker,
-    ThinkerAnswer, ThinkerError, ThinkingSink, Tokens,
+    CritiqueRequest, FailureClass, PromptTemplate, Protocol, RetryPolicy, Thinker, ThinkerAnswer,
+    ThinkerError, ThinkingSink,
 };
-use editthinker_provider_http::{
-    describe_error, excerpt, provider_policy, read_body, retry_after, run, BodyError, Call,
-    Failure, GiveUp, Step,
-};
+use editthinker_provider_http::{describe_error, excerpt, read_body, BodyError, Failure, Step};
 use futures::StreamExt as _;
-use reqwest::StatusCode;
 use serde_json::{json, Value};
 use url::Url;
 
-use editthinker_core::metrics::{self, ProviderOutcome};
+use editthinker_core::metrics;
 
-use crate::config::ThinkerConfigError;
+use crate::chat::{
+    chat_body, image_urls, is_error_object, read_text, server_message, tokens, usage, Attempt,
+    Attempts, ChatEndpoint,
+};
+use crate::config::{ThinkerConfigError, THINKER_KEYS};
 use crate::sse::{is_event_stream, looks_like_event_stream, SseEvent, SseParser};
 
-/// Smallest image side a Qwen3-VL thinker accepts (patch 16 × merge 2).
-const MIN_IMAGE_SIDE: u32 = 32;
-/// Largest aspect ratio a Qwen-VL preprocessor accepts.
-const MAX_ASPECT: f64 = 200.0;
-/// A `Retry-After` longer than this is not waited out inside one call: the
-/// job is better requeued than a worker slot held.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 /// The default of `thinker.stream_idle_timeout_seconds`: the longest
 /// silence allowed between two events of a streamed answer once it has
 /// started (capped by the total timeout). Before the first event only
@@ -118,7 +110,7 @@ impl OpenAiSettings {
     /// `Retry-After` of more than two minutes ends the retries (the worker
     /// requeues the job rather than hold a slot that long).
     pub fn retry_policy(max_retries: u32, base: Duration) -> RetryPolicy {
-        provider_policy(max_retries, base, MAX_RETRY_AFTER)
+        crate::chat::retry_policy(max_retries, base)
     }
 }
 
@@ -146,74 +138,53 @@ impl fmt::Debug for OpenAiSettings {
 #[derive(Debug)]
 pub struct OpenAiThinker {
     settings: OpenAiSettings,
-    endpoint: String,
-    client: reqwest::Client,
+    chat: ChatEndpoint,
 }
-
-/// What one HTTP attempt came to: the answer text and the server's token
-/// counts (prompt, generated) when it sent them, a final error, or a
-/// failure worth another try. A critique costs no provider money, so every
-/// [`FailureClass`] is retried; the class only feeds
-/// `editthinker_provider_requests_total`.
-type Attempt = Step<(String, Option<(u64, u64)>), ThinkerError>;
 
 /// The `thinker` label of this thinker's critique metrics.
 const THINKER_LABEL: &str = "openai";
 
-/// The `provider` label of this thinker's HTTP attempts: its own, so that
-/// the remote thinker is never confused with the `openai` editor kind.
-pub const PROVIDER_LABEL: &str = "thinker";
-
 impl OpenAiThinker {
     /// Builds the HTTP client for `settings`.
     pub fn new(settings: OpenAiSettings) -> Result<Self, ThinkerConfigError> {
-        let endpoint = format!(
-            "{}/chat/completions",
-            settings.base_url.as_str().trim_end_matches('/')
-        );
-        let client = reqwest::Client::builder()
-            .timeout(settings.timeout)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| ThinkerConfigError::invalid("thinker", format!("HTTP client: {e}")))?;
-        Ok(Self {
-            settings,
-            endpoint,
-            client,
-        })
+        let mut chat = ChatEndpoint::new(
+            &THINKER_KEYS,
+            &settings.base_url,
+            &settings.model,
+            settings.api_key.clone(),
+            settings.timeout,
+            settings.retry,
+        )?;
+        if settings.protocol == Protocol::Expert && settings.structured {
+            chat.hint(
+                &["response_format", "json_schema", "structured"],
+                "; the server may not support response_format json_schema: set \
+                 thinker.structured = false",
+            );
+        }
+        if settings.stream {
+            chat.hint(
+                &["stream"],
+                "; if the server cannot stream answers, set thinker.stream = false",
+            );
+        }
+        Ok(Self { settings, chat })
     }
 
     /// The full chat-completions URL this thinker posts to.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.chat.endpoint()
     }
 
     /// The model-list URL [`Thinker::probe`] asks: `{base_url}/models`.
     pub fn models_url(&self) -> String {
-        format!(
-            "{}/models",
-            self.settings.base_url.as_str().trim_end_matches('/')
-        )
+        self.chat.url("models")
     }
 
     /// The JSON request body for one critique.
-    fn body(&self, source_url: String, edited_url: String, text: String) -> Value {
+    fn body(&self, images: (String, String), text: String) -> Value {
         let s = &self.settings;
-        let mut body = json!({
-            "model": s.model,
-            "messages": [{
-                "role": "user",
-                "content": [
-                    {"type": "image_url", "image_url": {"url": source_url}},
-                    {"type": "image_url", "image_url": {"url": edited_url}},
-                    {"type": "text", "text": text},
-                ],
-            }],
-            "max_tokens": s.max_tokens,
-        });
-        if let Some(t) = s.temperature {
-            body["temperature"] = json!(t);
-        }
+        let mut body = chat_body(&s.model, images, text, s.max_tokens, s.temperature);
         if s.protocol == Protocol::Expert && s.structured {
             body["response_format"] = expert_response_format();
         }
@@ -227,32 +198,18 @@ impl OpenAiThinker {
     }
 
     async fn attempt(&self, body: &Value, sink: &dyn ThinkingSink) -> Attempt {
-        let mut request = self.client.post(&self.endpoint).json(body);
-        if let Some(key) = &self.settings.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = match request.send().await {
+        let response = match self.chat.send(body).await {
             Ok(r) => r,
-            // Connection refused/reset, DNS, timeouts: all worth retrying.
-            Err(e) => return Step::Retry(Failure::transport(&e)),
+            Err(end) => return end,
         };
         let status = response.status();
-        let retry_after = retry_after(response.headers());
-        if status.is_success() && is_event_stream(response.headers()) {
+        if is_event_stream(response.headers()) {
             return self.read_stream(response, sink).await;
         }
-        let text = match response.text().await {
+        let text = match read_text(response).await {
             Ok(t) => t,
-            Err(e) => {
-                return Step::Retry(Failure::ambiguous(format!(
-                    "reading the response: {}",
-                    describe_error(&e)
-                )))
-            }
+            Err(end) => return end,
         };
-        if !status.is_success() {
-            return self.status_error(status, &text, retry_after);
-        }
         // Some servers send events without the event-stream content type.
         if looks_like_event_stream(&text) {
             let mut parser = SseParser::default();
@@ -260,30 +217,13 @@ impl OpenAiThinker {
             let mut events = parser.push(text.as_bytes());
             events.extend(parser.finish());
             for event in events {
-                if let Some(end) = answer.event(&event, sink, self) {
+                if let Some(end) = answer.event(&event, sink, &self.chat) {
                     return end;
                 }
             }
             return answer.end_of_stream(sink);
         }
-        match answer_text(&text, self.settings.protocol) {
-            Some(answer) => Step::Done((
-                answer,
-                serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .as_ref()
-                    .and_then(usage),
-            )),
-            None => match serde_json::from_str::<Value>(&text) {
-                Ok(value) if is_error_object(&value) => {
-                    self.error_object(&value, "error body with HTTP 200")
-                }
-                _ => Step::Fail(ThinkerError::Transient(format!(
-                    "HTTP {status} without choices[0].message.content: {}",
-                    excerpt(&text)
-                ))),
-            },
-        }
+        self.chat.completion(status, &text, self.settings.protocol)
     }
 
     /// Reads a `text/event-stream` answer to its end, feeding `sink`.
@@ -321,7 +261,7 @@ impl OpenAiThinker {
                 None => parser.finish(),
             };
             for event in &events {
-                if let Some(end) = answer.event(event, sink, self) {
+                if let Some(end) = answer.event(event, sink, &self.chat) {
                     return end;
                 }
             }
@@ -329,77 +269,6 @@ impl OpenAiThinker {
                 return answer.end_of_stream(sink);
             }
         }
-    }
-
-    /// What a non-success status means for this call.
-    fn status_error(
-        &self,
-        status: StatusCode,
-        body: &str,
-        retry_after: Option<Duration>,
-    ) -> Attempt {
-        let server = server_message(body);
-        if let Some(class) = FailureClass::of_status(status.as_u16()) {
-            return Step::Retry(Failure::answered(
-                class,
-                format!("HTTP {status}: {server}"),
-                retry_after,
-            ));
-        }
-        Step::Fail(self.rejection(status.as_u16(), &server))
-    }
-
-    /// The permanent error for a rejection with HTTP status `code` (also used
-    /// for error events inside a stream), with a hint at the likely fix.
-    fn rejection(&self, code: u16, server: &str) -> ThinkerError {
-        let s = &self.settings;
-        match code {
-            401 | 403 => self.auth_error(&self.endpoint, code, server),
-            404 => ThinkerError::Invalid(format!(
-                "HTTP 404 from {}: {server}; unknown model {:?} or wrong base_url {:?} \
-                 (thinker.model, thinker.base_url)",
-                self.endpoint,
-                s.model,
-                s.base_url.as_str()
-            )),
-            _ => {
-                let lower = server.to_ascii_lowercase();
-                let mut message = format!("HTTP {code} from {}: {server}", self.endpoint);
-                if s.protocol == Protocol::Expert
-                    && s.structured
-                    && ["response_format", "json_schema", "structured"]
-                        .iter()
-                        .any(|w| lower.contains(w))
-                {
-                    message.push_str(
-                        "; the server may not support response_format json_schema: set \
-                         thinker.structured = false",
-                    );
-                } else if s.stream && lower.contains("stream") {
-                    message.push_str(
-                        "; if the server cannot stream answers, set thinker.stream = false",
-                    );
-                }
-                ThinkerError::Invalid(message)
-            }
-        }
-    }
-
-    /// The error for credentials `url` refused with HTTP `code`.
-    fn auth_error(&self, url: &str, code: u16, server: &str) -> ThinkerError {
-        let s = &self.settings;
-        ThinkerError::Auth(match &s.api_key {
-            Some(_) => format!(
-                "the thinker at {url} rejected the API key (HTTP {code}: {server}); check the \
-                 key in the environment variable thinker.api_key_env names, and that it \
-                 grants access to model {:?}",
-                s.model
-            ),
-            None => format!(
-                "the thinker at {url} wants an API key (HTTP {code}: {server}); none was sent: \
-                 set thinker.api_key_env to the environment variable that holds it"
-            ),
-        })
     }
 
     /// What a 2xx model list says of the configured model: fine when it
@@ -432,59 +301,6 @@ impl OpenAiThinker {
             "model {model:?} is not served by {url}; it serves: {served} (check thinker.model)"
         )))
     }
-
-    /// What an error object in a 200 answer means (an error event inside a
-    /// stream, or an error body sent with 200; `context` says which):
-    /// classified by its HTTP-like `code` or its `type`; an unknown one
-    /// counts as a server failure and is retried.
-    fn error_object(&self, value: &Value, context: &str) -> Attempt {
-        let error = value
-            .get("error")
-            .filter(|e| e.is_object())
-            .unwrap_or(value);
-        let server = error
-            .get("message")
-            .and_then(Value::as_str)
-            .or_else(|| value.get("error").and_then(Value::as_str))
-            .map_or_else(|| excerpt(&value.to_string()), excerpt);
-        let code = ["code", "status"]
-            .iter()
-            .filter_map(|k| error.get(*k))
-            .find_map(|c| {
-                c.as_u64()
-                    .or_else(|| c.as_str().and_then(|s| s.trim().parse().ok()))
-            })
-            .and_then(|c| u16::try_from(c).ok());
-        let kind = ["type", "code"]
-            .iter()
-            .filter_map(|k| error.get(*k).and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_ascii_lowercase();
-        let retry = |class| {
-            Step::Retry(Failure::answered(
-                class,
-                format!("{context}: {server}"),
-                None,
-            ))
-        };
-        let server_said = format!("{server} ({context})");
-        match code.map(|c| (c, FailureClass::of_status(c))) {
-            Some((_, Some(class))) => retry(class),
-            Some((c, None)) if c >= 500 => retry(FailureClass::Ambiguous),
-            Some((c, None)) if (400..500).contains(&c) => {
-                Step::Fail(self.rejection(c, &server_said))
-            }
-            _ if kind.contains("auth") || kind.contains("api_key") => {
-                Step::Fail(self.rejection(401, &server_said))
-            }
-            _ if kind.contains("invalid_request") || kind.contains("badrequest") => {
-                Step::Fail(self.rejection(400, &server_said))
-            }
-            // An unknown error counts as a server failure.
-            _ => retry(FailureClass::Ambiguous),
-        }
-    }
 }
 
 #[async_trait]
@@ -494,38 +310,27 @@ impl Thinker for OpenAiThinker {
     }
 
     async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
-        let max_edge = self.settings.max_image_edge;
-        // Decoding and scaling are CPU work: keep them off the async workers.
-        let (source, edited) = (request.source.clone(), request.edited.clone());
-        let (source_url, edited_url) = tokio::task::spawn_blocking(move || {
-            Ok::<_, ThinkerError>((
-                data_url(&source, max_edge, "source")?,
-                data_url(&edited, max_edge, "edited")?,
-            ))
-        })
-        .await
-        .map_err(|e| ThinkerError::Invalid(format!("image preparation panicked: {e}")))??;
-
+        let images =
+            image_urls(request.source, request.edited, self.settings.max_image_edge).await?;
         let text = self.settings.template.render_request(&request);
-        let body = self.body(source_url, edited_url, text);
+        let body = self.body(images, text);
 
         let started = std::time::Instant::now();
         let result = self.call(&body, &request).await;
-        let tokens = result.as_ref().ok().and_then(|(_, tokens)| *tokens);
-        metrics::critique_done(THINKER_LABEL, started.elapsed(), tokens);
-        result.map(|(text, tokens)| ThinkerAnswer {
+        let counts = result.as_ref().ok().and_then(|(_, counts)| *counts);
+        metrics::critique_done(THINKER_LABEL, started.elapsed(), counts);
+        result.map(|(text, counts)| ThinkerAnswer {
             text,
-            tokens: tokens.map_or_else(Tokens::default, |(input, output)| Tokens { input, output }),
+            tokens: tokens(counts),
         })
     }
 
     async fn probe(&self) -> Result<(), ThinkerError> {
         let url = self.models_url();
         let timeout = PROBE_TIMEOUT.min(self.settings.timeout);
-        let mut request = self.client.get(&url).timeout(timeout);
-        if let Some(key) = &self.settings.api_key {
-            request = request.bearer_auth(key);
-        }
+        let request = self
+            .chat
+            .authorized(self.chat.client().get(&url).timeout(timeout));
         let response = request.send().await.map_err(|e| {
             ThinkerError::Transient(format!("GET {url}: {}", transport_reason(&e, timeout)))
         })?;
@@ -555,7 +360,7 @@ impl Thinker for OpenAiThinker {
             return Ok(());
         }
         Err(match code {
-            401 | 403 => self.auth_error(&url, code, &server),
+            401 | 403 => self.chat.auth_error(&url, code, &server),
             _ if FailureClass::of_status(code).is_some() => {
                 ThinkerError::Transient(format!("GET {url}: HTTP {status}: {server}"))
             }
@@ -610,70 +415,26 @@ impl OpenAiThinker {
         body: &Value,
         request: &CritiqueRequest<'_>,
     ) -> Result<(String, Option<(u64, u64)>), ThinkerError> {
-        let mut call = CritiqueCall {
+        let attempts = CritiqueAttempts {
             thinker: self,
             body,
             sink: request.thinking,
-            turn: request.turn,
         };
-        run(self.settings.retry, &mut call).await
+        self.chat.call(request.turn, attempts).await
     }
 }
 
-/// One critique call as the retry loop runs it.
-struct CritiqueCall<'a> {
+/// The attempts of one critique call.
+struct CritiqueAttempts<'a> {
     thinker: &'a OpenAiThinker,
     body: &'a Value,
     sink: &'a dyn ThinkingSink,
-    turn: u32,
 }
 
-impl Call for CritiqueCall<'_> {
-    type Output = (String, Option<(u64, u64)>);
-    type Error = ThinkerError;
-
-    async fn attempt(&mut self, _: u32) -> Attempt {
-        let attempt = self.thinker.attempt(self.body, self.sink).await;
-        metrics::provider_request(
-            PROVIDER_LABEL,
-            attempt.outcome(ProviderOutcome::of_thinker_error),
-        );
-        attempt
+impl Attempts for CritiqueAttempts<'_> {
+    async fn attempt(&self) -> Attempt {
+        self.thinker.attempt(self.body, self.sink).await
     }
-
-    fn give_up(&mut self, failure: Failure, attempts: u32, why: GiveUp) -> ThinkerError {
-        let endpoint = &self.thinker.endpoint;
-        let message = failure.message;
-        ThinkerError::Transient(match why {
-            GiveUp::Exhausted => format!("{endpoint} after {attempts} attempt(s): {message}"),
-            GiveUp::RetryAfterTooLong(asked) => {
-                format!("{endpoint}: server asked to retry after {asked:?}: {message}")
-            }
-        })
-    }
-
-    fn retrying(&mut self, failure: &Failure, number: u32, delay: Duration) {
-        tracing::warn!(
-            endpoint = %self.thinker.endpoint,
-            turn = self.turn,
-            attempt = number,
-            delay_ms = delay.as_millis() as u64,
-            error = %failure.message,
-            "thinker call failed; retrying"
-        );
-    }
-}
-
-/// The image as a `data:image/png;base64,` URL, scaled and padded for a
-/// Qwen-VL-style vision encoder.
-fn data_url(image: &Image, max_edge: u32, which: &str) -> Result<String, ThinkerError> {
-    let png = image
-        .for_vision_model(max_edge, MIN_IMAGE_SIDE, MAX_ASPECT)
-        .map_err(|e| ThinkerError::Invalid(format!("{which} image: {e}")))?;
-    Ok(format!(
-        "data:image/png;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(&png.bytes)
-    ))
 }
 
 /// `response_format` for the expert protocol's JSON answer.
@@ -697,58 +458,8 @@ fn expert_response_format() -> Value {
     })
 }
 
-/// `usage.prompt_tokens` and `usage.completion_tokens` of a response or
-/// stream chunk, when the server sent them.
-fn usage(value: &Value) -> Option<(u64, u64)> {
-    let usage = value.get("usage")?;
-    Some((
-        usage.get("prompt_tokens")?.as_u64()?,
-        usage.get("completion_tokens")?.as_u64()?,
-    ))
-}
-
-/// `choices[0].message.content` of a chat-completions response.
-///
-/// Content given as a list of text parts is joined. Servers that split
-/// reasoning out (`reasoning_content`, e.g. vLLM's reasoning parsers) get it
-/// put back as `<think>…</think>` for the EditThinker protocol, so the stored
-/// critique keeps the model's reasoning.
-fn answer_text(body: &str, protocol: Protocol) -> Option<String> {
-    let value: Value = serde_json::from_str(body).ok()?;
-    let message = value.get("choices")?.get(0)?.get("message")?;
-    let content = match message.get("content")? {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<String>(),
-        _ => return None,
-    };
-    let reasoning = ["reasoning_content", "reasoning"]
-        .iter()
-        .find_map(|k| message.get(*k).and_then(Value::as_str))
-        .map(str::trim)
-        .filter(|r| !r.is_empty());
-    match reasoning {
-        Some(r)
-            if protocol == Protocol::Editthinker
-                && !content.to_ascii_lowercase().contains("<think>") =>
-        {
-            Some(format!("<think>{r}</think>{content}"))
-        }
-        _ => Some(content),
-    }
-}
-
 /// Context of an error event inside an answer stream.
 const STREAM_ERROR: &str = "error event in the stream";
-
-/// Whether `value` is an error report: OpenAI's `{"error": {...}}` or vLLM's
-/// `{"object": "error", ...}`.
-fn is_error_object(value: &Value) -> bool {
-    value.get("error").is_some_and(|e| !e.is_null())
-        || value.get("object").and_then(Value::as_str) == Some("error")
-}
 
 /// A streamed answer being put together.
 struct StreamAnswer {
@@ -827,7 +538,7 @@ impl StreamAnswer {
         &mut self,
         event: &SseEvent,
         sink: &dyn ThinkingSink,
-        thinker: &OpenAiThinker,
+        chat: &ChatEndpoint,
     ) -> Option<Attempt> {
         let data = event.data.trim();
         if data.is_empty() {
@@ -839,7 +550,7 @@ impl StreamAnswer {
         let value: Value = match serde_json::from_str(data) {
             Ok(v) => v,
             Err(_) if event.name.as_deref() == Some("error") => {
-                return Some(thinker.error_object(&json!({ "message": data }), STREAM_ERROR))
+                return Some(chat.error_object(&json!({ "message": data }), STREAM_ERROR))
             }
             Err(e) => {
                 return Some(Step::Fail(ThinkerError::Transient(format!(
@@ -849,7 +560,7 @@ impl StreamAnswer {
             }
         };
         if event.name.as_deref() == Some("error") || is_error_object(&value) {
-            return Some(thinker.error_object(&value, STREAM_ERROR));
+            return Some(chat.error_object(&value, STREAM_ERROR));
         }
         if let Some(counts) = usage(&value) {
             self.usage = Some(counts);
@@ -916,56 +627,9 @@ impl StreamAnswer {
     }
 }
 
-/// The server's own error text: OpenAI-style `error.message`, else the body.
-fn server_message(body: &str) -> String {
-    let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let message = parsed.as_ref().and_then(|v| {
-        v.pointer("/error/message")
-            .or_else(|| v.get("message"))
-            .or_else(|| v.get("detail"))
-            .or_else(|| v.get("error"))
-            .and_then(Value::as_str)
-    });
-    match message {
-        Some(m) => excerpt(m),
-        None if body.trim().is_empty() => "(empty body)".into(),
-        None => excerpt(body),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn answer_text_variants() {
-        let plain = r#"{"choices":[{"message":{"content":"hi"}}]}"#;
-        assert_eq!(
-            answer_text(plain, Protocol::Editthinker).as_deref(),
-            Some("hi")
-        );
-        let parts = r#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}}]}"#;
-        assert_eq!(answer_text(parts, Protocol::Expert).as_deref(), Some("ab"));
-        let split = r#"{"choices":[{"message":{"content":"<score>[1,2]</score><answer>x</answer>","reasoning_content":" why "}}]}"#;
-        assert_eq!(
-            answer_text(split, Protocol::Editthinker).as_deref(),
-            Some("<think>why</think><score>[1,2]</score><answer>x</answer>")
-        );
-        assert_eq!(
-            answer_text(split, Protocol::Expert).as_deref(),
-            Some("<score>[1,2]</score><answer>x</answer>")
-        );
-        for bad in [
-            "",
-            "not json",
-            "{}",
-            r#"{"choices":[]}"#,
-            r#"{"choices":[{"message":{}}]}"#,
-            r#"{"choices":[{"message":{"content":null}}]}"#,
-        ] {
-            assert_eq!(answer_text(bad, Protocol::Editthinker), None, "{bad}");
-        }
-    }
 
     #[test]
     fn listed_models_match_with_or_without_the_models_prefix() {
@@ -974,20 +638,5 @@ mod tests {
         assert!(same_model("gemini-2.5-flash", "models/gemini-2.5-flash"));
         assert!(!same_model("editthinker-8b", "EditThinker-8B"));
         assert!(!same_model("other/EditThinker-8B", "EditThinker-8B"));
-    }
-
-    #[test]
-    fn server_message_prefers_openai_error() {
-        assert_eq!(
-            server_message(r#"{"error":{"message":"model not found","type":"x"}}"#),
-            "model not found"
-        );
-        assert_eq!(server_message(r#"{"detail":"Not Found"}"#), "Not Found");
-        assert_eq!(server_message("plain text"), "plain text");
-        assert_eq!(server_message(""), "(empty body)");
-        assert!(
-            server_message(&"x".repeat(2000)).chars().count()
-                <= editthinker_provider_http::BODY_EXCERPT_CHARS + 1
-        );
     }
 }

@@ -183,7 +183,7 @@ pub fn scores_in_tenths(instruction: &str, turn: u32, changed: bool) -> (u32, u3
 
 /// FNV-1a, 64 bits: a small hash that is stable across builds and
 /// platforms (unlike the standard library's `DefaultHasher`).
-fn fnv1a64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
     bytes.iter().fold(OFFSET_BASIS, |hash, &b| {

@@ -83,7 +83,7 @@ impl TurnObserver for Watch {
         self.critiques.lock().unwrap().push((turn, c.clone()));
         Ok(())
     }
-    fn thinking(&self, turn: u32, delta: &str) {
+    fn thinking(&self, turn: u32, _candidate: u32, delta: &str) {
         self.live.lock().unwrap().push((turn, delta.to_string()));
     }
 }
@@ -118,10 +118,12 @@ async fn run(instruction: &str, protocol: &str, still: bool) -> (LoopOutcome, Wa
             config: &LoopConfig::default(),
             progress: Progress::default(),
             spending: Default::default(),
+            seed_base: 0,
         },
         LoopParts {
             editor: &editor,
             thinker: thinker.as_ref(),
+            verifier: None,
             observer: &watch,
         },
     )

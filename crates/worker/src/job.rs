@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use editthinker_core::{
-    run_loop, CritiqueRecord, EditorError, Image, JobOptions, LoopError, LoopJob, LoopParts,
-    PendingEdit, Progress, ProviderRequest, ThinkerError, TurnRecord,
+    run_loop, CandidateRecord, CritiqueRecord, EditorError, Image, JobOptions, LoopError, LoopJob,
+    LoopParts, PendingEdit, Progress, ProviderRequest, ThinkerError, TurnRecord,
 };
 use editthinker_store::{
-    BlobError, BlobStore, ClaimedJob, Lease, PendingEditRecord, RefusalRecord, StoreError, TurnRow,
+    BlobError, BlobStore, CandidateRow, ClaimedJob, Lease, PendingEditRecord, RefusalRecord,
+    StoreError, TurnRow,
 };
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::heartbeat::heartbeat;
-use crate::lease::{LeaseClock, LeasedEditor, LeasedThinker};
+use crate::lease::{LeaseClock, LeasedEditor, LeasedThinker, LeasedVerifier};
 use crate::observer::StoreObserver;
 use crate::stop::{Interrupt, Stop};
 use crate::thinking::ThinkingPublisher;
@@ -58,6 +59,11 @@ pub mod error_code {
     pub const INTERNAL: &str = ErrorCode::Internal.as_str();
     /// `options.budget` leaves no room for even one edit.
     pub const BUDGET_EXHAUSTED: &str = ErrorCode::BudgetExhausted.as_str();
+    /// The verifier stayed unavailable.
+    pub const VERIFIER_UNAVAILABLE: &str = ErrorCode::VerifierUnavailable.as_str();
+    /// The verifier turned the request down, or the job needs one the
+    /// worker lacks.
+    pub const VERIFIER_INVALID: &str = ErrorCode::VerifierInvalid.as_str();
 }
 
 pub(crate) struct JobRunner {
@@ -67,8 +73,9 @@ pub(crate) struct JobRunner {
     pub claimed_at: tokio::time::Instant,
 }
 
-/// The asynchronous provider request in flight: (turn, request).
-pub(crate) type Submitted = Arc<std::sync::Mutex<Option<(u32, ProviderRequest)>>>;
+/// The asynchronous provider requests in flight, by (turn, candidate).
+pub(crate) type Submitted =
+    Arc<std::sync::Mutex<std::collections::BTreeMap<(u32, u32), ProviderRequest>>>;
 
 /// Aborts a task when dropped, so no unwind can leave a heartbeat running.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -107,7 +114,10 @@ impl JobRunner {
             }))
         };
         let submitted: Submitted = Arc::new(std::sync::Mutex::new(
-            pending_edit(claimed.job.pending_edit.as_ref()).map(|p| (p.turn, p.request)),
+            pending_edit(claimed.job.pending_edit.as_ref())
+                .map(|p| ((p.turn, p.candidate), p.request))
+                .into_iter()
+                .collect(),
         ));
 
         // A panic anywhere in the job's work is caught here, so the job is
@@ -177,21 +187,22 @@ impl JobRunner {
             .await
     }
 
-    /// Asks the provider to stop the edit in flight of a canceled job.
+    /// Asks the provider to stop the edits in flight of a canceled job.
     async fn cancel_provider_request(&self, claimed: &ClaimedJob, submitted: &Submitted) {
-        let request = submitted.lock().expect("submitted lock").clone();
-        let (Some((turn, request)), Some(editor)) =
-            (request, self.worker.editors.get(&claimed.job.editor))
-        else {
+        let requests = std::mem::take(&mut *submitted.lock().expect("submitted lock"));
+        let Some(editor) = self.worker.editors.get(&claimed.job.editor) else {
             return;
         };
-        match tokio::time::timeout(PROVIDER_CANCEL_TIMEOUT, editor.cancel(&request)).await {
-            Ok(Ok(())) => {
-                info!(turn, provider_request_id = %request.id, "provider request canceled")
+        let cancels = requests.into_iter().map(|((turn, candidate), request)| async move {
+            match tokio::time::timeout(PROVIDER_CANCEL_TIMEOUT, editor.cancel(&request)).await {
+                Ok(Ok(())) => {
+                    info!(turn, candidate, provider_request_id = %request.id, "provider request canceled")
+                }
+                Ok(Err(e)) => warn!(error = %e, "could not cancel the provider request"),
+                Err(_) => warn!("canceling the provider request timed out"),
             }
-            Ok(Err(e)) => warn!(error = %e, "could not cancel the provider request"),
-            Err(_) => warn!("canceling the provider request timed out"),
-        }
+        });
+        futures::future::join_all(cancels).await;
     }
 
     async fn execute(
@@ -232,9 +243,36 @@ impl JobRunner {
                 "resuming after the last persisted turn"
             );
         }
-        let pending_edit = pending_edit(job.pending_edit.as_ref());
-        if let Some(p) = &pending_edit {
-            info!(turn = p.turn, provider_request_id = %p.request.id, "resuming the edit in flight");
+        let mut pending_edits: Vec<PendingEdit> = pending_edit(job.pending_edit.as_ref())
+            .into_iter()
+            .collect();
+        let next_turn = prior.len() as u32 + 1;
+        let several = options.candidates_for(next_turn) > 1;
+        let candidates = if several {
+            let rows = w
+                .store
+                .list_candidates(job.id)
+                .await
+                .map_err(|e| storage_error(e.to_string()))?;
+            let (candidates, pending) = load_candidates(&w.blobs, rows, next_turn).await?;
+            let mut in_flight = submitted.lock().expect("submitted lock");
+            for p in &pending {
+                in_flight.insert((p.turn, p.candidate), p.request.clone());
+            }
+            pending_edits.extend(pending);
+            if !candidates.is_empty() {
+                info!(
+                    turn = next_turn,
+                    candidates = candidates.len(),
+                    "resuming a turn with recorded candidates"
+                );
+            }
+            candidates
+        } else {
+            Vec::new()
+        };
+        for p in &pending_edits {
+            info!(turn = p.turn, candidate = p.candidate, provider_request_id = %p.request.id, "resuming the edit in flight");
         }
         let observer = StoreObserver {
             store: w.store.clone(),
@@ -248,6 +286,7 @@ impl JobRunner {
             refused: Default::default(),
             gate: w.gate.clone(),
             currency: w.settings.pricing.currency.clone(),
+            options,
         };
         // Earlier attempts' calls count against the budget too.
         let ledger = w
@@ -264,6 +303,10 @@ impl JobRunner {
             inner: w.thinker.as_ref(),
             clock,
         };
+        let verifier = w
+            .verifier
+            .as_deref()
+            .map(|inner| LeasedVerifier { inner, clock });
         run_loop(
             LoopJob {
                 source: &source,
@@ -272,13 +315,18 @@ impl JobRunner {
                 config: &w.settings.loop_config,
                 progress: Progress {
                     turns: prior,
-                    pending_edit,
+                    pending_edits,
+                    candidates,
                 },
                 spending,
+                seed_base: seed_base(job.id),
             },
             LoopParts {
                 editor: &editor,
                 thinker: &thinker,
+                verifier: verifier
+                    .as_ref()
+                    .map(|v| v as &dyn editthinker_core::Verifier),
                 observer: &observer,
             },
         )
@@ -496,7 +544,73 @@ fn loop_error_class(error: &LoopError) -> (&'static str, bool) {
         // Only reaches here without a recorded reason (see `decide`).
         LoopError::Stopped => (error_code::INTERNAL, true),
         LoopError::BudgetExhausted(_) => (error_code::BUDGET_EXHAUSTED, false),
+        LoopError::Verifier { error, .. } => match error {
+            ThinkerError::Transient(_) => (error_code::VERIFIER_UNAVAILABLE, true),
+            ThinkerError::Invalid(_) | ThinkerError::Auth(_) => {
+                (error_code::VERIFIER_INVALID, false)
+            }
+        },
     }
+}
+
+/// Where a job's candidate seeds come from: its id, so every attempt asks
+/// for the same seeds.
+fn seed_base(job_id: uuid::Uuid) -> u64 {
+    let (high, low) = job_id.as_u64_pair();
+    high ^ low
+}
+
+/// The recorded candidates of turn `turn` (the one after the last recorded
+/// turn), images loaded where a critique is still to be made, and the
+/// provider requests its candidates left in flight.
+async fn load_candidates(
+    blobs: &BlobStore,
+    rows: Vec<CandidateRow>,
+    turn: u32,
+) -> Result<(Vec<CandidateRecord>, Vec<PendingEdit>), JobError> {
+    let mut candidates = Vec::new();
+    let mut pending = Vec::new();
+    for row in rows.into_iter().filter(|r| r.turn == turn) {
+        let Some(image_key) = row.image_key else {
+            let request = row
+                .pending_request
+                .and_then(|r| serde_json::from_value::<ProviderRequest>(r).ok());
+            if let Some(request) = request {
+                pending.push(PendingEdit {
+                    turn,
+                    candidate: row.index,
+                    instruction: row.instruction,
+                    request,
+                });
+            }
+            continue;
+        };
+        let critique = row
+            .critique
+            .map(serde_json::from_value::<CritiqueRecord>)
+            .transpose()
+            .map_err(|e| JobError::Permanent {
+                code: error_code::STORAGE,
+                message: format!(
+                    "stored critique of candidate {} of turn {turn} unreadable: {e}",
+                    row.index
+                ),
+            })?;
+        let image = match critique {
+            Some(_) => None,
+            None => Some(load_image(blobs, &image_key).await?),
+        };
+        candidates.push(CandidateRecord {
+            turn,
+            index: row.index,
+            instruction: row.instruction,
+            seed: row.seed,
+            image,
+            editor_ms: row.editor_ms.unwrap_or(0),
+            critique,
+        });
+    }
+    Ok((candidates, pending))
 }
 
 fn storage_error(message: String) -> JobError {
@@ -520,6 +634,7 @@ fn pending_edit(stored: Option<&serde_json::Value>) -> Option<PendingEdit> {
     match serde_json::from_value::<ProviderRequest>(record.request) {
         Ok(request) => Some(PendingEdit {
             turn: record.turn,
+            candidate: record.candidate.unwrap_or(0),
             instruction: record.instruction,
             request,
         }),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use editthinker_core::{
     CritiqueRequest, EditRequest, Editor, EditorError, Image, ProviderRequest, Thinker,
-    ThinkerAnswer, ThinkerError,
+    ThinkerAnswer, ThinkerError, Verifier, VerifierAnswer, VerifyRequest,
 };
 use tokio::time::Instant;
 
@@ -123,14 +123,39 @@ impl Thinker for LeasedThinker<'_> {
 
     async fn critique(&self, request: CritiqueRequest<'_>) -> Result<ThinkerAnswer, ThinkerError> {
         let span = tracing::info_span!("thinker.critique", turn = request.turn);
-        self.clock
-            .guard(tracing::Instrument::instrument(
-                self.inner.critique(request),
-                span,
-            ))
-            .await
-            .unwrap_or_else(|| Err(ThinkerError::Transient(LEASE_OVER.into())))
+        leased_call(self.clock, span, self.inner.critique(request)).await
     }
+}
+
+/// A verifier whose calls end when the lease does, like [`LeasedThinker`].
+pub(crate) struct LeasedVerifier<'a> {
+    pub inner: &'a dyn Verifier,
+    pub clock: &'a LeaseClock,
+}
+
+#[async_trait]
+impl Verifier for LeasedVerifier<'_> {
+    async fn score(&self, request: VerifyRequest<'_>) -> Result<VerifierAnswer, ThinkerError> {
+        let span = tracing::info_span!(
+            "verifier.score",
+            turn = request.turn,
+            candidate = request.candidate
+        );
+        leased_call(self.clock, span, self.inner.score(request)).await
+    }
+}
+
+/// A thinker or verifier call in `span`, abandoned (as a passing failure)
+/// when the lease runs out.
+async fn leased_call<T>(
+    clock: &LeaseClock,
+    span: tracing::Span,
+    call: impl Future<Output = Result<T, ThinkerError>>,
+) -> Result<T, ThinkerError> {
+    clock
+        .guard(tracing::Instrument::instrument(call, span))
+        .await
+        .unwrap_or_else(|| Err(ThinkerError::Transient(LEASE_OVER.into())))
 }
 
 #[cfg(test)]

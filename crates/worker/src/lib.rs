@@ -64,6 +64,9 @@ pub struct Pricing {
     /// thinker's `max_tokens` as output, an estimate of the prompt as input
     /// (raised by the largest prompt the job has seen).
     pub critique_reserve: editthinker_core::Tokens,
+    /// Tokens a verifier call is reserved at, where a `[verifier]` is
+    /// configured: its `max_tokens` as output, an estimate of the prompt.
+    pub verifier_reserve: Option<editthinker_core::Tokens>,
 }
 
 /// Prompt tokens a critique is reserved at before the job has made one:
@@ -82,6 +85,7 @@ impl Default for Pricing {
                 input: CRITIQUE_INPUT_ESTIMATE,
                 output: 4096,
             },
+            verifier_reserve: None,
         }
     }
 }
@@ -108,6 +112,7 @@ impl Pricing {
         let mut spending = editthinker_core::Spending {
             prices: self.for_editor(editor),
             critique_reserve: self.critique_reserve,
+            verifier_reserve: self.verifier_reserve,
             ..Default::default()
         };
         for entry in ledger {
@@ -189,6 +194,7 @@ pub struct Worker {
     blobs: Arc<BlobStore>,
     editors: Arc<BTreeMap<String, Arc<dyn Editor>>>,
     thinker: Arc<dyn Thinker>,
+    verifier: Option<Arc<dyn editthinker_core::Verifier>>,
     settings: WorkerSettings,
     owner: String,
     gate: Arc<ThinkerGate>,
@@ -214,10 +220,19 @@ impl Worker {
             blobs,
             editors: Arc::new(editors),
             thinker,
+            verifier: None,
             settings,
             owner,
             gate: Arc::default(),
         }
+    }
+
+    /// This worker with a verifier (`[verifier]`): it scores every
+    /// candidate and serves `options.rank_by = "verifier"` and
+    /// `options.stop.verifier`.
+    pub fn with_verifier(mut self, verifier: Arc<dyn editthinker_core::Verifier>) -> Self {
+        self.verifier = Some(verifier);
+        self
     }
 
     /// The thinker's circuit breaker, for `/readyz` in a process that also

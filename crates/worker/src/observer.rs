@@ -8,10 +8,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use editthinker_core::imaging::off_thread;
 use editthinker_core::{
-    CritiqueRecord, LedgerEntry, ObserverError, ProviderRequest, RetryPolicy, TurnObserver,
-    TurnRecord,
+    CandidateRecord, Choice, CritiqueRecord, LedgerEntry, ObserverError, ProviderRequest,
+    RetryPolicy, TurnObserver, TurnRecord,
 };
-use editthinker_store::{BlobStore, Lease, NewCall, NewTurn, PendingEditRecord, Store, StoreError};
+use editthinker_store::{
+    BlobStore, ChosenRecord, Lease, NewCall, NewCandidate, NewTurn, PendingEditRecord, Store,
+    StoreError,
+};
 use tracing::{info, warn};
 
 use crate::job::Submitted;
@@ -36,9 +39,88 @@ pub(crate) struct StoreObserver {
     pub(crate) gate: Arc<crate::breaker::ThinkerGate>,
     /// The currency of the job's prices.
     pub(crate) currency: String,
+    /// The job's options (which turns have several candidates).
+    pub(crate) options: editthinker_core::JobOptions,
 }
 
 impl StoreObserver {
+    /// The provider request id of the edit of (`turn`, `candidate`) in
+    /// flight, if it went to an asynchronous provider.
+    fn in_flight(&self, turn: u32, candidate: u32) -> Option<String> {
+        self.submitted
+            .lock()
+            .expect("submitted lock")
+            .get(&(turn, candidate))
+            .map(|r| r.id.clone())
+    }
+
+    /// The edit of (`turn`, `candidate`) is recorded: nothing to cancel.
+    fn landed(&self, turn: u32, candidate: u32) {
+        self.submitted
+            .lock()
+            .expect("submitted lock")
+            .remove(&(turn, candidate));
+    }
+
+    /// Writes an edited image as PNG under `key` (retried like every
+    /// write); returns its MIME type.
+    async fn put_image(&self, image: editthinker_core::Image, key: &str) -> Result<String, String> {
+        let png = off_thread(move || image.to_png())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.persist("storing an edited image", || async {
+            self.blobs
+                .put(key, png.bytes.clone())
+                .await
+                .map_err(|e| PersistError::Passing(e.to_string()))
+        })
+        .await?;
+        Ok(png.format.mime().to_string())
+    }
+
+    /// Records the critique of `turn` (one-candidate) or of one of its
+    /// candidates, after the live reasoning that led to it.
+    async fn record_critique_of(
+        &self,
+        turn: u32,
+        candidate: Option<u32>,
+        critique: &CritiqueRecord,
+    ) -> Result<(), ObserverError> {
+        self.thinking.flush().await;
+        let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
+        let (thinker_ms, raw, error) = (
+            critique.thinker_ms,
+            &critique.raw_output,
+            critique.error.as_deref(),
+        );
+        self.persist("recording the critique", || async {
+            let lease = &self.lease;
+            match candidate {
+                None => {
+                    self.store
+                        .record_critique(lease, turn, &json, thinker_ms, raw, error)
+                        .await?
+                }
+                Some(c) => {
+                    self.store
+                        .record_candidate_critique(lease, turn, c, &json, thinker_ms, raw, error)
+                        .await?
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        info!(
+            turn,
+            candidate,
+            satisfied = critique.satisfied,
+            overall = critique.overall(),
+            verifier = critique.verifier.map(|v| v.overall),
+            "critique recorded"
+        );
+        self.check_stop()
+    }
+
     /// After each durable step, stop if a cancel or shutdown is pending.
     fn check_stop(&self) -> Result<(), ObserverError> {
         match self.stop.reason() {
@@ -127,31 +209,16 @@ impl From<StoreError> for PersistError {
 impl TurnObserver for StoreObserver {
     async fn turn_edited(&self, turn: &TurnRecord) -> Result<(), ObserverError> {
         let image = turn.image.clone().ok_or("an edited turn has its image")?;
-        let png = off_thread(move || image.to_png())
-            .await
-            .map_err(|e| e.to_string())?;
         // One key for every retry of this write: a retried commit that went
         // through is then recognised as the same turn.
         let key = BlobStore::turn_key(self.lease.job_id, turn.index, self.lease.attempt);
-        let provider_request_id = self
-            .submitted
-            .lock()
-            .expect("submitted lock")
-            .as_ref()
-            .filter(|(t, _)| *t == turn.index)
-            .map(|(_, r)| r.id.clone());
-        self.persist("storing the turn image", || async {
-            self.blobs
-                .put(&key, png.bytes.clone())
-                .await
-                .map_err(|e| PersistError::Passing(e.to_string()))
-        })
-        .await?;
+        let image_mime = self.put_image(image, &key).await?;
+        let provider_request_id = self.in_flight(turn.index, 0);
         let new_turn = NewTurn {
             index: turn.index,
             instruction: turn.instruction.clone(),
             image_key: key.clone(),
-            image_mime: png.format.mime().to_string(),
+            image_mime,
             editor_ms: turn.editor_ms,
             provider_request_id,
         };
@@ -162,10 +229,7 @@ impl TurnObserver for StoreObserver {
                 .await?)
         })
         .await?;
-        self.submitted
-            .lock()
-            .expect("submitted lock")
-            .take_if(|(t, _)| *t == turn.index);
+        self.landed(turn.index, 0);
         editthinker_core::metrics::turn_recorded(&self.editor);
         info!(turn = turn.index, editor_ms = turn.editor_ms, "turn edited");
         self.check_stop()
@@ -176,27 +240,73 @@ impl TurnObserver for StoreObserver {
         turn: u32,
         critique: &CritiqueRecord,
     ) -> Result<(), ObserverError> {
-        self.thinking.flush().await;
-        let json = serde_json::to_value(critique).map_err(|e| e.to_string())?;
-        self.persist("recording the critique", || async {
+        self.record_critique_of(turn, None, critique).await
+    }
+
+    async fn candidate_edited(&self, candidate: &CandidateRecord) -> Result<(), ObserverError> {
+        let image = candidate
+            .image
+            .clone()
+            .ok_or("an edited candidate has its image")?;
+        let (turn, index) = (candidate.turn, candidate.index);
+        // One key for every retry of this write, as for a turn.
+        let key = BlobStore::candidate_key(self.lease.job_id, turn, index, self.lease.attempt);
+        let image_mime = self.put_image(image, &key).await?;
+        let new_candidate = NewCandidate {
+            turn,
+            index,
+            instruction: candidate.instruction.clone(),
+            seed: candidate.seed,
+            image_key: key.clone(),
+            image_mime,
+            editor_ms: candidate.editor_ms,
+            provider_request_id: self.in_flight(turn, index),
+        };
+        self.persist("recording the candidate", || async {
             Ok(self
                 .store
-                .record_critique(
-                    &self.lease,
-                    turn,
-                    &json,
-                    critique.thinker_ms,
-                    &critique.raw_output,
-                    critique.error.as_deref(),
-                )
+                .record_candidate(&self.lease, new_candidate.clone())
                 .await?)
         })
         .await?;
+        self.landed(turn, index);
         info!(
             turn,
-            satisfied = critique.satisfied,
-            overall = critique.overall(),
-            "turn critiqued"
+            candidate = index,
+            editor_ms = candidate.editor_ms,
+            "candidate edited"
+        );
+        self.check_stop()
+    }
+
+    async fn candidate_critiqued(
+        &self,
+        turn: u32,
+        candidate: u32,
+        critique: &CritiqueRecord,
+    ) -> Result<(), ObserverError> {
+        self.record_critique_of(turn, Some(candidate), critique)
+            .await
+    }
+
+    async fn turn_chosen(&self, turn: &TurnRecord, choice: &Choice) -> Result<(), ObserverError> {
+        let chosen = ChosenRecord {
+            turn: turn.index,
+            candidate: choice.candidate,
+            score: choice.score,
+            by: choice.by,
+        };
+        self.persist("recording the chosen candidate", || async {
+            Ok(self.store.record_chosen(&self.lease, &chosen).await?)
+        })
+        .await?;
+        editthinker_core::metrics::turn_recorded(&self.editor);
+        info!(
+            turn = turn.index,
+            candidate = choice.candidate,
+            score = choice.score,
+            by = choice.by.as_str(),
+            "candidate chosen"
         );
         self.check_stop()
     }
@@ -204,25 +314,31 @@ impl TurnObserver for StoreObserver {
     async fn edit_submitted(
         &self,
         turn: u32,
+        candidate: u32,
         instruction: &str,
         request: &ProviderRequest,
     ) -> Result<(), ObserverError> {
+        let several = self.options.candidates_for(turn) > 1;
         let record = PendingEditRecord {
             turn,
+            candidate: several.then_some(candidate),
             instruction: instruction.to_owned(),
             request: serde_json::to_value(request).map_err(|e| e.to_string())?,
         };
-        *self.submitted.lock().expect("submitted lock") = Some((turn, request.clone()));
+        self.submitted
+            .lock()
+            .expect("submitted lock")
+            .insert((turn, candidate), request.clone());
         self.persist("recording the provider request", || async {
             Ok(self.store.record_pending_edit(&self.lease, &record).await?)
         })
         .await?;
-        info!(turn, provider_request_id = %request.id, "edit submitted; waiting for the provider");
+        info!(turn, candidate, provider_request_id = %request.id, "edit submitted; waiting for the provider");
         Ok(())
     }
 
-    fn thinking(&self, turn: u32, delta: &str) {
-        self.thinking.send(turn, delta);
+    fn thinking(&self, turn: u32, candidate: u32, delta: &str) {
+        self.thinking.send(turn, candidate, delta);
     }
 
     async fn call_made(&self, entry: &LedgerEntry) -> Result<(), ObserverError> {

@@ -24,7 +24,8 @@ pub(crate) struct ThinkingPublisher {
 }
 
 enum ThinkingMessage {
-    Delta(u32, String),
+    /// A delta of (turn, candidate).
+    Delta((u32, u32), String),
     /// Publish what is buffered now, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -36,9 +37,11 @@ impl ThinkingPublisher {
         Self { tx }
     }
 
-    pub(crate) fn send(&self, turn: u32, delta: &str) {
+    pub(crate) fn send(&self, turn: u32, candidate: u32, delta: &str) {
         // A closed channel only means nobody is publishing any more.
-        let _ = self.tx.send(ThinkingMessage::Delta(turn, delta.to_owned()));
+        let _ = self
+            .tx
+            .send(ThinkingMessage::Delta((turn, candidate), delta.to_owned()));
     }
 
     /// Waits until every delta sent so far is published, so that live
@@ -102,9 +105,9 @@ async fn flush_thinking(
     store: &dyn Store,
     job_id: uuid::Uuid,
     clock: &LeaseClock,
-    pending: Option<(u32, String)>,
+    pending: Option<((u32, u32), String)>,
 ) {
-    let Some((turn, text)) = pending else {
+    let Some(((turn, candidate), text)) = pending else {
         return;
     };
     // A job past its lease says nothing more, live events included.
@@ -112,7 +115,7 @@ async fn flush_thinking(
         return;
     }
     for delta in chunks(&text, THINKING_CHUNK_BYTES) {
-        let data = serde_json::json!({ "turn": turn, "delta": delta });
+        let data = serde_json::json!({ "turn": turn, "candidate": candidate, "delta": delta });
         if let Err(e) = store
             .publish_live(job_id, event_type::TURN_THINKING, data)
             .await

@@ -10,6 +10,7 @@ from ._core import ImageInput, OptionsInput, __version__
 from ._errors import EditThinkerError, EditThinkerTimeout
 from ._models import (
     Budget,
+    Candidate,
     CreateResult,
     Critique,
     Event,
@@ -24,6 +25,7 @@ from ._models import (
     StopThresholds,
     Turn,
     Usage,
+    VerifierScore,
     Webhook,
 )
 from ._sync import Client
@@ -32,6 +34,7 @@ from .webhooks import WebhookVerificationError
 __all__ = [
     "AsyncClient",
     "Budget",
+    "Candidate",
     "Client",
     "CreateResult",
     "Critique",
@@ -51,6 +54,7 @@ __all__ = [
     "StopThresholds",
     "Turn",
     "Usage",
+    "VerifierScore",
     "Webhook",
     "WebhookVerificationError",
     "__version__",

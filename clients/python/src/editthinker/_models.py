@@ -53,6 +53,7 @@ class StopThresholds:
     quality: Optional[float] = None
     patience: Optional[int] = None
     min_gain: Optional[float] = None
+    verifier: Optional[float] = None
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: v for k, v in vars(self).items() if v is not None}
@@ -65,6 +66,7 @@ class StopThresholds:
             quality=_opt_float(d.get("quality")),
             patience=None if patience is None else int(patience),
             min_gain=_opt_float(d.get("min_gain")),
+            verifier=_opt_float(d.get("verifier")),
         )
 
 
@@ -96,9 +98,15 @@ class JobOptions:
     history: Optional[Literal["previous", "all"]] = None
     budget: Optional[Budget] = None
     deadline_seconds: Optional[int] = None
+    candidates: Optional[int] = None
+    first_turn_candidates: Optional[int] = None
+    rank_by: Optional[Literal["thinker", "verifier"]] = None
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
+        for name in ("candidates", "first_turn_candidates", "rank_by"):
+            if getattr(self, name) is not None:
+                out[name] = getattr(self, name)
         if self.max_turns is not None:
             out["max_turns"] = self.max_turns
         if self.stop is not None:
@@ -123,6 +131,9 @@ class JobOptions:
             history=d.get("history"),
             budget=Budget.from_dict(d["budget"]) if d.get("budget") else None,
             deadline_seconds=d.get("deadline_seconds"),
+            candidates=d.get("candidates"),
+            first_turn_candidates=d.get("first_turn_candidates"),
+            rank_by=d.get("rank_by"),
         )
 
 
@@ -182,6 +193,48 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class VerifierScore:
+    """A verifier's score of one candidate, on 0 to 10."""
+
+    overall: float
+    semantic: Optional[float] = None
+    quality: Optional[float] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> VerifierScore:
+        return cls(
+            overall=float(d["overall"]),
+            semantic=_opt_float(d.get("semantic")),
+            quality=_opt_float(d.get("quality")),
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate of a turn (`options.candidates`); a one-candidate
+    turn has one, equal to the turn."""
+
+    index: int
+    image_url: str
+    editor_ms: int
+    seed: Optional[int] = None
+    critique: Optional[Critique] = None
+    verifier: Optional[VerifierScore] = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Candidate:
+        c, v = d.get("critique"), d.get("verifier")
+        return cls(
+            index=int(d["index"]),
+            image_url=d["image_url"],
+            editor_ms=int(d["editor_ms"]),
+            seed=d.get("seed"),
+            critique=Critique.from_dict(c) if c else None,
+            verifier=VerifierScore.from_dict(v) if v else None,
+        )
+
+
+@dataclass(frozen=True)
 class Turn:
     index: int
     instruction: str
@@ -190,6 +243,8 @@ class Turn:
     critique: Optional[Critique] = None
     provider_request_id: Optional[str] = None
     usage: Usage = field(default_factory=Usage)
+    chosen: int = 0
+    candidates: List[Candidate] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Turn:
@@ -202,6 +257,8 @@ class Turn:
             critique=Critique.from_dict(c) if c else None,
             provider_request_id=d.get("provider_request_id"),
             usage=Usage.from_dict(d.get("usage")),
+            chosen=int(d.get("chosen", 0)),
+            candidates=[Candidate.from_dict(x) for x in d.get("candidates", [])],
         )
 
 

@@ -130,7 +130,7 @@ pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: b
     if let Some(w) = watcher.as_mut() {
         // Best effort: without it the status line only lacks the last turn.
         if let Ok(job) = client.job(id).await {
-            w.set_max_turns(job["options"]["max_turns"].as_u64());
+            w.set_job(&job);
             if job["sandbox"] == true {
                 println!("{SANDBOX_LINE}");
             }
@@ -138,10 +138,19 @@ pub async fn watch_job(client: &ApiClient, id: &str, out: Option<&Path>, json: b
     }
     let mut stream = JobStream::new(client, id, None);
     let finished = loop {
-        let run = stream.run(|next| {
+        let run = stream.run(async |next| {
             if let Some(w) = watcher.as_mut() {
                 match next {
-                    Next::Event(event) => w.on(&event),
+                    Next::Event(event) => {
+                        // A turn of several candidates: their seeds and
+                        // verifier scores are in the job, not the events.
+                        if w.needs_job(&event) {
+                            if let Ok(job) = client.job(id).await {
+                                w.set_job(&job);
+                            }
+                        }
+                        w.on(&event)
+                    }
                     Next::Reconnecting => w.reconnecting(),
                     Next::Ended => {}
                 }
@@ -217,8 +226,11 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
                         job["stop_reason"].as_str().unwrap_or("-"),
                         out.display()
                     );
-                    println!("{}", usage_line(&job["usage"]));
                 }
+            }
+            // What the job paid for, at the end, also for `jobs watch`.
+            if !json {
+                println!("{}", usage_line(&job["usage"]));
             }
             ExitCode::SUCCESS
         }
@@ -233,6 +245,7 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
         }
         Some("canceled") => {
             eprintln!("job canceled");
+            eprintln!("{}", usage_line(&job["usage"]));
             ExitCode::from(EXIT_CANCELED)
         }
         other => {
@@ -242,11 +255,16 @@ async fn outcome(client: &ApiClient, job: &Value, out: Option<&Path>, json: bool
     }
 }
 
-/// The job's usage ledger in one line: what it paid for, and the cost.
+/// The job's usage ledger in one line: what it paid for (the verifier's
+/// calls when it had any), and the cost.
 pub fn usage_line(usage: &Value) -> String {
     let n = |k: &str| usage[k].as_u64().unwrap_or(0);
+    let verifier = match n("verifier_calls") {
+        0 => String::new(),
+        calls => format!(", {calls} verifier calls"),
+    };
     format!(
-        "usage: {} edits ({:.1} s), {} critiques ({} tokens in, {} out), cost {:.4} {}",
+        "usage: {} edits ({:.1} s), {} critiques ({} tokens in, {} out){verifier}, cost {:.4} {}",
         n("editor_calls"),
         usage["editor_seconds"].as_f64().unwrap_or(0.0),
         n("thinker_calls"),
@@ -370,6 +388,24 @@ mod tests {
         );
     }
     use super::*;
+
+    #[test]
+    fn the_usage_line_says_what_the_job_paid_for() {
+        let mut usage = serde_json::json!({
+            "editor_calls": 3, "editor_seconds": 1.52, "thinker_calls": 3,
+            "thinker_input_tokens": 1563, "thinker_output_tokens": 213,
+            "verifier_calls": 0, "cost": 0.0123, "currency": "USD"
+        });
+        assert_eq!(
+            usage_line(&usage),
+            "usage: 3 edits (1.5 s), 3 critiques (1563 tokens in, 213 out), cost 0.0123 USD"
+        );
+        usage["verifier_calls"] = 3.into();
+        assert_eq!(
+            usage_line(&usage),
+            "usage: 3 edits (1.5 s), 3 critiques (1563 tokens in, 213 out), 3 verifier calls, cost 0.0123 USD"
+        );
+    }
 
     #[test]
     fn the_result_goes_beside_the_image() {

@@ -91,20 +91,20 @@ impl<'a> JobStream<'a> {
         }
     }
 
-    /// Runs until the terminal event or the server's 204, calling
-    /// `on_next` for everything that happens.
-    pub async fn run(&mut self, mut on_next: impl FnMut(Next)) -> Result<(), ClientError> {
+    /// Runs until the terminal event or the server's 204, calling (and
+    /// awaiting) `on_next` for everything that happens.
+    pub async fn run(&mut self, mut on_next: impl AsyncFnMut(Next)) -> Result<(), ClientError> {
         let mut failures = 0;
         loop {
             let response = match self.client.events(&self.job, self.last_id).await {
                 Ok(Some(response)) => response,
                 Ok(None) => {
-                    on_next(Next::Ended);
+                    on_next(Next::Ended).await;
                     return Ok(());
                 }
                 Err(e) if e.is_connection() && failures < MAX_RECONNECTS => {
                     failures += 1;
-                    on_next(Next::Reconnecting);
+                    on_next(Next::Reconnecting).await;
                     tokio::time::sleep(backoff(failures)).await;
                     continue;
                 }
@@ -123,7 +123,7 @@ impl<'a> JobStream<'a> {
                         self.last_id = Some(id);
                     }
                     ended |= is_terminal(&event.kind);
-                    on_next(Next::Event(event));
+                    on_next(Next::Event(event)).await;
                 }
             }
             if ended {
@@ -136,7 +136,7 @@ impl<'a> JobStream<'a> {
                     "the event stream kept dropping ({MAX_RECONNECTS} reconnects)"
                 )));
             }
-            on_next(Next::Reconnecting);
+            on_next(Next::Reconnecting).await;
             tokio::time::sleep(backoff(failures)).await;
         }
     }

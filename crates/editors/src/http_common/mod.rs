@@ -13,7 +13,8 @@
 //! - `refusal`: telling a moderation or safety refusal in an error body;
 //! - `images`: source images as PNG or base64, base64 images decoded;
 //! - `profile`: what hosted kinds read from their profile: API-key
-//!   headers, base URLs, model ids, checked options.
+//!   headers, base URLs, model ids, checked options, and the seed a
+//!   request asks for in place of the profile's.
 //!
 //! What is not editor-specific (the retry loop, `Retry-After`, error text,
 //! bounded body reads) is in `editthinker_provider_http`, which the remote
@@ -58,8 +59,8 @@ pub use classify::{classify_failure, is_retryable, parse_json, provider_message,
 pub use editthinker_provider_http::{body_excerpt, retry_after, BODY_EXCERPT_CHARS, MAX_BACKOFF};
 pub use images::{decode_base64_image, source_png, source_png_base64};
 pub use profile::{
-    check_output_format, check_safety_tolerance, check_seed, endpoint, model_name, read_api_key,
-    Credential,
+    candidate_seed, check_output_format, check_safety_tolerance, check_seed, endpoint, model_name,
+    read_api_key, Credential,
 };
 pub use refusal::{is_refusal, refusal_message, says_refused};
 pub use transport::{Attempt, HttpReply, Resend};

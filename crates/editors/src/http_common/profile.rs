@@ -1,9 +1,11 @@
 //! What the hosted kinds read from their profile: the API key as a header,
 //! the endpoint under `base_url`, the model id, and the options each
-//! provider bounds (`seed`, `output_format`, `safety_tolerance`).
+//! provider bounds (`seed`, `output_format`, `safety_tolerance`), and the
+//! seed one request asks for in place of the profile's.
 
 use std::fmt;
 
+use editthinker_core::EditRequest;
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
@@ -162,6 +164,20 @@ pub fn check_seed(name: &str, profile: &EditorProfile) -> Result<(), EditorConfi
         )),
         _ => Ok(()),
     }
+}
+
+/// The seed a request asks for (`EditRequest::seed`: each candidate's own
+/// when a turn has several), which replaces the profile's `seed` for that
+/// request; `None` leaves the profile's in charge. The loop only hands out
+/// seeds within the range [`check_seed`] allows for profiles.
+pub fn candidate_seed(request: &EditRequest<'_>) -> Option<i64> {
+    if let Some(seed) = request.seed {
+        debug_assert!(
+            (0..=i64::from(i32::MAX)).contains(&seed),
+            "candidate seed {seed} is outside 0..=2^31-1"
+        );
+    }
+    request.seed
 }
 
 /// The configured `output_format` of the kinds that take `png` or `jpeg`

@@ -531,6 +531,9 @@ pub fn api_key(var: &str, value: &str) -> String {
     var.to_owned()
 }
 
+/// The seed the candidate-seed tests ask for: unlike any profile's.
+pub const CANDIDATE_SEED: i64 = 1_234_567;
+
 /// One edit of `src` by `editor` (instruction "make it so"), resuming
 /// `resume` if given, recording through `checkpoint`.
 pub async fn edit_once(
@@ -544,6 +547,8 @@ pub async fn edit_once(
             source: src,
             instruction: "make it so",
             turn: 1,
+            candidate: 0,
+            seed: None,
             resume,
             checkpoint,
         })
@@ -576,11 +581,33 @@ pub async fn edit_prompt(
     src: &Image,
     prompt: &str,
 ) -> Result<Image, editthinker_core::EditorError> {
+    edit_candidate(editor, src, prompt, None).await
+}
+
+/// One edit of `src` ("make it so") as candidate 1 of turn 1 of a turn
+/// with several, asking for [`CANDIDATE_SEED`].
+pub async fn edit_seeded(
+    editor: &dyn editthinker_core::Editor,
+    src: &Image,
+) -> Result<Image, editthinker_core::EditorError> {
+    edit_candidate(editor, src, "make it so", Some(CANDIDATE_SEED)).await
+}
+
+/// One edit of `src` with `prompt` asking for `seed` (as candidate 1 when
+/// set, else as a lone edit): turn 1, nothing to resume, nothing recorded.
+async fn edit_candidate(
+    editor: &dyn editthinker_core::Editor,
+    src: &Image,
+    prompt: &str,
+    seed: Option<i64>,
+) -> Result<Image, editthinker_core::EditorError> {
     editor
         .edit(editthinker_core::EditRequest {
             source: src,
             instruction: prompt,
             turn: 1,
+            candidate: u32::from(seed.is_some()),
+            seed,
             resume: None,
             checkpoint: &editthinker_core::NoCheckpoint,
         })
