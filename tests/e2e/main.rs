@@ -19,6 +19,7 @@ mod client_libraries;
 mod clients;
 mod deploy;
 mod docs_links;
+mod eval;
 mod examples;
 mod faults;
 mod fuzz;
