@@ -299,6 +299,11 @@ async fn a_run_reports_what_an_independent_computation_says_and_resumes_without_
     assert_eq!(summary["by_group"].as_object().unwrap().len(), 3);
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| all | 3 |"), "{report}");
+    let page = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(page.matches("<svg").count() >= 3 && !page.contains("https://"));
+    // A thumbnail of every judged turn, for the page's worst cases.
+    let thumbs = std::fs::read_dir(out.join("thumbs")).unwrap().count();
+    assert_eq!(thumbs, turns);
 
     // 4. The folder belongs to its run: other options are refused.
     let mut other = run_args(manifest, &server, out_s, config);

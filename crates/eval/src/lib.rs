@@ -7,6 +7,9 @@
 //! talks to the service, [`judge`] to the judge model, [`report`] writes the
 //! run folder).
 
+pub mod compare;
+pub mod export;
+pub mod html;
 pub mod judge;
 pub mod report;
 pub mod run;

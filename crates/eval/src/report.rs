@@ -301,6 +301,7 @@ pub fn write(out: &Path, cases: &[CaseRecord]) -> anyhow::Result<Summary> {
             serde_json::to_string_pretty(&summary)? + "\n",
         ),
         ("report.md", markdown(&summary, cases)),
+        ("report.html", crate::html::render(&summary, cases, out)?),
     ] {
         let path = out.join(name);
         std::fs::write(&path, body).with_context(|| format!("writing {}", path.display()))?;

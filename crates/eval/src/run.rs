@@ -45,6 +45,10 @@ pub struct Cli {
 enum Command {
     /// Run a suite through the service and judge every turn.
     Run(RunArgs),
+    /// Compare two runs case by case: paired differences of O (B − A).
+    Compare(crate::compare::CompareArgs),
+    /// Export jobs' trajectories (a run's, or any jobs') as training data.
+    Export(crate::export::ExportArgs),
 }
 
 /// `editthinker-eval run`'s arguments.
@@ -124,6 +128,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run(args).await.map(|_| ()),
+            Command::Compare(args) => crate::compare::run(&args).map(|_| ()),
+            Command::Export(args) => crate::export::run(&args).await.map(|_| ()),
         }
     });
     match result {
@@ -209,6 +215,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Vec<CaseRecord>> {
         service: &service,
         judge: &judge,
         journal: &journal,
+        out: &args.out,
     };
     let mut records: Vec<CaseRecord> = futures::stream::iter(cases.iter())
         .map(|case| {
@@ -336,6 +343,8 @@ struct CaseContext<'a> {
     service: &'a Service,
     judge: &'a Judge,
     journal: &'a Journal,
+    /// The run folder (thumbnails go to its `thumbs/`).
+    out: &'a Path,
 }
 
 /// The `Idempotency-Key` of a case's job: the same for the same suite,
@@ -357,6 +366,7 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
         }
         ImageRef::Url(url) => context.service.fetch_url(url.as_str()).await?,
+        ImageRef::Bytes(bytes) => bytes.to_vec(),
     };
     let job_id = match context.journal.job_of(&case.id) {
         Some(id) => id,
@@ -389,6 +399,8 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
             .judge(&source, &edited, &case.instruction)
             .await
             .with_context(|| format!("judging turn {}", turn["index"]))?;
+        let index = turn["index"].as_u64().unwrap_or(0) as u32;
+        save_thumb(context.out, &case.id, index, edited).await?;
         let mut candidates = Vec::new();
         if context.parameters.candidates {
             for candidate in turn["candidates"].as_array().into_iter().flatten() {
@@ -408,7 +420,7 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
             }
         }
         turns.push(TurnRecord {
-            index: turn["index"].as_u64().unwrap_or(0) as u32,
+            index,
             instruction: turn["instruction"].as_str().unwrap_or_default().to_string(),
             thinker: Scores::of_critique(&turn["critique"]),
             verifier: turn["candidates"][turn["chosen"].as_u64().unwrap_or(0) as usize]["verifier"]
@@ -433,6 +445,28 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
         currency: usage["currency"].as_str().unwrap_or("USD").to_string(),
         turns,
     })
+}
+
+/// Longest side of a thumbnail in `thumbs/` (report.html's worst cases).
+const THUMB_EDGE: u32 = 256;
+
+/// Writes turn `turn`'s image of `case` as a small PNG under
+/// `out/thumbs/` ([`crate::html::thumb_name`]), unless it is there.
+async fn save_thumb(out: &Path, case: &str, turn: u32, image: Vec<u8>) -> anyhow::Result<()> {
+    let path = out.join("thumbs").join(crate::html::thumb_name(case, turn));
+    if path.exists() {
+        return Ok(());
+    }
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let thumb = image::load_from_memory(&image)
+            .context("decoding a turn image")?
+            .thumbnail(THUMB_EDGE, THUMB_EDGE);
+        std::fs::create_dir_all(path.parent().expect("thumbs/ has a parent"))?;
+        thumb
+            .save_with_format(&path, image::ImageFormat::Png)
+            .with_context(|| format!("writing {}", path.display()))
+    })
+    .await?
 }
 
 /// The service's public API, as the run uses it.

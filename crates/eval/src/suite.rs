@@ -22,6 +22,19 @@
 //!   "category", ...}` where `image` is relative to the images folder (`data`,
 //!   as `data.zip` unpacks: `data/temporal_reasoning_images/1.png`). The case
 //!   id is the `index`, the group the `category`, the language `en`.
+//! * **GEdit-Bench** (the Hugging Face dataset `stepfun-ai/GEdit-Bench`: a
+//!   folder of `*.parquet` files, directly, in `data/`
+//!   (`data/train-00000-of-00002.parquet`, ...) or in `default/train/`, the
+//!   Hub's own conversion): one case a row, with the columns `key`,
+//!   `task_type`, `instruction`, `instruction_language` (`en` or `cn`),
+//!   `input_image`, `input_image_raw` and `Intersection_exist`. The case id
+//!   is the `key`, the group the `task_type` (11 of them, `background_change`
+//!   to `tone_transfer`), the language the `instruction_language` as
+//!   published, the image the `input_image`'s bytes, held in memory
+//!   ([`ImageRef::Bytes`]), and [`Case::intersection`] the
+//!   `Intersection_exist` flag. The benchmark's EN score is the mean over the
+//!   `en` cases (`--language en`); it also reports the intersection subset
+//!   ([`intersection_subset`]).
 //!
 //! Every image path must exist when the suite is loaded; URLs are not
 //! fetched. [`select`] then narrows a suite by group and language, draws a
@@ -30,18 +43,34 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::{Map, Value};
 use url::Url;
 
 /// Where a case's input image is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum ImageRef {
     /// A local file (already resolved against the suite's folder).
     Path(PathBuf),
     /// An `http` or `https` URL, fetched by whoever runs the case.
     Url(Url),
+    /// The image file's bytes, in memory: a benchmark that stores its images
+    /// inside its data files (GEdit-Bench's parquet). Cloning shares them.
+    Bytes(Arc<[u8]>),
+}
+
+impl fmt::Debug for ImageRef {
+    /// Like a derived `Debug`, but [`ImageRef::Bytes`] shows its length, not
+    /// every byte.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageRef::Path(path) => f.debug_tuple("Path").field(path).finish(),
+            ImageRef::Url(url) => f.debug_tuple("Url").field(&url.as_str()).finish(),
+            ImageRef::Bytes(bytes) => write!(f, "Bytes(<{} bytes>)", bytes.len()),
+        }
+    }
 }
 
 impl ImageRef {
@@ -69,6 +98,7 @@ impl fmt::Display for ImageRef {
         match self {
             ImageRef::Path(path) => write!(f, "{}", path.display()),
             ImageRef::Url(url) => write!(f, "{url}"),
+            ImageRef::Bytes(bytes) => write!(f, "<{} bytes in memory>", bytes.len()),
         }
     }
 }
@@ -86,6 +116,10 @@ pub struct Case {
     pub group: Option<String>,
     /// The instruction's language (`en`, `zh`, ...), if known.
     pub language: Option<String>,
+    /// Whether the case is in the benchmark's intersection subset, which it
+    /// reports beside the full set (GEdit-Bench's `Intersection_exist`);
+    /// `None` where the suite has no such subset.
+    pub intersection: Option<bool>,
 }
 
 /// Which layout a suite was read from.
@@ -97,15 +131,19 @@ pub enum SuiteKind {
     ImgEdit,
     /// RISEBench's JSON and its images.
     RiseBench,
+    /// GEdit-Bench's parquet files, images inside.
+    GEdit,
 }
 
 impl SuiteKind {
-    /// A short lowercase name: `manifest`, `imgedit` or `risebench`.
+    /// A short lowercase name: `manifest`, `imgedit`, `risebench` or
+    /// `gedit`.
     pub fn as_str(self) -> &'static str {
         match self {
             SuiteKind::Manifest => "manifest",
             SuiteKind::ImgEdit => "imgedit",
             SuiteKind::RiseBench => "risebench",
+            SuiteKind::GEdit => "gedit",
         }
     }
 }
@@ -174,15 +212,35 @@ pub enum SuiteError {
         /// What is wrong.
         reason: String,
     },
-    /// An entry of a benchmark's JSON file is not a valid case.
+    /// An entry of a benchmark's data file is not a valid case.
     #[error("{}, entry {entry}{}: {reason}", path.display(), field_part(.field))]
     Entry {
-        /// The JSON file.
+        /// The JSON or parquet file.
         path: PathBuf,
-        /// The entry: its key (ImgEdit) or its position and index (RISEBench).
+        /// The entry: its key (ImgEdit), its position and index (RISEBench)
+        /// or its row and key (GEdit-Bench).
         entry: String,
         /// The field at fault, if one is.
         field: Option<String>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A parquet file cannot be read.
+    #[error("{}: {reason}", path.display())]
+    Parquet {
+        /// The parquet file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A parquet file lacks a column the benchmark needs, or holds it in
+    /// another type.
+    #[error("{}, column `{column}`: {reason}", path.display())]
+    Column {
+        /// The parquet file.
+        path: PathBuf,
+        /// The column.
+        column: String,
         /// What is wrong.
         reason: String,
     },
@@ -266,6 +324,17 @@ pub fn select(cases: &[Case], filter: &Filter) -> Vec<Case> {
     chosen
 }
 
+/// The cases in the benchmark's intersection subset ([`Case::intersection`]
+/// is `Some(true)`), in order: the subset GEdit-Bench reports beside the
+/// full set. Empty for a suite without one.
+pub fn intersection_subset(cases: &[Case]) -> Vec<Case> {
+    cases
+        .iter()
+        .filter(|c| c.intersection == Some(true))
+        .cloned()
+        .collect()
+}
+
 /// The file names that identify an ImgEdit-Bench folder, in order of
 /// preference.
 const IMGEDIT_FILES: &[&str] = &["basic_edit.json", "singleturn.json"];
@@ -275,6 +344,11 @@ const IMGEDIT_IMAGE_ROOTS: &[&str] = &["", "singleturn", "Benchmark/singleturn",
 /// the full benchmark (Hugging Face `PhoenixZ/RISEBench`), then the subset
 /// in the authors' repository.
 const RISEBENCH_FILES: &[&str] = &["datav2_total_w_subtask.json", "data_total.json"];
+/// Where GEdit-Bench's parquet files may be, relative to its folder, in
+/// order: the folder itself, `data` (the dataset repository's layout) and
+/// `default/train` (the Hub's parquet conversion). The first that holds any
+/// is read.
+const GEDIT_FOLDERS: &[&str] = &["", "data", "default/train"];
 
 /// Loads the suite at `path`: a JSONL manifest if it is a file, otherwise a
 /// benchmark folder whose layout is detected (see the module's docs).
@@ -323,6 +397,14 @@ fn load_folder(dir: &Path) -> Result<Suite, SuiteError> {
             }
         }
     }
+    let files = gedit::parquet_files(dir)?;
+    if !files.is_empty() {
+        return Ok(Suite {
+            name,
+            kind: SuiteKind::GEdit,
+            cases: gedit::load(&files)?,
+        });
+    }
     let mut looked_for: Vec<String> = IMGEDIT_FILES
         .iter()
         .map(|f| format!("{f} (ImgEdit-Bench)"))
@@ -330,6 +412,8 @@ fn load_folder(dir: &Path) -> Result<Suite, SuiteError> {
     for file in RISEBENCH_FILES {
         looked_for.push(format!("{file} or data/{file} (RISEBench)"));
     }
+    looked_for
+        .push("*.parquet, data/*.parquet or default/train/*.parquet (GEdit-Bench)".to_owned());
     Err(SuiteError::UnknownLayout {
         path: dir.to_path_buf(),
         looked_for,
@@ -431,6 +515,7 @@ fn load_manifest(path: &Path) -> Result<Suite, SuiteError> {
             instruction,
             group,
             language,
+            intersection: None,
         });
     }
     Ok(Suite {
@@ -555,6 +640,7 @@ fn load_imgedit(dir: &Path, json: &Path) -> Result<Vec<Case>, SuiteError> {
             instruction,
             group: Some(edit_type),
             language: Some("en".to_owned()),
+            intersection: None,
         });
     }
     Ok(cases)
@@ -652,7 +738,350 @@ fn load_risebench(dir: &Path, json: &Path) -> Result<Vec<Case>, SuiteError> {
             instruction,
             group: Some(category),
             language: Some("en".to_owned()),
+            intersection: None,
         });
     }
     Ok(cases)
+}
+
+/// GEdit-Bench: its parquet files, one case a row.
+///
+/// The image is the row's `input_image`, not its `input_image_raw`, because
+/// the benchmark's scores are computed against `input_image`: the authors'
+/// scoring script hands the judge that image (saved as `<key>_SRCIMG.png`)
+/// beside the edit resized to its size, so with it the judge here compares
+/// the edit with the source the benchmark's judge sees. (The authors'
+/// generation example feeds the editor `input_image_raw` shrunk to about
+/// 512×512 pixels' worth; evalscope feeds it `input_image`, as here.)
+/// `input_image_raw`, the full-size original, is never decoded: rows are
+/// read with only the columns a case needs, one image each in memory.
+mod gedit {
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    use parquet::schema::types::Type;
+
+    use super::{Case, ImageRef, SuiteError, GEDIT_FOLDERS};
+
+    /// The columns every file must have.
+    const REQUIRED: &[&str] = &[
+        "key",
+        "task_type",
+        "instruction",
+        "instruction_language",
+        "input_image",
+    ];
+    /// The intersection-subset flag: read where present.
+    const INTERSECTION: &str = "Intersection_exist";
+    const IMAGE: &str = "input_image";
+
+    /// The `*.parquet` files of the first of [`GEDIT_FOLDERS`] that holds
+    /// any, sorted by name (`train-00000-of-00002` before `train-00001-…`);
+    /// empty when none does.
+    pub(super) fn parquet_files(dir: &Path) -> Result<Vec<PathBuf>, SuiteError> {
+        for sub in GEDIT_FOLDERS {
+            let folder = if sub.is_empty() {
+                dir.to_path_buf()
+            } else {
+                dir.join(sub)
+            };
+            if !folder.is_dir() {
+                continue;
+            }
+            let io = |source| SuiteError::Io {
+                path: folder.clone(),
+                source,
+            };
+            let mut files = Vec::new();
+            for entry in std::fs::read_dir(&folder).map_err(io)? {
+                let path = entry.map_err(io)?.path();
+                if path.extension().is_some_and(|e| e == "parquet") && path.is_file() {
+                    files.push(path);
+                }
+            }
+            if !files.is_empty() {
+                files.sort();
+                return Ok(files);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// One row, checked.
+    struct Row {
+        /// The file and the row's position in it, for messages.
+        file: PathBuf,
+        entry: String,
+        key: String,
+        task_type: String,
+        instruction: String,
+        language: String,
+        image: ImageRef,
+        intersection: Option<bool>,
+    }
+
+    /// Reads every row of `files`, in order. The case id is the `key`; should
+    /// a key be used in more than one language (one edit, its instruction in
+    /// English and in Chinese), every id is `<language>/<key>` instead, as
+    /// the benchmark's own output folders (`fullset/<task_type>/<language>/
+    /// <key>.png`) tell them apart.
+    pub(super) fn load(files: &[PathBuf]) -> Result<Vec<Case>, SuiteError> {
+        let mut rows = Vec::new();
+        let mut images: HashMap<String, Arc<[u8]>> = HashMap::new();
+        for file in files {
+            read_file(file, &mut rows, &mut images)?;
+        }
+
+        let mut first: HashMap<(&str, &str), &Row> = HashMap::new();
+        let mut language_of: HashMap<&str, &str> = HashMap::new();
+        let mut shared_keys = false;
+        for row in &rows {
+            if let Some(earlier) = first.insert((&row.key, &row.language), row) {
+                return Err(SuiteError::Entry {
+                    path: row.file.clone(),
+                    entry: row.entry.clone(),
+                    field: Some("key".to_owned()),
+                    reason: format!(
+                        "duplicate key in language {:?} (first in {}, entry {})",
+                        row.language,
+                        earlier.file.display(),
+                        earlier.entry
+                    ),
+                });
+            }
+            let language = *language_of.entry(&row.key).or_insert(&row.language);
+            shared_keys |= language != row.language;
+        }
+
+        Ok(rows
+            .into_iter()
+            .map(|row| Case {
+                id: if shared_keys {
+                    format!("{}/{}", row.language, row.key)
+                } else {
+                    row.key
+                },
+                image: row.image,
+                instruction: row.instruction,
+                group: Some(row.task_type),
+                language: Some(row.language),
+                intersection: row.intersection,
+            })
+            .collect())
+    }
+
+    fn parquet_error(path: &Path, reason: impl std::fmt::Display) -> SuiteError {
+        let reason = reason.to_string();
+        let hint = if reason.contains("Disabled feature") {
+            " (this build reads uncompressed and snappy-compressed parquet, as the Hub writes it)"
+        } else {
+            ""
+        };
+        SuiteError::Parquet {
+            path: path.to_path_buf(),
+            reason: format!("{reason}{hint}"),
+        }
+    }
+
+    /// Checks `file`'s columns, then reads its rows onto `rows`. `images`
+    /// holds each key's image, so that a key's rows in both languages share
+    /// one copy of identical bytes.
+    fn read_file(
+        file: &Path,
+        rows: &mut Vec<Row>,
+        images: &mut HashMap<String, Arc<[u8]>>,
+    ) -> Result<(), SuiteError> {
+        let reader = SerializedFileReader::try_from(file).map_err(|e| parquet_error(file, e))?;
+        let schema = reader.metadata().file_metadata().schema();
+        let column = |column: &str, reason: String| SuiteError::Column {
+            path: file.to_path_buf(),
+            column: column.to_owned(),
+            reason,
+        };
+        let fields = schema.get_fields();
+        let find = |name: &str| fields.iter().find(|f| f.name() == name);
+        for &name in REQUIRED {
+            let Some(field) = find(name) else {
+                return Err(column(
+                    name,
+                    format!(
+                        "missing (a GEdit-Bench file has the columns {})",
+                        REQUIRED.join(", ")
+                    ),
+                ));
+            };
+            let is_image =
+                field.is_group() && field.get_fields().iter().any(|f| f.name() == "bytes");
+            if name == IMAGE && !is_image {
+                return Err(column(
+                    name,
+                    "expected an image: a struct of `bytes` and `path`".to_owned(),
+                ));
+            }
+            if name != IMAGE && field.is_group() {
+                return Err(column(name, "expected a string, found a struct".to_owned()));
+            }
+        }
+        if find(INTERSECTION).is_some_and(|f| f.is_group()) {
+            return Err(column(
+                INTERSECTION,
+                "expected a boolean, found a struct".to_owned(),
+            ));
+        }
+
+        // Only the columns a case needs: `input_image_raw` stays on disk.
+        let wanted: Vec<_> = fields
+            .iter()
+            .filter(|f| REQUIRED.contains(&f.name()) || f.name() == INTERSECTION)
+            .cloned()
+            .collect();
+        let projection = Type::group_type_builder(schema.name())
+            .with_fields(wanted)
+            .build()
+            .map_err(|e| parquet_error(file, e))?;
+        let iter = reader
+            .get_row_iter(Some(projection))
+            .map_err(|e| parquet_error(file, e))?;
+        let folder = file.parent().unwrap_or(Path::new("."));
+        for (position, row) in iter.enumerate() {
+            let row = row.map_err(|e| parquet_error(file, format_args!("row #{position}: {e}")))?;
+            let mut columns: HashMap<String, Field> = row.into_columns().into_iter().collect();
+            let mut take = |name: &str| columns.remove(name).unwrap_or(Field::Null);
+            let mut entry = format!("row #{position}");
+            let err = |entry: &str, field: &str, reason: String| SuiteError::Entry {
+                path: file.to_path_buf(),
+                entry: entry.to_owned(),
+                field: Some(field.to_owned()),
+                reason,
+            };
+            let key = required_string(take("key")).map_err(|r| err(&entry, "key", r))?;
+            entry = format!("row #{position} ({key:?})");
+            let mut string =
+                |name: &str| required_string(take(name)).map_err(|r| err(&entry, name, r));
+            let task_type = string("task_type")?;
+            let instruction = string("instruction")?;
+            let language = string("instruction_language")?;
+            let intersection = match take(INTERSECTION) {
+                Field::Null => None,
+                Field::Bool(flag) => Some(flag),
+                other => {
+                    return Err(err(
+                        &entry,
+                        INTERSECTION,
+                        format!("expected a boolean, found {}", kind(&other)),
+                    ))
+                }
+            };
+            let image = match image(take(IMAGE), folder) {
+                Ok(Image::Bytes(bytes)) => {
+                    if image::guess_format(&bytes).is_err() {
+                        return Err(err(
+                            &entry,
+                            IMAGE,
+                            "its bytes are not an image file (unknown format)".to_owned(),
+                        ));
+                    }
+                    let bytes = match images.get(&key) {
+                        Some(earlier) if earlier[..] == bytes[..] => earlier.clone(),
+                        _ => {
+                            let bytes: Arc<[u8]> = bytes.into();
+                            images.insert(key.clone(), bytes.clone());
+                            bytes
+                        }
+                    };
+                    ImageRef::Bytes(bytes)
+                }
+                Ok(Image::Path(path)) if path.is_file() => ImageRef::Path(path),
+                Ok(Image::Path(path)) => {
+                    return Err(SuiteError::MissingImage {
+                        case: key,
+                        looked_for: vec![path],
+                    })
+                }
+                Err(reason) => return Err(err(&entry, IMAGE, reason)),
+            };
+            rows.push(Row {
+                file: file.to_path_buf(),
+                entry,
+                key,
+                task_type,
+                instruction,
+                language,
+                image,
+                intersection,
+            });
+        }
+        Ok(())
+    }
+
+    /// A cell's kind, for messages (its value may be a whole image).
+    fn kind(field: &Field) -> &'static str {
+        match field {
+            Field::Null => "null",
+            Field::Bool(_) => "a boolean",
+            Field::Str(_) => "a string",
+            Field::Bytes(_) => "binary",
+            Field::Group(_) => "a struct",
+            Field::ListInternal(_) => "a list",
+            Field::MapInternal(_) => "a map",
+            _ => "a number or date",
+        }
+    }
+
+    /// A string cell, `None` if null. Binary cells without the string
+    /// annotation are read as UTF-8.
+    fn string(field: Field) -> Result<Option<String>, String> {
+        match field {
+            Field::Null => Ok(None),
+            Field::Str(s) => Ok(Some(s)),
+            Field::Bytes(bytes) => String::from_utf8(bytes.data().to_vec())
+                .map(Some)
+                .map_err(|_| "expected a string, found binary that is not UTF-8".to_owned()),
+            other => Err(format!("expected a string, found {}", kind(&other))),
+        }
+    }
+
+    /// A required, non-blank string cell.
+    fn required_string(field: Field) -> Result<String, String> {
+        match string(field)? {
+            None => Err("missing (null)".to_owned()),
+            Some(s) if s.trim().is_empty() => Err("must not be empty".to_owned()),
+            Some(s) => Ok(s),
+        }
+    }
+
+    enum Image {
+        Bytes(Vec<u8>),
+        Path(PathBuf),
+    }
+
+    /// A Hugging Face `Image` cell, `{bytes, path}`: its bytes, or failing
+    /// them (an image left as a file beside the data) its path, taken from
+    /// the parquet file's folder.
+    fn image(field: Field, folder: &Path) -> Result<Image, String> {
+        let row = match field {
+            Field::Group(row) => row,
+            Field::Null => return Err("missing (null)".to_owned()),
+            other => return Err(format!("expected an image struct, found {}", kind(&other))),
+        };
+        let mut bytes = None;
+        let mut path = None;
+        for (name, value) in row.into_columns() {
+            match (name.as_str(), value) {
+                ("bytes", Field::Bytes(b)) if !b.data().is_empty() => {
+                    bytes = Some(b.data().to_vec())
+                }
+                ("path", value) => path = string(value).unwrap_or(None),
+                _ => {}
+            }
+        }
+        match (bytes, path) {
+            (Some(bytes), _) => Ok(Image::Bytes(bytes)),
+            (None, Some(path)) if !path.trim().is_empty() => Ok(Image::Path(folder.join(path))),
+            _ => Err("has neither bytes nor a path".to_owned()),
+        }
+    }
 }

@@ -5,7 +5,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use editthinker_eval::suite::{load, select, Case, Filter, ImageRef, SuiteError, SuiteKind};
+use std::sync::Arc;
+
+use editthinker_eval::suite::{
+    intersection_subset, load, select, Case, Filter, ImageRef, SuiteError, SuiteKind,
+};
+use parquet::basic::Compression;
+use parquet::data_type::{BoolType, ByteArray, ByteArrayType};
+use parquet::file::properties::WriterProperties;
+use parquet::file::writer::SerializedFileWriter;
+use parquet::schema::parser::parse_message_type;
+use parquet::schema::types::SchemaDescriptor;
 use tempfile::TempDir;
 
 /// Writes a tiny 2×2 image at `path` (PNG or JPEG by its extension),
@@ -58,6 +68,7 @@ fn manifest_loads_paths_and_urls() {
                 instruction: "make it blue".into(),
                 group: Some("color".into()),
                 language: Some("en".into()),
+                intersection: None,
             },
             Case {
                 id: "b".into(),
@@ -65,6 +76,7 @@ fn manifest_loads_paths_and_urls() {
                 instruction: "把狗变成猫".into(),
                 group: None,
                 language: Some("zh".into()),
+                intersection: None,
             },
             // URLs are not checked: this one does not exist.
             Case {
@@ -73,6 +85,7 @@ fn manifest_loads_paths_and_urls() {
                 instruction: "add a hat".into(),
                 group: None,
                 language: None,
+                intersection: None,
             },
         ]
     );
@@ -399,6 +412,7 @@ fn imgedit_fixture_loads_in_the_published_layout() {
             instruction: "Change the tortoise's shell texture to a smooth surface.".into(),
             group: Some("alter".into()),
             language: Some("en".into()),
+            intersection: None,
         }
     );
     assert_eq!(
@@ -549,6 +563,7 @@ fn risebench_fixture_loads_in_the_published_layout() {
             instruction: "Draw what it will look like after a year.".into(),
             group: Some("temporal_reasoning".into()),
             language: Some("en".into()),
+            intersection: None,
         }
     );
     let groups: Vec<_> = suite.cases.iter().map(|c| c.group.as_deref()).collect();
@@ -633,6 +648,433 @@ fn risebench_errors_name_the_entry() {
     assert!(message.contains("expected an array"), "{message}");
 }
 
+// ---- GEdit-Bench -----------------------------------------------------------
+
+/// One row of GEdit-Bench's parquet files.
+struct GEditRow {
+    task_type: &'static str,
+    key: &'static str,
+    /// `None` writes a null.
+    instruction: Option<&'static str>,
+    language: &'static str,
+    /// The `input_image` struct's bytes (`None`: a null `bytes`) and path.
+    image: Option<Vec<u8>>,
+    image_path: Option<&'static str>,
+    /// `input_image_raw`'s bytes: must never become the case's image.
+    raw: Vec<u8>,
+    intersection: bool,
+}
+
+/// A tiny PNG of one colour: rows get different bytes.
+fn png_bytes(shade: u8) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    image::RgbImage::from_pixel(2, 2, image::Rgb([shade, 30, 30]))
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+fn gedit_row(
+    task_type: &'static str,
+    key: &'static str,
+    instruction: &'static str,
+    language: &'static str,
+    shade: u8,
+    intersection: bool,
+) -> GEditRow {
+    GEditRow {
+        task_type,
+        key,
+        instruction: Some(instruction),
+        language,
+        image: Some(png_bytes(shade)),
+        image_path: None,
+        raw: png_bytes(shade.wrapping_add(100)),
+        intersection,
+    }
+}
+
+/// The columns as the published files have them, in their order: the
+/// Hugging Face `datasets` schema (`task_type`, `key`, `instruction`,
+/// `instruction_language`: string; `input_image`, `input_image_raw`: Image,
+/// stored as a struct of `bytes` and `path`; `Intersection_exist`: bool),
+/// every column nullable as pyarrow writes it.
+const GEDIT_COLUMNS: &[(&str, &str)] = &[
+    ("task_type", "optional binary task_type (STRING);"),
+    ("key", "optional binary key (STRING);"),
+    ("instruction", "optional binary instruction (STRING);"),
+    (
+        "instruction_language",
+        "optional binary instruction_language (STRING);",
+    ),
+    (
+        "input_image",
+        "optional group input_image { optional binary bytes; optional binary path (STRING); }",
+    ),
+    (
+        "input_image_raw",
+        "optional group input_image_raw { optional binary bytes; optional binary path (STRING); }",
+    ),
+    ("Intersection_exist", "optional boolean Intersection_exist;"),
+];
+
+/// Writes `rows` as a snappy-compressed parquet file at `path` (one row
+/// group), with every column of [`GEDIT_COLUMNS`] but those in `omit`.
+fn write_gedit(path: &Path, rows: &[GEditRow], omit: &[&str]) {
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let columns: Vec<&str> = GEDIT_COLUMNS
+        .iter()
+        .filter(|(name, _)| !omit.contains(name))
+        .map(|(_, decl)| *decl)
+        .collect();
+    let schema = Arc::new(
+        parse_message_type(&format!("message schema {{ {} }}", columns.join(" "))).unwrap(),
+    );
+    let leaves = SchemaDescriptor::new(schema.clone());
+    let props = Arc::new(
+        WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build(),
+    );
+    let mut writer =
+        SerializedFileWriter::new(fs::File::create(path).unwrap(), schema, props).unwrap();
+    let mut group = writer.next_row_group().unwrap();
+    for leaf in leaves.columns() {
+        let mut column = group.next_column().unwrap().unwrap();
+        let name = leaf.path().string();
+        // (value, definition level) per row: a top-level column is defined at
+        // level 1, a struct's field at level 2 (level 1: the struct, field null).
+        let strings: Vec<(Option<Vec<u8>>, i16)> = match name.as_str() {
+            "task_type" => rows.iter().map(|r| (Some(r.task_type.into()), 1)).collect(),
+            "key" => rows.iter().map(|r| (Some(r.key.into()), 1)).collect(),
+            "instruction" => rows
+                .iter()
+                .map(|r| match r.instruction {
+                    Some(text) => (Some(text.into()), 1),
+                    None => (None, 0),
+                })
+                .collect(),
+            "instruction_language" => rows.iter().map(|r| (Some(r.language.into()), 1)).collect(),
+            "input_image.bytes" => rows
+                .iter()
+                .map(|r| match &r.image {
+                    Some(bytes) => (Some(bytes.clone()), 2),
+                    None => (None, 1),
+                })
+                .collect(),
+            "input_image.path" => rows
+                .iter()
+                .map(|r| match r.image_path {
+                    Some(p) => (Some(p.into()), 2),
+                    None => (None, 1),
+                })
+                .collect(),
+            "input_image_raw.bytes" => rows.iter().map(|r| (Some(r.raw.clone()), 2)).collect(),
+            "input_image_raw.path" => rows.iter().map(|_| (None, 1)).collect(),
+            "Intersection_exist" => {
+                let values: Vec<bool> = rows.iter().map(|r| r.intersection).collect();
+                column
+                    .typed::<BoolType>()
+                    .write_batch(&values, Some(&vec![1; rows.len()]), None)
+                    .unwrap();
+                column.close().unwrap();
+                continue;
+            }
+            other => panic!("unexpected column {other}"),
+        };
+        let values: Vec<ByteArray> = strings
+            .iter()
+            .filter_map(|(v, _)| v.clone().map(ByteArray::from))
+            .collect();
+        let levels: Vec<i16> = strings.iter().map(|(_, level)| *level).collect();
+        column
+            .typed::<ByteArrayType>()
+            .write_batch(&values, Some(&levels), None)
+            .unwrap();
+        column.close().unwrap();
+    }
+    group.close().unwrap();
+    writer.close().unwrap();
+}
+
+/// Five rows over two task types and both languages, two of them in the
+/// intersection subset.
+fn gedit_rows() -> Vec<GEditRow> {
+    vec![
+        gedit_row(
+            "background_change",
+            "b0f3",
+            "Change the background to a beach.",
+            "en",
+            10,
+            true,
+        ),
+        gedit_row(
+            "background_change",
+            "9c1e",
+            "把背景换成雪山",
+            "cn",
+            20,
+            false,
+        ),
+        gedit_row(
+            "tone_transfer",
+            "77aa",
+            "Make it look like dusk.",
+            "en",
+            30,
+            false,
+        ),
+        gedit_row("tone_transfer", "5d02", "改成黄昏的色调", "cn", 40, true),
+        gedit_row(
+            "tone_transfer",
+            "e4c9",
+            "Give it a warm vintage tone.",
+            "en",
+            50,
+            false,
+        ),
+    ]
+}
+
+/// The dataset repository's layout: `data/train-0000N-of-00002.parquet`
+/// beside the README.
+fn write_gedit_repo(bench: &Path, rows: &[GEditRow]) {
+    write(&bench.join("README.md"), "---\nlicense: mit\n---\n");
+    let (first, second) = rows.split_at(rows.len().div_ceil(2));
+    write_gedit(&bench.join("data/train-00000-of-00002.parquet"), first, &[]);
+    write_gedit(
+        &bench.join("data/train-00001-of-00002.parquet"),
+        second,
+        &[],
+    );
+}
+
+#[test]
+fn gedit_fixture_loads_in_the_published_layout() {
+    let dir = TempDir::new().unwrap();
+    let bench = dir.path().join("GEdit-Bench");
+    let rows = gedit_rows();
+    write_gedit_repo(&bench, &rows);
+    let suite = load(&bench).unwrap();
+    assert_eq!(suite.name, "GEdit-Bench");
+    assert_eq!(suite.kind, SuiteKind::GEdit);
+    assert_eq!(suite.kind.as_str(), "gedit");
+    // Both files, in file then row order.
+    assert_eq!(ids(&suite.cases), ["b0f3", "9c1e", "77aa", "5d02", "e4c9"]);
+    assert_eq!(
+        suite.cases[0],
+        Case {
+            id: "b0f3".into(),
+            image: ImageRef::Bytes(rows[0].image.clone().unwrap().into()),
+            instruction: "Change the background to a beach.".into(),
+            group: Some("background_change".into()),
+            language: Some("en".into()),
+            intersection: Some(true),
+        }
+    );
+    assert_eq!(suite.cases[3].instruction, "改成黄昏的色调");
+    // The image is `input_image`'s bytes, never `input_image_raw`'s.
+    for (case, row) in suite.cases.iter().zip(&rows) {
+        assert_eq!(
+            case.image,
+            ImageRef::Bytes(row.image.clone().unwrap().into())
+        );
+        assert_ne!(case.image, ImageRef::Bytes(row.raw.clone().into()));
+    }
+    let groups: Vec<_> = suite.cases.iter().map(|c| c.group.as_deref()).collect();
+    assert_eq!(
+        groups,
+        [
+            Some("background_change"),
+            Some("background_change"),
+            Some("tone_transfer"),
+            Some("tone_transfer"),
+            Some("tone_transfer"),
+        ]
+    );
+    let languages: Vec<_> = suite.cases.iter().map(|c| c.language.as_deref()).collect();
+    assert_eq!(
+        languages,
+        [Some("en"), Some("cn"), Some("en"), Some("cn"), Some("en")]
+    );
+
+    // `--language en`: the English half, over which the EN score is taken.
+    let english = select(
+        &suite.cases,
+        &Filter {
+            language: Some("en".into()),
+            ..Filter::default()
+        },
+    );
+    assert_eq!(ids(&english), ["b0f3", "77aa", "e4c9"]);
+    let tone_cn = select(
+        &suite.cases,
+        &Filter {
+            group: Some("tone_transfer".into()),
+            language: Some("cn".into()),
+            ..Filter::default()
+        },
+    );
+    assert_eq!(ids(&tone_cn), ["5d02"]);
+
+    // The intersection subset, of the whole suite and of its English half.
+    assert_eq!(ids(&intersection_subset(&suite.cases)), ["b0f3", "5d02"]);
+    assert_eq!(ids(&intersection_subset(&english)), ["b0f3"]);
+    let flags: Vec<_> = suite.cases.iter().map(|c| c.intersection).collect();
+    assert_eq!(
+        flags,
+        [
+            Some(true),
+            Some(false),
+            Some(false),
+            Some(true),
+            Some(false)
+        ]
+    );
+
+    // Messages name the image's size, not its every byte.
+    let len = rows[0].image.as_ref().unwrap().len();
+    assert_eq!(
+        format!("{:?}", suite.cases[0].image),
+        format!("Bytes(<{len} bytes>)")
+    );
+    assert_eq!(
+        suite.cases[0].image.to_string(),
+        format!("<{len} bytes in memory>")
+    );
+}
+
+#[test]
+fn gedit_parquet_found_beside_or_in_the_hub_conversion() {
+    for file in ["test.parquet", "default/train/0000.parquet"] {
+        let dir = TempDir::new().unwrap();
+        let bench = dir.path().join("gedit");
+        write_gedit(&bench.join(file), &gedit_rows(), &[]);
+        let suite = load(&bench).unwrap();
+        assert_eq!(suite.kind, SuiteKind::GEdit, "{file}");
+        assert_eq!(suite.cases.len(), 5, "{file}");
+    }
+}
+
+#[test]
+fn gedit_key_in_both_languages_gets_the_language_in_its_id() {
+    let dir = TempDir::new().unwrap();
+    let bench = dir.path().join("gedit");
+    let rows = vec![
+        gedit_row("color_alter", "k1", "Make the car red.", "en", 10, true),
+        gedit_row("color_alter", "k1", "把车变成红色", "cn", 10, true),
+        gedit_row("color_alter", "k2", "Make the sky green.", "en", 20, false),
+    ];
+    write_gedit(&bench.join("data/train-00000-of-00001.parquet"), &rows, &[]);
+    let suite = load(&bench).unwrap();
+    assert_eq!(ids(&suite.cases), ["en/k1", "cn/k1", "en/k2"]);
+    // One image, held once for both languages.
+    match (&suite.cases[0].image, &suite.cases[1].image) {
+        (ImageRef::Bytes(en), ImageRef::Bytes(cn)) => assert!(Arc::ptr_eq(en, cn)),
+        other => panic!("{other:?}"),
+    }
+
+    // The same key twice in one language is an error.
+    let rows = vec![
+        gedit_row("color_alter", "k1", "Make the car red.", "en", 10, true),
+        gedit_row("color_alter", "k1", "Make the car blue.", "en", 20, true),
+    ];
+    write_gedit(&bench.join("data/train-00000-of-00001.parquet"), &rows, &[]);
+    let (err, message) = load_err(&bench);
+    assert!(
+        matches!(&err, SuiteError::Entry { field: Some(f), .. } if f == "key"),
+        "{err:?}"
+    );
+    assert!(message.contains("duplicate key"), "{message}");
+    assert!(message.contains("row #1 (\"k1\")"), "{message}");
+}
+
+#[test]
+fn gedit_missing_column_is_named() {
+    let dir = TempDir::new().unwrap();
+    let bench = dir.path().join("gedit");
+    let file = bench.join("data/train-00000-of-00001.parquet");
+    write_gedit(&file, &gedit_rows(), &["instruction_language"]);
+    let (err, message) = load_err(&bench);
+    match &err {
+        SuiteError::Column { path, column, .. } => {
+            assert_eq!(path, &file);
+            assert_eq!(column, "instruction_language");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        message.contains("column `instruction_language`: missing"),
+        "{message}"
+    );
+    assert!(
+        message.contains("train-00000-of-00001.parquet"),
+        "{message}"
+    );
+
+    // Without `Intersection_exist` the cases load, outside any subset.
+    write_gedit(&file, &gedit_rows(), &["Intersection_exist"]);
+    let suite = load(&bench).unwrap();
+    assert!(suite.cases.iter().all(|c| c.intersection.is_none()));
+    assert!(intersection_subset(&suite.cases).is_empty());
+
+    // Not a parquet file at all.
+    write(&file, "not parquet");
+    let (err, _) = load_err(&bench);
+    assert!(matches!(err, SuiteError::Parquet { .. }), "{err:?}");
+}
+
+#[test]
+fn gedit_bad_cells_name_the_row_and_column() {
+    let dir = TempDir::new().unwrap();
+    let bench = dir.path().join("gedit");
+    let file = bench.join("data/train-00000-of-00001.parquet");
+
+    let mut rows = gedit_rows();
+    rows[2].instruction = None;
+    write_gedit(&file, &rows, &[]);
+    let (err, message) = load_err(&bench);
+    assert!(
+        matches!(&err, SuiteError::Entry { field: Some(f), .. } if f == "instruction"),
+        "{err:?}"
+    );
+    assert!(message.contains("row #2 (\"77aa\")"), "{message}");
+    assert!(
+        message.contains("field `instruction`: missing"),
+        "{message}"
+    );
+
+    let mut rows = gedit_rows();
+    rows[1].image = Some(b"not an image".to_vec());
+    write_gedit(&file, &rows, &[]);
+    let (_, message) = load_err(&bench);
+    assert!(message.contains("row #1 (\"9c1e\")"), "{message}");
+    assert!(message.contains("field `input_image`"), "{message}");
+    assert!(message.contains("not an image"), "{message}");
+
+    // No bytes: the struct's path, taken from the parquet file's folder.
+    let mut rows = gedit_rows();
+    rows[0].image = None;
+    rows[0].image_path = Some("images/b0f3.png");
+    write_gedit(&file, &rows, &[]);
+    let (err, _) = load_err(&bench);
+    assert!(
+        matches!(&err, SuiteError::MissingImage { case, looked_for }
+            if case == "b0f3" && looked_for == &vec![bench.join("data/images/b0f3.png")]),
+        "{err:?}"
+    );
+    png(&bench.join("data/images/b0f3.png"));
+    let suite = load(&bench).unwrap();
+    assert_eq!(
+        suite.cases[0].image,
+        ImageRef::Path(bench.join("data/images/b0f3.png"))
+    );
+}
+
 // ---- unknown folders --------------------------------------------------------
 
 #[test]
@@ -660,6 +1102,8 @@ fn unknown_folder_lists_what_was_looked_for() {
     assert!(message.contains("not a suite folder"), "{message}");
     assert!(message.contains("ImgEdit-Bench"), "{message}");
     assert!(message.contains("RISEBench"), "{message}");
+    assert!(message.contains("GEdit-Bench"), "{message}");
+    assert!(message.contains("data/*.parquet"), "{message}");
 }
 
 // ---- filters ---------------------------------------------------------------
@@ -671,6 +1115,7 @@ fn case(id: usize, group: Option<&str>, language: Option<&str>) -> Case {
         instruction: format!("edit {id}"),
         group: group.map(str::to_owned),
         language: language.map(str::to_owned),
+        intersection: None,
     }
 }
 
