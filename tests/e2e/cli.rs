@@ -56,6 +56,50 @@ fn write_source(dir: &Path) -> std::path::PathBuf {
     image
 }
 
+/// `--candidates` makes every turn edit several candidates; each gets its
+/// line under the turn, the chosen one starred.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_with_candidates_prints_each_candidate_under_its_turn() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let (service, editor, _thinker) = two_turn_service(&env).await;
+    let image = write_source(env.dir.path());
+    let out = cli(
+        &[
+            "submit",
+            image.to_str().unwrap(),
+            "paint the door red",
+            "--max-turns",
+            "2",
+            "--candidates",
+            "3",
+            "--rank-by",
+            "thinker",
+        ],
+        &service.url(""),
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
+    let candidates: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("  candidate "))
+        .collect();
+    assert_eq!(candidates.len(), 6, "three per turn: {stdout}");
+    assert_eq!(
+        candidates.iter().filter(|l| l.contains('★')).count(),
+        2,
+        "one chosen per turn: {stdout}"
+    );
+    assert!(candidates.iter().all(|l| l.contains(" seed ")), "{stdout}");
+    assert_eq!(editor.calls().len(), 6);
+    // A bad value is refused before anything is sent.
+    let out = cli(
+        &["submit", image.to_str().unwrap(), "x", "--rank-by", "judge"],
+        &service.url(""),
+    );
+    assert!(!out.status.success());
+    assert_eq!(editor.calls().len(), 6);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_watches_every_turn_and_saves_the_selected_result() {
     let env = TestEnv::new(Backend::Sqlite).await;

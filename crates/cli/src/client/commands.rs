@@ -35,6 +35,12 @@ pub struct SubmitArgs {
     /// Which turn is the result: `best` or `last`.
     #[arg(long, value_parser = ["best", "last"])]
     pub selection: Option<String>,
+    /// Candidates edited per turn (1-8), each with its own seed.
+    #[arg(long)]
+    pub candidates: Option<u32>,
+    /// Which score picks a turn's candidate: `thinker` or `verifier`.
+    #[arg(long, value_parser = ["thinker", "verifier"])]
+    pub rank_by: Option<String>,
     /// Where to save the result (default `<image stem>.edited.png`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -84,6 +90,12 @@ pub async fn submit(client: &ApiClient, args: SubmitArgs) -> ExitCode {
     }
     if let Some(selection) = &args.selection {
         options["selection"] = selection.clone().into();
+    }
+    if let Some(k) = args.candidates {
+        options["candidates"] = k.into();
+    }
+    if let Some(rank_by) = &args.rank_by {
+        options["rank_by"] = rank_by.clone().into();
     }
     let job = match client
         .submit(
