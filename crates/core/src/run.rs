@@ -79,6 +79,20 @@ pub struct CandidateRecord {
     pub critique: Option<CritiqueRecord>,
 }
 
+impl CandidateRecord {
+    /// The turn this candidate is when its turn is it (a one-candidate
+    /// turn) or chose it.
+    fn as_turn(&self) -> TurnRecord {
+        TurnRecord {
+            index: self.turn,
+            instruction: self.instruction.clone(),
+            image: self.image.clone(),
+            editor_ms: self.editor_ms,
+            critique: self.critique.clone(),
+        }
+    }
+}
+
 /// How a turn's candidate was chosen: the `turn.chosen` event (contract).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Choice {
@@ -622,13 +636,7 @@ async fn make_turn(
             return Ok(None);
         };
         let edited = edits.edit(instruction, (index, 0), None, &hold).await?;
-        return Ok(Some(TurnRecord {
-            index,
-            instruction: edited.instruction,
-            image: edited.image,
-            editor_ms: edited.editor_ms,
-            critique: None,
-        }));
+        return Ok(Some(edited.as_turn()));
     }
     let history = history_for(critic.options, turns, index);
     let Some(candidates) =
@@ -641,13 +649,8 @@ async fn make_turn(
         .iter()
         .find(|c| c.index == choice.candidate)
         .expect("the choice is one of them");
-    let turn = TurnRecord {
-        index,
-        instruction: instruction.to_string(),
-        image: None,
-        editor_ms: chosen.editor_ms,
-        critique: chosen.critique.clone(),
-    };
+    // Critiqued candidates no longer hold their images.
+    let turn = chosen.as_turn();
     critic.observer.turn_chosen(&turn, &choice).await?;
     Ok(Some(turn))
 }
@@ -959,14 +962,7 @@ impl Edits<'_> {
             critique: None,
         };
         if seed.is_none() {
-            let turn = TurnRecord {
-                index,
-                instruction: record.instruction.clone(),
-                image: record.image.clone(),
-                editor_ms: record.editor_ms,
-                critique: None,
-            };
-            self.observer.turn_edited(&turn).await?;
+            self.observer.turn_edited(&record.as_turn()).await?;
         } else {
             self.observer.candidate_edited(&record).await?;
         }

@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use base64::Engine as _;
@@ -21,6 +20,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::api::ServiceApi;
 use crate::report::{CaseRecord, JudgeScores};
 
 /// The `format` of every line this version writes.
@@ -272,46 +272,17 @@ impl Sink {
     }
 }
 
-/// The service's read API, as the export uses it.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    key: Option<String>,
-}
-
-impl Api {
-    /// `GET` a path of the service (or an absolute URL it gave).
-    async fn get(&self, path: &str) -> anyhow::Result<reqwest::Response> {
-        let url = if path.starts_with("http://") || path.starts_with("https://") {
-            path.to_string()
-        } else {
-            format!("{}{path}", self.base)
-        };
-        let mut request = self.http.get(&url);
-        if let Some(key) = &self.key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.with_context(|| format!("GET {url}"))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let body = response.text().await.unwrap_or_default();
-        bail!("GET {url}: {status} {}", body.trim())
-    }
-
-    async fn bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        Ok(self.get(path).await?.bytes().await?.to_vec())
-    }
-}
-
 /// One job to export, with its run's record when it has one.
 struct Wanted {
     job_id: String,
     case: Option<CaseRecord>,
 }
 
-async fn export_job(api: &Api, sink: &Sink, wanted: &Wanted) -> anyhow::Result<ThinkEditLine> {
+async fn export_job(
+    api: &ServiceApi,
+    sink: &Sink,
+    wanted: &Wanted,
+) -> anyhow::Result<ThinkEditLine> {
     let id = &wanted.job_id;
     let job: Value = api.get(&format!("/v1/jobs/{id}")).await?.json().await?;
     let source = api.bytes(&format!("/v1/jobs/{id}/source")).await?;
@@ -384,13 +355,7 @@ pub async fn run(args: &ExportArgs) -> anyhow::Result<Vec<ThinkEditLine>> {
     if wanted.is_empty() {
         bail!("no job to export");
     }
-    let api = Api {
-        base: server(args)?,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()?,
-        key: args.key.clone(),
-    };
+    let api = ServiceApi::new(&server(args)?, args.key.as_deref())?;
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;

@@ -7,6 +7,7 @@
 //! talks to the service, [`judge`] to the judge model, [`report`] writes the
 //! run folder).
 
+mod api;
 pub mod compare;
 pub mod export;
 pub mod html;

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::api::ServiceApi;
 use crate::judge::{Judge, JudgeConfig};
 use crate::report::{CandidateRecord, CaseRecord, Scores, TurnRecord};
 use crate::suite::{Case, Filter, ImageRef};
@@ -201,7 +202,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<Vec<CaseRecord>> {
     claim_folder(&args.out, &parameters)?;
     let judge = Judge::new(config.judge.clone(), args.out.join("judgements.jsonl"))?;
     let journal = Journal::open(&args.out.join("jobs.jsonl"))?;
-    let service = Service::new(&parameters.server, args.key.as_deref())?;
+    let service = ServiceApi::new(&parameters.server, args.key.as_deref())?;
 
     let progress = indicatif::ProgressBar::new(cases.len() as u64);
     progress.set_style(
@@ -340,7 +341,7 @@ impl Journal {
 struct CaseContext<'a> {
     suite: &'a str,
     parameters: &'a RunParameters,
-    service: &'a Service,
+    service: &'a ServiceApi,
     judge: &'a Judge,
     journal: &'a Journal,
     /// The run folder (thumbnails go to its `thumbs/`).
@@ -365,7 +366,7 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
         ImageRef::Path(path) => {
             std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
         }
-        ImageRef::Url(url) => context.service.fetch_url(url.as_str()).await?,
+        ImageRef::Url(url) => context.service.bytes(url.as_str()).await?,
         ImageRef::Bytes(bytes) => bytes.to_vec(),
     };
     let job_id = match context.journal.job_of(&case.id) {
@@ -393,7 +394,7 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
         let url = turn["image_url"]
             .as_str()
             .context("a turn without image_url")?;
-        let edited = context.service.get_bytes(url).await?;
+        let edited = context.service.bytes(url).await?;
         let judgement = context
             .judge
             .judge(&source, &edited, &case.instruction)
@@ -404,12 +405,17 @@ async fn run_case(context: &CaseContext<'_>, case: &Case) -> anyhow::Result<Case
         let mut candidates = Vec::new();
         if context.parameters.candidates {
             for candidate in turn["candidates"].as_array().into_iter().flatten() {
-                let url = candidate["image_url"].as_str().unwrap_or_default();
-                let edited = context.service.get_bytes(url).await?;
-                let judged = context
-                    .judge
-                    .judge(&source, &edited, &case.instruction)
-                    .await?;
+                // The chosen candidate is the turn, judged above.
+                let judged = if candidate["index"] == turn["chosen"] {
+                    judgement.clone()
+                } else {
+                    let url = candidate["image_url"].as_str().unwrap_or_default();
+                    let edited = context.service.bytes(url).await?;
+                    context
+                        .judge
+                        .judge(&source, &edited, &case.instruction)
+                        .await?
+                };
                 candidates.push(CandidateRecord {
                     index: candidate["index"].as_u64().unwrap_or(0) as u32,
                     seed: candidate["seed"].as_i64(),
@@ -469,35 +475,11 @@ async fn save_thumb(out: &Path, case: &str, turn: u32, image: Vec<u8>) -> anyhow
     .await?
 }
 
-/// The service's public API, as the run uses it.
-struct Service {
-    base: String,
-    http: reqwest::Client,
-    key: Option<String>,
-}
-
 /// How often a running job is read again.
 const POLL: Duration = Duration::from_millis(300);
 
-impl Service {
-    fn new(base: &str, key: Option<&str>) -> anyhow::Result<Self> {
-        Ok(Self {
-            base: base.trim_end_matches('/').to_string(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
-            key: key.map(str::to_string),
-        })
-    }
-
-    fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
-        match &self.key {
-            Some(key) => request.bearer_auth(key),
-            None => request,
-        }
-    }
-
+/// Creating and waiting for a case's job.
+impl ServiceApi {
     async fn create(
         &self,
         source: &[u8],
@@ -534,16 +516,7 @@ impl Service {
     /// Reads the job until it has finished.
     async fn wait(&self, id: &str) -> anyhow::Result<Value> {
         loop {
-            let response = self
-                .request(reqwest::Method::GET, &format!("/v1/jobs/{id}"))
-                .send()
-                .await
-                .context("reading a job")?;
-            let status = response.status();
-            let job: Value = response.json().await?;
-            if !status.is_success() {
-                bail!("reading job {id} ({status}): {job}");
-            }
+            let job: Value = self.get(&format!("/v1/jobs/{id}")).await?.json().await?;
             if matches!(
                 job["status"].as_str(),
                 Some("succeeded" | "failed" | "canceled")
@@ -552,33 +525,6 @@ impl Service {
             }
             tokio::time::sleep(POLL).await;
         }
-    }
-
-    /// A path of the service (an image URL from the job JSON).
-    async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let response = self
-            .request(reqwest::Method::GET, path)
-            .send()
-            .await
-            .with_context(|| format!("fetching {path}"))?;
-        if !response.status().is_success() {
-            bail!("fetching {path}: {}", response.status());
-        }
-        Ok(response.bytes().await?.to_vec())
-    }
-
-    /// A case's image given by URL.
-    async fn fetch_url(&self, url: &str) -> anyhow::Result<Vec<u8>> {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .with_context(|| format!("fetching {url}"))?;
-        if !response.status().is_success() {
-            bail!("fetching {url}: {}", response.status());
-        }
-        Ok(response.bytes().await?.to_vec())
     }
 }
 
